@@ -1,0 +1,302 @@
+//! The index on its own, and a property test that drives random operations through
+//! the task transitions and the index together, the way a store does, and checks the
+//! broker's invariants after every step.
+
+use super::*;
+use crate::queue::QueueSettings;
+use crate::task::{AckOutcome, LeaseToken, NewTask, Refusal, Task};
+use proptest::prelude::*;
+
+const T0: Millis = 1_700_000_000_000;
+
+fn new_task(priority: i32, group: Option<&str>, run_at: Option<Millis>) -> NewTask {
+    NewTask {
+        kind: "k".into(),
+        payload: "{}".into(),
+        priority,
+        run_at,
+        idempotency_key: None,
+        group: group.map(str::to_owned),
+        max_attempts: None,
+    }
+}
+
+/// A tiny broker: tasks in a vector, the index beside them.
+struct Sim {
+    settings: QueueSettings,
+    tasks: Vec<Task>,
+    index: Index,
+    now: Millis,
+}
+
+impl Sim {
+    fn new(concurrency: Option<u32>) -> Self {
+        let mut settings = QueueSettings::defaults();
+        settings.concurrency = concurrency;
+        settings.max_attempts = 3;
+        let mut index = Index::new();
+        index.configure_queue("q", concurrency, false);
+        Self { settings, tasks: Vec::new(), index, now: T0 }
+    }
+
+    fn enqueue(&mut self, new: NewTask) -> usize {
+        let seq = self.tasks.len() as u64 + 1;
+        let task = Task::create("q", new, &self.settings, seq, 0, self.now);
+        self.index.upsert_task(None, &task);
+        self.tasks.push(task);
+        self.tasks.len() - 1
+    }
+
+    fn lease(&mut self, max: usize) -> Vec<usize> {
+        let picked = self.index.pick("q", max);
+        picked
+            .into_iter()
+            .map(|seq| {
+                let i = seq as usize - 1;
+                let task = &mut self.tasks[i];
+                task.lease(seq, 1000, None, self.now).expect("picked tasks are ready");
+                self.index.upsert_task(Some(TaskState::Ready), task);
+                i
+            })
+            .collect()
+    }
+
+    fn tick(&mut self) {
+        for seq in self.index.due(self.now, usize::MAX) {
+            let task = &mut self.tasks[seq as usize - 1];
+            assert!(task.promote(self.now));
+            self.index.upsert_task(Some(TaskState::Scheduled), task);
+        }
+        for seq in self.index.expired(self.now, usize::MAX) {
+            let task = &mut self.tasks[seq as usize - 1];
+            assert!(task.expire(&self.settings, 0.5, self.now));
+            self.index.upsert_task(Some(TaskState::Running), task);
+        }
+    }
+
+    /// Applies a transition to task `i` and tells the index when it changed the task.
+    fn apply(&mut self, i: usize, transition: impl FnOnce(&mut Task) -> Result<bool, Refusal>) {
+        let was = self.tasks[i].state;
+        let before = self.tasks[i].clone();
+        match transition(&mut self.tasks[i]) {
+            Ok(true) => self.index.upsert_task(Some(was), &self.tasks[i]),
+            Ok(false) => assert_eq!(self.tasks[i], before, "a replay changed the task"),
+            Err(_) => assert_eq!(self.tasks[i], before, "a refusal changed the task"),
+        }
+    }
+
+    fn token(&self, i: usize) -> LeaseToken {
+        self.tasks[i].lease.as_ref().map_or(LeaseToken::from_string("none".into()), |l| l.token.clone())
+    }
+
+    fn leased_order(&mut self) -> Vec<usize> {
+        let mut order = Vec::new();
+        loop {
+            let got = self.lease(1);
+            let Some(&i) = got.first() else { break };
+            order.push(i);
+            let token = self.token(i);
+            self.tasks[i].ack(&token, None, self.now).unwrap();
+            self.index.upsert_task(Some(TaskState::Running), &self.tasks[i]);
+        }
+        order
+    }
+}
+
+#[test]
+fn priority_then_run_at_then_enqueue_order() {
+    let mut sim = Sim::new(None);
+    sim.enqueue(new_task(0, None, None));
+    sim.enqueue(new_task(5, None, None));
+    sim.enqueue(new_task(0, None, Some(T0 - 10)));
+    sim.enqueue(new_task(5, None, None));
+    assert_eq!(sim.leased_order(), vec![1, 3, 2, 0]);
+}
+
+#[test]
+fn group_runs_one_at_a_time_in_enqueue_order_despite_priority() {
+    let mut sim = Sim::new(None);
+    sim.enqueue(new_task(0, Some("g"), None));
+    sim.enqueue(new_task(9, Some("g"), None));
+    sim.enqueue(new_task(1, None, None));
+    let first = sim.lease(10);
+    assert_eq!(first, vec![2, 0], "one task of the group at a time");
+    assert!(sim.lease(10).is_empty());
+    let token = sim.token(0);
+    sim.tasks[0].ack(&token, None, sim.now).unwrap();
+    sim.index.upsert_task(Some(TaskState::Running), &sim.tasks[0]);
+    assert_eq!(sim.lease(10), vec![1]);
+}
+
+#[test]
+fn group_waits_for_its_head_in_backoff() {
+    let mut sim = Sim::new(None);
+    sim.enqueue(new_task(0, Some("g"), None));
+    sim.enqueue(new_task(0, Some("g"), None));
+    assert_eq!(sim.lease(10), vec![0]);
+    let token = sim.token(0);
+    let settings = sim.settings.clone();
+    sim.tasks[0].nack(&token, None, Some(100), false, &settings, 0.0, sim.now).unwrap();
+    sim.index.upsert_task(Some(TaskState::Running), &sim.tasks[0]);
+    assert!(sim.lease(10).is_empty(), "the second task must not overtake the first");
+    sim.now += 100;
+    sim.tick();
+    assert_eq!(sim.lease(10), vec![0]);
+}
+
+#[test]
+fn concurrency_limit_and_pause() {
+    let mut sim = Sim::new(Some(2));
+    for _ in 0..5 {
+        sim.enqueue(new_task(0, None, None));
+    }
+    assert_eq!(sim.lease(10).len(), 2);
+    assert!(sim.lease(10).is_empty());
+    sim.index.configure_queue("q", Some(3), true);
+    assert!(sim.lease(10).is_empty(), "paused");
+    sim.index.configure_queue("q", Some(3), false);
+    assert_eq!(sim.lease(10).len(), 1);
+}
+
+#[test]
+fn timers_and_counts() {
+    let mut sim = Sim::new(None);
+    sim.enqueue(new_task(0, None, Some(T0 + 50)));
+    sim.enqueue(new_task(0, None, None));
+    assert_eq!(sim.index.next_timer(), Some(T0 + 50));
+    let leased = sim.lease(1);
+    assert_eq!(leased, vec![1]);
+    assert_eq!(sim.index.next_timer(), Some(T0 + 50));
+    assert_eq!(sim.index.counts("q"), [1, 0, 1, 0, 0, 0]);
+    sim.now += 1000;
+    sim.tick();
+    assert_eq!(sim.index.counts("q"), [1, 1, 0, 0, 0, 0], "expired lease back to scheduled, other promoted");
+    sim.index.add_finished("q", TaskState::Succeeded, 4);
+    sim.index.forget_finished("q", TaskState::Succeeded, 1);
+    assert_eq!(sim.index.counts("q")[3], 3);
+    assert_eq!(sim.index.counts("nope"), [0; 6]);
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Enqueue { priority: i32, group: Option<u8>, delay: Option<u8> },
+    Lease(u8),
+    Ack(u8),
+    Nack { which: u8, dead: bool },
+    StaleAck(u8),
+    Extend(u8),
+    Cancel(u8),
+    Retry(u8),
+    Advance(u16),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0..3i32, proptest::option::of(0..3u8), proptest::option::of(0..3u8))
+            .prop_map(|(priority, group, delay)| Op::Enqueue { priority, group, delay }),
+        (1..4u8).prop_map(Op::Lease),
+        any::<u8>().prop_map(Op::Ack),
+        (any::<u8>(), any::<bool>()).prop_map(|(which, dead)| Op::Nack { which, dead }),
+        any::<u8>().prop_map(Op::StaleAck),
+        any::<u8>().prop_map(Op::Extend),
+        any::<u8>().prop_map(Op::Cancel),
+        any::<u8>().prop_map(Op::Retry),
+        (0..2500u16).prop_map(Op::Advance),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+    #[test]
+    fn random_operations_keep_the_invariants(
+        concurrency in proptest::option::of(1..4u32),
+        ops in proptest::collection::vec(op(), 1..120),
+    ) {
+        let mut sim = Sim::new(concurrency);
+        let groups = ["a", "b", "c"];
+        // Every (task, token) ever handed out, to replay stale ones.
+        let mut old_tokens: Vec<(usize, LeaseToken)> = Vec::new();
+        for op in ops {
+            let attempts_before: Vec<u32> = sim.tasks.iter().map(|t| t.attempts).collect();
+            let pick = |n: u8, len: usize| (len > 0).then(|| usize::from(n) % len);
+            match op {
+                Op::Enqueue { priority, group, delay } => {
+                    let run_at = delay.map(|d| sim.now + i64::from(d) * 100);
+                    sim.enqueue(new_task(priority, group.map(|g| groups[usize::from(g)]), run_at));
+                }
+                Op::Lease(max) => {
+                    for i in sim.lease(usize::from(max)) {
+                        let task = &sim.tasks[i];
+                        if let Some(group) = &task.group {
+                            let older_unfinished = sim.tasks[..i].iter().any(|t| {
+                                t.group.as_ref() == Some(group) && !t.state.is_finished()
+                            });
+                            prop_assert!(!older_unfinished, "task {i} of group {group} leased before an older one");
+                        }
+                        old_tokens.push((i, sim.token(i)));
+                    }
+                }
+                Op::Ack(n) => if let Some(i) = pick(n, sim.tasks.len()) {
+                    let token = sim.token(i);
+                    let now = sim.now;
+                    sim.apply(i, |t| t.ack(&token, Some("1".into()), now).map(|o| o == AckOutcome::Applied));
+                },
+                Op::Nack { which, dead } => if let Some(i) = pick(which, sim.tasks.len()) {
+                    let token = sim.token(i);
+                    let settings = sim.settings.clone();
+                    let now = sim.now;
+                    sim.apply(i, |t| {
+                        t.nack(&token, Some("e".into()), None, dead, &settings, 0.3, now).map(|o| o == AckOutcome::Applied)
+                    });
+                },
+                Op::StaleAck(n) => if let Some(k) = pick(n, old_tokens.len()) {
+                    let (i, token) = old_tokens[k].clone();
+                    let is_current = sim.tasks[i].state == TaskState::Running && sim.token(i) == token;
+                    if !is_current {
+                        let before = sim.tasks[i].clone();
+                        match sim.tasks[i].ack(&token, None, sim.now) {
+                            Err(Refusal::LeaseLost) => prop_assert_eq!(&sim.tasks[i], &before),
+                            Ok(AckOutcome::Replayed) => prop_assert_eq!(&sim.tasks[i], &before),
+                            other => prop_assert!(false, "stale token acked: {other:?}"),
+                        }
+                    }
+                },
+                Op::Extend(n) => if let Some(i) = pick(n, sim.tasks.len()) {
+                    let token = sim.token(i);
+                    let now = sim.now;
+                    sim.apply(i, |t| t.extend(&token, 1000, now).map(|_| true));
+                },
+                Op::Cancel(n) => if let Some(i) = pick(n, sim.tasks.len()) {
+                    let now = sim.now;
+                    sim.apply(i, |t| t.cancel(now).map(|o| o == AckOutcome::Applied));
+                },
+                Op::Retry(n) => if let Some(i) = pick(n, sim.tasks.len()) {
+                    let now = sim.now;
+                    sim.apply(i, |t| t.retry(2, now).map(|()| true));
+                },
+                Op::Advance(ms) => {
+                    sim.now += i64::from(ms);
+                    sim.tick();
+                }
+            }
+            // Invariants after every step.
+            let running: Vec<&Task> = sim.tasks.iter().filter(|t| t.state == TaskState::Running).collect();
+            if let Some(limit) = concurrency {
+                prop_assert!(running.len() as u32 <= limit, "{} running above concurrency {limit}", running.len());
+            }
+            for g in groups {
+                let n = running.iter().filter(|t| t.group.as_deref() == Some(g)).count();
+                prop_assert!(n <= 1, "{n} tasks of group {g} running");
+            }
+            for (i, before) in attempts_before.iter().enumerate() {
+                prop_assert!(sim.tasks[i].attempts >= *before, "attempts went back for task {i}");
+            }
+            let mut counts = [0u64; 6];
+            for t in &sim.tasks {
+                counts[usize::from(t.state.code())] += 1;
+            }
+            prop_assert_eq!(sim.index.counts("q"), counts);
+            prop_assert_eq!(sim.index.running("q") as usize, running.len());
+        }
+    }
+}

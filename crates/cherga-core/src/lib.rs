@@ -1,0 +1,21 @@
+//! The domain of cherga: tasks, queues, states, leases and retry policy as plain
+//! data, plus the pure functions that move a task from one state to another.
+//!
+//! **Invariant:** this crate performs no I/O. It reads no clock and draws no random
+//! numbers: time (`now`, in milliseconds since the Unix epoch) and randomness are
+//! parameters, so every rule here can be tested exactly.
+
+pub mod index;
+pub mod queue;
+pub mod retry;
+pub mod task;
+
+pub use index::{Index, TaskSlot};
+pub use queue::{QueueName, QueueSettings, QueueSettingsPatch};
+pub use retry::Backoff;
+pub use task::{
+    AckOutcome, Lease, LeaseToken, NewTask, Refusal, Task, TaskId, TaskState, fingerprint,
+};
+
+/// Milliseconds since the Unix epoch. All times in cherga are of this unit.
+pub type Millis = i64;

@@ -1,0 +1,455 @@
+//! Tasks and the transitions between their states.
+//!
+//! Every transition is a pure function of the task, its arguments and `now`. A
+//! transition either changes the task and says so, or refuses with a [`Refusal`] and
+//! leaves the task exactly as it was.
+
+use crate::Millis;
+use crate::queue::QueueSettings;
+use std::fmt;
+
+/// A task id: a UUIDv7 whose time is the enqueue time and whose last 62 bits carry
+/// the store's sequence number, so ids sort in enqueue order and a store can find a
+/// row by id without a second index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskId(uuid::Uuid);
+
+const SEQ_BITS: u32 = 62;
+const SEQ_MASK: u128 = (1 << SEQ_BITS) - 1;
+
+impl TaskId {
+    /// Builds the id of the task with sequence number `seq`, enqueued at `created_at`.
+    /// `random12` fills the 12 bits UUIDv7 leaves to the implementation.
+    pub fn new(created_at: Millis, seq: u64, random12: u16) -> Self {
+        let ts = (created_at.max(0) as u128) & ((1 << 48) - 1);
+        let value = (ts << 80)
+            | (0x7 << 76)
+            | (u128::from(random12 & 0x0fff) << 64)
+            | (0b10 << 62)
+            | (u128::from(seq) & SEQ_MASK);
+        Self(uuid::Uuid::from_u128(value))
+    }
+
+    /// The store sequence number carried by this id.
+    pub fn seq(&self) -> u64 {
+        (self.0.as_u128() & SEQ_MASK) as u64
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        self.0.as_bytes()
+    }
+
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(uuid::Uuid::from_bytes(bytes))
+    }
+
+    /// Parses the hyphenated text form. Returns `None` for anything that is not a
+    /// UUIDv7 made by [`TaskId::new`].
+    pub fn parse(text: &str) -> Option<Self> {
+        let uuid = uuid::Uuid::try_parse(text).ok()?;
+        let value = uuid.as_u128();
+        let is_ours = (value >> 76) & 0xf == 0x7 && (value >> 62) & 0b11 == 0b10;
+        is_ours.then_some(Self(uuid))
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0.hyphenated(), f)
+    }
+}
+
+/// The state of a task. Tasks move `scheduled → ready → running → succeeded | dead`,
+/// and `scheduled | ready → cancelled`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TaskState {
+    /// Waiting for `run_at` (a delayed task, or a retry in backoff). The timer moves
+    /// it to `ready` when `run_at` passes. A crash leaves it scheduled; the timer
+    /// promotes it after restart.
+    Scheduled,
+    /// May be leased now. Leasing moves it to `running`.
+    Ready,
+    /// Leased to a worker until the lease expires. The worker moves it on with ack
+    /// or nack; the timer moves it back to `scheduled` (or `dead`) when the lease
+    /// expires. A crash leaves it running and the lease stays valid until it expires.
+    Running,
+    /// Acknowledged, with its result. Final; purged after the queue's retention.
+    Succeeded,
+    /// Out of attempts, or nacked as dead. Final until retried by hand.
+    Dead,
+    /// Cancelled before it ran. Final.
+    Cancelled,
+}
+
+impl TaskState {
+    pub const ALL: [TaskState; 6] = [
+        TaskState::Scheduled,
+        TaskState::Ready,
+        TaskState::Running,
+        TaskState::Succeeded,
+        TaskState::Dead,
+        TaskState::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Scheduled => "scheduled",
+            TaskState::Ready => "ready",
+            TaskState::Running => "running",
+            TaskState::Succeeded => "succeeded",
+            TaskState::Dead => "dead",
+            TaskState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    /// Finished tasks are never leased again (unless a dead one is retried by hand).
+    pub fn is_finished(self) -> bool {
+        matches!(self, TaskState::Succeeded | TaskState::Dead | TaskState::Cancelled)
+    }
+
+    /// A small stable number for storage.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    pub fn from_code(code: u8) -> Option<Self> {
+        Self::ALL.get(usize::from(code)).copied()
+    }
+}
+
+impl fmt::Display for TaskState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The fencing token of one delivery. New on every lease; only the token of the
+/// current lease may ack, nack or extend.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct LeaseToken(String);
+
+impl LeaseToken {
+    /// A token for delivery number `attempt`, made unguessable by `random`.
+    pub fn new(attempt: u32, random: u64) -> Self {
+        Self(format!("{attempt}.{random:016x}"))
+    }
+
+    pub fn from_string(token: String) -> Self {
+        Self(token)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The lease a running task is under.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub token: LeaseToken,
+    pub expires_at: Millis,
+    pub worker: Option<String>,
+}
+
+/// A task to enqueue, as the producer describes it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewTask {
+    pub kind: String,
+    /// The payload as JSON text; the core does not look inside.
+    pub payload: String,
+    pub priority: i32,
+    /// When it may first run; `None` means now.
+    pub run_at: Option<Millis>,
+    pub idempotency_key: Option<String>,
+    pub group: Option<String>,
+    /// `None` takes the queue's setting.
+    pub max_attempts: Option<u32>,
+}
+
+/// A stable 64-bit fingerprint (FNV-1a) of what a producer asked for, used to tell a
+/// retried enqueue from a different request under the same idempotency key. `run_at`
+/// is left out because a retry with `delay_ms` computes a new one.
+pub fn fingerprint(task: &NewTask) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |bytes: &[u8]| {
+        for &b in bytes {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        // A separator that cannot be confused with field content lengths.
+        hash ^= bytes.len() as u64;
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    };
+    feed(task.kind.as_bytes());
+    feed(task.payload.as_bytes());
+    feed(&task.priority.to_le_bytes());
+    feed(task.group.as_deref().unwrap_or("\u{0}none").as_bytes());
+    feed(&task.max_attempts.map_or(-1, i64::from).to_le_bytes());
+    hash
+}
+
+/// A task as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Task {
+    pub id: TaskId,
+    pub queue: String,
+    pub kind: String,
+    pub payload: String,
+    pub priority: i32,
+    pub run_at: Millis,
+    pub idempotency_key: Option<String>,
+    pub group: Option<String>,
+    pub max_attempts: u32,
+    /// How many times the task has been leased. Never decreases.
+    pub attempts: u32,
+    pub state: TaskState,
+    /// JSON text given with the ack.
+    pub result: Option<String>,
+    pub last_error: Option<String>,
+    /// The current lease while running. After an ack or a nack the token of the
+    /// lease that ended it is kept, so the same ack or nack sent again is answered
+    /// as it was the first time; an expiry clears it.
+    pub lease: Option<Lease>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    pub finished_at: Option<Millis>,
+}
+
+/// Why a transition was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The token is not that of the task's current lease.
+    #[error("the lease token is not the task's current lease; it expired or another worker holds the task")]
+    LeaseLost,
+    /// The task is not in a state this operation applies to.
+    #[error("task is {state}; {operation} needs it to be {needed}")]
+    InvalidState { state: TaskState, operation: &'static str, needed: &'static str },
+}
+
+/// What an ack did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AckOutcome {
+    /// The task moved to its new state now.
+    Applied,
+    /// The same request was already applied; nothing changed.
+    Replayed,
+}
+
+impl Task {
+    /// A new task as enqueued at `now` with sequence number `seq`.
+    pub fn create(
+        queue: &str,
+        new: NewTask,
+        settings: &QueueSettings,
+        seq: u64,
+        random12: u16,
+        now: Millis,
+    ) -> Task {
+        let run_at = new.run_at.unwrap_or(now);
+        Task {
+            id: TaskId::new(now, seq, random12),
+            queue: queue.to_owned(),
+            kind: new.kind,
+            payload: new.payload,
+            priority: new.priority,
+            run_at,
+            idempotency_key: new.idempotency_key,
+            group: new.group,
+            max_attempts: new.max_attempts.unwrap_or(settings.max_attempts),
+            attempts: 0,
+            state: if run_at > now { TaskState::Scheduled } else { TaskState::Ready },
+            result: None,
+            last_error: None,
+            lease: None,
+            created_at: now,
+            updated_at: now,
+            finished_at: None,
+        }
+    }
+
+    fn current_lease(&self, token: &LeaseToken) -> Result<(), Refusal> {
+        match &self.lease {
+            Some(lease) if self.state == TaskState::Running && lease.token == *token => Ok(()),
+            _ => Err(Refusal::LeaseLost),
+        }
+    }
+
+    /// `scheduled → ready` once `run_at` has passed. Returns whether it moved.
+    pub fn promote(&mut self, now: Millis) -> bool {
+        if self.state == TaskState::Scheduled && self.run_at <= now {
+            self.state = TaskState::Ready;
+            self.updated_at = now;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// `ready → running` under a new lease.
+    ///
+    /// # Errors
+    /// [`Refusal::InvalidState`] unless the task is ready.
+    pub fn lease(
+        &mut self,
+        token_random: u64,
+        lease_ms: i64,
+        worker: Option<String>,
+        now: Millis,
+    ) -> Result<(), Refusal> {
+        if self.state != TaskState::Ready {
+            return Err(self.invalid("lease", "ready"));
+        }
+        self.attempts = self.attempts.saturating_add(1);
+        self.state = TaskState::Running;
+        self.lease = Some(Lease {
+            token: LeaseToken::new(self.attempts, token_random),
+            expires_at: now.saturating_add(lease_ms),
+            worker,
+        });
+        self.updated_at = now;
+        Ok(())
+    }
+
+    /// `running → succeeded` with the worker's result. The same ack sent again is
+    /// [`AckOutcome::Replayed`] and changes nothing.
+    ///
+    /// # Errors
+    /// [`Refusal::LeaseLost`] when `token` is not the current lease.
+    pub fn ack(
+        &mut self,
+        token: &LeaseToken,
+        result: Option<String>,
+        now: Millis,
+    ) -> Result<AckOutcome, Refusal> {
+        if self.state == TaskState::Succeeded && self.lease.as_ref().is_some_and(|l| l.token == *token) {
+            return Ok(AckOutcome::Replayed);
+        }
+        self.current_lease(token)?;
+        self.state = TaskState::Succeeded;
+        self.result = result;
+        self.finish(now);
+        Ok(AckOutcome::Applied)
+    }
+
+    /// `running → scheduled` (with backoff, or after `retry_in_ms`) or `→ dead` when
+    /// `dead` is asked for or the attempts are used up. The same nack sent again is
+    /// [`AckOutcome::Replayed`].
+    ///
+    /// # Errors
+    /// [`Refusal::LeaseLost`] when `token` is not the current lease.
+    #[allow(clippy::too_many_arguments)]
+    pub fn nack(
+        &mut self,
+        token: &LeaseToken,
+        error: Option<String>,
+        retry_in_ms: Option<i64>,
+        dead: bool,
+        settings: &QueueSettings,
+        random: f64,
+        now: Millis,
+    ) -> Result<AckOutcome, Refusal> {
+        let ended_by_this_token = self.lease.as_ref().is_some_and(|l| l.token == *token);
+        if ended_by_this_token && matches!(self.state, TaskState::Scheduled | TaskState::Dead) {
+            return Ok(AckOutcome::Replayed);
+        }
+        self.current_lease(token)?;
+        self.last_error = error;
+        self.fail(dead, retry_in_ms, settings, random, now);
+        Ok(AckOutcome::Applied)
+    }
+
+    /// Moves a running task on after a failed attempt.
+    fn fail(
+        &mut self,
+        dead: bool,
+        retry_in_ms: Option<i64>,
+        settings: &QueueSettings,
+        random: f64,
+        now: Millis,
+    ) {
+        if dead || self.attempts >= self.max_attempts {
+            self.state = TaskState::Dead;
+            self.finish(now);
+        } else {
+            let delay = retry_in_ms.unwrap_or_else(|| settings.backoff.delay(self.attempts, random));
+            self.state = TaskState::Scheduled;
+            self.run_at = now.saturating_add(delay.max(0));
+            self.updated_at = now;
+        }
+    }
+
+    /// Sends a running task whose lease has expired back to `scheduled` with backoff,
+    /// or to `dead` when its attempts are used up. Returns whether it moved.
+    pub fn expire(&mut self, settings: &QueueSettings, random: f64, now: Millis) -> bool {
+        let expired = self.state == TaskState::Running
+            && self.lease.as_ref().is_some_and(|l| l.expires_at <= now);
+        if expired {
+            self.lease = None;
+            self.last_error = Some("lease expired".to_owned());
+            self.fail(false, None, settings, random, now);
+        }
+        expired
+    }
+
+    /// Moves the lease's expiry to `now + lease_ms` (a heartbeat).
+    ///
+    /// # Errors
+    /// [`Refusal::LeaseLost`] when `token` is not the current lease.
+    pub fn extend(&mut self, token: &LeaseToken, lease_ms: i64, now: Millis) -> Result<Millis, Refusal> {
+        self.current_lease(token)?;
+        let lease = self.lease.as_mut().expect("checked by current_lease");
+        lease.expires_at = now.saturating_add(lease_ms);
+        self.updated_at = now;
+        Ok(lease.expires_at)
+    }
+
+    /// `scheduled | ready → cancelled`. Cancelling a cancelled task is
+    /// [`AckOutcome::Replayed`].
+    ///
+    /// # Errors
+    /// [`Refusal::InvalidState`] when the task is running or finished otherwise.
+    pub fn cancel(&mut self, now: Millis) -> Result<AckOutcome, Refusal> {
+        match self.state {
+            TaskState::Cancelled => Ok(AckOutcome::Replayed),
+            TaskState::Scheduled | TaskState::Ready => {
+                self.state = TaskState::Cancelled;
+                self.finish(now);
+                Ok(AckOutcome::Applied)
+            }
+            _ => Err(self.invalid("cancel", "scheduled or ready")),
+        }
+    }
+
+    /// `dead → ready`, with `extra_attempts` more attempts (attempts never go back).
+    ///
+    /// # Errors
+    /// [`Refusal::InvalidState`] unless the task is dead.
+    pub fn retry(&mut self, extra_attempts: u32, now: Millis) -> Result<(), Refusal> {
+        if self.state != TaskState::Dead {
+            return Err(self.invalid("retry", "dead"));
+        }
+        self.state = TaskState::Ready;
+        self.max_attempts = self.attempts.saturating_add(extra_attempts.max(1));
+        self.run_at = now;
+        self.lease = None;
+        self.finished_at = None;
+        self.updated_at = now;
+        Ok(())
+    }
+
+    fn finish(&mut self, now: Millis) {
+        self.finished_at = Some(now);
+        self.updated_at = now;
+    }
+
+    fn invalid(&self, operation: &'static str, needed: &'static str) -> Refusal {
+        Refusal::InvalidState { state: self.state, operation, needed }
+    }
+}
+
+#[cfg(test)]
+mod tests;

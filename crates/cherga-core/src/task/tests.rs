@@ -1,0 +1,249 @@
+//! Every transition of a task, driven through one `check` helper that prints the
+//! trace of states on failure.
+
+use super::*;
+use crate::queue::QueueSettings;
+
+const T0: Millis = 1_700_000_000_000;
+
+fn settings() -> QueueSettings {
+    let mut s = QueueSettings::defaults();
+    s.max_attempts = 3;
+    s.backoff.jitter = 0.0;
+    s
+}
+
+fn new_task() -> NewTask {
+    NewTask {
+        kind: "charge".into(),
+        payload: r#"{"order":1}"#.into(),
+        priority: 0,
+        run_at: None,
+        idempotency_key: None,
+        group: None,
+        max_attempts: None,
+    }
+}
+
+fn ready_task() -> Task {
+    Task::create("payments", new_task(), &settings(), 7, 0xabc, T0)
+}
+
+/// Runs `steps` against a fresh ready task and compares the trace of
+/// `(state, attempts, run_at - T0)` after each step with `expected`.
+fn check(steps: &[&dyn Fn(&mut Task) -> String], expected: &[&str]) {
+    let mut task = ready_task();
+    let trace: Vec<String> = steps
+        .iter()
+        .map(|step| {
+            let said = step(&mut task);
+            format!("{said} -> {} a={} run_at=+{}", task.state, task.attempts, task.run_at - T0)
+        })
+        .collect();
+    assert_eq!(trace, expected, "full trace:\n{}", trace.join("\n"));
+}
+
+fn token_of(task: &Task) -> LeaseToken {
+    task.lease.as_ref().expect("task has a lease").token.clone()
+}
+
+#[test]
+fn id_carries_time_and_sequence_and_round_trips() {
+    let id = TaskId::new(T0, 123_456_789, 0xfff);
+    assert_eq!(id.seq(), 123_456_789);
+    let text = id.to_string();
+    assert_eq!(TaskId::parse(&text), Some(id));
+    assert_eq!(&text[14..15], "7", "version nibble in {text}");
+    assert!(TaskId::new(T0, 1, 0) < TaskId::new(T0, 2, 0));
+    assert!(TaskId::new(T0, 2, 0) < TaskId::new(T0 + 1, 1, 0));
+    assert_eq!(TaskId::parse("not-a-uuid"), None);
+    assert_eq!(TaskId::parse("00000000-0000-4000-8000-000000000000"), None, "v4 is not ours");
+}
+
+#[test]
+fn create_is_ready_now_or_scheduled_later() {
+    assert_eq!(ready_task().state, TaskState::Ready);
+    let later = Task::create("q", NewTask { run_at: Some(T0 + 5), ..new_task() }, &settings(), 1, 0, T0);
+    assert_eq!(later.state, TaskState::Scheduled);
+    assert_eq!(later.max_attempts, 3, "takes the queue's max_attempts");
+    let own = Task::create("q", NewTask { max_attempts: Some(9), ..new_task() }, &settings(), 1, 0, T0);
+    assert_eq!(own.max_attempts, 9);
+}
+
+#[test]
+fn promote_only_when_due() {
+    let mut t = Task::create("q", NewTask { run_at: Some(T0 + 5), ..new_task() }, &settings(), 1, 0, T0);
+    assert!(!t.promote(T0 + 4));
+    assert_eq!(t.state, TaskState::Scheduled);
+    assert!(t.promote(T0 + 5));
+    assert_eq!(t.state, TaskState::Ready);
+    assert!(!t.promote(T0 + 6), "ready is not promoted again");
+}
+
+#[test]
+fn lease_then_ack_and_ack_again() {
+    check(
+        &[
+            &|t| format!("{:?}", t.lease(1, 1000, Some("w".into()), T0)),
+            &|t| {
+                let tok = token_of(t);
+                format!("{:?}", t.ack(&tok, Some("42".into()), T0 + 10))
+            },
+            &|t| {
+                let tok = token_of(t);
+                format!("{:?}", t.ack(&tok, Some("other".into()), T0 + 20))
+            },
+        ],
+        &[
+            "Ok(()) -> running a=1 run_at=+0",
+            "Ok(Applied) -> succeeded a=1 run_at=+0",
+            "Ok(Replayed) -> succeeded a=1 run_at=+0",
+        ],
+    );
+    let mut t = ready_task();
+    t.lease(1, 1000, None, T0).unwrap();
+    let tok = token_of(&t);
+    t.ack(&tok, Some("42".into()), T0 + 10).unwrap();
+    t.ack(&tok, Some("other".into()), T0 + 20).unwrap();
+    assert_eq!(t.result.as_deref(), Some("42"), "a replayed ack keeps the first result");
+    assert_eq!(t.finished_at, Some(T0 + 10));
+}
+
+#[test]
+fn stale_token_changes_nothing() {
+    let mut t = ready_task();
+    t.lease(1, 1000, None, T0).unwrap();
+    let first = token_of(&t);
+    assert!(t.expire(&settings(), 0.0, T0 + 1000));
+    assert!(t.promote(t.run_at));
+    t.lease(2, 1000, None, t.run_at).unwrap();
+    let before = t.clone();
+    let stale = || first.clone();
+    assert_eq!(t.ack(&stale(), None, T0 + 5000), Err(Refusal::LeaseLost));
+    assert_eq!(t.nack(&stale(), None, None, false, &settings(), 0.0, T0), Err(Refusal::LeaseLost));
+    assert_eq!(t.extend(&stale(), 10, T0), Err(Refusal::LeaseLost));
+    assert_eq!(t, before, "refusals leave the task untouched");
+    assert_ne!(token_of(&t), first, "every delivery has a new token");
+}
+
+#[test]
+fn nack_backs_off_then_dies_after_max_attempts() {
+    let nack = |t: &mut Task| {
+        let tok = token_of(t);
+        format!("{:?}", t.nack(&tok, Some("boom".into()), None, false, &settings(), 0.0, t.updated_at))
+    };
+    let lease = |t: &mut Task| {
+        let at = t.run_at;
+        t.promote(at);
+        format!("{:?}", t.lease(9, 100, None, at))
+    };
+    check(
+        &[&lease, &nack, &lease, &nack, &lease, &nack],
+        &[
+            "Ok(()) -> running a=1 run_at=+0",
+            "Ok(Applied) -> scheduled a=1 run_at=+1000",
+            "Ok(()) -> running a=2 run_at=+1000",
+            "Ok(Applied) -> scheduled a=2 run_at=+3000",
+            "Ok(()) -> running a=3 run_at=+3000",
+            "Ok(Applied) -> dead a=3 run_at=+3000",
+        ],
+    );
+}
+
+#[test]
+fn nack_with_retry_in_or_dead_and_replay() {
+    let mut t = ready_task();
+    t.lease(1, 1000, None, T0).unwrap();
+    let tok = token_of(&t);
+    assert_eq!(t.nack(&tok, Some("later".into()), Some(50), false, &settings(), 0.0, T0), Ok(AckOutcome::Applied));
+    assert_eq!((t.state, t.run_at), (TaskState::Scheduled, T0 + 50));
+    assert_eq!(t.nack(&tok, None, None, false, &settings(), 0.0, T0), Ok(AckOutcome::Replayed));
+    assert_eq!(t.last_error.as_deref(), Some("later"));
+    assert_eq!(t.ack(&tok, None, T0), Err(Refusal::LeaseLost), "a nacked lease cannot ack");
+
+    let mut t = ready_task();
+    t.lease(1, 1000, None, T0).unwrap();
+    let tok = token_of(&t);
+    t.nack(&tok, Some("poison".into()), None, true, &settings(), 0.0, T0).unwrap();
+    assert_eq!(t.state, TaskState::Dead);
+    assert_eq!(t.attempts, 1);
+}
+
+#[test]
+fn expiry_only_after_the_lease_runs_out_and_extend_moves_it() {
+    let mut t = ready_task();
+    t.lease(1, 1000, None, T0).unwrap();
+    let tok = token_of(&t);
+    assert!(!t.expire(&settings(), 0.0, T0 + 999));
+    assert_eq!(t.extend(&tok, 5000, T0 + 900), Ok(T0 + 5900));
+    assert!(!t.expire(&settings(), 0.0, T0 + 5899));
+    assert!(t.expire(&settings(), 0.0, T0 + 5900));
+    assert_eq!(t.state, TaskState::Scheduled);
+    assert_eq!(t.last_error.as_deref(), Some("lease expired"));
+    assert_eq!(t.lease, None, "an expiry clears the token");
+    assert_eq!(t.nack(&tok, None, None, false, &settings(), 0.0, T0), Err(Refusal::LeaseLost));
+}
+
+#[test]
+fn expiry_of_last_attempt_is_dead() {
+    let mut t = Task::create("q", NewTask { max_attempts: Some(1), ..new_task() }, &settings(), 1, 0, T0);
+    t.lease(1, 10, None, T0).unwrap();
+    assert!(t.expire(&settings(), 0.0, T0 + 10));
+    assert_eq!(t.state, TaskState::Dead);
+    assert_eq!(t.finished_at, Some(T0 + 10));
+}
+
+#[test]
+fn cancel_from_waiting_states_only() {
+    let mut t = ready_task();
+    assert_eq!(t.cancel(T0), Ok(AckOutcome::Applied));
+    assert_eq!(t.cancel(T0 + 1), Ok(AckOutcome::Replayed));
+    assert_eq!(t.state, TaskState::Cancelled);
+
+    let mut t = ready_task();
+    t.lease(1, 10, None, T0).unwrap();
+    let err = t.cancel(T0).unwrap_err();
+    assert_eq!(err, Refusal::InvalidState { state: TaskState::Running, operation: "cancel", needed: "scheduled or ready" });
+    assert_eq!(err.to_string(), "task is running; cancel needs it to be scheduled or ready");
+}
+
+#[test]
+fn retry_only_dead_and_attempts_never_go_back() {
+    let mut t = Task::create("q", NewTask { max_attempts: Some(1), ..new_task() }, &settings(), 1, 0, T0);
+    assert!(matches!(t.retry(5, T0), Err(Refusal::InvalidState { .. })));
+    t.lease(1, 10, None, T0).unwrap();
+    let tok = token_of(&t);
+    t.nack(&tok, None, None, false, &settings(), 0.0, T0).unwrap();
+    assert_eq!(t.state, TaskState::Dead);
+    t.retry(5, T0 + 1).unwrap();
+    assert_eq!((t.state, t.attempts, t.max_attempts), (TaskState::Ready, 1, 6));
+    assert_eq!(t.finished_at, None);
+    assert_eq!(t.nack(&tok, None, None, false, &settings(), 0.0, T0), Err(Refusal::LeaseLost), "the old lease is gone");
+}
+
+#[test]
+fn fingerprint_sees_every_requested_field_but_run_at() {
+    let base = fingerprint(&new_task());
+    assert_eq!(base, fingerprint(&new_task()));
+    assert_eq!(base, fingerprint(&NewTask { run_at: Some(5), ..new_task() }));
+    assert_eq!(base, fingerprint(&NewTask { idempotency_key: Some("k".into()), ..new_task() }));
+    for other in [
+        NewTask { kind: "refund".into(), ..new_task() },
+        NewTask { payload: r#"{"order":2}"#.into(), ..new_task() },
+        NewTask { priority: 1, ..new_task() },
+        NewTask { group: Some("g".into()), ..new_task() },
+        NewTask { max_attempts: Some(3), ..new_task() },
+    ] {
+        assert_ne!(base, fingerprint(&other), "{other:?}");
+    }
+}
+
+#[test]
+fn states_round_trip_through_codes_and_names() {
+    for s in TaskState::ALL {
+        assert_eq!(TaskState::from_code(s.code()), Some(s));
+        assert_eq!(TaskState::parse(s.as_str()), Some(s));
+    }
+    assert_eq!(TaskState::parse("done"), None);
+    assert_eq!(TaskState::from_code(6), None);
+}

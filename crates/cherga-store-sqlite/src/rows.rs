@@ -1,0 +1,199 @@
+//! Reading and writing task and queue rows.
+
+use cherga_core::{Backoff, Lease, LeaseToken, QueueSettings, Task, TaskId, TaskState};
+use cherga_store::StoreError;
+use rusqlite::{Connection, Row, params};
+
+/// Turns a SQLite failure into [`StoreError::Unavailable`].
+pub trait Db<T> {
+    /// # Errors
+    /// [`StoreError::Unavailable`] carrying the SQLite error.
+    fn db(self) -> Result<T, StoreError>;
+}
+
+impl<T> Db<T> for rusqlite::Result<T> {
+    fn db(self) -> Result<T, StoreError> {
+        self.map_err(|e| StoreError::Unavailable(Box::new(e)))
+    }
+}
+
+pub const TASK_COLUMNS: &str = "seq, id, queue, kind, payload, priority, run_at, idem_key, grp, \
+     max_attempts, attempts, state, result, last_error, lease_token, lease_expires_at, worker, \
+     created_at, updated_at, finished_at";
+
+/// Reads a row selected with [`TASK_COLUMNS`].
+pub fn task_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Task, StoreError>> {
+    let id: Vec<u8> = row.get(1)?;
+    let Ok(id) = <[u8; 16]>::try_from(id.as_slice()) else {
+        return Ok(Err(StoreError::Corrupt("task id is not 16 bytes".into())));
+    };
+    let state: u8 = row.get(11)?;
+    let Some(state) = TaskState::from_code(state) else {
+        return Ok(Err(StoreError::Corrupt(format!("unknown task state {state}"))));
+    };
+    let token: Option<String> = row.get(14)?;
+    let lease = match token {
+        Some(token) => Some(Lease {
+            token: LeaseToken::from_string(token),
+            expires_at: row.get::<_, Option<i64>>(15)?.unwrap_or(0),
+            worker: row.get(16)?,
+        }),
+        None => None,
+    };
+    Ok(Ok(Task {
+        id: TaskId::from_bytes(id),
+        queue: row.get(2)?,
+        kind: row.get(3)?,
+        payload: row.get(4)?,
+        priority: row.get(5)?,
+        run_at: row.get(6)?,
+        idempotency_key: row.get(7)?,
+        group: row.get(8)?,
+        max_attempts: row.get(9)?,
+        attempts: row.get(10)?,
+        state,
+        result: row.get(12)?,
+        last_error: row.get(13)?,
+        lease,
+        created_at: row.get(17)?,
+        updated_at: row.get(18)?,
+        finished_at: row.get(19)?,
+    }))
+}
+
+/// Loads the task whose id is `id`, checking the whole id, not only its sequence.
+///
+/// # Errors
+/// [`StoreError::NotFound`], [`StoreError::Corrupt`], [`StoreError::Unavailable`].
+pub fn load_task(conn: &Connection, id: TaskId) -> Result<Task, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE seq = ?1")).db()?;
+    let seq = i64::try_from(id.seq()).map_err(|_| StoreError::NotFound)?;
+    let mut rows = stmt.query(params![seq]).db()?;
+    let Some(row) = rows.next().db()? else { return Err(StoreError::NotFound) };
+    let task = task_from_row(row).db()??;
+    if task.id == id { Ok(task) } else { Err(StoreError::NotFound) }
+}
+
+/// Inserts a new task.
+///
+/// # Errors
+/// [`StoreError::Unavailable`].
+pub fn insert_task(conn: &Connection, task: &Task) -> Result<(), StoreError> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "INSERT INTO tasks ({TASK_COLUMNS}) VALUES \
+             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
+        ))
+        .db()?;
+    let lease = task.lease.as_ref();
+    stmt.execute(params![
+        task.id.seq() as i64,
+        &task.id.as_bytes()[..],
+        task.queue,
+        task.kind,
+        task.payload,
+        task.priority,
+        task.run_at,
+        task.idempotency_key,
+        task.group,
+        task.max_attempts,
+        task.attempts,
+        task.state.code(),
+        task.result,
+        task.last_error,
+        lease.map(|l| l.token.as_str()),
+        lease.map(|l| l.expires_at),
+        lease.and_then(|l| l.worker.as_deref()),
+        task.created_at,
+        task.updated_at,
+        task.finished_at,
+    ])
+    .db()?;
+    Ok(())
+}
+
+/// Writes the fields a transition may change.
+///
+/// # Errors
+/// [`StoreError::Unavailable`].
+pub fn save_task(conn: &Connection, task: &Task) -> Result<(), StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "UPDATE tasks SET run_at = ?2, max_attempts = ?3, attempts = ?4, state = ?5, result = ?6, \
+             last_error = ?7, lease_token = ?8, lease_expires_at = ?9, worker = ?10, updated_at = ?11, \
+             finished_at = ?12 WHERE seq = ?1",
+        )
+        .db()?;
+    let lease = task.lease.as_ref();
+    stmt.execute(params![
+        task.id.seq() as i64,
+        task.run_at,
+        task.max_attempts,
+        task.attempts,
+        task.state.code(),
+        task.result,
+        task.last_error,
+        lease.map(|l| l.token.as_str()),
+        lease.map(|l| l.expires_at),
+        lease.and_then(|l| l.worker.as_deref()),
+        task.updated_at,
+        task.finished_at,
+    ])
+    .db()?;
+    Ok(())
+}
+
+pub const QUEUE_COLUMNS: &str = "name, max_attempts, lease_ms, backoff_initial_ms, backoff_max_ms, \
+     backoff_multiplier, backoff_jitter, concurrency, paused, retention_ms, dedup_window_ms";
+
+pub fn queue_from_row(row: &Row<'_>) -> rusqlite::Result<(String, QueueSettings)> {
+    Ok((
+        row.get(0)?,
+        QueueSettings {
+            max_attempts: row.get(1)?,
+            lease_ms: row.get(2)?,
+            backoff: Backoff {
+                initial_ms: row.get(3)?,
+                max_ms: row.get(4)?,
+                multiplier: row.get(5)?,
+                jitter: row.get(6)?,
+            },
+            concurrency: row.get(7)?,
+            paused: row.get(8)?,
+            retention_ms: row.get(9)?,
+            dedup_window_ms: row.get(10)?,
+        },
+    ))
+}
+
+/// Creates or replaces the settings of a queue.
+///
+/// # Errors
+/// [`StoreError::Unavailable`].
+pub fn save_queue(conn: &Connection, name: &str, s: &QueueSettings, now: i64) -> Result<(), StoreError> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "INSERT INTO queues ({QUEUE_COLUMNS}, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12) \
+             ON CONFLICT (name) DO UPDATE SET max_attempts = ?2, lease_ms = ?3, backoff_initial_ms = ?4, \
+             backoff_max_ms = ?5, backoff_multiplier = ?6, backoff_jitter = ?7, concurrency = ?8, \
+             paused = ?9, retention_ms = ?10, dedup_window_ms = ?11, updated_at = ?12"
+        ))
+        .db()?;
+    stmt.execute(params![
+        name,
+        s.max_attempts,
+        s.lease_ms,
+        s.backoff.initial_ms,
+        s.backoff.max_ms,
+        s.backoff.multiplier,
+        s.backoff.jitter,
+        s.concurrency,
+        s.paused,
+        s.retention_ms,
+        s.dedup_window_ms,
+        now,
+    ])
+    .db()?;
+    Ok(())
+}

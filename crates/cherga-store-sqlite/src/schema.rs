@@ -1,0 +1,100 @@
+//! The schema and the pragmas of the embedded store. `docs/storage.md` explains
+//! the choices.
+
+use rusqlite::Connection;
+
+/// The version this build writes; `PRAGMA user_version` holds the version on disk.
+pub const VERSION: i64 = 1;
+
+const V1: &str = "
+CREATE TABLE queues (
+    name               TEXT PRIMARY KEY,
+    max_attempts       INTEGER NOT NULL,
+    lease_ms           INTEGER NOT NULL,
+    backoff_initial_ms INTEGER NOT NULL,
+    backoff_max_ms     INTEGER NOT NULL,
+    backoff_multiplier REAL NOT NULL,
+    backoff_jitter     REAL NOT NULL,
+    concurrency        INTEGER,
+    paused             INTEGER NOT NULL,
+    retention_ms       INTEGER NOT NULL,
+    dedup_window_ms    INTEGER NOT NULL,
+    created_at         INTEGER NOT NULL,
+    updated_at         INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- seq is the enqueue order and is carried inside the task id, so a lookup by id
+-- is a lookup by rowid. AUTOINCREMENT keeps purged sequence numbers from returning.
+CREATE TABLE tasks (
+    seq              INTEGER PRIMARY KEY AUTOINCREMENT,
+    id               BLOB NOT NULL,
+    queue            TEXT NOT NULL,
+    kind             TEXT NOT NULL,
+    payload          TEXT NOT NULL,
+    priority         INTEGER NOT NULL,
+    run_at           INTEGER NOT NULL,
+    idem_key         TEXT,
+    grp              TEXT,
+    max_attempts     INTEGER NOT NULL,
+    attempts         INTEGER NOT NULL,
+    state            INTEGER NOT NULL,
+    result           TEXT,
+    last_error       TEXT,
+    lease_token      TEXT,
+    lease_expires_at INTEGER,
+    worker           TEXT,
+    created_at       INTEGER NOT NULL,
+    updated_at       INTEGER NOT NULL,
+    finished_at      INTEGER
+);
+-- Listing a queue in enqueue order.
+CREATE INDEX tasks_by_queue ON tasks (queue, seq);
+-- Retention: only finished tasks are in this index.
+CREATE INDEX tasks_finished ON tasks (queue, finished_at) WHERE finished_at IS NOT NULL;
+
+-- Idempotency keys live apart from tasks so that only keyed tasks pay for the index.
+CREATE TABLE idempotency_keys (
+    queue       TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    fingerprint INTEGER NOT NULL,
+    task_seq    INTEGER NOT NULL,
+    expires_at  INTEGER NOT NULL,
+    PRIMARY KEY (queue, key)
+) WITHOUT ROWID;
+CREATE INDEX idempotency_keys_expiry ON idempotency_keys (expires_at);
+";
+
+/// Sets the pragmas every connection needs. `durable` = fsync on every commit.
+///
+/// # Errors
+/// Any SQLite error.
+pub fn configure(conn: &Connection, durable: bool) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // FULL: in WAL mode every commit is fsynced before COMMIT returns.
+    conn.pragma_update(None, "synchronous", if durable { "FULL" } else { "OFF" })?;
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    conn.pragma_update(None, "cache_size", -65_536)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(())
+}
+
+/// Brings the schema up to [`VERSION`].
+///
+/// # Errors
+/// Any SQLite error, or a database written by a newer cherga.
+pub fn migrate(conn: &mut Connection) -> Result<(), String> {
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(|e| e.to_string())?;
+    if version > VERSION {
+        return Err(format!("database schema version {version} is newer than this cherga ({VERSION})"));
+    }
+    if version < 1 {
+        let tx = conn.transaction().map_err(|e| e.to_string())?;
+        tx.execute_batch(V1).map_err(|e| e.to_string())?;
+        tx.pragma_update(None, "user_version", VERSION).map_err(|e| e.to_string())?;
+        tx.commit().map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}

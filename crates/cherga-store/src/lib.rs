@@ -1,0 +1,226 @@
+//! The `Store` trait: the durable home of tasks and queues, named after the
+//! transitions of the domain. Every adapter (`cherga-store-sqlite`, later Postgres)
+//! implements it and runs the shared conformance suite in [`testkit`].
+//!
+//! **Contract:** when a method that changes state returns `Ok`, the change is
+//! durable (on disk, fsynced). A method that returns `Err` for the whole call
+//! changed nothing that a later read can see.
+//!
+//! **Boundary:** no HTTP and no SQL types cross this trait.
+
+use cherga_core::{Millis, NewTask, QueueName, QueueSettings, QueueSettingsPatch, Refusal, Task, TaskId, TaskState};
+use std::future::Future;
+
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+/// What went wrong with a store call or with one item of a batch.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No task or queue with that id or name.
+    #[error("not found")]
+    NotFound,
+    /// The domain refused the transition (stale lease, wrong state).
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// The idempotency key was seen within the window with a different request.
+    #[error("idempotency key already used for a different request (task {0})")]
+    KeyReused(TaskId),
+    /// Queue settings out of range.
+    #[error("invalid queue settings: {0}")]
+    InvalidSettings(String),
+    /// The backend failed (I/O, lost connection). Nothing of the call took effect.
+    #[error("store unavailable: {0}")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Stored data could not be read back as a task or queue.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// The store was closed.
+    #[error("store is closed")]
+    Closed,
+}
+
+/// The result of one item of an enqueue.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Enqueued {
+    /// A new task was stored.
+    Created(Task),
+    /// The idempotency key was seen within the window: the existing task, as it is now.
+    Replayed(Task),
+}
+
+impl Enqueued {
+    pub fn task(&self) -> &Task {
+        match self {
+            Enqueued::Created(t) | Enqueued::Replayed(t) => t,
+        }
+    }
+}
+
+/// A request for tasks of one queue.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub queue: QueueName,
+    pub max: usize,
+    /// `None` takes the queue's `lease_ms`.
+    pub lease_ms: Option<i64>,
+    pub worker: Option<String>,
+}
+
+/// An acknowledgement of one task.
+#[derive(Debug, Clone)]
+pub struct Ack {
+    pub task_id: TaskId,
+    pub token: String,
+    /// JSON text.
+    pub result: Option<String>,
+}
+
+/// A negative acknowledgement of one task.
+#[derive(Debug, Clone)]
+pub struct Nack {
+    pub task_id: TaskId,
+    pub token: String,
+    pub error: Option<String>,
+    pub retry_in_ms: Option<i64>,
+    pub dead: bool,
+}
+
+/// A queue with its settings and the number of tasks in each state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueInfo {
+    pub name: String,
+    pub settings: QueueSettings,
+    pub counts: [u64; 6],
+}
+
+impl QueueInfo {
+    pub fn count(&self, state: TaskState) -> u64 {
+        self.counts[usize::from(state.code())]
+    }
+}
+
+/// A page of tasks in enqueue order.
+#[derive(Debug, Clone)]
+pub struct ListTasks {
+    pub queue: QueueName,
+    pub state: Option<TaskState>,
+    /// Only tasks enqueued after this one.
+    pub after: Option<TaskId>,
+    pub limit: usize,
+}
+
+/// What a run of the timers did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TickReport {
+    /// Queues in which a task became ready or a lease ended: their waiters should look.
+    pub woken_queues: Vec<String>,
+    pub promoted: usize,
+    pub expired: usize,
+    pub purged: usize,
+    /// When the next scheduled task is due or the next lease expires, if any.
+    pub next_timer: Option<Millis>,
+}
+
+/// The durable store of tasks and queues.
+///
+/// Methods take `now` from the caller so that tests control time.
+pub trait Store: Send + Sync + 'static {
+    /// Stores new tasks in `queue`, creating the queue with default settings on
+    /// first use. Each item succeeds or fails on its own; idempotency keys are
+    /// honoured across the batch and across concurrent calls.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] for the whole call when nothing could be stored;
+    /// per item [`StoreError::KeyReused`].
+    fn enqueue(
+        &self,
+        queue: QueueName,
+        tasks: Vec<NewTask>,
+        now: Millis,
+    ) -> impl Future<Output = Result<Vec<Result<Enqueued, StoreError>>, StoreError>> + Send;
+
+    /// Leases up to `claim.max` ready tasks of the queue (creating the queue on first
+    /// use), best first, honouring groups, the concurrency limit and pauses.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the backend fails.
+    fn claim(&self, claim: Claim, now: Millis) -> impl Future<Output = Result<Vec<Task>, StoreError>> + Send;
+
+    /// Acknowledges tasks: each moves to `succeeded` with its result, or is refused.
+    ///
+    /// # Errors
+    /// Per item [`StoreError::NotFound`] or [`StoreError::Refused`].
+    fn complete(
+        &self,
+        acks: Vec<Ack>,
+        now: Millis,
+    ) -> impl Future<Output = Result<Vec<Result<Task, StoreError>>, StoreError>> + Send;
+
+    /// Records a failed attempt: the task is scheduled again with backoff, or dead.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`], [`StoreError::Refused`].
+    fn fail(&self, nack: Nack, now: Millis) -> impl Future<Output = Result<Task, StoreError>> + Send;
+
+    /// Extends the current lease of a task to `now + lease_ms`.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`], [`StoreError::Refused`].
+    fn extend_lease(
+        &self,
+        task_id: TaskId,
+        token: String,
+        lease_ms: i64,
+        now: Millis,
+    ) -> impl Future<Output = Result<Task, StoreError>> + Send;
+
+    /// Cancels a scheduled or ready task (a cancelled one is returned as it is).
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`], [`StoreError::Refused`].
+    fn cancel(&self, task_id: TaskId, now: Millis) -> impl Future<Output = Result<Task, StoreError>> + Send;
+
+    /// Sends a dead task back to ready with the queue's `max_attempts` more attempts.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`], [`StoreError::Refused`].
+    fn retry_dead(&self, task_id: TaskId, now: Millis) -> impl Future<Output = Result<Task, StoreError>> + Send;
+
+    /// # Errors
+    /// [`StoreError::NotFound`] when no such task exists (or it was purged).
+    fn get_task(&self, task_id: TaskId) -> impl Future<Output = Result<Task, StoreError>> + Send;
+
+    /// # Errors
+    /// [`StoreError::NotFound`] when the queue does not exist.
+    fn list_tasks(&self, list: ListTasks) -> impl Future<Output = Result<Vec<Task>, StoreError>> + Send;
+
+    /// Creates the queue or changes its settings.
+    ///
+    /// # Errors
+    /// [`StoreError::InvalidSettings`] when the result would be out of range.
+    fn put_queue(
+        &self,
+        queue: QueueName,
+        patch: QueueSettingsPatch,
+        now: Millis,
+    ) -> impl Future<Output = Result<QueueInfo, StoreError>> + Send;
+
+    /// # Errors
+    /// [`StoreError::NotFound`] when the queue does not exist.
+    fn get_queue(&self, queue: QueueName) -> impl Future<Output = Result<QueueInfo, StoreError>> + Send;
+
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the backend fails.
+    fn list_queues(&self) -> impl Future<Output = Result<Vec<QueueInfo>, StoreError>> + Send;
+
+    /// Runs the timers due at `now`: promotes scheduled tasks, expires leases, purges
+    /// finished tasks past retention and forgets idempotency keys past their window.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the backend fails.
+    fn tick(&self, now: Millis) -> impl Future<Output = Result<TickReport, StoreError>> + Send;
+
+    /// Flushes and closes the store; later calls get [`StoreError::Closed`].
+    fn close(&self) -> impl Future<Output = ()> + Send;
+}
