@@ -1,1 +1,501 @@
+//! The HTTP wire types of the v1 API and its error codes. This is the only crate
+//! that derives serde: the core stays free of it, and its types are converted by
+//! hand here, so the wire format can only change on purpose.
+//!
+//! Times on the wire are RFC 3339 UTC strings with milliseconds
+//! (`2026-11-28T04:35:00.123Z`); requests may also give integer milliseconds since
+//! the Unix epoch.
 
+pub mod error;
+pub mod time;
+
+use cherga_core::{QueueSettings, QueueSettingsPatch, Task, TaskState};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
+
+pub use error::{ErrorBody, ErrorCode, WireError};
+pub use time::Timestamp;
+
+/// Limits on what a request may carry.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest payload or result, in bytes of JSON text.
+    pub max_payload_bytes: usize,
+}
+
+/// Longest `kind`, `group`, idempotency key and worker name.
+pub const MAX_NAME_LEN: usize = 256;
+/// Longest error text kept with a nack; longer text is cut at this many bytes.
+pub const MAX_ERROR_LEN: usize = 64 * 1024;
+/// Longest a lease may be waited for.
+pub const MAX_WAIT_MS: u64 = 60_000;
+/// Most tasks in one lease or one page.
+pub const MAX_BATCH: usize = 1000;
+
+/// `POST /v1/queues/{queue}/tasks`, and each item of a batch.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnqueueRequest {
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<Box<RawValue>>,
+    #[serde(default)]
+    pub priority: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+}
+
+impl EnqueueRequest {
+    /// A request for a task of `kind` with `payload`, everything else default.
+    pub fn new(kind: impl Into<String>, payload: &impl Serialize) -> Result<Self, serde_json::Error> {
+        Ok(Self {
+            kind: kind.into(),
+            payload: Some(serde_json::value::to_raw_value(payload)?),
+            priority: 0,
+            run_at: None,
+            delay_ms: None,
+            idempotency_key: None,
+            group: None,
+            max_attempts: None,
+        })
+    }
+
+    /// Validates the request and turns it into a core [`cherga_core::NewTask`].
+    /// `header_key` is the `Idempotency-Key` header, which must agree with the field
+    /// when both are given.
+    ///
+    /// # Errors
+    /// A [`WireError`] naming the field at fault.
+    pub fn into_new_task(
+        self,
+        header_key: Option<&str>,
+        now: cherga_core::Millis,
+        limits: &Limits,
+    ) -> Result<cherga_core::NewTask, WireError> {
+        check_name("kind", &self.kind)?;
+        let payload = match &self.payload {
+            Some(raw) => minify(raw.get()),
+            None => "null".to_owned(),
+        };
+        if payload.len() > limits.max_payload_bytes {
+            return Err(WireError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("payload is {} bytes; the limit is {}", payload.len(), limits.max_payload_bytes),
+            ));
+        }
+        let key = match (header_key, self.idempotency_key) {
+            (Some(h), Some(f)) if h != f => {
+                return Err(WireError::invalid("idempotency_key differs from the Idempotency-Key header"));
+            }
+            (Some(h), _) => Some(h.to_owned()),
+            (None, f) => f,
+        };
+        if let Some(key) = &key {
+            check_name("idempotency_key", key)?;
+        }
+        if let Some(group) = &self.group {
+            check_name("group", group)?;
+        }
+        if self.max_attempts == Some(0) || self.max_attempts.is_some_and(|m| m > 10_000) {
+            return Err(WireError::invalid("max_attempts must be between 1 and 10000"));
+        }
+        let run_at = match (self.run_at, self.delay_ms) {
+            (Some(_), Some(_)) => return Err(WireError::invalid("give run_at or delay_ms, not both")),
+            (Some(at), None) => Some(at.0),
+            (None, Some(delay)) if delay < 0 => return Err(WireError::invalid("delay_ms must not be negative")),
+            (None, Some(delay)) => Some(now.saturating_add(delay)),
+            (None, None) => None,
+        };
+        Ok(cherga_core::NewTask {
+            kind: self.kind,
+            payload,
+            priority: self.priority,
+            run_at,
+            idempotency_key: key,
+            group: self.group,
+            max_attempts: self.max_attempts,
+        })
+    }
+}
+
+fn check_name(field: &str, value: &str) -> Result<(), WireError> {
+    if value.is_empty() || value.len() > MAX_NAME_LEN {
+        return Err(WireError::invalid(format!("{field} must be 1 to {MAX_NAME_LEN} bytes long")));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(WireError::invalid(format!("{field} must not contain control characters")));
+    }
+    Ok(())
+}
+
+/// Checks an optional worker name.
+///
+/// # Errors
+/// A [`WireError`] when the name is empty, too long or has control characters.
+pub fn check_worker(worker: Option<&str>) -> Result<(), WireError> {
+    worker.map_or(Ok(()), |w| check_name("worker", w))
+}
+
+/// Removes the insignificant whitespace of valid JSON text, keeping everything
+/// else (key order, number spelling) exactly as written.
+pub fn minify(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    for c in json.chars() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+            out.push(c);
+        } else if !matches!(c, ' ' | '\n' | '\r' | '\t') {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `POST /v1/queues/{queue}/tasks/batch`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnqueueBatchRequest {
+    pub tasks: Vec<EnqueueRequest>,
+}
+
+/// One item of a batch answer: the task, or the error for that item.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BatchItem {
+    /// The HTTP status this item would have had alone.
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<TaskView>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<WireError>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BatchResponse {
+    pub results: Vec<BatchItem>,
+}
+
+/// A task as the API shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TaskView {
+    pub id: String,
+    pub queue: String,
+    pub kind: String,
+    pub payload: Box<RawValue>,
+    pub priority: i32,
+    pub run_at: Timestamp,
+    pub idempotency_key: Option<String>,
+    pub group: Option<String>,
+    pub max_attempts: u32,
+    pub attempts: u32,
+    pub state: String,
+    pub result: Option<Box<RawValue>>,
+    pub last_error: Option<String>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub finished_at: Option<Timestamp>,
+    /// Present while the task is running: when its lease expires and who holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_expires_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    /// Only in lease answers: the lease the caller now holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<LeaseView>,
+}
+
+/// The lease a worker holds: present its token to ack, nack or extend.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LeaseView {
+    pub token: String,
+    pub expires_at: Timestamp,
+}
+
+fn raw(json: &str) -> Box<RawValue> {
+    RawValue::from_string(json.to_owned())
+        .unwrap_or_else(|_| RawValue::from_string("null".to_owned()).expect("null is JSON"))
+}
+
+impl TaskView {
+    /// The public view of a task. The lease token is never shown here.
+    pub fn from_task(task: &Task) -> Self {
+        let running = task.state == TaskState::Running;
+        let lease = task.lease.as_ref().filter(|_| running);
+        Self {
+            id: task.id.to_string(),
+            queue: task.queue.clone(),
+            kind: task.kind.clone(),
+            payload: raw(&task.payload),
+            priority: task.priority,
+            run_at: Timestamp(task.run_at),
+            idempotency_key: task.idempotency_key.clone(),
+            group: task.group.clone(),
+            max_attempts: task.max_attempts,
+            attempts: task.attempts,
+            state: task.state.as_str().to_owned(),
+            result: task.result.as_deref().map(raw),
+            last_error: task.last_error.clone(),
+            created_at: Timestamp(task.created_at),
+            updated_at: Timestamp(task.updated_at),
+            finished_at: task.finished_at.map(Timestamp),
+            lease_expires_at: lease.map(|l| Timestamp(l.expires_at)),
+            worker: lease.and_then(|l| l.worker.clone()),
+            lease: None,
+        }
+    }
+
+    /// The view handed to the worker that just leased the task, with its token.
+    pub fn leased(task: &Task) -> Self {
+        let mut view = Self::from_task(task);
+        view.lease = task
+            .lease
+            .as_ref()
+            .map(|l| LeaseView { token: l.token.as_str().to_owned(), expires_at: Timestamp(l.expires_at) });
+        view
+    }
+
+    /// The payload decoded as `T`.
+    ///
+    /// # Errors
+    /// When the payload does not fit `T`.
+    pub fn payload_as<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(self.payload.get())
+    }
+}
+
+/// `GET /v1/queues/{queue}/tasks` answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TaskList {
+    pub tasks: Vec<TaskView>,
+    /// Pass as `after` to get the next page; absent on the last page.
+    pub next: Option<String>,
+}
+
+/// `GET /v1/queues/{queue}/tasks` query.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    pub state: Option<String>,
+    pub limit: Option<usize>,
+    pub after: Option<String>,
+}
+
+/// `POST /v1/queues/{queue}/lease`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LeaseResponse {
+    pub tasks: Vec<TaskView>,
+}
+
+/// `POST /v1/tasks/{id}/ack`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AckRequest {
+    pub lease: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Box<RawValue>>,
+}
+
+/// `POST /v1/tasks/{id}/nack`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NackRequest {
+    pub lease: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_in_ms: Option<i64>,
+    #[serde(default)]
+    pub dead: bool,
+}
+
+/// `POST /v1/tasks/{id}/extend`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtendRequest {
+    pub lease: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_ms: Option<i64>,
+}
+
+/// One acknowledgement in `POST /v1/tasks/ack`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchAck {
+    pub id: String,
+    pub lease: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Box<RawValue>>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchAckRequest {
+    pub acks: Vec<BatchAck>,
+}
+
+/// Backoff settings on the wire.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multiplier: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter: Option<f64>,
+}
+
+/// `PUT /v1/queues/{queue}`: every field is optional; given fields replace the
+/// current setting, so sending the same body twice changes nothing the second time.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSettingsBody {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<BackoffSettings>,
+    /// `null` removes the limit; leaving the field out keeps the current one.
+    #[serde(default, deserialize_with = "double_option", skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<Option<u32>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup_window_ms: Option<i64>,
+}
+
+fn double_option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<u32>>, D::Error> {
+    Option::<u32>::deserialize(d).map(Some)
+}
+
+impl QueueSettingsBody {
+    pub fn to_patch(&self) -> QueueSettingsPatch {
+        let backoff = self.backoff.clone().unwrap_or_default();
+        QueueSettingsPatch {
+            max_attempts: self.max_attempts,
+            lease_ms: self.lease_ms,
+            backoff_initial_ms: backoff.initial_ms,
+            backoff_max_ms: backoff.max_ms,
+            backoff_multiplier: backoff.multiplier,
+            backoff_jitter: backoff.jitter,
+            concurrency: self.concurrency,
+            paused: self.paused,
+            retention_ms: self.retention_ms,
+            dedup_window_ms: self.dedup_window_ms,
+        }
+    }
+}
+
+/// Queue settings as the API shows them: every field present.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct QueueSettingsView {
+    pub max_attempts: u32,
+    pub lease_ms: i64,
+    pub backoff: BackoffView,
+    pub concurrency: Option<u32>,
+    pub paused: bool,
+    pub retention_ms: i64,
+    pub dedup_window_ms: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct BackoffView {
+    pub initial_ms: i64,
+    pub max_ms: i64,
+    pub multiplier: f64,
+    pub jitter: f64,
+}
+
+impl From<&QueueSettings> for QueueSettingsView {
+    fn from(s: &QueueSettings) -> Self {
+        Self {
+            max_attempts: s.max_attempts,
+            lease_ms: s.lease_ms,
+            backoff: BackoffView {
+                initial_ms: s.backoff.initial_ms,
+                max_ms: s.backoff.max_ms,
+                multiplier: s.backoff.multiplier,
+                jitter: s.backoff.jitter,
+            },
+            concurrency: s.concurrency,
+            paused: s.paused,
+            retention_ms: s.retention_ms,
+            dedup_window_ms: s.dedup_window_ms,
+        }
+    }
+}
+
+/// Number of tasks in each state.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Counts {
+    pub scheduled: u64,
+    pub ready: u64,
+    pub running: u64,
+    pub succeeded: u64,
+    pub dead: u64,
+    pub cancelled: u64,
+}
+
+impl From<[u64; 6]> for Counts {
+    fn from(c: [u64; 6]) -> Self {
+        Self { scheduled: c[0], ready: c[1], running: c[2], succeeded: c[3], dead: c[4], cancelled: c[5] }
+    }
+}
+
+/// A queue: settings and counts.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct QueueView {
+    pub name: String,
+    pub settings: QueueSettingsView,
+    pub counts: Counts,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct QueueList {
+    pub queues: Vec<QueueView>,
+}
+
+/// `GET /healthz`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+}
+
+#[cfg(test)]
+mod tests;
