@@ -1,1 +1,48 @@
-fn main(){}
+//! `cherga`: the broker binary. `cherga serve` runs the server on the embedded
+//! store; the other subcommands talk to a running server over HTTP.
+
+mod bench;
+mod cli;
+mod serve;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// cherga: a durable task broker.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Runs the broker on its embedded store.
+    Serve(serve::ServeArgs),
+    /// Enqueues one task.
+    Enqueue(cli::EnqueueArgs),
+    /// Lists queues with their counts per state.
+    Queues(cli::QueuesArgs),
+    /// Shows tasks.
+    Task {
+        #[command(subcommand)]
+        command: cli::TaskCommand,
+    },
+    /// Measures enqueue → lease → ack throughput and latency against a running server.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        match args.command {
+            Command::Serve(a) => serve::run(a).await,
+            Command::Enqueue(a) => cli::enqueue(a).await,
+            Command::Queues(a) => cli::queues(a).await,
+            Command::Task { command } => cli::task(command).await,
+            Command::Bench(a) => bench::run(a).await,
+        }
+    })
+}

@@ -1,0 +1,87 @@
+//! `ApiError`: the one place that picks status codes. Client errors explain
+//! themselves; server errors are logged here and reveal nothing.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use cherga_api::{ErrorBody, ErrorCode, WireError};
+use cherga_core::Refusal;
+use cherga_store::StoreError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidRequest, message)
+    }
+
+    /// Maps a store error about a task.
+    pub fn from_task_error(error: StoreError) -> Self {
+        match error {
+            StoreError::NotFound => Self::new(ErrorCode::TaskNotFound, "no task with this id (it may have been purged)"),
+            other => Self::from_store(other),
+        }
+    }
+
+    /// Maps a store error about a queue.
+    pub fn from_queue_error(error: StoreError) -> Self {
+        match error {
+            StoreError::NotFound => Self::new(ErrorCode::QueueNotFound, "no queue with this name"),
+            other => Self::from_store(other),
+        }
+    }
+
+    fn from_store(error: StoreError) -> Self {
+        match error {
+            StoreError::NotFound => Self::new(ErrorCode::TaskNotFound, "not found"),
+            StoreError::Refused(refusal @ Refusal::LeaseLost) => Self::new(ErrorCode::LeaseLost, refusal.to_string()),
+            StoreError::Refused(refusal @ Refusal::InvalidState { .. }) => {
+                Self::new(ErrorCode::InvalidState, refusal.to_string())
+            }
+            StoreError::KeyReused(task_id) => Self::new(
+                ErrorCode::IdempotencyKeyReused,
+                format!("this idempotency key was already used for a different request (task {task_id})"),
+            ),
+            StoreError::InvalidSettings(message) => Self::invalid(message),
+            StoreError::Unavailable(source) => {
+                tracing::error!(error = %source, "store unavailable");
+                Self::new(ErrorCode::Unavailable, "the store is unavailable; retry later")
+            }
+            StoreError::Closed => Self::new(ErrorCode::Unavailable, "the server is shutting down; retry later"),
+            StoreError::Corrupt(detail) => {
+                tracing::error!(%detail, "corrupt data in store");
+                Self::new(ErrorCode::Internal, "internal error")
+            }
+        }
+    }
+
+    pub fn to_wire(&self) -> WireError {
+        WireError::new(self.code, self.message.clone())
+    }
+}
+
+impl From<WireError> for ApiError {
+    fn from(e: WireError) -> Self {
+        // WireError codes made by cherga-api are always request errors.
+        let code = match e.code.as_str() {
+            "payload_too_large" => ErrorCode::PayloadTooLarge,
+            _ => ErrorCode::InvalidRequest,
+        };
+        Self { code, message: e.message }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(ErrorBody { error: self.to_wire() })).into_response()
+    }
+}

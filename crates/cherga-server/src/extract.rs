@@ -1,0 +1,44 @@
+//! Extractors that answer bad input with the API's JSON errors.
+
+use crate::error::ApiError;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use cherga_api::ErrorCode;
+use serde::de::DeserializeOwned;
+
+/// A JSON body. The content type is not insisted on (so `curl -d` works), the size
+/// limit is; an empty body reads as `{}` for bodies whose fields are all optional.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e: BytesRejection| {
+            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(ErrorCode::BodyTooLarge, "request body is larger than the server's limit")
+            } else {
+                ApiError::invalid(format!("could not read the request body: {e}"))
+            }
+        })?;
+        let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &bytes };
+        serde_json::from_slice(text)
+            .map(JsonBody)
+            .map_err(|e| ApiError::new(ErrorCode::InvalidJson, format!("invalid JSON body: {e}")))
+    }
+}
+
+/// A query string.
+pub struct QueryArgs<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryArgs<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::try_from_uri(&parts.uri)
+            .map(|q| QueryArgs(q.0))
+            .map_err(|e| ApiError::invalid(format!("invalid query string: {}", e.body_text())))
+    }
+}

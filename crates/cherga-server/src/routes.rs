@@ -1,0 +1,437 @@
+//! The v1 routes. Each handler validates its input, makes one store call, wakes
+//! whoever may now have work, and answers with the wire types of `cherga-api`.
+
+use crate::error::ApiError;
+use crate::extract::{JsonBody, QueryArgs};
+use crate::{App, ServerConfig, now_ms};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use cherga_api::{
+    AckRequest, BatchAckRequest, BatchItem, BatchResponse, EnqueueBatchRequest, EnqueueRequest, ErrorCode,
+    ExtendRequest, Health, LeaseRequest, LeaseResponse, ListQuery, MAX_BATCH, MAX_ERROR_LEN, MAX_WAIT_MS,
+    NackRequest, QueueList, QueueSettingsBody, QueueView, TaskList, TaskView, WireError,
+};
+use cherga_core::queue::MAX_LEASE_MS;
+use cherga_core::{NewTask, QueueName, Task, TaskId, TaskState};
+use cherga_store::{Ack, Claim, Enqueued, ListTasks, Nack, QueueInfo, Store, StoreError};
+use serde_json::value::RawValue;
+use std::sync::Arc;
+use std::time::Duration;
+
+type AppState<S> = State<Arc<App<S>>>;
+
+/// Most tasks in one batch enqueue or batch ack.
+const MAX_BATCH_ITEMS: usize = 10_000;
+
+/// The router with every v1 route, for `serve` and for in-process tests.
+pub fn router<S: Store>(app: Arc<App<S>>, config: &ServerConfig) -> Router {
+    Router::new()
+        .route("/healthz", get(health))
+        .route("/v1/queues", get(list_queues::<S>))
+        .route("/v1/queues/{queue}", get(get_queue::<S>).put(put_queue::<S>))
+        .route("/v1/queues/{queue}/tasks", post(enqueue::<S>).get(list_tasks::<S>))
+        .route("/v1/queues/{queue}/tasks/batch", post(enqueue_batch::<S>))
+        .route("/v1/queues/{queue}/lease", post(lease::<S>))
+        .route("/v1/tasks/ack", post(ack_batch::<S>))
+        .route("/v1/tasks/{id}", get(get_task::<S>).delete(cancel::<S>))
+        .route("/v1/tasks/{id}/ack", post(ack::<S>))
+        .route("/v1/tasks/{id}/nack", post(nack::<S>))
+        .route("/v1/tasks/{id}/extend", post(extend::<S>))
+        .route("/v1/tasks/{id}/retry", post(retry::<S>))
+        .fallback(|| async { ApiError::new(ErrorCode::RouteNotFound, "no such route; see the v1 API") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(ErrorCode::MethodNotAllowed, "this route does not take this method")
+        })
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .with_state(app)
+}
+
+fn queue_name(name: &str) -> Result<QueueName, ApiError> {
+    QueueName::new(name).map_err(|e| ApiError::new(ErrorCode::InvalidQueueName, e.to_string()))
+}
+
+fn task_id(text: &str) -> Result<TaskId, ApiError> {
+    TaskId::parse(text).ok_or_else(|| ApiError::new(ErrorCode::InvalidTaskId, format!("{text:?} is not a task id")))
+}
+
+/// Checks a result's size and removes its insignificant whitespace.
+fn result_text(app: &App<impl Store>, result: Option<Box<RawValue>>) -> Result<Option<String>, ApiError> {
+    let Some(raw) = result else { return Ok(None) };
+    let text = cherga_api::minify(raw.get());
+    if text.len() > app.limits.max_payload_bytes {
+        return Err(ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("result is {} bytes; the limit is {}", text.len(), app.limits.max_payload_bytes),
+        ));
+    }
+    Ok(Some(text))
+}
+
+/// Cuts an error text to [`MAX_ERROR_LEN`] bytes at a character boundary.
+fn error_text(error: Option<String>) -> Option<String> {
+    error.map(|mut e| {
+        if e.len() > MAX_ERROR_LEN {
+            let mut cut = MAX_ERROR_LEN;
+            while !e.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            e.truncate(cut);
+        }
+        e
+    })
+}
+
+fn check_lease_ms(lease_ms: Option<i64>) -> Result<(), ApiError> {
+    match lease_ms {
+        Some(ms) if !(1..=MAX_LEASE_MS).contains(&ms) => {
+            Err(ApiError::invalid(format!("lease_ms must be between 1 and {MAX_LEASE_MS}")))
+        }
+        _ => Ok(()),
+    }
+}
+
+impl<S: Store> App<S> {
+    /// Tells waiters and the timer what a changed task means for them.
+    fn after_change(&self, task: &Task) {
+        match task.state {
+            TaskState::Ready => self.waiters.wake(&task.queue),
+            TaskState::Scheduled => self.timer.due_by(task.run_at),
+            TaskState::Running => {
+                if let Some(lease) = &task.lease {
+                    self.timer.due_by(lease.expires_at);
+                }
+            }
+            // A finished task frees its group and a concurrency slot.
+            _ if task.group.is_some() || task.state.is_finished() => self.waiters.wake(&task.queue),
+            _ => {}
+        }
+    }
+}
+
+async fn health() -> Json<Health> {
+    Json(Health { status: "ok".into() })
+}
+
+fn queue_view(info: &QueueInfo) -> QueueView {
+    QueueView { name: info.name.clone(), settings: (&info.settings).into(), counts: info.counts.into() }
+}
+
+async fn list_queues<S: Store>(State(app): AppState<S>) -> Result<Json<QueueList>, ApiError> {
+    let queues = app.store.list_queues().await.map_err(ApiError::from_queue_error)?;
+    Ok(Json(QueueList { queues: queues.iter().map(queue_view).collect() }))
+}
+
+async fn get_queue<S: Store>(State(app): AppState<S>, Path(queue): Path<String>) -> Result<Json<QueueView>, ApiError> {
+    let info = app.store.get_queue(queue_name(&queue)?).await.map_err(ApiError::from_queue_error)?;
+    Ok(Json(queue_view(&info)))
+}
+
+async fn put_queue<S: Store>(
+    State(app): AppState<S>,
+    Path(queue): Path<String>,
+    JsonBody(body): JsonBody<QueueSettingsBody>,
+) -> Result<Json<QueueView>, ApiError> {
+    let name = queue_name(&queue)?;
+    let info = app.store.put_queue(name, body.to_patch(), now_ms()).await.map_err(ApiError::from_queue_error)?;
+    // A raised limit or an unpaused queue may let waiting workers lease.
+    app.waiters.wake(&info.name);
+    Ok(Json(queue_view(&info)))
+}
+
+async fn enqueue<S: Store>(
+    State(app): AppState<S>,
+    Path(queue): Path<String>,
+    headers: HeaderMap,
+    JsonBody(request): JsonBody<EnqueueRequest>,
+) -> Result<Response, ApiError> {
+    let queue = queue_name(&queue)?;
+    let header_key = match headers.get("idempotency-key") {
+        Some(v) => Some(v.to_str().map_err(|_| ApiError::invalid("Idempotency-Key header must be visible ASCII"))?),
+        None => None,
+    };
+    let now = now_ms();
+    let new = request.into_new_task(header_key, now, &app.limits)?;
+    let mut results = app.store.enqueue(queue, vec![new], now).await.map_err(ApiError::from_queue_error)?;
+    let result = results.pop().ok_or_else(|| ApiError::new(ErrorCode::Internal, "store returned no result"))?;
+    match result.map_err(ApiError::from_task_error)? {
+        Enqueued::Created(task) => {
+            app.after_change(&task);
+            Ok((StatusCode::CREATED, Json(TaskView::from_task(&task))).into_response())
+        }
+        Enqueued::Replayed(task) => {
+            let mut response = (StatusCode::OK, Json(TaskView::from_task(&task))).into_response();
+            response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+            Ok(response)
+        }
+    }
+}
+
+fn item_ok(status: u16, task: &Task) -> BatchItem {
+    BatchItem { status, task: Some(TaskView::from_task(task)), error: None }
+}
+
+fn item_err(error: ApiError) -> BatchItem {
+    BatchItem { status: error.code.status(), task: None, error: Some(error.to_wire()) }
+}
+
+async fn enqueue_batch<S: Store>(
+    State(app): AppState<S>,
+    Path(queue): Path<String>,
+    JsonBody(request): JsonBody<EnqueueBatchRequest>,
+) -> Result<Json<BatchResponse>, ApiError> {
+    let queue = queue_name(&queue)?;
+    if request.tasks.len() > MAX_BATCH_ITEMS {
+        return Err(ApiError::invalid(format!("a batch holds at most {MAX_BATCH_ITEMS} tasks")));
+    }
+    let now = now_ms();
+    // Valid items go to the store in one call; invalid ones keep their place.
+    let mut checked: Vec<Result<(), WireError>> = Vec::with_capacity(request.tasks.len());
+    let mut valid: Vec<NewTask> = Vec::with_capacity(request.tasks.len());
+    for item in request.tasks {
+        match item.into_new_task(None, now, &app.limits) {
+            Ok(new) => {
+                valid.push(new);
+                checked.push(Ok(()));
+            }
+            Err(e) => checked.push(Err(e)),
+        }
+    }
+    let queue_text = queue.as_str().to_owned();
+    let stored = if valid.is_empty() {
+        Vec::new()
+    } else {
+        app.store.enqueue(queue, valid, now).await.map_err(ApiError::from_queue_error)?
+    };
+    let mut stored = stored.into_iter();
+    let mut woke = false;
+    let results: Vec<BatchItem> = checked
+        .into_iter()
+        .map(|check| match check {
+            Err(e) => item_err(e.into()),
+            Ok(()) => match stored.next() {
+                Some(Ok(Enqueued::Created(task))) => {
+                    if task.state == TaskState::Ready {
+                        woke = true;
+                    } else {
+                        app.after_change(&task);
+                    }
+                    item_ok(201, &task)
+                }
+                Some(Ok(Enqueued::Replayed(task))) => item_ok(200, &task),
+                Some(Err(e)) => item_err(ApiError::from_task_error(e)),
+                None => item_err(ApiError::new(ErrorCode::Internal, "store returned too few results")),
+            },
+        })
+        .collect();
+    if woke {
+        app.waiters.wake(&queue_text);
+    }
+    Ok(Json(BatchResponse { results }))
+}
+
+async fn list_tasks<S: Store>(
+    State(app): AppState<S>,
+    Path(queue): Path<String>,
+    QueryArgs(query): QueryArgs<ListQuery>,
+) -> Result<Json<TaskList>, ApiError> {
+    let queue = queue_name(&queue)?;
+    let state = match query.state.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(TaskState::parse(s).ok_or_else(|| {
+            ApiError::invalid(format!(
+                "state must be one of scheduled, ready, running, succeeded, dead, cancelled; got {s:?}"
+            ))
+        })?),
+    };
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=MAX_BATCH).contains(&limit) {
+        return Err(ApiError::invalid(format!("limit must be between 1 and {MAX_BATCH}")));
+    }
+    let after = match query.after.as_deref() {
+        None | Some("") => None,
+        Some(a) => Some(task_id(a)?),
+    };
+    let tasks = app
+        .store
+        .list_tasks(ListTasks { queue, state, after, limit })
+        .await
+        .map_err(ApiError::from_queue_error)?;
+    let next = (tasks.len() == limit).then(|| tasks.last().map(|t| t.id.to_string())).flatten();
+    Ok(Json(TaskList { tasks: tasks.iter().map(TaskView::from_task).collect(), next }))
+}
+
+async fn lease<S: Store>(
+    State(app): AppState<S>,
+    Path(queue): Path<String>,
+    JsonBody(request): JsonBody<LeaseRequest>,
+) -> Result<Json<LeaseResponse>, ApiError> {
+    let queue = queue_name(&queue)?;
+    let max = request.max.unwrap_or(1);
+    if !(1..=MAX_BATCH).contains(&max) {
+        return Err(ApiError::invalid(format!("max must be between 1 and {MAX_BATCH}")));
+    }
+    let wait_ms = request.wait_ms.unwrap_or(0);
+    if wait_ms > MAX_WAIT_MS {
+        return Err(ApiError::invalid(format!("wait_ms must be at most {MAX_WAIT_MS}")));
+    }
+    check_lease_ms(request.lease_ms)?;
+    cherga_api::check_worker(request.worker.as_deref())?;
+    let claim = Claim { queue: queue.clone(), max, lease_ms: request.lease_ms, worker: request.worker };
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
+    let notify = app.waiters.of(queue.as_str());
+    let mut shutting_down = app.shutting_down.clone();
+    loop {
+        // Register for wake-ups before looking, so a task that arrives between the
+        // look and the wait is not missed.
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let tasks = app.store.claim(claim.clone(), now_ms()).await.map_err(ApiError::from_queue_error)?;
+        if !tasks.is_empty() {
+            if let Some(first) = tasks.first() {
+                app.after_change(first);
+            }
+            return Ok(Json(LeaseResponse { tasks: tasks.iter().map(TaskView::leased).collect() }));
+        }
+        if tokio::time::Instant::now() >= deadline || *shutting_down.borrow() {
+            return Ok(Json(LeaseResponse { tasks: Vec::new() }));
+        }
+        tokio::select! {
+            () = &mut notified => {}
+            () = tokio::time::sleep_until(deadline) => {}
+            _ = shutting_down.wait_for(|&s| s) => {}
+        }
+    }
+}
+
+async fn ack<S: Store>(
+    State(app): AppState<S>,
+    Path(id): Path<String>,
+    JsonBody(request): JsonBody<AckRequest>,
+) -> Result<Json<TaskView>, ApiError> {
+    let task_id = task_id(&id)?;
+    let result = result_text(&app, request.result)?;
+    let ack = Ack { task_id, token: request.lease, result };
+    let mut results = app.store.complete(vec![ack], now_ms()).await.map_err(ApiError::from_task_error)?;
+    let task = results
+        .pop()
+        .ok_or_else(|| ApiError::new(ErrorCode::Internal, "store returned no result"))?
+        .map_err(ApiError::from_task_error)?;
+    app.after_change(&task);
+    Ok(Json(TaskView::from_task(&task)))
+}
+
+async fn ack_batch<S: Store>(
+    State(app): AppState<S>,
+    JsonBody(request): JsonBody<BatchAckRequest>,
+) -> Result<Json<BatchResponse>, ApiError> {
+    if request.acks.len() > MAX_BATCH_ITEMS {
+        return Err(ApiError::invalid(format!("a batch holds at most {MAX_BATCH_ITEMS} acks")));
+    }
+    let mut checked: Vec<Result<(), ApiError>> = Vec::with_capacity(request.acks.len());
+    let mut acks = Vec::with_capacity(request.acks.len());
+    for item in request.acks {
+        let parsed = task_id(&item.id).and_then(|id| Ok((id, result_text(&app, item.result)?)));
+        match parsed {
+            Ok((task_id, result)) => {
+                acks.push(Ack { task_id, token: item.lease, result });
+                checked.push(Ok(()));
+            }
+            Err(e) => checked.push(Err(e)),
+        }
+    }
+    let stored =
+        if acks.is_empty() { Vec::new() } else { app.store.complete(acks, now_ms()).await.map_err(ApiError::from_task_error)? };
+    let mut stored = stored.into_iter();
+    let mut woken: Vec<String> = Vec::new();
+    let results = checked
+        .into_iter()
+        .map(|check| match check {
+            Err(e) => item_err(e),
+            Ok(()) => match stored.next() {
+                Some(Ok(task)) => {
+                    if !woken.contains(&task.queue) {
+                        woken.push(task.queue.clone());
+                    }
+                    item_ok(200, &task)
+                }
+                Some(Err(e)) => item_err(ApiError::from_task_error(e)),
+                None => item_err(ApiError::new(ErrorCode::Internal, "store returned too few results")),
+            },
+        })
+        .collect();
+    for queue in woken {
+        app.waiters.wake(&queue);
+    }
+    Ok(Json(BatchResponse { results }))
+}
+
+async fn nack<S: Store>(
+    State(app): AppState<S>,
+    Path(id): Path<String>,
+    JsonBody(request): JsonBody<NackRequest>,
+) -> Result<Json<TaskView>, ApiError> {
+    let task_id = task_id(&id)?;
+    if request.retry_in_ms.is_some_and(|ms| !(0..=30 * 24 * 3600 * 1000).contains(&ms)) {
+        return Err(ApiError::invalid("retry_in_ms must be between 0 and 30 days"));
+    }
+    let nack = Nack {
+        task_id,
+        token: request.lease,
+        error: error_text(request.error),
+        retry_in_ms: request.retry_in_ms,
+        dead: request.dead,
+    };
+    let task = app.store.fail(nack, now_ms()).await.map_err(ApiError::from_task_error)?;
+    app.after_change(&task);
+    if task.group.is_some() || task.state == TaskState::Scheduled {
+        // The nacked task's concurrency slot is free now.
+        app.waiters.wake(&task.queue);
+    }
+    Ok(Json(TaskView::from_task(&task)))
+}
+
+async fn extend<S: Store>(
+    State(app): AppState<S>,
+    Path(id): Path<String>,
+    JsonBody(request): JsonBody<ExtendRequest>,
+) -> Result<Json<TaskView>, ApiError> {
+    let task_id = task_id(&id)?;
+    check_lease_ms(request.lease_ms)?;
+    let lease_ms = match request.lease_ms {
+        Some(ms) => ms,
+        None => {
+            let task = app.store.get_task(task_id).await.map_err(ApiError::from_task_error)?;
+            let queue = queue_name(&task.queue)?;
+            app.store.get_queue(queue).await.map_err(ApiError::from_queue_error)?.settings.lease_ms
+        }
+    };
+    let task = app.store.extend_lease(task_id, request.lease, lease_ms, now_ms()).await.map_err(ApiError::from_task_error)?;
+    Ok(Json(TaskView::from_task(&task)))
+}
+
+async fn get_task<S: Store>(State(app): AppState<S>, Path(id): Path<String>) -> Result<Json<TaskView>, ApiError> {
+    let task = app.store.get_task(task_id(&id)?).await.map_err(ApiError::from_task_error)?;
+    Ok(Json(TaskView::from_task(&task)))
+}
+
+async fn cancel<S: Store>(State(app): AppState<S>, Path(id): Path<String>) -> Result<Json<TaskView>, ApiError> {
+    let task = app.store.cancel(task_id(&id)?, now_ms()).await.map_err(ApiError::from_task_error)?;
+    app.after_change(&task);
+    Ok(Json(TaskView::from_task(&task)))
+}
+
+async fn retry<S: Store>(State(app): AppState<S>, Path(id): Path<String>) -> Result<Json<TaskView>, ApiError> {
+    let task = app.store.retry_dead(task_id(&id)?, now_ms()).await.map_err(ApiError::from_task_error)?;
+    app.after_change(&task);
+    Ok(Json(TaskView::from_task(&task)))
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::from_task_error(e)
+    }
+}
