@@ -110,7 +110,9 @@ impl EnqueueRequest {
         let run_at = match (self.run_at, self.delay_ms) {
             (Some(_), Some(_)) => return Err(WireError::invalid("give run_at or delay_ms, not both")),
             (Some(at), None) => Some(at.0),
-            (None, Some(delay)) if delay < 0 => return Err(WireError::invalid("delay_ms must not be negative")),
+            (None, Some(delay)) if delay < 0 => {
+                return Err(WireError::invalid("delay_ms must not be negative"));
+            }
             (None, Some(delay)) => Some(now.saturating_add(delay)),
             (None, None) => None,
         };

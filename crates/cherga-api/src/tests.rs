@@ -14,14 +14,20 @@ fn minify_keeps_strings_and_order() {
 
 #[test]
 fn enqueue_request_becomes_a_new_task() {
-    let t = request(r#"{"kind":"charge","payload":{ "order": 7 },"priority":3,"group":"o-7","max_attempts":4}"#)
-        .into_new_task(None, 1000, &LIMITS)
-        .unwrap();
+    let t =
+        request(r#"{"kind":"charge","payload":{ "order": 7 },"priority":3,"group":"o-7","max_attempts":4}"#)
+            .into_new_task(None, 1000, &LIMITS)
+            .unwrap();
     assert_eq!(t.payload, r#"{"order":7}"#);
     assert_eq!((t.priority, t.group.as_deref(), t.max_attempts, t.run_at), (3, Some("o-7"), Some(4), None));
     let t = request(r#"{"kind":"k","delay_ms":500}"#).into_new_task(Some("key"), 1000, &LIMITS).unwrap();
-    assert_eq!((t.run_at, t.idempotency_key.as_deref(), t.payload.as_str()), (Some(1500), Some("key"), "null"));
-    let t = request(r#"{"kind":"k","run_at":"2026-01-02T03:04:05.006Z"}"#).into_new_task(None, 0, &LIMITS).unwrap();
+    assert_eq!(
+        (t.run_at, t.idempotency_key.as_deref(), t.payload.as_str()),
+        (Some(1500), Some("key"), "null")
+    );
+    let t = request(r#"{"kind":"k","run_at":"2026-01-02T03:04:05.006Z"}"#)
+        .into_new_task(None, 0, &LIMITS)
+        .unwrap();
     assert_eq!(t.run_at, Some(1_767_323_045_006));
 }
 
@@ -33,7 +39,11 @@ fn enqueue_request_refusals_name_the_problem() {
         (r#"{"kind":"k","delay_ms":1,"run_at":5}"#, None, "not both"),
         (r#"{"kind":"k","idempotency_key":"a"}"#, Some("b"), "differs"),
         (r#"{"kind":"k","max_attempts":0}"#, None, "max_attempts"),
-        (r#"{"kind":"k","payload":"0123456789012345678901234567890123456789012345678901234567890123"}"#, None, "limit is 64"),
+        (
+            r#"{"kind":"k","payload":"0123456789012345678901234567890123456789012345678901234567890123"}"#,
+            None,
+            "limit is 64",
+        ),
     ];
     for (json, header, needle) in cases {
         let err = request(json).into_new_task(header, 0, &LIMITS).unwrap_err();
@@ -52,7 +62,8 @@ fn unknown_fields_and_wrong_types_are_refused() {
 fn queue_settings_body_tells_null_from_absent() {
     let body: QueueSettingsBody = serde_json::from_str(r#"{"concurrency":null}"#).unwrap();
     assert_eq!(body.to_patch().concurrency, Some(None));
-    let body: QueueSettingsBody = serde_json::from_str(r#"{"concurrency":4,"backoff":{"jitter":0}}"#).unwrap();
+    let body: QueueSettingsBody =
+        serde_json::from_str(r#"{"concurrency":4,"backoff":{"jitter":0}}"#).unwrap();
     assert_eq!(body.to_patch().concurrency, Some(Some(4)));
     assert_eq!(body.to_patch().backoff_jitter, Some(0.0));
     let body: QueueSettingsBody = serde_json::from_str("{}").unwrap();

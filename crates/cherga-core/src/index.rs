@@ -12,8 +12,8 @@
 //!   enqueue order (`seq`);
 //! - counts per state are those of the tasks the index was told about.
 
-use crate::task::{Task, TaskState};
 use crate::Millis;
+use crate::task::{Task, TaskState};
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -157,7 +157,11 @@ impl Index {
             run_at: task.run_at,
             group: task.group.as_deref().map(Arc::from),
             state: task.state,
-            lease_expires_at: task.lease.as_ref().filter(|_| task.state == TaskState::Running).map(|l| l.expires_at),
+            lease_expires_at: task
+                .lease
+                .as_ref()
+                .filter(|_| task.state == TaskState::Running)
+                .map(|l| l.expires_at),
         };
         self.upsert(task.id.seq(), was, slot);
     }

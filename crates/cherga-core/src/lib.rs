@@ -13,9 +13,7 @@ pub mod task;
 pub use index::{Index, TaskSlot};
 pub use queue::{QueueName, QueueSettings, QueueSettingsPatch};
 pub use retry::Backoff;
-pub use task::{
-    AckOutcome, Lease, LeaseToken, NewTask, Refusal, Task, TaskId, TaskState, fingerprint,
-};
+pub use task::{AckOutcome, Lease, LeaseToken, NewTask, Refusal, Task, TaskId, TaskState, fingerprint};
 
 /// Milliseconds since the Unix epoch. All times in cherga are of this unit.
 pub type Millis = i64;

@@ -22,9 +22,7 @@ impl QueueName {
     pub fn new(name: &str) -> Result<Self, InvalidQueueName> {
         let valid = !name.is_empty()
             && name.len() <= 128
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
         if valid { Ok(Self(name.to_owned())) } else { Err(InvalidQueueName) }
     }
 

@@ -385,8 +385,8 @@ impl Task {
     /// Sends a running task whose lease has expired back to `scheduled` with backoff,
     /// or to `dead` when its attempts are used up. Returns whether it moved.
     pub fn expire(&mut self, settings: &QueueSettings, random: f64, now: Millis) -> bool {
-        let expired = self.state == TaskState::Running
-            && self.lease.as_ref().is_some_and(|l| l.expires_at <= now);
+        let expired =
+            self.state == TaskState::Running && self.lease.as_ref().is_some_and(|l| l.expires_at <= now);
         if expired {
             self.lease = None;
             self.last_error = Some("lease expired".to_owned());

@@ -26,7 +26,9 @@ impl ApiError {
     /// Maps a store error about a task.
     pub fn from_task_error(error: StoreError) -> Self {
         match error {
-            StoreError::NotFound => Self::new(ErrorCode::TaskNotFound, "no task with this id (it may have been purged)"),
+            StoreError::NotFound => {
+                Self::new(ErrorCode::TaskNotFound, "no task with this id (it may have been purged)")
+            }
             other => Self::from_store(other),
         }
     }
@@ -42,7 +44,9 @@ impl ApiError {
     fn from_store(error: StoreError) -> Self {
         match error {
             StoreError::NotFound => Self::new(ErrorCode::TaskNotFound, "not found"),
-            StoreError::Refused(refusal @ Refusal::LeaseLost) => Self::new(ErrorCode::LeaseLost, refusal.to_string()),
+            StoreError::Refused(refusal @ Refusal::LeaseLost) => {
+                Self::new(ErrorCode::LeaseLost, refusal.to_string())
+            }
             StoreError::Refused(refusal @ Refusal::InvalidState { .. }) => {
                 Self::new(ErrorCode::InvalidState, refusal.to_string())
             }
@@ -55,7 +59,9 @@ impl ApiError {
                 tracing::error!(error = %source, "store unavailable");
                 Self::new(ErrorCode::Unavailable, "the store is unavailable; retry later")
             }
-            StoreError::Closed => Self::new(ErrorCode::Unavailable, "the server is shutting down; retry later"),
+            StoreError::Closed => {
+                Self::new(ErrorCode::Unavailable, "the server is shutting down; retry later")
+            }
             StoreError::Corrupt(detail) => {
                 tracing::error!(%detail, "corrupt data in store");
                 Self::new(ErrorCode::Internal, "internal error")

@@ -93,7 +93,12 @@ impl<S: Store> App<S> {
                         self.waiters.wake(queue);
                     }
                     if report.expired > 0 || report.purged > 0 {
-                        tracing::debug!(expired = report.expired, promoted = report.promoted, purged = report.purged, "timers ran");
+                        tracing::debug!(
+                            expired = report.expired,
+                            promoted = report.promoted,
+                            purged = report.purged,
+                            "timers ran"
+                        );
                     }
                     // A full tick may have left work behind: look again at once.
                     let busy = report.promoted + report.expired >= 10_000;
@@ -148,7 +153,5 @@ pub async fn serve<S: Store>(
 
 /// Milliseconds since the Unix epoch, from the system clock.
 pub fn now_ms() -> Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as Millis)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as Millis)
 }

@@ -54,7 +54,8 @@ fn queue_name(name: &str) -> Result<QueueName, ApiError> {
 }
 
 fn task_id(text: &str) -> Result<TaskId, ApiError> {
-    TaskId::parse(text).ok_or_else(|| ApiError::new(ErrorCode::InvalidTaskId, format!("{text:?} is not a task id")))
+    TaskId::parse(text)
+        .ok_or_else(|| ApiError::new(ErrorCode::InvalidTaskId, format!("{text:?} is not a task id")))
 }
 
 /// Checks a result's size and removes its insignificant whitespace.
@@ -124,7 +125,10 @@ async fn list_queues<S: Store>(State(app): AppState<S>) -> Result<Json<QueueList
     Ok(Json(QueueList { queues: queues.iter().map(queue_view).collect() }))
 }
 
-async fn get_queue<S: Store>(State(app): AppState<S>, Path(queue): Path<String>) -> Result<Json<QueueView>, ApiError> {
+async fn get_queue<S: Store>(
+    State(app): AppState<S>,
+    Path(queue): Path<String>,
+) -> Result<Json<QueueView>, ApiError> {
     let info = app.store.get_queue(queue_name(&queue)?).await.map_err(ApiError::from_queue_error)?;
     Ok(Json(queue_view(&info)))
 }
@@ -135,7 +139,8 @@ async fn put_queue<S: Store>(
     JsonBody(body): JsonBody<QueueSettingsBody>,
 ) -> Result<Json<QueueView>, ApiError> {
     let name = queue_name(&queue)?;
-    let info = app.store.put_queue(name, body.to_patch(), now_ms()).await.map_err(ApiError::from_queue_error)?;
+    let info =
+        app.store.put_queue(name, body.to_patch(), now_ms()).await.map_err(ApiError::from_queue_error)?;
     // A raised limit or an unpaused queue may let waiting workers lease.
     app.waiters.wake(&info.name);
     Ok(Json(queue_view(&info)))
@@ -149,13 +154,16 @@ async fn enqueue<S: Store>(
 ) -> Result<Response, ApiError> {
     let queue = queue_name(&queue)?;
     let header_key = match headers.get("idempotency-key") {
-        Some(v) => Some(v.to_str().map_err(|_| ApiError::invalid("Idempotency-Key header must be visible ASCII"))?),
+        Some(v) => {
+            Some(v.to_str().map_err(|_| ApiError::invalid("Idempotency-Key header must be visible ASCII"))?)
+        }
         None => None,
     };
     let now = now_ms();
     let new = request.into_new_task(header_key, now, &app.limits)?;
     let mut results = app.store.enqueue(queue, vec![new], now).await.map_err(ApiError::from_queue_error)?;
-    let result = results.pop().ok_or_else(|| ApiError::new(ErrorCode::Internal, "store returned no result"))?;
+    let result =
+        results.pop().ok_or_else(|| ApiError::new(ErrorCode::Internal, "store returned no result"))?;
     match result.map_err(ApiError::from_task_error)? {
         Enqueued::Created(task) => {
             app.after_change(&task);
@@ -343,8 +351,11 @@ async fn ack_batch<S: Store>(
             Err(e) => checked.push(Err(e)),
         }
     }
-    let stored =
-        if acks.is_empty() { Vec::new() } else { app.store.complete(acks, now_ms()).await.map_err(ApiError::from_task_error)? };
+    let stored = if acks.is_empty() {
+        Vec::new()
+    } else {
+        app.store.complete(acks, now_ms()).await.map_err(ApiError::from_task_error)?
+    };
     let mut stored = stored.into_iter();
     let mut woken: Vec<String> = Vec::new();
     let results = checked
@@ -409,22 +420,35 @@ async fn extend<S: Store>(
             app.store.get_queue(queue).await.map_err(ApiError::from_queue_error)?.settings.lease_ms
         }
     };
-    let task = app.store.extend_lease(task_id, request.lease, lease_ms, now_ms()).await.map_err(ApiError::from_task_error)?;
+    let task = app
+        .store
+        .extend_lease(task_id, request.lease, lease_ms, now_ms())
+        .await
+        .map_err(ApiError::from_task_error)?;
     Ok(Json(TaskView::from_task(&task)))
 }
 
-async fn get_task<S: Store>(State(app): AppState<S>, Path(id): Path<String>) -> Result<Json<TaskView>, ApiError> {
+async fn get_task<S: Store>(
+    State(app): AppState<S>,
+    Path(id): Path<String>,
+) -> Result<Json<TaskView>, ApiError> {
     let task = app.store.get_task(task_id(&id)?).await.map_err(ApiError::from_task_error)?;
     Ok(Json(TaskView::from_task(&task)))
 }
 
-async fn cancel<S: Store>(State(app): AppState<S>, Path(id): Path<String>) -> Result<Json<TaskView>, ApiError> {
+async fn cancel<S: Store>(
+    State(app): AppState<S>,
+    Path(id): Path<String>,
+) -> Result<Json<TaskView>, ApiError> {
     let task = app.store.cancel(task_id(&id)?, now_ms()).await.map_err(ApiError::from_task_error)?;
     app.after_change(&task);
     Ok(Json(TaskView::from_task(&task)))
 }
 
-async fn retry<S: Store>(State(app): AppState<S>, Path(id): Path<String>) -> Result<Json<TaskView>, ApiError> {
+async fn retry<S: Store>(
+    State(app): AppState<S>,
+    Path(id): Path<String>,
+) -> Result<Json<TaskView>, ApiError> {
     let task = app.store.retry_dead(task_id(&id)?, now_ms()).await.map_err(ApiError::from_task_error)?;
     app.after_change(&task);
     Ok(Json(TaskView::from_task(&task)))

@@ -169,7 +169,8 @@ impl Engine {
     }
 
     fn load_seq(&self, seq: u64) -> Result<Task, StoreError> {
-        let mut stmt = self.conn.prepare_cached(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE seq = ?1")).db()?;
+        let mut stmt =
+            self.conn.prepare_cached(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE seq = ?1")).db()?;
         let task = stmt.query_row(params![seq as i64], rows::task_from_row).optional().db()?;
         task.ok_or(StoreError::NotFound)?
     }
@@ -263,7 +264,11 @@ impl Engine {
         Ok(leased)
     }
 
-    pub fn complete(&mut self, acks: Vec<Ack>, now: Millis) -> Result<Vec<Result<Task, StoreError>>, StoreError> {
+    pub fn complete(
+        &mut self,
+        acks: Vec<Ack>,
+        now: Millis,
+    ) -> Result<Vec<Result<Task, StoreError>>, StoreError> {
         let mut out = Vec::with_capacity(acks.len());
         for ack in acks {
             let mut task = match self.load(ack.task_id) {
@@ -302,7 +307,13 @@ impl Engine {
         Ok(task)
     }
 
-    pub fn extend_lease(&mut self, id: TaskId, token: &str, lease_ms: i64, now: Millis) -> Result<Task, StoreError> {
+    pub fn extend_lease(
+        &mut self,
+        id: TaskId,
+        token: &str,
+        lease_ms: i64,
+        now: Millis,
+    ) -> Result<Task, StoreError> {
         let mut task = self.load(id)?;
         task.extend(&LeaseToken::from_string(token.to_owned()), lease_ms, now)?;
         self.save(TaskState::Running, &task)?;
@@ -364,7 +375,12 @@ impl Engine {
         Ok(out)
     }
 
-    pub fn put_queue(&mut self, queue: &QueueName, patch: &QueueSettingsPatch, now: Millis) -> Result<QueueInfo, StoreError> {
+    pub fn put_queue(
+        &mut self,
+        queue: &QueueName,
+        patch: &QueueSettingsPatch,
+        now: Millis,
+    ) -> Result<QueueInfo, StoreError> {
         let current = self.settings_of(queue.as_str());
         let settings = current.with(patch).map_err(StoreError::InvalidSettings)?;
         rows::save_queue(&self.conn, queue.as_str(), &settings, now)?;
@@ -375,7 +391,11 @@ impl Engine {
 
     pub fn queue_info(&self, queue: &str) -> Option<QueueInfo> {
         let settings = self.queues.get(queue)?;
-        Some(QueueInfo { name: queue.to_owned(), settings: settings.clone(), counts: self.index.counts(queue) })
+        Some(QueueInfo {
+            name: queue.to_owned(),
+            settings: settings.clone(),
+            counts: self.index.counts(queue),
+        })
     }
 
     pub fn list_queues(&self) -> Vec<QueueInfo> {

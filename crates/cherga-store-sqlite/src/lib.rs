@@ -131,7 +131,11 @@ impl Store for SqliteStore {
         self.call(move |e| e.claim(claim, now)).await
     }
 
-    async fn complete(&self, acks: Vec<Ack>, now: Millis) -> Result<Vec<Result<Task, StoreError>>, StoreError> {
+    async fn complete(
+        &self,
+        acks: Vec<Ack>,
+        now: Millis,
+    ) -> Result<Vec<Result<Task, StoreError>>, StoreError> {
         self.call(move |e| e.complete(acks, now)).await
     }
 
@@ -139,7 +143,13 @@ impl Store for SqliteStore {
         self.call(move |e| e.fail(nack, now)).await
     }
 
-    async fn extend_lease(&self, task_id: TaskId, token: String, lease_ms: i64, now: Millis) -> Result<Task, StoreError> {
+    async fn extend_lease(
+        &self,
+        task_id: TaskId,
+        token: String,
+        lease_ms: i64,
+        now: Millis,
+    ) -> Result<Task, StoreError> {
         self.call(move |e| e.extend_lease(task_id, &token, lease_ms, now)).await
     }
 
@@ -159,7 +169,12 @@ impl Store for SqliteStore {
         self.call(move |e| e.list_tasks(&list)).await
     }
 
-    async fn put_queue(&self, queue: QueueName, patch: QueueSettingsPatch, now: Millis) -> Result<QueueInfo, StoreError> {
+    async fn put_queue(
+        &self,
+        queue: QueueName,
+        patch: QueueSettingsPatch,
+        now: Millis,
+    ) -> Result<QueueInfo, StoreError> {
         self.call(move |e| e.put_queue(&queue, &patch, now)).await
     }
 

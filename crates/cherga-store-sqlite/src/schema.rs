@@ -84,9 +84,8 @@ pub fn configure(conn: &Connection, durable: bool) -> rusqlite::Result<()> {
 /// # Errors
 /// Any SQLite error, or a database written by a newer cherga.
 pub fn migrate(conn: &mut Connection) -> Result<(), String> {
-    let version: i64 = conn
-        .pragma_query_value(None, "user_version", |row| row.get(0))
-        .map_err(|e| e.to_string())?;
+    let version: i64 =
+        conn.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(|e| e.to_string())?;
     if version > VERSION {
         return Err(format!("database schema version {version} is newer than this cherga ({VERSION})"));
     }

@@ -37,8 +37,10 @@ struct ServeConfig {
 
 impl ServeArgs {
     fn validate(self) -> Result<ServeConfig> {
-        let addr: SocketAddr =
-            self.addr.parse().with_context(|| format!("--addr {:?} is not an address like 127.0.0.1:7700", self.addr))?;
+        let addr: SocketAddr = self
+            .addr
+            .parse()
+            .with_context(|| format!("--addr {:?} is not an address like 127.0.0.1:7700", self.addr))?;
         if self.max_payload_bytes == 0 || self.max_body_bytes == 0 {
             bail!("--max-body-bytes and --max-payload-bytes must be positive");
         }
@@ -48,14 +50,19 @@ impl ServeArgs {
         Ok(ServeConfig {
             addr,
             data_dir: self.data_dir,
-            server: ServerConfig { max_body_bytes: self.max_body_bytes, max_payload_bytes: self.max_payload_bytes },
+            server: ServerConfig {
+                max_body_bytes: self.max_body_bytes,
+                max_payload_bytes: self.max_payload_bytes,
+            },
         })
     }
 }
 
 pub async fn run(args: ServeArgs) -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log is not a valid filter")?)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&args.log).context("--log is not a valid filter")?,
+        )
         .with_writer(std::io::stderr)
         .init();
     let config = args.validate()?;

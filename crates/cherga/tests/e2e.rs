@@ -20,7 +20,8 @@ fn token(task: &Value) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn walkthrough_enqueue_lease_ack_get() {
     let server = Server::start().await;
-    let (status, task) = server.post("/v1/queues/emails/tasks", json!({"kind": "welcome", "payload": {"to": "a@b.c"}})).await;
+    let (status, task) =
+        server.post("/v1/queues/emails/tasks", json!({"kind": "welcome", "payload": {"to": "a@b.c"}})).await;
     assert_eq!(status, 201, "{task}");
     assert_eq!(task["state"], "ready");
     let (status, leased) = server.post("/v1/queues/emails/lease", json!({"max": 10, "worker": "w1"})).await;
@@ -29,8 +30,9 @@ async fn walkthrough_enqueue_lease_ack_get() {
     assert_eq!(id(leased), id(&task));
     assert_eq!(leased["payload"], json!({"to": "a@b.c"}));
     assert_eq!(leased["attempts"], 1);
-    let (status, acked) =
-        server.post(&format!("/v1/tasks/{}/ack", id(&task)), json!({"lease": token(leased), "result": {"sent": 1}})).await;
+    let (status, acked) = server
+        .post(&format!("/v1/tasks/{}/ack", id(&task)), json!({"lease": token(leased), "result": {"sent": 1}}))
+        .await;
     assert_eq!(status, 200, "{acked}");
     let (status, got) = server.get(&format!("/v1/tasks/{}", id(&task))).await;
     assert_eq!(status, 200);
@@ -80,12 +82,21 @@ async fn a_key_reused_for_a_different_request_is_refused() {
     let server = Server::start().await;
     let first = json!({"kind": "charge", "payload": {"order": 1}, "idempotency_key": "k"});
     assert_eq!(server.post("/v1/queues/payments/tasks", first.clone()).await.0, 201);
-    let (status, body) =
-        server.post("/v1/queues/payments/tasks", json!({"kind": "charge", "payload": {"order": 2}, "idempotency_key": "k"})).await;
+    let (status, body) = server
+        .post(
+            "/v1/queues/payments/tasks",
+            json!({"kind": "charge", "payload": {"order": 2}, "idempotency_key": "k"}),
+        )
+        .await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["error"]["code"], "idempotency_key_reused");
     // Whitespace does not make a request different.
-    let (status, _) = server.post_raw("/v1/queues/payments/tasks", r#"{"kind":"charge", "payload": { "order" : 1 }, "idempotency_key":"k"}"#).await;
+    let (status, _) = server
+        .post_raw(
+            "/v1/queues/payments/tasks",
+            r#"{"kind":"charge", "payload": { "order" : 1 }, "idempotency_key":"k"}"#,
+        )
+        .await;
     assert_eq!(status, 200);
 }
 
@@ -95,17 +106,20 @@ async fn an_expired_lease_cannot_ack_and_the_task_goes_to_the_next_worker() {
     let (status, _) = server.put("/v1/queues/jobs", json!({"backoff": {"initial_ms": 0, "max_ms": 0}})).await;
     assert_eq!(status, 200);
     let (_, task) = server.post("/v1/queues/jobs/tasks", json!({"kind": "slow"})).await;
-    let (_, first) = server.post("/v1/queues/jobs/lease", json!({"lease_ms": 200, "worker": "slow-worker"})).await;
+    let (_, first) =
+        server.post("/v1/queues/jobs/lease", json!({"lease_ms": 200, "worker": "slow-worker"})).await;
     let first = first["tasks"][0].clone();
     assert_eq!(id(&first), id(&task));
     // The second worker waits; the lease expires, and the task is delivered to it.
-    let (status, second) = server.post("/v1/queues/jobs/lease", json!({"wait_ms": 10000, "worker": "fast-worker"})).await;
+    let (status, second) =
+        server.post("/v1/queues/jobs/lease", json!({"wait_ms": 10000, "worker": "fast-worker"})).await;
     assert_eq!(status, 200);
     let second = second["tasks"][0].clone();
     assert_eq!(id(&second), id(&task), "redelivered: {second}");
     assert_eq!(second["attempts"], 2);
     assert_ne!(token(&first), token(&second), "a new fencing token per delivery");
-    let (status, body) = server.post(&format!("/v1/tasks/{}/ack", id(&task)), json!({"lease": token(&first)})).await;
+    let (status, body) =
+        server.post(&format!("/v1/tasks/{}/ack", id(&task)), json!({"lease": token(&first)})).await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["error"]["code"], "lease_lost");
     let ack = json!({"lease": token(&second), "result": "done"});
@@ -114,8 +128,13 @@ async fn an_expired_lease_cannot_ack_and_the_task_goes_to_the_next_worker() {
     let (status, b) = server.post(&format!("/v1/tasks/{}/ack", id(&task)), ack).await;
     assert_eq!(status, 200, "the same ack twice succeeds twice: {b}");
     assert_eq!(a, b);
-    let (status, body) = server.post(&format!("/v1/tasks/{}/ack", id(&task)), json!({"lease": token(&first)})).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("lease_lost")), "the stale token stays refused");
+    let (status, body) =
+        server.post(&format!("/v1/tasks/{}/ack", id(&task)), json!({"lease": token(&first)})).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("lease_lost")),
+        "the stale token stays refused"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,15 +144,22 @@ async fn nack_extend_cancel_retry_and_delay() {
     let (_, t) = server.post("/v1/queues/q/tasks", json!({"kind": "k"})).await;
     let (_, l) = server.post("/v1/queues/q/lease", json!({})).await;
     let lease = token(&l["tasks"][0]);
-    let (status, ext) = server.post(&format!("/v1/tasks/{}/extend", id(&t)), json!({"lease": lease, "lease_ms": 60000})).await;
+    let (status, ext) = server
+        .post(&format!("/v1/tasks/{}/extend", id(&t)), json!({"lease": lease, "lease_ms": 60000}))
+        .await;
     assert_eq!(status, 200, "{ext}");
-    let (status, n) =
-        server.post(&format!("/v1/tasks/{}/nack", id(&t)), json!({"lease": lease, "error": "boom", "retry_in_ms": 0})).await;
+    let (status, n) = server
+        .post(
+            &format!("/v1/tasks/{}/nack", id(&t)),
+            json!({"lease": lease, "error": "boom", "retry_in_ms": 0}),
+        )
+        .await;
     assert_eq!(status, 200, "{n}");
     assert_eq!(n["last_error"], "boom");
     let (_, l) = server.post("/v1/queues/q/lease", json!({"wait_ms": 5000})).await;
     let lease = token(&l["tasks"][0]);
-    let (_, n) = server.post(&format!("/v1/tasks/{}/nack", id(&t)), json!({"lease": lease, "error": "again"})).await;
+    let (_, n) =
+        server.post(&format!("/v1/tasks/{}/nack", id(&t)), json!({"lease": lease, "error": "again"})).await;
     assert_eq!(n["state"], "dead", "out of attempts: {n}");
     let (status, body) = server.delete(&format!("/v1/tasks/{}", id(&t))).await;
     assert_eq!((status, body["error"]["code"].as_str()), (409, Some("invalid_state")));
@@ -183,7 +209,12 @@ async fn group_order_and_concurrency_limit_hold_with_racing_workers() {
         let seen = seen.clone();
         workers.push(tokio::spawn(async move {
             loop {
-                let (_, l) = server.post("/v1/queues/orders/lease", json!({"max": 2, "wait_ms": 300, "worker": format!("w{w}")})).await;
+                let (_, l) = server
+                    .post(
+                        "/v1/queues/orders/lease",
+                        json!({"max": 2, "wait_ms": 300, "worker": format!("w{w}")}),
+                    )
+                    .await;
                 let leased = l["tasks"].as_array().unwrap().clone();
                 if leased.is_empty() {
                     if seen.lock().unwrap().done == total {
@@ -214,7 +245,8 @@ async fn group_order_and_concurrency_limit_hold_with_racing_workers() {
                         }
                     }
                     // Mark done before the ack lands, so the group is free only after.
-                    let (status, body) = server.post(&format!("/v1/tasks/{}/ack", id(t)), json!({"lease": token(t)})).await;
+                    let (status, body) =
+                        server.post(&format!("/v1/tasks/{}/ack", id(t)), json!({"lease": token(t)})).await;
                     assert_eq!(status, 200, "{body}");
                     seen.lock().unwrap().done += 1;
                 }
@@ -245,15 +277,33 @@ async fn bad_input_gets_4xx_and_changes_nothing() {
         ("POST", "/v1/queues/q/tasks", r#"{"kind": 5}"#.into(), 400, "invalid_json"),
         ("POST", "/v1/queues/q/tasks", r#"{"kind": "k", "extra": 1}"#.into(), 400, "invalid_json"),
         ("POST", "/v1/queues/q/tasks", r#"{"payload": 1}"#.into(), 400, "invalid_json"),
-        ("POST", "/v1/queues/q/tasks", format!(r#"{{"kind":"k","payload":"{}"}}"#, "x".repeat(2000)), 413, "payload_too_large"),
-        ("POST", "/v1/queues/q/tasks", format!(r#"{{"kind":"k","payload":"{}"}}"#, "x".repeat(70_000)), 413, "body_too_large"),
+        (
+            "POST",
+            "/v1/queues/q/tasks",
+            format!(r#"{{"kind":"k","payload":"{}"}}"#, "x".repeat(2000)),
+            413,
+            "payload_too_large",
+        ),
+        (
+            "POST",
+            "/v1/queues/q/tasks",
+            format!(r#"{{"kind":"k","payload":"{}"}}"#, "x".repeat(70_000)),
+            413,
+            "body_too_large",
+        ),
         ("POST", "/v1/queues/bad%20name/tasks", r#"{"kind":"k"}"#.into(), 400, "invalid_queue_name"),
         ("POST", &long_queue, r#"{"kind":"k"}"#.into(), 400, "invalid_queue_name"),
         ("POST", "/v1/queues/q/lease", r#"{"max": 0}"#.into(), 400, "invalid_request"),
         ("POST", "/v1/queues/q/lease", r#"{"wait_ms": 60001}"#.into(), 400, "invalid_request"),
         ("POST", "/v1/queues/q/lease", r#"{"max": "many"}"#.into(), 400, "invalid_json"),
         ("POST", "/v1/tasks/not-an-id/ack", r#"{"lease":"x"}"#.into(), 400, "invalid_task_id"),
-        ("POST", "/v1/tasks/01a22074-80d8-78b3-8000-0000000003e7/ack", r#"{"lease":"x"}"#.into(), 404, "task_not_found"),
+        (
+            "POST",
+            "/v1/tasks/01a22074-80d8-78b3-8000-0000000003e7/ack",
+            r#"{"lease":"x"}"#.into(),
+            404,
+            "task_not_found",
+        ),
         ("POST", &ack_path, r#"{"lease":"forged"}"#.into(), 409, "lease_lost"),
         ("POST", &ack_path, r#"{}"#.into(), 400, "invalid_json"),
         ("POST", &retry_path, "".into(), 409, "invalid_state"),
@@ -317,7 +367,10 @@ async fn a_lease_survives_a_crash_and_restart() {
     server.kill9().await;
     server.restart().await;
     let (_, again) = server.post("/v1/queues/q/lease", json!({})).await;
-    assert!(again["tasks"].as_array().unwrap().is_empty(), "a running lease is honoured after restart: {again}");
+    assert!(
+        again["tasks"].as_array().unwrap().is_empty(),
+        "a running lease is honoured after restart: {again}"
+    );
     let (status, acked) = server.post(&format!("/v1/tasks/{}/ack", id(&t)), json!({"lease": lease})).await;
     assert_eq!(status, 200, "the old lease still acks: {acked}");
 }
@@ -365,13 +418,20 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
                     break;
                 };
                 let Ok(body) = r.json::<Value>().await else { break };
-                let acks: Vec<Value> = body["tasks"].as_array().into_iter().flatten()
+                let acks: Vec<Value> = body["tasks"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
                     .map(|t| json!({"id": id(t), "lease": token(t)}))
                     .collect();
                 if acks.is_empty() {
                     continue;
                 }
-                let Ok(r) = http().post(format!("{url}/v1/tasks/ack")).json(&json!({ "acks": acks })).send().await else { break };
+                let Ok(r) =
+                    http().post(format!("{url}/v1/tasks/ack")).json(&json!({ "acks": acks })).send().await
+                else {
+                    break;
+                };
                 if !r.status().is_success() {
                     continue;
                 }
@@ -422,12 +482,14 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
     for (key, found) in &by_key {
         assert_eq!(found.len(), 1, "key {key} duplicated");
     }
-    let states: HashMap<String, String> = by_key
-        .values()
-        .map(|ts| (id(&ts[0]), ts[0]["state"].as_str().unwrap().to_owned()))
-        .collect();
+    let states: HashMap<String, String> =
+        by_key.values().map(|ts| (id(&ts[0]), ts[0]["state"].as_str().unwrap().to_owned())).collect();
     for task_id in &acked {
-        assert_eq!(states.get(task_id).map(String::as_str), Some("succeeded"), "acked task {task_id} is not succeeded after restart");
+        assert_eq!(
+            states.get(task_id).map(String::as_str),
+            Some("succeeded"),
+            "acked task {task_id} is not succeeded after restart"
+        );
     }
     // Drain what is left: no acked task is delivered again.
     server.put("/v1/queues/load", json!({"backoff": {"initial_ms": 0, "max_ms": 0}})).await;
@@ -441,7 +503,11 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
             assert!(!acked.contains(&id(t)), "acked task {} delivered again", id(t));
         }
     }
-    eprintln!("kill -9 under load: {} enqueues and {} acks acknowledged before the kill, all intact", enqueued.len(), acked.len());
+    eprintln!(
+        "kill -9 under load: {} enqueues and {} acks acknowledged before the kill, all intact",
+        enqueued.len(),
+        acked.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -155,7 +155,10 @@ fn nack_with_retry_in_or_dead_and_replay() {
     let mut t = ready_task();
     t.lease(1, 1000, None, T0).unwrap();
     let tok = token_of(&t);
-    assert_eq!(t.nack(&tok, Some("later".into()), Some(50), false, &settings(), 0.0, T0), Ok(AckOutcome::Applied));
+    assert_eq!(
+        t.nack(&tok, Some("later".into()), Some(50), false, &settings(), 0.0, T0),
+        Ok(AckOutcome::Applied)
+    );
     assert_eq!((t.state, t.run_at), (TaskState::Scheduled, T0 + 50));
     assert_eq!(t.nack(&tok, None, None, false, &settings(), 0.0, T0), Ok(AckOutcome::Replayed));
     assert_eq!(t.last_error.as_deref(), Some("later"));
@@ -203,7 +206,14 @@ fn cancel_from_waiting_states_only() {
     let mut t = ready_task();
     t.lease(1, 10, None, T0).unwrap();
     let err = t.cancel(T0).unwrap_err();
-    assert_eq!(err, Refusal::InvalidState { state: TaskState::Running, operation: "cancel", needed: "scheduled or ready" });
+    assert_eq!(
+        err,
+        Refusal::InvalidState {
+            state: TaskState::Running,
+            operation: "cancel",
+            needed: "scheduled or ready"
+        }
+    );
     assert_eq!(err.to_string(), "task is running; cancel needs it to be scheduled or ready");
 }
 
@@ -218,7 +228,11 @@ fn retry_only_dead_and_attempts_never_go_back() {
     t.retry(5, T0 + 1).unwrap();
     assert_eq!((t.state, t.attempts, t.max_attempts), (TaskState::Ready, 1, 6));
     assert_eq!(t.finished_at, None);
-    assert_eq!(t.nack(&tok, None, None, false, &settings(), 0.0, T0), Err(Refusal::LeaseLost), "the old lease is gone");
+    assert_eq!(
+        t.nack(&tok, None, None, false, &settings(), 0.0, T0),
+        Err(Refusal::LeaseLost),
+        "the old lease is gone"
+    );
 }
 
 #[test]

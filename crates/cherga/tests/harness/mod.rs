@@ -53,7 +53,11 @@ impl Server {
         .await
         .unwrap()
         .expect("read the listening line");
-        self.base = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).to_owned();
+        self.base = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
         self.child = Some(child);
     }
 
@@ -89,7 +93,11 @@ impl Server {
             .unwrap_or_else(|e| panic!("{path}: {e}"));
         let status = response.status().as_u16();
         let text = response.text().await.expect("body");
-        let value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}: {text}")) };
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}: {text}"))
+        };
         (status, value)
     }
 
