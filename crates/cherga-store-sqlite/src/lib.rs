@@ -59,10 +59,8 @@ impl SqliteStore {
     /// [`StoreError::Unavailable`] when the file cannot be opened or migrated,
     /// [`StoreError::Corrupt`] when a stored row cannot be read.
     pub fn open(options: Options) -> Result<Self, StoreError> {
-        if let Some(parent) = options.path.parent() {
-            if !parent.as_os_str().is_empty() {
-                std::fs::create_dir_all(parent).map_err(|e| StoreError::Unavailable(Box::new(e)))?;
-            }
+        if let Some(parent) = options.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| StoreError::Unavailable(Box::new(e)))?;
         }
         let engine = Engine::open(&options)?;
         let (sender, receiver) = mpsc::channel::<Job>();

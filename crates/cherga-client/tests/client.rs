@@ -1,0 +1,376 @@
+//! The client and the worker against the real server (in process, on port 0, with
+//! a SQLite store in a temporary directory).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use cherga_client::api::{
+    AckRequest, BatchAck, BatchAckRequest, EnqueueBatchRequest, EnqueueRequest, ExtendRequest, LeaseRequest,
+    ListQuery, NackRequest, QueueSettingsBody, TaskView,
+};
+use cherga_client::{Client, Error, HandlerError, Worker, testing};
+use cherga_server::ServerConfig;
+use cherga_store_sqlite::{Options, SqliteStore};
+use serde_json::json;
+use tokio::sync::{Notify, oneshot};
+
+/// A server running for one test; stopped gracefully by [`Server::stop`].
+struct Server {
+    client: Client,
+    shutdown: Option<oneshot::Sender<()>>,
+    served: tokio::task::JoinHandle<std::io::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        // Durability is not under test here; skipping fsync keeps the suite fast.
+        let options = Options { path: dir.path().join("cherga.db"), durable: false };
+        let store = Arc::new(SqliteStore::open(options).expect("store opens"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("local address");
+        let config = ServerConfig { max_body_bytes: 1 << 20, max_payload_bytes: 64 << 10 };
+        let (shutdown, stop) = oneshot::channel::<()>();
+        let served = tokio::spawn(cherga_server::serve(listener, store, config, async {
+            stop.await.ok();
+        }));
+        let client = Client::new(&format!("http://{address}")).expect("client");
+        Self { client, shutdown: Some(shutdown), served, _dir: dir }
+    }
+
+    async fn stop(mut self) {
+        self.shutdown.take().map(|tx| tx.send(()));
+        self.served.await.expect("server task").expect("server ran");
+    }
+}
+
+fn request(kind: &str, payload: serde_json::Value) -> EnqueueRequest {
+    EnqueueRequest::new(kind, &payload).expect("payload encodes")
+}
+
+/// A request for a task that is dead after one failed attempt, so that tests see
+/// final states without waiting for backoff.
+fn one_shot(kind: &str, payload: serde_json::Value) -> EnqueueRequest {
+    EnqueueRequest { max_attempts: Some(1), ..request(kind, payload) }
+}
+
+fn result_of(task: &TaskView) -> serde_json::Value {
+    task.result
+        .as_ref()
+        .map_or(serde_json::Value::Null, |raw| serde_json::from_str(raw.get()).expect("result JSON"))
+}
+
+#[track_caller]
+fn assert_code<T: std::fmt::Debug>(answer: Result<T, Error>, code: &str) {
+    match answer {
+        Err(error) => assert_eq!(error.code(), Some(code), "{error}"),
+        Ok(value) => panic!("expected error {code}, got {value:?}"),
+    }
+}
+
+fn lease(max: usize) -> LeaseRequest {
+    LeaseRequest { max: Some(max), wait_ms: Some(0), lease_ms: Some(30_000), worker: Some("test".into()) }
+}
+
+#[tokio::test]
+async fn every_endpoint_round_trips() {
+    let server = Server::start().await;
+    let client = &server.client;
+    assert_eq!(client.health().await.unwrap().status, "ok");
+
+    // Enqueue with an idempotency key: the second time is a replay of the first.
+    let first =
+        client.enqueue("pay", &request("charge", json!({"order": 1})), Some("order-1")).await.unwrap();
+    assert!(!first.replayed);
+    assert_eq!((first.task.state.as_str(), first.task.kind.as_str()), ("ready", "charge"));
+    let again =
+        client.enqueue("pay", &request("charge", json!({"order": 1})), Some("order-1")).await.unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.task.id, first.task.id);
+    let reused = client.enqueue("pay", &request("charge", json!({"order": 2})), Some("order-1")).await;
+    assert!(reused.as_ref().is_err_and(Error::is_idempotency_key_reused), "{reused:?}");
+
+    // Lease, extend, ack; the same ack again succeeds; a stale token is refused.
+    let leased = client.lease("pay", &lease(10)).await.unwrap().tasks;
+    assert_eq!(leased.len(), 1);
+    let token = leased[0].lease.as_ref().expect("leased task has a lease").token.clone();
+    let extended = client
+        .extend(&first.task.id, &ExtendRequest { lease: token.clone(), lease_ms: Some(60_000) })
+        .await
+        .unwrap();
+    assert!(extended.lease_expires_at.is_some());
+    let ack = AckRequest {
+        lease: token.clone(),
+        result: Some(serde_json::value::to_raw_value(&json!(7)).unwrap()),
+    };
+    let acked = client.ack(&first.task.id, &ack).await.unwrap();
+    assert_eq!((acked.state.as_str(), result_of(&acked)), ("succeeded", json!(7)));
+    assert_eq!(client.ack(&first.task.id, &ack).await.unwrap().state, "succeeded");
+    let stale = NackRequest { lease: "not-the-lease".into(), error: None, retry_in_ms: None, dead: false };
+    let refused = client.nack(&first.task.id, &stale).await;
+    assert!(refused.as_ref().is_err_and(Error::is_lease_lost), "{refused:?}");
+    assert_eq!(result_of(&client.get_task(&first.task.id).await.unwrap()), json!(7));
+
+    // Batch enqueue: one item per task, a bad one fails alone.
+    let batch = EnqueueBatchRequest {
+        tasks: vec![request("a", json!(1)), request("", json!(2)), one_shot("b", json!(3))],
+    };
+    let results = client.enqueue_batch("pay", &batch).await.unwrap().results;
+    assert_eq!(results.iter().map(|item| item.status).collect::<Vec<_>>(), [201, 400, 201]);
+
+    // Nack to dead, retry by hand, cancel.
+    let leased = client.lease("pay", &lease(10)).await.unwrap().tasks;
+    assert_eq!(leased.len(), 2);
+    let dead_one = leased.iter().find(|task| task.kind == "b").unwrap();
+    let nack = NackRequest {
+        lease: dead_one.lease.as_ref().unwrap().token.clone(),
+        error: Some("boom".into()),
+        retry_in_ms: None,
+        dead: true,
+    };
+    let dead = client.nack(&dead_one.id, &nack).await.unwrap();
+    assert_eq!((dead.state.as_str(), dead.last_error.as_deref()), ("dead", Some("boom")));
+    assert_code(client.cancel(&dead.id).await, "invalid_state");
+    assert_eq!(client.retry(&dead.id).await.unwrap().state, "ready");
+    assert_eq!(client.cancel(&dead.id).await.unwrap().state, "cancelled");
+    assert_eq!(client.cancel(&dead.id).await.unwrap().state, "cancelled");
+
+    // Batch ack of the other leased task.
+    let other = leased.iter().find(|task| task.kind == "a").unwrap();
+    let acks = BatchAckRequest {
+        acks: vec![BatchAck {
+            id: other.id.clone(),
+            lease: other.lease.as_ref().unwrap().token.clone(),
+            result: None,
+        }],
+    };
+    let results = client.ack_batch(&acks).await.unwrap().results;
+    assert_eq!(results[0].status, 200);
+    assert_eq!(results[0].task.as_ref().unwrap().state, "succeeded");
+
+    // Listing, one page at a time and all at once.
+    let page =
+        client.list_tasks("pay", &ListQuery { state: None, limit: Some(2), after: None }).await.unwrap();
+    assert_eq!(page.tasks.len(), 2);
+    let all = testing::all_tasks(client, "pay", None).await.unwrap();
+    assert_eq!(all.len(), 3);
+    assert_eq!(testing::all_tasks(client, "pay", Some("cancelled")).await.unwrap().len(), 1);
+
+    // Queues.
+    let settings =
+        QueueSettingsBody { max_attempts: Some(3), concurrency: Some(Some(2)), ..Default::default() };
+    let queue = client.put_queue("pay", &settings).await.unwrap();
+    assert_eq!((queue.settings.max_attempts, queue.settings.concurrency), (3, Some(2)));
+    assert_eq!(client.queue("pay").await.unwrap().counts.succeeded, 2);
+    assert!(client.queues().await.unwrap().queues.iter().any(|queue| queue.name == "pay"));
+
+    // Errors carry status and code.
+    assert_code(client.get_task("nonsense").await, "invalid_task_id");
+    let error = client.queue("bad name!").await.unwrap_err();
+    assert_eq!(
+        (error.status(), error.code(), error.is_transient()),
+        (Some(400), Some("invalid_queue_name"), false)
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn drain_reports_each_outcome() {
+    let server = Server::start().await;
+    let client = &server.client;
+    let kinds = ["ok", "unit", "fail", "dead", "panic", "unknown"];
+    for (n, kind) in kinds.iter().enumerate() {
+        client.enqueue("jobs", &one_shot(kind, json!(n)), None).await.unwrap();
+    }
+    // Retried tasks have more attempts left: a failure sends them back to waiting.
+    let retried = client.enqueue("jobs", &request("fail", json!(99)), None).await.unwrap().task;
+    let worker = Worker::builder(client.clone(), "jobs")
+        .concurrency(3)
+        .handler("ok", |task| async move { Ok(json!({"double": task.payload_as::<u64>()? * 2})) })
+        .handler("unit", |_task| async { Ok(()) })
+        .handler("fail", |_task| async { Err::<(), _>("card declined".into()) })
+        .handler("dead", |_task| async { Err::<(), _>(HandlerError::new("no such card").dead()) })
+        .handler("panic", |task| async move {
+            assert!(task.attempts > 100, "handler bug");
+            Ok(())
+        })
+        .build();
+    let drained = testing::drain(&worker).await.unwrap();
+    assert_eq!(drained, testing::Drained { acked: 2, nacked: 5, lost: 0 });
+
+    let tasks = testing::all_tasks(client, "jobs", None).await.unwrap();
+    let summary: Vec<(String, String, serde_json::Value, Option<String>)> = tasks
+        .iter()
+        .map(|task| (task.kind.clone(), task.state.clone(), result_of(task), task.last_error.clone()))
+        .collect();
+    let expected = [
+        ("ok", "succeeded", json!({"double": 0}), None),
+        ("unit", "succeeded", json!(null), None),
+        ("fail", "dead", json!(null), Some("card declined")),
+        ("dead", "dead", json!(null), Some("no such card")),
+        ("panic", "dead", json!(null), Some("panicked: handler bug")),
+        (
+            "unknown",
+            "dead",
+            json!(null),
+            Some(r#"worker "w" has no handler for kind "unknown" of queue "jobs""#),
+        ),
+        ("fail", "scheduled", json!(null), Some("card declined")),
+    ];
+    let expected: Vec<_> = expected
+        .iter()
+        .map(|(kind, state, result, error)| {
+            (kind.to_string(), state.to_string(), result.clone(), error.map(str::to_owned))
+        })
+        .collect();
+    // The default worker name depends on the host: compare the no-handler text without it.
+    let summary: Vec<_> = summary
+        .into_iter()
+        .map(|(kind, state, result, error)| {
+            let error = error.map(|e| match e.split_once(" has no handler") {
+                Some((_, rest)) => format!("worker \"w\" has no handler{rest}"),
+                None => e,
+            });
+            (kind, state, result, error)
+        })
+        .collect();
+    assert_eq!(summary, expected);
+    assert_eq!(client.get_task(&retried.id).await.unwrap().attempts, 1);
+    server.stop().await;
+}
+
+/// Runs `worker` until `done` is notified, and returns what `run` returned.
+async fn run_until(worker: &Worker, done: Arc<Notify>) -> Result<(), Error> {
+    worker.run(async move { done.notified().await }).await
+}
+
+#[tokio::test]
+async fn worker_keeps_to_its_concurrency_and_finishes_everything() {
+    let server = Server::start().await;
+    let client = &server.client;
+    let batch = EnqueueBatchRequest { tasks: (0..12).map(|n| request("slow", json!(n))).collect() };
+    client.enqueue_batch("work", &batch).await.unwrap();
+    let running = Arc::new(AtomicUsize::new(0));
+    let most_running = Arc::new(AtomicUsize::new(0));
+    let finished = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(Notify::new());
+    let worker = {
+        let (running, most_running, finished, done) =
+            (running.clone(), most_running.clone(), finished.clone(), done.clone());
+        Worker::builder(client.clone(), "work")
+            .concurrency(3)
+            .wait(Duration::from_millis(200))
+            .handler("slow", move |task| {
+                let (running, most_running, finished, done) =
+                    (running.clone(), most_running.clone(), finished.clone(), done.clone());
+                async move {
+                    let now_running = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    most_running.fetch_max(now_running, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    if finished.fetch_add(1, Ordering::SeqCst) + 1 == 12 {
+                        done.notify_one();
+                    }
+                    Ok(task.payload_as::<u64>()?)
+                }
+            })
+            .build()
+    };
+    run_until(&worker, done).await.unwrap();
+    assert_eq!(most_running.load(Ordering::SeqCst), 3);
+    let succeeded = testing::all_tasks(client, "work", Some("succeeded")).await.unwrap();
+    assert_eq!(succeeded.len(), 12, "run returns only after every outcome is reported");
+    assert!(succeeded.iter().all(
+        |task| result_of(task) == serde_json::from_str::<serde_json::Value>(task.payload.get()).unwrap()
+    ));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn worker_extends_the_lease_of_a_long_handler() {
+    let server = Server::start().await;
+    let client = &server.client;
+    let task = client.enqueue("long", &request("nap", json!(null)), None).await.unwrap().task;
+    let done = Arc::new(Notify::new());
+    let worker = {
+        let done = done.clone();
+        Worker::builder(client.clone(), "long")
+            .lease_duration(Duration::from_millis(300))
+            .handler("nap", move |_task| {
+                let done = done.clone();
+                async move {
+                    // Three leases long: without heartbeats the lease would expire.
+                    tokio::time::sleep(Duration::from_millis(900)).await;
+                    done.notify_one();
+                    Ok("rested")
+                }
+            })
+            .build()
+    };
+    run_until(&worker, done).await.unwrap();
+    let task = client.get_task(&task.id).await.unwrap();
+    assert_eq!((task.state.as_str(), task.attempts, result_of(&task)), ("succeeded", 1, json!("rested")));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_finishes_running_tasks_and_leases_no_more() {
+    let server = Server::start().await;
+    let client = &server.client;
+    let first = client.enqueue("drain", &request("block", json!(1)), None).await.unwrap().task;
+    let started = Arc::new(Notify::new());
+    let release = Arc::new(Notify::new());
+    let worker = {
+        let (started, release) = (started.clone(), release.clone());
+        Worker::builder(client.clone(), "drain")
+            .concurrency(4)
+            .wait(Duration::from_millis(500))
+            .handler("block", move |_task| {
+                let (started, release) = (started.clone(), release.clone());
+                async move {
+                    started.notify_one();
+                    release.notified().await;
+                    Ok("finished")
+                }
+            })
+            .build()
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let running = tokio::spawn(async move {
+        worker
+            .run(async {
+                stopped.await.ok();
+            })
+            .await
+    });
+    started.notified().await;
+    stop.send(()).unwrap();
+    // Shutdown has begun: a task enqueued now is not run. Either the worker noticed
+    // the shutdown first and never leased it, or a lease answer crossed the shutdown
+    // and the task was handed straight back.
+    let second = client.enqueue("drain", &request("block", json!(2)), None).await.unwrap().task;
+    release.notify_one();
+    running.await.unwrap().unwrap();
+    assert_eq!(client.get_task(&first.id).await.unwrap().state, "succeeded");
+    let second = client.get_task(&second.id).await.unwrap();
+    match second.attempts {
+        0 => assert_eq!(second.state, "ready"),
+        _ => {
+            let error = second.last_error.as_deref().unwrap_or_default();
+            assert!(error.contains("shut down before starting the task"), "{second:?}");
+            assert!(matches!(second.state.as_str(), "ready" | "scheduled"), "{second:?}");
+        }
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn worker_stops_when_its_lease_requests_are_refused() {
+    let server = Server::start().await;
+    let worker = Worker::builder(server.client.clone(), "no spaces allowed").build();
+    let error = worker.run(std::future::pending()).await.unwrap_err();
+    assert_eq!(error.code(), Some("invalid_queue_name"), "{error}");
+    server.stop().await;
+}
