@@ -107,7 +107,7 @@ impl<S: Store> App<S> {
                 }
                 Err(error) => {
                     failures += 1;
-                    if failures == 1 || failures % 60 == 0 {
+                    if failures == 1 || failures.is_multiple_of(60) {
                         tracing::error!(%error, failures, "timer tick failed; retrying");
                     }
                     now + TIMER_IDLE_MS

@@ -4,7 +4,9 @@
 
 use anyhow::{Context, Result, bail};
 use cherga_client::Client;
-use cherga_client::api::{AckRequest, BatchAck, BatchAckRequest, EnqueueBatchRequest, EnqueueRequest, LeaseRequest};
+use cherga_client::api::{
+    AckRequest, BatchAck, BatchAckRequest, EnqueueBatchRequest, EnqueueRequest, LeaseRequest,
+};
 use clap::Args;
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -129,7 +131,10 @@ fn print_report(r: &Report) {
         "cherga bench: {} tasks of {} B, batch {}, {} producers, {} consumers, {}",
         r.tasks, r.payload_bytes, r.batch, r.clients, r.workers, r.server
     );
-    println!("{:<9} {:>12} {:>10} {:>10} {:>10} {:>10}", "phase", "tasks/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms");
+    println!(
+        "{:<9} {:>12} {:>10} {:>10} {:>10} {:>10}",
+        "phase", "tasks/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms"
+    );
     for (name, p) in [("enqueue", &r.enqueue), ("drain", &r.drain)] {
         let ms = |us: u64| us as f64 / 1000.0;
         println!(
@@ -166,7 +171,8 @@ async fn enqueue_phase(client: &Client, queue: &str, args: &BenchArgs) -> Result
                     let request = EnqueueRequest::new("bench", &body)?;
                     client.enqueue(&queue, &request, None).await?;
                 } else {
-                    let tasks = (0..n).map(|_| EnqueueRequest::new("bench", &body)).collect::<Result<_, _>>()?;
+                    let tasks =
+                        (0..n).map(|_| EnqueueRequest::new("bench", &body)).collect::<Result<_, _>>()?;
                     let answer = client.enqueue_batch(&queue, &EnqueueBatchRequest { tasks }).await?;
                     if let Some(failed) = answer.results.iter().find(|r| r.status >= 300) {
                         bail!("batch item refused: {:?}", failed.error);

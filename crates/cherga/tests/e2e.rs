@@ -256,10 +256,12 @@ async fn group_order_and_concurrency_limit_hold_with_racing_workers() {
     for w in workers {
         tokio::time::timeout(Duration::from_secs(60), w).await.expect("workers finish").unwrap();
     }
-    let s = seen.lock().unwrap();
-    assert!(s.max_running <= 3, "{} tasks ran at once with concurrency 3", s.max_running);
-    for g in 0..n_groups {
-        assert_eq!(s.order[&g], (0..per_group).collect::<Vec<_>>(), "group {g} ran out of order");
+    {
+        let s = seen.lock().unwrap();
+        assert!(s.max_running <= 3, "{} tasks ran at once with concurrency 3", s.max_running);
+        for g in 0..n_groups {
+            assert_eq!(s.order[&g], (0..per_group).collect::<Vec<_>>(), "group {g} ran out of order");
+        }
     }
     let (_, q) = server.get("/v1/queues/orders").await;
     assert_eq!(q["counts"]["succeeded"], total, "{q}");
