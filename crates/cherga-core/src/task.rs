@@ -19,14 +19,12 @@ const SEQ_MASK: u128 = (1 << SEQ_BITS) - 1;
 
 impl TaskId {
     /// Builds the id of the task with sequence number `seq`, enqueued at `created_at`.
-    /// `random12` fills the 12 bits UUIDv7 leaves to the implementation.
-    pub fn new(created_at: Millis, seq: u64, random12: u16) -> Self {
+    /// The 12 bits UUIDv7 leaves to the implementation (`rand_a`) stay zero: they
+    /// sit above the sequence number, and anything else there would make ids of one
+    /// millisecond sort out of enqueue order.
+    pub fn new(created_at: Millis, seq: u64) -> Self {
         let ts = (created_at.max(0) as u128) & ((1 << 48) - 1);
-        let value = (ts << 80)
-            | (0x7 << 76)
-            | (u128::from(random12 & 0x0fff) << 64)
-            | (0b10 << 62)
-            | (u128::from(seq) & SEQ_MASK);
+        let value = (ts << 80) | (0x7 << 76) | (0b10 << 62) | (u128::from(seq) & SEQ_MASK);
         Self(uuid::Uuid::from_u128(value))
     }
 
@@ -241,17 +239,10 @@ pub enum AckOutcome {
 
 impl Task {
     /// A new task as enqueued at `now` with sequence number `seq`.
-    pub fn create(
-        queue: &str,
-        new: NewTask,
-        settings: &QueueSettings,
-        seq: u64,
-        random12: u16,
-        now: Millis,
-    ) -> Task {
+    pub fn create(queue: &str, new: NewTask, settings: &QueueSettings, seq: u64, now: Millis) -> Task {
         let run_at = new.run_at.unwrap_or(now);
         Task {
-            id: TaskId::new(now, seq, random12),
+            id: TaskId::new(now, seq),
             queue: queue.to_owned(),
             kind: new.kind,
             payload: new.payload,

@@ -227,7 +227,7 @@ impl Engine {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        let task = Task::create(queue, new, settings, seq, fastrand::u16(..), now);
+        let task = Task::create(queue, new, settings, seq, now);
         rows::insert_task(&self.conn, &task)?;
         if let Some(key) = &task.idempotency_key {
             self.conn
@@ -446,7 +446,8 @@ impl Engine {
                        SELECT seq FROM tasks WHERE queue = ?1 AND finished_at IS NOT NULL AND finished_at <= ?2 \
                        AND (idem_key IS NULL OR NOT EXISTS ( \
                          SELECT 1 FROM idempotency_keys k \
-                         WHERE k.queue = tasks.queue AND k.key = tasks.idem_key AND k.expires_at > ?3)) \
+                         WHERE k.queue = tasks.queue AND k.key = tasks.idem_key \
+                         AND k.task_seq = tasks.seq AND k.expires_at > ?3)) \
                        LIMIT ?4) \
                      RETURNING state",
                 )

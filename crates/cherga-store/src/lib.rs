@@ -8,7 +8,9 @@
 //!
 //! **Boundary:** no HTTP and no SQL types cross this trait.
 
-use cherga_core::{Millis, NewTask, QueueName, QueueSettings, QueueSettingsPatch, Refusal, Task, TaskId, TaskState};
+use cherga_core::{
+    Millis, NewTask, QueueName, QueueSettings, QueueSettingsPatch, Refusal, Task, TaskId, TaskState,
+};
 use std::future::Future;
 
 #[cfg(feature = "testkit")]
@@ -185,7 +187,11 @@ pub trait Store: Send + Sync + 'static {
     ///
     /// # Errors
     /// [`StoreError::NotFound`], [`StoreError::Refused`].
-    fn retry_dead(&self, task_id: TaskId, now: Millis) -> impl Future<Output = Result<Task, StoreError>> + Send;
+    fn retry_dead(
+        &self,
+        task_id: TaskId,
+        now: Millis,
+    ) -> impl Future<Output = Result<Task, StoreError>> + Send;
 
     /// # Errors
     /// [`StoreError::NotFound`] when no such task exists (or it was purged).

@@ -41,7 +41,7 @@ impl Sim {
 
     fn enqueue(&mut self, new: NewTask) -> usize {
         let seq = self.tasks.len() as u64 + 1;
-        let task = Task::create("q", new, &self.settings, seq, 0, self.now);
+        let task = Task::create("q", new, &self.settings, seq, self.now);
         self.index.upsert_task(None, &task);
         self.tasks.push(task);
         self.tasks.len() - 1

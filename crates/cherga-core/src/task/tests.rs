@@ -26,7 +26,7 @@ fn new_task() -> NewTask {
 }
 
 fn ready_task() -> Task {
-    Task::create("payments", new_task(), &settings(), 7, 0xabc, T0)
+    Task::create("payments", new_task(), &settings(), 7, T0)
 }
 
 /// Runs `steps` against a fresh ready task and compares the trace of
@@ -49,13 +49,13 @@ fn token_of(task: &Task) -> LeaseToken {
 
 #[test]
 fn id_carries_time_and_sequence_and_round_trips() {
-    let id = TaskId::new(T0, 123_456_789, 0xfff);
+    let id = TaskId::new(T0, 123_456_789);
     assert_eq!(id.seq(), 123_456_789);
     let text = id.to_string();
     assert_eq!(TaskId::parse(&text), Some(id));
     assert_eq!(&text[14..15], "7", "version nibble in {text}");
-    assert!(TaskId::new(T0, 1, 0) < TaskId::new(T0, 2, 0));
-    assert!(TaskId::new(T0, 2, 0) < TaskId::new(T0 + 1, 1, 0));
+    assert!(TaskId::new(T0, 1) < TaskId::new(T0, 2));
+    assert!(TaskId::new(T0, 2) < TaskId::new(T0 + 1, 1));
     assert_eq!(TaskId::parse("not-a-uuid"), None);
     assert_eq!(TaskId::parse("00000000-0000-4000-8000-000000000000"), None, "v4 is not ours");
 }
@@ -63,16 +63,16 @@ fn id_carries_time_and_sequence_and_round_trips() {
 #[test]
 fn create_is_ready_now_or_scheduled_later() {
     assert_eq!(ready_task().state, TaskState::Ready);
-    let later = Task::create("q", NewTask { run_at: Some(T0 + 5), ..new_task() }, &settings(), 1, 0, T0);
+    let later = Task::create("q", NewTask { run_at: Some(T0 + 5), ..new_task() }, &settings(), 1, T0);
     assert_eq!(later.state, TaskState::Scheduled);
     assert_eq!(later.max_attempts, 3, "takes the queue's max_attempts");
-    let own = Task::create("q", NewTask { max_attempts: Some(9), ..new_task() }, &settings(), 1, 0, T0);
+    let own = Task::create("q", NewTask { max_attempts: Some(9), ..new_task() }, &settings(), 1, T0);
     assert_eq!(own.max_attempts, 9);
 }
 
 #[test]
 fn promote_only_when_due() {
-    let mut t = Task::create("q", NewTask { run_at: Some(T0 + 5), ..new_task() }, &settings(), 1, 0, T0);
+    let mut t = Task::create("q", NewTask { run_at: Some(T0 + 5), ..new_task() }, &settings(), 1, T0);
     assert!(!t.promote(T0 + 4));
     assert_eq!(t.state, TaskState::Scheduled);
     assert!(t.promote(T0 + 5));
@@ -189,7 +189,7 @@ fn expiry_only_after_the_lease_runs_out_and_extend_moves_it() {
 
 #[test]
 fn expiry_of_last_attempt_is_dead() {
-    let mut t = Task::create("q", NewTask { max_attempts: Some(1), ..new_task() }, &settings(), 1, 0, T0);
+    let mut t = Task::create("q", NewTask { max_attempts: Some(1), ..new_task() }, &settings(), 1, T0);
     t.lease(1, 10, None, T0).unwrap();
     assert!(t.expire(&settings(), 0.0, T0 + 10));
     assert_eq!(t.state, TaskState::Dead);
@@ -219,7 +219,7 @@ fn cancel_from_waiting_states_only() {
 
 #[test]
 fn retry_only_dead_and_attempts_never_go_back() {
-    let mut t = Task::create("q", NewTask { max_attempts: Some(1), ..new_task() }, &settings(), 1, 0, T0);
+    let mut t = Task::create("q", NewTask { max_attempts: Some(1), ..new_task() }, &settings(), 1, T0);
     assert!(matches!(t.retry(5, T0), Err(Refusal::InvalidState { .. })));
     t.lease(1, 10, None, T0).unwrap();
     let tok = token_of(&t);

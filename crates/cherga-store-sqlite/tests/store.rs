@@ -1,0 +1,872 @@
+//! Integration tests of the embedded store: the shared conformance suite on a fresh
+//! temporary database per test, recovery after a crash (`kill -9` of a real
+//! process) and after power loss (a copy of the files taken while the store runs),
+//! and a property test that drives random operation sequences through the store and
+//! checks the broker's invariants after every step.
+
+use cherga_core::{
+    Millis, NewTask, QueueName, QueueSettingsPatch, Refusal, Task, TaskId, TaskState, fingerprint,
+};
+use cherga_store::testkit::{self, Harness, T0};
+use cherga_store::{Ack, Claim, Enqueued, ListTasks, Nack, QueueInfo, Store, StoreError};
+use cherga_store_sqlite::{Options, SqliteStore};
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+/// A SQLite store in its own temporary directory, deleted when the harness drops.
+struct TempSqlite {
+    dir: tempfile::TempDir,
+    durable: bool,
+}
+
+impl TempSqlite {
+    /// Without fsync: for tests that do not test durability.
+    fn fast() -> Self {
+        Self { dir: tempfile::tempdir().expect("temporary directory"), durable: false }
+    }
+
+    fn durable() -> Self {
+        Self { durable: true, ..Self::fast() }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("cherga.db")
+    }
+}
+
+impl Harness for TempSqlite {
+    type Store = SqliteStore;
+
+    async fn open(&mut self) -> SqliteStore {
+        open(&self.path(), self.durable)
+    }
+}
+
+fn open(path: &Path, durable: bool) -> SqliteStore {
+    SqliteStore::open(Options { path: path.to_owned(), durable })
+        .unwrap_or_else(|e| panic!("open {}: {e:?}", path.display()))
+}
+
+mod conformance {
+    use super::TempSqlite;
+    cherga_store::conformance_tests!(TempSqlite::fast());
+}
+
+// The reopen cases once more with fsync on, as the server runs.
+
+#[tokio::test]
+async fn durable_reopen_keeps_every_task_and_queue() {
+    testkit::reopen_keeps_every_task_and_queue(TempSqlite::durable()).await;
+}
+
+#[tokio::test]
+async fn durable_reopen_honours_leases_and_rebuilds_index() {
+    testkit::reopen_honours_leases_and_rebuilds_index(TempSqlite::durable()).await;
+}
+
+// ---------------------------------------------------------------------------
+// Helpers.
+// ---------------------------------------------------------------------------
+
+fn queue_name(name: &str) -> QueueName {
+    QueueName::new(name).expect("valid test queue name")
+}
+
+fn new_task(
+    kind: &str,
+    key: Option<String>,
+    group: Option<String>,
+    priority: i32,
+    run_at: Option<Millis>,
+) -> NewTask {
+    NewTask {
+        kind: kind.to_owned(),
+        payload: format!(r#"{{"kind":"{kind}"}}"#),
+        priority,
+        run_at,
+        idempotency_key: key,
+        group,
+        max_attempts: None,
+    }
+}
+
+async fn list_all<S: Store>(store: &S, queue: &str) -> Vec<Task> {
+    let request = ListTasks { queue: queue_name(queue), state: None, after: None, limit: 100_000 };
+    store.list_tasks(request).await.unwrap_or_else(|e| panic!("list_tasks {queue}: {e:?}"))
+}
+
+fn counts_of(tasks: &[Task]) -> [u64; 6] {
+    let mut counts = [0; 6];
+    for task in tasks {
+        counts[usize::from(task.state.code())] += 1;
+    }
+    counts
+}
+
+/// The counts `get_queue` reports are those of the tasks `list_tasks` returns.
+async fn assert_counts_agree<S: Store>(store: &S, queue: &str) -> (QueueInfo, Vec<Task>) {
+    let tasks = list_all(store, queue).await;
+    let info =
+        store.get_queue(queue_name(queue)).await.unwrap_or_else(|e| panic!("get_queue {queue}: {e:?}"));
+    assert_eq!(info.counts, counts_of(&tasks), "counts of {queue} from get_queue vs from list_tasks");
+    (info, tasks)
+}
+
+fn token(task: &Task) -> String {
+    task.lease.as_ref().unwrap_or_else(|| panic!("no lease: {task:?}")).token.as_str().to_owned()
+}
+
+/// A mixed workload that leaves tasks in every state, in two queues.
+async fn mixed_workload(store: &SqliteStore) {
+    let patch =
+        QueueSettingsPatch { concurrency: Some(Some(8)), max_attempts: Some(4), ..Default::default() };
+    store.put_queue(queue_name("jobs"), patch, T0).await.expect("put_queue");
+    let batch: Vec<NewTask> = (0..50)
+        .map(|i| new_task(&format!("batch-{i}"), None, Some(format!("g{}", i % 5)), i % 3, None))
+        .collect();
+    let items = store.enqueue(queue_name("jobs"), batch, T0).await.expect("batch enqueue");
+    assert!(items.iter().all(|item| matches!(item, Ok(Enqueued::Created(_)))), "{items:?}");
+    for i in 0..10 {
+        let new =
+            new_task(&format!("keyed-{i}"), Some(format!("key-{i}")), None, 0, Some(T0 + 60_000 * (i % 2)));
+        store.enqueue(queue_name("other"), vec![new], T0 + 1).await.expect("enqueue");
+    }
+    let claim =
+        Claim { queue: queue_name("jobs"), max: 8, lease_ms: Some(3_600_000), worker: Some("w".into()) };
+    let leased = store.claim(claim, T0 + 2).await.expect("claim");
+    assert_eq!(leased.len(), 5, "one per group: {leased:?}");
+    let acks = leased[..2]
+        .iter()
+        .map(|t| Ack { task_id: t.id, token: token(t), result: Some("1".into()) })
+        .collect();
+    let acked = store.complete(acks, T0 + 3).await.expect("ack");
+    assert!(acked.iter().all(Result::is_ok), "{acked:?}");
+    let nack = Nack {
+        task_id: leased[2].id,
+        token: token(&leased[2]),
+        error: Some("e".into()),
+        retry_in_ms: None,
+        dead: true,
+    };
+    store.fail(nack, T0 + 4).await.expect("nack");
+    let nack = Nack {
+        task_id: leased[3].id,
+        token: token(&leased[3]),
+        error: None,
+        retry_in_ms: Some(5),
+        dead: false,
+    };
+    store.fail(nack, T0 + 4).await.expect("nack");
+    let others = list_all(store, "other").await;
+    store.cancel(others[0].id, T0 + 5).await.expect("cancel");
+    store.tick(T0 + 10).await.expect("tick");
+}
+
+async fn snapshot(store: &SqliteStore) -> (Vec<Task>, Vec<Task>, Vec<QueueInfo>) {
+    let jobs = list_all(store, "jobs").await;
+    let other = list_all(store, "other").await;
+    let queues = store.list_queues().await.expect("list_queues");
+    (jobs, other, queues)
+}
+
+// ---------------------------------------------------------------------------
+// Crash and power loss.
+// ---------------------------------------------------------------------------
+
+/// Dropping the store without `close` (a panicking server, say) loses nothing.
+#[tokio::test]
+async fn drop_without_close_then_reopen_keeps_everything() {
+    let dir = TempSqlite::durable();
+    let store = open(&dir.path(), true);
+    mixed_workload(&store).await;
+    let before = snapshot(&store).await;
+    drop(store);
+
+    let store = open(&dir.path(), true);
+    let after = snapshot(&store).await;
+    assert_eq!(after.0, before.0, "tasks of jobs after drop and reopen");
+    assert_eq!(after.1, before.1, "tasks of other after drop and reopen");
+    assert_eq!(after.2, before.2, "queues after drop and reopen");
+    assert_counts_agree(&store, "jobs").await;
+    store.close().await;
+}
+
+/// Power loss right after acknowledged writes: the files as they are on disk while
+/// the store still runs (database plus write-ahead log, no checkpoint, no shared
+/// memory index) must open to exactly what was acknowledged.
+#[tokio::test]
+async fn copy_of_open_database_has_every_acknowledged_write() {
+    let live = TempSqlite::durable();
+    let store = open(&live.path(), true);
+    mixed_workload(&store).await;
+    let before = snapshot(&store).await;
+
+    let copy = TempSqlite::durable();
+    let wal = live.dir.path().join("cherga.db-wal");
+    let wal_len = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    assert!(wal_len > 0, "the acknowledged writes should still be in the WAL, which this test must copy");
+    std::fs::copy(live.path(), copy.path()).expect("copy the database file");
+    std::fs::copy(&wal, copy.dir.path().join("cherga.db-wal")).expect("copy the WAL");
+
+    let recovered = open(&copy.path(), true);
+    let after = snapshot(&recovered).await;
+    assert_eq!(after.0, before.0, "tasks of jobs in the copy");
+    assert_eq!(after.1, before.1, "tasks of other in the copy");
+    assert_eq!(after.2, before.2, "queues in the copy");
+    assert_counts_agree(&recovered, "jobs").await;
+
+    // Leases taken before the "power loss" are honoured by the recovered store.
+    let running: Vec<&Task> = after.0.iter().filter(|t| t.state == TaskState::Running).collect();
+    assert_eq!(running.len(), 1, "{running:?}");
+    let acks = running.iter().map(|t| Ack { task_id: t.id, token: token(t), result: None }).collect();
+    let acked = recovered.complete(acks, T0 + 100).await.expect("ack on the copy");
+    assert!(acked.iter().all(Result::is_ok), "acks with leases from before the power loss: {acked:?}");
+    // The rebuilt index leases the next task of each free group.
+    let claim = Claim { queue: queue_name("jobs"), max: 100, lease_ms: None, worker: None };
+    let leased = recovered.claim(claim, T0 + 100).await.expect("claim on the copy");
+    let groups: HashSet<_> = leased.iter().map(|t| t.group.clone()).collect();
+    assert_eq!((groups.len(), leased.len()), (5, 5), "one task of each of the 5 groups: {leased:?}");
+    recovered.close().await;
+    store.close().await;
+}
+
+const CHILD_ENV: &str = "CHERGA_TEST_KILL_CHILD_DB";
+/// The child is killed after this many acks; its workload stops on its own long after.
+const ACKS_BEFORE_KILL: usize = 150;
+const CHILD_MAX_STEPS: i64 = 100_000;
+
+/// `kill -9` of a process in the middle of writing: every write it heard `Ok` for
+/// (and said so on stdout) is there after a restart, and the rest is consistent.
+#[test]
+fn kill_9_keeps_every_acknowledged_write() {
+    if let Some(path) = std::env::var_os(CHILD_ENV) {
+        child_workload(PathBuf::from(path));
+        return;
+    }
+    let dir = TempSqlite::durable();
+    let mut child = Command::new(std::env::current_exe().expect("test binary path"))
+        .args(["kill_9_keeps_every_acknowledged_write", "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, dir.dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn the child test process");
+    let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+    let mut created: Vec<(String, TaskId, Option<String>)> = Vec::new();
+    let mut leased: HashMap<TaskId, String> = HashMap::new();
+    let mut acked: HashSet<TaskId> = HashSet::new();
+    let mut killed = false;
+    for line in stdout.lines() {
+        let line = line.expect("read the child's stdout");
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let id = |i: usize| words.get(i).and_then(|w| TaskId::parse(w));
+        match words.first() {
+            Some(&"CREATED") if words.len() >= 3 => {
+                let key = words.get(3).map(|k| (*k).to_owned());
+                created.push((words[1].to_owned(), id(2).expect("task id"), key));
+            }
+            Some(&"LEASED") if words.len() == 3 => {
+                leased.insert(id(1).expect("task id"), words[2].to_owned());
+            }
+            Some(&"ACKED") if words.len() == 2 => {
+                acked.insert(id(1).expect("task id"));
+            }
+            _ => {}
+        }
+        if acked.len() >= ACKS_BEFORE_KILL && !killed {
+            child.kill().expect("SIGKILL the child");
+            killed = true;
+        }
+    }
+    let status = child.wait().expect("wait for the child");
+    assert!(killed, "the child ended ({status}) before {ACKS_BEFORE_KILL} acks; saw {} acks", acked.len());
+    assert!(!status.success(), "the child must have died of SIGKILL, not ended: {status}");
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let store = open(&dir.path(), true);
+        let now = T0 + CHILD_MAX_STEPS + 1;
+        for (queue, id, key) in &created {
+            let task = store
+                .get_task(*id)
+                .await
+                .unwrap_or_else(|e| panic!("created task {id} in {queue} lost: {e:?}"));
+            assert_eq!(&task.queue, queue);
+            if let Some(key) = key {
+                let again = new_task(&task.kind, Some(key.clone()), None, 0, None);
+                let mut items = store.enqueue(queue_name(queue), vec![again], now).await.expect("enqueue");
+                match items.pop() {
+                    Some(Ok(Enqueued::Replayed(replayed))) => assert_eq!(replayed.id, *id, "key {key}"),
+                    other => panic!("key {key} after the crash: expected Replayed of {id}, got {other:?}"),
+                }
+            }
+        }
+        let mut still_running = Vec::new();
+        for (id, leased_token) in &leased {
+            let task = store.get_task(*id).await.unwrap_or_else(|e| panic!("leased task {id} lost: {e:?}"));
+            assert_eq!(
+                task.lease.as_ref().map(|l| l.token.as_str()),
+                Some(leased_token.as_str()),
+                "{task:?}"
+            );
+            if acked.contains(id) {
+                assert_eq!(task.state, TaskState::Succeeded, "acked before the crash: {task:?}");
+            } else {
+                // The ack may have committed without the child living to say so.
+                assert!(matches!(task.state, TaskState::Running | TaskState::Succeeded), "{task:?}");
+                if task.state == TaskState::Running {
+                    still_running.push(Ack { task_id: *id, token: leased_token.clone(), result: None });
+                }
+            }
+        }
+        assert!(acked.iter().all(|id| leased.contains_key(id)), "every acked task was leased first");
+        let results = store.complete(still_running, now).await.expect("ack after restart");
+        assert!(results.iter().all(Result::is_ok), "leases taken before the crash still hold: {results:?}");
+        for queue in ["crash", "background"] {
+            let (_, tasks) = assert_counts_agree(&store, queue).await;
+            let n_created = created.iter().filter(|(q, _, _)| q == queue).count();
+            assert!(
+                tasks.len() >= n_created,
+                "{queue}: {} tasks stored, {n_created} acknowledged",
+                tasks.len()
+            );
+        }
+        store.close().await;
+    });
+}
+
+/// The child's side: write as fast as possible, from several tasks at once, and
+/// report each acknowledged write on stdout until killed.
+fn child_workload(dir: PathBuf) {
+    fn say(line: String) {
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "{line}").expect("stdout");
+        stdout.flush().expect("stdout");
+    }
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async move {
+        let store = Arc::new(open(&dir.join("cherga.db"), true));
+        for worker in 0..2 {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                for i in 0..CHILD_MAX_STEPS {
+                    let new = new_task(&format!("bg-{worker}-{i}"), None, None, 0, None);
+                    let mut items =
+                        store.enqueue(queue_name("background"), vec![new], T0 + i).await.expect("enqueue");
+                    if let Some(Ok(Enqueued::Created(task))) = items.pop() {
+                        say(format!("CREATED background {}", task.id));
+                    }
+                }
+            });
+        }
+        for i in 0..CHILD_MAX_STEPS {
+            let now = T0 + i;
+            let key = format!("key-{i}");
+            let new = new_task(&format!("t{i}"), Some(key.clone()), None, 0, None);
+            let mut items = store.enqueue(queue_name("crash"), vec![new], now).await.expect("enqueue");
+            if let Some(Ok(Enqueued::Created(task))) = items.pop() {
+                say(format!("CREATED crash {} {key}", task.id));
+            }
+            if i % 2 == 1 {
+                let claim =
+                    Claim { queue: queue_name("crash"), max: 1, lease_ms: Some(3_600_000), worker: None };
+                for task in store.claim(claim, now).await.expect("claim") {
+                    say(format!("LEASED {} {}", task.id, token(&task)));
+                    if i % 4 == 3 {
+                        let ack = Ack { task_id: task.id, token: token(&task), result: Some("1".into()) };
+                        let mut results = store.complete(vec![ack], now).await.expect("ack");
+                        if let Some(Ok(_)) = results.pop() {
+                            say(format!("ACKED {}", task.id));
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Property test: random operation sequences.
+// ---------------------------------------------------------------------------
+
+mod random_operations {
+    use super::*;
+    use proptest::prelude::*;
+    use proptest::sample::Index;
+
+    const QUEUE: &str = "prop";
+    const LEASE_MS: i64 = 2_000;
+    const MAX_ATTEMPTS: u32 = 3;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// With a key and not `vary`, the request is the key's usual one, so that
+        /// replays are common; with `vary`, it may differ and be refused.
+        Enqueue {
+            group: Option<u8>,
+            priority: i8,
+            key: Option<u8>,
+            vary: bool,
+            delay_ms: Option<u16>,
+        },
+        Claim {
+            max: u8,
+        },
+        /// Without `stale`, `pick` chooses among running tasks and presents the
+        /// current lease; with it, among all tasks, presenting a token that is not
+        /// the current lease.
+        Ack {
+            pick: Index,
+            stale: Option<Index>,
+        },
+        Nack {
+            pick: Index,
+            stale: Option<Index>,
+            dead: bool,
+            retry_in_ms: Option<u16>,
+        },
+        Extend {
+            pick: Index,
+            stale: Option<Index>,
+        },
+        Cancel {
+            pick: Index,
+        },
+        RetryDead {
+            pick: Index,
+        },
+        Tick {
+            advance_ms: u16,
+        },
+        Configure {
+            concurrency: Option<u8>,
+            paused: bool,
+        },
+        Reopen,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let stale = proptest::option::weighted(0.3, any::<Index>());
+        prop_oneof![
+            4 => (
+                proptest::option::of(0u8..3),
+                -1i8..=1,
+                proptest::option::weighted(0.4, 0u8..4),
+                proptest::bool::weighted(0.3),
+                proptest::option::weighted(0.2, 0u16..3_000),
+            )
+                .prop_map(|(group, priority, key, vary, delay_ms)| Op::Enqueue { group, priority, key, vary, delay_ms }),
+            4 => (1u8..4).prop_map(|max| Op::Claim { max }),
+            3 => (any::<Index>(), stale.clone()).prop_map(|(pick, stale)| Op::Ack { pick, stale }),
+            2 => (any::<Index>(), stale.clone(), proptest::bool::weighted(0.2), proptest::option::of(0u16..2_000))
+                .prop_map(|(pick, stale, dead, retry_in_ms)| Op::Nack { pick, stale, dead, retry_in_ms }),
+            1 => (any::<Index>(), stale).prop_map(|(pick, stale)| Op::Extend { pick, stale }),
+            1 => any::<Index>().prop_map(|pick| Op::Cancel { pick }),
+            1 => any::<Index>().prop_map(|pick| Op::RetryDead { pick }),
+            3 => (0u16..3_000).prop_map(|advance_ms| Op::Tick { advance_ms }),
+            1 => (proptest::option::of(1u8..4), proptest::bool::weighted(0.2))
+                .prop_map(|(concurrency, paused)| Op::Configure { concurrency, paused }),
+            1 => Just(Op::Reopen),
+        ]
+    }
+
+    /// The store under test and what the test knows from outside it.
+    struct Run {
+        harness: TempSqlite,
+        store: Option<SqliteStore>,
+        now: Millis,
+        /// Every task created, in enqueue order.
+        ids: Vec<TaskId>,
+        /// Every token ever handed out, per task.
+        tokens: HashMap<TaskId, Vec<String>>,
+        /// The highest attempts seen per task.
+        attempts: HashMap<TaskId, u32>,
+        /// The request and task of each idempotency key.
+        keys: HashMap<String, (NewTask, TaskId)>,
+        concurrency: Option<u32>,
+        paused: bool,
+    }
+
+    impl Run {
+        async fn new() -> Self {
+            let mut harness = TempSqlite::fast();
+            let store = harness.open().await;
+            let patch = QueueSettingsPatch {
+                lease_ms: Some(LEASE_MS),
+                max_attempts: Some(MAX_ATTEMPTS),
+                backoff_initial_ms: Some(100),
+                backoff_max_ms: Some(1_000),
+                backoff_jitter: Some(0.5),
+                ..Default::default()
+            };
+            store.put_queue(queue_name(QUEUE), patch, T0).await.expect("put_queue");
+            Self {
+                harness,
+                store: Some(store),
+                now: T0,
+                ids: Vec::new(),
+                tokens: HashMap::new(),
+                attempts: HashMap::new(),
+                keys: HashMap::new(),
+                concurrency: None,
+                paused: false,
+            }
+        }
+
+        fn store(&self) -> &SqliteStore {
+            self.store.as_ref().expect("open")
+        }
+
+        async fn get(&self, id: TaskId) -> Task {
+            self.store().get_task(id).await.unwrap_or_else(|e| panic!("task {id} lost: {e:?}"))
+        }
+
+        /// The token an op presents: the current lease (or the last token handed
+        /// out) unless `stale`, then one that is not the current lease.
+        fn pick_token(&self, task: &Task, stale: Option<&Index>) -> String {
+            let issued = self.tokens.get(&task.id).map(Vec::as_slice).unwrap_or_default();
+            let current =
+                task.lease.as_ref().filter(|_| task.state == TaskState::Running).map(|l| l.token.as_str());
+            match stale {
+                None => current
+                    .map(str::to_owned)
+                    .or_else(|| issued.last().cloned())
+                    .unwrap_or_else(|| "1.none".into()),
+                Some(index) => {
+                    let old: Vec<&String> = issued.iter().filter(|t| Some(t.as_str()) != current).collect();
+                    if old.is_empty() {
+                        "9.never-issued".to_owned()
+                    } else {
+                        old[index.index(old.len())].clone()
+                    }
+                }
+            }
+        }
+
+        async fn apply(&mut self, op: &Op) {
+            match op {
+                Op::Enqueue { group, priority, key, vary, delay_ms } => {
+                    let (group, priority) = match key {
+                        Some(k) if !vary => (Some(k % 3), 0),
+                        _ => (*group, *priority),
+                    };
+                    let new = NewTask {
+                        kind: "k".into(),
+                        payload: "{}".into(),
+                        priority: i32::from(priority),
+                        run_at: delay_ms.map(|d| self.now + i64::from(d)),
+                        idempotency_key: key.map(|k| format!("key-{k}")),
+                        group: group.map(|g| format!("g{g}")),
+                        max_attempts: None,
+                    };
+                    let mut items = self
+                        .store()
+                        .enqueue(queue_name(QUEUE), vec![new.clone()], self.now)
+                        .await
+                        .expect("enqueue");
+                    let item = items.pop().expect("one answer");
+                    let seen = new.idempotency_key.as_ref().and_then(|k| self.keys.get(k));
+                    match (seen, item) {
+                        (None, Ok(Enqueued::Created(task))) => {
+                            if let Some(key) = &new.idempotency_key {
+                                self.keys.insert(key.clone(), (new.clone(), task.id));
+                            }
+                            self.ids.push(task.id);
+                        }
+                        (Some((first, id)), Ok(Enqueued::Replayed(task))) => {
+                            assert_eq!(fingerprint(first), fingerprint(&new), "replayed a different request");
+                            assert_eq!(task.id, *id, "replay names the key's task");
+                        }
+                        (Some((first, id)), Err(StoreError::KeyReused(reused))) => {
+                            assert_ne!(fingerprint(first), fingerprint(&new), "refused the same request");
+                            assert_eq!(reused, *id);
+                        }
+                        (seen, item) => panic!("enqueue {new:?} with key seen {seen:?}: unexpected {item:?}"),
+                    }
+                }
+                Op::Claim { max } => self.claim(usize::from(*max)).await,
+                Op::Ack { pick, stale } => {
+                    let Some(before) = self.pick_task(pick, stale.is_none()).await else { return };
+                    let token = self.pick_token(&before, stale.as_ref());
+                    let ack = Ack { task_id: before.id, token: token.clone(), result: Some("\"r\"".into()) };
+                    let result =
+                        self.store().complete(vec![ack], self.now).await.expect("ack").pop().expect("one");
+                    let after = self.get(before.id).await;
+                    if holds_lease(&before, &token) {
+                        let task = result.unwrap_or_else(|e| panic!("ack with the current lease: {e:?}"));
+                        assert_eq!((task.state, &task), (TaskState::Succeeded, &after));
+                    } else {
+                        assert_unchanged(&before, &after, result, "ack", &token);
+                    }
+                }
+                Op::Nack { pick, stale, dead, retry_in_ms } => {
+                    let Some(before) = self.pick_task(pick, stale.is_none()).await else { return };
+                    let token = self.pick_token(&before, stale.as_ref());
+                    let nack = Nack {
+                        task_id: before.id,
+                        token: token.clone(),
+                        error: Some("e".into()),
+                        retry_in_ms: retry_in_ms.map(i64::from),
+                        dead: *dead,
+                    };
+                    let result = self.store().fail(nack, self.now).await;
+                    let after = self.get(before.id).await;
+                    if holds_lease(&before, &token) {
+                        let task = result.unwrap_or_else(|e| panic!("nack with the current lease: {e:?}"));
+                        assert_eq!(task, after);
+                        let expected = if *dead || before.attempts >= before.max_attempts {
+                            TaskState::Dead
+                        } else {
+                            TaskState::Scheduled
+                        };
+                        assert_eq!(after.state, expected, "nack of {before:?}");
+                        if let (TaskState::Scheduled, Some(retry)) = (expected, retry_in_ms) {
+                            assert_eq!(after.run_at, self.now + i64::from(*retry));
+                        }
+                    } else {
+                        assert_unchanged(&before, &after, result, "nack", &token);
+                    }
+                }
+                Op::Extend { pick, stale } => {
+                    let Some(before) = self.pick_task(pick, stale.is_none()).await else { return };
+                    let token = self.pick_token(&before, stale.as_ref());
+                    let result =
+                        self.store().extend_lease(before.id, token.clone(), LEASE_MS, self.now).await;
+                    let after = self.get(before.id).await;
+                    if holds_lease(&before, &token) {
+                        let task = result.unwrap_or_else(|e| panic!("extend with the current lease: {e:?}"));
+                        assert_eq!(task.lease.as_ref().map(|l| l.expires_at), Some(self.now + LEASE_MS));
+                        assert_eq!(task, after);
+                    } else {
+                        assert_unchanged(&before, &after, result, "extend", &token);
+                    }
+                }
+                Op::Cancel { pick } => {
+                    let Some(before) = self.pick_task(pick, false).await else { return };
+                    let result = self.store().cancel(before.id, self.now).await;
+                    let after = self.get(before.id).await;
+                    match before.state {
+                        TaskState::Scheduled | TaskState::Ready => {
+                            assert_eq!(result.expect("cancel").state, TaskState::Cancelled);
+                            assert_eq!(after.state, TaskState::Cancelled);
+                        }
+                        TaskState::Cancelled => assert_eq!(result.expect("cancel twice"), before),
+                        _ => {
+                            assert!(
+                                matches!(result, Err(StoreError::Refused(Refusal::InvalidState { .. }))),
+                                "{result:?}"
+                            );
+                            assert_eq!(after, before, "a refused cancel changes nothing");
+                        }
+                    }
+                }
+                Op::RetryDead { pick } => {
+                    let Some(before) = self.pick_task(pick, false).await else { return };
+                    let result = self.store().retry_dead(before.id, self.now).await;
+                    let after = self.get(before.id).await;
+                    if before.state == TaskState::Dead {
+                        assert_eq!(result.expect("retry_dead").state, TaskState::Ready);
+                        assert_eq!((after.state, after.attempts), (TaskState::Ready, before.attempts));
+                    } else {
+                        assert!(
+                            matches!(result, Err(StoreError::Refused(Refusal::InvalidState { .. }))),
+                            "{result:?}"
+                        );
+                        assert_eq!(after, before, "a refused retry changes nothing");
+                    }
+                }
+                Op::Tick { advance_ms } => {
+                    self.now += i64::from(*advance_ms);
+                    let now = self.now;
+                    let before = list_all(self.store(), QUEUE).await;
+                    let due =
+                        before.iter().filter(|t| t.state == TaskState::Scheduled && t.run_at <= now).count();
+                    let expiring = before
+                        .iter()
+                        .filter(|t| {
+                            t.state == TaskState::Running
+                                && t.lease.as_ref().is_some_and(|l| l.expires_at <= now)
+                        })
+                        .count();
+                    let report = self.store().tick(now).await.expect("tick");
+                    assert_eq!((report.promoted, report.expired), (due, expiring), "{report:?}");
+                    for task in list_all(self.store(), QUEUE).await {
+                        let overdue = match task.state {
+                            TaskState::Scheduled => task.run_at <= now,
+                            TaskState::Running => task.lease.as_ref().is_none_or(|l| l.expires_at <= now),
+                            _ => false,
+                        };
+                        assert!(!overdue, "after tick at {now}, timer left undone: {task:?}");
+                    }
+                }
+                Op::Configure { concurrency, paused } => {
+                    let patch = QueueSettingsPatch {
+                        concurrency: Some(concurrency.map(u32::from)),
+                        paused: Some(*paused),
+                        ..Default::default()
+                    };
+                    let info =
+                        self.store().put_queue(queue_name(QUEUE), patch, self.now).await.expect("put_queue");
+                    self.concurrency = concurrency.map(u32::from);
+                    self.paused = *paused;
+                    assert_eq!(
+                        (info.settings.concurrency, info.settings.paused),
+                        (self.concurrency, self.paused)
+                    );
+                }
+                Op::Reopen => {
+                    let before = list_all(self.store(), QUEUE).await;
+                    let info_before = self.store().get_queue(queue_name(QUEUE)).await.expect("get_queue");
+                    let store = self.store.take().expect("open");
+                    store.close().await;
+                    drop(store);
+                    self.store = Some(self.harness.open().await);
+                    assert_eq!(list_all(self.store(), QUEUE).await, before, "tasks across a reopen");
+                    let info_after = self.store().get_queue(queue_name(QUEUE)).await.expect("get_queue");
+                    assert_eq!(info_after, info_before, "queue across a reopen");
+                }
+            }
+        }
+
+        /// A task chosen by `pick`: among the running ones if `running` and there are
+        /// any, else among all.
+        async fn pick_task(&self, pick: &Index, running: bool) -> Option<Task> {
+            if running {
+                let mut running: Vec<Task> = list_all(self.store(), QUEUE)
+                    .await
+                    .into_iter()
+                    .filter(|t| t.state == TaskState::Running)
+                    .collect();
+                if !running.is_empty() {
+                    let chosen = pick.index(running.len());
+                    return Some(running.swap_remove(chosen));
+                }
+            }
+            if self.ids.is_empty() {
+                return None;
+            }
+            Some(self.get(self.ids[pick.index(self.ids.len())]).await)
+        }
+
+        /// Claims and checks the result against the rules computed from outside:
+        /// exactly the best eligible tasks, as many as the limits allow.
+        async fn claim(&mut self, max: usize) {
+            let before = list_all(self.store(), QUEUE).await;
+            let running = before.iter().filter(|t| t.state == TaskState::Running).count();
+            let room = match (self.paused, self.concurrency) {
+                (true, _) => 0,
+                (false, Some(limit)) => (limit as usize).saturating_sub(running),
+                (false, None) => usize::MAX,
+            };
+            let mut heads: HashMap<&str, usize> = HashMap::new();
+            let mut busy: HashSet<&str> = HashSet::new();
+            for (position, task) in before.iter().enumerate() {
+                let Some(group) = task.group.as_deref() else { continue };
+                if matches!(task.state, TaskState::Scheduled | TaskState::Ready | TaskState::Running) {
+                    heads.entry(group).or_insert(position);
+                }
+                if task.state == TaskState::Running {
+                    busy.insert(group);
+                }
+            }
+            let mut eligible: Vec<(usize, &Task)> = before
+                .iter()
+                .enumerate()
+                .filter(|(position, task)| {
+                    task.state == TaskState::Ready
+                        && task.group.as_deref().is_none_or(|g| !busy.contains(g) && heads[g] == *position)
+                })
+                .collect();
+            eligible
+                .sort_by_key(|(position, task)| (std::cmp::Reverse(task.priority), task.run_at, *position));
+            let expected: Vec<TaskId> = eligible.iter().take(max.min(room)).map(|(_, t)| t.id).collect();
+
+            let claim = Claim { queue: queue_name(QUEUE), max, lease_ms: None, worker: None };
+            let leased = self.store().claim(claim, self.now).await.expect("claim");
+            let got: Vec<TaskId> = leased.iter().map(|t| t.id).collect();
+            assert_eq!(got, expected, "claim {max} (running {running}, room {room}) from {before:#?}");
+            if let Some(limit) = self.concurrency {
+                assert!(
+                    running + leased.len() <= (limit as usize).max(running),
+                    "concurrency {limit} exceeded"
+                );
+            }
+            for task in &leased {
+                let lease = task.lease.as_ref().expect("a leased task has a lease");
+                assert_eq!(lease.expires_at, self.now + LEASE_MS);
+                let issued = self.tokens.entry(task.id).or_default();
+                assert!(!issued.contains(&lease.token.as_str().to_owned()), "a token was handed out twice");
+                issued.push(lease.token.as_str().to_owned());
+            }
+        }
+
+        /// The invariants that hold between any two operations.
+        async fn check(&mut self) {
+            let (_, tasks) = assert_counts_agree(self.store(), QUEUE).await;
+            let listed: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
+            assert_eq!(listed, self.ids, "no task lost, none invented, in enqueue order");
+            let mut running_groups = HashSet::new();
+            for task in &tasks {
+                let seen = self.attempts.entry(task.id).or_default();
+                assert!(task.attempts >= *seen, "attempts went from {seen} to {}: {task:?}", task.attempts);
+                *seen = task.attempts;
+                if task.state == TaskState::Running {
+                    if let Some(group) = &task.group {
+                        assert!(running_groups.insert(group.clone()), "two tasks of group {group} running");
+                    }
+                    let last = self.tokens.get(&task.id).and_then(|t| t.last());
+                    assert_eq!(
+                        task.lease.as_ref().map(|l| l.token.as_str()),
+                        last.map(String::as_str),
+                        "{task:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    fn holds_lease(task: &Task, token: &str) -> bool {
+        task.state == TaskState::Running && task.lease.as_ref().is_some_and(|l| l.token.as_str() == token)
+    }
+
+    /// A token that is not the current lease changes nothing: the call is refused
+    /// with `LeaseLost`, or answered as a replay of the call that ended the lease.
+    fn assert_unchanged(
+        before: &Task,
+        after: &Task,
+        result: Result<Task, StoreError>,
+        what: &str,
+        token: &str,
+    ) {
+        match result {
+            Ok(task) => {
+                assert_eq!(&task, before, "{what} with token {token} replayed but returned another task")
+            }
+            Err(StoreError::Refused(Refusal::LeaseLost)) => {}
+            Err(e) => {
+                panic!("{what} with token {token} on {before:?}: expected LeaseLost or a replay, got {e:?}")
+            }
+        }
+        assert_eq!(after, before, "{what} with token {token}, not the current lease, changed the task");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 32, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn invariants_hold_under_random_operations(ops in proptest::collection::vec(op(), 1..100)) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            runtime.block_on(async {
+                let mut run = Run::new().await;
+                for op in &ops {
+                    run.apply(op).await;
+                    run.check().await;
+                }
+                run.store.take().expect("open").close().await;
+            });
+        }
+    }
+}

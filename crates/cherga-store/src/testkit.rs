@@ -1,0 +1,1521 @@
+//! The store conformance suite: the behaviour every [`Store`] adapter must show,
+//! written once against the trait and run by each adapter against itself.
+//!
+//! An adapter implements [`Harness`] (how to open its store over fresh data, and
+//! how to open it again over the same data) and expands
+//! [`conformance_tests!`](crate::conformance_tests) in its integration tests. The
+//! macro makes one `#[tokio::test]` per case, so a failure names the case; each
+//! case also exists as a `pub async fn` here that takes the harness. The SQLite
+//! store's `tests/store.rs` is a complete example; in short:
+//!
+//! ```text
+//! struct Fresh { dir: tempfile::TempDir }
+//! impl cherga_store::testkit::Harness for Fresh {
+//!     type Store = MyStore;
+//!     async fn open(&mut self) -> MyStore { MyStore::open(self.dir.path()).unwrap() }
+//! }
+//! mod conformance {
+//!     use super::*;
+//!     cherga_store::conformance_tests!(Fresh { dir: tempfile::tempdir().unwrap() });
+//! }
+//! ```
+//!
+//! Time is a parameter: every case uses fixed fake times counted from [`T0`] and
+//! never sleeps. Where a case asserts exact retry times it sets the queue's backoff
+//! jitter to 0, so the store's randomness cannot move them.
+//!
+//! What the suite allows a store, and what it pins down:
+//! - tasks become ready only through [`Store::tick`]: a delayed task or a retry in
+//!   backoff is not claimable before a tick at or after its `run_at` promotes it;
+//! - a store may run its retention purge at most once per second of `now`, so the
+//!   purge cases space their ticks more than a second apart;
+//! - payloads, results and errors are stored verbatim, byte for byte;
+//! - task ids sort in enqueue order, within one millisecond too.
+
+use crate::{Ack, Claim, Enqueued, ListTasks, Nack, QueueInfo, Store, StoreError, TickReport};
+use cherga_core::{
+    Backoff, Millis, NewTask, QueueName, QueueSettings, QueueSettingsPatch, Refusal, Task, TaskId, TaskState,
+};
+use std::fmt::Debug;
+use std::future::Future;
+use std::sync::Arc;
+
+/// The suite's fixed "now": 2023-11-14T22:13:20Z. Cases count time from here.
+pub const T0: Millis = 1_700_000_000_000;
+
+/// How the suite gets a store.
+pub trait Harness {
+    type Store: Store;
+
+    /// Opens the store over this harness's data: empty the first time, and the same
+    /// data every later time. Before a later call the suite has closed and dropped
+    /// the store it opened before.
+    fn open(&mut self) -> impl Future<Output = Self::Store>;
+}
+
+/// Expands to one `#[tokio::test]` per conformance case, each running the case
+/// against a harness built by evaluating `$harness` anew (so every test gets fresh
+/// data). The calling crate needs `tokio` with the `macros` and `rt-multi-thread`
+/// features.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($harness:expr) => {
+        $crate::conformance_tests!(@cases $harness;
+            enqueue_round_trips_every_field,
+            queue_is_created_on_first_use_with_defaults,
+            idempotency_replays_the_same_request,
+            idempotency_refuses_a_reused_key,
+            idempotency_keys_are_per_queue,
+            idempotency_duplicates_in_one_batch_create_one_task,
+            idempotency_key_expires_after_its_window,
+            concurrent_duplicate_enqueues_create_one_task,
+            claim_orders_by_priority_then_run_at_then_enqueue_order,
+            delayed_task_is_claimable_only_after_tick_promotes_it,
+            claim_sets_lease_and_attempts,
+            ack_stores_result_and_replays,
+            ack_refuses_wrong_token_and_unknown_task,
+            nack_schedules_retry_with_backoff,
+            nack_honours_retry_in_ms,
+            nack_dead_then_retry_dead,
+            nack_after_max_attempts_is_dead,
+            expired_lease_returns_task_and_fences_old_token,
+            extend_lease_moves_expiry,
+            group_runs_one_task_at_a_time_in_enqueue_order,
+            concurrency_limit_holds,
+            paused_queue_leases_nothing,
+            cancel_scheduled_and_ready_is_idempotent,
+            cancel_running_or_finished_is_refused,
+            list_tasks_filters_and_pages,
+            put_queue_validates_and_keeps_settings,
+            get_queue_and_list_queues,
+            retention_purges_finished_tasks,
+            retention_keeps_tasks_whose_key_is_in_window,
+            reopen_keeps_every_task_and_queue,
+            reopen_honours_leases_and_rebuilds_index,
+            close_refuses_later_calls,
+        );
+    };
+    (@cases $harness:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                $crate::testkit::$case($harness).await;
+            }
+        )*
+    };
+}
+
+// ---------------------------------------------------------------------------
+// Helpers. Each panics with the operation, the queue and the time when the store
+// fails where the case expects success, so a failure diagnoses itself.
+// ---------------------------------------------------------------------------
+
+/// `now` as an offset from [`T0`], for messages.
+fn at(now: Millis) -> String {
+    format!("T0{:+}", now - T0)
+}
+
+fn queue_name(name: &str) -> QueueName {
+    QueueName::new(name).unwrap_or_else(|e| panic!("test queue name {name:?}: {e}"))
+}
+
+/// A task of `kind` with an empty object payload, priority 0, due now, no key, no
+/// group, the queue's attempts.
+fn task(kind: &str) -> NewTask {
+    NewTask {
+        kind: kind.to_owned(),
+        payload: "{}".to_owned(),
+        priority: 0,
+        run_at: None,
+        idempotency_key: None,
+        group: None,
+        max_attempts: None,
+    }
+}
+
+fn keyed(kind: &str, key: &str) -> NewTask {
+    NewTask { idempotency_key: Some(key.to_owned()), ..task(kind) }
+}
+
+fn grouped(kind: &str, group: &str, priority: i32) -> NewTask {
+    NewTask { group: Some(group.to_owned()), priority, ..task(kind) }
+}
+
+fn prioritised(kind: &str, priority: i32) -> NewTask {
+    NewTask { priority, ..task(kind) }
+}
+
+fn delayed(kind: &str, run_at: Millis) -> NewTask {
+    NewTask { run_at: Some(run_at), ..task(kind) }
+}
+
+/// Backoff without jitter: attempt `n` waits `initial_ms * 2^(n-1)`, at most `max_ms`.
+fn exact_backoff(initial_ms: i64, max_ms: i64) -> QueueSettingsPatch {
+    QueueSettingsPatch {
+        backoff_initial_ms: Some(initial_ms),
+        backoff_max_ms: Some(max_ms),
+        backoff_multiplier: Some(2.0),
+        backoff_jitter: Some(0.0),
+        ..QueueSettingsPatch::default()
+    }
+}
+
+fn kinds(tasks: &[Task]) -> Vec<&str> {
+    tasks.iter().map(|t| t.kind.as_str()).collect()
+}
+
+fn token(task: &Task) -> String {
+    match &task.lease {
+        Some(lease) => lease.token.as_str().to_owned(),
+        None => panic!("task {:?} ({}) has no lease: {task:?}", task.kind, task.state),
+    }
+}
+
+fn describe_counts(counts: [u64; 6]) -> String {
+    TaskState::ALL.iter().zip(counts).map(|(state, n)| format!("{state}={n}")).collect::<Vec<_>>().join(" ")
+}
+
+#[track_caller]
+fn assert_counts(info: &QueueInfo, expected: &[(TaskState, u64)]) {
+    let mut want = [0u64; 6];
+    for &(state, n) in expected {
+        want[usize::from(state.code())] = n;
+    }
+    assert_eq!(
+        info.counts,
+        want,
+        "counts of queue {}: got {}, want {}",
+        info.name,
+        describe_counts(info.counts),
+        describe_counts(want)
+    );
+}
+
+#[track_caller]
+fn assert_lease_lost<T: Debug>(result: Result<T, StoreError>, what: &str) {
+    match result {
+        Err(StoreError::Refused(Refusal::LeaseLost)) => {}
+        other => panic!("{what}: expected Refused(LeaseLost), got {other:?}"),
+    }
+}
+
+#[track_caller]
+fn assert_not_found<T: Debug>(result: Result<T, StoreError>, what: &str) {
+    match result {
+        Err(StoreError::NotFound) => {}
+        other => panic!("{what}: expected NotFound, got {other:?}"),
+    }
+}
+
+#[track_caller]
+fn assert_invalid_state<T: Debug>(result: Result<T, StoreError>, state: TaskState, what: &str) {
+    match result {
+        Err(StoreError::Refused(Refusal::InvalidState { state: got, .. })) if got == state => {}
+        other => panic!("{what}: expected Refused(InvalidState {{ state: {state}, .. }}), got {other:?}"),
+    }
+}
+
+/// An id no store has handed out: a sequence number far beyond any test's.
+fn unknown_id() -> TaskId {
+    TaskId::new(T0, 1 << 40)
+}
+
+/// Closes `store` and opens the harness's data again.
+async fn reopen<H: Harness>(harness: &mut H, store: H::Store) -> H::Store {
+    store.close().await;
+    drop(store);
+    harness.open().await
+}
+
+async fn enqueue<S: Store>(
+    store: &S,
+    queue: &str,
+    new: NewTask,
+    now: Millis,
+) -> Result<Enqueued, StoreError> {
+    let kind = new.kind.clone();
+    let mut items = store
+        .enqueue(queue_name(queue), vec![new], now)
+        .await
+        .unwrap_or_else(|e| panic!("enqueue {kind:?} into {queue} at {}: the call failed: {e:?}", at(now)));
+    assert_eq!(items.len(), 1, "enqueue {kind:?} into {queue}: one task in, {} answers out", items.len());
+    items.pop().expect("length checked")
+}
+
+async fn create<S: Store>(store: &S, queue: &str, new: NewTask, now: Millis) -> Task {
+    let kind = new.kind.clone();
+    match enqueue(store, queue, new, now).await {
+        Ok(Enqueued::Created(task)) => task,
+        other => panic!("enqueue {kind:?} into {queue} at {}: expected a new task, got {other:?}", at(now)),
+    }
+}
+
+async fn claim_with<S: Store>(
+    store: &S,
+    queue: &str,
+    max: usize,
+    lease_ms: Option<i64>,
+    now: Millis,
+) -> Vec<Task> {
+    let claim = Claim { queue: queue_name(queue), max, lease_ms, worker: Some("worker-1".to_owned()) };
+    store.claim(claim, now).await.unwrap_or_else(|e| panic!("claim {max} from {queue} at {}: {e:?}", at(now)))
+}
+
+async fn claim<S: Store>(store: &S, queue: &str, max: usize, now: Millis) -> Vec<Task> {
+    claim_with(store, queue, max, None, now).await
+}
+
+/// Claims exactly one task and checks it is the one of `kind`.
+async fn claim_one<S: Store>(store: &S, queue: &str, kind: &str, now: Millis) -> Task {
+    let mut leased = claim(store, queue, 1, now).await;
+    assert_eq!(kinds(&leased), [kind], "claim 1 from {queue} at {}", at(now));
+    leased.pop().expect("length checked")
+}
+
+async fn ack<S: Store>(
+    store: &S,
+    task_id: TaskId,
+    token: &str,
+    result: Option<&str>,
+    now: Millis,
+) -> Result<Task, StoreError> {
+    let acks = vec![Ack { task_id, token: token.to_owned(), result: result.map(str::to_owned) }];
+    let mut items = store
+        .complete(acks, now)
+        .await
+        .unwrap_or_else(|e| panic!("ack {task_id} at {}: the call failed: {e:?}", at(now)));
+    assert_eq!(items.len(), 1, "ack of one task answered {} items", items.len());
+    items.pop().expect("length checked")
+}
+
+/// Acks `task` with its current lease, expecting success.
+async fn ack_ok<S: Store>(store: &S, task: &Task, result: Option<&str>, now: Millis) -> Task {
+    ack(store, task.id, &token(task), result, now)
+        .await
+        .unwrap_or_else(|e| panic!("ack {:?} with its current lease at {}: {e:?}", task.kind, at(now)))
+}
+
+async fn nack<S: Store>(
+    store: &S,
+    task_id: TaskId,
+    token: &str,
+    retry_in_ms: Option<i64>,
+    dead: bool,
+    now: Millis,
+) -> Result<Task, StoreError> {
+    let nack = Nack { task_id, token: token.to_owned(), error: Some("boom".to_owned()), retry_in_ms, dead };
+    store.fail(nack, now).await
+}
+
+/// Nacks `task` with its current lease, expecting success.
+async fn nack_ok<S: Store>(
+    store: &S,
+    task: &Task,
+    retry_in_ms: Option<i64>,
+    dead: bool,
+    now: Millis,
+) -> Task {
+    nack(store, task.id, &token(task), retry_in_ms, dead, now)
+        .await
+        .unwrap_or_else(|e| panic!("nack {:?} with its current lease at {}: {e:?}", task.kind, at(now)))
+}
+
+async fn get<S: Store>(store: &S, task_id: TaskId) -> Task {
+    store.get_task(task_id).await.unwrap_or_else(|e| panic!("get_task {task_id}: {e:?}"))
+}
+
+async fn info<S: Store>(store: &S, queue: &str) -> QueueInfo {
+    store.get_queue(queue_name(queue)).await.unwrap_or_else(|e| panic!("get_queue {queue}: {e:?}"))
+}
+
+async fn tick<S: Store>(store: &S, now: Millis) -> TickReport {
+    store.tick(now).await.unwrap_or_else(|e| panic!("tick at {}: {e:?}", at(now)))
+}
+
+async fn put<S: Store>(store: &S, queue: &str, patch: QueueSettingsPatch, now: Millis) -> QueueInfo {
+    store
+        .put_queue(queue_name(queue), patch.clone(), now)
+        .await
+        .unwrap_or_else(|e| panic!("put_queue {queue} {patch:?}: {e:?}"))
+}
+
+async fn list<S: Store>(
+    store: &S,
+    queue: &str,
+    state: Option<TaskState>,
+    after: Option<TaskId>,
+    limit: usize,
+) -> Vec<Task> {
+    let request = ListTasks { queue: queue_name(queue), state, after, limit };
+    store.list_tasks(request.clone()).await.unwrap_or_else(|e| panic!("list_tasks {request:?}: {e:?}"))
+}
+
+async fn list_all<S: Store>(store: &S, queue: &str) -> Vec<Task> {
+    list(store, queue, None, None, 10_000).await
+}
+
+async fn list_queues<S: Store>(store: &S) -> Vec<QueueInfo> {
+    store.list_queues().await.unwrap_or_else(|e| panic!("list_queues: {e:?}"))
+}
+
+// ---------------------------------------------------------------------------
+// Enqueue.
+// ---------------------------------------------------------------------------
+
+/// Every field given at enqueue comes back from `enqueue` and from `get_task`.
+pub async fn enqueue_round_trips_every_field<H: Harness>(mut harness: H) {
+    let store = harness.open().await;
+    let full = NewTask {
+        kind: "send_email".to_owned(),
+        payload: r#"{"to":"a@example.com","n":[1,2.5,null], "text":"привіт \"world\""}"#.to_owned(),
+        priority: 7,
+        run_at: None,
+        idempotency_key: Some("order-1".to_owned()),
+        group: Some("customer-42".to_owned()),
+        max_attempts: Some(3),
+    };
+    let created = create(&store, "mail", full.clone(), T0).await;
+    assert_eq!(created.queue, "mail");
+    assert_eq!(created.kind, full.kind);
+    assert_eq!(created.payload, full.payload, "the payload must be stored verbatim");
+    assert_eq!(created.priority, 7);
+    assert_eq!(created.run_at, T0, "a task without run_at is due at its enqueue time");
+    assert_eq!(created.idempotency_key.as_deref(), Some("order-1"));
+    assert_eq!(created.group.as_deref(), Some("customer-42"));
+    assert_eq!(created.max_attempts, 3);
+    assert_eq!(created.attempts, 0);
+    assert_eq!(created.state, TaskState::Ready);
+    assert_eq!(created.result, None);
+    assert_eq!(created.last_error, None);
+    assert_eq!(created.lease, None);
+    assert_eq!((created.created_at, created.updated_at, created.finished_at), (T0, T0, None));
+    assert_eq!(
+        get(&store, created.id).await,
+        created,
+        "get_task must return the task exactly as enqueue did"
+    );
+
+    let later = create(&store, "mail", delayed("later", T0 + 60_000), T0 + 1).await;
+    assert_eq!((later.state, later.run_at), (TaskState::Scheduled, T0 + 60_000), "{later:?}");
+    let overdue = create(&store, "mail", delayed("overdue", T0 - 5_000), T0 + 2).await;
+    assert_eq!((overdue.state, overdue.run_at), (TaskState::Ready, T0 - 5_000), "{overdue:?}");
+    assert_eq!(
+        overdue.max_attempts,
+        QueueSettings::defaults().max_attempts,
+        "max_attempts comes from the queue"
+    );
+    assert_eq!(get(&store, later.id).await, later);
+    assert_eq!(get(&store, overdue.id).await, overdue);
+    assert!(created.id < later.id && later.id < overdue.id, "ids sort in enqueue order across milliseconds");
+    let same_ms: Vec<NewTask> = (0..20).map(|i| task(&format!("same-{i}"))).collect();
+    let items = store.enqueue(queue_name("same"), same_ms, T0 + 3).await.expect("batch enqueue");
+    let ids: Vec<TaskId> = items.iter().map(|item| item.as_ref().expect("created").task().id).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids of one millisecond sort in enqueue order: {ids:#?}");
+
+    let queue = info(&store, "mail").await;
+    assert_eq!(queue.name, "mail");
+    assert_eq!(
+        queue.settings,
+        QueueSettings::defaults(),
+        "a queue created on first use has the default settings"
+    );
+    assert_counts(&queue, &[(TaskState::Ready, 2), (TaskState::Scheduled, 1)]);
+    assert_not_found(store.get_task(unknown_id()).await, "get_task of an id never handed out");
+}
+
+/// Enqueue and claim both create an unknown queue with the defaults; reads do not.
+pub async fn queue_is_created_on_first_use_with_defaults<H: Harness>(mut harness: H) {
+    let store = harness.open().await;
+    assert_not_found(store.get_queue(queue_name("fresh")).await, "get_queue before any use");
+    assert_not_found(
+        store.list_tasks(ListTasks { queue: queue_name("fresh"), state: None, after: None, limit: 10 }).await,
+        "list_tasks of a queue never used",
+    );
+    assert_not_found(
+        store.get_queue(queue_name("fresh")).await,
+        "get_queue after list_tasks (reads create nothing)",
+    );
+    assert!(claim(&store, "fresh", 5, T0).await.is_empty(), "an empty queue leases nothing");
+    let fresh = info(&store, "fresh").await;
+    assert_eq!(fresh.settings, QueueSettings::defaults());
+    assert_counts(&fresh, &[]);
+    create(&store, "other", task("a"), T0).await;
+    assert_counts(&info(&store, "other").await, &[(TaskState::Ready, 1)]);
+    let names: Vec<String> = list_queues(&store).await.into_iter().map(|q| q.name).collect();
+    assert_eq!(names, ["fresh", "other"]);
+}
+
+// ---------------------------------------------------------------------------
+// Idempotency.
+// ---------------------------------------------------------------------------
+
+/// The same key with the same request returns the existing task, as it is now.
+pub async fn idempotency_replays_the_same_request<H: Harness>(mut harness: H) {
+    let store = harness.open().await;
+    let request = NewTask { payload: r#"{"amount":100}"#.to_owned(), ..keyed("charge", "pay-1") };
+    let first = create(&store, "payments", request.clone(), T0).await;
+
+    // A client retrying after a timeout computes a new run_at from its delay: run_at
+    // is not part of what the key identifies.
+    let retry = NewTask { run_at: Some(T0 + 5_000), ..request.clone() };
+    match enqueue(&store, "payments", retry, T0 + 4_000).await {
+        Ok(Enqueued::Replayed(task)) => {
+            assert_eq!(task, first, "a replay returns the existing task unchanged")
+        }
+        other => panic!("same key, same request: expected Replayed, got {other:?}"),
+    }
+
+    let leased = claim_one(&store, "payments", "charge", T0 + 5_000).await;
+    let acked = ack_ok(&store, &leased, Some(r#"{"charge_id":"ch_1"}"#), T0 + 6_000).await;
+    match enqueue(&store, "payments", request, T0 + 7_000).await {
+        Ok(Enqueued::Replayed(task)) => {
+            assert_eq!(task, acked, "a replay shows the task's state and result as they are now");
+            assert_eq!(task.result.as_deref(), Some(r#"{"charge_id":"ch_1"}"#));
+        }
+        other => panic!("same key after the task succeeded: expected Replayed, got {other:?}"),
+    }
+    assert_eq!(list_all(&store, "payments").await.len(), 1, "replays create no task");
+    assert_counts(&info(&store, "payments").await, &[(TaskState::Succeeded, 1)]);
+}
+
+/// The same key with a different request is refused and names the existing task.
+pub async fn idempotency_refuses_a_reused_key<H: Harness>(mut harness: H) {
+    let store = harness.open().await;
+    let request = NewTask { payload: r#"{"amount":100}"#.to_owned(), ..keyed("charge", "pay-1") };
+    let first = create(&store, "payments", request.clone(), T0).await;
+    let different = [
+        ("payload", NewTask { payload: r#"{"amount":200}"#.to_owned(), ..request.clone() }),
+        ("kind", NewTask { kind: "refund".to_owned(), ..request.clone() }),
+        ("priority", NewTask { priority: 1, ..request.clone() }),
+        ("group", NewTask { group: Some("g".to_owned()), ..request.clone() }),
+        ("max_attempts", NewTask { max_attempts: Some(2), ..request.clone() }),
+    ];
+    for (field, new) in different {
+        match enqueue(&store, "payments", new, T0 + 1).await {
+            Err(StoreError::KeyReused(id)) => {
+                assert_eq!(id, first.id, "KeyReused names the task that holds the key")
+            }
+            other => panic!("same key, different {field}: expected KeyReused, got {other:?}"),
+        }
+    }
+    match enqueue(&store, "payments", request, T0 + 2).await {
+        Ok(Enqueued::Replayed(task)) => {
+            assert_eq!(task.id, first.id, "a refused request must not take the key over")
+        }
+        other => panic!("the original request after refusals: expected Replayed, got {other:?}"),
+    }
+    assert_eq!(kinds(&list_all(&store, "payments").await), ["charge"], "refusals create no task");
+}
+
+/// A key belongs to its queue: the same key elsewhere is a different task.
+pub async fn idempotency_keys_are_per_queue<H: Harness>(mut harness: H) {
+    let store = harness.open().await;
+    let a = create(&store, "a", keyed("job", "k"), T0).await;
+    let b = create(&store, "b", keyed("job", "k"), T0).await;
+    assert_ne!(a.id, b.id);
+    for (queue, id) in [("a", a.id), ("b", b.id)] {
+        match enqueue(&store, queue, keyed("job", "k"), T0 + 1).await {
+            Ok(Enqueued::Replayed(task)) => {
+                assert_eq!(task.id, id, "replay in {queue} returns {queue}'s task")
+            }
+            other => panic!("replay in {queue}: expected Replayed, got {other:?}"),
+        }
+    }
+    // A different request under the same key in yet another queue is not a reuse.
+    let c = create(&store, "c", NewTask { priority: 9, ..keyed("other", "k") }, T0 + 2).await;
+    assert_eq!(c.queue, "c");
+}
+
+/// Duplicates inside one batch behave like duplicates across calls.
+pub async fn idempotency_duplicates_in_one_batch_create_one_task<H: Harness>(mut harness: H) {
+    let store = harness.open().await;
+    let batch = vec![
+        keyed("a", "k1"),
+        task("b"),
+        keyed("a", "k1"),
+        NewTask { payload: r#"{"x":1}"#.to_owned(), ..keyed("a", "k1") },
+        keyed("d", "k2"),
+    ];
+    let items = store.enqueue(queue_name("batch"), batch, T0).await.expect("batch enqueue");
+    assert_eq!(items.len(), 5, "one answer per item: {items:?}");
+    let first = match &items[0] {
+        Ok(Enqueued::Created(task)) => task.clone(),
+        other => panic!("item 0: expected Created, got {other:?}"),
+    };
+    assert!(matches!(&items[1], Ok(Enqueued::Created(t)) if t.kind == "b"), "item 1: {:?}", items[1]);
+    match &items[2] {
+        Ok(Enqueued::Replayed(task)) => assert_eq!(task, &first, "item 2 replays item 0"),
+        other => panic!("item 2 (duplicate of item 0): expected Replayed, got {other:?}"),
+    }
+    match &items[3] {
+        Err(StoreError::KeyReused(id)) => assert_eq!(*id, first.id),
+        other => panic!("item 3 (same key, other payload): expected KeyReused, got {other:?}"),
+    }
+    assert!(matches!(&items[4], Ok(Enqueued::Created(t)) if t.kind == "d"), "item 4: {:?}", items[4]);
+    assert_eq!(kinds(&list_all(&store, "batch").await), ["a", "b", "d"]);
+    assert_counts(&info(&store, "batch").await, &[(TaskState::Ready, 3)]);
+}
+
+/// After `dedup_window_ms` a key is forgotten and creates a new task, whether or
+/// not a tick ran in between.
+pub async fn idempotency_key_expires_after_its_window<H: Harness>(mut harness: H) {
+    let store = harness.open().await;
+    let window = 10_000;
+    put(&store, "dedup", QueueSettingsPatch { dedup_window_ms: Some(window), ..Default::default() }, T0)
+        .await;
+    let first = create(&store, "dedup", keyed("job", "k1"), T0).await;
+    let other = create(&store, "dedup", keyed("job", "k2"), T0).await;
+    match enqueue(&store, "dedup", keyed("job", "k1"), T0 + window - 1).await {
+        Ok(Enqueued::Replayed(task)) => assert_eq!(task.id, first.id),
+        other => panic!("k1 just inside the window: expected Replayed, got {other:?}"),
+    }
+
+    // k1 without a tick in between.
+    let second = create(&store, "dedup", keyed("job", "k1"), T0 + window + 1).await;
+    assert_ne!(second.id, first.id, "a key past its window creates a new task");
+    match enqueue(&store, "dedup", keyed("job", "k1"), T0 + window + 2).await {
+        Ok(Enqueued::Replayed(task)) => assert_eq!(task.id, second.id, "the key now names the new task"),
+        other => panic!("k1 again after renewal: expected Replayed of the new task, got {other:?}"),
+    }
+
+    // k2 with a tick in between, which may forget the key for good.
+    tick(&store, T0 + window + 1_000).await;
+    let other_again = create(&store, "dedup", keyed("job", "k2"), T0 + window + 1_001).await;
+    assert_ne!(other_again.id, other.id);
+
+    assert_eq!(get(&store, first.id).await.state, TaskState::Ready, "the old task itself is untouched");
+    assert_counts(&info(&store, "dedup").await, &[(TaskState::Ready, 4)]);
+}
+
+/// Fifty producers racing with one key create exactly one task.
+pub async fn concurrent_duplicate_enqueues_create_one_task<H: Harness>(mut harness: H) {
+    let store = Arc::new(harness.open().await);
+    let request = NewTask { payload: r#"{"amount":100}"#.to_owned(), ..keyed("charge", "pay-once") };
+    let mut handles = Vec::new();
+    for i in 0..50 {
+        let store = Arc::clone(&store);
+        let request = request.clone();
+        handles
+            .push(tokio::spawn(async move { store.enqueue(queue_name("pay"), vec![request], T0 + i).await }));
+    }
+    let mut created = Vec::new();
+    let mut replayed = Vec::new();
+    for (i, handle) in handles.into_iter().enumerate() {
+        let mut items = handle
+            .await
+            .unwrap_or_else(|e| panic!("producer {i} panicked: {e}"))
+            .unwrap_or_else(|e| panic!("producer {i}: the call failed: {e:?}"));
+        match items.pop() {
+            Some(Ok(Enqueued::Created(task))) => created.push(task.id),
+            Some(Ok(Enqueued::Replayed(task))) => replayed.push(task.id),
+            other => panic!("producer {i}: expected Created or Replayed, got {other:?}"),
+        }
+    }
+    assert_eq!(created.len(), 1, "exactly one producer creates the task; created {created:?}");
+    assert_eq!(replayed.len(), 49);
+    assert!(replayed.iter().all(|id| *id == created[0]), "every replay names the created task: {replayed:?}");
+    assert_eq!(list_all(&*store, "pay").await.len(), 1);
+    assert_counts(&info(&*store, "pay").await, &[(TaskState::Ready, 1)]);
+}
+
+// ---------------------------------------------------------------------------
+// Claim.
+// ---------------------------------------------------------------------------
+
+/// Ready tasks are leased by priority, then `run_at`, then enqueue order.
+pub async fn claim_orders_by_priority_then_run_at_then_enqueue_order<H: Harness>(mut harness: H) {
+    let store = harness.open().await;
+    create(&store, "order", prioritised("a", 0), T0).await;
+    create(&store, "order", prioritised("b", 5), T0).await;
+    create(&store, "order", NewTask { run_at: Some(T0 - 1_000), ..prioritised("c", 0) }, T0).await;
+    create(&store, "order", prioritised("d", 5), T0).await;
+    create(&store, "order", NewTask { run_at: Some(T0 + 5_000), ..prioritised("e", 9) }, T0).await;
+    create(&store, "order", prioritised("f", -3), T0).await;
+    assert_eq!(kinds(&claim(&store, "order", 2, T0).await), ["b", "d"], "priority first, then enqueue order");
+    assert_eq!(kinds(&claim(&store, "order", 10, T0).await), ["c", "a", "f"], "then the earlier run_at");
+    assert!(claim(&store, "order", 10, T0).await.is_empty(), "the delayed task is not ready yet");
+    assert_counts(&info(&store, "order").await, &[(TaskState::Running, 5), (TaskState::Scheduled, 1)]);
+}
+
+/// A delayed task is leased only after a tick at or after its `run_at`.
+pub async fn delayed_task_is_claimable_only_after_tick_promotes_it<H: Harness>(mut harness: H) {
+    let store = harness.open().await;
+    let later = create(&store, "later", delayed("e", T0 + 5_000), T0).await;
+    assert!(claim(&store, "later", 1, T0).await.is_empty());
+    let report = tick(&store, T0 + 4_999).await;
+    assert_eq!(report.promoted, 0, "{report:?}");
+    assert_eq!(report.next_timer, Some(T0 + 5_000), "the next timer is the task's run_at: {report:?}");
+    assert!(claim(&store, "later", 1, T0 + 4_999).await.is_empty());
+
+    let report = tick(&store, T0 + 5_000).await;
+    assert_eq!(report.promoted, 1, "{report:?}");
+    assert_eq!(report.woken_queues, ["later"], "the queue with a newly ready task is woken: {report:?}");
+    let promoted = get(&store, later.id).await;
+    assert_eq!((promoted.state, promoted.run_at), (TaskState::Ready, T0 + 5_000), "{promoted:?}");
+    assert_counts(&info(&store, "later").await, &[(TaskState::Ready, 1)]);
+
+    let leased = claim_one(&store, "later", "e", T0 + 5_000).await;
+    assert_eq!(leased.id, later.id);
+    let report = tick(&store, T0 + 5_001).await;
+    assert_eq!(
+        report.next_timer,
+        Some(T0 + 5_000 + 30_000),
+        "the next timer is the lease's expiry: {report:?}"
+    );
+}
+
+/// A claim leases with a fresh token, counts the attempt and honours `lease_ms`.
+pub async fn claim_sets_lease_and_attempts<H: Harness>(mut harness: H) {
+    let store = harness.open().await;
+    put(&store, "lease", QueueSettingsPatch { lease_ms: Some(7_000), ..Default::default() }, T0).await;
+    let a = create(&store, "lease", task("a"), T0).await;
+    create(&store, "lease", task("b"), T0).await;
+    assert!(claim(&store, "lease", 0, T0).await.is_empty(), "max 0 leases nothing");
+
+    let leased = claim_with(&store, "lease", 1, Some(5_000), T0 + 10).await;
+    assert_eq!(kinds(&leased), ["a"]);
+    let first = &leased[0];
+    assert_eq!(first.id, a.id);
+    assert_eq!(
+        (first.state, first.attempts, first.updated_at),
+        (TaskState::Running, 1, T0 + 10),
+        "{first:?}"
+    );
+    let lease = first.lease.as_ref().expect("a leased task has a lease");
+    assert_eq!(lease.expires_at, T0 + 10 + 5_000, "lease_ms of the claim");
+    assert_eq!(lease.worker.as_deref(), Some("worker-1"));
+    assert!(!lease.token.as_str().is_empty());
+    assert_eq!(&get(&store, a.id).await, first, "get_task shows the lease");
+
+    let second = claim_one(&store, "lease", "b", T0 + 20).await;
+    let lease_b = second.lease.as_ref().expect("leased");
+    assert_eq!(lease_b.expires_at, T0 + 20 + 7_000, "no lease_ms in the claim: the queue's lease_ms");
+    assert_ne!(lease_b.token, lease.token, "every delivery has its own token");
+    assert_counts(&info(&store, "lease").await, &[(TaskState::Running, 2)]);
+}
+
+// ---------------------------------------------------------------------------
+// Ack.
+// ---------------------------------------------------------------------------
+
+/// An ack stores the result; the same ack again succeeds and changes nothing.
+pub async fn ack_stores_result_and_replays<H: Harness>(mut harness: H) {
+    let store = harness.open().await;
+    create(&store, "acks", task("a"), T0).await;
+    let leased = claim_one(&store, "acks", "a", T0).await;
+    let acked = ack_ok(&store, &leased, Some(r#"{"ok": true}"#), T0 + 10).await;
+    assert_eq!(acked.state, TaskState::Succeeded, "{acked:?}");
+    assert_eq!(acked.result.as_deref(), Some(r#"{"ok": true}"#), "the result is stored verbatim");
+    assert_eq!((acked.finished_at, acked.updated_at, acked.attempts), (Some(T0 + 10), T0 + 10, 1));
+    assert_eq!(get(&store, leased.id).await, acked);
+
+    let again = ack(&store, leased.id, &token(&leased), Some(r#"{"ok": true}"#), T0 + 20).await;
+    match again {
+        Ok(task) => assert_eq!(task, acked, "a replayed ack returns the task as the first ack left it"),
+        Err(e) => panic!("the same ack sent twice must succeed both times: {e:?}"),
+    }
+    let different = ack(&store, leased.id, &token(&leased), Some(r#"{"ok": false}"#), T0 + 30).await;
+    match different {
+        Ok(task) => assert_eq!(task.result, acked.result, "the first result is kept"),
+        Err(e) => panic!("a second ack with the token that succeeded: expected success, got {e:?}"),
+    }
+    assert_eq!(get(&store, leased.id).await, acked, "replays change nothing");
+    assert_counts(&info(&store, "acks").await, &[(TaskState::Succeeded, 1)]);
+}
+
+/// Only the current lease may ack; each item of a batch ack is answered on its own.
+pub async fn ack_refuses_wrong_token_and_unknown_task<H: Harness>(mut harness: H) {
+    let store = harness.open().await;
+    create(&store, "acks", task("x"), T0).await;
+    create(&store, "acks", task("y"), T0).await;
+    let z = create(&store, "acks", task("z"), T0).await;
+    let leased = claim(&store, "acks", 2, T0).await;
+    assert_eq!(kinds(&leased), ["x", "y"]);
+    let (x, y) = (&leased[0], &leased[1]);
+
+    assert_lease_lost(ack(&store, y.id, &token(x), None, T0 + 1).await, "ack y with x's token");
+    let acks = vec![
+        Ack { task_id: x.id, token: token(x), result: Some("1".to_owned()) },
+        Ack { task_id: y.id, token: "1.bogus".to_owned(), result: None },
+        Ack { task_id: z.id, token: token(x), result: None },
+        Ack { task_id: unknown_id(), token: token(x), result: None },
+    ];
+    let mut items = store.complete(acks, T0 + 2).await.expect("batch ack").into_iter();
+    assert_eq!(items.len(), 4);
+    match items.next().expect("4 items") {
+        Ok(task) => assert_eq!((task.state, task.result.as_deref()), (TaskState::Succeeded, Some("1"))),
+        Err(e) => panic!("batch item 0 (x, right token): {e:?}"),
+    }
+    assert_lease_lost(items.next().expect("4 items"), "batch item 1 (y, bogus token)");
+    assert_lease_lost(items.next().expect("4 items"), "batch item 2 (z is ready, not leased)");
+    assert_not_found(items.next().expect("4 items"), "batch item 3 (unknown id)");
+
+    assert_eq!(&get(&store, y.id).await, y, "a refused ack leaves the task as it was");
+    assert_eq!(get(&store, z.id).await, z);
+    assert_counts(
+        &info(&store, "acks").await,
+        &[(TaskState::Succeeded, 1), (TaskState::Running, 1), (TaskState::Ready, 1)],
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Nack, dead letters, retries.
+// ---------------------------------------------------------------------------
+
+/// A nack schedules the task again after the backoff; it is leased again only
+/// after a tick promotes it. The same nack again is a replay.
+pub async fn nack_schedules_retry_with_backoff<H: Harness>(mut harness: H) {
+    let store = harness.open().await;
+    put(&store, "retry", exact_backoff(1_000, 3_000), T0).await;
+    let created = create(&store, "retry", task("a"), T0).await;
+
+    let first = claim_one(&store, "retry", "a", T0).await;
+    let failed = nack_ok(&store, &first, None, false, T0 + 100).await;
+    assert_eq!(failed.state, TaskState::Scheduled, "{failed:?}");
+    assert_eq!(failed.run_at, T0 + 100 + 1_000, "attempt 1 waits backoff_initial_ms");
+    assert_eq!((failed.attempts, failed.last_error.as_deref(), failed.finished_at), (1, Some("boom"), None));
+    assert_eq!(get(&store, created.id).await, failed);
+    assert_counts(&info(&store, "retry").await, &[(TaskState::Scheduled, 1)]);
+
+    match nack(&store, first.id, &token(&first), None, false, T0 + 200).await {
+        Ok(task) => assert_eq!(task, failed, "a replayed nack changes nothing"),
+        Err(e) => panic!("the same nack sent twice must succeed: {e:?}"),
+    }
+    assert_lease_lost(
+        nack(&store, first.id, "1.bogus", None, false, T0 + 200).await,
+        "nack with a bogus token",
+    );
+    assert_not_found(
+        nack(&store, unknown_id(), "1.bogus", None, false, T0 + 200).await,
+        "nack of an unknown id",
+    );
+
+    assert!(
+        claim(&store, "retry", 1, T0 + 1_100).await.is_empty(),
+        "not claimable before a tick promotes it"
+    );
+    assert_eq!(tick(&store, T0 + 1_100).await.promoted, 1);
+    let second = claim_one(&store, "retry", "a", T0 + 1_100).await;
+    assert_eq!(second.attempts, 2);
+    assert_ne!(token(&second), token(&first));
+    let failed = nack_ok(&store, &second, None, false, T0 + 2_000).await;
+    assert_eq!(failed.run_at, T0 + 2_000 + 2_000, "attempt 2 waits twice as long");
+
+    assert_eq!(tick(&store, T0 + 4_000).await.promoted, 1);
+    let third = claim_one(&store, "retry", "a", T0 + 4_000).await;
+    let failed = nack_ok(&store, &third, None, false, T0 + 5_000).await;
+    assert_eq!(failed.run_at, T0 + 5_000 + 3_000, "attempt 3 is capped at backoff_max_ms");
+    assert_eq!(failed.attempts, 3);
+}
+
+/// `retry_in_ms` replaces the backoff.
+pub async fn nack_honours_retry_in_ms<H: Harness>(mut harness: H) {
+    let store = harness.open().await;
+    put(&store, "retry", exact_backoff(1_000, 1_000), T0).await;
+    create(&store, "retry", task("a"), T0).await;
+    let leased = claim_one(&store, "retry", "a", T0).await;
+    let failed = nack_ok(&store, &leased, Some(60_000), false, T0 + 10).await;
+    assert_eq!((failed.state, failed.run_at), (TaskState::Scheduled, T0 + 60_010), "{failed:?}");
+    assert_eq!(tick(&store, T0 + 60_009).await.promoted, 0, "not due yet");
+    assert_eq!(tick(&store, T0 + 60_010).await.promoted, 1, "due at run_at");
+    let again = claim_one(&store, "retry", "a", T0 + 60_010).await;
+    assert_eq!(again.attempts, 2);
+}
+
+/// A nack with `dead` ends the task at once; `retry_dead` brings it back with the
+/// queue's attempts on top of those made.
+pub async fn nack_dead_then_retry_dead<H: Harness>(mut harness: H) {
+    let store = harness.open().await;
+    create(&store, "dlq", task("a"), T0).await;
+    let leased = claim_one(&store, "dlq", "a", T0).await;
+    let dead = nack_ok(&store, &leased, None, true, T0 + 10).await;
+    assert_eq!(
+        (dead.state, dead.attempts, dead.finished_at),
+        (TaskState::Dead, 1, Some(T0 + 10)),
+        "{dead:?}"
+    );
+    assert_eq!(dead.last_error.as_deref(), Some("boom"));
+    assert_eq!(get(&store, leased.id).await, dead);
+    assert_counts(&info(&store, "dlq").await, &[(TaskState::Dead, 1)]);
+    match nack(&store, leased.id, &token(&leased), None, true, T0 + 11).await {
+        Ok(task) => assert_eq!(task, dead, "a replayed dead nack changes nothing"),
+        Err(e) => panic!("the same nack sent twice must succeed: {e:?}"),
+    }
+    tick(&store, T0 + 100_000).await;
+    assert!(claim(&store, "dlq", 1, T0 + 100_000).await.is_empty(), "a dead task is never leased");
+
+    let retried = store.retry_dead(leased.id, T0 + 100_001).await.expect("retry_dead of a dead task");
+    assert_eq!((retried.state, retried.run_at, retried.finished_at), (TaskState::Ready, T0 + 100_001, None));
+    assert_eq!(retried.attempts, 1, "attempts never go back");
+    assert_eq!(
+        retried.max_attempts,
+        1 + QueueSettings::defaults().max_attempts,
+        "the queue's attempts on top"
+    );
+    assert_eq!(get(&store, leased.id).await, retried);
+    assert_counts(&info(&store, "dlq").await, &[(TaskState::Ready, 1)]);
+
+    let again = claim_one(&store, "dlq", "a", T0 + 100_002).await;
+    assert_eq!(again.attempts, 2);
+    assert_lease_lost(
+        ack(&store, leased.id, &token(&leased), None, T0 + 100_003).await,
+        "ack with the dead lease",
+    );
+    assert_invalid_state(
+        store.retry_dead(leased.id, T0 + 100_003).await,
+        TaskState::Running,
+        "retry_dead of a running task",
+    );
+    assert_not_found(store.retry_dead(unknown_id(), T0).await, "retry_dead of an unknown id");
+    ack_ok(&store, &again, None, T0 + 100_004).await;
+}
+
+/// The attempt that uses up `max_attempts` ends dead, from a nack or from an expiry.
+pub async fn nack_after_max_attempts_is_dead<H: Harness>(mut harness: H) {
+    let store = harness.open().await;
+    put(&store, "limit", QueueSettingsPatch { max_attempts: Some(2), ..exact_backoff(1_000, 1_000) }, T0)
+        .await;
+    create(&store, "limit", task("a"), T0).await;
+    let first = claim_one(&store, "limit", "a", T0).await;
+    assert_eq!(nack_ok(&store, &first, None, false, T0 + 1).await.state, TaskState::Scheduled);
+    tick(&store, T0 + 1_001).await;
+    let second = claim_one(&store, "limit", "a", T0 + 1_001).await;
+    let dead = nack_ok(&store, &second, None, false, T0 + 1_002).await;
+    assert_eq!(
+        (dead.state, dead.attempts, dead.finished_at),
+        (TaskState::Dead, 2, Some(T0 + 1_002)),
+        "{dead:?}"
+    );
+
+    // The task's own max_attempts wins over the queue's.
+    create(&store, "limit", NewTask { max_attempts: Some(1), ..task("b") }, T0 + 2_000).await;
+    let only = claim_one(&store, "limit", "b", T0 + 2_000).await;
+    assert_eq!(nack_ok(&store, &only, None, false, T0 + 2_001).await.state, TaskState::Dead);
+
+    // An expired lease counts as an attempt too.
+    create(&store, "limit", NewTask { max_attempts: Some(1), ..task("c") }, T0 + 3_000).await;
+    let c = claim_with(&store, "limit", 1, Some(1_000), T0 + 3_000).await;
+    assert_eq!(kinds(&c), ["c"]);
+    let report = tick(&store, T0 + 4_001).await;
+    assert_eq!(report.expired, 1, "{report:?}");
+    assert_eq!(get(&store, c[0].id).await.state, TaskState::Dead, "the expiry used the last attempt");
+    assert_counts(&info(&store, "limit").await, &[(TaskState::Dead, 3)]);
+}
+
+// ---------------------------------------------------------------------------
+// Leases.
+// ---------------------------------------------------------------------------
+
+/// A lease that runs out sends the task back; its token is fenced off for good.
+pub async fn expired_lease_returns_task_and_fences_old_token<H: Harness>(mut harness: H) {
+    let store = harness.open().await;
+    put(&store, "lease", exact_backoff(1_000, 1_000), T0).await;
+    create(&store, "lease", task("a"), T0).await;
+    let first = claim_with(&store, "lease", 1, Some(10_000), T0).await.pop().expect("one task");
+    let old = token(&first);
+
+    let report = tick(&store, T0 + 9_999).await;
+    assert_eq!(report.expired, 0, "not expired before its expiry: {report:?}");
+    assert_eq!(get(&store, first.id).await.state, TaskState::Running);
+
+    let report = tick(&store, T0 + 10_001).await;
+    assert_eq!(report.expired, 1, "{report:?}");
+    assert_eq!(report.woken_queues, ["lease"], "{report:?}");
+    let expired = get(&store, first.id).await;
+    assert_eq!(expired.state, TaskState::Scheduled, "{expired:?}");
+    assert_eq!(expired.run_at, T0 + 10_001 + 1_000, "an expiry backs off like a nack");
+    assert_eq!((expired.attempts, expired.lease.as_ref()), (1, None), "an expiry clears the lease");
+    assert!(expired.last_error.is_some(), "an expiry records why the attempt failed");
+    assert_counts(&info(&store, "lease").await, &[(TaskState::Scheduled, 1)]);
+
+    assert_lease_lost(ack(&store, first.id, &old, None, T0 + 10_002).await, "ack with the expired token");
+    assert_lease_lost(
+        nack(&store, first.id, &old, None, false, T0 + 10_002).await,
+        "nack with the expired token",
+    );
+    assert_lease_lost(
+        store.extend_lease(first.id, old.clone(), 10_000, T0 + 10_002).await,
+        "extend with the expired token",
+    );
+    assert_eq!(get(&store, first.id).await, expired, "refusals change nothing");
+
+    assert_eq!(tick(&store, T0 + 11_001).await.promoted, 1);
+    let second = claim_one(&store, "lease", "a", T0 + 11_001).await;
+    assert_eq!(second.attempts, 2, "attempts count deliveries");
+    assert_ne!(token(&second), old, "a new delivery has a new token");
+    assert_lease_lost(
+        ack(&store, first.id, &old, None, T0 + 11_002).await,
+        "ack with the first token after redelivery",
+    );
+    assert_eq!(get(&store, first.id).await, second, "the stale ack did not touch the new delivery");
+    let acked = ack_ok(&store, &second, Some("2"), T0 + 11_003).await;
+    assert_eq!(acked.state, TaskState::Succeeded);
+}
+
+/// Extending a lease moves its expiry; a tick at the old expiry leaves it running.
+pub async fn extend_lease_moves_expiry<H: Harness>(mut harness: H) {
+    let store = harness.open().await;
+    create(&store, "hb", task("a"), T0).await;
+    let leased = claim_with(&store, "hb", 1, Some(10_000), T0).await.pop().expect("one task");
+    let extended = store
+        .extend_lease(leased.id, token(&leased), 20_000, T0 + 5_000)
+        .await
+        .expect("extend with the current lease");
+    let lease = extended.lease.as_ref().expect("still leased");
+    assert_eq!(lease.expires_at, T0 + 25_000, "now + lease_ms");
+    assert_eq!(lease.token.as_str(), token(&leased), "extending keeps the token");
+    assert_eq!((extended.state, extended.attempts), (TaskState::Running, 1));
+    assert_eq!(get(&store, leased.id).await, extended);
+
+    assert_lease_lost(
+        store.extend_lease(leased.id, "1.bogus".to_owned(), 1, T0 + 5_001).await,
+        "extend with a bogus token",
+    );
+    assert_not_found(
+        store.extend_lease(unknown_id(), token(&leased), 1, T0 + 5_001).await,
+        "extend of an unknown id",
+    );
+    assert_eq!(get(&store, leased.id).await, extended, "refused extends change nothing");
+
+    let report = tick(&store, T0 + 10_001).await;
+    assert_eq!(report.expired, 0, "the old expiry no longer applies: {report:?}");
+    assert_eq!(report.next_timer, Some(T0 + 25_000), "{report:?}");
+    assert_eq!(get(&store, leased.id).await.state, TaskState::Running);
+    let report = tick(&store, T0 + 25_001).await;
+    assert_eq!(report.expired, 1, "the extended lease expires at its new time: {report:?}");
+}
+
+// ---------------------------------------------------------------------------
+// Groups, concurrency, pauses.
+// ---------------------------------------------------------------------------
+
+/// One task of a group runs at a time, in enqueue order whatever the priorities;
+/// other groups and ungrouped tasks are not held up.
+pub async fn group_runs_one_task_at_a_time_in_enqueue_order<H: Harness>(mut harness: H) {
+    let store = harness.open().await;
+    put(&store, "orders", exact_backoff(1_000, 1_000), T0).await;
+    create(&store, "orders", grouped("g1", "cust-1", 0), T0).await;
+    create(&store, "orders", grouped("g2", "cust-1", -5), T0).await;
+    create(&store, "orders", grouped("g3", "cust-1", 10), T0).await;
+    create(&store, "orders", grouped("h1", "cust-2", 0), T0).await;
+    create(&store, "orders", prioritised("u", 1), T0).await;
+
+    let leased = claim(&store, "orders", 10, T0).await;
+    assert_eq!(kinds(&leased), ["u", "g1", "h1"], "one head per group, ordered with the ungrouped tasks");
+    assert!(claim(&store, "orders", 10, T0).await.is_empty(), "cust-1 has g1 running; g2 and g3 wait");
+
+    ack_ok(&store, &leased[1], None, T0 + 1).await;
+    let g2 = claim(&store, "orders", 10, T0 + 2).await;
+    assert_eq!(kinds(&g2), ["g2"], "g2 comes before g3 although g3 has the higher priority");
+
+    nack_ok(&store, &g2[0], Some(1_000), false, T0 + 3).await;
+    assert!(
+        claim(&store, "orders", 10, T0 + 4).await.is_empty(),
+        "g2 waits in backoff and is still the group's oldest task: g3 must not overtake it"
+    );
+    assert_eq!(tick(&store, T0 + 1_003).await.promoted, 1);
+    let g2 = claim(&store, "orders", 10, T0 + 1_003).await;
+    assert_eq!(kinds(&g2), ["g2"]);
+    ack_ok(&store, &g2[0], None, T0 + 1_004).await;
+    let g3 = claim(&store, "orders", 10, T0 + 1_005).await;
+    assert_eq!(kinds(&g3), ["g3"]);
+    assert_counts(&info(&store, "orders").await, &[(TaskState::Succeeded, 2), (TaskState::Running, 3)]);
+
+    // A dead task retried by hand becomes its group's oldest again, but does not run
+    // beside the group's running task.
+    create(&store, "orders", grouped("k1", "cust-3", 0), T0 + 2_000).await;
+    create(&store, "orders", grouped("k2", "cust-3", 0), T0 + 2_000).await;
+    let k1 = claim_one(&store, "orders", "k1", T0 + 2_001).await;
+    nack_ok(&store, &k1, None, true, T0 + 2_002).await;
+    let k2 = claim_one(&store, "orders", "k2", T0 + 2_003).await;
+    store.retry_dead(k1.id, T0 + 2_004).await.expect("retry_dead k1");
+    assert!(
+        claim(&store, "orders", 10, T0 + 2_005).await.is_empty(),
+        "k1 must wait while k2 of its group runs"
+    );
+    ack_ok(&store, &k2, None, T0 + 2_006).await;
+    claim_one(&store, "orders", "k1", T0 + 2_007).await;
+}
+
+/// A queue never has more than `concurrency` tasks running.
+pub async fn concurrency_limit_holds<H: Harness>(mut harness: H) {
+    let store = harness.open().await;
+    put(&store, "limited", QueueSettingsPatch { concurrency: Some(Some(2)), ..Default::default() }, T0).await;
+    for kind in ["a", "b", "c", "d", "e"] {
+        create(&store, "limited", task(kind), T0).await;
+    }
+    let leased = claim(&store, "limited", 10, T0).await;
+    assert_eq!(kinds(&leased), ["a", "b"], "at most 2 running");
+    assert!(claim(&store, "limited", 10, T0).await.is_empty(), "the limit is reached");
+    assert_counts(&info(&store, "limited").await, &[(TaskState::Running, 2), (TaskState::Ready, 3)]);
+
+    ack_ok(&store, &leased[0], None, T0 + 1).await;
+    assert_eq!(kinds(&claim(&store, "limited", 10, T0 + 2).await), ["c"], "an ack frees one place");
+
+    put(&store, "limited", QueueSettingsPatch { concurrency: Some(Some(1)), ..Default::default() }, T0 + 3)
+        .await;
+    assert!(
+        claim(&store, "limited", 10, T0 + 4).await.is_empty(),
+        "2 running under a limit of 1: nothing more"
+    );
+
+    put(&store, "limited", QueueSettingsPatch { concurrency: Some(None), ..Default::default() }, T0 + 5)
+        .await;
+    assert_eq!(kinds(&claim(&store, "limited", 10, T0 + 6).await), ["d", "e"], "no limit any more");
+    assert_counts(&info(&store, "limited").await, &[(TaskState::Running, 4), (TaskState::Succeeded, 1)]);
+}
+
+/// A paused queue takes tasks but leases none.
+pub async fn paused_queue_leases_nothing<H: Harness>(mut harness: H) {
+    let store = harness.open().await;
+    let paused =
+        put(&store, "paused", QueueSettingsPatch { paused: Some(true), ..Default::default() }, T0).await;
+    assert!(paused.settings.paused);
+    create(&store, "paused", task("a"), T0).await;
+    create(&store, "paused", task("b"), T0).await;
+    assert!(claim(&store, "paused", 10, T0).await.is_empty(), "a paused queue leases nothing");
+    tick(&store, T0 + 1_000).await;
+    assert!(claim(&store, "paused", 10, T0 + 1_000).await.is_empty());
+    assert_counts(&info(&store, "paused").await, &[(TaskState::Ready, 2)]);
+
+    put(&store, "paused", QueueSettingsPatch { paused: Some(false), ..Default::default() }, T0 + 2_000).await;
+    assert_eq!(kinds(&claim(&store, "paused", 10, T0 + 2_000).await), ["a", "b"]);
+}
+
+// ---------------------------------------------------------------------------
+// Cancel.
+// ---------------------------------------------------------------------------
+
+/// Scheduled and ready tasks can be cancelled, twice over; cancelled tasks never run.
+pub async fn cancel_scheduled_and_ready_is_idempotent<H: Harness>(mut harness: H) {
+    let store = harness.open().await;
+    let ready = create(&store, "cancel", task("r"), T0).await;
+    let scheduled = create(&store, "cancel", delayed("s", T0 + 10_000), T0).await;
+
+    let cancelled = store.cancel(ready.id, T0 + 1).await.expect("cancel a ready task");
+    assert_eq!(
+        (cancelled.state, cancelled.finished_at),
+        (TaskState::Cancelled, Some(T0 + 1)),
+        "{cancelled:?}"
+    );
+    let again = store.cancel(ready.id, T0 + 2).await.expect("cancelling twice succeeds");
+    assert_eq!(again, cancelled, "a second cancel changes nothing");
+    assert_eq!(get(&store, ready.id).await, cancelled);
+
+    let cancelled = store.cancel(scheduled.id, T0 + 3).await.expect("cancel a scheduled task");
+    assert_eq!(cancelled.state, TaskState::Cancelled);
+    let report = tick(&store, T0 + 10_000).await;
+    assert_eq!(report.promoted, 0, "a cancelled task is not promoted: {report:?}");
+    assert!(claim(&store, "cancel", 10, T0 + 10_000).await.is_empty(), "cancelled tasks are never leased");
+    assert_counts(&info(&store, "cancel").await, &[(TaskState::Cancelled, 2)]);
+
+    // Cancelling the head of a group lets the next one run.
+    let head = create(&store, "cancel", grouped("g1", "g", 0), T0 + 10_001).await;
+    create(&store, "cancel", grouped("g2", "g", 0), T0 + 10_001).await;
+    store.cancel(head.id, T0 + 10_002).await.expect("cancel the group's head");
+    assert_eq!(kinds(&claim(&store, "cancel", 10, T0 + 10_003).await), ["g2"]);
+    assert_not_found(store.cancel(unknown_id(), T0).await, "cancel of an unknown id");
+}
+
+/// Running and finished tasks cannot be cancelled, and a refusal changes nothing.
+pub async fn cancel_running_or_finished_is_refused<H: Harness>(mut harness: H) {
+    let store = harness.open().await;
+    for kind in ["a", "b", "c"] {
+        create(&store, "cancel", task(kind), T0).await;
+    }
+    let leased = claim(&store, "cancel", 3, T0).await;
+    assert_eq!(kinds(&leased), ["a", "b", "c"]);
+    assert_invalid_state(
+        store.cancel(leased[0].id, T0 + 1).await,
+        TaskState::Running,
+        "cancel a running task",
+    );
+    assert_eq!(get(&store, leased[0].id).await, leased[0], "a refused cancel changes nothing");
+
+    ack_ok(&store, &leased[1], None, T0 + 2).await;
+    assert_invalid_state(
+        store.cancel(leased[1].id, T0 + 3).await,
+        TaskState::Succeeded,
+        "cancel a succeeded task",
+    );
+    nack_ok(&store, &leased[2], None, true, T0 + 4).await;
+    assert_invalid_state(store.cancel(leased[2].id, T0 + 5).await, TaskState::Dead, "cancel a dead task");
+    assert_counts(
+        &info(&store, "cancel").await,
+        &[(TaskState::Running, 1), (TaskState::Succeeded, 1), (TaskState::Dead, 1)],
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Listing and queues.
+// ---------------------------------------------------------------------------
+
+/// `list_tasks` pages through a queue in enqueue order, with and without a state.
+pub async fn list_tasks_filters_and_pages<H: Harness>(mut harness: H) {
+    let store = harness.open().await;
+    let names = ["t0", "t1", "t2", "t3", "t4", "t5", "t6"];
+    for (i, kind) in names.iter().enumerate() {
+        create(&store, "list", task(kind), T0 + i as Millis).await;
+    }
+    let leased = claim(&store, "list", 2, T0 + 10).await;
+    assert_eq!(kinds(&leased), ["t0", "t1"]);
+    ack_ok(&store, &leased[0], Some("0"), T0 + 11).await;
+
+    let all = list_all(&store, "list").await;
+    assert_eq!(kinds(&all), names, "all tasks, in enqueue order");
+    for listed in &all {
+        assert_eq!(listed, &get(&store, listed.id).await, "a listed task is the whole task");
+    }
+
+    let page1 = list(&store, "list", None, None, 3).await;
+    assert_eq!(kinds(&page1), ["t0", "t1", "t2"]);
+    let page2 = list(&store, "list", None, Some(page1[2].id), 3).await;
+    assert_eq!(kinds(&page2), ["t3", "t4", "t5"]);
+    let page3 = list(&store, "list", None, Some(page2[2].id), 3).await;
+    assert_eq!(kinds(&page3), ["t6"]);
+    assert!(list(&store, "list", None, Some(page3[0].id), 3).await.is_empty(), "nothing after the last task");
+    assert!(list(&store, "list", None, None, 0).await.is_empty(), "limit 0");
+
+    let ready = list(&store, "list", Some(TaskState::Ready), None, 100).await;
+    assert_eq!(kinds(&ready), ["t2", "t3", "t4", "t5", "t6"]);
+    assert_eq!(kinds(&list(&store, "list", Some(TaskState::Running), None, 100).await), ["t1"]);
+    assert_eq!(kinds(&list(&store, "list", Some(TaskState::Succeeded), None, 100).await), ["t0"]);
+    assert!(list(&store, "list", Some(TaskState::Scheduled), None, 100).await.is_empty());
+    let ready_after_t3 = list(&store, "list", Some(TaskState::Ready), Some(all[3].id), 2).await;
+    assert_eq!(kinds(&ready_after_t3), ["t4", "t5"], "state and cursor together");
+    let ready_after_t0 = list(&store, "list", Some(TaskState::Ready), Some(all[0].id), 1).await;
+    assert_eq!(kinds(&ready_after_t0), ["t2"], "the cursor may be a task of another state");
+
+    put(&store, "empty", QueueSettingsPatch::default(), T0).await;
+    assert!(list_all(&store, "empty").await.is_empty(), "an existing empty queue lists nothing");
+    assert_not_found(
+        store.list_tasks(ListTasks { queue: queue_name("nope"), state: None, after: None, limit: 10 }).await,
+        "list_tasks of an unknown queue",
+    );
+}
+
+/// `put_queue` refuses out-of-range settings and changes nothing then; it applies
+/// a patch field by field, idempotently.
+pub async fn put_queue_validates_and_keeps_settings<H: Harness>(mut harness: H) {
+    let store = harness.open().await;
+    let invalid = [
+        ("max_attempts 0", QueueSettingsPatch { max_attempts: Some(0), ..Default::default() }),
+        ("max_attempts 10001", QueueSettingsPatch { max_attempts: Some(10_001), ..Default::default() }),
+        ("lease_ms 0", QueueSettingsPatch { lease_ms: Some(0), ..Default::default() }),
+        (
+            "lease_ms over 12 h",
+            QueueSettingsPatch { lease_ms: Some(12 * 3_600_000 + 1), ..Default::default() },
+        ),
+        ("concurrency 0", QueueSettingsPatch { concurrency: Some(Some(0)), ..Default::default() }),
+        ("retention_ms -1", QueueSettingsPatch { retention_ms: Some(-1), ..Default::default() }),
+        ("dedup_window_ms -1", QueueSettingsPatch { dedup_window_ms: Some(-1), ..Default::default() }),
+        ("jitter 1.5", QueueSettingsPatch { backoff_jitter: Some(1.5), ..Default::default() }),
+        ("multiplier NaN", QueueSettingsPatch { backoff_multiplier: Some(f64::NAN), ..Default::default() }),
+        ("multiplier 0.5", QueueSettingsPatch { backoff_multiplier: Some(0.5), ..Default::default() }),
+        (
+            "initial over max",
+            QueueSettingsPatch { backoff_initial_ms: Some(7_200_000), ..Default::default() },
+        ),
+        ("initial -1", QueueSettingsPatch { backoff_initial_ms: Some(-1), ..Default::default() }),
+    ];
+    for (what, patch) in &invalid {
+        match store.put_queue(queue_name("cfg"), patch.clone(), T0).await {
+            Err(StoreError::InvalidSettings(message)) => {
+                assert!(!message.is_empty(), "{what}: empty message")
+            }
+            other => panic!("put_queue with {what}: expected InvalidSettings, got {other:?}"),
+        }
+    }
+    assert_not_found(store.get_queue(queue_name("cfg")).await, "a refused put_queue creates no queue");
+
+    let patch = QueueSettingsPatch {
+        max_attempts: Some(5),
+        lease_ms: Some(10_000),
+        backoff_initial_ms: Some(500),
+        backoff_max_ms: Some(5_000),
+        backoff_multiplier: Some(3.0),
+        backoff_jitter: Some(0.0),
+        concurrency: Some(Some(4)),
+        paused: Some(true),
+        retention_ms: Some(1_000),
+        dedup_window_ms: Some(2_000),
+    };
+    let expected = QueueSettings {
+        max_attempts: 5,
+        lease_ms: 10_000,
+        backoff: Backoff { initial_ms: 500, max_ms: 5_000, multiplier: 3.0, jitter: 0.0 },
+        concurrency: Some(4),
+        paused: true,
+        retention_ms: 1_000,
+        dedup_window_ms: 2_000,
+    };
+    let stored = put(&store, "cfg", patch.clone(), T0).await;
+    assert_eq!((stored.name.as_str(), &stored.settings), ("cfg", &expected));
+    assert_counts(&stored, &[]);
+    assert_eq!(info(&store, "cfg").await, stored);
+    assert_eq!(put(&store, "cfg", patch, T0 + 1).await, stored, "the same put again is the same queue");
+
+    let unpaused =
+        put(&store, "cfg", QueueSettingsPatch { paused: Some(false), ..Default::default() }, T0 + 2).await;
+    assert_eq!(
+        unpaused.settings,
+        QueueSettings { paused: false, ..expected.clone() },
+        "fields left out are kept"
+    );
+    let unlimited =
+        put(&store, "cfg", QueueSettingsPatch { concurrency: Some(None), ..Default::default() }, T0 + 3)
+            .await;
+    assert_eq!(unlimited.settings.concurrency, None, "Some(None) removes the limit");
+
+    for (what, patch) in invalid {
+        assert!(
+            matches!(
+                store.put_queue(queue_name("cfg"), patch, T0 + 4).await,
+                Err(StoreError::InvalidSettings(_))
+            ),
+            "put_queue with {what} on an existing queue"
+        );
+    }
+    assert_eq!(info(&store, "cfg").await, unlimited, "refused puts change nothing");
+}
+
+/// `get_queue` knows only existing queues; `list_queues` lists them all, by name.
+pub async fn get_queue_and_list_queues<H: Harness>(mut harness: H) {
+    let store = harness.open().await;
+    assert!(list_queues(&store).await.is_empty(), "a fresh store has no queues");
+    for name in ["b", "a", "c-1", "C", "a.b"] {
+        put(&store, name, QueueSettingsPatch::default(), T0).await;
+    }
+    create(&store, "b", task("x"), T0).await;
+    assert_not_found(store.get_queue(queue_name("zz")).await, "get_queue of an unknown queue");
+
+    let queues = list_queues(&store).await;
+    let names: Vec<&str> = queues.iter().map(|q| q.name.as_str()).collect();
+    assert_eq!(names, ["C", "a", "a.b", "b", "c-1"], "sorted by name");
+    for queue in &queues {
+        assert_eq!(queue, &info(&store, &queue.name).await, "list_queues agrees with get_queue");
+    }
+    assert_counts(&queues[3], &[(TaskState::Ready, 1)]);
+}
+
+// ---------------------------------------------------------------------------
+// Retention.
+// ---------------------------------------------------------------------------
+
+/// Finished tasks are purged once past the queue's retention; unfinished ones never.
+pub async fn retention_purges_finished_tasks<H: Harness>(mut harness: H) {
+    let store = harness.open().await;
+    put(&store, "ret", QueueSettingsPatch { retention_ms: Some(60_000), ..Default::default() }, T0).await;
+    create(&store, "ret", task("a"), T0).await;
+    create(&store, "ret", task("b"), T0).await;
+    let c = create(&store, "ret", task("c"), T0).await;
+    create(&store, "ret", task("d"), T0).await;
+    let waiting = create(&store, "ret", delayed("e", T0 + 1_000_000), T0).await;
+    let leased = claim(&store, "ret", 2, T0).await;
+    assert_eq!(kinds(&leased), ["a", "b"]);
+    let a = ack_ok(&store, &leased[0], None, T0 + 10).await;
+    let b = nack_ok(&store, &leased[1], None, true, T0 + 20).await;
+    let c = store.cancel(c.id, T0 + 30).await.expect("cancel c");
+    assert_counts(
+        &info(&store, "ret").await,
+        &[
+            (TaskState::Succeeded, 1),
+            (TaskState::Dead, 1),
+            (TaskState::Cancelled, 1),
+            (TaskState::Ready, 1),
+            (TaskState::Scheduled, 1),
+        ],
+    );
+
+    let report = tick(&store, T0 + 50_000).await;
+    assert_eq!(report.purged, 0, "nothing is past retention yet: {report:?}");
+    let report = tick(&store, T0 + 60_015).await;
+    assert_eq!(report.purged, 1, "only a finished more than retention_ms ago: {report:?}");
+    assert_not_found(store.get_task(a.id).await, "get_task of a purged task");
+    assert_not_found(
+        store
+            .complete(vec![Ack { task_id: a.id, token: token(&leased[0]), result: None }], T0 + 60_016)
+            .await
+            .expect("ack call")
+            .pop()
+            .expect("one item"),
+        "ack of a purged task",
+    );
+    assert_eq!(get(&store, b.id).await, b, "b finished later and is kept");
+    assert_counts(
+        &info(&store, "ret").await,
+        &[(TaskState::Dead, 1), (TaskState::Cancelled, 1), (TaskState::Ready, 1), (TaskState::Scheduled, 1)],
+    );
+
+    let report = tick(&store, T0 + 70_000).await;
+    assert_eq!(report.purged, 2, "b and c: {report:?}");
+    assert_not_found(store.get_task(c.id).await, "get_task of purged c");
+    assert_eq!(kinds(&list_all(&store, "ret").await), ["d", "e"], "unfinished tasks are never purged");
+    assert_eq!(get(&store, waiting.id).await.state, TaskState::Scheduled);
+    assert_counts(&info(&store, "ret").await, &[(TaskState::Ready, 1), (TaskState::Scheduled, 1)]);
+}
+
+/// A finished task stays while an idempotency key inside its window names it, so
+/// a replay can still return its result.
+pub async fn retention_keeps_tasks_whose_key_is_in_window<H: Harness>(mut harness: H) {
+    let store = harness.open().await;
+    let window = 100_000;
+    let settings =
+        QueueSettingsPatch { retention_ms: Some(1_000), dedup_window_ms: Some(window), ..Default::default() };
+    put(&store, "ret", settings, T0).await;
+    create(&store, "ret", keyed("keyed", "k"), T0).await;
+    create(&store, "ret", task("plain"), T0).await;
+    let leased = claim(&store, "ret", 2, T0).await;
+    assert_eq!(kinds(&leased), ["keyed", "plain"]);
+    let keyed_done = ack_ok(&store, &leased[0], Some(r#"{"receipt":1}"#), T0 + 10).await;
+    let plain_done = ack_ok(&store, &leased[1], None, T0 + 10).await;
+
+    let report = tick(&store, T0 + 50_000).await;
+    assert_eq!(report.purged, 1, "the task without a key is purged: {report:?}");
+    assert_not_found(store.get_task(plain_done.id).await, "the purged task without a key");
+    assert_eq!(
+        get(&store, keyed_done.id).await,
+        keyed_done,
+        "the keyed task is kept inside its key's window"
+    );
+    assert_counts(&info(&store, "ret").await, &[(TaskState::Succeeded, 1)]);
+
+    let report = tick(&store, T0 + window + 500).await;
+    assert_eq!(report.purged, 1, "past the key's window the keyed task goes too: {report:?}");
+    assert_not_found(store.get_task(keyed_done.id).await, "the keyed task after its window");
+    assert_counts(&info(&store, "ret").await, &[]);
+    let fresh = create(&store, "ret", keyed("keyed", "k"), T0 + window + 501).await;
+    assert_ne!(fresh.id, keyed_done.id, "the forgotten key creates a new task");
+}
+
+// ---------------------------------------------------------------------------
+// Reopen.
+// ---------------------------------------------------------------------------
+
+/// Everything stored before a reopen is there after it, exactly.
+pub async fn reopen_keeps_every_task_and_queue<H: Harness>(mut harness: H) {
+    let store = harness.open().await;
+    let settings = QueueSettingsPatch {
+        max_attempts: Some(7),
+        concurrency: Some(Some(3)),
+        retention_ms: Some(1_234_567),
+        dedup_window_ms: Some(99_999),
+        ..exact_backoff(250, 4_000)
+    };
+    put(&store, "keep", settings, T0).await;
+    put(&store, "idle", QueueSettingsPatch { paused: Some(true), ..Default::default() }, T0).await;
+
+    create(&store, "keep", keyed("done", "k-done"), T0).await;
+    let done = claim_one(&store, "keep", "done", T0 + 1).await;
+    ack_ok(&store, &done, Some(r#"{"n":1}"#), T0 + 2).await;
+    create(&store, "keep", task("dead"), T0 + 3).await;
+    let dead = claim_one(&store, "keep", "dead", T0 + 3).await;
+    nack_ok(&store, &dead, None, true, T0 + 4).await;
+    create(&store, "keep", task("retrying"), T0 + 5).await;
+    let retrying = claim_one(&store, "keep", "retrying", T0 + 5).await;
+    nack_ok(&store, &retrying, None, false, T0 + 6).await;
+    create(&store, "keep", task("running"), T0 + 7).await;
+    claim_with(&store, "keep", 1, Some(60_000), T0 + 7).await;
+    let cancelled = create(&store, "keep", task("cancelled"), T0 + 8).await;
+    store.cancel(cancelled.id, T0 + 8).await.expect("cancel");
+    create(&store, "keep", grouped("ready", "g", 3), T0 + 9).await;
+    create(&store, "keep", delayed("scheduled", T0 + 600_000), T0 + 10).await;
+
+    let tasks_before = list_all(&store, "keep").await;
+    let queues_before = list_queues(&store).await;
+    assert_eq!(tasks_before.len(), 7);
+
+    let store = reopen(&mut harness, store).await;
+    let tasks_after = list_all(&store, "keep").await;
+    for (before, after) in tasks_before.iter().zip(&tasks_after) {
+        assert_eq!(after, before, "task {:?} changed across a reopen", before.kind);
+    }
+    assert_eq!(tasks_after.len(), tasks_before.len(), "tasks after reopen: {:?}", kinds(&tasks_after));
+    assert_eq!(list_queues(&store).await, queues_before, "queues (settings and counts) across a reopen");
+
+    match enqueue(&store, "keep", keyed("done", "k-done"), T0 + 20).await {
+        Ok(Enqueued::Replayed(task)) => {
+            assert_eq!(task, tasks_before[0], "idempotency keys survive a reopen")
+        }
+        other => panic!("replay after reopen: expected Replayed, got {other:?}"),
+    }
+    let newer = create(&store, "keep", task("newer"), T0 + 1_000).await;
+    assert!(tasks_before.iter().all(|t| t.id < newer.id), "ids keep growing after a reopen");
+    let last = tasks_before.last().expect("seven tasks").id;
+    assert_eq!(
+        kinds(&list(&store, "keep", None, Some(last), 10).await),
+        ["newer"],
+        "enqueue order continues"
+    );
+}
+
+/// After a reopen the index is rebuilt: leases, groups and the concurrency limit
+/// hold as before, and timers still fire.
+pub async fn reopen_honours_leases_and_rebuilds_index<H: Harness>(mut harness: H) {
+    let store = harness.open().await;
+    put(&store, "work", QueueSettingsPatch { concurrency: Some(Some(2)), ..Default::default() }, T0).await;
+    put(&store, "grp", exact_backoff(1_000, 1_000), T0).await;
+    for kind in ["r1", "r2", "r3", "r4"] {
+        create(&store, "work", task(kind), T0).await;
+    }
+    create(&store, "work", NewTask { priority: 100, ..delayed("d", T0 + 10_000) }, T0).await;
+    let r1 = claim_with(&store, "work", 1, Some(60_000), T0).await.pop().expect("r1");
+    create(&store, "grp", grouped("g1", "x", 0), T0).await;
+    create(&store, "grp", grouped("g2", "x", 0), T0).await;
+    let g1 = claim_with(&store, "grp", 10, Some(60_000), T0).await;
+    assert_eq!(kinds(&g1), ["g1"]);
+    let g1 = &g1[0];
+
+    let store = reopen(&mut harness, store).await;
+    let leased = claim_with(&store, "work", 10, Some(60_000), T0 + 1_000).await;
+    assert_eq!(kinds(&leased), ["r2"], "concurrency 2 with r1 still running from before the reopen");
+    assert!(claim(&store, "grp", 10, T0 + 1_000).await.is_empty(), "g2 waits: g1 still runs");
+
+    let acked = ack(&store, r1.id, &token(&r1), Some("ok"), T0 + 2_000).await;
+    match acked {
+        Ok(task) => assert_eq!(task.state, TaskState::Succeeded),
+        Err(e) => panic!("ack with a lease taken before the reopen, not yet expired: {e:?}"),
+    }
+    let r3 = claim_with(&store, "work", 10, Some(60_000), T0 + 2_000).await;
+    assert_eq!(kinds(&r3), ["r3"]);
+
+    assert_eq!(tick(&store, T0 + 10_000).await.promoted, 1, "the delayed task is promoted after the reopen");
+    assert!(claim(&store, "work", 10, T0 + 10_000).await.is_empty(), "r2 and r3 run: the limit holds");
+    ack_ok(&store, &leased[0], None, T0 + 10_001).await;
+    let d = claim_with(&store, "work", 10, Some(60_000), T0 + 10_002).await;
+    assert_eq!(kinds(&d), ["d"], "priority 100 beats r4");
+
+    let report = tick(&store, T0 + 60_001).await;
+    assert_eq!(report.expired, 1, "g1's lease from before the reopen expires: {report:?}");
+    assert_lease_lost(ack(&store, g1.id, &token(g1), None, T0 + 60_002).await, "ack with g1's expired token");
+    assert!(
+        claim(&store, "grp", 10, T0 + 60_002).await.is_empty(),
+        "g1 is in backoff and still heads its group"
+    );
+    assert_eq!(tick(&store, T0 + 61_001).await.promoted, 1);
+    let g1_again = claim_one(&store, "grp", "g1", T0 + 61_001).await;
+    assert_eq!(g1_again.attempts, 2);
+    ack_ok(&store, &g1_again, None, T0 + 61_002).await;
+    claim_one(&store, "grp", "g2", T0 + 61_003).await;
+}
+
+/// After `close`, every call is refused with `Closed`, and closing again is harmless.
+pub async fn close_refuses_later_calls<H: Harness>(mut harness: H) {
+    let store = harness.open().await;
+    let created = create(&store, "closing", task("a"), T0).await;
+    store.close().await;
+    assert!(
+        matches!(
+            store.enqueue(queue_name("closing"), vec![task("b")], T0 + 1).await,
+            Err(StoreError::Closed)
+        ),
+        "enqueue after close"
+    );
+    assert!(matches!(store.get_task(created.id).await, Err(StoreError::Closed)), "get_task after close");
+    assert!(matches!(store.tick(T0 + 2).await, Err(StoreError::Closed)), "tick after close");
+    store.close().await;
+    drop(store);
+    let store = harness.open().await;
+    assert_eq!(get(&store, created.id).await, created, "what was stored before close is kept");
+    assert_eq!(list_all(&store, "closing").await.len(), 1, "nothing was stored after close");
+}
