@@ -42,7 +42,7 @@ const TIMER_IDLE_MS: Millis = 1_000;
 pub struct App<S> {
     store: Arc<S>,
     limits: Limits,
-    waiters: Waiters,
+    waiters: Arc<Waiters>,
     timer: Timer,
     /// Becomes `true` when the server starts shutting down: long polls return early.
     shutting_down: watch::Receiver<bool>,
@@ -69,10 +69,13 @@ impl<S: Store> App<S> {
     /// shutdown when it sends `true`.
     pub fn new(store: Arc<S>, config: &ServerConfig) -> (Arc<Self>, watch::Sender<bool>) {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let waiters = Arc::new(Waiters::default());
+        let remote = waiters.clone();
+        store.on_remote_work(Arc::new(move |queue: &str| remote.wake(queue)));
         let app = Arc::new(Self {
             store,
             limits: Limits { max_payload_bytes: config.max_payload_bytes },
-            waiters: Waiters::default(),
+            waiters,
             timer: Timer { kick: Notify::new(), planned: AtomicI64::new(0) },
             shutting_down: shutdown_rx,
         });

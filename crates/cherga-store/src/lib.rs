@@ -227,6 +227,13 @@ pub trait Store: Send + Sync + 'static {
     /// [`StoreError::Unavailable`] when the backend fails.
     fn tick(&self, now: Millis) -> impl Future<Output = Result<TickReport, StoreError>> + Send;
 
+    /// Registers `wake`, which the store calls with a queue name when another node
+    /// sharing the same backend made a task of that queue leasable (so long polls
+    /// here can look). A store that serves one node only ignores it.
+    fn on_remote_work(&self, wake: std::sync::Arc<dyn Fn(&str) + Send + Sync>) {
+        let _ = wake;
+    }
+
     /// Flushes and closes the store; later calls get [`StoreError::Closed`].
     fn close(&self) -> impl Future<Output = ()> + Send;
 }

@@ -3,6 +3,7 @@
 
 use anyhow::{Context, Result, bail};
 use cherga_server::ServerConfig;
+use cherga_store::Store;
 use cherga_store_sqlite::{Options, SqliteStore};
 use clap::Args;
 use std::net::SocketAddr;
@@ -68,11 +69,17 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let config = args.validate()?;
     let store = SqliteStore::open(Options::in_dir(&config.data_dir))
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    tracing::info!(data_dir = %config.data_dir.display(), "embedded store open");
+    serve_on(store, config).await
+}
+
+/// Binds the address and serves with `store` until SIGINT or SIGTERM.
+async fn serve_on<S: Store>(store: S, config: ServeConfig) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await
         .with_context(|| format!("binding {}", config.addr))?;
     let local = listener.local_addr()?;
-    tracing::info!(addr = %local, data_dir = %config.data_dir.display(), "cherga listening");
+    tracing::info!(addr = %local, "cherga listening");
     // One line on stdout that scripts and tests can read to learn the port.
     println!("listening on http://{local}");
     cherga_server::serve(listener, Arc::new(store), config.server, shutdown_signal()).await?;
