@@ -1,7 +1,7 @@
 //! The writer thread: owns the connection and the in-memory index, and applies
 //! every operation as core transitions on rows loaded from and saved to SQLite.
 
-use crate::rows::{self, Db, QUEUE_COLUMNS, TASK_COLUMNS};
+use crate::rows::{self, Db, QUEUE_COLUMNS, task_columns};
 use crate::{Job, Options, Reply, schema};
 use cherga_core::{
     AckOutcome, Index, LeaseToken, Millis, NewTask, QueueName, QueueSettings, QueueSettingsPatch, Task,
@@ -105,6 +105,11 @@ impl Engine {
         Ok(())
     }
 
+    /// Runs a statement without parameters, prepared once.
+    fn statement(&self, sql: &str) -> rusqlite::Result<()> {
+        self.conn.prepare_cached(sql)?.execute([]).map(drop)
+    }
+
     pub fn poison(&mut self) {
         self.poisoned = true;
     }
@@ -121,13 +126,13 @@ impl Engine {
                 }
             }
             let replies: Vec<Reply>;
-            let outcome = match self.conn.execute_batch("BEGIN IMMEDIATE") {
+            let outcome = match self.statement("BEGIN IMMEDIATE") {
                 Ok(()) => {
                     replies = batch.into_iter().map(|job| job(Some(&mut self))).collect();
                     if self.poisoned {
                         Err("a statement failed; the batch was rolled back".to_owned())
                     } else {
-                        self.conn.execute_batch("COMMIT").map_err(|e| e.to_string())
+                        self.statement("COMMIT").map_err(|e| e.to_string())
                     }
                 }
                 Err(e) => {
@@ -169,10 +174,7 @@ impl Engine {
     }
 
     fn load_seq(&self, seq: u64) -> Result<Task, StoreError> {
-        let mut stmt =
-            self.conn.prepare_cached(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE seq = ?1")).db()?;
-        let task = stmt.query_row(params![seq as i64], rows::task_from_row).optional().db()?;
-        task.ok_or(StoreError::NotFound)?
+        rows::load_seq(&self.conn, seq)
     }
 
     /// Saves a task changed from state `was` and tells the index.
@@ -353,22 +355,21 @@ impl Engine {
         };
         match list.state {
             Some(state) => {
-                let mut stmt = self
-                    .conn
-                    .prepare_cached(&format!(
-                        "SELECT {TASK_COLUMNS} FROM tasks WHERE queue = ?1 AND seq > ?2 AND state = ?3 \
-                         ORDER BY seq LIMIT ?4"
-                    ))
-                    .db()?;
+                const SQL: &str = concat!(
+                    "SELECT ",
+                    task_columns!(),
+                    " FROM tasks WHERE queue = ?1 AND seq > ?2 AND state = ?3 ORDER BY seq LIMIT ?4"
+                );
+                let mut stmt = self.conn.prepare_cached(SQL).db()?;
                 push_rows(&mut stmt, &[&list.queue.as_str(), &after, &state.code(), &limit])?;
             }
             None => {
-                let mut stmt = self
-                    .conn
-                    .prepare_cached(&format!(
-                        "SELECT {TASK_COLUMNS} FROM tasks WHERE queue = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
-                    ))
-                    .db()?;
+                const SQL: &str = concat!(
+                    "SELECT ",
+                    task_columns!(),
+                    " FROM tasks WHERE queue = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+                );
+                let mut stmt = self.conn.prepare_cached(SQL).db()?;
                 push_rows(&mut stmt, &[&list.queue.as_str(), &after, &limit])?;
             }
         }

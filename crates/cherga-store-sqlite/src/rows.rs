@@ -17,11 +17,18 @@ impl<T> Db<T> for rusqlite::Result<T> {
     }
 }
 
-pub const TASK_COLUMNS: &str = "seq, id, queue, kind, payload, priority, run_at, idem_key, grp, \
-     max_attempts, attempts, state, result, last_error, lease_token, lease_expires_at, worker, \
-     created_at, updated_at, finished_at";
+/// The columns of a task row, in the order [`task_from_row`] reads them. A macro so
+/// that statements can be built with `concat!` at compile time.
+macro_rules! task_columns {
+    () => {
+        "seq, id, queue, kind, payload, priority, run_at, idem_key, grp, max_attempts, attempts, \
+         state, result, last_error, lease_token, lease_expires_at, worker, created_at, updated_at, \
+         finished_at"
+    };
+}
+pub(crate) use task_columns;
 
-/// Reads a row selected with [`TASK_COLUMNS`].
+/// Reads a row selected with [`task_columns`].
 pub fn task_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Task, StoreError>> {
     let id: Vec<u8> = row.get(1)?;
     let Ok(id) = <[u8; 16]>::try_from(id.as_slice()) else {
@@ -61,16 +68,25 @@ pub fn task_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Task, StoreError>
     }))
 }
 
+/// Loads the task with sequence number `seq`.
+///
+/// # Errors
+/// [`StoreError::NotFound`], [`StoreError::Corrupt`], [`StoreError::Unavailable`].
+pub fn load_seq(conn: &Connection, seq: u64) -> Result<Task, StoreError> {
+    const SQL: &str = concat!("SELECT ", task_columns!(), " FROM tasks WHERE seq = ?1");
+    let seq = i64::try_from(seq).map_err(|_| StoreError::NotFound)?;
+    let mut stmt = conn.prepare_cached(SQL).db()?;
+    let mut rows = stmt.query(params![seq]).db()?;
+    let Some(row) = rows.next().db()? else { return Err(StoreError::NotFound) };
+    task_from_row(row).db()?
+}
+
 /// Loads the task whose id is `id`, checking the whole id, not only its sequence.
 ///
 /// # Errors
 /// [`StoreError::NotFound`], [`StoreError::Corrupt`], [`StoreError::Unavailable`].
 pub fn load_task(conn: &Connection, id: TaskId) -> Result<Task, StoreError> {
-    let mut stmt = conn.prepare_cached(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE seq = ?1")).db()?;
-    let seq = i64::try_from(id.seq()).map_err(|_| StoreError::NotFound)?;
-    let mut rows = stmt.query(params![seq]).db()?;
-    let Some(row) = rows.next().db()? else { return Err(StoreError::NotFound) };
-    let task = task_from_row(row).db()??;
+    let task = load_seq(conn, id.seq())?;
     if task.id == id { Ok(task) } else { Err(StoreError::NotFound) }
 }
 
@@ -79,12 +95,12 @@ pub fn load_task(conn: &Connection, id: TaskId) -> Result<Task, StoreError> {
 /// # Errors
 /// [`StoreError::Unavailable`].
 pub fn insert_task(conn: &Connection, task: &Task) -> Result<(), StoreError> {
-    let mut stmt = conn
-        .prepare_cached(&format!(
-            "INSERT INTO tasks ({TASK_COLUMNS}) VALUES \
-             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
-        ))
-        .db()?;
+    const SQL: &str = concat!(
+        "INSERT INTO tasks (",
+        task_columns!(),
+        ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
+    );
+    let mut stmt = conn.prepare_cached(SQL).db()?;
     let lease = task.lease.as_ref();
     stmt.execute(params![
         task.id.seq() as i64,
