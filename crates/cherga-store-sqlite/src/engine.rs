@@ -2,6 +2,7 @@
 //! every operation as core transitions on rows loaded from and saved to SQLite.
 
 use crate::rows::{self, Db, QUEUE_COLUMNS, task_columns};
+use crate::sync::Syncer;
 use crate::{Job, Options, Reply, schema};
 use cherga_core::{
     AckOutcome, Index, LeaseToken, Millis, NewTask, QueueName, QueueSettings, QueueSettingsPatch, Task,
@@ -114,8 +115,10 @@ impl Engine {
         self.poisoned = true;
     }
 
-    /// The writer loop: batch, commit, answer.
-    pub fn run(mut self, jobs: mpsc::Receiver<Job>) {
+    /// The writer loop: batch, commit, hand the answers to the syncer, which sends
+    /// them once the WAL holding the commit is on disk. The writer goes on with the
+    /// next batch while the syncer waits for the disk.
+    pub fn run(mut self, jobs: mpsc::Receiver<Job>, syncer: Syncer) {
         while let Ok(first) = jobs.recv() {
             let mut batch = Vec::with_capacity(64);
             batch.push(first);
@@ -140,18 +143,24 @@ impl Engine {
                     Err(e.to_string())
                 }
             };
-            if let Err(message) = &outcome {
-                tracing::error!(error = %message, "batch failed; rolling back and rebuilding the index");
-                let _ = self.conn.execute_batch("ROLLBACK");
-                self.poisoned = false;
-                if let Err(e) = self.rebuild() {
-                    tracing::error!(error = %e, "could not rebuild the index after a failed batch");
+            match outcome {
+                Ok(()) => syncer.after_sync(replies),
+                Err(message) => {
+                    tracing::error!(error = %message, "batch failed; rolling back and rebuilding the index");
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                    self.poisoned = false;
+                    if let Err(e) = self.rebuild() {
+                        tracing::error!(error = %e, "could not rebuild the index after a failed batch");
+                    }
+                    // Nothing of a rolled-back batch needs the disk: answer now.
+                    for reply in replies {
+                        reply(Err(message.clone()));
+                    }
                 }
             }
-            for reply in replies {
-                reply(outcome.clone());
-            }
         }
+        // Every answer is sent before the connection closes.
+        syncer.finish();
         if let Err(e) = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
             tracing::warn!(error = %e, "checkpoint at close failed; the WAL will be replayed at next open");
         }

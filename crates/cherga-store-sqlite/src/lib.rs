@@ -1,20 +1,24 @@
 //! The embedded store: SQLite through `rusqlite`, owned by one writer thread.
 //!
 //! Every call becomes a job sent to the writer thread. The thread takes all jobs
-//! waiting, runs them in one `BEGIN IMMEDIATE` transaction, commits (one fsync for
-//! the whole batch: group commit) and only then answers each caller. A batch grows
-//! with load, so a busy server pays one fsync for many requests.
+//! waiting, runs them in one `BEGIN IMMEDIATE` transaction and commits; the syncer
+//! thread then fdatasyncs the WAL and only then answers each caller (group commit:
+//! one fsync for every batch committed since the last one). While the syncer waits
+//! for the disk the writer runs the next batch, so a busy server overlaps its SQL
+//! work with its fsyncs.
 //!
 //! Invariants:
 //! - the writer thread is the only user of the connection and of the in-memory
 //!   [`Index`], so index and rows change together, in one order;
-//! - no caller hears `Ok` before the commit that holds its change returned;
+//! - no caller hears `Ok` before the commit that holds its change returned and an
+//!   fdatasync of the WAL begun after that commit completed;
 //! - when a batch fails, it is rolled back whole, every caller in it gets
 //!   [`StoreError::Unavailable`], and the index is rebuilt from disk.
 
 mod engine;
 mod rows;
 mod schema;
+mod sync;
 
 use cherga_core::{Millis, NewTask, QueueName, QueueSettingsPatch, Task, TaskId};
 use cherga_store::{Ack, Claim, Enqueued, ListTasks, Nack, QueueInfo, Store, StoreError, TickReport};
@@ -63,10 +67,11 @@ impl SqliteStore {
             std::fs::create_dir_all(parent).map_err(|e| StoreError::Unavailable(Box::new(e)))?;
         }
         let engine = Engine::open(&options)?;
+        let syncer = sync::Syncer::start(&options)?;
         let (sender, receiver) = mpsc::channel::<Job>();
         let thread = std::thread::Builder::new()
             .name("cherga-sqlite-writer".into())
-            .spawn(move || engine.run(receiver))
+            .spawn(move || engine.run(receiver, syncer))
             .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
         Ok(Self { jobs: Mutex::new(Some(sender)), thread: Mutex::new(Some(thread)) })
     }
