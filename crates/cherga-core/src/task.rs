@@ -343,8 +343,12 @@ impl Task {
         random: f64,
         now: Millis,
     ) -> Result<AckOutcome, Refusal> {
+        // A kept token on a task that is neither running nor succeeded means this
+        // lease ended with a nack (an expiry or a retry clears the token, a new
+        // lease replaces it). The task may have moved on since — promoted to ready,
+        // cancelled — and the replay still changes nothing.
         let ended_by_this_token = self.lease.as_ref().is_some_and(|l| l.token == *token);
-        if ended_by_this_token && matches!(self.state, TaskState::Scheduled | TaskState::Dead) {
+        if ended_by_this_token && !matches!(self.state, TaskState::Running | TaskState::Succeeded) {
             return Ok(AckOutcome::Replayed);
         }
         self.current_lease(token)?;

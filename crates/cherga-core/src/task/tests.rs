@@ -162,6 +162,16 @@ fn nack_with_retry_in_or_dead_and_replay() {
     assert_eq!((t.state, t.run_at), (TaskState::Scheduled, T0 + 50));
     assert_eq!(t.nack(&tok, None, None, false, &settings(), 0.0, T0), Ok(AckOutcome::Replayed));
     assert_eq!(t.last_error.as_deref(), Some("later"));
+    assert!(t.promote(T0 + 50));
+    let promoted = t.clone();
+    assert_eq!(
+        t.nack(&tok, None, None, false, &settings(), 0.0, T0 + 60),
+        Ok(AckOutcome::Replayed),
+        "a nack replayed after the task became ready again"
+    );
+    assert_eq!(t, promoted);
+    t.lease(2, 1000, None, T0 + 70).unwrap();
+    assert_eq!(t.nack(&tok, None, None, false, &settings(), 0.0, T0 + 80), Err(Refusal::LeaseLost), "re-leased");
     assert_eq!(t.ack(&tok, None, T0), Err(Refusal::LeaseLost), "a nacked lease cannot ack");
 
     let mut t = ready_task();

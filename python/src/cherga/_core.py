@@ -1,0 +1,314 @@
+"""The request/response core that ``Client`` and ``AsyncClient`` share.
+
+It performs no I/O. Each API operation is a function that returns a ``Call``: the
+HTTP request to make plus the function that turns the answer into Python values.
+The two client faces only differ in how they send a ``Call`` (blocking or
+awaiting) and how they sleep between retries; what is sent, how answers are
+parsed, which failures are retried and how long to wait all live here.
+
+Retries. A failure is retried when resending cannot change the outcome:
+
+- the request never reached the server (connection refused, connect timeout),
+- the server answered 503 ``unavailable`` (it applied nothing),
+- the answer was lost after the request was sent (reset, read timeout) *and* the
+  call is idempotent. Every enqueue is: it always carries an idempotency key, so
+  a resent enqueue returns the task the first one created. Acks, extends, reads,
+  ``PUT`` and ``DELETE`` are idempotent too. A lease whose answer was lost is
+  resent as well: the tasks it leased come back when their leases expire.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Generator, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+from urllib.parse import quote
+
+from .errors import ChergaError, ConnectionFailed, Unavailable, error_from_response
+from .types import BatchResult, NewTask, Queue, Task, TaskPage
+
+T = TypeVar("T")
+
+# Longest a lease request may wait on the server (the API's MAX_WAIT_MS).
+MAX_WAIT_MS = 60_000
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What came back: status, headers (lower-case names) and decoded JSON."""
+
+    status: int
+    headers: dict[str, str]
+    body: Any
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    """One API request and how to read its answer."""
+
+    method: str
+    path: str
+    parse: Callable[[Answer], T]
+    json: Any = None
+    params: dict[str, Any] | None = None
+    # Safe to resend when the fate of an earlier try is unknown.
+    idempotent: bool = True
+    # Extra seconds on top of the client's timeout (long polls wait on purpose).
+    extra_timeout: float = 0.0
+
+    def result(self, answer: Answer) -> T:
+        """The parsed answer, or the API error it carries, raised."""
+        if answer.status >= 400:
+            raise error_from_response(answer.status, answer.body)
+        return self.parse(answer)
+
+
+@dataclass
+class RetryPolicy:
+    """Bounded retries with exponential backoff and full jitter.
+
+    ``attempts`` counts every try, the first included; ``attempts=1`` disables
+    retries. The n-th retry waits a random time up to
+    ``min(max_delay, initial_delay * 2**(n-1))`` seconds.
+    """
+
+    attempts: int = 5
+    initial_delay: float = 0.1
+    max_delay: float = 2.0
+    rng: random.Random = field(default_factory=random.Random, repr=False)
+
+    def delay(self, retry_number: int) -> float:
+        ceiling = min(self.max_delay, self.initial_delay * (2 ** (retry_number - 1)))
+        return self.rng.uniform(ceiling / 2, ceiling)
+
+    def should_retry(self, call: Call[Any], error: BaseException, tries_so_far: int) -> bool:
+        if tries_so_far >= self.attempts:
+            return False
+        if isinstance(error, NotSent):
+            return True
+        if isinstance(error, MaybeSent):
+            return call.idempotent
+        # A 503 means the server applied nothing. ConnectionFailed is ours, not an answer.
+        return isinstance(error, Unavailable) and error.status == 503
+
+
+class NotSent(Exception):
+    """Transport failure before the request reached the server."""
+
+
+class MaybeSent(Exception):
+    """Transport failure after the request may have reached the server."""
+
+
+SEND = "send"
+
+
+def exchange(call: Call[T], policy: RetryPolicy) -> Generator[str | float, Answer | Exception | None, T]:
+    """The retry loop as a generator, so both client faces share it.
+
+    It yields ``SEND`` when the caller must send ``call`` and ``send()`` back the
+    ``Answer`` (or the ``NotSent``/``MaybeSent`` the transport failed with), and
+    yields a float when the caller must sleep that many seconds first. It returns
+    the parsed value, or raises the API error (``ConnectionFailed`` when no
+    answer ever arrived).
+    """
+    tries = 0
+    while True:
+        tries += 1
+        outcome = yield SEND
+        try:
+            if isinstance(outcome, Exception):
+                raise outcome
+            assert outcome is not None
+            return call.result(outcome)
+        except (NotSent, MaybeSent, Unavailable) as error:
+            if not policy.should_retry(call, error, tries):
+                if isinstance(error, ChergaError):
+                    raise
+                raise ConnectionFailed(f"no answer from cherga after {tries} tries: {error}") from error.__cause__
+        yield policy.delay(tries)
+
+
+def task_path(task_id: str) -> str:
+    return f"/v1/tasks/{quote(task_id, safe='')}"
+
+
+def queue_path(queue: str) -> str:
+    return f"/v1/queues/{quote(queue, safe='')}"
+
+
+def task_and_lease(task: Task | str, lease: str | None) -> tuple[str, str]:
+    """The task id and lease token of ``task`` (a leased ``Task``, or an id with
+    an explicit ``lease``)."""
+    if isinstance(task, Task):
+        token = lease or (task.lease.token if task.lease else None)
+        if token is None:
+            raise ValueError(f"task {task.id} carries no lease; pass lease=")
+        return task.id, token
+    if lease is None:
+        raise ValueError("pass lease= with a task id")
+    return task, lease
+
+
+def _task(answer: Answer) -> Task:
+    return Task.from_wire(answer.body, replayed=answer.headers.get("idempotent-replayed") == "true")
+
+
+def _tasks(answer: Answer) -> list[Task]:
+    return [Task.from_wire(t) for t in answer.body["tasks"]]
+
+
+def _batch(answer: Answer) -> list[BatchResult]:
+    out = []
+    for item in answer.body["results"]:
+        status = item["status"]
+        if item.get("error") is not None:
+            out.append(BatchResult(status, error=error_from_response(status, {"error": item["error"]})))
+        else:
+            out.append(BatchResult(status, task=Task.from_wire(item["task"], replayed=status == 200)))
+    return out
+
+
+# -- operations -------------------------------------------------------------
+
+
+def enqueue(queue: str, new: NewTask) -> Call[Task]:
+    return Call("POST", f"{queue_path(queue)}/tasks", _task, json=new.to_wire())
+
+
+def enqueue_many(queue: str, tasks: Iterable[NewTask]) -> Call[list[BatchResult]]:
+    body = {"tasks": [t.to_wire() for t in tasks]}
+    return Call("POST", f"{queue_path(queue)}/tasks/batch", _batch, json=body)
+
+
+def lease(
+    queue: str, *, max: int = 1, wait_ms: int = 0, lease_ms: int | None = None, worker: str | None = None
+) -> Call[list[Task]]:
+    wait_ms = 0 if wait_ms < 0 else min(int(wait_ms), MAX_WAIT_MS)
+    body: dict[str, Any] = {"max": max, "wait_ms": wait_ms}
+    if lease_ms is not None:
+        body["lease_ms"] = lease_ms
+    if worker is not None:
+        body["worker"] = worker
+    return Call("POST", f"{queue_path(queue)}/lease", _tasks, json=body, extra_timeout=wait_ms / 1000)
+
+
+def ack(task: Task | str, result: Any = None, *, lease: str | None = None) -> Call[Task]:
+    task_id, token = task_and_lease(task, lease)
+    return Call("POST", f"{task_path(task_id)}/ack", _task, json={"lease": token, "result": result})
+
+
+def ack_many(items: Iterable[tuple[Task, Any]]) -> Call[list[BatchResult]]:
+    acks = []
+    for task, result in items:
+        task_id, token = task_and_lease(task, None)
+        acks.append({"id": task_id, "lease": token, "result": result})
+    return Call("POST", "/v1/tasks/ack", _batch, json={"acks": acks})
+
+
+def nack(
+    task: Task | str,
+    error: str | None = None,
+    *,
+    retry_in_ms: int | None = None,
+    dead: bool = False,
+    lease: str | None = None,
+) -> Call[Task]:
+    task_id, token = task_and_lease(task, lease)
+    body: dict[str, Any] = {"lease": token, "dead": dead}
+    if error is not None:
+        body["error"] = error
+    if retry_in_ms is not None:
+        body["retry_in_ms"] = retry_in_ms
+    return Call("POST", f"{task_path(task_id)}/nack", _task, json=body)
+
+
+def extend(task: Task | str, lease_ms: int | None = None, *, lease: str | None = None) -> Call[Task]:
+    task_id, token = task_and_lease(task, lease)
+    body: dict[str, Any] = {"lease": token}
+    if lease_ms is not None:
+        body["lease_ms"] = lease_ms
+    return Call("POST", f"{task_path(task_id)}/extend", _task, json=body)
+
+
+def get_task(task_id: str) -> Call[Task]:
+    return Call("GET", task_path(task_id), _task)
+
+
+def cancel(task_id: str) -> Call[Task]:
+    return Call("DELETE", task_path(task_id), _task)
+
+
+def retry_dead(task_id: str) -> Call[Task]:
+    # Not idempotent: a resend after the first one worked finds a ready task and
+    # is refused with invalid_state.
+    return Call("POST", f"{task_path(task_id)}/retry", _task, idempotent=False)
+
+
+def list_tasks(
+    queue: str, *, state: str | None = None, limit: int | None = None, after: str | None = None
+) -> Call[TaskPage]:
+    params = {k: v for k, v in (("state", state), ("limit", limit), ("after", after)) if v is not None}
+    return Call(
+        "GET",
+        f"{queue_path(queue)}/tasks",
+        lambda a: TaskPage(_tasks(a), a.body.get("next")),
+        params=params,
+    )
+
+
+def get_queue(queue: str) -> Call[Queue]:
+    return Call("GET", queue_path(queue), lambda a: Queue.from_wire(a.body))
+
+
+def list_queues() -> Call[list[Queue]]:
+    return Call("GET", "/v1/queues", lambda a: [Queue.from_wire(q) for q in a.body["queues"]])
+
+
+UNSET: Any = object()
+
+
+def put_queue(
+    queue: str,
+    *,
+    max_attempts: int | None = None,
+    lease_ms: int | None = None,
+    backoff: dict[str, Any] | None = None,
+    concurrency: int | None = UNSET,
+    paused: bool | None = None,
+    retention_ms: int | None = None,
+    dedup_window_ms: int | None = None,
+) -> Call[Queue]:
+    body: dict[str, Any] = {}
+    for name, value in (
+        ("max_attempts", max_attempts),
+        ("lease_ms", lease_ms),
+        ("backoff", backoff),
+        ("paused", paused),
+        ("retention_ms", retention_ms),
+        ("dedup_window_ms", dedup_window_ms),
+    ):
+        if value is not None:
+            body[name] = value
+    # None is meaningful here: it removes the limit.
+    if concurrency is not UNSET:
+        body["concurrency"] = concurrency
+    return Call("PUT", queue_path(queue), lambda a: Queue.from_wire(a.body), json=body)
+
+
+def health() -> Call[bool]:
+    return Call("GET", "/healthz", lambda a: a.body.get("status") == "ok")
+
+
+def decode(status: int, headers: dict[str, str], content: bytes) -> Answer:
+    """An ``Answer`` from raw bytes; a body that is not JSON decodes to ``None``
+    (errors then map by status alone)."""
+    try:
+        body = json.loads(content) if content else None
+    except ValueError:
+        body = None
+    if status < 400 and body is None:
+        raise ChergaError(f"HTTP {status} with a body that is not JSON", code="invalid_response", status=status)
+    return Answer(status, headers, body)

@@ -1,0 +1,125 @@
+"""Running Django tasks delivered by cherga, inside a cherga ``Worker``.
+
+``django_handler(backend)`` is a worker handler for every task a
+``ChergaBackend`` enqueued. For each delivery it sends ``task_started``, calls
+the task (with a ``TaskContext`` when it ``takes_context``; ``async def`` tasks
+run through ``async_to_sync``), sends ``task_finished`` with the outcome, and
+turns that outcome into the ack or nack:
+
+- success: ack with ``{"return_value", "started_at", "finished_at",
+  "worker_id"}``, which ``get_result`` reads back;
+- an exception: nack (retried after the queue's backoff, dead when out of
+  attempts) with a JSON ``last_error`` holding the exception class path and
+  the traceback, which ``get_result`` turns into a ``TaskError``.
+
+Database connections are treated as in a request: stale ones are closed before
+and after each task.
+"""
+
+from __future__ import annotations
+
+import json
+from traceback import format_exception
+from typing import Any
+
+from django.db import close_old_connections
+from django.tasks import TaskContext, TaskResultStatus
+from django.tasks.base import TaskError
+from django.tasks.signals import task_finished, task_started
+from django.utils import timezone
+from django.utils.json import normalize_json
+
+from .. import types as cherga_types
+from .._outcome import Dead, Retry
+from .backend import ChergaBackend
+
+
+def django_handler(backend: ChergaBackend, worker_id: str) -> Any:
+    """A ``Worker`` handler that runs the Django task a cherga task carries."""
+
+    def handle(task: cherga_types.Task) -> Any:
+        close_old_connections()
+        try:
+            return run(backend, task, worker_id)
+        finally:
+            close_old_connections()
+
+    return handle
+
+
+def run(backend: ChergaBackend, delivery: cherga_types.Task, worker_id: str) -> Any:
+    payload = delivery.payload
+    try:
+        task = backend.load_task(delivery)
+    except (ValueError, ImportError, AttributeError) as error:
+        # A task this deployment cannot load will not load on a retry either.
+        raise Dead(f"cannot load the Django task: {error}") from error
+    result_id = payload.get("result_id") or delivery.id
+    started_at = timezone.now()
+    # The TaskResult as the signals and the task's context see it. Errors of
+    # earlier attempts are not carried over; cherga keeps the last one.
+    result = backend._make_result(
+        task,
+        result_id,
+        status=TaskResultStatus.RUNNING,
+        args=payload.get("args", []),
+        kwargs=payload.get("kwargs", {}),
+        enqueued_at=delivery.created_at,
+        started_at=started_at,
+        worker_ids=["unknown"] * max(0, delivery.attempts - 1) + [worker_id],
+    )
+    task_started.send(sender=type(backend), task_result=result)
+    try:
+        if task.takes_context:
+            value = task.call(TaskContext(task_result=result), *result.args, **result.kwargs)
+        else:
+            value = task.call(*result.args, **result.kwargs)
+        value = normalize_json(value)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as error:  # noqa: BLE001 - every failure is recorded
+        finished_at = timezone.now()
+        error_type = type(error)
+        task_error = TaskError(
+            exception_class_path=f"{error_type.__module__}.{error_type.__qualname__}",
+            traceback="".join(format_exception(error)),
+        )
+        result.errors.append(task_error)
+        object.__setattr__(result, "status", TaskResultStatus.FAILED)
+        object.__setattr__(result, "finished_at", finished_at)
+        # Sent inside the handler so receivers can see sys.exc_info().
+        task_finished.send(sender=type(backend), task_result=result)
+        report = {
+            "exception_class_path": task_error.exception_class_path,
+            "traceback": task_error.traceback,
+            "started_at": started_at.isoformat(),
+            "finished_at": finished_at.isoformat(),
+            "worker_id": worker_id,
+        }
+        raise Retry(_fit(report)) from error
+    finished_at = timezone.now()
+    object.__setattr__(result, "status", TaskResultStatus.SUCCESSFUL)
+    object.__setattr__(result, "finished_at", finished_at)
+    object.__setattr__(result, "_return_value", value)
+    task_finished.send(sender=type(backend), task_result=result)
+    return {
+        "return_value": value,
+        "started_at": started_at.isoformat(),
+        "finished_at": finished_at.isoformat(),
+        "worker_id": worker_id,
+    }
+
+
+# cherga keeps at most 64 KiB of error text; keep the JSON whole by cutting the
+# traceback's middle rather than letting the server cut the end.
+_MAX_ERROR = 60_000
+
+
+def _fit(report: dict[str, Any]) -> str:
+    text = json.dumps(report)
+    if len(text.encode()) <= _MAX_ERROR:
+        return text
+    tb = report["traceback"]
+    keep = _MAX_ERROR // 3
+    report = {**report, "traceback": tb[:keep] + "\n[... cut ...]\n" + tb[-keep:]}
+    return json.dumps(report)

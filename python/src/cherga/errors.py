@@ -1,0 +1,190 @@
+"""Exceptions of the cherga client, one class per API error code.
+
+Every error the server answers is ``{"error": {"code", "message"}}``; the client
+raises the class registered for ``code`` (see ``ERROR_CLASSES``), or
+``ChergaError`` itself for a code this version does not know, so a newer server
+never breaks an older client. Transport failures that outlived the client's
+retries raise ``ConnectionFailed``.
+
+The classes form a small tree so callers can catch at the level they care about:
+``InvalidRequest`` covers every 400, ``NotFound`` every 404, ``Conflict`` every
+409, and ``Unavailable`` both a 503 and an unreachable server.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ChergaError(Exception):
+    """An error answered by cherga (or the failure to reach it).
+
+    ``code`` is the stable machine code (``"lease_lost"``), ``status`` the HTTP
+    status (``None`` when no answer arrived) and ``message`` the server's text.
+    """
+
+    code: str = "error"
+
+    def __init__(self, message: str, *, code: str | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.status = status
+
+    def __str__(self) -> str:
+        where = f" (HTTP {self.status})" if self.status is not None else ""
+        return f"{self.code}: {self.message}{where}"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(code={self.code!r}, status={self.status!r}, message={self.message!r})"
+
+
+class InvalidRequest(ChergaError):
+    """400: a field has a value out of range, or the request is malformed."""
+
+    code = "invalid_request"
+
+
+class InvalidJson(InvalidRequest):
+    code = "invalid_json"
+
+
+class InvalidQueueName(InvalidRequest):
+    code = "invalid_queue_name"
+
+
+class InvalidTaskId(InvalidRequest):
+    code = "invalid_task_id"
+
+
+class NotFound(ChergaError):
+    """404 of any kind."""
+
+    code = "not_found"
+
+
+class QueueNotFound(NotFound):
+    code = "queue_not_found"
+
+
+class TaskNotFound(NotFound):
+    code = "task_not_found"
+
+
+class RouteNotFound(NotFound):
+    code = "route_not_found"
+
+
+class MethodNotAllowed(ChergaError):
+    code = "method_not_allowed"
+
+
+class UnsupportedMediaType(ChergaError):
+    code = "unsupported_media_type"
+
+
+class Conflict(ChergaError):
+    """409 of any kind."""
+
+    code = "conflict"
+
+
+class LeaseLost(Conflict):
+    """The lease token is not the task's current lease: it expired, or another
+    worker holds the task now. Never retried: the task belongs to someone else."""
+
+    code = "lease_lost"
+
+
+class InvalidState(Conflict):
+    """The task is not in a state the operation applies to (e.g. cancelling a
+    running task)."""
+
+    code = "invalid_state"
+
+
+class PayloadTooLarge(ChergaError):
+    code = "payload_too_large"
+
+
+class BodyTooLarge(PayloadTooLarge):
+    code = "body_too_large"
+
+
+class IdempotencyKeyReused(ChergaError):
+    """422: the idempotency key was already used for a *different* request."""
+
+    code = "idempotency_key_reused"
+
+
+class Unavailable(ChergaError):
+    """503: the server cannot take requests right now (store busy, shutting
+    down). Retried by the client before it is raised."""
+
+    code = "unavailable"
+
+
+class ConnectionFailed(Unavailable):
+    """No answer from the server (refused, reset, timed out) after the client's
+    retries. ``status`` is ``None``. ``__cause__`` is the httpx exception."""
+
+    code = "connection_failed"
+
+
+class InternalError(ChergaError):
+    """500: the server failed; its log has the cause."""
+
+    code = "internal"
+
+
+ERROR_CLASSES: dict[str, type[ChergaError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidRequest,
+        InvalidJson,
+        InvalidQueueName,
+        InvalidTaskId,
+        QueueNotFound,
+        TaskNotFound,
+        RouteNotFound,
+        MethodNotAllowed,
+        UnsupportedMediaType,
+        LeaseLost,
+        InvalidState,
+        PayloadTooLarge,
+        BodyTooLarge,
+        IdempotencyKeyReused,
+        Unavailable,
+        InternalError,
+    )
+}
+
+# A status whose body was not the API's error shape (a proxy's HTML page, say)
+# still maps to the family its status implies.
+_STATUS_CLASSES: dict[int, type[ChergaError]] = {
+    400: InvalidRequest,
+    404: NotFound,
+    405: MethodNotAllowed,
+    409: Conflict,
+    413: PayloadTooLarge,
+    415: UnsupportedMediaType,
+    422: IdempotencyKeyReused,
+    500: InternalError,
+    502: Unavailable,
+    503: Unavailable,
+    504: Unavailable,
+}
+
+
+def error_from_response(status: int, body: Any) -> ChergaError:
+    """The exception for an error answer: ``body`` is the decoded JSON (or
+    ``None`` when it was not JSON)."""
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("code"), str):
+        code = error["code"]
+        message = str(error.get("message", ""))
+        cls = ERROR_CLASSES.get(code, ChergaError)
+        return cls(message, code=code, status=status)
+    cls = _STATUS_CLASSES.get(status, ChergaError)
+    return cls(f"HTTP {status} without an API error body", status=status)

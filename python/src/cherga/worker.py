@@ -1,0 +1,532 @@
+"""Workers: run a handler per task ``kind`` for the tasks of one queue.
+
+::
+
+    worker = Worker("payments", concurrency=4)
+
+    @worker.task("charge_card")
+    def charge_card(task):
+        return gateway.charge(task.payload["order"], key=task.id)
+
+    worker.run()      # until SIGTERM/SIGINT, or worker.stop()
+
+A handler receives the leased ``Task``. Its return value (JSON) acks the task as
+its result; an exception nacks it with the traceback (retried after the queue's
+backoff); ``Retry``/``Dead`` steer the nack. While a handler runs, its lease is
+extended in the background, so a handler may take longer than ``lease_ms``; a
+worker that dies stops extending, and the task is delivered again once the lease
+runs out. Delivery is at-least-once: make handlers idempotent (``task.id`` or the
+task's idempotency key make good downstream keys).
+
+``Worker`` runs handlers in ``concurrency`` threads; ``AsyncWorker`` runs them
+as asyncio tasks (``async def`` handlers are awaited, plain functions run in a
+thread).
+
+Invariants:
+- The worker never holds more than ``concurrency + prefetch`` tasks: a lease
+  asks for at most the free slots, and every task holds its slot until it is
+  reported.
+- Every leased task is reported (ack or nack) with the token it was delivered
+  under. ``LeaseLost`` is never retried: the task belongs to someone else now.
+- Shutdown (``stop()``, SIGTERM, SIGINT) lets running handlers finish and
+  reports them, then hands back every task leased but not started (nack, retry
+  in 0 ms) — except a task on its last attempt, which would die of being handed
+  back, and so is run instead. A second signal is not caught: it kills.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import inspect
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ._outcome import Dead, Nack, Retry, hand_back, settle
+from .client import AsyncClient, Client
+from .errors import ChergaError
+from .lease import AsyncHeartbeat, Heartbeat, log_settle_failure
+from .types import Task
+
+__all__ = ["AsyncWorker", "Dead", "Retry", "Worker", "run_workers"]
+
+log = logging.getLogger("cherga.worker")
+
+Handler = Callable[[Task], Any]
+
+DEFAULT_LEASE_MS = 30_000
+DEFAULT_WAIT_MS = 5_000
+# After a failed lease request, wait this long before the next (doubling, capped).
+ERROR_BACKOFF = (0.2, 5.0)
+# Most tasks one lease request may ask for (the API's MAX_BATCH).
+MAX_LEASE_BATCH = 1000
+
+
+def default_worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class _Registry:
+    """Handlers by kind, and the settings both workers share."""
+
+    def __init__(
+        self,
+        queue: str,
+        *,
+        concurrency: int,
+        lease_ms: int,
+        wait_ms: int,
+        prefetch: int,
+        name: str | None,
+    ) -> None:
+        self.queue = queue
+        self.concurrency = max(1, concurrency)
+        self.lease_ms = lease_ms
+        self.wait_ms = wait_ms
+        self.prefetch = max(0, prefetch)
+        self.name = name or default_worker_name()
+        self.handlers: dict[str, Handler] = {}
+        self.fallback_handler: Handler | None = None
+
+    def task(self, kind: str | None = None) -> Callable[[Handler], Handler]:
+        """Decorator: run the function for tasks of ``kind`` (default: the
+        function's name). Registering a kind again replaces its handler."""
+
+        def register(func: Handler) -> Handler:
+            self.handlers[kind or func.__name__] = func
+            return func
+
+        return register
+
+    def fallback(self, func: Handler) -> Handler:
+        """Decorator: run the function for tasks whose kind has no handler.
+        Without one, such tasks are nacked (another worker may know the kind)."""
+        self.fallback_handler = func
+        return func
+
+    def handler_for(self, kind: str) -> Handler | None:
+        return self.handlers.get(kind, self.fallback_handler)
+
+    @property
+    def capacity(self) -> int:
+        return self.concurrency + self.prefetch
+
+
+def _no_handler(task: Task) -> Any:
+    raise Retry(f"no handler for kind {task.kind!r} in this worker")
+
+
+class Worker(_Registry):
+    """A worker running handlers in threads. See the module documentation.
+
+    ``client`` (or ``url``, default ``$CHERGA_URL``) says where cherga is.
+    ``lease_ms`` is the lease asked for and renewed (a dead worker's tasks come
+    back after at most this long); ``wait_ms`` is one long poll (it bounds how
+    long shutdown waits for a lease request in flight); ``prefetch`` leases that
+    many tasks ahead of free threads.
+    """
+
+    def __init__(
+        self,
+        queue: str = "default",
+        *,
+        client: Client | None = None,
+        url: str | None = None,
+        concurrency: int = 1,
+        lease_ms: int = DEFAULT_LEASE_MS,
+        wait_ms: int = DEFAULT_WAIT_MS,
+        prefetch: int = 0,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(
+            queue, concurrency=concurrency, lease_ms=lease_ms, wait_ms=wait_ms, prefetch=prefetch, name=name
+        )
+        self.url = url
+        self.client = client
+        self._own_client = False
+        self._cond = threading.Condition()
+        self._ready: collections.deque[Task] = collections.deque()
+        self._held = 0
+        self._stopping = threading.Event()
+        self._poller_done = False
+        self._threads: list[threading.Thread] = []
+        self._heartbeat: Heartbeat | None = None
+        # Set when the worker stopped because of a bug of its own.
+        self.crashed: BaseException | None = None
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def start(self) -> None:
+        """Start polling and the handler threads; returns at once."""
+        if self._threads:
+            raise RuntimeError("worker already started")
+        if self.client is None:
+            self.client = Client(self.url)
+            self._own_client = True
+        self._heartbeat = Heartbeat(self.client, self.lease_ms)
+        self._threads = [threading.Thread(target=self._poll_loop, name=f"cherga-poll-{self.queue}", daemon=True)]
+        self._threads += [
+            threading.Thread(target=self._handler_loop, name=f"cherga-{self.queue}-{i}", daemon=True)
+            for i in range(self.concurrency)
+        ]
+        for thread in self._threads:
+            thread.start()
+        log.info("worker %s: queue %s, %d threads", self.name, self.queue, self.concurrency)
+
+    def stop(self) -> None:
+        """Begin a graceful shutdown; returns at once (``join()`` waits)."""
+        self._stopping.set()
+        with self._cond:
+            self._cond.notify_all()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the shutdown to finish; true when it has."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        done = not self.alive
+        if done:
+            self._finish()
+        return done
+
+    @property
+    def alive(self) -> bool:
+        return any(t.is_alive() for t in self._threads)
+
+    def run(self, *, install_signal_handlers: bool = True) -> None:
+        """Run until ``stop()`` or SIGTERM/SIGINT, then shut down gracefully."""
+        run_workers([self], install_signal_handlers=install_signal_handlers)
+
+    def _finish(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+        if self._own_client and self.client is not None:
+            self.client.close()
+            self.client = None
+            self._own_client = False
+
+    # -- threads ------------------------------------------------------------
+
+    def _poll_loop(self) -> None:
+        assert self.client is not None and self._heartbeat is not None
+        error_delay = ERROR_BACKOFF[0]
+        try:
+            while not self._stopping.is_set():
+                with self._cond:
+                    while self._held >= self.capacity and not self._stopping.is_set():
+                        self._cond.wait()
+                    if self._stopping.is_set():
+                        return
+                    free = min(self.capacity - self._held, MAX_LEASE_BATCH)
+                    # Count the slots now, so a finishing handler cannot make
+                    # another lease request see them free again.
+                    self._held += free
+                started = time.monotonic()
+                tasks: list[Task] = []
+                try:
+                    tasks = self.client.lease_tasks(
+                        self.queue, max=free, wait_ms=self.wait_ms, lease_ms=self.lease_ms, worker=self.name
+                    )
+                    error_delay = ERROR_BACKOFF[0]
+                except ChergaError as error:
+                    log.warning("lease request to queue %s failed: %s", self.queue, error)
+                    self._stopping.wait(error_delay)
+                    error_delay = min(ERROR_BACKOFF[1], error_delay * 2)
+                for task in tasks:
+                    self._heartbeat.add(task)
+                with self._cond:
+                    self._held -= free - len(tasks)
+                    self._ready.extend(tasks)
+                    self._cond.notify_all()
+                if not tasks and time.monotonic() - started < 0.05:
+                    # The server answered at once with nothing (wait_ms 0, or it is
+                    # shutting down): do not spin.
+                    self._stopping.wait(0.05)
+        except BaseException as error:
+            # A bug, not a cherga error: stop the worker rather than idle forever.
+            log.exception("worker %s: the poller failed; stopping", self.name)
+            self.crashed = error
+            self.stop()
+        finally:
+            with self._cond:
+                self._poller_done = True
+                self._cond.notify_all()
+
+    def _handler_loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._ready and not (self._stopping.is_set() and self._poller_done):
+                    self._cond.wait()
+                if not self._ready:
+                    return
+                task = self._ready.popleft()
+            try:
+                if self._stopping.is_set() and not task.last_attempt:
+                    self._report(task, hand_back("the worker is shutting down"))
+                else:
+                    self._execute(task)
+            finally:
+                with self._cond:
+                    self._held -= 1
+                    self._cond.notify_all()
+
+    def _execute(self, task: Task) -> None:
+        handler = self.handler_for(task.kind) or _no_handler
+        try:
+            result = handler(task)
+        except BaseException as error:  # noqa: BLE001 - every failure is reported
+            plan = settle(error)
+            assert plan.nack is not None
+            if not plan.swallow:
+                log.warning("task %s (%s) failed: %r", task.id, task.kind, error)
+            self._report(task, plan.nack)
+        else:
+            self._report(task, None, result)
+
+    def _report(self, task: Task, nack: Nack | None, result: Any = None) -> None:
+        assert self.client is not None and self._heartbeat is not None
+        self._heartbeat.discard(task)
+        try:
+            if nack is None:
+                try:
+                    self.client.ack(task, result)
+                except TypeError as error:  # the result is not JSON
+                    self.client.nack(task, error=f"the handler's result is not JSON: {error}")
+            else:
+                self.client.nack(task, **nack.kwargs())
+        except ChergaError as error:
+            log_settle_failure(task, error, "ack" if nack is None else "nack")
+        except Exception:  # keep the thread alive; the lease expiry brings the task back
+            log.exception("could not report task %s", task.id)
+
+
+def run_workers(workers: Iterable[Worker], *, install_signal_handlers: bool = True) -> None:
+    """Run several workers (one per queue, say) until one of them is stopped
+    or SIGTERM/SIGINT arrives, then shut all down gracefully. Signal handlers
+    are only installed from the main thread."""
+    workers = list(workers)
+    installed: dict[int, Any] = {}
+
+    def on_signal(signum: int, frame: Any) -> None:
+        log.warning("signal %d: stopping; running handlers finish first (send it again to kill)", signum)
+        for sig, previous in installed.items():
+            signal.signal(sig, previous)
+        installed.clear()
+        for worker in workers:
+            worker.stop()
+
+    if install_signal_handlers and threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            installed[signum] = signal.signal(signum, on_signal)
+    try:
+        for worker in workers:
+            worker.start()
+        while any(w.alive for w in workers):
+            if any(w.stopping for w in workers):
+                for worker in workers:
+                    worker.stop()
+            for worker in workers:
+                worker.join(0.2)
+    finally:
+        for worker in workers:
+            worker.stop()
+        for worker in workers:
+            worker.join()
+        for sig, previous in installed.items():
+            signal.signal(sig, previous)
+    crashed = [w.crashed for w in workers if w.crashed is not None]
+    if crashed:
+        raise RuntimeError(f"a worker stopped on an internal error: {crashed[0]!r}") from crashed[0]
+
+
+class AsyncWorker(_Registry):
+    """A worker running handlers as asyncio tasks, ``concurrency`` at once.
+
+    ``async def`` handlers are awaited; plain functions run in a thread
+    (``asyncio.to_thread``). ``await worker.serve()`` runs until ``stop()``;
+    ``worker.run()`` does so in a new event loop and stops on SIGTERM/SIGINT.
+    """
+
+    def __init__(
+        self,
+        queue: str = "default",
+        *,
+        client: AsyncClient | None = None,
+        url: str | None = None,
+        concurrency: int = 1,
+        lease_ms: int = DEFAULT_LEASE_MS,
+        wait_ms: int = DEFAULT_WAIT_MS,
+        prefetch: int = 0,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(
+            queue, concurrency=concurrency, lease_ms=lease_ms, wait_ms=wait_ms, prefetch=prefetch, name=name
+        )
+        self.url = url
+        self.client = client
+        self._stopping: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_requested = False
+
+    def stop(self) -> None:
+        """Begin a graceful shutdown. Safe from any thread."""
+        self._stop_requested = True
+        if self._loop is not None and self._stopping is not None:
+            self._loop.call_soon_threadsafe(self._stopping.set)
+
+    def run(self, *, install_signal_handlers: bool = True) -> None:
+        asyncio.run(self.serve(install_signal_handlers=install_signal_handlers))
+
+    async def serve(self, *, install_signal_handlers: bool = False) -> None:
+        """Run until ``stop()``, then shut down gracefully."""
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        if self._stop_requested:
+            self._stopping.set()
+        own_client = self.client is None
+        client = self.client if self.client is not None else AsyncClient(self.url)
+        heartbeat = AsyncHeartbeat(client, self.lease_ms)
+        ready: asyncio.Queue[Task | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(self.capacity)
+        signals: list[int] = []
+        if install_signal_handlers:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._loop.add_signal_handler(sig, self._on_signal, sig)
+                signals.append(sig)
+        try:
+            runners = [
+                asyncio.create_task(self._runner(client, heartbeat, ready, slots)) for _ in range(self.concurrency)
+            ]
+            await self._poller(client, heartbeat, ready, slots)
+            for _ in runners:
+                ready.put_nowait(None)  # after every leased task: drain, then stop
+            await asyncio.gather(*runners)
+        finally:
+            for installed in signals:
+                self._loop.remove_signal_handler(installed)
+            await heartbeat.stop()
+            if own_client:
+                await client.aclose()
+
+    def _on_signal(self, signum: int) -> None:
+        log.warning("signal %d: stopping; running handlers finish first (send it again to kill)", signum)
+        assert self._loop is not None
+        for handled in (signal.SIGTERM, signal.SIGINT):
+            self._loop.remove_signal_handler(handled)
+        self.stop()
+
+    async def _poller(
+        self,
+        client: AsyncClient,
+        heartbeat: AsyncHeartbeat,
+        ready: asyncio.Queue[Task | None],
+        slots: asyncio.Semaphore,
+    ) -> None:
+        assert self._stopping is not None
+        error_delay = ERROR_BACKOFF[0]
+        while not self._stopping.is_set():
+            # Wait for one free slot (or the stop), then take every free one.
+            acquire = asyncio.create_task(slots.acquire())
+            stop = asyncio.create_task(self._stopping.wait())
+            await asyncio.wait({acquire, stop}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            if not acquire.done():
+                acquire.cancel()
+                return
+            free = 1
+            while not slots.locked() and free < MAX_LEASE_BATCH:
+                await slots.acquire()
+                free += 1
+            if self._stopping.is_set():
+                for _ in range(free):
+                    slots.release()
+                return
+            started = time.monotonic()
+            tasks: list[Task] = []
+            try:
+                tasks = await client.lease_tasks(
+                    self.queue, max=free, wait_ms=self.wait_ms, lease_ms=self.lease_ms, worker=self.name
+                )
+                error_delay = ERROR_BACKOFF[0]
+            except ChergaError as error:
+                log.warning("lease request to queue %s failed: %s", self.queue, error)
+                await _wait(self._stopping, error_delay)
+                error_delay = min(ERROR_BACKOFF[1], error_delay * 2)
+            for _ in range(free - len(tasks)):
+                slots.release()
+            for task in tasks:
+                heartbeat.add(task)
+                ready.put_nowait(task)
+            if not tasks and time.monotonic() - started < 0.05:
+                await _wait(self._stopping, 0.05)
+
+    async def _runner(
+        self,
+        client: AsyncClient,
+        heartbeat: AsyncHeartbeat,
+        ready: asyncio.Queue[Task | None],
+        slots: asyncio.Semaphore,
+    ) -> None:
+        assert self._stopping is not None
+        while True:
+            task = await ready.get()
+            if task is None:
+                return
+            try:
+                if self._stopping.is_set() and not task.last_attempt:
+                    await self._report(client, heartbeat, task, hand_back("the worker is shutting down"))
+                else:
+                    await self._execute(client, heartbeat, task)
+            finally:
+                slots.release()
+
+    async def _execute(self, client: AsyncClient, heartbeat: AsyncHeartbeat, task: Task) -> None:
+        handler = self.handler_for(task.kind) or _no_handler
+        try:
+            if inspect.iscoroutinefunction(handler):
+                result = await handler(task)
+            else:
+                result = await asyncio.to_thread(handler, task)
+        except asyncio.CancelledError:
+            await self._report(client, heartbeat, task, hand_back("the worker was cancelled"))
+            raise
+        except Exception as error:  # noqa: BLE001 - every failure is reported
+            plan = settle(error)
+            assert plan.nack is not None
+            if not plan.swallow:
+                log.warning("task %s (%s) failed: %r", task.id, task.kind, error)
+            await self._report(client, heartbeat, task, plan.nack)
+        else:
+            await self._report(client, heartbeat, task, None, result)
+
+    async def _report(
+        self, client: AsyncClient, heartbeat: AsyncHeartbeat, task: Task, nack: Nack | None, result: Any = None
+    ) -> None:
+        heartbeat.discard(task)
+        try:
+            if nack is None:
+                try:
+                    await client.ack(task, result)
+                except TypeError as error:
+                    await client.nack(task, error=f"the handler's result is not JSON: {error}")
+            else:
+                await client.nack(task, **nack.kwargs())
+        except ChergaError as error:
+            log_settle_failure(task, error, "ack" if nack is None else "nack")
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(event.wait(), seconds)
+    except TimeoutError:
+        pass

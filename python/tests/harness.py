@@ -1,0 +1,130 @@
+"""Starting the real ``cherga`` binary for tests, and small waiting helpers.
+
+The binary is ``$CHERGA_BIN`` or ``../target/debug/cherga`` relative to
+``python/``; building it is the caller's job. A missing binary fails the run
+(it never skips).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+PYTHON_DIR = Path(__file__).resolve().parent.parent
+EXAMPLE_DIR = PYTHON_DIR / "examples" / "payshop"
+
+T = TypeVar("T")
+
+
+def cherga_bin() -> Path:
+    path = Path(os.environ.get("CHERGA_BIN") or PYTHON_DIR.parent / "target" / "debug" / "cherga").resolve()
+    if not path.is_file():
+        raise RuntimeError(
+            f"cherga binary not found at {path}: run `cargo build -p cherga` in the workspace or set CHERGA_BIN"
+        )
+    return path
+
+
+class Server:
+    """One ``cherga serve`` process on 127.0.0.1 with its own data directory."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.log = data_dir.parent / f"{data_dir.name}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, port: int | None = None) -> Server:
+        """Start on ``port`` (default: the last one, else a free one)."""
+        if port is None:
+            port = self.port
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    str(cherga_bin()),
+                    "serve",
+                    "--addr",
+                    f"127.0.0.1:{port}",
+                    "--data-dir",
+                    str(self.data_dir),
+                    "--log",
+                    "warn",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=log,
+            )
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], 15)
+        line = self.proc.stdout.readline().decode() if ready else ""
+        match = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
+        if not match:
+            self.proc.kill()
+            raise RuntimeError(
+                f"cherga did not start: first line {line!r}; log {self.log}: {self.log.read_text()[-2000:]}"
+            )
+        self.port = int(match.group(1))
+        return self
+
+    def stop(self) -> None:
+        """SIGTERM and wait: the graceful shutdown."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+
+def unique_queue(hint: str = "q") -> str:
+    clean = re.sub(r"[^A-Za-z0-9_.-]", "-", hint)[:60]
+    return f"{clean}-{uuid.uuid4().hex[:10]}"
+
+
+def wait_until(check: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.05, what: str = "") -> T:
+    """Call ``check`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: T = check()
+    while not last:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or check}; last value {last!r}")
+        time.sleep(interval)
+        last = check()
+    return last
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment for a Python subprocess that imports the tests and the
+    example project."""
+    env = dict(os.environ)
+    paths = [str(PYTHON_DIR), str(EXAMPLE_DIR), str(PYTHON_DIR / "src")]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+PYTHON = sys.executable

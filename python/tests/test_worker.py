@@ -1,0 +1,401 @@
+"""Workers, ``client.lease()`` and ``client.consume()`` against the real
+server, including worker processes killed with SIGKILL and stopped with
+SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from cherga import AsyncClient, AsyncWorker, Client, Dead, LeaseLost, Retry, State, Task, Worker
+from tests.harness import PYTHON, Server, subprocess_env, wait_until
+
+
+def finished(client: Client, task_id: str) -> Task | None:
+    task = client.get_task(task_id)
+    return task if task.finished else None
+
+
+def run_worker_until(worker: Worker, condition, timeout: float = 15.0) -> None:  # noqa: ANN001
+    worker.start()
+    try:
+        wait_until(condition, timeout=timeout, what="the worker's work")
+    finally:
+        worker.stop()
+        assert worker.join(15), "worker did not stop"
+
+
+# -- Worker (threads) -----------------------------------------------------------
+
+
+def test_worker_dispatches_by_kind_and_reports_outcomes(client: Client, queue: str) -> None:
+    client.configure_queue(queue, backoff={"initial_ms": 60_000})
+    worker = Worker(queue, client=client, concurrency=2, wait_ms=200)
+
+    @worker.task("charge_card")
+    def charge_card(task: Task) -> dict:
+        return {"charged": task.payload["cents"]}
+
+    @worker.task()  # kind defaults to the function's name
+    def explode(task: Task) -> None:
+        raise RuntimeError(f"card {task.payload} declined")
+
+    @worker.task("later")
+    def later(task: Task) -> None:
+        raise Retry("gateway busy", retry_in_ms=30_000)
+
+    @worker.task("give_up")
+    def give_up(task: Task) -> None:
+        raise Dead("card closed")
+
+    @worker.task("not_json")
+    def not_json(task: Task) -> object:
+        return object()
+
+    ids = {
+        kind: client.enqueue(queue, kind, payload).id
+        for kind, payload in [
+            ("charge_card", {"cents": 1999}),
+            ("explode", 42),
+            ("later", None),
+            ("give_up", None),
+            ("not_json", None),
+            ("unknown_kind", None),
+        ]
+    }
+
+    def all_reported() -> bool:
+        return all(client.get_task(i).state != State.RUNNING and client.get_task(i).attempts == 1 for i in ids.values())
+
+    run_worker_until(worker, all_reported)
+    tasks = {kind: client.get_task(i) for kind, i in ids.items()}
+    assert tasks["charge_card"].state == State.SUCCEEDED
+    assert tasks["charge_card"].result == {"charged": 1999}
+    explode_error = tasks["explode"].last_error
+    assert tasks["explode"].state == State.SCHEDULED
+    assert "Traceback (most recent call last)" in explode_error and "RuntimeError: card 42 declined" in explode_error
+    assert tasks["later"].state == State.SCHEDULED and tasks["later"].last_error == "gateway busy"
+    assert (tasks["later"].run_at - tasks["later"].updated_at).total_seconds() == pytest.approx(30, abs=1)
+    assert tasks["give_up"].state == State.DEAD and tasks["give_up"].last_error == "card closed"
+    assert tasks["not_json"].state == State.SCHEDULED and "not JSON" in tasks["not_json"].last_error
+    assert tasks["unknown_kind"].state == State.SCHEDULED
+    assert "no handler for kind 'unknown_kind'" in tasks["unknown_kind"].last_error
+
+
+def test_worker_runs_concurrency_handlers_at_once(client: Client, queue: str) -> None:
+    worker = Worker(queue, client=client, concurrency=4, wait_ms=200)
+    running = 0
+    most = 0
+    lock = threading.Lock()
+
+    @worker.task("work")
+    def work(task: Task) -> int:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.4)
+        with lock:
+            running -= 1
+        return task.payload
+
+    ids = [client.enqueue(queue, "work", i).id for i in range(8)]
+    started = time.monotonic()
+    run_worker_until(worker, lambda: all(finished(client, i) for i in ids))
+    elapsed = time.monotonic() - started
+    assert most == 4
+    assert elapsed < 2.5  # two rounds of 0.4 s, not eight
+    assert [client.get_task(i).result for i in ids] == list(range(8))
+
+
+def test_worker_extends_leases_while_a_handler_runs(client: Client, queue: str) -> None:
+    client.configure_queue(queue, backoff={"initial_ms": 10, "jitter": 0.0})
+    worker = Worker(queue, client=client, lease_ms=600, wait_ms=200)
+
+    @worker.task("slow")
+    def slow(task: Task) -> str:
+        time.sleep(2.0)  # more than three leases long
+        return "done"
+
+    task_id = client.enqueue(queue, "slow").id
+    run_worker_until(worker, lambda: finished(client, task_id))
+    done = client.get_task(task_id)
+    assert done.state == State.SUCCEEDED and done.result == "done"
+    assert done.attempts == 1  # never redelivered: the heartbeat kept the lease
+
+
+# -- subprocess workers: SIGKILL and SIGTERM --------------------------------------
+
+
+def worker_command(target: str) -> list[str]:
+    script = Path(PYTHON).parent / "cherga-worker"
+    if script.exists():
+        return [str(script), target, "--log-level", "WARNING"]
+    return [PYTHON, "-m", "cherga.cli", target, "--log-level", "WARNING"]
+
+
+def start_worker(queue: str, marks: Path, *extra: str, lease_ms: int = 1000) -> subprocess.Popen[bytes]:
+    env = subprocess_env(TEST_QUEUE=queue, TEST_MARKS=str(marks), TEST_LEASE_MS=str(lease_ms))
+    return subprocess.Popen(
+        [*worker_command("tests.workers.effects:worker"), *extra],
+        env=env,
+        cwd=marks,
+        stdout=subprocess.DEVNULL,
+        stderr=open(marks / f"worker-{time.monotonic_ns()}.log", "wb"),
+    )
+
+
+def effects(marks: Path) -> list[str]:
+    log = marks / "effects.log"
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def test_killed_worker_task_is_redelivered_after_lease_expiry_and_done_once(
+    client: Client, queue: str, tmp_path: Path
+) -> None:
+    client.configure_queue(queue, backoff={"initial_ms": 50, "jitter": 0.0})
+    task_id = client.enqueue(queue, "charge", {"first_attempt_sleep": 30}).id
+
+    first = start_worker(queue, tmp_path, lease_ms=1000)
+    try:
+        wait_until(lambda: (tmp_path / f"started-{task_id}-1").exists(), what="the first attempt to start")
+        time.sleep(1.2)  # past the first lease: only the heartbeat keeps it alive
+        assert client.get_task(task_id).state == State.RUNNING
+        first.send_signal(signal.SIGKILL)
+        first.wait(5)
+        killed_at = time.monotonic()
+        # The dead worker's lease is still valid for a while: nobody else may run it yet.
+        assert client.get_task(task_id).state == State.RUNNING
+    finally:
+        first.kill()
+
+    second = start_worker(queue, tmp_path, lease_ms=1000)
+    try:
+        done = wait_until(lambda: finished(client, task_id), timeout=15, what="the redelivered task")
+        redelivered_after = time.monotonic() - killed_at
+        assert (tmp_path / f"started-{task_id}-2").exists()
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(10) == 0
+    finally:
+        second.kill()
+    assert done.state == State.SUCCEEDED and done.attempts == 2 and done.result == {"attempt": 2}
+    assert effects(tmp_path) == [f"{task_id} 2"]  # the effect happened exactly once
+    assert redelivered_after < 10
+
+
+def test_sigterm_finishes_running_tasks_and_hands_back_unstarted_ones(
+    client: Client, queue: str, tmp_path: Path
+) -> None:
+    client.configure_queue(queue, backoff={"initial_ms": 60_000})
+    ids = [client.enqueue(queue, "charge", {"first_attempt_sleep": 1.5}).id for _ in range(3)]
+    proc = start_worker(queue, tmp_path, "--concurrency", "1", "--prefetch", "2", lease_ms=5000)
+    try:
+        # One task running, two leased ahead and waiting for the thread.
+        wait_until(lambda: client.get_queue(queue).counts.running == 3, what="three leased tasks")
+        started = wait_until(
+            lambda: [i for i in ids if (tmp_path / f"started-{i}-1").exists()], what="one started task"
+        )
+        assert len(started) == 1
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        proc.kill()
+    [running_one] = started
+    assert client.get_task(running_one).state == State.SUCCEEDED
+    assert effects(tmp_path) == [f"{running_one} 1"]
+    for task_id in set(ids) - {running_one}:
+        task = client.get_task(task_id)
+        # Handed back for an immediate retry, not left to its lease or its backoff.
+        assert task.state in (State.READY, State.SCHEDULED), task
+        assert task.last_error == "handed back: the worker is shutting down"
+        assert task.run_at <= task.updated_at
+        assert not (tmp_path / f"started-{task_id}-1").exists()
+    assert client.get_queue(queue).counts.running == 0
+
+
+# -- client.lease() ------------------------------------------------------------
+
+
+def test_lease_context_acks_with_the_result(client: Client, queue: str) -> None:
+    task_id = client.enqueue(queue, "k", {"n": 2}).id
+    with client.lease(queue, wait_ms=2_000) as task:
+        assert task is not None and task.id == task_id and task.state == State.RUNNING
+        task.result = task.payload["n"] * 21
+    done = client.get_task(task_id)
+    assert done.state == State.SUCCEEDED and done.result == 42
+
+
+def test_lease_context_nacks_with_the_traceback_and_reraises(client: Client, queue: str) -> None:
+    client.configure_queue(queue, backoff={"initial_ms": 60_000})
+    task_id = client.enqueue(queue, "k").id
+    with pytest.raises(ZeroDivisionError):
+        with client.lease(queue, wait_ms=2_000):
+            1 / 0  # noqa: B018
+    failed = client.get_task(task_id)
+    assert failed.state == State.SCHEDULED
+    assert "Traceback" in failed.last_error and "ZeroDivisionError" in failed.last_error
+    assert "1 / 0" in failed.last_error
+
+
+def test_lease_context_retry_is_swallowed(client: Client, queue: str) -> None:
+    task_id = client.enqueue(queue, "k").id
+    with client.lease(queue, wait_ms=2_000):
+        raise Retry("not yet", retry_in_ms=0)
+    again = wait_until(lambda: client.lease_tasks(queue, wait_ms=500), what="the retried task")
+    assert again[0].id == task_id and again[0].attempts == 2 and again[0].last_error == "not yet"
+
+
+def test_lease_context_yields_none_when_nothing_arrives(client: Client, queue: str) -> None:
+    started = time.monotonic()
+    with client.lease(queue, wait_ms=300) as task:
+        assert task is None
+    assert 0.25 < time.monotonic() - started < 3
+
+
+def test_lease_context_heartbeats_and_reports_a_lost_lease(client: Client, queue: str) -> None:
+    client.configure_queue(queue, backoff={"initial_ms": 60_000})
+    task_id = client.enqueue(queue, "k").id
+    with client.lease(queue, wait_ms=2_000, lease_ms=400) as task:
+        time.sleep(1.0)  # the heartbeat keeps it
+    assert client.get_task(task_id).attempts == 1 and client.get_task(task_id).state == State.SUCCEEDED
+
+    lost_id = client.enqueue(queue, "k").id
+    with pytest.raises(LeaseLost):
+        with client.lease(queue, wait_ms=2_000, lease_ms=300, heartbeat=False) as task:
+            assert task is not None and task.id == lost_id
+            wait_until(lambda: client.get_task(lost_id).state == State.SCHEDULED, what="the lease to expire")
+    assert client.get_task(lost_id).state == State.SCHEDULED
+
+
+# -- client.consume() ----------------------------------------------------------
+
+
+def test_consume_acks_each_task_when_the_loop_comes_back(client: Client, queue: str) -> None:
+    ids = [client.enqueue(queue, "k", i).id for i in range(3)]
+    seen = []
+    for task in client.consume(queue, wait_ms=300):
+        # The previous task was acked when the loop came back for this one.
+        if seen:
+            assert client.get_task(seen[-1]).state == State.SUCCEEDED
+        assert client.get_task(task.id).state == State.RUNNING
+        seen.append(task.id)
+        task.result = {"square": task.payload**2}
+    assert seen == ids
+    assert [client.get_task(i).result for i in ids] == [{"square": 0}, {"square": 1}, {"square": 4}]
+
+
+def test_consume_break_hands_the_task_back(client: Client, queue: str) -> None:
+    first, second = (client.enqueue(queue, "k", i).id for i in range(2))
+    for task in client.consume(queue, wait_ms=300):
+        assert task.id == first
+        break
+    back = client.get_task(first)
+    assert back.state in (State.READY, State.SCHEDULED) and back.result is None
+    assert back.last_error is not None and back.last_error.startswith("handed back: the consumer loop was left")
+    assert client.get_task(second).attempts == 0  # never leased
+
+
+def test_consume_exception_hands_back_and_with_form_records_traceback(client: Client, queue: str) -> None:
+    client.configure_queue(queue, backoff={"initial_ms": 60_000})
+    first = client.enqueue(queue, "k").id
+    with pytest.raises(ValueError):
+        for _task in client.consume(queue, wait_ms=300):
+            raise ValueError("plain for loop")
+    assert client.get_task(first).last_error.startswith("handed back")
+    assert client.get_task(first).attempts == 1
+
+    second = client.enqueue(queue, "k", key="second").id
+    with pytest.raises(ValueError):
+        with client.consume(queue, wait_ms=300) as tasks:
+            for task in tasks:
+                if task.id == second:
+                    raise ValueError("with form")
+                task.result = "first done"
+    failed = client.get_task(second)
+    assert failed.state == State.SCHEDULED and "ValueError: with form" in failed.last_error
+    assert client.get_task(first).state == State.SUCCEEDED
+
+
+def test_consume_stop_acks_the_current_task_and_ends(client: Client, queue: str) -> None:
+    ids = [client.enqueue(queue, "k", i).id for i in range(3)]
+    consumer = client.consume(queue)  # waits forever: only stop() ends it
+    seen = []
+    for task in consumer:
+        seen.append(task.id)
+        if len(seen) == 2:
+            consumer.stop()
+    assert seen == ids[:2]
+    assert [client.get_task(i).state for i in ids] == [State.SUCCEEDED, State.SUCCEEDED, State.READY]
+
+
+# -- AsyncWorker -----------------------------------------------------------------
+
+
+def test_async_worker_runs_async_and_sync_handlers(server: Server, queue: str) -> None:
+    async def main() -> dict[str, Task]:
+        async with AsyncClient(server.url) as client:
+            await client.configure_queue(queue, backoff={"initial_ms": 60_000})
+            worker = AsyncWorker(queue, client=client, concurrency=3, wait_ms=200, lease_ms=600)
+            active = 0
+            most = 0
+
+            @worker.task("nap")
+            async def nap(task: Task) -> int:
+                nonlocal active, most
+                active += 1
+                most = max(most, active)
+                await asyncio.sleep(0.3)
+                active -= 1
+                return task.payload
+
+            @worker.task("blocking")
+            def blocking(task: Task) -> str:
+                time.sleep(1.0)  # in a thread; its lease (600 ms) is extended meanwhile
+                return threading.current_thread().name
+
+            @worker.task("broken")
+            async def broken(task: Task) -> None:
+                raise LookupError("nope")
+
+            ids = [(await client.enqueue(queue, "nap", i)).id for i in range(6)]
+            ids.append((await client.enqueue(queue, "blocking")).id)
+            ids.append((await client.enqueue(queue, "broken")).id)
+            serving = asyncio.create_task(worker.serve())
+            deadline = time.monotonic() + 15
+            while True:
+                tasks = [await client.get_task(i) for i in ids]
+                if all(t.state != State.RUNNING and t.attempts == 1 for t in tasks):
+                    break
+                assert time.monotonic() < deadline, tasks
+                await asyncio.sleep(0.05)
+            worker.stop()
+            await asyncio.wait_for(serving, 10)
+            assert most == 3
+            return {"nap": tasks[0], "blocking": tasks[6], "broken": tasks[7], "naps": tasks[:6]}
+
+    out = asyncio.run(main())
+    assert [t.result for t in out["naps"]] == list(range(6))
+    assert out["blocking"].state == State.SUCCEEDED and out["blocking"].attempts == 1
+    assert out["blocking"].result != "MainThread"
+    assert out["broken"].state == State.SCHEDULED and "LookupError: nope" in out["broken"].last_error
+
+
+def test_worker_module_docstring_example_shape() -> None:
+    # The decorator returns the function unchanged, so handlers stay testable.
+    worker = Worker("q")
+
+    @worker.task("charge_card")
+    def charge_card(task: Task) -> str:
+        return "ok"
+
+    assert charge_card(None) == "ok"  # type: ignore[arg-type]
+    assert worker.handler_for("charge_card") is charge_card
+    assert worker.handler_for("other") is None
+    assert os.getpid() and worker.name.endswith(f":{os.getpid()}")
