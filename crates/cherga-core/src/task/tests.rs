@@ -171,7 +171,11 @@ fn nack_with_retry_in_or_dead_and_replay() {
     );
     assert_eq!(t, promoted);
     t.lease(2, 1000, None, T0 + 70).unwrap();
-    assert_eq!(t.nack(&tok, None, None, false, &settings(), 0.0, T0 + 80), Err(Refusal::LeaseLost), "re-leased");
+    assert_eq!(
+        t.nack(&tok, None, None, false, &settings(), 0.0, T0 + 80),
+        Err(Refusal::LeaseLost),
+        "re-leased"
+    );
     assert_eq!(t.ack(&tok, None, T0), Err(Refusal::LeaseLost), "a nacked lease cannot ack");
 
     let mut t = ready_task();
