@@ -72,11 +72,11 @@ fn run(wal: Option<File>, groups: mpsc::Receiver<Vec<Reply>>) {
         while let Ok(more) = groups.try_recv() {
             waiting.push(more);
         }
-        if let Some(wal) = &wal {
-            if let Err(error) = wal.sync_data() {
-                tracing::error!(%error, "fdatasync of the WAL failed; aborting so that no unsynced write is acknowledged");
-                std::process::abort();
-            }
+        if let Some(wal) = &wal
+            && let Err(error) = wal.sync_data()
+        {
+            tracing::error!(%error, "fdatasync of the WAL failed; aborting so that no unsynced write is acknowledged");
+            std::process::abort();
         }
         for reply in waiting.into_iter().flatten() {
             reply(Ok(()));
