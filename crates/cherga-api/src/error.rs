@@ -23,6 +23,16 @@ pub enum ErrorCode {
     /// The task is not in a state the operation applies to.
     InvalidState,
     IdempotencyKeyReused,
+    /// No bearer token, or one that is malformed, expired, not yet valid, signed
+    /// by an unknown key, for another issuer or audience, or revoked.
+    Unauthorized,
+    /// The token is valid but its scopes do not cover this request.
+    Forbidden,
+    /// The request took longer than the server's request timeout.
+    RequestTimeout,
+    /// Too many failed authentications from this client, or too many long polls
+    /// waiting: retry after the `Retry-After` seconds.
+    TooManyRequests,
     /// The store cannot take requests right now; retry.
     Unavailable,
     Internal,
@@ -45,6 +55,10 @@ impl ErrorCode {
             ErrorCode::LeaseLost => "lease_lost",
             ErrorCode::InvalidState => "invalid_state",
             ErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::RequestTimeout => "request_timeout",
+            ErrorCode::TooManyRequests => "too_many_requests",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
         }
@@ -57,12 +71,16 @@ impl ErrorCode {
             | ErrorCode::InvalidRequest
             | ErrorCode::InvalidQueueName
             | ErrorCode::InvalidTaskId => 400,
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::Forbidden => 403,
             ErrorCode::QueueNotFound | ErrorCode::TaskNotFound | ErrorCode::RouteNotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::RequestTimeout => 408,
             ErrorCode::LeaseLost | ErrorCode::InvalidState => 409,
             ErrorCode::PayloadTooLarge | ErrorCode::BodyTooLarge => 413,
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::IdempotencyKeyReused => 422,
+            ErrorCode::TooManyRequests => 429,
             ErrorCode::Internal => 500,
             ErrorCode::Unavailable => 503,
         }
@@ -71,6 +89,7 @@ impl ErrorCode {
 
 /// `{"code": ..., "message": ...}`: what went wrong, for machines and for people.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WireError {
     pub code: String,
     pub message: String,
@@ -94,6 +113,7 @@ impl std::fmt::Display for WireError {
 
 /// The body of every error answer: `{"error": {"code", "message"}}`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     pub error: WireError,
 }

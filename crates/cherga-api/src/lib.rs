@@ -6,7 +6,12 @@
 //! (`2026-11-28T04:35:00.123Z`); requests may also give integer milliseconds since
 //! the Unix epoch.
 
+pub mod auth;
 pub mod error;
+mod number;
+mod object;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 pub mod time;
 
 use cherga_core::{QueueSettings, QueueSettingsPatch, Task, TaskState};
@@ -23,8 +28,12 @@ pub struct Limits {
     pub max_payload_bytes: usize,
 }
 
-/// Longest `kind`, `group`, idempotency key and worker name.
+/// Longest `kind`, `group`, idempotency key and worker name, in characters.
 pub const MAX_NAME_LEN: usize = 256;
+/// Longest `delay_ms`: 100 years.
+pub const MAX_DELAY_MS: i64 = 100 * 365 * 24 * 3600 * 1000 + 25 * 24 * 3600 * 1000;
+/// Longest `retry_in_ms` of a nack: 30 days.
+pub const MAX_RETRY_IN_MS: i64 = 30 * 24 * 3600 * 1000;
 /// Longest error text kept with a nack; longer text is cut at this many bytes.
 pub const MAX_ERROR_LEN: usize = 64 * 1024;
 /// Longest a lease may be waited for.
@@ -34,22 +43,38 @@ pub const MAX_BATCH: usize = 1000;
 
 /// `POST /v1/queues/{queue}/tasks`, and each item of a batch.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EnqueueRequest {
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, max_length = 256, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")
+    )]
     pub kind: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Value>))]
     pub payload: Option<Box<RawValue>>,
-    #[serde(default)]
+    #[serde(deserialize_with = "number::whole", default)]
     pub priority: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_at: Option<Timestamp>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(deserialize_with = "number::optional", default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 3155760000000_i64))]
     pub delay_ms: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, max_length = 256, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")
+    )]
     pub idempotency_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, max_length = 256, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")
+    )]
     pub group: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(deserialize_with = "number::optional", default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 10000))]
     pub max_attempts: Option<u32>,
 }
 
@@ -110,8 +135,13 @@ impl EnqueueRequest {
         let run_at = match (self.run_at, self.delay_ms) {
             (Some(_), Some(_)) => return Err(WireError::invalid("give run_at or delay_ms, not both")),
             (Some(at), None) => Some(at.0),
-            (None, Some(delay)) if delay < 0 => {
-                return Err(WireError::invalid("delay_ms must not be negative"));
+            (None, Some(delay)) if !(0..=MAX_DELAY_MS).contains(&delay) => {
+                return Err(WireError::invalid(format!(
+                    "delay_ms must be between 0 and {MAX_DELAY_MS} (100 years)"
+                )));
+            }
+            (None, Some(delay)) if now.saturating_add(delay) > time::MAX_MILLIS => {
+                return Err(WireError::invalid("delay_ms puts run_at after the year 9999"));
             }
             (None, Some(delay)) => Some(now.saturating_add(delay)),
             (None, None) => None,
@@ -129,8 +159,8 @@ impl EnqueueRequest {
 }
 
 fn check_name(field: &str, value: &str) -> Result<(), WireError> {
-    if value.is_empty() || value.len() > MAX_NAME_LEN {
-        return Err(WireError::invalid(format!("{field} must be 1 to {MAX_NAME_LEN} bytes long")));
+    if value.is_empty() || value.chars().nth(MAX_NAME_LEN).is_some() {
+        return Err(WireError::invalid(format!("{field} must be 1 to {MAX_NAME_LEN} characters long")));
     }
     if value.chars().any(char::is_control) {
         return Err(WireError::invalid(format!("{field} must not contain control characters")));
@@ -174,13 +204,19 @@ pub fn minify(json: &str) -> String {
 
 /// `POST /v1/queues/{queue}/tasks/batch`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EnqueueBatchRequest {
+    /// Each item is checked on its own: one out of range gets its own error in
+    /// the answer, not a 400 for the batch.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<openapi::BatchItemRequest>))]
+    #[serde(deserialize_with = "object::objects")]
     pub tasks: Vec<EnqueueRequest>,
 }
 
 /// One item of a batch answer: the task, or the error for that item.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BatchItem {
     /// The HTTP status this item would have had alone.
     pub status: u16,
@@ -191,16 +227,19 @@ pub struct BatchItem {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BatchResponse {
     pub results: Vec<BatchItem>,
 }
 
 /// A task as the API shows it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskView {
     pub id: String,
     pub queue: String,
     pub kind: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = Value))]
     pub payload: Box<RawValue>,
     pub priority: i32,
     pub run_at: Timestamp,
@@ -209,6 +248,7 @@ pub struct TaskView {
     pub max_attempts: u32,
     pub attempts: u32,
     pub state: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Value>))]
     pub result: Option<Box<RawValue>>,
     pub last_error: Option<String>,
     pub created_at: Timestamp,
@@ -226,6 +266,7 @@ pub struct TaskView {
 
 /// The lease a worker holds: present its token to ack, nack or extend.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LeaseView {
     pub token: String,
     pub expires_at: Timestamp,
@@ -285,6 +326,7 @@ impl TaskView {
 
 /// `GET /v1/queues/{queue}/tasks` answer.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskList {
     pub tasks: Vec<TaskView>,
     /// Pass as `after` to get the next page; absent on the last page.
@@ -293,49 +335,77 @@ pub struct TaskList {
 
 /// `GET /v1/queues/{queue}/tasks` query.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams), into_params(parameter_in = Query))]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
+    /// Only tasks in this state (empty: all).
+    #[cfg_attr(
+        feature = "openapi",
+        param(pattern = "^(|scheduled|ready|running|succeeded|dead|cancelled)$")
+    )]
     pub state: Option<String>,
+    /// Most tasks in the page (default 100).
+    #[cfg_attr(feature = "openapi", param(minimum = 1, maximum = 1000))]
     pub limit: Option<usize>,
+    /// The `next` of the previous page (empty: from the start).
+    #[cfg_attr(
+        feature = "openapi",
+        param(
+            pattern = "^$|^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-7[0-9a-fA-F]{3}-[89abAB][0-9a-fA-F]{3}-[0-9a-fA-F]{12}$"
+        )
+    )]
     pub after: Option<String>,
 }
 
 /// `POST /v1/queues/{queue}/lease`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct LeaseRequest {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(deserialize_with = "number::optional", default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1000))]
     pub max: Option<usize>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(deserialize_with = "number::optional", default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 60000))]
     pub wait_ms: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(deserialize_with = "number::optional", default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 43200000))]
     pub lease_ms: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, max_length = 256, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")
+    )]
     pub worker: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LeaseResponse {
     pub tasks: Vec<TaskView>,
 }
 
 /// `POST /v1/tasks/{id}/ack`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AckRequest {
     pub lease: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Value>))]
     pub result: Option<Box<RawValue>>,
 }
 
 /// `POST /v1/tasks/{id}/nack`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NackRequest {
     pub lease: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(deserialize_with = "number::optional", default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 2592000000_i64))]
     pub retry_in_ms: Option<i64>,
     #[serde(default)]
     pub dead: bool,
@@ -343,67 +413,84 @@ pub struct NackRequest {
 
 /// `POST /v1/tasks/{id}/extend`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ExtendRequest {
     pub lease: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(deserialize_with = "number::optional", default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 43200000))]
     pub lease_ms: Option<i64>,
 }
 
 /// One acknowledgement in `POST /v1/tasks/ack`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct BatchAck {
     pub id: String,
     pub lease: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Value>))]
     pub result: Option<Box<RawValue>>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct BatchAckRequest {
+    #[serde(deserialize_with = "object::objects")]
     pub acks: Vec<BatchAck>,
 }
 
 /// Backoff settings on the wire.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct BackoffSettings {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(deserialize_with = "number::optional", default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub initial_ms: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(deserialize_with = "number::optional", default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub max_ms: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 100))]
     pub multiplier: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 1))]
     pub jitter: Option<f64>,
 }
 
 /// `PUT /v1/queues/{queue}`: every field is optional; given fields replace the
 /// current setting, so sending the same body twice changes nothing the second time.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct QueueSettingsBody {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(deserialize_with = "number::optional", default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 10000))]
     pub max_attempts: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(deserialize_with = "number::optional", default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 43200000))]
     pub lease_ms: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(deserialize_with = "object::optional", default, skip_serializing_if = "Option::is_none")]
     pub backoff: Option<BackoffSettings>,
     /// `null` removes the limit; leaving the field out keeps the current one.
     #[serde(default, deserialize_with = "double_option", skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<i64>, minimum = 1, maximum = 4294967295_i64))]
     pub concurrency: Option<Option<u32>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(deserialize_with = "number::optional", default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub retention_ms: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(deserialize_with = "number::optional", default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub dedup_window_ms: Option<i64>,
 }
 
 fn double_option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<u32>>, D::Error> {
-    Option::<u32>::deserialize(d).map(Some)
+    number::optional::<D, u32>(d).map(Some)
 }
 
 impl QueueSettingsBody {
@@ -426,10 +513,12 @@ impl QueueSettingsBody {
 
 /// Queue settings as the API shows them: every field present.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct QueueSettingsView {
     pub max_attempts: u32,
     pub lease_ms: i64,
     pub backoff: BackoffView,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<i64>, minimum = 1, maximum = 4294967295_i64))]
     pub concurrency: Option<u32>,
     pub paused: bool,
     pub retention_ms: i64,
@@ -437,6 +526,7 @@ pub struct QueueSettingsView {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BackoffView {
     pub initial_ms: i64,
     pub max_ms: i64,
@@ -465,6 +555,7 @@ impl From<&QueueSettings> for QueueSettingsView {
 
 /// Number of tasks in each state.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Counts {
     pub scheduled: u64,
     pub ready: u64,
@@ -482,6 +573,7 @@ impl From<[u64; 6]> for Counts {
 
 /// A queue: settings and counts.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct QueueView {
     pub name: String,
     pub settings: QueueSettingsView,
@@ -489,12 +581,14 @@ pub struct QueueView {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct QueueList {
     pub queues: Vec<QueueView>,
 }
 
 /// `GET /healthz`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Health {
     pub status: String,
 }

@@ -265,6 +265,29 @@ impl Client {
         self.call(self.request(Method::PUT, &["v1", "queues", queue]).json(settings)).await
     }
 
+    /// `POST /v1/revocations`: refuses the token with this `jti` on every node
+    /// (needs an `admin` token). `expires_at`: when the revocation may be
+    /// forgotten, normally the token's own expiry; `None` keeps it for ever.
+    ///
+    /// # Errors
+    /// [`Error::Api`] with `unauthorized` or `forbidden` without an admin token;
+    /// [`Error::Http`] when the server cannot be reached.
+    pub async fn revoke(
+        &self,
+        request: &cherga_api::auth::RevokeRequest,
+    ) -> Result<cherga_api::auth::RevocationView, Error> {
+        self.call(self.request(Method::POST, &["v1", "revocations"]).json(request)).await
+    }
+
+    /// `GET /v1/revocations`: the revocations in force (needs an `admin` token).
+    ///
+    /// # Errors
+    /// [`Error::Api`] with `unauthorized` or `forbidden` without an admin token;
+    /// [`Error::Http`] when the server cannot be reached.
+    pub async fn revocations(&self) -> Result<cherga_api::auth::RevocationList, Error> {
+        self.call(self.request(Method::GET, &["v1", "revocations"])).await
+    }
+
     /// Starts a request to the path made of `segments`, each percent-encoded.
     pub(crate) fn request(&self, method: Method, segments: &[&str]) -> RequestBuilder {
         self.http.request(method, build_url(&self.base_url, segments)).timeout(self.timeout)

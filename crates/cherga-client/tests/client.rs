@@ -31,7 +31,7 @@ impl Server {
         let store = Arc::new(SqliteStore::open(options).expect("store opens"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("local address");
-        let config = ServerConfig { max_body_bytes: 1 << 20, max_payload_bytes: 64 << 10 };
+        let config = ServerConfig::unauthenticated(1 << 20, 64 << 10);
         let (shutdown, stop) = oneshot::channel::<()>();
         let served = tokio::spawn(cherga_server::serve(listener, store, config, async {
             stop.await.ok();

@@ -44,6 +44,11 @@ impl TaskId {
     /// Parses the hyphenated text form. Returns `None` for anything that is not a
     /// UUIDv7 made by [`TaskId::new`].
     pub fn parse(text: &str) -> Option<Self> {
+        // Only the hyphenated form (the uuid crate also takes simple, braced and
+        // URN forms), so that one id has one spelling.
+        if text.len() != 36 {
+            return None;
+        }
         let uuid = uuid::Uuid::try_parse(text).ok()?;
         let value = uuid.as_u128();
         let is_ours = (value >> 76) & 0xf == 0x7 && (value >> 62) & 0b11 == 0b10;

@@ -2,7 +2,7 @@
 //! themselves; server errors are logged here and reveal nothing.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use cherga_api::{ErrorBody, ErrorCode, WireError};
 use cherga_core::Refusal;
@@ -12,11 +12,23 @@ use cherga_store::StoreError;
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
+    /// Seconds for a `Retry-After` header (429 answers).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self { code, message: message.into(), retry_after: None }
+    }
+
+    /// 401, with `WWW-Authenticate: Bearer`. `message` must not quote the token.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Unauthorized, message)
+    }
+
+    /// 429 with `Retry-After`.
+    pub fn too_many(message: impl Into<String>, retry_after_s: u64) -> Self {
+        Self { retry_after: Some(retry_after_s), ..Self::new(ErrorCode::TooManyRequests, message) }
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
@@ -81,13 +93,21 @@ impl From<WireError> for ApiError {
             "payload_too_large" => ErrorCode::PayloadTooLarge,
             _ => ErrorCode::InvalidRequest,
         };
-        Self { code, message: e.message }
+        Self::new(code, e.message)
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, Json(ErrorBody { error: self.to_wire() })).into_response()
+        let mut response = (status, Json(ErrorBody { error: self.to_wire() })).into_response();
+        let headers = response.headers_mut();
+        if self.code == ErrorCode::Unauthorized {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"cherga\""));
+        }
+        if let Some(seconds) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }

@@ -24,6 +24,11 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
             }
         })?;
         let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &bytes };
+        // Every request body is an object; serde would also read a struct from an
+        // array of its fields, which the API does not promise.
+        if text.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError::new(ErrorCode::InvalidJson, "the request body must be a JSON object"));
+        }
         serde_json::from_slice(text)
             .map(JsonBody)
             .map_err(|e| ApiError::new(ErrorCode::InvalidJson, format!("invalid JSON body: {e}")))
@@ -40,5 +45,20 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryArgs<T> {
         axum::extract::Query::try_from_uri(&parts.uri)
             .map(|q| QueryArgs(q.0))
             .map_err(|e| ApiError::invalid(format!("invalid query string: {}", e.body_text())))
+    }
+}
+
+/// A path parameter. A value that is not valid percent-encoded UTF-8 gets the
+/// API's JSON error, not axum's plain-text one.
+pub struct PathArg<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for PathArg<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| PathArg(p.0))
+            .map_err(|e| ApiError::invalid(format!("invalid path: {}", e.body_text())))
     }
 }

@@ -6,11 +6,22 @@
 //!
 //! The one entry point is [`serve`], which takes a listener, a store, a config and
 //! a shutdown future, so `main` and tests differ only in arguments.
+//!
+//! Security lives in [`auth`] (bearer tokens, scopes, revocations), [`listen`]
+//! (the accept loop and its limits, TLS) and [`tls`]; SECURITY.md has the threat
+//! model.
 
+mod auth;
 mod error;
 mod extract;
+mod listen;
+pub mod openapi;
 mod routes;
+mod tls;
 mod waiters;
+
+#[cfg(test)]
+mod tests;
 
 use cherga_api::Limits;
 use cherga_core::Millis;
@@ -22,8 +33,10 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
+pub use auth::{AuthConfig, ClientAddr, REVOCATIONS_REFRESH_MS, REVOCATIONS_STALE_MS, TokenKeys};
 pub use error::ApiError;
 pub use routes::router;
+pub use tls::{TlsCerts, TlsError};
 use waiters::Waiters;
 
 /// Server settings, validated by the binary before they get here.
@@ -33,6 +46,52 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Largest payload or result in bytes.
     pub max_payload_bytes: usize,
+    /// Connection and request limits.
+    pub http: HttpLimits,
+    /// Bearer-token authentication; `None` lets every request through (the binary
+    /// allows that on loopback addresses only, or with `--insecure`).
+    pub auth: Option<AuthConfig>,
+    /// TLS; `None` serves plain HTTP.
+    pub tls: Option<Arc<TlsCerts>>,
+}
+
+impl ServerConfig {
+    /// Settings for an embedded or test server: the given body and payload
+    /// limits, [`HttpLimits::DEFAULT`], no authentication, no TLS.
+    pub fn unauthenticated(max_body_bytes: usize, max_payload_bytes: usize) -> Self {
+        Self { max_body_bytes, max_payload_bytes, http: HttpLimits::DEFAULT, auth: None, tls: None }
+    }
+}
+
+/// Limits that keep slow or greedy clients from starving the others.
+#[derive(Clone, Debug)]
+pub struct HttpLimits {
+    /// Most connections open at once; more are closed as soon as accepted.
+    pub max_connections: usize,
+    /// Most connections open at once from one client address (IPv6: one /64).
+    pub max_connections_per_client: usize,
+    /// Longest wait for a request head (and between requests on a kept-alive
+    /// connection), and for a TLS handshake.
+    pub header_read_timeout: Duration,
+    /// Largest request head (request line and headers), in bytes.
+    pub max_header_bytes: usize,
+    /// Longest a request may take, body and long poll included. Long polls wait at
+    /// most this less one second.
+    pub request_timeout: Duration,
+    /// Most long polls waiting at once; more get 429.
+    pub max_waiting_leases: usize,
+}
+
+impl HttpLimits {
+    /// The defaults of `cherga serve`.
+    pub const DEFAULT: HttpLimits = HttpLimits {
+        max_connections: 4096,
+        max_connections_per_client: 1024,
+        header_read_timeout: Duration::from_secs(30),
+        max_header_bytes: 32 * 1024,
+        request_timeout: Duration::from_secs(90),
+        max_waiting_leases: 1024,
+    };
 }
 
 /// Longest the timer sleeps without looking, so purges run even when idle.
@@ -46,6 +105,12 @@ pub struct App<S> {
     timer: Timer,
     /// Becomes `true` when the server starts shutting down: long polls return early.
     shutting_down: watch::Receiver<bool>,
+    /// Authentication, when on.
+    guard: Option<auth::Guard>,
+    /// One permit per long poll allowed to wait.
+    lease_waits: Arc<tokio::sync::Semaphore>,
+    /// Longest a long poll waits: below the request timeout.
+    max_wait_ms: u64,
 }
 
 /// Wakes the timer loop early when a timer earlier than its planned wake appears.
@@ -72,14 +137,54 @@ impl<S: Store> App<S> {
         let waiters = Arc::new(Waiters::default());
         let remote = waiters.clone();
         store.on_remote_work(Arc::new(move |queue: &str| remote.wake(queue)));
+        let request_ms = u64::try_from(config.http.request_timeout.as_millis()).unwrap_or(u64::MAX);
         let app = Arc::new(Self {
             store,
             limits: Limits { max_payload_bytes: config.max_payload_bytes },
             waiters,
             timer: Timer { kick: Notify::new(), planned: AtomicI64::new(0) },
             shutting_down: shutdown_rx,
+            guard: config.auth.as_ref().map(auth::Guard::new),
+            lease_waits: Arc::new(tokio::sync::Semaphore::new(config.http.max_waiting_leases)),
+            max_wait_ms: cherga_api::MAX_WAIT_MS.min(request_ms.saturating_sub(1_000)),
         });
         (app, shutdown_tx)
+    }
+
+    /// Reads the revocation set now (when auth is on). `serve` calls it before it
+    /// accepts connections, so no revoked token slips through a restart.
+    ///
+    /// # Errors
+    /// The store's error.
+    pub async fn load_revocations(&self) -> Result<(), cherga_store::StoreError> {
+        match &self.guard {
+            Some(guard) => guard.refresh_revocations(self.store.as_ref()).await.map(drop),
+            None => Ok(()),
+        }
+    }
+
+    /// Reads the revocation set from the store every [`REVOCATIONS_REFRESH_MS`]
+    /// until shutdown, so a revocation made on any node sharing the store applies
+    /// here within about a second. Does nothing when auth is off.
+    pub async fn run_revocations(self: Arc<Self>) {
+        let Some(guard) = &self.guard else { return };
+        let mut shutting_down = self.shutting_down.clone();
+        let mut failures = 0u32;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(REVOCATIONS_REFRESH_MS as u64)) => {}
+                _ = shutting_down.wait_for(|&s| s) => return,
+            }
+            match guard.refresh_revocations(self.store.as_ref()).await {
+                Ok(_) => failures = 0,
+                Err(error) => {
+                    failures += 1;
+                    if failures == 1 || failures.is_multiple_of(60) {
+                        tracing::error!(%error, failures, "reading token revocations failed; retrying");
+                    }
+                }
+            }
+        }
     }
 
     /// Runs the timers until shutdown: promotes due tasks, expires leases, purges,
@@ -132,7 +237,7 @@ impl<S: Store> App<S> {
 /// have), stops the timers and closes the store.
 ///
 /// # Errors
-/// When the listener fails.
+/// When the revocation set cannot be read at start-up (with auth on).
 pub async fn serve<S: Store>(
     listener: TcpListener,
     store: Arc<S>,
@@ -140,18 +245,24 @@ pub async fn serve<S: Store>(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (app, shutdown_tx) = App::new(store.clone(), &config);
+    if let Err(error) = app.load_revocations().await {
+        store.close().await;
+        return Err(std::io::Error::other(format!("cannot read token revocations from the store: {error}")));
+    }
     let timers = tokio::spawn(app.clone().run_timers());
+    let revocations = tokio::spawn(app.clone().run_revocations());
     let router = router(app, &config);
     let signal = async move {
         shutdown.await;
         tracing::info!("shutting down: finishing requests in flight");
         let _ = shutdown_tx.send(true);
     };
-    let served = axum::serve(listener, router).with_graceful_shutdown(signal).await;
+    listen::serve_connections(listener, router, &config.http, config.tls.clone(), signal).await;
     let _ = timers.await;
+    let _ = revocations.await;
     store.close().await;
     tracing::info!("store closed");
-    served
+    Ok(())
 }
 
 /// Milliseconds since the Unix epoch, from the system clock.

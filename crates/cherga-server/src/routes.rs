@@ -1,22 +1,28 @@
 //! The v1 routes. Each handler validates its input, makes one store call, wakes
 //! whoever may now have work, and answers with the wire types of `cherga-api`.
 
+use crate::auth::{
+    AdminQueue, Caller, ConsumeQueue, ConsumeTask, ProduceQueue, ProduceTask, ReadQueue, forbidden,
+};
 use crate::error::ApiError;
-use crate::extract::{JsonBody, QueryArgs};
+use crate::extract::{JsonBody, PathArg, QueryArgs};
 use crate::{App, ServerConfig, now_ms};
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use cherga_api::auth::{RevocationList, RevocationView, RevokeRequest};
 use cherga_api::{
     AckRequest, BatchAckRequest, BatchItem, BatchResponse, EnqueueBatchRequest, EnqueueRequest, ErrorCode,
     ExtendRequest, Health, LeaseRequest, LeaseResponse, ListQuery, MAX_BATCH, MAX_ERROR_LEN, MAX_WAIT_MS,
     NackRequest, QueueList, QueueSettingsBody, QueueView, TaskList, TaskView, WireError,
 };
+use cherga_api::{ErrorBody, Timestamp};
+use cherga_auth::Access;
 use cherga_core::queue::MAX_LEASE_MS;
 use cherga_core::{NewTask, QueueName, Task, TaskId, TaskState};
-use cherga_store::{Ack, Claim, Enqueued, ListTasks, Nack, QueueInfo, Store, StoreError};
+use cherga_store::{Ack, Claim, Enqueued, ListTasks, Nack, QueueInfo, Revocation, Store, StoreError};
 use serde_json::value::RawValue;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +47,8 @@ pub fn router<S: Store>(app: Arc<App<S>>, config: &ServerConfig) -> Router {
         .route("/v1/tasks/{id}/nack", post(nack::<S>))
         .route("/v1/tasks/{id}/extend", post(extend::<S>))
         .route("/v1/tasks/{id}/retry", post(retry::<S>))
+        .route("/v1/revocations", post(revoke::<S>).get(list_revocations::<S>))
+        .route("/v1/openapi.json", get(crate::openapi::serve_document))
         .fallback(|| async { ApiError::new(ErrorCode::RouteNotFound, "no such route; see the v1 API") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(ErrorCode::MethodNotAllowed, "this route does not take this method")
@@ -49,11 +57,11 @@ pub fn router<S: Store>(app: Arc<App<S>>, config: &ServerConfig) -> Router {
         .with_state(app)
 }
 
-fn queue_name(name: &str) -> Result<QueueName, ApiError> {
+pub(crate) fn queue_name(name: &str) -> Result<QueueName, ApiError> {
     QueueName::new(name).map_err(|e| ApiError::new(ErrorCode::InvalidQueueName, e.to_string()))
 }
 
-fn task_id(text: &str) -> Result<TaskId, ApiError> {
+pub(crate) fn task_id(text: &str) -> Result<TaskId, ApiError> {
     TaskId::parse(text)
         .ok_or_else(|| ApiError::new(ErrorCode::InvalidTaskId, format!("{text:?} is not a task id")))
 }
@@ -112,7 +120,10 @@ impl<S: Store> App<S> {
     }
 }
 
-async fn health() -> Json<Health> {
+/// Liveness: answers while the server runs. Open to everyone.
+#[utoipa::path(get, path = "/healthz", tag = "health", security(()),
+    responses((status = 200, description = "the server is up", body = Health)))]
+pub(crate) async fn health() -> Json<Health> {
     Json(Health { status: "ok".into() })
 }
 
@@ -120,25 +131,40 @@ fn queue_view(info: &QueueInfo) -> QueueView {
     QueueView { name: info.name.clone(), settings: (&info.settings).into(), counts: info.counts.into() }
 }
 
-async fn list_queues<S: Store>(State(app): AppState<S>) -> Result<Json<QueueList>, ApiError> {
+/// Every queue the caller may read (any valid token; the list is filtered by its
+/// scopes), with settings and counts per state.
+#[utoipa::path(get, path = "/v1/queues", tag = "queues",
+    responses((status = 200, description = "the queues", body = QueueList)))]
+pub(crate) async fn list_queues<S: Store>(
+    State(app): AppState<S>,
+    caller: Caller,
+) -> Result<Json<QueueList>, ApiError> {
     let queues = app.store.list_queues().await.map_err(ApiError::from_queue_error)?;
-    Ok(Json(QueueList { queues: queues.iter().map(queue_view).collect() }))
+    let visible = queues.iter().filter(|q| caller.allows(Access::Read, &q.name));
+    Ok(Json(QueueList { queues: visible.map(queue_view).collect() }))
 }
 
-async fn get_queue<S: Store>(
+/// A queue's settings and counts. Needs `produce` or `consume` on the queue.
+#[utoipa::path(get, path = "/v1/queues/{queue}", tag = "queues", params(QueueParam),
+    responses((status = 200, description = "the queue", body = QueueView),
+        (status = 404, description = "no such queue", body = ErrorBody)))]
+pub(crate) async fn get_queue<S: Store>(
     State(app): AppState<S>,
-    Path(queue): Path<String>,
+    ReadQueue(queue): ReadQueue,
 ) -> Result<Json<QueueView>, ApiError> {
-    let info = app.store.get_queue(queue_name(&queue)?).await.map_err(ApiError::from_queue_error)?;
+    let info = app.store.get_queue(queue).await.map_err(ApiError::from_queue_error)?;
     Ok(Json(queue_view(&info)))
 }
 
-async fn put_queue<S: Store>(
+/// Creates the queue or changes its settings (fields left out are kept). Needs `admin`.
+#[utoipa::path(put, path = "/v1/queues/{queue}", tag = "queues", params(QueueParam),
+    request_body = QueueSettingsBody,
+    responses((status = 200, description = "the queue with its new settings", body = QueueView)))]
+pub(crate) async fn put_queue<S: Store>(
     State(app): AppState<S>,
-    Path(queue): Path<String>,
+    AdminQueue(name): AdminQueue,
     JsonBody(body): JsonBody<QueueSettingsBody>,
 ) -> Result<Json<QueueView>, ApiError> {
-    let name = queue_name(&queue)?;
     let info =
         app.store.put_queue(name, body.to_patch(), now_ms()).await.map_err(ApiError::from_queue_error)?;
     // A raised limit or an unpaused queue may let waiting workers lease.
@@ -146,13 +172,19 @@ async fn put_queue<S: Store>(
     Ok(Json(queue_view(&info)))
 }
 
-async fn enqueue<S: Store>(
+/// Enqueues one task. Needs `produce` on the queue.
+#[utoipa::path(post, path = "/v1/queues/{queue}/tasks", tag = "tasks", params(QueueParam, IdempotencyKeyParam),
+    request_body = EnqueueRequest,
+    responses((status = 201, description = "a new task", body = TaskView),
+        (status = 200, description = "the idempotency key was seen: the existing task, as it is now", body = TaskView,
+            headers(("Idempotent-Replayed" = String, description = "`true`"))),
+        (status = 422, description = "the idempotency key was used for a different request", body = ErrorBody)))]
+pub(crate) async fn enqueue<S: Store>(
     State(app): AppState<S>,
-    Path(queue): Path<String>,
+    ProduceQueue(queue): ProduceQueue,
     headers: HeaderMap,
     JsonBody(request): JsonBody<EnqueueRequest>,
 ) -> Result<Response, ApiError> {
-    let queue = queue_name(&queue)?;
     let header_key = match headers.get("idempotency-key") {
         Some(v) => {
             Some(v.to_str().map_err(|_| ApiError::invalid("Idempotency-Key header must be visible ASCII"))?)
@@ -167,6 +199,7 @@ async fn enqueue<S: Store>(
     match result.map_err(ApiError::from_task_error)? {
         Enqueued::Created(task) => {
             app.after_change(&task);
+            app.remember_queues([&task]);
             Ok((StatusCode::CREATED, Json(TaskView::from_task(&task))).into_response())
         }
         Enqueued::Replayed(task) => {
@@ -185,12 +218,15 @@ fn item_err(error: ApiError) -> BatchItem {
     BatchItem { status: error.code.status(), task: None, error: Some(error.to_wire()) }
 }
 
-async fn enqueue_batch<S: Store>(
+/// Enqueues many tasks; each item succeeds or fails on its own. Needs `produce` on the queue.
+#[utoipa::path(post, path = "/v1/queues/{queue}/tasks/batch", tag = "tasks", params(QueueParam),
+    request_body = EnqueueBatchRequest,
+    responses((status = 200, description = "one result per item, in order", body = BatchResponse)))]
+pub(crate) async fn enqueue_batch<S: Store>(
     State(app): AppState<S>,
-    Path(queue): Path<String>,
+    ProduceQueue(queue): ProduceQueue,
     JsonBody(request): JsonBody<EnqueueBatchRequest>,
 ) -> Result<Json<BatchResponse>, ApiError> {
-    let queue = queue_name(&queue)?;
     if request.tasks.len() > MAX_BATCH_ITEMS {
         return Err(ApiError::invalid(format!("a batch holds at most {MAX_BATCH_ITEMS} tasks")));
     }
@@ -221,6 +257,7 @@ async fn enqueue_batch<S: Store>(
             Err(e) => item_err(e.into()),
             Ok(()) => match stored.next() {
                 Some(Ok(Enqueued::Created(task))) => {
+                    app.remember_queues([&task]);
                     if task.state == TaskState::Ready {
                         woke = true;
                     } else {
@@ -240,12 +277,16 @@ async fn enqueue_batch<S: Store>(
     Ok(Json(BatchResponse { results }))
 }
 
-async fn list_tasks<S: Store>(
+/// Lists a queue's tasks, oldest first, with cursor paging. Needs `produce` or
+/// `consume` on the queue.
+#[utoipa::path(get, path = "/v1/queues/{queue}/tasks", tag = "tasks", params(QueueParam, ListQuery),
+    responses((status = 200, description = "a page of tasks", body = TaskList),
+        (status = 404, description = "no such queue", body = ErrorBody)))]
+pub(crate) async fn list_tasks<S: Store>(
     State(app): AppState<S>,
-    Path(queue): Path<String>,
+    ReadQueue(queue): ReadQueue,
     QueryArgs(query): QueryArgs<ListQuery>,
 ) -> Result<Json<TaskList>, ApiError> {
-    let queue = queue_name(&queue)?;
     let state = match query.state.as_deref() {
         None | Some("") => None,
         Some(s) => Some(TaskState::parse(s).ok_or_else(|| {
@@ -271,12 +312,17 @@ async fn list_tasks<S: Store>(
     Ok(Json(TaskList { tasks: tasks.iter().map(TaskView::from_task).collect(), next }))
 }
 
-async fn lease<S: Store>(
+/// Leases up to `max` ready tasks, waiting up to `wait_ms` for one (long poll).
+/// Needs `consume` on the queue.
+#[utoipa::path(post, path = "/v1/queues/{queue}/lease", tag = "workers", params(QueueParam),
+    request_body = LeaseRequest,
+    responses((status = 200, description = "the leased tasks, each with its lease; empty when none came in time",
+        body = LeaseResponse)))]
+pub(crate) async fn lease<S: Store>(
     State(app): AppState<S>,
-    Path(queue): Path<String>,
+    ConsumeQueue(queue): ConsumeQueue,
     JsonBody(request): JsonBody<LeaseRequest>,
 ) -> Result<Json<LeaseResponse>, ApiError> {
-    let queue = queue_name(&queue)?;
     let max = request.max.unwrap_or(1);
     if !(1..=MAX_BATCH).contains(&max) {
         return Err(ApiError::invalid(format!("max must be between 1 and {MAX_BATCH}")));
@@ -285,12 +331,16 @@ async fn lease<S: Store>(
     if wait_ms > MAX_WAIT_MS {
         return Err(ApiError::invalid(format!("wait_ms must be at most {MAX_WAIT_MS}")));
     }
+    // Within the request timeout, with a second to spare for the answer.
+    let wait_ms = wait_ms.min(app.max_wait_ms);
     check_lease_ms(request.lease_ms)?;
     cherga_api::check_worker(request.worker.as_deref())?;
     let claim = Claim { queue: queue.clone(), max, lease_ms: request.lease_ms, worker: request.worker };
     let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
     let notify = app.waiters.of(queue.as_str());
     let mut shutting_down = app.shutting_down.clone();
+    // Taken before the first wait: a permit per waiting long poll.
+    let mut wait_slot = None;
     loop {
         // Register for wake-ups before looking, so a task that arrives between the
         // look and the wait is not missed.
@@ -302,10 +352,17 @@ async fn lease<S: Store>(
             if let Some(first) = tasks.first() {
                 app.after_change(first);
             }
+            app.remember_queues(&tasks);
             return Ok(Json(LeaseResponse { tasks: tasks.iter().map(TaskView::leased).collect() }));
         }
         if tokio::time::Instant::now() >= deadline || *shutting_down.borrow() {
             return Ok(Json(LeaseResponse { tasks: Vec::new() }));
+        }
+        if wait_slot.is_none() {
+            let slot = app.lease_waits.clone().try_acquire_owned().map_err(|_| {
+                ApiError::too_many("too many long polls are waiting on this server; retry shortly", 1)
+            })?;
+            wait_slot = Some(slot);
         }
         tokio::select! {
             () = &mut notified => {}
@@ -315,12 +372,18 @@ async fn lease<S: Store>(
     }
 }
 
-async fn ack<S: Store>(
+/// Acknowledges a task with the token of its current lease: it succeeded, with
+/// this result. Needs `consume` on the task's queue.
+#[utoipa::path(post, path = "/v1/tasks/{id}/ack", tag = "workers", params(TaskIdParam),
+    request_body = AckRequest,
+    responses((status = 200, description = "the task, succeeded", body = TaskView),
+        (status = 404, description = "no such task", body = ErrorBody),
+        (status = 409, description = "the lease is not the task's current one (`lease_lost`)", body = ErrorBody)))]
+pub(crate) async fn ack<S: Store>(
     State(app): AppState<S>,
-    Path(id): Path<String>,
+    ConsumeTask(task_id): ConsumeTask,
     JsonBody(request): JsonBody<AckRequest>,
 ) -> Result<Json<TaskView>, ApiError> {
-    let task_id = task_id(&id)?;
     let result = result_text(&app, request.result)?;
     let ack = Ack { task_id, token: request.lease, result };
     let mut results = app.store.complete(vec![ack], now_ms()).await.map_err(ApiError::from_task_error)?;
@@ -332,8 +395,14 @@ async fn ack<S: Store>(
     Ok(Json(TaskView::from_task(&task)))
 }
 
-async fn ack_batch<S: Store>(
+/// Acknowledges many tasks; each item succeeds or fails on its own (403 for a
+/// task in a queue the token may not consume).
+#[utoipa::path(post, path = "/v1/tasks/ack", tag = "workers",
+    request_body = BatchAckRequest,
+    responses((status = 200, description = "one result per item, in order", body = BatchResponse)))]
+pub(crate) async fn ack_batch<S: Store>(
     State(app): AppState<S>,
+    caller: Caller,
     JsonBody(request): JsonBody<BatchAckRequest>,
 ) -> Result<Json<BatchResponse>, ApiError> {
     if request.acks.len() > MAX_BATCH_ITEMS {
@@ -342,7 +411,13 @@ async fn ack_batch<S: Store>(
     let mut checked: Vec<Result<(), ApiError>> = Vec::with_capacity(request.acks.len());
     let mut acks = Vec::with_capacity(request.acks.len());
     for item in request.acks {
-        let parsed = task_id(&item.id).and_then(|id| Ok((id, result_text(&app, item.result)?)));
+        let parsed = match task_id(&item.id) {
+            Ok(id) => match app.require_on_task(&caller, Access::Consume, id).await {
+                Ok(()) => result_text(&app, item.result).map(|result| (id, result)),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
         match parsed {
             Ok((task_id, result)) => {
                 acks.push(Ack { task_id, token: item.lease, result });
@@ -380,13 +455,19 @@ async fn ack_batch<S: Store>(
     Ok(Json(BatchResponse { results }))
 }
 
-async fn nack<S: Store>(
+/// Reports a failed attempt: the task is retried after its backoff, or is dead.
+/// Needs `consume` on the task's queue.
+#[utoipa::path(post, path = "/v1/tasks/{id}/nack", tag = "workers", params(TaskIdParam),
+    request_body = NackRequest,
+    responses((status = 200, description = "the task, scheduled again or dead", body = TaskView),
+        (status = 404, description = "no such task", body = ErrorBody),
+        (status = 409, description = "the lease is not the task's current one (`lease_lost`)", body = ErrorBody)))]
+pub(crate) async fn nack<S: Store>(
     State(app): AppState<S>,
-    Path(id): Path<String>,
+    ConsumeTask(task_id): ConsumeTask,
     JsonBody(request): JsonBody<NackRequest>,
 ) -> Result<Json<TaskView>, ApiError> {
-    let task_id = task_id(&id)?;
-    if request.retry_in_ms.is_some_and(|ms| !(0..=30 * 24 * 3600 * 1000).contains(&ms)) {
+    if request.retry_in_ms.is_some_and(|ms| !(0..=cherga_api::MAX_RETRY_IN_MS).contains(&ms)) {
         return Err(ApiError::invalid("retry_in_ms must be between 0 and 30 days"));
     }
     let nack = Nack {
@@ -405,12 +486,17 @@ async fn nack<S: Store>(
     Ok(Json(TaskView::from_task(&task)))
 }
 
-async fn extend<S: Store>(
+/// Extends the current lease (a heartbeat). Needs `consume` on the task's queue.
+#[utoipa::path(post, path = "/v1/tasks/{id}/extend", tag = "workers", params(TaskIdParam),
+    request_body = ExtendRequest,
+    responses((status = 200, description = "the task with its new lease expiry", body = TaskView),
+        (status = 404, description = "no such task", body = ErrorBody),
+        (status = 409, description = "the lease is not the task's current one (`lease_lost`)", body = ErrorBody)))]
+pub(crate) async fn extend<S: Store>(
     State(app): AppState<S>,
-    Path(id): Path<String>,
+    ConsumeTask(task_id): ConsumeTask,
     JsonBody(request): JsonBody<ExtendRequest>,
 ) -> Result<Json<TaskView>, ApiError> {
-    let task_id = task_id(&id)?;
     check_lease_ms(request.lease_ms)?;
     let lease_ms = match request.lease_ms {
         Some(ms) => ms,
@@ -428,28 +514,46 @@ async fn extend<S: Store>(
     Ok(Json(TaskView::from_task(&task)))
 }
 
-async fn get_task<S: Store>(
+/// A task with its result. Needs `produce` or `consume` on the task's queue.
+#[utoipa::path(get, path = "/v1/tasks/{id}", tag = "tasks", params(TaskIdParam),
+    responses((status = 200, description = "the task", body = TaskView),
+        (status = 404, description = "no such task (it may have been purged)", body = ErrorBody)))]
+pub(crate) async fn get_task<S: Store>(
     State(app): AppState<S>,
-    Path(id): Path<String>,
+    caller: Caller,
+    PathArg(id): PathArg<String>,
 ) -> Result<Json<TaskView>, ApiError> {
     let task = app.store.get_task(task_id(&id)?).await.map_err(ApiError::from_task_error)?;
+    if !caller.allows(Access::Read, &task.queue) {
+        return Err(forbidden(Access::Read, &task.queue));
+    }
     Ok(Json(TaskView::from_task(&task)))
 }
 
-async fn cancel<S: Store>(
+/// Cancels a scheduled or ready task (idempotent). Needs `produce` on the task's queue.
+#[utoipa::path(delete, path = "/v1/tasks/{id}", tag = "tasks", params(TaskIdParam),
+    responses((status = 200, description = "the task, cancelled", body = TaskView),
+        (status = 404, description = "no such task", body = ErrorBody),
+        (status = 409, description = "the task is running or finished (`invalid_state`)", body = ErrorBody)))]
+pub(crate) async fn cancel<S: Store>(
     State(app): AppState<S>,
-    Path(id): Path<String>,
+    ProduceTask(task_id): ProduceTask,
 ) -> Result<Json<TaskView>, ApiError> {
-    let task = app.store.cancel(task_id(&id)?, now_ms()).await.map_err(ApiError::from_task_error)?;
+    let task = app.store.cancel(task_id, now_ms()).await.map_err(ApiError::from_task_error)?;
     app.after_change(&task);
     Ok(Json(TaskView::from_task(&task)))
 }
 
-async fn retry<S: Store>(
+/// Sends a dead task back to ready. Needs `produce` on the task's queue.
+#[utoipa::path(post, path = "/v1/tasks/{id}/retry", tag = "tasks", params(TaskIdParam),
+    responses((status = 200, description = "the task, ready again", body = TaskView),
+        (status = 404, description = "no such task", body = ErrorBody),
+        (status = 409, description = "the task is not dead (`invalid_state`)", body = ErrorBody)))]
+pub(crate) async fn retry<S: Store>(
     State(app): AppState<S>,
-    Path(id): Path<String>,
+    ProduceTask(task_id): ProduceTask,
 ) -> Result<Json<TaskView>, ApiError> {
-    let task = app.store.retry_dead(task_id(&id)?, now_ms()).await.map_err(ApiError::from_task_error)?;
+    let task = app.store.retry_dead(task_id, now_ms()).await.map_err(ApiError::from_task_error)?;
     app.after_change(&task);
     Ok(Json(TaskView::from_task(&task)))
 }
@@ -458,4 +562,80 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         ApiError::from_task_error(e)
     }
+}
+
+/// Revokes a token by its `jti`, on every node sharing the store (within about a
+/// second; at once on this one). Needs `admin`.
+#[utoipa::path(post, path = "/v1/revocations", tag = "auth",
+    request_body = RevokeRequest,
+    responses((status = 200, description = "the token is revoked", body = RevocationView)))]
+pub(crate) async fn revoke<S: Store>(
+    State(app): AppState<S>,
+    caller: Caller,
+    JsonBody(request): JsonBody<RevokeRequest>,
+) -> Result<Json<RevocationView>, ApiError> {
+    caller.require_admin()?;
+    let jti = request.jti;
+    if jti.is_empty()
+        || jti.chars().nth(cherga_auth::MAX_JTI_LEN).is_some()
+        || jti.chars().any(char::is_control)
+    {
+        return Err(ApiError::invalid(format!(
+            "jti must be 1 to {} characters without control characters",
+            cherga_auth::MAX_JTI_LEN
+        )));
+    }
+    let expires_at = request.expires_at.map_or(cherga_api::time::MAX_MILLIS, |t| t.0);
+    app.revoke(Revocation { jti: jti.clone(), expires_at }).await?;
+    tracing::info!(jti = %jti, "token revoked");
+    Ok(Json(RevocationView { jti, expires_at: Timestamp(expires_at) }))
+}
+
+/// The revocations in force. Needs `admin`.
+#[utoipa::path(get, path = "/v1/revocations", tag = "auth",
+    responses((status = 200, description = "every revocation not yet expired", body = RevocationList)))]
+pub(crate) async fn list_revocations<S: Store>(
+    State(app): AppState<S>,
+    caller: Caller,
+) -> Result<Json<RevocationList>, ApiError> {
+    caller.require_admin()?;
+    let list = app.store.revoked_tokens(now_ms()).await.map_err(ApiError::from_queue_error)?;
+    let revocations = list
+        .into_iter()
+        .map(|r| RevocationView { jti: r.jti, expires_at: Timestamp(r.expires_at) })
+        .collect();
+    Ok(Json(RevocationList { revocations }))
+}
+
+/// The `{queue}` path parameter.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // Read by the OpenAPI derive only.
+pub(crate) struct QueueParam {
+    /// The queue: `[A-Za-z0-9_.-]{1,128}`.
+    #[param(pattern = "^[A-Za-z0-9_.-]{1,128}$")]
+    queue: String,
+}
+
+/// The `{id}` path parameter.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // Read by the OpenAPI derive only.
+pub(crate) struct TaskIdParam {
+    /// The task id, as the API gave it.
+    #[param(
+        pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-7[0-9a-fA-F]{3}-[89abAB][0-9a-fA-F]{3}-[0-9a-fA-F]{12}$"
+    )]
+    id: String,
+}
+
+/// The optional `Idempotency-Key` header of an enqueue.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // Read by the OpenAPI derive only.
+pub(crate) struct IdempotencyKeyParam {
+    /// Makes the enqueue idempotent: the same key again within the queue's
+    /// `dedup_window_ms` returns the first task. Same as the `idempotency_key` field.
+    #[param(rename = "Idempotency-Key", min_length = 1, max_length = 256, pattern = "^[\\x20-\\x7E]+$")]
+    idempotency_key: Option<String>,
 }

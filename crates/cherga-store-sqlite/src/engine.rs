@@ -8,7 +8,7 @@ use cherga_core::{
     AckOutcome, Index, LeaseToken, Millis, NewTask, QueueName, QueueSettings, QueueSettingsPatch, Task,
     TaskId, TaskState, fingerprint,
 };
-use cherga_store::{Ack, Claim, Enqueued, ListTasks, Nack, QueueInfo, StoreError, TickReport};
+use cherga_store::{Ack, Claim, Enqueued, ListTasks, Nack, QueueInfo, Revocation, StoreError, TickReport};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::mpsc;
@@ -481,6 +481,34 @@ impl Engine {
             .db()?
             .execute(params![now])
             .db()?;
+        self.conn
+            .prepare_cached("DELETE FROM revoked_tokens WHERE expires_at <= ?1")
+            .db()?
+            .execute(params![now])
+            .db()?;
         Ok(purged)
+    }
+
+    pub fn revoke_token(&mut self, revocation: &Revocation, now: Millis) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO revoked_tokens (jti, expires_at, revoked_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (jti) DO UPDATE SET expires_at = max(expires_at, excluded.expires_at)",
+            )
+            .db()?
+            .execute(params![revocation.jti, revocation.expires_at, now])
+            .db()?;
+        Ok(())
+    }
+
+    pub fn revoked_tokens(&self, now: Millis) -> Result<Vec<Revocation>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT jti, expires_at FROM revoked_tokens WHERE expires_at > ?1 ORDER BY jti")
+            .db()?;
+        let rows = stmt
+            .query_map(params![now], |r| Ok(Revocation { jti: r.get(0)?, expires_at: r.get(1)? }))
+            .db()?;
+        rows.collect::<Result<Vec<_>, _>>().db()
     }
 }

@@ -21,7 +21,9 @@ mod schema;
 mod sync;
 
 use cherga_core::{Millis, NewTask, QueueName, QueueSettingsPatch, Task, TaskId};
-use cherga_store::{Ack, Claim, Enqueued, ListTasks, Nack, QueueInfo, Store, StoreError, TickReport};
+use cherga_store::{
+    Ack, Claim, Enqueued, ListTasks, Nack, QueueInfo, Revocation, Store, StoreError, TickReport,
+};
 use engine::Engine;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -191,6 +193,14 @@ impl Store for SqliteStore {
 
     async fn tick(&self, now: Millis) -> Result<TickReport, StoreError> {
         self.call(move |e| e.tick(now)).await
+    }
+
+    async fn revoke_token(&self, revocation: Revocation, now: Millis) -> Result<(), StoreError> {
+        self.call(move |e| e.revoke_token(&revocation, now)).await
+    }
+
+    async fn revoked_tokens(&self, now: Millis) -> Result<Vec<Revocation>, StoreError> {
+        self.call(move |e| e.revoked_tokens(now)).await
     }
 
     async fn close(&self) {

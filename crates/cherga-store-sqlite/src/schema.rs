@@ -4,7 +4,7 @@
 use rusqlite::Connection;
 
 /// The version this build writes; `PRAGMA user_version` holds the version on disk.
-pub const VERSION: i64 = 1;
+pub const VERSION: i64 = 2;
 
 const V1: &str = "
 CREATE TABLE queues (
@@ -64,6 +64,20 @@ CREATE TABLE idempotency_keys (
 CREATE INDEX idempotency_keys_expiry ON idempotency_keys (expires_at);
 ";
 
+/// Version 2: revoked bearer tokens. Tokens themselves are never stored; only the
+/// `jti` of a revoked one, until the token would have expired anyway.
+const V2: &str = "
+CREATE TABLE revoked_tokens (
+    jti        TEXT PRIMARY KEY,
+    expires_at INTEGER NOT NULL,
+    revoked_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX revoked_tokens_expiry ON revoked_tokens (expires_at);
+";
+
+/// Every migration in version order: index 0 makes version 1.
+const MIGRATIONS: [&str; 2] = [V1, V2];
+
 /// Sets the pragmas every connection needs. `durable` = fsync on every commit.
 ///
 /// # Errors
@@ -92,10 +106,16 @@ pub fn migrate(conn: &mut Connection) -> Result<(), String> {
     if version > VERSION {
         return Err(format!("database schema version {version} is newer than this cherga ({VERSION})"));
     }
-    if version < 1 {
+    // Each version in its own transaction together with its user_version, so a
+    // crash between two leaves the database at one version or the next.
+    for (index, sql) in MIGRATIONS.iter().enumerate() {
+        let target = index as i64 + 1;
+        if version >= target {
+            continue;
+        }
         let tx = conn.transaction().map_err(|e| e.to_string())?;
-        tx.execute_batch(V1).map_err(|e| e.to_string())?;
-        tx.pragma_update(None, "user_version", VERSION).map_err(|e| e.to_string())?;
+        tx.execute_batch(sql).map_err(|e| e.to_string())?;
+        tx.pragma_update(None, "user_version", target).map_err(|e| e.to_string())?;
         tx.commit().map_err(|e| e.to_string())?;
     }
     Ok(())

@@ -1,5 +1,5 @@
 //! The `Store` trait: the durable home of tasks and queues, named after the
-//! transitions of the domain. Every adapter (`cherga-store-sqlite`, later Postgres)
+//! transitions of the domain. Every adapter (`cherga-store-sqlite`, `cherga-store-postgres`)
 //! implements it and runs the shared conformance suite in [`testkit`].
 //!
 //! **Contract:** when a method that changes state returns `Ok`, the change is
@@ -124,6 +124,15 @@ pub struct TickReport {
     pub next_timer: Option<Millis>,
 }
 
+/// A revoked bearer token: refused until `expires_at`, then forgotten.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    /// The token's `jti` claim.
+    pub jti: String,
+    /// When the revocation may be forgotten (normally the token's own expiry).
+    pub expires_at: Millis,
+}
+
 /// The durable store of tasks and queues.
 ///
 /// Methods take `now` from the caller so that tests control time.
@@ -226,6 +235,38 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// [`StoreError::Unavailable`] when the backend fails.
     fn tick(&self, now: Millis) -> impl Future<Output = Result<TickReport, StoreError>> + Send;
+
+    /// Records that the token `jti` is revoked until `expires_at`. Revoking a
+    /// token again keeps the later of the two expiries (a revocation is never
+    /// shortened). Every node sharing the store sees it in [`Store::revoked_tokens`].
+    ///
+    /// The default refuses: a store that cannot keep revocations cannot serve with
+    /// authentication on (the server then refuses every token rather than accept a
+    /// revoked one).
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the backend fails or does not keep revocations.
+    fn revoke_token(
+        &self,
+        revocation: Revocation,
+        now: Millis,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let _ = (revocation, now);
+        async { Err(StoreError::Unavailable("this store does not keep token revocations".into())) }
+    }
+
+    /// Every revocation whose `expires_at` is after `now`, in `jti` order.
+    /// [`Store::tick`] forgets expired ones.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the backend fails or does not keep revocations.
+    fn revoked_tokens(
+        &self,
+        now: Millis,
+    ) -> impl Future<Output = Result<Vec<Revocation>, StoreError>> + Send {
+        let _ = now;
+        async { Err(StoreError::Unavailable("this store does not keep token revocations".into())) }
+    }
 
     /// Registers `wake`, which the store calls with a queue name when another node
     /// sharing the same backend made a task of that queue leasable (so long polls

@@ -32,7 +32,7 @@
 //! - payloads, results and errors are stored verbatim, byte for byte;
 //! - task ids sort in enqueue order, within one millisecond too.
 
-use crate::{Ack, Claim, Enqueued, ListTasks, Nack, QueueInfo, Store, StoreError, TickReport};
+use crate::{Ack, Claim, Enqueued, ListTasks, Nack, QueueInfo, Revocation, Store, StoreError, TickReport};
 use cherga_core::{
     Backoff, Millis, NewTask, QueueName, QueueSettings, QueueSettingsPatch, Refusal, Task, TaskId, TaskState,
 };
@@ -93,6 +93,8 @@ macro_rules! conformance_tests {
             reopen_keeps_every_task_and_queue,
             reopen_honours_leases_and_rebuilds_index,
             close_refuses_later_calls,
+            revocations_are_listed_until_they_expire,
+            revocations_survive_a_reopen,
         );
     };
     (@cases $harness:expr; $($case:ident),* $(,)?) => {
@@ -1518,4 +1520,76 @@ pub async fn close_refuses_later_calls<H: Harness>(mut harness: H) {
     let store = harness.open().await;
     assert_eq!(get(&store, created.id).await, created, "what was stored before close is kept");
     assert_eq!(list_all(&store, "closing").await.len(), 1, "nothing was stored after close");
+}
+
+// ---------------------------------------------------------------------------
+// Token revocations.
+// ---------------------------------------------------------------------------
+
+async fn revoke<S: Store>(store: &S, jti: &str, expires_at: Millis, now: Millis) {
+    let revocation = Revocation { jti: jti.to_owned(), expires_at };
+    store
+        .revoke_token(revocation, now)
+        .await
+        .unwrap_or_else(|e| panic!("revoke_token {jti} until {} at {}: {e:?}", at(expires_at), at(now)));
+}
+
+async fn revoked<S: Store>(store: &S, now: Millis) -> Vec<(String, Millis)> {
+    store
+        .revoked_tokens(now)
+        .await
+        .unwrap_or_else(|e| panic!("revoked_tokens at {}: {e:?}", at(now)))
+        .into_iter()
+        .map(|r| (r.jti, r.expires_at))
+        .collect()
+}
+
+/// A revocation is listed (in jti order) while its expiry is after `now`; a second
+/// revocation of the same token keeps the later expiry; a tick past their expiry
+/// forgets expired ones (so the set does not grow for ever).
+pub async fn revocations_are_listed_until_they_expire<H: Harness>(mut harness: H) {
+    let store = harness.open().await;
+    assert_eq!(revoked(&store, T0).await, [], "a new store has no revocations");
+    revoke(&store, "jti-b", T0 + 20_000, T0).await;
+    revoke(&store, "jti-a", T0 + 10_000, T0).await;
+    let both = vec![("jti-a".to_owned(), T0 + 10_000), ("jti-b".to_owned(), T0 + 20_000)];
+    assert_eq!(revoked(&store, T0).await, both, "both revocations, in jti order");
+    assert_eq!(revoked(&store, T0 + 9_999).await, both);
+    assert_eq!(
+        revoked(&store, T0 + 10_000).await,
+        [("jti-b".to_owned(), T0 + 20_000)],
+        "a revocation is over at its expires_at"
+    );
+
+    revoke(&store, "jti-b", T0 + 5_000, T0 + 1).await;
+    assert_eq!(revoked(&store, T0 + 2).await, both, "revoking again with an earlier expiry shortens nothing");
+    revoke(&store, "jti-a", T0 + 30_000, T0 + 3).await;
+    assert_eq!(
+        revoked(&store, T0 + 25_000).await,
+        [("jti-a".to_owned(), T0 + 30_000)],
+        "revoking again with a later expiry extends it"
+    );
+
+    tick(&store, T0 + 40_000).await;
+    assert_eq!(revoked(&store, T0 + 40_000).await, [], "all expired");
+    assert_eq!(revoked(&store, T0).await, [], "a tick past their expiry purged them");
+
+    // Task work is untouched by revocations, and the other way round.
+    let task = create(&store, "rev", task("a"), T0 + 40_001).await;
+    revoke(&store, "jti-c", Millis::MAX, T0 + 40_002).await;
+    assert_eq!(get(&store, task.id).await, task);
+    assert_eq!(revoked(&store, T0 + 40_003).await, [("jti-c".to_owned(), Millis::MAX)]);
+}
+
+/// Revocations are durable: a reopened store lists them.
+pub async fn revocations_survive_a_reopen<H: Harness>(mut harness: H) {
+    let store = harness.open().await;
+    revoke(&store, "kept", T0 + 60_000, T0).await;
+    revoke(&store, "forever", Millis::MAX, T0).await;
+    let store = reopen(&mut harness, store).await;
+    assert_eq!(
+        revoked(&store, T0 + 1).await,
+        [("forever".to_owned(), Millis::MAX), ("kept".to_owned(), T0 + 60_000)],
+        "revocations after a reopen"
+    );
 }

@@ -15,11 +15,33 @@ pub struct ServerArgs {
     /// Print the API's JSON instead of text.
     #[arg(long)]
     json: bool,
+    /// Bearer token for a server with authentication on (see `cherga token issue`).
+    #[arg(long, env = "CHERGA_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Trust this CA certificate (PEM) for an https server, besides the system's.
+    #[arg(long, env = "CHERGA_CA_CERT", value_name = "FILE")]
+    ca_cert: Option<std::path::PathBuf>,
 }
 
 impl ServerArgs {
-    fn client(&self) -> Result<Client> {
-        Client::new(&self.server).with_context(|| format!("--server {:?}", self.server))
+    pub(crate) fn client(&self) -> Result<Client> {
+        let mut http = reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(5));
+        if let Some(token) = &self.token {
+            let mut value = reqwest::header::HeaderValue::try_from(format!("Bearer {}", token.trim()))
+                .map_err(|_| anyhow::anyhow!("--token / CHERGA_TOKEN is not a valid header value"))?;
+            value.set_sensitive(true);
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+            http = http.default_headers(headers);
+        }
+        if let Some(path) = &self.ca_cert {
+            let pem = std::fs::read(path).with_context(|| format!("reading --ca-cert {}", path.display()))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .with_context(|| format!("--ca-cert {} is not a PEM certificate", path.display()))?;
+            http = http.add_root_certificate(cert);
+        }
+        let http = http.build().context("building the HTTP client")?;
+        Client::with_http_client(&self.server, http).with_context(|| format!("--server {:?}", self.server))
     }
 }
 

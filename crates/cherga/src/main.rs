@@ -1,9 +1,11 @@
 //! `cherga`: the broker binary. `cherga serve` runs the server on the embedded
-//! store; the other subcommands talk to a running server over HTTP.
+//! store or on PostgreSQL; the other subcommands talk to a running server over HTTP.
 
 mod bench;
 mod cli;
+mod security;
 mod serve;
+mod token;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -18,7 +20,7 @@ struct Args {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Runs the broker on its embedded store.
+    /// Runs the broker, on its embedded store or on PostgreSQL (`--store`).
     Serve(serve::ServeArgs),
     /// Enqueues one task.
     Enqueue(cli::EnqueueArgs),
@@ -28,6 +30,13 @@ enum Command {
     Task {
         #[command(subcommand)]
         command: cli::TaskCommand,
+    },
+    /// Makes a signing key for tokens (prints a key file, or adds to one).
+    Keygen(token::KeygenArgs),
+    /// Issues or revokes bearer tokens.
+    Token {
+        #[command(subcommand)]
+        command: token::TokenCommand,
     },
     /// Measures enqueue → lease → ack throughput and latency against a running server.
     Bench(bench::BenchArgs),
@@ -55,6 +64,8 @@ fn run(args: Args) -> Result<()> {
             Command::Queues(a) => cli::queues(a).await,
             Command::Task { command } => cli::task(command).await,
             Command::Bench(a) => bench::run(a).await,
+            Command::Keygen(a) => token::keygen(a),
+            Command::Token { command } => token::token(command).await,
         }
     })
 }

@@ -1,9 +1,11 @@
 //! `cherga serve`: settings are gathered from flags and environment, validated
-//! into a [`ServeConfig`], and only then is anything opened.
+//! into a [`ServeConfig`], and only then is anything opened. The store is the
+//! embedded SQLite one unless `--store` names a PostgreSQL database.
 
 use anyhow::{Context, Result, bail};
 use cherga_server::ServerConfig;
 use cherga_store::Store;
+use cherga_store_postgres::PgStore;
 use cherga_store_sqlite::{Options, SqliteStore};
 use clap::Args;
 use std::net::SocketAddr;
@@ -15,9 +17,20 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "CHERGA_ADDR", default_value = "127.0.0.1:7700")]
     addr: String,
+    /// The store: `sqlite` (the embedded store in --data-dir) or a PostgreSQL URL
+    /// such as `postgres://cherga@db:5432/cherga`, for several nodes on one database.
+    #[arg(long, env = "CHERGA_STORE", default_value = "sqlite")]
+    store: String,
     /// Directory of the embedded store.
     #[arg(long, env = "CHERGA_DATA_DIR", default_value = "./cherga-data")]
     data_dir: PathBuf,
+    /// PostgreSQL only: keep cherga's tables in this schema (created if missing)
+    /// instead of the connection's default search_path.
+    #[arg(long, env = "CHERGA_PG_SCHEMA")]
+    pg_schema: Option<String>,
+    /// PostgreSQL only: most connections the node opens at once.
+    #[arg(long, env = "CHERGA_PG_POOL_SIZE", default_value_t = cherga_store_postgres::DEFAULT_POOL_SIZE)]
+    pg_pool_size: usize,
     /// Largest request body, in bytes.
     #[arg(long, env = "CHERGA_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
     max_body_bytes: usize,
@@ -27,13 +40,22 @@ pub struct ServeArgs {
     /// Log filter, e.g. `info` or `cherga_server=debug`.
     #[arg(long, env = "CHERGA_LOG", default_value = "info")]
     log: String,
+    #[command(flatten)]
+    security: crate::security::SecurityArgs,
+}
+
+/// Which store to open.
+enum StoreConfig {
+    Sqlite { data_dir: PathBuf },
+    Postgres(cherga_store_postgres::Options),
 }
 
 /// Validated settings of `serve`.
 struct ServeConfig {
     addr: SocketAddr,
-    data_dir: PathBuf,
+    store: StoreConfig,
     server: ServerConfig,
+    security: crate::security::Security,
 }
 
 impl ServeArgs {
@@ -48,13 +70,31 @@ impl ServeArgs {
         if self.max_payload_bytes > self.max_body_bytes {
             bail!("--max-payload-bytes must not exceed --max-body-bytes");
         }
+        let store = match self.store.as_str() {
+            "sqlite" => {
+                if self.pg_schema.is_some() {
+                    bail!("--pg-schema applies to a PostgreSQL --store only");
+                }
+                StoreConfig::Sqlite { data_dir: self.data_dir }
+            }
+            url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                let options = cherga_store_postgres::Options {
+                    schema: self.pg_schema,
+                    pool_size: self.pg_pool_size,
+                    ..cherga_store_postgres::Options::new(url)
+                };
+                // Checked now, so a bad URL or schema fails before anything opens.
+                options.connection_config().map_err(|e| anyhow::anyhow!("--store / --pg-schema: {e}"))?;
+                StoreConfig::Postgres(options)
+            }
+            other => bail!("--store must be `sqlite` or a postgres:// URL, not {other:?}"),
+        };
+        let security = self.security.validate(&addr)?;
         Ok(ServeConfig {
             addr,
-            data_dir: self.data_dir,
-            server: ServerConfig {
-                max_body_bytes: self.max_body_bytes,
-                max_payload_bytes: self.max_payload_bytes,
-            },
+            store,
+            server: security.server_config(self.max_body_bytes, self.max_payload_bytes),
+            security,
         })
     }
 }
@@ -67,10 +107,20 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let config = args.validate()?;
-    let store = SqliteStore::open(Options::in_dir(&config.data_dir))
-        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
-    tracing::info!(data_dir = %config.data_dir.display(), "embedded store open");
-    serve_on(store, config).await
+    match &config.store {
+        StoreConfig::Sqlite { data_dir } => {
+            let store = SqliteStore::open(Options::in_dir(data_dir))
+                .with_context(|| format!("opening the store in {}", data_dir.display()))?;
+            tracing::info!(data_dir = %data_dir.display(), "embedded store open");
+            serve_on(store, config).await
+        }
+        StoreConfig::Postgres(options) => {
+            // The URL may hold a password: it is not logged.
+            let store = PgStore::open(options.clone()).await.context("opening the PostgreSQL store")?;
+            tracing::info!(schema = ?options.schema, pool_size = options.pool_size, "PostgreSQL store open");
+            serve_on(store, config).await
+        }
+    }
 }
 
 /// Binds the address and serves with `store` until SIGINT or SIGTERM.
@@ -79,9 +129,12 @@ async fn serve_on<S: Store>(store: S, config: ServeConfig) -> Result<()> {
         .await
         .with_context(|| format!("binding {}", config.addr))?;
     let local = listener.local_addr()?;
+    config.security.log();
+    // Before the line below: a SIGHUP sent once it is out must find the handler.
+    config.security.reload_on_hangup();
     tracing::info!(addr = %local, "cherga listening");
     // One line on stdout that scripts and tests can read to learn the port.
-    println!("listening on http://{local}");
+    println!("listening on {}://{local}", config.security.scheme());
     cherga_server::serve(listener, Arc::new(store), config.server, shutdown_signal()).await?;
     Ok(())
 }

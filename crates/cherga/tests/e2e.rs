@@ -1,9 +1,16 @@
-//! End-to-end tests: each starts the real `cherga` binary on a free port with a
-//! temporary data directory and drives it over HTTP, as a user would.
+//! End-to-end tests: each starts the real `cherga` binary on a free port and
+//! drives it over HTTP, as a user would.
+//!
+//! Every test of the broker's behaviour is written once, as an `async fn` taking
+//! a [`Backend`], and [`on_both_stores!`] makes two tests of it: `sqlite::name`
+//! on the embedded store in a temporary directory, and `postgres::name` on
+//! PostgreSQL in a fresh schema of `CHERGA_TEST_POSTGRES_URL` (which prints
+//! "skipped: ..." and passes when the variable is unset). Tests of several nodes
+//! on one database are in `multi_node`, PostgreSQL only.
 
 mod harness;
 
-use harness::{Server, http};
+use harness::{Backend, Server, http};
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -17,9 +24,45 @@ fn token(task: &Value) -> String {
     task["lease"]["token"].as_str().expect("leased task has a token").to_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn walkthrough_enqueue_lease_ack_get() {
-    let server = Server::start().await;
+/// One test per store for each named `async fn(Backend)`.
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::sqlite()).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(backend) = super::Backend::postgres() else { return };
+                    super::$name(backend).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_stores!(
+    walkthrough_enqueue_lease_ack_get,
+    fifty_concurrent_enqueues_with_one_key_make_one_task,
+    a_key_reused_for_a_different_request_is_refused,
+    an_expired_lease_cannot_ack_and_the_task_goes_to_the_next_worker,
+    nack_extend_cancel_retry_and_delay,
+    group_order_and_concurrency_limit_hold_with_racing_workers,
+    bad_input_gets_4xx_and_changes_nothing,
+    list_pages_with_a_cursor_and_filters_by_state,
+    a_lease_survives_a_crash_and_restart,
+    kill_9_under_load_loses_nothing_acknowledged,
+    sigterm_drains_and_the_store_reopens,
+);
+
+async fn walkthrough_enqueue_lease_ack_get(backend: Backend) {
+    let server = Server::start(&backend).await;
     let (status, task) =
         server.post("/v1/queues/emails/tasks", json!({"kind": "welcome", "payload": {"to": "a@b.c"}})).await;
     assert_eq!(status, 201, "{task}");
@@ -43,9 +86,8 @@ async fn walkthrough_enqueue_lease_ack_get() {
     assert_eq!(server.get("/healthz").await.0, 200);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fifty_concurrent_enqueues_with_one_key_make_one_task() {
-    let server = Arc::new(Server::start().await);
+async fn fifty_concurrent_enqueues_with_one_key_make_one_task(backend: Backend) {
+    let server = Arc::new(Server::start(&backend).await);
     let mut handles = Vec::new();
     for _ in 0..50 {
         let server = server.clone();
@@ -77,9 +119,8 @@ async fn fifty_concurrent_enqueues_with_one_key_make_one_task() {
     assert_eq!(list["tasks"].as_array().unwrap().len(), 1, "{list}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_key_reused_for_a_different_request_is_refused() {
-    let server = Server::start().await;
+async fn a_key_reused_for_a_different_request_is_refused(backend: Backend) {
+    let server = Server::start(&backend).await;
     let first = json!({"kind": "charge", "payload": {"order": 1}, "idempotency_key": "k"});
     assert_eq!(server.post("/v1/queues/payments/tasks", first.clone()).await.0, 201);
     let (status, body) = server
@@ -100,9 +141,8 @@ async fn a_key_reused_for_a_different_request_is_refused() {
     assert_eq!(status, 200);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_expired_lease_cannot_ack_and_the_task_goes_to_the_next_worker() {
-    let server = Server::start().await;
+async fn an_expired_lease_cannot_ack_and_the_task_goes_to_the_next_worker(backend: Backend) {
+    let server = Server::start(&backend).await;
     let (status, _) = server.put("/v1/queues/jobs", json!({"backoff": {"initial_ms": 0, "max_ms": 0}})).await;
     assert_eq!(status, 200);
     let (_, task) = server.post("/v1/queues/jobs/tasks", json!({"kind": "slow"})).await;
@@ -137,9 +177,8 @@ async fn an_expired_lease_cannot_ack_and_the_task_goes_to_the_next_worker() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nack_extend_cancel_retry_and_delay() {
-    let server = Server::start().await;
+async fn nack_extend_cancel_retry_and_delay(backend: Backend) {
+    let server = Server::start(&backend).await;
     server.put("/v1/queues/q", json!({"max_attempts": 2})).await;
     let (_, t) = server.post("/v1/queues/q/tasks", json!({"kind": "k"})).await;
     let (_, l) = server.post("/v1/queues/q/lease", json!({})).await;
@@ -175,9 +214,8 @@ async fn nack_extend_cancel_retry_and_delay() {
     assert_eq!(id(&l["tasks"][0]), id(&later), "the delayed task arrives when due: {l}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn group_order_and_concurrency_limit_hold_with_racing_workers() {
-    let server = Arc::new(Server::start().await);
+async fn group_order_and_concurrency_limit_hold_with_racing_workers(backend: Backend) {
+    let server = Arc::new(Server::start(&backend).await);
     server.put("/v1/queues/orders", json!({"concurrency": 3})).await;
     let n_groups = 4;
     let per_group = 15;
@@ -267,9 +305,9 @@ async fn group_order_and_concurrency_limit_hold_with_racing_workers() {
     assert_eq!(q["counts"]["succeeded"], total, "{q}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_input_gets_4xx_and_changes_nothing() {
-    let server = Server::start_with(&["--max-body-bytes", "65536", "--max-payload-bytes", "1024"]).await;
+async fn bad_input_gets_4xx_and_changes_nothing(backend: Backend) {
+    let server =
+        Server::start_with(&backend, &["--max-body-bytes", "65536", "--max-payload-bytes", "1024"]).await;
     let (_, t) = server.post("/v1/queues/q/tasks", json!({"kind": "k", "payload": [1, 2]})).await;
     let long_queue = format!("/v1/queues/{}/tasks", "q".repeat(129));
     let ack_path = format!("/v1/tasks/{}/ack", id(&t));
@@ -337,9 +375,8 @@ async fn bad_input_gets_4xx_and_changes_nothing() {
     assert_eq!(q["settings"]["max_attempts"], 25, "settings untouched");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn list_pages_with_a_cursor_and_filters_by_state() {
-    let server = Server::start().await;
+async fn list_pages_with_a_cursor_and_filters_by_state(backend: Backend) {
+    let server = Server::start(&backend).await;
     let tasks: Vec<Value> = (0..7).map(|i| json!({"kind": "k", "payload": i})).collect();
     server.post("/v1/queues/q/tasks/batch", json!({ "tasks": tasks })).await;
     let (_, l) = server.post("/v1/queues/q/lease", json!({"max": 2})).await;
@@ -360,9 +397,8 @@ async fn list_pages_with_a_cursor_and_filters_by_state() {
     assert_eq!(running["tasks"].as_array().unwrap().len(), 2);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lease_survives_a_crash_and_restart() {
-    let mut server = Server::start().await;
+async fn a_lease_survives_a_crash_and_restart(backend: Backend) {
+    let mut server = Server::start(&backend).await;
     let (_, t) = server.post("/v1/queues/q/tasks", json!({"kind": "k"})).await;
     let (_, l) = server.post("/v1/queues/q/lease", json!({"lease_ms": 60000})).await;
     let lease = token(&l["tasks"][0]);
@@ -377,9 +413,8 @@ async fn a_lease_survives_a_crash_and_restart() {
     assert_eq!(status, 200, "the old lease still acks: {acked}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_under_load_loses_nothing_acknowledged() {
-    let mut server = Server::start().await;
+async fn kill_9_under_load_loses_nothing_acknowledged(backend: Backend) {
+    let mut server = Server::start(&backend).await;
     let url = server.base.clone();
     // What the server answered 2xx to, recorded by the clients as it happens.
     let enqueued = Arc::new(Mutex::new(HashMap::<String, String>::new())); // key -> task id
@@ -512,9 +547,8 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_drains_and_the_store_reopens() {
-    let mut server = Server::start().await;
+async fn sigterm_drains_and_the_store_reopens(backend: Backend) {
+    let mut server = Server::start(&backend).await;
     server.post("/v1/queues/q/tasks", json!({"kind": "k"})).await;
     // A long poll in flight when SIGTERM arrives returns promptly with an answer.
     let url = server.url("/v1/queues/empty/lease");
@@ -529,4 +563,456 @@ async fn sigterm_drains_and_the_store_reopens() {
     server.restart().await;
     let (_, q) = server.get("/v1/queues/q").await;
     assert_eq!(q["counts"]["ready"], 1, "{q}");
+}
+
+/// Several `cherga` nodes on one PostgreSQL database.
+mod multi_node {
+    use super::harness::{Backend, Proxy, Server, admin, http, upstream_of, via_port};
+    use super::{id, token};
+    use serde_json::{Value, json};
+    use std::collections::{HashMap, HashSet};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    /// Sends `body` to the first node that answers, starting at `first`; a node
+    /// that refuses the connection is skipped (it was killed).
+    async fn post_any(
+        urls: &[String],
+        first: usize,
+        path: &str,
+        body: &Value,
+    ) -> Option<(usize, u16, Value)> {
+        for k in 0..urls.len() {
+            let node = (first + k) % urls.len();
+            let Ok(response) = http().post(format!("{}{path}", urls[node])).json(body).send().await else {
+                continue;
+            };
+            let status = response.status().as_u16();
+            let Ok(value) = response.json::<Value>().await else { continue };
+            return Some((node, status, value));
+        }
+        None
+    }
+
+    #[derive(Default)]
+    struct Seen {
+        running: HashSet<String>,
+        running_groups: HashMap<i64, usize>,
+        max_running: usize,
+        /// Per group, the `i` of each task in the order its first ack succeeded.
+        order: HashMap<i64, Vec<i64>>,
+        /// Per task, the lease tokens an ack succeeded with.
+        acked_tokens: HashMap<String, HashSet<String>>,
+    }
+
+    /// Three nodes, producers and workers spread over all of them; one node is
+    /// killed with `kill -9` halfway. Its producers and workers move to the other
+    /// nodes (a lease taken through the dead node is acked through another).
+    /// Afterwards every acknowledged enqueue is stored once, every acked task
+    /// succeeded, no task was completed under two leases, no group had two tasks
+    /// running, groups ran in enqueue order and the queue kept its limit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn three_nodes_one_killed_keep_every_guarantee() {
+        let Some(backend) = Backend::postgres() else { return };
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            nodes.push(Server::start(&backend).await);
+        }
+        let urls: Vec<String> = nodes.iter().map(|n| n.base.clone()).collect();
+        let limit = 6;
+        let (status, body) =
+            nodes[0].put("/v1/queues/mn", json!({"concurrency": limit, "lease_ms": 5000})).await;
+        assert_eq!(status, 200, "{body}");
+
+        let (n_groups, per_group, n_free) = (6i64, 40i64, 300i64);
+        let total = (n_groups * per_group + n_free) as usize;
+        let enqueued = Arc::new(Mutex::new(HashMap::<String, String>::new())); // key -> id
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let done = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut producers = Vec::new();
+        // One producer per group (so a group's enqueue order is its `i` order) and
+        // three for the ungrouped tasks; each starts on a different node.
+        for p in 0..(n_groups + 3) {
+            let (urls, enqueued) = (urls.clone(), enqueued.clone());
+            producers.push(tokio::spawn(async move {
+                let items: Vec<(String, Value)> = if p < n_groups {
+                    (0..per_group)
+                        .map(|i| {
+                            let key = format!("g{p}-{i}");
+                            let task = json!({"kind": "step", "payload": {"g": p, "i": i, "key": key},
+                                              "group": format!("g{p}"), "idempotency_key": key});
+                            (key, task)
+                        })
+                        .collect()
+                } else {
+                    (0..n_free / 3)
+                        .map(|i| {
+                            let key = format!("f{p}-{i}");
+                            (key.clone(), json!({"kind": "free", "payload": {"g": -1, "key": key}, "idempotency_key": key}))
+                        })
+                        .collect()
+                };
+                for (key, task) in items {
+                    // Retried until stored: the idempotency key makes a retry of an
+                    // enqueue whose answer was lost in the kill a replay.
+                    loop {
+                        match post_any(&urls, p as usize, "/v1/queues/mn/tasks", &task).await {
+                            Some((_, 200 | 201, body)) => {
+                                enqueued.lock().unwrap().insert(key.clone(), id(&body));
+                                break;
+                            }
+                            Some((_, status, body)) => {
+                                assert_eq!(status, 503, "enqueue {key}: {body}");
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                            None => panic!("no node answers"),
+                        }
+                    }
+                }
+            }));
+        }
+        let mut workers = Vec::new();
+        for w in 0..9usize {
+            let (urls, seen, done, stop) = (urls.clone(), seen.clone(), done.clone(), stop.clone());
+            workers.push(tokio::spawn(async move {
+                let mut home = w % 3;
+                while !stop.load(Ordering::Relaxed) {
+                    let lease = json!({"max": 2, "wait_ms": 200, "worker": format!("w{w}")});
+                    let Some((node, status, body)) =
+                        post_any(&urls, home, "/v1/queues/mn/lease", &lease).await
+                    else {
+                        panic!("no node answers")
+                    };
+                    home = node;
+                    if status != 200 {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                    let leased = body["tasks"].as_array().unwrap().clone();
+                    for t in &leased {
+                        let g = t["payload"]["g"].as_i64().unwrap();
+                        let mut s = seen.lock().unwrap();
+                        s.running.insert(id(t));
+                        s.max_running = s.max_running.max(s.running.len());
+                        if g >= 0 {
+                            let n = s.running_groups.entry(g).or_default();
+                            *n += 1;
+                            assert_eq!(*n, 1, "two tasks of group {g} running at once");
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(fastrand::u64(0..4))).await;
+                    for t in &leased {
+                        let g = t["payload"]["g"].as_i64().unwrap();
+                        {
+                            // Finished before the ack lands: the store frees the
+                            // group and the slot only after it.
+                            let mut s = seen.lock().unwrap();
+                            s.running.remove(&id(t));
+                            if g >= 0 {
+                                *s.running_groups.get_mut(&g).unwrap() -= 1;
+                            }
+                        }
+                        let ack = json!({"lease": token(t), "result": {"by": w}});
+                        // The same ack again, through another node, if the first
+                        // node died before it answered.
+                        loop {
+                            let path = format!("/v1/tasks/{}/ack", id(t));
+                            let Some((node, status, body)) = post_any(&urls, home, &path, &ack).await else {
+                                panic!("no node answers")
+                            };
+                            home = node;
+                            match status {
+                                200 => {
+                                    let mut s = seen.lock().unwrap();
+                                    let tokens = s.acked_tokens.entry(id(t)).or_default();
+                                    let first = tokens.is_empty();
+                                    tokens.insert(token(t));
+                                    if first {
+                                        if g >= 0 {
+                                            s.order
+                                                .entry(g)
+                                                .or_default()
+                                                .push(t["payload"]["i"].as_i64().unwrap());
+                                        }
+                                        done.fetch_add(1, Ordering::Relaxed);
+                                    }
+                                    break;
+                                }
+                                409 => break, // the lease expired meanwhile; the task comes back
+                                503 => tokio::time::sleep(Duration::from_millis(20)).await,
+                                other => panic!("ack: {other} {body}"),
+                            }
+                        }
+                    }
+                }
+            }));
+        }
+
+        // Halfway through, kill node 1 outright.
+        let started = Instant::now();
+        while done.load(Ordering::Relaxed) < total / 2 {
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "no progress: {}",
+                done.load(Ordering::Relaxed)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        nodes[1].kill9().await;
+        let at_kill = done.load(Ordering::Relaxed);
+        for p in producers {
+            p.await.unwrap();
+        }
+        while done.load(Ordering::Relaxed) < total {
+            assert!(
+                started.elapsed() < Duration::from_secs(180),
+                "only {} of {total} tasks acked",
+                done.load(Ordering::Relaxed)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop.store(true, Ordering::Relaxed);
+        for w in workers {
+            w.await.unwrap();
+        }
+
+        let enqueued = enqueued.lock().unwrap().clone();
+        assert_eq!(enqueued.len(), total);
+        let mut stored: HashMap<String, Value> = HashMap::new();
+        let mut after = String::new();
+        loop {
+            let (status, page) = nodes[2].get(&format!("/v1/queues/mn/tasks?limit=1000&after={after}")).await;
+            assert_eq!(status, 200, "{page}");
+            for t in page["tasks"].as_array().unwrap() {
+                let key = t["payload"]["key"].as_str().unwrap().to_owned();
+                assert!(stored.insert(key.clone(), t.clone()).is_none(), "key {key} stored twice");
+            }
+            match page["next"].as_str() {
+                Some(next) => after = next.to_owned(),
+                None => break,
+            }
+        }
+        for (key, task_id) in &enqueued {
+            let task = stored.get(key).unwrap_or_else(|| panic!("acknowledged enqueue {key} lost"));
+            assert_eq!(&id(task), task_id, "{key}");
+            assert_eq!(task["state"], "succeeded", "{task}");
+        }
+        let s = seen.lock().unwrap();
+        for (task_id, tokens) in &s.acked_tokens {
+            assert_eq!(tokens.len(), 1, "task {task_id} completed under two leases: {tokens:?}");
+        }
+        assert!(s.max_running <= limit, "{} tasks ran at once with a limit of {limit}", s.max_running);
+        for g in 0..n_groups {
+            assert_eq!(s.order[&g], (0..per_group).collect::<Vec<_>>(), "group {g} ran out of order");
+        }
+        eprintln!(
+            "3 nodes, node 1 killed after {at_kill} of {total} acks; all {total} done, at most {} running",
+            s.max_running
+        );
+    }
+
+    /// A lease waiting on node B is answered promptly when a task is enqueued
+    /// through node A: LISTEN/NOTIFY, not B's timer or the wait running out.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_enqueue_on_one_node_wakes_a_long_poll_on_another() {
+        let Some(backend) = Backend::postgres() else { return };
+        let a = Server::start(&backend).await;
+        let b = Server::start(&backend).await;
+        // Create the queue, and give B's listener time to connect.
+        assert_eq!(b.put("/v1/queues/lp", json!({})).await.0, 200);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for round in 0..3 {
+            let url = b.url("/v1/queues/lp/lease");
+            let waiting = tokio::spawn(async move {
+                let response = http().post(url).json(&json!({"wait_ms": 20000})).send().await.expect("lease");
+                (Instant::now(), response.json::<Value>().await.expect("json"))
+            });
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let enqueued_at = Instant::now();
+            let (status, task) = a.post("/v1/queues/lp/tasks", json!({"kind": "k", "payload": round})).await;
+            assert_eq!(status, 201, "{task}");
+            let (answered_at, leased) = waiting.await.unwrap();
+            let delay = answered_at.duration_since(enqueued_at);
+            assert_eq!(id(&leased["tasks"][0]), id(&task), "round {round}: {leased}");
+            assert!(delay < Duration::from_millis(1500), "round {round}: woken after {delay:?}");
+            eprintln!("round {round}: the long poll on B got A's task {delay:?} after the enqueue");
+        }
+    }
+
+    /// A node loses its database: first its connections are killed
+    /// (`pg_terminate_backend`), then the network to the database is cut for a
+    /// while (a proxy drops every connection and refuses new ones). Requests in
+    /// the gap get 503 `unavailable` or succeed after a reconnect; nothing
+    /// acknowledged is lost; the node serves again by itself, without a restart.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_node_rides_out_a_database_outage() {
+        let Some(direct) = Backend::postgres() else { return };
+        let proxy = Proxy::start(upstream_of(&direct.pg().url)).await;
+        let backend = direct.through(via_port(&direct.pg().url, proxy.port));
+        let node = Server::start(&backend).await;
+        let app = node.application_name.clone().expect("a PostgreSQL node");
+        let url = node.base.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let enqueued = Arc::new(Mutex::new(HashMap::<String, String>::new()));
+        let acked = Arc::new(Mutex::new(HashSet::<String>::new()));
+        let statuses = Arc::new(Mutex::new(HashMap::<u16, usize>::new()));
+        let mut clients = Vec::new();
+        for c in 0..2 {
+            let (url, stop, enqueued, statuses) =
+                (url.clone(), stop.clone(), enqueued.clone(), statuses.clone());
+            clients.push(tokio::spawn(async move {
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let key = format!("c{c}-{i}");
+                    let response = http()
+                        .post(format!("{url}/v1/queues/out/tasks"))
+                        .json(&json!({"kind": "k", "payload": {"key": key}, "idempotency_key": key}))
+                        .send()
+                        .await
+                        .expect("the node itself stays up");
+                    let status = response.status().as_u16();
+                    let body: Value = response.json().await.expect("json");
+                    *statuses.lock().unwrap().entry(status).or_default() += 1;
+                    match status {
+                        200 | 201 => {
+                            enqueued.lock().unwrap().insert(key, id(&body));
+                            i += 1;
+                        }
+                        503 => {
+                            assert_eq!(body["error"]["code"], "unavailable", "{body}");
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                        other => panic!("enqueue: {other} {body}"),
+                    }
+                }
+            }));
+        }
+        {
+            let (url, stop, acked, statuses) = (url.clone(), stop.clone(), acked.clone(), statuses.clone());
+            clients.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let response = http()
+                        .post(format!("{url}/v1/queues/out/lease"))
+                        .json(&json!({"max": 20, "wait_ms": 100}))
+                        .send()
+                        .await
+                        .expect("the node itself stays up");
+                    let status = response.status().as_u16();
+                    let body: Value = response.json().await.expect("json");
+                    *statuses.lock().unwrap().entry(status).or_default() += 1;
+                    if status != 200 {
+                        assert_eq!(
+                            (status, body["error"]["code"].as_str()),
+                            (503, Some("unavailable")),
+                            "{body}"
+                        );
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                    let acks: Vec<Value> = body["tasks"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|t| json!({"id": id(t), "lease": token(t)}))
+                        .collect();
+                    if acks.is_empty() {
+                        continue;
+                    }
+                    let response = http()
+                        .post(format!("{url}/v1/tasks/ack"))
+                        .json(&json!({ "acks": acks }))
+                        .send()
+                        .await
+                        .expect("the node itself stays up");
+                    let status = response.status().as_u16();
+                    *statuses.lock().unwrap().entry(status).or_default() += 1;
+                    let body: Value = response.json().await.expect("json");
+                    if status == 200 {
+                        for item in body["results"].as_array().unwrap() {
+                            if item["status"] == 200 {
+                                acked.lock().unwrap().insert(id(&item["task"]));
+                            }
+                        }
+                    } else {
+                        assert_eq!(status, 503, "{body}");
+                    }
+                }
+            }));
+        }
+        let count = |map: &Mutex<HashMap<String, String>>| map.lock().unwrap().len();
+        let wait_for_progress = |from: usize, what: &'static str| {
+            let enqueued = enqueued.clone();
+            async move {
+                let started = Instant::now();
+                while count(&enqueued) < from + 50 {
+                    assert!(started.elapsed() < Duration::from_secs(30), "no progress {what}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
+        wait_for_progress(0, "before the outage").await;
+
+        // 1. Every connection of the node is killed, three times over.
+        let client = admin(&direct.pg().schema.admin_url).await;
+        for _ in 0..3 {
+            let killed = client
+                .query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+                    &[&app],
+                )
+                .await
+                .expect("pg_terminate_backend");
+            assert!(!killed.is_empty(), "the node had connections");
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        wait_for_progress(count(&enqueued), "after pg_terminate_backend").await;
+
+        // 2. The database is unreachable for 1.5 s.
+        proxy.cut();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let in_gap = statuses.lock().unwrap().get(&503).copied().unwrap_or(0);
+        proxy.restore();
+        let restored = Instant::now();
+        wait_for_progress(count(&enqueued), "after the database came back").await;
+        let recovery = restored.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        for c in clients {
+            c.await.unwrap();
+        }
+        assert!(in_gap > 0, "requests in the gap should have had 503s");
+        assert_eq!(node.get("/healthz").await.0, 200);
+
+        // Nothing acknowledged is lost.
+        let enqueued = enqueued.lock().unwrap().clone();
+        let acked = acked.lock().unwrap().clone();
+        let mut states: HashMap<String, String> = HashMap::new();
+        let mut keys = HashSet::new();
+        let mut after = String::new();
+        loop {
+            let (status, page) = node.get(&format!("/v1/queues/out/tasks?limit=1000&after={after}")).await;
+            assert_eq!(status, 200, "{page}");
+            for t in page["tasks"].as_array().unwrap() {
+                assert!(keys.insert(t["payload"]["key"].as_str().unwrap().to_owned()), "duplicate {t}");
+                states.insert(id(t), t["state"].as_str().unwrap().to_owned());
+            }
+            match page["next"].as_str() {
+                Some(next) => after = next.to_owned(),
+                None => break,
+            }
+        }
+        for (key, task_id) in &enqueued {
+            assert!(states.contains_key(task_id), "acknowledged enqueue {key} ({task_id}) lost");
+        }
+        for task_id in &acked {
+            assert_eq!(states.get(task_id).map(String::as_str), Some("succeeded"), "acked task {task_id}");
+        }
+        eprintln!(
+            "outage: statuses {:?}; {} enqueues and {} acks acknowledged, all intact; serving again {recovery:?} after the database returned",
+            statuses.lock().unwrap(),
+            enqueued.len(),
+            acked.len()
+        );
+    }
 }

@@ -1,12 +1,110 @@
-//! Starts the real `cherga` binary on a free port with a temporary data directory.
+//! Starts the real `cherga` binary on a free port, on either store: the embedded
+//! one in a temporary data directory, or PostgreSQL in a fresh schema of the
+//! database named by `CHERGA_TEST_POSTGRES_URL` (`--store <url> --pg-schema
+//! <schema>`; the schema is dropped when the test ends). Several servers started
+//! on one [`Backend`] are several nodes on one database.
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
+
+pub const POSTGRES_URL_VAR: &str = "CHERGA_TEST_POSTGRES_URL";
 
 pub fn http() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("http client")
+}
+
+/// The store the servers of one test run on.
+#[derive(Clone)]
+pub enum Backend {
+    Sqlite,
+    Postgres(PgBackend),
+}
+
+/// A PostgreSQL schema of one test and the URL its nodes connect with.
+#[derive(Clone)]
+pub struct PgBackend {
+    /// What the nodes connect to: the database, or a proxy in front of it.
+    pub url: String,
+    pub schema: Arc<PgSchema>,
+}
+
+/// A schema dropped, with everything in it, when the last server and test using
+/// it are done.
+pub struct PgSchema {
+    /// The database itself, for what tests do behind the nodes' backs.
+    pub admin_url: String,
+    pub name: String,
+    nodes: AtomicUsize,
+}
+
+impl Backend {
+    pub fn sqlite() -> Self {
+        Backend::Sqlite
+    }
+
+    /// A fresh schema in the test database, or `None` (saying so) when
+    /// `CHERGA_TEST_POSTGRES_URL` is unset: the caller then skips its test.
+    pub fn postgres() -> Option<Self> {
+        let url = match std::env::var(POSTGRES_URL_VAR) {
+            Ok(url) if !url.trim().is_empty() => url,
+            _ => {
+                eprintln!("skipped: {POSTGRES_URL_VAR} not set");
+                return None;
+            }
+        };
+        let name = format!("cherga_e2e_{:016x}", fastrand::u64(..));
+        let schema = Arc::new(PgSchema { admin_url: url.clone(), name, nodes: AtomicUsize::new(0) });
+        Some(Backend::Postgres(PgBackend { url, schema }))
+    }
+
+    pub fn pg(&self) -> &PgBackend {
+        match self {
+            Backend::Postgres(pg) => pg,
+            Backend::Sqlite => panic!("this test needs the PostgreSQL backend"),
+        }
+    }
+
+    /// The same schema reached through another URL (a proxy in front of the database).
+    pub fn through(&self, url: String) -> Self {
+        Backend::Postgres(PgBackend { url, schema: self.pg().schema.clone() })
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        let (url, name) = (self.admin_url.clone(), self.name.clone());
+        // A thread and runtime of their own: this may run inside a test's runtime.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(async {
+                let client = admin(&url).await;
+                client.batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE")).await
+            })?;
+            Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+        })
+        .join();
+        if let Ok(Err(error)) = dropped {
+            eprintln!("could not drop test schema {}: {error}", self.name);
+        }
+    }
+}
+
+/// A plain client on the test database.
+pub async fn admin(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+    tokio::spawn(connection);
+    client
+}
+
+fn with_param(url: &str, key: &str, value: &str) -> String {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}{key}={value}")
 }
 
 pub struct Server {
@@ -14,32 +112,60 @@ pub struct Server {
     pub base: String,
     dir: tempfile::TempDir,
     extra: Vec<String>,
+    /// The `--store` arguments; for PostgreSQL with an `application_name` of this
+    /// node's own, so a test can find (and kill) its connections.
+    store_args: Vec<String>,
+    /// This node's `application_name` on PostgreSQL.
+    pub application_name: Option<String>,
+    /// Keeps the schema alive while the server runs.
+    _backend: Backend,
     client: reqwest::Client,
 }
 
 impl Server {
-    pub async fn start() -> Self {
-        Self::start_with(&[]).await
+    pub async fn start(backend: &Backend) -> Self {
+        Self::start_with(backend, &[]).await
     }
 
-    pub async fn start_with(extra: &[&str]) -> Self {
+    pub async fn start_with(backend: &Backend, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
+        let (store_args, application_name) = match backend {
+            Backend::Sqlite => (Vec::new(), None),
+            Backend::Postgres(pg) => {
+                let node = pg.schema.nodes.fetch_add(1, Ordering::Relaxed);
+                let app = format!("{}_n{node}", pg.schema.name);
+                let url = with_param(&pg.url, "application_name", &app);
+                let args = vec![
+                    "--store".to_owned(),
+                    url,
+                    "--pg-schema".to_owned(),
+                    pg.schema.name.clone(),
+                    "--pg-pool-size".to_owned(),
+                    "8".to_owned(),
+                ];
+                (args, Some(app))
+            }
+        };
         let mut server = Server {
             child: None,
             base: String::new(),
             dir,
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            store_args,
+            application_name,
+            _backend: backend.clone(),
             client: http(),
         };
         server.restart().await;
         server
     }
 
-    /// Starts the binary on the same data directory (after a kill or a stop).
+    /// Starts the binary on the same store (after a kill or a stop).
     pub async fn restart(&mut self) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_cherga"))
             .args(["serve", "--addr", "127.0.0.1:0", "--log", "warn", "--data-dir"])
             .arg(self.dir.path())
+            .args(&self.store_args)
             .args(&self.extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -63,6 +189,12 @@ impl Server {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// The process id of the running server, to send it signals.
+    #[allow(dead_code)] // Used by tests/security.rs, not by every test binary.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     /// SIGKILL: no chance to flush or close anything.
@@ -129,4 +261,84 @@ impl Drop for Server {
             let _ = child.wait();
         }
     }
+}
+
+/// A TCP proxy in front of PostgreSQL that a test can cut, to give a node a
+/// database outage without touching the machine's PostgreSQL: while down it
+/// closes every connection through it and refuses new ones.
+pub struct Proxy {
+    pub port: u16,
+    up: Arc<AtomicBool>,
+    cut: Arc<tokio::sync::Notify>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        let up = Arc::new(AtomicBool::new(true));
+        let cut = Arc::new(tokio::sync::Notify::new());
+        let accept = {
+            let (up, cut) = (up.clone(), cut.clone());
+            tokio::spawn(async move {
+                loop {
+                    let Ok((mut inbound, _)) = listener.accept().await else { return };
+                    if !up.load(Ordering::SeqCst) {
+                        drop(inbound);
+                        continue;
+                    }
+                    let (upstream, cut) = (upstream.clone(), cut.clone());
+                    tokio::spawn(async move {
+                        let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await else {
+                            return;
+                        };
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            () = cut.notified() => {}
+                        }
+                    });
+                }
+            })
+        };
+        Self { port, up, cut, accept }
+    }
+
+    /// Cuts every connection and refuses new ones until [`Proxy::restore`].
+    pub fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.cut.notify_waiters();
+    }
+
+    pub fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut.notify_waiters();
+    }
+}
+
+/// `url` (a `postgres://` URL) with its host and port replaced by `127.0.0.1:port`.
+pub fn via_port(url: &str, port: u16) -> String {
+    let config: tokio_postgres::Config = url.parse().expect("a PostgreSQL URL");
+    let user = config.get_user().unwrap_or("postgres");
+    let password =
+        config.get_password().map(|p| format!(":{}", String::from_utf8_lossy(p))).unwrap_or_default();
+    let dbname = config.get_dbname().unwrap_or(user);
+    format!("postgres://{user}{password}@127.0.0.1:{port}/{dbname}")
+}
+
+/// `host:port` of the database `url` names.
+pub fn upstream_of(url: &str) -> String {
+    let config: tokio_postgres::Config = url.parse().expect("a PostgreSQL URL");
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+        _ => "127.0.0.1".to_owned(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!("{host}:{port}")
 }

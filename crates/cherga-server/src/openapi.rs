@@ -1,0 +1,295 @@
+//! The OpenAPI document of the v1 API, served at `/v1/openapi.json`.
+//!
+//! It is generated from the code: request and answer schemas are derived from
+//! the `cherga-api` types, and each operation from the `#[utoipa::path]` on its
+//! handler in `routes`. What every operation shares — the bearer security
+//! scheme and the error answers any request can get (bad input, 401, 403, 408,
+//! 413, 429, 500, 503) — is added here in one place, so no handler can forget it.
+//! A test checks that every route of the router is in the document and back.
+
+use crate::routes;
+use axum::http::header;
+use axum::response::IntoResponse;
+use cherga_api::ErrorBody;
+use std::sync::OnceLock;
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, OpenApi as Document, RefOr, ResponseBuilder};
+use utoipa::{Modify, OpenApi, PartialSchema};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "cherga",
+        description = "A durable task broker: enqueue tasks, lease them to workers, acknowledge them. \
+                       Every error is `{\"error\": {\"code\", \"message\"}}`.",
+        version = "1"
+    ),
+    paths(
+        routes::health,
+        routes::list_queues,
+        routes::get_queue,
+        routes::put_queue,
+        routes::enqueue,
+        routes::enqueue_batch,
+        routes::list_tasks,
+        routes::lease,
+        routes::ack,
+        routes::ack_batch,
+        routes::nack,
+        routes::extend,
+        routes::get_task,
+        routes::cancel,
+        routes::retry,
+        routes::revoke,
+        routes::list_revocations,
+        openapi_path,
+    ),
+    modifiers(&Shared)
+)]
+struct ApiDoc;
+
+/// The common parts of every operation.
+struct Shared;
+
+/// Operations whose body may be left out, as (path, is PUT).
+const OPTIONAL_BODIES: [(&str, bool); 2] =
+    [("/v1/queues/{queue}/lease", false), ("/v1/queues/{queue}", true)];
+
+/// Error answers any authenticated operation can give, besides its own.
+const COMMON_ERRORS: [(&str, &str); 8] = [
+    ("400", "the request is malformed: bad JSON, a field out of range, a bad queue name or task id"),
+    ("401", "no bearer token, or one that is invalid, expired or revoked"),
+    ("403", "the token's scopes do not allow this"),
+    ("408", "the request took longer than the server's request timeout"),
+    ("413", "the body or a payload is larger than the server's limit"),
+    ("429", "too many failed authentications from this client, or too many waiting long polls"),
+    ("500", "an internal error (reveals nothing; the server logs the cause)"),
+    ("503", "the store is unavailable or the server is shutting down; retry later"),
+];
+
+impl Modify for Shared {
+    fn modify(&self, doc: &mut Document) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build(),
+            ),
+        );
+        components.schemas.insert("ErrorBody".to_owned(), ErrorBody::schema());
+        doc.security = Some(vec![SecurityRequirement::new("bearer", Vec::<String>::new())]);
+        // Bodies whose fields are all optional may be left out: an empty body
+        // reads as `{}` (so `curl -X POST .../lease` works).
+        for (path, put) in OPTIONAL_BODIES {
+            if let Some(item) = doc.paths.paths.get_mut(path) {
+                let operation = if put { item.put.as_mut() } else { item.post.as_mut() };
+                if let Some(body) = operation.and_then(|o| o.request_body.as_mut()) {
+                    body.required = Some(utoipa::openapi::Required::False);
+                }
+            }
+        }
+        for item in doc.paths.paths.values_mut() {
+            for operation in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+                &mut item.head,
+                &mut item.options,
+                &mut item.trace,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                add_common_errors(operation);
+            }
+        }
+    }
+}
+
+fn add_common_errors(operation: &mut Operation) {
+    // Open operations (security: [{}]) can still get bad-input and overload errors.
+    let open = operation.security.as_ref().is_some_and(|s| s.iter().all(is_empty_requirement));
+    for (status, description) in COMMON_ERRORS {
+        if open && matches!(status, "401" | "403" | "429") {
+            continue;
+        }
+        operation.responses.responses.entry(status.to_owned()).or_insert_with(|| {
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(description)
+                    .content(
+                        "application/json",
+                        ContentBuilder::new()
+                            .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name("ErrorBody"))))
+                            .build(),
+                    )
+                    .build(),
+            )
+        });
+    }
+}
+
+fn is_empty_requirement(requirement: &SecurityRequirement) -> bool {
+    requirement == &SecurityRequirement::default()
+}
+
+/// The document, built once.
+pub fn document() -> &'static Document {
+    static DOCUMENT: OnceLock<Document> = OnceLock::new();
+    DOCUMENT.get_or_init(ApiDoc::openapi)
+}
+
+/// The document as JSON text, built once.
+pub fn document_json() -> &'static str {
+    static JSON: OnceLock<String> = OnceLock::new();
+    JSON.get_or_init(|| document().to_pretty_json().expect("the OpenAPI document serializes"))
+}
+
+/// This document. Open to everyone: it describes the API, not the data.
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "health", security(()),
+    responses((status = 200, description = "the OpenAPI document of the v1 API", content_type = "application/json",
+        body = Object)))]
+#[allow(dead_code)] // Describes `serve_document` for the document.
+fn openapi_path() {}
+
+/// `GET /v1/openapi.json`: open to everyone (it describes the API, not the data).
+pub(crate) async fn serve_document() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], document_json())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every route the router has, as (method, path). Kept next to the test that
+    /// compares it with the router, which fails when a route is added without
+    /// being listed here and in the document.
+    const ROUTES: [(&str, &str); 18] = [
+        ("get", "/healthz"),
+        ("get", "/v1/openapi.json"),
+        ("get", "/v1/queues"),
+        ("get", "/v1/queues/{queue}"),
+        ("put", "/v1/queues/{queue}"),
+        ("post", "/v1/queues/{queue}/tasks"),
+        ("get", "/v1/queues/{queue}/tasks"),
+        ("post", "/v1/queues/{queue}/tasks/batch"),
+        ("post", "/v1/queues/{queue}/lease"),
+        ("post", "/v1/tasks/ack"),
+        ("get", "/v1/tasks/{id}"),
+        ("delete", "/v1/tasks/{id}"),
+        ("post", "/v1/tasks/{id}/ack"),
+        ("post", "/v1/tasks/{id}/nack"),
+        ("post", "/v1/tasks/{id}/extend"),
+        ("post", "/v1/tasks/{id}/retry"),
+        ("post", "/v1/revocations"),
+        ("get", "/v1/revocations"),
+    ];
+
+    fn documented() -> Vec<(String, String)> {
+        let value: serde_json::Value = serde_json::from_str(document_json()).unwrap();
+        let mut out = Vec::new();
+        for (path, item) in value["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                if ["get", "put", "post", "delete", "patch"].contains(&method.as_str()) {
+                    out.push((method.clone(), path.clone()));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn document_lists_exactly_the_routes() {
+        let mut want: Vec<(String, String)> =
+            ROUTES.iter().map(|(m, p)| ((*m).to_owned(), (*p).to_owned())).collect();
+        want.sort();
+        assert_eq!(documented(), want);
+    }
+
+    #[tokio::test]
+    async fn router_answers_every_documented_route_and_no_other() {
+        use tower::ServiceExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let store = cherga_store_sqlite::SqliteStore::open(cherga_store_sqlite::Options {
+            path: dir.path().join("db"),
+            durable: false,
+        })
+        .unwrap();
+        let config = crate::ServerConfig::unauthenticated(1 << 20, 1 << 16);
+        let (app, _shutdown) = crate::App::new(std::sync::Arc::new(store), &config);
+        let router = crate::router(app, &config);
+        for (method, path) in ROUTES {
+            let uri = path.replace("{queue}", "q").replace("{id}", "not-an-id");
+            let request = axum::http::Request::builder()
+                .method(method.to_uppercase().as_str())
+                .uri(&uri)
+                .body(axum::body::Body::from("{}"))
+                .unwrap();
+            let response = router.clone().oneshot(request).await.unwrap();
+            let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+            let text = String::from_utf8_lossy(&body);
+            assert!(
+                !text.contains("route_not_found") && !text.contains("method_not_allowed"),
+                "{method} {uri}: {text}"
+            );
+        }
+        // A method the document does not list for a path is not served either.
+        let request = axum::http::Request::builder()
+            .method("PATCH")
+            .uri("/v1/queues/q")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let response = router.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), 405);
+    }
+
+    fn properties<T: PartialSchema>() -> Vec<String> {
+        let value = serde_json::to_value(T::schema()).unwrap();
+        let mut names: Vec<String> = value["properties"].as_object().unwrap().keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn batch_items_have_the_fields_of_an_enqueue() {
+        assert_eq!(
+            properties::<cherga_api::openapi::BatchItemRequest>(),
+            properties::<cherga_api::EnqueueRequest>()
+        );
+    }
+
+    #[test]
+    fn documented_ranges_are_the_checked_ones() {
+        let lease = serde_json::to_value(cherga_api::LeaseRequest::schema()).unwrap();
+        assert_eq!(lease["properties"]["lease_ms"]["maximum"], cherga_core::queue::MAX_LEASE_MS);
+        assert_eq!(lease["properties"]["wait_ms"]["maximum"], cherga_api::MAX_WAIT_MS);
+        assert_eq!(lease["properties"]["max"]["maximum"], cherga_api::MAX_BATCH as u64);
+        assert_eq!(lease["properties"]["worker"]["maxLength"], cherga_api::MAX_NAME_LEN as u64);
+        let enqueue = serde_json::to_value(cherga_api::EnqueueRequest::schema()).unwrap();
+        assert_eq!(enqueue["properties"]["delay_ms"]["maximum"], cherga_api::MAX_DELAY_MS);
+        let nack = serde_json::to_value(cherga_api::NackRequest::schema()).unwrap();
+        assert_eq!(nack["properties"]["retry_in_ms"]["maximum"], cherga_api::MAX_RETRY_IN_MS);
+        let revoke = serde_json::to_value(cherga_api::auth::RevokeRequest::schema()).unwrap();
+        assert_eq!(revoke["properties"]["jti"]["maxLength"], cherga_auth::MAX_JTI_LEN as u64);
+    }
+
+    #[test]
+    fn every_operation_declares_the_common_errors_and_bearer_security() {
+        let value: serde_json::Value = serde_json::from_str(document_json()).unwrap();
+        assert_eq!(value["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+        for (path, item) in value["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                let responses = operation["responses"].as_object().unwrap();
+                for status in ["400", "413", "500", "503"] {
+                    assert!(responses.contains_key(status), "{method} {path} lacks {status}");
+                }
+                let open = path == "/healthz" || path == "/v1/openapi.json";
+                assert_eq!(responses.contains_key("401"), !open, "{method} {path}: 401");
+            }
+        }
+    }
+}

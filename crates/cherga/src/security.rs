@@ -1,0 +1,228 @@
+//! The security settings of `cherga serve`: authentication, TLS and the limits
+//! on connections and requests; validated into a [`Security`], and reloaded on
+//! SIGHUP (the key file and the certificate) without a restart.
+//!
+//! **Invariant:** the server never runs without authentication on an address
+//! other clients can reach, unless told so with `--insecure`.
+
+use anyhow::{Context, Result, bail};
+use cherga_auth::{KeySet, Policy, Verifier};
+use cherga_server::{AuthConfig, HttpLimits, ServerConfig, TlsCerts, TokenKeys};
+use clap::Args;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Clock skew allowed on a token's `exp` and `nbf`.
+const TOKEN_LEEWAY_S: i64 = 30;
+
+#[derive(Args, Debug)]
+pub struct SecurityArgs {
+    /// Key file of the keys tokens may be signed with (JSON, see `cherga keygen`).
+    /// Turns authentication on: every request but /healthz and /v1/openapi.json
+    /// then needs `Authorization: Bearer <token>`. Reloaded on SIGHUP.
+    #[arg(long, env = "CHERGA_AUTH_KEYS", value_name = "FILE")]
+    auth_keys: Option<PathBuf>,
+    /// The issuer (`iss`) every token must name.
+    #[arg(long, env = "CHERGA_AUTH_ISSUER", default_value = "cherga")]
+    auth_issuer: String,
+    /// The audience (`aud`) every token must include.
+    #[arg(long, env = "CHERGA_AUTH_AUDIENCE", default_value = "cherga")]
+    auth_audience: String,
+    /// Failed authentications a client (IP address; IPv6 /64) may make per minute
+    /// before it is refused (429) for the rest of the minute. 0: no limit.
+    #[arg(long, env = "CHERGA_MAX_AUTH_FAILURES", default_value_t = 30)]
+    max_auth_failures: u32,
+    /// Serve without authentication on an address that is not loopback. Without
+    /// it, such a server refuses to start.
+    #[arg(long, env = "CHERGA_INSECURE")]
+    insecure: bool,
+    /// TLS certificate chain (PEM, leaf first). Reloaded on SIGHUP.
+    #[arg(long, env = "CHERGA_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM: PKCS#8, PKCS#1 or SEC1). Reloaded on SIGHUP.
+    #[arg(long, env = "CHERGA_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Most connections open at once; more are closed as soon as they are accepted.
+    #[arg(long, env = "CHERGA_MAX_CONNECTIONS", default_value_t = HttpLimits::DEFAULT.max_connections)]
+    max_connections: usize,
+    /// Most connections open at once from one client (IP address; IPv6 /64).
+    /// Behind a proxy every client is the proxy: raise it there.
+    #[arg(long, env = "CHERGA_MAX_CONNECTIONS_PER_CLIENT", default_value_t = HttpLimits::DEFAULT.max_connections_per_client)]
+    max_connections_per_client: usize,
+    /// Longest wait for a request's headers (and between requests on an idle
+    /// connection, and for a TLS handshake): slow clients are cut off.
+    #[arg(long, env = "CHERGA_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    header_read_timeout: Duration,
+    /// Largest request head (request line and headers), in bytes.
+    #[arg(long, env = "CHERGA_MAX_HEADER_BYTES", default_value_t = HttpLimits::DEFAULT.max_header_bytes)]
+    max_header_bytes: usize,
+    /// Longest a request may take, body and long poll included (long polls wait
+    /// at most this less one second).
+    #[arg(long, env = "CHERGA_REQUEST_TIMEOUT", default_value = "90s", value_parser = humantime::parse_duration)]
+    request_timeout: Duration,
+    /// Most long polls (leases with wait_ms) waiting at once; more get 429.
+    #[arg(long, env = "CHERGA_MAX_WAITING_LEASES", default_value_t = HttpLimits::DEFAULT.max_waiting_leases)]
+    max_waiting_leases: usize,
+}
+
+/// Validated security settings, and what SIGHUP reloads.
+pub struct Security {
+    /// Auth is off on an address other hosts can reach (`--insecure`).
+    insecure: bool,
+    http: HttpLimits,
+    auth: Option<(AuthConfig, PathBuf, Policy)>,
+    tls: Option<Arc<TlsCerts>>,
+}
+
+impl SecurityArgs {
+    /// Checks the settings and loads the key file and the certificate.
+    ///
+    /// # Errors
+    /// A message naming the setting at fault.
+    pub fn validate(self, addr: &SocketAddr) -> Result<Security> {
+        if self.auth_issuer.is_empty() || self.auth_audience.is_empty() {
+            bail!("--auth-issuer and --auth-audience must not be empty");
+        }
+        let auth = match &self.auth_keys {
+            Some(path) => {
+                let policy = Policy {
+                    issuer: self.auth_issuer.clone(),
+                    audience: self.auth_audience.clone(),
+                    leeway_s: TOKEN_LEEWAY_S,
+                };
+                let keys = KeySet::from_file(path).context("--auth-keys")?;
+                let config = AuthConfig {
+                    keys: TokenKeys::new(Verifier::new(keys, policy.clone())),
+                    max_failures_per_minute: self.max_auth_failures,
+                };
+                Some((config, path.clone(), policy))
+            }
+            None if addr.ip().is_loopback() || self.insecure => None,
+            None => bail!(
+                "refusing to serve without authentication on {addr}, which is not a loopback address: \
+                 give --auth-keys (make a key with `cherga keygen`), or --insecure if the network is \
+                 protected some other way"
+            ),
+        };
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsCerts::load(cert, key).context("--tls-cert / --tls-key")?),
+            _ => None,
+        };
+        if self.max_connections == 0 || self.max_connections_per_client == 0 || self.max_waiting_leases == 0 {
+            bail!(
+                "--max-connections, --max-connections-per-client and --max-waiting-leases must be positive"
+            );
+        }
+        if !(1024..=1024 * 1024).contains(&self.max_header_bytes) {
+            bail!("--max-header-bytes must be between 1024 and 1048576");
+        }
+        if self.header_read_timeout.is_zero() {
+            bail!("--header-read-timeout must be positive");
+        }
+        if self.request_timeout < Duration::from_secs(2) {
+            bail!("--request-timeout must be at least 2s");
+        }
+        Ok(Security {
+            insecure: auth.is_none() && !addr.ip().is_loopback(),
+            http: HttpLimits {
+                max_connections: self.max_connections,
+                max_connections_per_client: self.max_connections_per_client,
+                header_read_timeout: self.header_read_timeout,
+                max_header_bytes: self.max_header_bytes,
+                request_timeout: self.request_timeout,
+                max_waiting_leases: self.max_waiting_leases,
+            },
+            auth,
+            tls,
+        })
+    }
+}
+
+impl Security {
+    /// The server settings with these limits, authentication and TLS.
+    pub fn server_config(&self, max_body_bytes: usize, max_payload_bytes: usize) -> ServerConfig {
+        ServerConfig {
+            max_body_bytes,
+            max_payload_bytes,
+            http: self.http.clone(),
+            auth: self.auth.as_ref().map(|(config, _, _)| config.clone()),
+            tls: self.tls.clone(),
+        }
+    }
+
+    /// `https` or `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
+    /// Logs what is protected and how (never key material).
+    pub fn log(&self) {
+        match &self.auth {
+            Some((config, path, policy)) => tracing::info!(
+                keys = %path.display(),
+                issuer = %policy.issuer,
+                audience = %policy.audience,
+                max_auth_failures = config.max_failures_per_minute,
+                "authentication on"
+            ),
+            None if self.insecure => {
+                tracing::warn!("authentication off (--insecure): every client may do everything")
+            }
+            None => {
+                tracing::info!("authentication off (loopback only): every local client may do everything")
+            }
+        }
+        if self.tls.is_some() {
+            tracing::info!("TLS on");
+        }
+    }
+
+    /// Reloads the key file and the certificate on every SIGHUP, until the
+    /// process ends. A reload that fails keeps what was loaded before.
+    pub fn reload_on_hangup(&self) {
+        #[cfg(unix)]
+        {
+            let auth = self
+                .auth
+                .as_ref()
+                .map(|(config, path, policy)| (config.keys.clone(), path.clone(), policy.clone()));
+            let tls = self.tls.clone();
+            if auth.is_none() && tls.is_none() {
+                return;
+            }
+            let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                Ok(hangups) => hangups,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot listen for SIGHUP; keys and certificates will not reload");
+                    return;
+                }
+            };
+            tokio::spawn(async move {
+                while hangups.recv().await.is_some() {
+                    if let Some((keys, path, policy)) = &auth {
+                        match KeySet::from_file(path) {
+                            Ok(set) => {
+                                let kids = set.kids().join(", ");
+                                keys.replace(Verifier::new(set, policy.clone()));
+                                tracing::info!(keys = %path.display(), %kids, "key file reloaded");
+                            }
+                            Err(error) => {
+                                tracing::error!(%error, "key file not reloaded; keeping the old keys")
+                            }
+                        }
+                    }
+                    if let Some(tls) = &tls {
+                        match tls.reload() {
+                            Ok(()) => tracing::info!("TLS certificate reloaded"),
+                            Err(error) => {
+                                tracing::error!(%error, "TLS certificate not reloaded; keeping the old one")
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    }
+}
