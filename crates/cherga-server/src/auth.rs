@@ -436,6 +436,18 @@ queue_extractor!(
     Access::Admin
 );
 
+/// A caller with the `admin` scope (or anyone, with auth off), checked before
+/// the body is read.
+pub(crate) struct Admin;
+
+impl<S: Store> FromRequestParts<Arc<App<S>>> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App<S>>) -> Result<Self, ApiError> {
+        Caller::from_request_parts(parts, app).await?.require_admin().map(|()| Admin)
+    }
+}
+
 /// Defines an extractor for a route with an `{id}` path: authenticates, parses
 /// the id and checks the scope on the task's queue, before the body is read.
 macro_rules! task_extractor {

@@ -2,7 +2,7 @@
 //! whoever may now have work, and answers with the wire types of `cherga-api`.
 
 use crate::auth::{
-    AdminQueue, Caller, ConsumeQueue, ConsumeTask, ProduceQueue, ProduceTask, ReadQueue, forbidden,
+    Admin, AdminQueue, Caller, ConsumeQueue, ConsumeTask, ProduceQueue, ProduceTask, ReadQueue, forbidden,
 };
 use crate::error::ApiError;
 use crate::extract::{JsonBody, PathArg, QueryArgs};
@@ -571,10 +571,9 @@ impl From<StoreError> for ApiError {
     responses((status = 200, description = "the token is revoked", body = RevocationView)))]
 pub(crate) async fn revoke<S: Store>(
     State(app): AppState<S>,
-    caller: Caller,
+    _admin: Admin,
     JsonBody(request): JsonBody<RevokeRequest>,
 ) -> Result<Json<RevocationView>, ApiError> {
-    caller.require_admin()?;
     let jti = request.jti;
     if jti.is_empty()
         || jti.chars().nth(cherga_auth::MAX_JTI_LEN).is_some()
@@ -596,9 +595,8 @@ pub(crate) async fn revoke<S: Store>(
     responses((status = 200, description = "every revocation not yet expired", body = RevocationList)))]
 pub(crate) async fn list_revocations<S: Store>(
     State(app): AppState<S>,
-    caller: Caller,
+    _admin: Admin,
 ) -> Result<Json<RevocationList>, ApiError> {
-    caller.require_admin()?;
     let list = app.store.revoked_tokens(now_ms()).await.map_err(ApiError::from_queue_error)?;
     let revocations = list
         .into_iter()
