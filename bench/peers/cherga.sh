@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # cherga for the benchmark: target/release/cherga serve on its own port with a
 # fresh data dir. Its durability is built in and not configurable: SQLite WAL,
-# synchronous=FULL, fsync of every commit before any 2xx (group commit).
+# fdatasync of the WAL after every commit and before any 2xx (group commit).
 source "$(dirname "$0")/lib.sh"
 PORT=${CHERGA_BENCH_PORT:-7710}
 BIN="$ROOT/target/release/cherga"
@@ -30,7 +30,7 @@ start)
     dirty=$(git -C "$ROOT" status --porcelain 2>/dev/null | grep -q . && echo "+changes" || true)
     write_peer cherga "url=http://127.0.0.1:$PORT" "pid=$(cat "$STATE/cherga.pid")" \
         "version=$("$BIN" --version | awk '{print $2}') ($rev$dirty)" \
-        "settings=embedded SQLite store, WAL, synchronous=FULL, fsync before every 2xx (group commit); HTTP/1.1 keep-alive, one connection per client"
+        "settings=embedded SQLite store, WAL, fdatasync of the WAL before every 2xx (group commit, synchronous=NORMAL); HTTP/1.1 keep-alive, one connection per client"
     ;;
 stop)
     stop_pidfile "$STATE/cherga.pid"
