@@ -16,7 +16,7 @@ use cherga_api::auth::{RevocationList, RevocationView, RevokeRequest};
 use cherga_api::{
     AckRequest, BatchAckRequest, BatchItem, BatchResponse, EnqueueBatchRequest, EnqueueRequest, ErrorCode,
     ExtendRequest, Health, LeaseRequest, LeaseResponse, ListQuery, MAX_BATCH, MAX_ERROR_LEN, MAX_WAIT_MS,
-    NackRequest, QueueList, QueueSettingsBody, QueueView, TaskList, TaskView, WireError,
+    NackRequest, QueueList, QueueSettingsBody, QueueView, TaskList, TaskView,
 };
 use cherga_api::{ErrorBody, Timestamp};
 use cherga_auth::Access;
@@ -218,6 +218,28 @@ fn item_err(error: ApiError) -> BatchItem {
     BatchItem { status: error.code.status(), task: None, error: Some(error.to_wire()) }
 }
 
+/// The answer of a batch: the items refused before the store keep their error, and
+/// the others take, in order, the store's answers (`stored` holds one per `Ok` in
+/// `checked`), turned into items by `ok`.
+fn merge_batch<T>(
+    checked: Vec<Result<(), ApiError>>,
+    stored: Vec<Result<T, StoreError>>,
+    mut ok: impl FnMut(T) -> BatchItem,
+) -> Vec<BatchItem> {
+    let mut stored = stored.into_iter();
+    checked
+        .into_iter()
+        .map(|check| match check {
+            Err(e) => item_err(e),
+            Ok(()) => match stored.next() {
+                Some(Ok(answer)) => ok(answer),
+                Some(Err(e)) => item_err(ApiError::from_task_error(e)),
+                None => item_err(ApiError::new(ErrorCode::Internal, "store returned too few results")),
+            },
+        })
+        .collect()
+}
+
 /// Enqueues many tasks; each item succeeds or fails on its own. Needs `produce` on the queue.
 #[utoipa::path(post, path = "/v1/queues/{queue}/tasks/batch", tag = "tasks", params(QueueParam),
     request_body = EnqueueBatchRequest,
@@ -232,7 +254,7 @@ pub(crate) async fn enqueue_batch<S: Store>(
     }
     let now = now_ms();
     // Valid items go to the store in one call; invalid ones keep their place.
-    let mut checked: Vec<Result<(), WireError>> = Vec::with_capacity(request.tasks.len());
+    let mut checked: Vec<Result<(), ApiError>> = Vec::with_capacity(request.tasks.len());
     let mut valid: Vec<NewTask> = Vec::with_capacity(request.tasks.len());
     for item in request.tasks {
         match item.into_new_task(None, now, &app.limits) {
@@ -240,7 +262,7 @@ pub(crate) async fn enqueue_batch<S: Store>(
                 valid.push(new);
                 checked.push(Ok(()));
             }
-            Err(e) => checked.push(Err(e)),
+            Err(e) => checked.push(Err(e.into())),
         }
     }
     let queue_text = queue.as_str().to_owned();
@@ -249,28 +271,19 @@ pub(crate) async fn enqueue_batch<S: Store>(
     } else {
         app.store.enqueue(queue, valid, now).await.map_err(ApiError::from_queue_error)?
     };
-    let mut stored = stored.into_iter();
     let mut woke = false;
-    let results: Vec<BatchItem> = checked
-        .into_iter()
-        .map(|check| match check {
-            Err(e) => item_err(e.into()),
-            Ok(()) => match stored.next() {
-                Some(Ok(Enqueued::Created(task))) => {
-                    app.remember_queues([&task]);
-                    if task.state == TaskState::Ready {
-                        woke = true;
-                    } else {
-                        app.after_change(&task);
-                    }
-                    item_ok(201, &task)
-                }
-                Some(Ok(Enqueued::Replayed(task))) => item_ok(200, &task),
-                Some(Err(e)) => item_err(ApiError::from_task_error(e)),
-                None => item_err(ApiError::new(ErrorCode::Internal, "store returned too few results")),
-            },
-        })
-        .collect();
+    let results = merge_batch(checked, stored, |enqueued| match enqueued {
+        Enqueued::Created(task) => {
+            app.remember_queues([&task]);
+            if task.state == TaskState::Ready {
+                woke = true;
+            } else {
+                app.after_change(&task);
+            }
+            item_ok(201, &task)
+        }
+        Enqueued::Replayed(task) => item_ok(200, &task),
+    });
     if woke {
         app.waiters.wake(&queue_text);
     }
@@ -431,24 +444,13 @@ pub(crate) async fn ack_batch<S: Store>(
     } else {
         app.store.complete(acks, now_ms()).await.map_err(ApiError::from_task_error)?
     };
-    let mut stored = stored.into_iter();
     let mut woken: Vec<String> = Vec::new();
-    let results = checked
-        .into_iter()
-        .map(|check| match check {
-            Err(e) => item_err(e),
-            Ok(()) => match stored.next() {
-                Some(Ok(task)) => {
-                    if !woken.contains(&task.queue) {
-                        woken.push(task.queue.clone());
-                    }
-                    item_ok(200, &task)
-                }
-                Some(Err(e)) => item_err(ApiError::from_task_error(e)),
-                None => item_err(ApiError::new(ErrorCode::Internal, "store returned too few results")),
-            },
-        })
-        .collect();
+    let results = merge_batch(checked, stored, |task| {
+        if !woken.contains(&task.queue) {
+            woken.push(task.queue.clone());
+        }
+        item_ok(200, &task)
+    });
     for queue in woken {
         app.waiters.wake(&queue);
     }
