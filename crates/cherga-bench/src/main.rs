@@ -10,6 +10,9 @@
 //! **Boundary:** this crate speaks to cherga only over HTTP, like any client; it
 //! shares nothing with the server but the wire types of `cherga-api`.
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod fsync_probe;
 mod null_server;
 mod payload;

@@ -1,6 +1,9 @@
 //! `cherga`: the broker binary. `cherga serve` runs the server on the embedded
 //! store or on PostgreSQL; the other subcommands talk to a running server over HTTP.
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod bench;
 mod cli;
 mod security;
