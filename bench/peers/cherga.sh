@@ -30,7 +30,7 @@ start)
     dirty=$(git -C "$ROOT" status --porcelain 2>/dev/null | grep -q . && echo "+changes" || true)
     write_peer cherga "url=http://127.0.0.1:$PORT" "pid=$(cat "$STATE/cherga.pid")" \
         "version=$("$BIN" --version | awk '{print $2}') ($rev$dirty)" \
-        "settings=embedded SQLite store, WAL, fdatasync of the WAL before every 2xx (group commit, synchronous=NORMAL); HTTP/1.1 keep-alive, one connection per client"
+        "settings=embedded SQLite store, WAL, fdatasync of the WAL before every 2xx (group commit, synchronous=NORMAL); HTTP/1.1 keep-alive, one connection per client, Prefer: return=minimal (short answers to enqueues and acks)"
     ;;
 stop)
     stop_pidfile "$STATE/cherga.pid"

@@ -220,6 +220,10 @@ pub struct EnqueueBatchRequest {
 pub struct BatchItem {
     /// The HTTP status this item would have had alone.
     pub status: u16,
+    /// Only in short answers (`Prefer: return=minimal`): the task's id, in place
+    /// of the whole task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<TaskView>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -230,6 +234,26 @@ pub struct BatchItem {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BatchResponse {
     pub results: Vec<BatchItem>,
+}
+
+/// The `Prefer` request header that asks for short answers (RFC 7240): enqueues
+/// and acks then answer [`TaskBrief`]s, and batch items carry the task's id
+/// instead of the whole task. Errors are never shortened. An answer that was
+/// shortened carries `Preference-Applied: return=minimal`.
+pub const PREFER_MINIMAL: &str = "return=minimal";
+
+/// A task in a short answer (`Prefer: return=minimal`): its id and state.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TaskBrief {
+    pub id: String,
+    pub state: String,
+}
+
+impl TaskBrief {
+    pub fn from_task(task: &Task) -> Self {
+        Self { id: task.id.to_string(), state: task.state.as_str().to_owned() }
+    }
 }
 
 /// A task as the API shows it.

@@ -62,3 +62,48 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for PathArg
             .map_err(|e| ApiError::invalid(format!("invalid path: {}", e.body_text())))
     }
 }
+
+/// Whether the request asked for short answers with `Prefer: return=minimal`
+/// (RFC 7240: a preference the server may ignore; unknown preferences are).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Prefer {
+    pub minimal: bool,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Prefer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let minimal = parts
+            .headers
+            .get_all("prefer")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(asks_minimal));
+        Ok(Prefer { minimal })
+    }
+}
+
+/// `return=minimal`, with the spaces and quotes RFC 7240 allows and any parameters.
+fn asks_minimal(preference: &str) -> bool {
+    let head = preference.split(';').next().unwrap_or("");
+    head.split_once('=').is_some_and(|(name, value)| {
+        name.trim().eq_ignore_ascii_case("return")
+            && value.trim().trim_matches('"').eq_ignore_ascii_case("minimal")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::asks_minimal;
+
+    #[test]
+    fn reads_return_minimal_as_rfc_7240_writes_it() {
+        for yes in ["return=minimal", " return = \"minimal\" ", "RETURN=Minimal; foo=1"] {
+            assert!(asks_minimal(yes), "{yes}");
+        }
+        for no in ["return=representation", "respond-async", "return", "minimal", "returns=minimal"] {
+            assert!(!asks_minimal(no), "{no}");
+        }
+    }
+}

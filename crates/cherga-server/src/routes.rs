@@ -5,7 +5,7 @@ use crate::auth::{
     Admin, AdminQueue, Caller, ConsumeQueue, ConsumeTask, ProduceQueue, ProduceTask, ReadQueue, forbidden,
 };
 use crate::error::ApiError;
-use crate::extract::{JsonBody, PathArg, QueryArgs};
+use crate::extract::{JsonBody, PathArg, Prefer, QueryArgs};
 use crate::{App, ServerConfig, now_ms};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -16,7 +16,7 @@ use cherga_api::auth::{RevocationList, RevocationView, RevokeRequest};
 use cherga_api::{
     AckRequest, BatchAckRequest, BatchItem, BatchResponse, EnqueueBatchRequest, EnqueueRequest, ErrorCode,
     ExtendRequest, Health, LeaseRequest, LeaseResponse, ListQuery, MAX_BATCH, MAX_ERROR_LEN, MAX_WAIT_MS,
-    NackRequest, QueueList, QueueSettingsBody, QueueView, TaskList, TaskView,
+    NackRequest, PREFER_MINIMAL, QueueList, QueueSettingsBody, QueueView, TaskBrief, TaskList, TaskView,
 };
 use cherga_api::{ErrorBody, Timestamp};
 use cherga_auth::Access;
@@ -173,15 +173,16 @@ pub(crate) async fn put_queue<S: Store>(
 }
 
 /// Enqueues one task. Needs `produce` on the queue.
-#[utoipa::path(post, path = "/v1/queues/{queue}/tasks", tag = "tasks", params(QueueParam, IdempotencyKeyParam),
+#[utoipa::path(post, path = "/v1/queues/{queue}/tasks", tag = "tasks", params(QueueParam, IdempotencyKeyParam, PreferParam),
     request_body = EnqueueRequest,
-    responses((status = 201, description = "a new task", body = TaskView),
+    responses((status = 201, description = "a new task (a `TaskBrief` with `Prefer: return=minimal`)", body = TaskView),
         (status = 200, description = "the idempotency key was seen: the existing task, as it is now", body = TaskView,
             headers(("Idempotent-Replayed" = String, description = "`true`"))),
         (status = 422, description = "the idempotency key was used for a different request", body = ErrorBody)))]
 pub(crate) async fn enqueue<S: Store>(
     State(app): AppState<S>,
     ProduceQueue(queue): ProduceQueue,
+    prefer: Prefer,
     headers: HeaderMap,
     JsonBody(request): JsonBody<EnqueueRequest>,
 ) -> Result<Response, ApiError> {
@@ -200,22 +201,48 @@ pub(crate) async fn enqueue<S: Store>(
         Enqueued::Created(task) => {
             app.after_change(&task);
             app.remember_queues([&task]);
-            Ok((StatusCode::CREATED, Json(TaskView::from_task(&task))).into_response())
+            Ok(task_answer(StatusCode::CREATED, &task, prefer))
         }
         Enqueued::Replayed(task) => {
-            let mut response = (StatusCode::OK, Json(TaskView::from_task(&task))).into_response();
+            let mut response = task_answer(StatusCode::OK, &task, prefer);
             response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
             Ok(response)
         }
     }
 }
 
-fn item_ok(status: u16, task: &Task) -> BatchItem {
-    BatchItem { status, task: Some(TaskView::from_task(task)), error: None }
+/// A task as the answer to a change: whole, or its [`TaskBrief`] when the client
+/// asked for short answers.
+fn task_answer(status: StatusCode, task: &Task, prefer: Prefer) -> Response {
+    if prefer.minimal {
+        minimal((status, Json(TaskBrief::from_task(task))).into_response())
+    } else {
+        (status, Json(TaskView::from_task(task))).into_response()
+    }
+}
+
+/// Marks an answer as shortened on the client's request.
+fn minimal(mut response: Response) -> Response {
+    response.headers_mut().insert("preference-applied", HeaderValue::from_static(PREFER_MINIMAL));
+    response
+}
+
+/// A batch answer, marked as shortened when it was.
+fn batch_answer(results: Vec<BatchItem>, prefer: Prefer) -> Response {
+    let response = Json(BatchResponse { results }).into_response();
+    if prefer.minimal { minimal(response) } else { response }
+}
+
+fn item_ok(status: u16, task: &Task, prefer: Prefer) -> BatchItem {
+    if prefer.minimal {
+        BatchItem { status, id: Some(task.id.to_string()), task: None, error: None }
+    } else {
+        BatchItem { status, id: None, task: Some(TaskView::from_task(task)), error: None }
+    }
 }
 
 fn item_err(error: ApiError) -> BatchItem {
-    BatchItem { status: error.code.status(), task: None, error: Some(error.to_wire()) }
+    BatchItem { status: error.code.status(), id: None, task: None, error: Some(error.to_wire()) }
 }
 
 /// The answer of a batch: the items refused before the store keep their error, and
@@ -241,14 +268,15 @@ fn merge_batch<T>(
 }
 
 /// Enqueues many tasks; each item succeeds or fails on its own. Needs `produce` on the queue.
-#[utoipa::path(post, path = "/v1/queues/{queue}/tasks/batch", tag = "tasks", params(QueueParam),
+#[utoipa::path(post, path = "/v1/queues/{queue}/tasks/batch", tag = "tasks", params(QueueParam, PreferParam),
     request_body = EnqueueBatchRequest,
     responses((status = 200, description = "one result per item, in order", body = BatchResponse)))]
 pub(crate) async fn enqueue_batch<S: Store>(
     State(app): AppState<S>,
     ProduceQueue(queue): ProduceQueue,
+    prefer: Prefer,
     JsonBody(request): JsonBody<EnqueueBatchRequest>,
-) -> Result<Json<BatchResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     if request.tasks.len() > MAX_BATCH_ITEMS {
         return Err(ApiError::invalid(format!("a batch holds at most {MAX_BATCH_ITEMS} tasks")));
     }
@@ -280,14 +308,14 @@ pub(crate) async fn enqueue_batch<S: Store>(
             } else {
                 app.after_change(&task);
             }
-            item_ok(201, &task)
+            item_ok(201, &task, prefer)
         }
-        Enqueued::Replayed(task) => item_ok(200, &task),
+        Enqueued::Replayed(task) => item_ok(200, &task, prefer),
     });
     if woke {
         app.waiters.wake(&queue_text);
     }
-    Ok(Json(BatchResponse { results }))
+    Ok(batch_answer(results, prefer))
 }
 
 /// Lists a queue's tasks, oldest first, with cursor paging. Needs `produce` or
@@ -387,16 +415,17 @@ pub(crate) async fn lease<S: Store>(
 
 /// Acknowledges a task with the token of its current lease: it succeeded, with
 /// this result. Needs `consume` on the task's queue.
-#[utoipa::path(post, path = "/v1/tasks/{id}/ack", tag = "workers", params(TaskIdParam),
+#[utoipa::path(post, path = "/v1/tasks/{id}/ack", tag = "workers", params(TaskIdParam, PreferParam),
     request_body = AckRequest,
-    responses((status = 200, description = "the task, succeeded", body = TaskView),
+    responses((status = 200, description = "the task, succeeded (a `TaskBrief` with `Prefer: return=minimal`)", body = TaskView),
         (status = 404, description = "no such task", body = ErrorBody),
         (status = 409, description = "the lease is not the task's current one (`lease_lost`)", body = ErrorBody)))]
 pub(crate) async fn ack<S: Store>(
     State(app): AppState<S>,
     ConsumeTask(task_id): ConsumeTask,
+    prefer: Prefer,
     JsonBody(request): JsonBody<AckRequest>,
-) -> Result<Json<TaskView>, ApiError> {
+) -> Result<Response, ApiError> {
     let result = result_text(&app, request.result)?;
     let ack = Ack { task_id, token: request.lease, result };
     let mut results = app.store.complete(vec![ack], now_ms()).await.map_err(ApiError::from_task_error)?;
@@ -405,19 +434,20 @@ pub(crate) async fn ack<S: Store>(
         .ok_or_else(|| ApiError::new(ErrorCode::Internal, "store returned no result"))?
         .map_err(ApiError::from_task_error)?;
     app.after_change(&task);
-    Ok(Json(TaskView::from_task(&task)))
+    Ok(task_answer(StatusCode::OK, &task, prefer))
 }
 
 /// Acknowledges many tasks; each item succeeds or fails on its own (403 for a
 /// task in a queue the token may not consume).
-#[utoipa::path(post, path = "/v1/tasks/ack", tag = "workers",
+#[utoipa::path(post, path = "/v1/tasks/ack", tag = "workers", params(PreferParam),
     request_body = BatchAckRequest,
     responses((status = 200, description = "one result per item, in order", body = BatchResponse)))]
 pub(crate) async fn ack_batch<S: Store>(
     State(app): AppState<S>,
     caller: Caller,
+    prefer: Prefer,
     JsonBody(request): JsonBody<BatchAckRequest>,
-) -> Result<Json<BatchResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     if request.acks.len() > MAX_BATCH_ITEMS {
         return Err(ApiError::invalid(format!("a batch holds at most {MAX_BATCH_ITEMS} acks")));
     }
@@ -449,12 +479,12 @@ pub(crate) async fn ack_batch<S: Store>(
         if !woken.contains(&task.queue) {
             woken.push(task.queue.clone());
         }
-        item_ok(200, &task)
+        item_ok(200, &task, prefer)
     });
     for queue in woken {
         app.waiters.wake(&queue);
     }
-    Ok(Json(BatchResponse { results }))
+    Ok(batch_answer(results, prefer))
 }
 
 /// Reports a failed attempt: the task is retried after its backoff, or is dead.
@@ -638,4 +668,16 @@ pub(crate) struct IdempotencyKeyParam {
     /// `dedup_window_ms` returns the first task. Same as the `idempotency_key` field.
     #[param(rename = "Idempotency-Key", min_length = 1, max_length = 256, pattern = "^[\\x20-\\x7E]+$")]
     idempotency_key: Option<String>,
+}
+
+/// The optional `Prefer` header of an enqueue or an ack (RFC 7240).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // Read by the OpenAPI derive only.
+pub(crate) struct PreferParam {
+    /// `return=minimal`: answer with the task's id and state (`TaskBrief`), and in a
+    /// batch with each item's id instead of its task. The answer then carries
+    /// `Preference-Applied: return=minimal`.
+    #[param(rename = "Prefer")]
+    prefer: Option<String>,
 }

@@ -59,6 +59,7 @@ on_both_stores!(
     a_lease_survives_a_crash_and_restart,
     kill_9_under_load_loses_nothing_acknowledged,
     sigterm_drains_and_the_store_reopens,
+    prefer_return_minimal_shortens_answers_but_not_errors,
 );
 
 async fn walkthrough_enqueue_lease_ack_get(backend: Backend) {
@@ -1015,4 +1016,59 @@ mod multi_node {
             acked.len()
         );
     }
+}
+
+/// `Prefer: return=minimal` (RFC 7240) turns the answers of enqueues and acks into
+/// ids and states; errors keep their whole body; the tasks themselves are whole.
+async fn prefer_return_minimal_shortens_answers_but_not_errors(backend: Backend) {
+    let server = Server::start(&backend).await;
+    let client = http();
+    let post = |path: &str, body: Value| {
+        client.post(server.url(path)).header("prefer", "return=minimal").json(&body).send()
+    };
+    let answer = post("/v1/queues/brief/tasks", json!({"kind": "k", "payload": {"n": 1}})).await.unwrap();
+    assert_eq!(answer.status(), 201);
+    assert_eq!(answer.headers()["preference-applied"], "return=minimal");
+    let one: Value = answer.json().await.unwrap();
+    assert_eq!(one["state"], "ready", "{one}");
+    assert!(one.get("payload").is_none(), "a short answer holds no payload: {one}");
+    let answer = post(
+        "/v1/queues/brief/tasks/batch",
+        json!({"tasks": [{"kind": "k", "payload": {"n": 2}}, {"kind": "", "payload": {"n": 3}}]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(answer.headers()["preference-applied"], "return=minimal");
+    let batch: Value = answer.json().await.unwrap();
+    let items = batch["results"].as_array().unwrap();
+    assert_eq!(items[0]["status"], 201, "{batch}");
+    assert!(items[0]["id"].is_string() && items[0].get("task").is_none(), "{batch}");
+    assert_eq!(items[1]["status"], 400, "{batch}");
+    assert!(items[1]["error"]["message"].is_string(), "errors are never shortened: {batch}");
+
+    let (_, leased) = server.post("/v1/queues/brief/lease", json!({"max": 2})).await;
+    let leased = leased["tasks"].as_array().unwrap().clone();
+    assert_eq!(leased.len(), 2, "{leased:?}");
+    assert_eq!(leased[0]["payload"], json!({"n": 1}), "leases are never shortened");
+    let answer = post(&format!("/v1/tasks/{}/ack", id(&leased[0])), json!({"lease": token(&leased[0])}))
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.json::<Value>().await.unwrap(), json!({"id": id(&leased[0]), "state": "succeeded"}));
+    let acks = json!({"acks": [
+        {"id": id(&leased[1]), "lease": token(&leased[1])},
+        {"id": id(&leased[1]), "lease": "stale"},
+    ]});
+    let batch: Value = post("/v1/tasks/ack", acks).await.unwrap().json().await.unwrap();
+    assert_eq!(batch["results"][0], json!({"status": 200, "id": id(&leased[1])}), "{batch}");
+    assert_eq!(batch["results"][1]["status"], 409, "{batch}");
+    assert_eq!(batch["results"][1]["error"]["code"], "lease_lost", "{batch}");
+
+    // Without the header, the same routes answer whole tasks.
+    let (status, whole) =
+        server.post("/v1/queues/brief/tasks", json!({"kind": "k", "payload": {"n": 4}})).await;
+    assert_eq!(status, 201);
+    assert_eq!(whole["payload"], json!({"n": 4}), "{whole}");
+    let (_, got) = server.get(&format!("/v1/tasks/{}", id(&one))).await;
+    assert_eq!(got["state"], "succeeded", "{got}");
 }

@@ -1,4 +1,5 @@
 //! cherga over HTTP/1.1: one keep-alive connection per producer or consumer,
+//! asking for short answers (`Prefer: return=minimal`),
 //! driven by hyper's connection-level client (no pool, no URL parsing per request),
 //! so the load generator spends as little CPU per request as it does for the
 //! binary protocols of the peers.
@@ -124,6 +125,9 @@ impl Http {
             .uri(path)
             .header(HOST, &self.host)
             .header(CONTENT_TYPE, "application/json")
+            // Short answers to enqueues and acks: the id and the status, as the
+            // peers' acknowledgements carry, not the whole task echoed back.
+            .header("prefer", cherga_api::PREFER_MINIMAL)
             .body(Full::new(body))?;
         let response = self.sender.send_request(request).await.with_context(|| format!("{method} {path}"))?;
         let status = response.status();
