@@ -19,6 +19,8 @@ const MAX_BATCH: usize = 2048;
 const TICK_LIMIT: usize = 10_000;
 /// Purge and key expiry run at most this often.
 const PURGE_EVERY_MS: Millis = 1_000;
+/// Most running tasks kept in memory for the ack, nack or extend that follows.
+const RUNNING_CACHE: usize = 65_536;
 
 pub struct Engine {
     conn: Connection,
@@ -28,6 +30,11 @@ pub struct Engine {
     last_purge: Millis,
     /// Set when a job failed in the backend: the batch must roll back.
     poisoned: bool,
+    /// Running tasks as last saved, so that the ack (or nack, or extend) that
+    /// follows a lease need not read the row back. Only this thread writes rows,
+    /// and [`Engine::save`] keeps each entry equal to its row; a rebuild empties
+    /// it. Bounded: a task not here is read from the table.
+    running: HashMap<u64, Task>,
 }
 
 impl Engine {
@@ -42,6 +49,7 @@ impl Engine {
             next_seq: 1,
             last_purge: 0,
             poisoned: false,
+            running: HashMap::new(),
         };
         engine.rebuild()?;
         Ok(engine)
@@ -102,6 +110,7 @@ impl Engine {
         }
         self.index = index;
         self.queues = queues;
+        self.running.clear();
         self.next_seq = max_seq as u64 + 1;
         Ok(())
     }
@@ -186,11 +195,35 @@ impl Engine {
         rows::load_seq(&self.conn, seq)
     }
 
+    /// The task whose id is `id`, from memory when it is running and cached.
+    /// The entry is taken out: the caller saves the task if it changes it, which
+    /// puts it back while it still runs.
+    fn load_current(&mut self, id: TaskId) -> Result<Task, StoreError> {
+        match self.running.remove(&id.seq()) {
+            Some(task) if task.id == id => Ok(task),
+            _ => self.load(id),
+        }
+    }
+
     /// Saves a task changed from state `was` and tells the index.
     fn save(&mut self, was: TaskState, task: &Task) -> Result<(), StoreError> {
         rows::save_task(&self.conn, task)?;
-        self.index.upsert_task(Some(was), task);
+        self.saved(was, task);
         Ok(())
+    }
+
+    /// Tells the index and the running cache that `task`, which was in state
+    /// `was`, is now saved as it is.
+    fn saved(&mut self, was: TaskState, task: &Task) {
+        self.index.upsert_task(Some(was), task);
+        let seq = task.id.seq();
+        if task.state == TaskState::Running
+            && (self.running.len() < RUNNING_CACHE || self.running.contains_key(&seq))
+        {
+            self.running.insert(seq, task.clone());
+        } else {
+            self.running.remove(&seq);
+        }
     }
 
     pub fn enqueue(
@@ -262,6 +295,8 @@ impl Engine {
         // another task eligible; it cannot, so one pick serves the whole claim.
         for seq in self.index.pick(claim.queue.as_str(), claim.max) {
             let mut task = self.load_seq(seq)?;
+            #[cfg(debug_assertions)]
+            let before = task.clone();
             if task.lease(fastrand::u64(..), lease_ms, claim.worker.clone(), now).is_err() {
                 // The index and the rows disagree: trust the rows.
                 tracing::error!(task = %task.id, state = %task.state, "index offered a task that is not ready");
@@ -269,7 +304,18 @@ impl Engine {
                 self.index.upsert_task(slot_state, &task);
                 continue;
             }
-            self.save(TaskState::Ready, &task)?;
+            #[cfg(debug_assertions)]
+            {
+                // `save_lease` writes only what a lease changes.
+                let mut expected = before;
+                expected.attempts = task.attempts;
+                expected.state = task.state;
+                expected.lease.clone_from(&task.lease);
+                expected.updated_at = task.updated_at;
+                debug_assert_eq!(expected, task, "a lease changed a field save_lease does not write");
+            }
+            rows::save_lease(&self.conn, &task)?;
+            self.saved(TaskState::Ready, &task);
             leased.push(task);
         }
         Ok(leased)
@@ -282,7 +328,7 @@ impl Engine {
     ) -> Result<Vec<Result<Task, StoreError>>, StoreError> {
         let mut out = Vec::with_capacity(acks.len());
         for ack in acks {
-            let mut task = match self.load(ack.task_id) {
+            let mut task = match self.load_current(ack.task_id) {
                 Ok(task) => task,
                 Err(StoreError::NotFound) => {
                     out.push(Err(StoreError::NotFound));
@@ -307,7 +353,7 @@ impl Engine {
     }
 
     pub fn fail(&mut self, nack: Nack, now: Millis) -> Result<Task, StoreError> {
-        let mut task = self.load(nack.task_id)?;
+        let mut task = self.load_current(nack.task_id)?;
         let settings = self.settings_of(&task.queue);
         let token = LeaseToken::from_string(nack.token);
         let outcome =
@@ -325,7 +371,7 @@ impl Engine {
         lease_ms: i64,
         now: Millis,
     ) -> Result<Task, StoreError> {
-        let mut task = self.load(id)?;
+        let mut task = self.load_current(id)?;
         task.extend(&LeaseToken::from_string(token.to_owned()), lease_ms, now)?;
         self.save(TaskState::Running, &task)?;
         Ok(task)

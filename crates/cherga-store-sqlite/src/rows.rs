@@ -159,6 +159,32 @@ pub fn save_task(conn: &Connection, task: &Task) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Writes what a lease changes (`Task::lease`): fewer columns than [`save_task`],
+/// and none that an index covers, so SQLite need not look at the indexes.
+///
+/// # Errors
+/// [`StoreError::Unavailable`].
+pub fn save_lease(conn: &Connection, task: &Task) -> Result<(), StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "UPDATE tasks SET attempts = ?2, state = ?3, lease_token = ?4, lease_expires_at = ?5, \
+             worker = ?6, updated_at = ?7 WHERE seq = ?1",
+        )
+        .db()?;
+    let lease = task.lease.as_ref();
+    stmt.execute(params![
+        task.id.seq() as i64,
+        task.attempts,
+        task.state.code(),
+        lease.map(|l| l.token.as_str()),
+        lease.map(|l| l.expires_at),
+        lease.and_then(|l| l.worker.as_deref()),
+        task.updated_at,
+    ])
+    .db()?;
+    Ok(())
+}
+
 pub const QUEUE_COLUMNS: &str = "name, max_attempts, lease_ms, backoff_initial_ms, backoff_max_ms, \
      backoff_multiplier, backoff_jitter, concurrency, paused, retention_ms, dedup_window_ms";
 
