@@ -10,6 +10,15 @@
 //! valgrind --tool=callgrind target/release/examples/store_load enqueue 20000
 //! valgrind --tool=callgrind target/release/examples/store_load drain 20000
 //! ```
+//!
+//! With a directory as third argument the database is kept there, and the mode
+//! `reopen` opens it again, timing the rebuild of the index, and prints the
+//! process's memory (the pending-tasks goal: 10 M tasks, RSS and restart time):
+//!
+//! ```text
+//! target/release/examples/store_load enqueue 10000000 /tmp/pending
+//! target/release/examples/store_load reopen 0 /tmp/pending
+//! ```
 
 use cherga_core::{NewTask, QueueName};
 use cherga_store::{Ack, Claim, Store};
@@ -23,8 +32,17 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     let mode = args.next().unwrap_or_else(|| "drain".into());
     let tasks: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(20_000);
-    let dir = tempfile_dir();
+    let kept = args.next().map(std::path::PathBuf::from);
+    let dir = kept.clone().unwrap_or_else(tempfile_dir);
+    let started = Instant::now();
     let store = SqliteStore::open(Options::in_dir(&dir)).expect("open the store");
+    if mode == "reopen" {
+        println!("open: {:.2?}, {}", started.elapsed(), memory());
+        let info = store.get_queue(QueueName::new("load").expect("a valid name")).await.expect("the queue");
+        println!("ready tasks: {}", info.count(cherga_core::TaskState::Ready));
+        store.close().await;
+        return;
+    }
     let queue = QueueName::new("load").expect("a valid name");
     let now = 1_700_000_000_000;
 
@@ -46,8 +64,12 @@ async fn main() {
         }
     }
     let enqueued = started.elapsed();
-    println!("enqueue: {tasks} tasks in {enqueued:.2?}");
+    println!("enqueue: {tasks} tasks in {enqueued:.2?}, {}", memory());
     if mode == "enqueue" {
+        store.close().await;
+        if kept.is_none() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
         return;
     }
 
@@ -76,7 +98,21 @@ async fn main() {
     assert_eq!(drained, tasks, "every task drained once");
     println!("drain: {drained} tasks in {:.2?}", started.elapsed());
     store.close().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    if kept.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// The resident set now and at its peak, from `/proc/self/status` (Linux).
+fn memory() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .map_or("?".to_owned(), |l| l[name.len()..].trim().to_owned())
+    };
+    format!("RSS {} (peak {})", field("VmRSS:"), field("VmHWM:"))
 }
 
 /// A distinct JSON payload of 200 bytes.

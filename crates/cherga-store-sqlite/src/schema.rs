@@ -80,9 +80,6 @@ const MIGRATIONS: [&str; 2] = [V1, V2];
 
 /// The page cache, in KiB.
 const CACHE_KIB: i64 = 8 * 1024;
-/// The most of the database file read through `mmap` (SQLite caps it at its
-/// compile-time limit, 2 GiB by default); beyond it, reads use `pread`.
-const MMAP_BYTES: i64 = 1 << 40;
 
 /// Sets the pragmas every connection needs. `durable` = fsync on every commit.
 ///
@@ -97,13 +94,13 @@ pub fn configure(conn: &Connection, durable: bool) -> rusqlite::Result<()> {
     conn.pragma_update(None, "synchronous", if durable { "NORMAL" } else { "OFF" })?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
-    // A small page cache over a memory-mapped file. SQLite's page cache scans its
-    // whole hash table at each commit that followed a B-tree page split (the
-    // split briefly keys a page past the end of the file), so a 64 MiB cache cost
-    // the writer about a tenth of its time under drain load (perf, `docs/storage.md`).
-    // Pages read through the map do not enter the cache and cost no copy.
+    // A small page cache. SQLite scans its whole page-cache hash table at each
+    // commit that followed a B-tree page split (the split briefly keys a page past
+    // the end of the file), so a 64 MiB cache cost the writer about a tenth of its
+    // time under drain load (perf, `docs/storage.md`). Other pages come from the
+    // kernel's cache. No `mmap`: mapped pages count in the resident set, and the
+    // start-up scan would map the whole file.
     conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
-    conn.pragma_update(None, "mmap_size", MMAP_BYTES)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     Ok(())
 }

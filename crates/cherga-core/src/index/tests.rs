@@ -297,6 +297,24 @@ proptest! {
             }
             prop_assert_eq!(sim.index.counts("q"), counts);
             prop_assert_eq!(sim.index.running("q") as usize, running.len());
+            // A restart: an index loaded from the tasks as they are now, the way a
+            // store rebuilds it, offers the same tasks in the same order.
+            let mut loaded = Index::new();
+            loaded.configure_queue("q", concurrency, false);
+            let mut loader = loaded.loader();
+            for t in sim.tasks.iter().filter(|t| !t.state.is_finished()) {
+                let queue = loader.queue_name(&t.queue);
+                loader.add(t.id.seq(), TaskSlot::of(t, queue));
+            }
+            loader.finish();
+            for state in TaskState::ALL.into_iter().filter(|s| s.is_finished()) {
+                loaded.add_finished("q", state, counts[usize::from(state.code())]);
+            }
+            prop_assert_eq!(loaded.pick("q", usize::MAX), sim.index.pick("q", usize::MAX));
+            prop_assert_eq!(loaded.counts("q"), counts);
+            prop_assert_eq!(loaded.next_timer(), sim.index.next_timer());
+            prop_assert_eq!(loaded.due(Millis::MAX, usize::MAX), sim.index.due(Millis::MAX, usize::MAX));
+            prop_assert_eq!(loaded.expired(Millis::MAX, usize::MAX), sim.index.expired(Millis::MAX, usize::MAX));
         }
     }
 }
