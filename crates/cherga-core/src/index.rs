@@ -196,7 +196,7 @@ impl Index {
     /// now as `slot` says. A finished task leaves the index; only its count remains,
     /// which is why the index must be told the state a finished task comes from.
     pub fn upsert(&mut self, seq: u64, was: Option<TaskState>, slot: TaskSlot) {
-        self.upsert_deferring(seq, was, slot, None);
+        self.upsert_deferring(seq, was, slot, false);
     }
 
     /// A loader of many tasks the index does not hold yet (at start-up): the same
@@ -207,15 +207,15 @@ impl Index {
         Loader { index: self, ready: Vec::new() }
     }
 
-    /// [`Index::upsert`], with the ready keys of tasks outside groups pushed to
-    /// `deferred` (when given) instead of the ready sets.
+    /// [`Index::upsert`]; with `defer`, the ready key of a task outside groups is
+    /// returned with its queue's position instead of entering the ready set.
     fn upsert_deferring(
         &mut self,
         seq: u64,
         was: Option<TaskState>,
         slot: TaskSlot,
-        deferred: Option<&mut Vec<(u32, ReadyKey)>>,
-    ) {
+        defer: bool,
+    ) -> Option<(u32, ReadyKey)> {
         match was {
             Some(state) if state.is_finished() => self.forget_finished(&slot.queue, state, 1),
             Some(_) => self.remove(seq),
@@ -226,8 +226,9 @@ impl Index {
         let q = &mut self.queues[queue as usize];
         q.counts[usize::from(slot.state.code())] += 1;
         if slot.state.is_finished() {
-            return;
+            return None;
         }
+        let mut deferred = None;
         let time = match slot.state {
             TaskState::Scheduled => {
                 self.scheduled.insert((slot.run_at, seq));
@@ -252,11 +253,10 @@ impl Index {
             }
             None if slot.state == TaskState::Ready => {
                 let key = (Reverse(slot.priority), slot.run_at, seq);
-                match deferred {
-                    Some(keys) => keys.push((queue, key)),
-                    None => {
-                        q.ready.insert(key);
-                    }
+                if defer {
+                    deferred = Some((queue, key));
+                } else {
+                    q.ready.insert(key);
                 }
             }
             None => {}
@@ -269,6 +269,7 @@ impl Index {
         if let Some(group) = group {
             self.refresh_group(queue, &group);
         }
+        deferred
     }
 
     /// Records `task` as it is now, after a transition from state `was` (`None` for
@@ -426,7 +427,8 @@ impl Index {
 /// are in the index but not offered by [`Index::pick`].
 pub struct Loader<'a> {
     index: &'a mut Index,
-    ready: Vec<(u32, ReadyKey)>,
+    /// Ready keys by queue position, for the queues' ready sets.
+    ready: Vec<Vec<ReadyKey>>,
 }
 
 impl Loader<'_> {
@@ -437,24 +439,25 @@ impl Loader<'_> {
 
     /// Adds the new task `seq`.
     pub fn add(&mut self, seq: u64, slot: TaskSlot) {
-        self.index.upsert_deferring(seq, None, slot, Some(&mut self.ready));
+        if let Some((queue, key)) = self.index.upsert_deferring(seq, None, slot, true) {
+            let queue = queue as usize;
+            if self.ready.len() <= queue {
+                self.ready.resize_with(queue + 1, Vec::new);
+            }
+            self.ready[queue].push(key);
+        }
     }
 
-    /// Builds the ready sets.
+    /// Builds the ready sets. Each queue's keys become its set in place: sorted
+    /// in their vector, which the set is then built from, with no second copy.
     pub fn finish(self) {
-        let Loader { index, mut ready } = self;
-        ready.sort_unstable();
-        let mut keys = ready.into_iter().peekable();
-        while let Some(&(queue, _)) = keys.peek() {
-            let mut run = Vec::new();
-            while let Some((_, key)) = keys.next_if(|&(q, _)| q == queue) {
-                run.push(key);
-            }
-            let q = &mut index.queues[queue as usize];
+        let Loader { index, ready } = self;
+        for (queue, keys) in ready.into_iter().enumerate() {
+            let q = &mut index.queues[queue];
             if q.ready.is_empty() {
-                q.ready = run.into_iter().collect();
+                q.ready = keys.into_iter().collect();
             } else {
-                q.ready.extend(run);
+                q.ready.extend(keys);
             }
         }
     }
