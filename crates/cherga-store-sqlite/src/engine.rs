@@ -327,15 +327,12 @@ impl Engine {
                 continue;
             }
             #[cfg(debug_assertions)]
-            {
-                // `save_lease` writes only what a lease changes.
-                let mut expected = before;
-                expected.attempts = task.attempts;
-                expected.state = task.state;
-                expected.lease.clone_from(&task.lease);
-                expected.updated_at = task.updated_at;
-                debug_assert_eq!(expected, task, "a lease changed a field save_lease does not write");
-            }
+            changed_only(&before, &task, "save_lease", |t, after| {
+                t.attempts = after.attempts;
+                t.state = after.state;
+                t.lease.clone_from(&after.lease);
+                t.updated_at = after.updated_at;
+            });
             rows::save_lease(&self.conn, &task)?;
             self.saved(TaskState::Ready, &task);
             leased.push(task);
@@ -358,9 +355,19 @@ impl Engine {
                 }
                 Err(e) => return Err(e),
             };
+            #[cfg(debug_assertions)]
+            let before = task.clone();
             match task.ack(&LeaseToken::from_string(ack.token), ack.result, now) {
                 Ok(AckOutcome::Applied) => {
-                    self.save(TaskState::Running, &task)?;
+                    #[cfg(debug_assertions)]
+                    changed_only(&before, &task, "save_ack", |t, after| {
+                        t.state = after.state;
+                        t.result.clone_from(&after.result);
+                        t.finished_at = after.finished_at;
+                        t.updated_at = after.updated_at;
+                    });
+                    rows::save_ack(&self.conn, &task)?;
+                    self.saved(TaskState::Running, &task);
                     out.push(Ok(task));
                 }
                 Ok(AckOutcome::Replayed) => out.push(Ok(task)),
@@ -579,4 +586,13 @@ impl Engine {
             .db()?;
         rows.collect::<Result<Vec<_>, _>>().db()
     }
+}
+
+/// Checks that a transition from `before` to `after` changed only the fields
+/// `copy` copies: those the narrow statement `statement` writes.
+#[cfg(debug_assertions)]
+fn changed_only(before: &Task, after: &Task, statement: &str, copy: impl Fn(&mut Task, &Task)) {
+    let mut expected = before.clone();
+    copy(&mut expected, after);
+    assert_eq!(&expected, after, "the transition changed a field {statement} does not write");
 }

@@ -185,6 +185,27 @@ pub fn save_lease(conn: &Connection, task: &Task) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Writes what an ack changes (`Task::ack`): state, result and the finish time.
+///
+/// # Errors
+/// [`StoreError::Unavailable`].
+pub fn save_ack(conn: &Connection, task: &Task) -> Result<(), StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "UPDATE tasks SET state = ?2, result = ?3, finished_at = ?4, updated_at = ?5 WHERE seq = ?1",
+        )
+        .db()?;
+    stmt.execute(params![
+        task.id.seq() as i64,
+        task.state.code(),
+        task.result,
+        task.finished_at,
+        task.updated_at,
+    ])
+    .db()?;
+    Ok(())
+}
+
 pub const QUEUE_COLUMNS: &str = "name, max_attempts, lease_ms, backoff_initial_ms, backoff_max_ms, \
      backoff_multiplier, backoff_jitter, concurrency, paused, retention_ms, dedup_window_ms";
 
