@@ -218,9 +218,9 @@ impl Index {
     ) -> Option<(u32, ReadyKey)> {
         match was {
             Some(state) if state.is_finished() => self.forget_finished(&slot.queue, state, 1),
-            Some(_) => self.remove(seq),
-            // A new task: nothing to take out.
-            None => debug_assert!(!self.tasks.contains_key(&seq), "task {seq} is not new"),
+            // The loader's tasks are new by its contract: nothing to take out.
+            None if defer => debug_assert!(!self.tasks.contains_key(&seq), "task {seq} is not new"),
+            _ => self.remove(seq),
         }
         let queue = self.queue_id(&slot.queue);
         let q = &mut self.queues[queue as usize];
