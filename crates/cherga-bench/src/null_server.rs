@@ -15,7 +15,12 @@ use serde_json::{Value, json};
 /// The short answer cherga gives the benchmark (`Prefer: return=minimal`): the
 /// task's id and state, so the answer costs what cherga's costs to write.
 fn task_brief(n: usize) -> Value {
-    json!({"id": format!("0190f2a8-0000-7000-8000-{n:012x}"), "state": "ready"})
+    json!({"id": task_id(n), "state": "ready"})
+}
+
+/// A task id of the right shape.
+fn task_id(n: usize) -> String {
+    format!("0190f2a8-0000-7000-8000-{n:012x}")
 }
 
 async fn enqueue(Path(_queue): Path<String>, Json(_request): Json<EnqueueRequest>) -> impl IntoResponse {
@@ -26,9 +31,8 @@ async fn enqueue_batch(
     Path(_queue): Path<String>,
     Json(request): Json<EnqueueBatchRequest>,
 ) -> impl IntoResponse {
-    let results: Vec<Value> = (0..request.tasks.len())
-        .map(|i| json!({"status": 201, "id": format!("0190f2a8-0000-7000-8000-{i:012x}")}))
-        .collect();
+    let results: Vec<Value> =
+        (0..request.tasks.len()).map(|i| json!({"status": 201, "id": task_id(i)})).collect();
     Json(json!({ "results": results }))
 }
 

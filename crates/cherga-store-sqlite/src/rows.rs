@@ -100,32 +100,33 @@ pub fn insert_task(conn: &Connection, task: &Task) -> Result<(), StoreError> {
         task_columns!(),
         ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
     );
-    let mut stmt = conn.prepare_cached(SQL).db()?;
     let lease = task.lease.as_ref();
-    stmt.execute(params![
-        task.id.seq() as i64,
-        &task.id.as_bytes()[..],
-        task.queue,
-        task.kind,
-        task.payload,
-        task.priority,
-        task.run_at,
-        task.idempotency_key,
-        task.group,
-        task.max_attempts,
-        task.attempts,
-        task.state.code(),
-        task.result,
-        task.last_error,
-        lease.map(|l| l.token.as_str()),
-        lease.map(|l| l.expires_at),
-        lease.and_then(|l| l.worker.as_deref()),
-        task.created_at,
-        task.updated_at,
-        task.finished_at,
-    ])
-    .db()?;
-    Ok(())
+    execute(
+        conn,
+        SQL,
+        params![
+            task.id.seq() as i64,
+            &task.id.as_bytes()[..],
+            task.queue,
+            task.kind,
+            task.payload,
+            task.priority,
+            task.run_at,
+            task.idempotency_key,
+            task.group,
+            task.max_attempts,
+            task.attempts,
+            task.state.code(),
+            task.result,
+            task.last_error,
+            lease.map(|l| l.token.as_str()),
+            lease.map(|l| l.expires_at),
+            lease.and_then(|l| l.worker.as_deref()),
+            task.created_at,
+            task.updated_at,
+            task.finished_at,
+        ],
+    )
 }
 
 /// Writes the fields a transition may change.
@@ -133,30 +134,28 @@ pub fn insert_task(conn: &Connection, task: &Task) -> Result<(), StoreError> {
 /// # Errors
 /// [`StoreError::Unavailable`].
 pub fn save_task(conn: &Connection, task: &Task) -> Result<(), StoreError> {
-    let mut stmt = conn
-        .prepare_cached(
-            "UPDATE tasks SET run_at = ?2, max_attempts = ?3, attempts = ?4, state = ?5, result = ?6, \
-             last_error = ?7, lease_token = ?8, lease_expires_at = ?9, worker = ?10, updated_at = ?11, \
-             finished_at = ?12 WHERE seq = ?1",
-        )
-        .db()?;
+    const SQL: &str = "UPDATE tasks SET run_at = ?2, max_attempts = ?3, attempts = ?4, state = ?5, \
+        result = ?6, last_error = ?7, lease_token = ?8, lease_expires_at = ?9, worker = ?10, \
+        updated_at = ?11, finished_at = ?12 WHERE seq = ?1";
     let lease = task.lease.as_ref();
-    stmt.execute(params![
-        task.id.seq() as i64,
-        task.run_at,
-        task.max_attempts,
-        task.attempts,
-        task.state.code(),
-        task.result,
-        task.last_error,
-        lease.map(|l| l.token.as_str()),
-        lease.map(|l| l.expires_at),
-        lease.and_then(|l| l.worker.as_deref()),
-        task.updated_at,
-        task.finished_at,
-    ])
-    .db()?;
-    Ok(())
+    execute(
+        conn,
+        SQL,
+        params![
+            task.id.seq() as i64,
+            task.run_at,
+            task.max_attempts,
+            task.attempts,
+            task.state.code(),
+            task.result,
+            task.last_error,
+            lease.map(|l| l.token.as_str()),
+            lease.map(|l| l.expires_at),
+            lease.and_then(|l| l.worker.as_deref()),
+            task.updated_at,
+            task.finished_at,
+        ],
+    )
 }
 
 /// Writes what a lease changes (`Task::lease`): fewer columns than [`save_task`],
@@ -165,24 +164,22 @@ pub fn save_task(conn: &Connection, task: &Task) -> Result<(), StoreError> {
 /// # Errors
 /// [`StoreError::Unavailable`].
 pub fn save_lease(conn: &Connection, task: &Task) -> Result<(), StoreError> {
-    let mut stmt = conn
-        .prepare_cached(
-            "UPDATE tasks SET attempts = ?2, state = ?3, lease_token = ?4, lease_expires_at = ?5, \
-             worker = ?6, updated_at = ?7 WHERE seq = ?1",
-        )
-        .db()?;
+    const SQL: &str = "UPDATE tasks SET attempts = ?2, state = ?3, lease_token = ?4, \
+        lease_expires_at = ?5, worker = ?6, updated_at = ?7 WHERE seq = ?1";
     let lease = task.lease.as_ref();
-    stmt.execute(params![
-        task.id.seq() as i64,
-        task.attempts,
-        task.state.code(),
-        lease.map(|l| l.token.as_str()),
-        lease.map(|l| l.expires_at),
-        lease.and_then(|l| l.worker.as_deref()),
-        task.updated_at,
-    ])
-    .db()?;
-    Ok(())
+    execute(
+        conn,
+        SQL,
+        params![
+            task.id.seq() as i64,
+            task.attempts,
+            task.state.code(),
+            lease.map(|l| l.token.as_str()),
+            lease.map(|l| l.expires_at),
+            lease.and_then(|l| l.worker.as_deref()),
+            task.updated_at,
+        ],
+    )
 }
 
 /// Writes what an ack changes (`Task::ack`): state, result and the finish time.
@@ -190,19 +187,18 @@ pub fn save_lease(conn: &Connection, task: &Task) -> Result<(), StoreError> {
 /// # Errors
 /// [`StoreError::Unavailable`].
 pub fn save_ack(conn: &Connection, task: &Task) -> Result<(), StoreError> {
-    let mut stmt = conn
-        .prepare_cached(
-            "UPDATE tasks SET state = ?2, result = ?3, finished_at = ?4, updated_at = ?5 WHERE seq = ?1",
-        )
-        .db()?;
-    stmt.execute(params![
-        task.id.seq() as i64,
-        task.state.code(),
-        task.result,
-        task.finished_at,
-        task.updated_at,
-    ])
-    .db()?;
+    const SQL: &str =
+        "UPDATE tasks SET state = ?2, result = ?3, finished_at = ?4, updated_at = ?5 WHERE seq = ?1";
+    execute(
+        conn,
+        SQL,
+        params![task.id.seq() as i64, task.state.code(), task.result, task.finished_at, task.updated_at],
+    )
+}
+
+/// Runs one statement, prepared once per connection.
+fn execute(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<(), StoreError> {
+    conn.prepare_cached(sql).db()?.execute(params).db()?;
     Ok(())
 }
 
