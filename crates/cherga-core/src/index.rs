@@ -105,7 +105,6 @@ impl QueueIndex {
     }
 }
 
-/// Unfinished tasks by sequence number, with the ready sets and timers built over them.
 /// Hashing of task sequence numbers, which the store assigns in order: the low
 /// bits stay as they are, so consecutive tasks sit in consecutive buckets (a
 /// rebuild of 10 M tasks and a stream of enqueues walk memory in order instead of
@@ -113,7 +112,7 @@ impl QueueIndex {
 /// where the table takes its per-bucket tag from. Clients cannot choose
 /// sequence numbers, so there are no crafted collisions to fear.
 #[derive(Clone, Copy, Debug, Default)]
-struct SeqHash;
+pub struct SeqHash;
 
 impl std::hash::BuildHasher for SeqHash {
     type Hasher = SeqHasher;
@@ -122,7 +121,8 @@ impl std::hash::BuildHasher for SeqHash {
     }
 }
 
-struct SeqHasher(u64);
+#[doc(hidden)]
+pub struct SeqHasher(u64);
 
 impl std::hash::Hasher for SeqHasher {
     fn write(&mut self, bytes: &[u8]) {
@@ -139,6 +139,7 @@ impl std::hash::Hasher for SeqHasher {
     }
 }
 
+/// Unfinished tasks by sequence number, with the ready sets and timers built over them.
 #[derive(Debug, Default)]
 pub struct Index {
     tasks: HashMap<u64, Slot, SeqHash>,

@@ -10,7 +10,7 @@ pub mod queue;
 pub mod retry;
 pub mod task;
 
-pub use index::{Index, Loader, TaskSlot};
+pub use index::{Index, Loader, SeqHash, TaskSlot};
 pub use queue::{QueueName, QueueSettings, QueueSettingsPatch};
 pub use retry::Backoff;
 pub use task::{AckOutcome, Lease, LeaseToken, NewTask, Refusal, Task, TaskId, TaskState, fingerprint};

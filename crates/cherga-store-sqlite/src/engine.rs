@@ -5,8 +5,8 @@ use crate::rows::{self, Db, QUEUE_COLUMNS, task_columns};
 use crate::sync::Syncer;
 use crate::{Job, Options, Reply, schema};
 use cherga_core::{
-    AckOutcome, Index, LeaseToken, Millis, NewTask, QueueName, QueueSettings, QueueSettingsPatch, Task,
-    TaskId, TaskState, fingerprint,
+    AckOutcome, Index, LeaseToken, Millis, NewTask, QueueName, QueueSettings, QueueSettingsPatch, SeqHash,
+    Task, TaskId, TaskState, fingerprint,
 };
 use cherga_store::{Ack, Claim, Enqueued, ListTasks, Nack, QueueInfo, Revocation, StoreError, TickReport};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -19,22 +19,77 @@ const MAX_BATCH: usize = 2048;
 const TICK_LIMIT: usize = 10_000;
 /// Purge and key expiry run at most this often.
 const PURGE_EVERY_MS: Millis = 1_000;
-/// Most running tasks kept in memory for the ack, nack or extend that follows.
-const RUNNING_CACHE: usize = 65_536;
+/// Most unfinished tasks kept in memory as last saved (see [`Engine::cached`]).
+const CACHE_LIMIT: usize = 65_536;
 
 pub struct Engine {
     conn: Connection,
-    index: Index,
+    mem: Memory,
     queues: HashMap<String, QueueSettings>,
     next_seq: u64,
     last_purge: Millis,
     /// Set when a job failed in the backend: the batch must roll back.
     poisoned: bool,
-    /// Running tasks as last saved, so that the ack (or nack, or extend) that
-    /// follows a lease need not read the row back. Only this thread writes rows,
-    /// and [`Engine::save`] keeps each entry equal to its row; a rebuild empties
-    /// it. Bounded: a task not here is read from the table.
-    running: HashMap<u64, Task>,
+}
+
+/// What the writer keeps in memory about tasks, beside their rows. Apart from
+/// [`Engine`] so that a statement borrowing the connection can stay prepared
+/// across a loop that updates it.
+struct Memory {
+    index: Index,
+    /// Unfinished tasks as last written, by sequence number, so that the lease
+    /// that follows an enqueue, and the ack (or nack, or extend) that follows a
+    /// lease, need not read the row back. Only the writer thread writes rows; the
+    /// enqueue and [`Memory::saved`] keep each entry equal to its row, and a
+    /// rebuild empties the map. Bounded: a task not here is read from the table.
+    cached: HashMap<u64, Task, SeqHash>,
+}
+
+impl Memory {
+    /// The task with sequence number `seq`, for a transition: from memory when it
+    /// is cached, else from its row. The entry is taken out; saving the task puts
+    /// it back while it is unfinished. Debug builds check the entry against the row.
+    fn take_seq(&mut self, rows: &mut rows::Reader<'_>, seq: u64) -> Result<Task, StoreError> {
+        match self.cached.remove(&seq) {
+            Some(task) => {
+                #[cfg(debug_assertions)]
+                assert_eq!(
+                    rows.load_seq(seq).ok().as_ref(),
+                    Some(&task),
+                    "a cached task differs from its row"
+                );
+                Ok(task)
+            }
+            None => rows.load_seq(seq),
+        }
+    }
+
+    /// [`Memory::take_seq`] by id, checking the whole id, not only its sequence.
+    fn take(&mut self, conn: &Connection, id: TaskId) -> Result<Task, StoreError> {
+        let task = self.take_seq(&mut rows::Reader::new(conn), id.seq())?;
+        if task.id == id { Ok(task) } else { Err(StoreError::NotFound) }
+    }
+
+    /// Keeps `task`, just written as it is, in memory while it is unfinished and
+    /// there is room; forgets it otherwise. Tasks waiting for a lease get half of
+    /// the room, so that a backlog (or tasks scheduled far ahead) cannot crowd out
+    /// the running tasks whose acks are coming.
+    fn remember(&mut self, task: &Task) {
+        let seq = task.id.seq();
+        let room = if task.state == TaskState::Running { CACHE_LIMIT } else { CACHE_LIMIT / 2 };
+        if !task.state.is_finished() && (self.cached.len() < room || self.cached.contains_key(&seq)) {
+            self.cached.insert(seq, task.clone());
+        } else {
+            self.cached.remove(&seq);
+        }
+    }
+
+    /// Tells the index and the cache that `task`, which was in state `was`, is
+    /// now saved as it is.
+    fn saved(&mut self, was: TaskState, task: &Task) {
+        self.index.upsert_task(Some(was), task);
+        self.remember(task);
+    }
 }
 
 impl Engine {
@@ -44,12 +99,15 @@ impl Engine {
         schema::migrate(&mut conn).map_err(|e| StoreError::Unavailable(e.into()))?;
         let mut engine = Engine {
             conn,
-            index: Index::new(),
+            mem: Memory {
+                index: Index::new(),
+                // Allocated once: only the control bytes are touched until used.
+                cached: HashMap::with_capacity_and_hasher(CACHE_LIMIT, SeqHash),
+            },
             queues: HashMap::new(),
             next_seq: 1,
             last_purge: 0,
             poisoned: false,
-            running: HashMap::new(),
         };
         engine.rebuild()?;
         Ok(engine)
@@ -130,9 +188,9 @@ impl Engine {
                 }
             }
         }
-        self.index = index;
+        self.mem.index = index;
+        self.mem.cached.clear();
         self.queues = queues;
-        self.running.clear();
         self.next_seq = max_seq as u64 + 1;
         Ok(())
     }
@@ -204,7 +262,7 @@ impl Engine {
         }
         let settings = QueueSettings::defaults();
         rows::save_queue(&self.conn, queue, &settings, now)?;
-        self.index.configure_queue(queue, settings.concurrency, settings.paused);
+        self.mem.index.configure_queue(queue, settings.concurrency, settings.paused);
         self.queues.insert(queue.to_owned(), settings.clone());
         Ok(settings)
     }
@@ -213,39 +271,11 @@ impl Engine {
         rows::load_task(&self.conn, id)
     }
 
-    fn load_seq(&self, seq: u64) -> Result<Task, StoreError> {
-        rows::load_seq(&self.conn, seq)
-    }
-
-    /// The task whose id is `id`, from memory when it is running and cached.
-    /// The entry is taken out: the caller saves the task if it changes it, which
-    /// puts it back while it still runs.
-    fn load_current(&mut self, id: TaskId) -> Result<Task, StoreError> {
-        match self.running.remove(&id.seq()) {
-            Some(task) if task.id == id => Ok(task),
-            _ => self.load(id),
-        }
-    }
-
     /// Saves a task changed from state `was` and tells the index.
     fn save(&mut self, was: TaskState, task: &Task) -> Result<(), StoreError> {
-        rows::save_task(&self.conn, task)?;
-        self.saved(was, task);
+        rows::SaveTask::prepare(&self.conn)?.run(task)?;
+        self.mem.saved(was, task);
         Ok(())
-    }
-
-    /// Tells the index and the running cache that `task`, which was in state
-    /// `was`, is now saved as it is.
-    fn saved(&mut self, was: TaskState, task: &Task) {
-        self.index.upsert_task(Some(was), task);
-        let seq = task.id.seq();
-        if task.state == TaskState::Running
-            && (self.running.len() < RUNNING_CACHE || self.running.contains_key(&seq))
-        {
-            self.running.insert(seq, task.clone());
-        } else {
-            self.running.remove(&seq);
-        }
     }
 
     pub fn enqueue(
@@ -255,58 +285,26 @@ impl Engine {
         now: Millis,
     ) -> Result<Vec<Result<Enqueued, StoreError>>, StoreError> {
         let settings = self.ensure_queue(queue.as_str(), now)?;
+        let mut insert = rows::InsertTask::prepare(&self.conn)?;
         let mut out = Vec::with_capacity(tasks.len());
         for new in tasks {
-            out.push(self.enqueue_one(queue.as_str(), new, &settings, now)?);
+            let seq = self.next_seq;
+            let one = enqueue_one(
+                &self.conn,
+                &mut insert,
+                &mut self.mem,
+                queue.as_str(),
+                new,
+                seq,
+                &settings,
+                now,
+            )?;
+            if matches!(one, Ok(Enqueued::Created(_))) {
+                self.next_seq += 1;
+            }
+            out.push(one);
         }
         Ok(out)
-    }
-
-    /// The outer `Result` is the backend; the inner one this item's refusal.
-    fn enqueue_one(
-        &mut self,
-        queue: &str,
-        new: NewTask,
-        settings: &QueueSettings,
-        now: Millis,
-    ) -> Result<Result<Enqueued, StoreError>, StoreError> {
-        let print = fingerprint(&new) as i64;
-        if let Some(key) = &new.idempotency_key {
-            let seen: Option<(i64, i64)> = self
-                .conn
-                .prepare_cached(
-                    "SELECT fingerprint, task_seq FROM idempotency_keys \
-                     WHERE queue = ?1 AND key = ?2 AND expires_at > ?3",
-                )
-                .db()?
-                .query_row(params![queue, key, now], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()
-                .db()?;
-            if let Some((seen_print, seq)) = seen {
-                let task = self.load_seq(seq as u64)?;
-                return Ok(if seen_print == print {
-                    Ok(Enqueued::Replayed(task))
-                } else {
-                    Err(StoreError::KeyReused(task.id))
-                });
-            }
-        }
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        let task = Task::create(queue, new, settings, seq, now);
-        rows::insert_task(&self.conn, &task)?;
-        if let Some(key) = &task.idempotency_key {
-            self.conn
-                .prepare_cached(
-                    "INSERT OR REPLACE INTO idempotency_keys (queue, key, fingerprint, task_seq, expires_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                )
-                .db()?
-                .execute(params![queue, key, print, seq as i64, now.saturating_add(settings.dedup_window_ms)])
-                .db()?;
-        }
-        self.index.upsert_task(None, &task);
-        Ok(Ok(Enqueued::Created(task)))
     }
 
     pub fn claim(&mut self, claim: Claim, now: Millis) -> Result<Vec<Task>, StoreError> {
@@ -315,15 +313,17 @@ impl Engine {
         let mut leased = Vec::new();
         // Picking again after each lease would be needed only if a lease could make
         // another task eligible; it cannot, so one pick serves the whole claim.
-        for seq in self.index.pick(claim.queue.as_str(), claim.max) {
-            let mut task = self.load_seq(seq)?;
+        let mut reader = rows::Reader::new(&self.conn);
+        let mut save = rows::SaveLease::prepare(&self.conn)?;
+        for seq in self.mem.index.pick(claim.queue.as_str(), claim.max) {
+            let mut task = self.mem.take_seq(&mut reader, seq)?;
             #[cfg(debug_assertions)]
             let before = task.clone();
             if task.lease(fastrand::u64(..), lease_ms, claim.worker.clone(), now).is_err() {
                 // The index and the rows disagree: trust the rows.
                 tracing::error!(task = %task.id, state = %task.state, "index offered a task that is not ready");
-                let slot_state = self.index.state_of(seq);
-                self.index.upsert_task(slot_state, &task);
+                let slot_state = self.mem.index.state_of(seq);
+                self.mem.index.upsert_task(slot_state, &task);
                 continue;
             }
             #[cfg(debug_assertions)]
@@ -333,8 +333,8 @@ impl Engine {
                 t.lease.clone_from(&after.lease);
                 t.updated_at = after.updated_at;
             });
-            rows::save_lease(&self.conn, &task)?;
-            self.saved(TaskState::Ready, &task);
+            save.run(&task)?;
+            self.mem.saved(TaskState::Ready, &task);
             leased.push(task);
         }
         Ok(leased)
@@ -345,9 +345,10 @@ impl Engine {
         acks: Vec<Ack>,
         now: Millis,
     ) -> Result<Vec<Result<Task, StoreError>>, StoreError> {
+        let mut save = rows::SaveAck::prepare(&self.conn)?;
         let mut out = Vec::with_capacity(acks.len());
         for ack in acks {
-            let mut task = match self.load_current(ack.task_id) {
+            let mut task = match self.mem.take(&self.conn, ack.task_id) {
                 Ok(task) => task,
                 Err(StoreError::NotFound) => {
                     out.push(Err(StoreError::NotFound));
@@ -366,8 +367,8 @@ impl Engine {
                         t.finished_at = after.finished_at;
                         t.updated_at = after.updated_at;
                     });
-                    rows::save_ack(&self.conn, &task)?;
-                    self.saved(TaskState::Running, &task);
+                    save.run(&task)?;
+                    self.mem.saved(TaskState::Running, &task);
                     out.push(Ok(task));
                 }
                 Ok(AckOutcome::Replayed) => out.push(Ok(task)),
@@ -382,7 +383,7 @@ impl Engine {
     }
 
     pub fn fail(&mut self, nack: Nack, now: Millis) -> Result<Task, StoreError> {
-        let mut task = self.load_current(nack.task_id)?;
+        let mut task = self.mem.take(&self.conn, nack.task_id)?;
         let settings = self.settings_of(&task.queue);
         let token = LeaseToken::from_string(nack.token);
         let outcome =
@@ -400,14 +401,14 @@ impl Engine {
         lease_ms: i64,
         now: Millis,
     ) -> Result<Task, StoreError> {
-        let mut task = self.load_current(id)?;
+        let mut task = self.mem.take(&self.conn, id)?;
         task.extend(&LeaseToken::from_string(token.to_owned()), lease_ms, now)?;
         self.save(TaskState::Running, &task)?;
         Ok(task)
     }
 
     pub fn cancel(&mut self, id: TaskId, now: Millis) -> Result<Task, StoreError> {
-        let mut task = self.load(id)?;
+        let mut task = self.mem.take(&self.conn, id)?;
         let was = task.state;
         if task.cancel(now)? == AckOutcome::Applied {
             self.save(was, &task)?;
@@ -469,7 +470,7 @@ impl Engine {
         let current = self.settings_of(queue.as_str());
         let settings = current.with(patch).map_err(StoreError::InvalidSettings)?;
         rows::save_queue(&self.conn, queue.as_str(), &settings, now)?;
-        self.index.configure_queue(queue.as_str(), settings.concurrency, settings.paused);
+        self.mem.index.configure_queue(queue.as_str(), settings.concurrency, settings.paused);
         self.queues.insert(queue.as_str().to_owned(), settings);
         Ok(self.queue_info(queue.as_str()).expect("just stored"))
     }
@@ -479,7 +480,7 @@ impl Engine {
         Some(QueueInfo {
             name: queue.to_owned(),
             settings: settings.clone(),
-            counts: self.index.counts(queue),
+            counts: self.mem.index.counts(queue),
         })
     }
 
@@ -491,16 +492,16 @@ impl Engine {
     pub fn tick(&mut self, now: Millis) -> Result<TickReport, StoreError> {
         let mut report = TickReport::default();
         let mut woken = BTreeSet::new();
-        for seq in self.index.due(now, TICK_LIMIT) {
-            let mut task = self.load_seq(seq)?;
+        for seq in self.mem.index.due(now, TICK_LIMIT) {
+            let mut task = self.mem.take_seq(&mut rows::Reader::new(&self.conn), seq)?;
             if task.promote(now) {
                 report.promoted += 1;
                 woken.insert(task.queue.clone());
                 self.save(TaskState::Scheduled, &task)?;
             }
         }
-        for seq in self.index.expired(now, TICK_LIMIT) {
-            let mut task = self.load_seq(seq)?;
+        for seq in self.mem.index.expired(now, TICK_LIMIT) {
+            let mut task = self.mem.take_seq(&mut rows::Reader::new(&self.conn), seq)?;
             let settings = self.settings_of(&task.queue);
             if task.expire(&settings, fastrand::f64(), now) {
                 report.expired += 1;
@@ -513,7 +514,7 @@ impl Engine {
             report.purged = self.purge(now)?;
         }
         report.woken_queues = woken.into_iter().collect();
-        report.next_timer = self.index.next_timer();
+        report.next_timer = self.mem.index.next_timer();
         Ok(report)
     }
 
@@ -546,7 +547,7 @@ impl Engine {
                 .db()?;
             for code in states {
                 if let Some(state) = TaskState::from_code(code) {
-                    self.index.forget_finished(&queue, state, 1);
+                    self.mem.index.forget_finished(&queue, state, 1);
                 }
                 purged += 1;
             }
@@ -595,4 +596,53 @@ fn changed_only(before: &Task, after: &Task, statement: &str, copy: impl Fn(&mut
     let mut expected = before.clone();
     copy(&mut expected, after);
     assert_eq!(&expected, after, "the transition changed a field {statement} does not write");
+}
+
+/// Enqueues one task as sequence number `seq` unless its idempotency key was seen.
+/// The outer `Result` is the backend; the inner one this item's refusal.
+#[allow(clippy::too_many_arguments)]
+fn enqueue_one(
+    conn: &Connection,
+    insert: &mut rows::InsertTask<'_>,
+    mem: &mut Memory,
+    queue: &str,
+    new: NewTask,
+    seq: u64,
+    settings: &QueueSettings,
+    now: Millis,
+) -> Result<Result<Enqueued, StoreError>, StoreError> {
+    let print = fingerprint(&new) as i64;
+    if let Some(key) = &new.idempotency_key {
+        let seen: Option<(i64, i64)> = conn
+            .prepare_cached(
+                "SELECT fingerprint, task_seq FROM idempotency_keys \
+                 WHERE queue = ?1 AND key = ?2 AND expires_at > ?3",
+            )
+            .db()?
+            .query_row(params![queue, key, now], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+            .db()?;
+        if let Some((seen_print, seq)) = seen {
+            let task = rows::load_seq(conn, seq as u64)?;
+            return Ok(if seen_print == print {
+                Ok(Enqueued::Replayed(task))
+            } else {
+                Err(StoreError::KeyReused(task.id))
+            });
+        }
+    }
+    let task = Task::create(queue, new, settings, seq, now);
+    insert.run(&task)?;
+    if let Some(key) = &task.idempotency_key {
+        conn.prepare_cached(
+            "INSERT OR REPLACE INTO idempotency_keys (queue, key, fingerprint, task_seq, expires_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .db()?
+        .execute(params![queue, key, print, seq as i64, now.saturating_add(settings.dedup_window_ms)])
+        .db()?;
+    }
+    mem.index.upsert_task(None, &task);
+    mem.remember(&task);
+    Ok(Ok(Enqueued::Created(task)))
 }

@@ -2,7 +2,7 @@
 
 use cherga_core::{Backoff, Lease, LeaseToken, QueueSettings, Task, TaskId, TaskState};
 use cherga_store::StoreError;
-use rusqlite::{Connection, Row, params};
+use rusqlite::{CachedStatement, Connection, Row, params};
 
 /// Turns a SQLite failure into [`StoreError::Unavailable`].
 pub trait Db<T> {
@@ -73,12 +73,34 @@ pub fn task_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Task, StoreError>
 /// # Errors
 /// [`StoreError::NotFound`], [`StoreError::Corrupt`], [`StoreError::Unavailable`].
 pub fn load_seq(conn: &Connection, seq: u64) -> Result<Task, StoreError> {
-    const SQL: &str = concat!("SELECT ", task_columns!(), " FROM tasks WHERE seq = ?1");
-    let seq = i64::try_from(seq).map_err(|_| StoreError::NotFound)?;
-    let mut stmt = conn.prepare_cached(SQL).db()?;
-    let mut rows = stmt.query(params![seq]).db()?;
-    let Some(row) = rows.next().db()? else { return Err(StoreError::NotFound) };
-    task_from_row(row).db()?
+    Reader::new(conn).load_seq(seq)
+}
+
+/// Reads task rows by sequence number in a loop, preparing its statement on
+/// first use: many loops find every task in memory and never need it.
+pub struct Reader<'c> {
+    conn: &'c Connection,
+    stmt: Option<CachedStatement<'c>>,
+}
+
+impl<'c> Reader<'c> {
+    pub fn new(conn: &'c Connection) -> Self {
+        Reader { conn, stmt: None }
+    }
+
+    /// # Errors
+    /// [`StoreError::NotFound`], [`StoreError::Corrupt`], [`StoreError::Unavailable`].
+    pub fn load_seq(&mut self, seq: u64) -> Result<Task, StoreError> {
+        const SQL: &str = concat!("SELECT ", task_columns!(), " FROM tasks WHERE seq = ?1");
+        let seq = i64::try_from(seq).map_err(|_| StoreError::NotFound)?;
+        let stmt = match &mut self.stmt {
+            Some(stmt) => stmt,
+            None => self.stmt.insert(self.conn.prepare_cached(SQL).db()?),
+        };
+        let mut rows = stmt.query(params![seq]).db()?;
+        let Some(row) = rows.next().db()? else { return Err(StoreError::NotFound) };
+        task_from_row(row).db()?
+    }
 }
 
 /// Loads the task whose id is `id`, checking the whole id, not only its sequence.
@@ -90,115 +112,145 @@ pub fn load_task(conn: &Connection, id: TaskId) -> Result<Task, StoreError> {
     if task.id == id { Ok(task) } else { Err(StoreError::NotFound) }
 }
 
-/// Inserts a new task.
-///
-/// # Errors
-/// [`StoreError::Unavailable`].
-pub fn insert_task(conn: &Connection, task: &Task) -> Result<(), StoreError> {
-    const SQL: &str = concat!(
+/// Declares a statement that writes task rows, prepared once and then run for
+/// each row of a loop: fetching a statement from the connection's cache hashes
+/// its whole text, on the way out and back in, which was a tenth of an insert
+/// (callgrind, `docs/storage.md`).
+macro_rules! row_statement {
+    ($(#[$doc:meta])* $name:ident = $sql:expr) => {
+        $(#[$doc])*
+        pub struct $name<'c>(CachedStatement<'c>);
+
+        impl<'c> $name<'c> {
+            /// # Errors
+            /// [`StoreError::Unavailable`].
+            pub fn prepare(conn: &'c Connection) -> Result<Self, StoreError> {
+                conn.prepare_cached($sql).map(Self).db()
+            }
+        }
+    };
+}
+
+row_statement! {
+    /// Inserts a new task.
+    InsertTask = concat!(
         "INSERT INTO tasks (",
         task_columns!(),
         ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
-    );
-    let lease = task.lease.as_ref();
-    execute(
-        conn,
-        SQL,
-        params![
-            task.id.seq() as i64,
-            &task.id.as_bytes()[..],
-            task.queue,
-            task.kind,
-            task.payload,
-            task.priority,
-            task.run_at,
-            task.idempotency_key,
-            task.group,
-            task.max_attempts,
-            task.attempts,
-            task.state.code(),
-            task.result,
-            task.last_error,
-            lease.map(|l| l.token.as_str()),
-            lease.map(|l| l.expires_at),
-            lease.and_then(|l| l.worker.as_deref()),
-            task.created_at,
-            task.updated_at,
-            task.finished_at,
-        ],
     )
 }
 
-/// Writes the fields a transition may change.
-///
-/// # Errors
-/// [`StoreError::Unavailable`].
-pub fn save_task(conn: &Connection, task: &Task) -> Result<(), StoreError> {
-    const SQL: &str = "UPDATE tasks SET run_at = ?2, max_attempts = ?3, attempts = ?4, state = ?5, \
+impl InsertTask<'_> {
+    /// # Errors
+    /// [`StoreError::Unavailable`].
+    pub fn run(&mut self, task: &Task) -> Result<(), StoreError> {
+        let lease = task.lease.as_ref();
+        execute(
+            &mut self.0,
+            params![
+                task.id.seq() as i64,
+                &task.id.as_bytes()[..],
+                task.queue,
+                task.kind,
+                task.payload,
+                task.priority,
+                task.run_at,
+                task.idempotency_key,
+                task.group,
+                task.max_attempts,
+                task.attempts,
+                task.state.code(),
+                task.result,
+                task.last_error,
+                lease.map(|l| l.token.as_str()),
+                lease.map(|l| l.expires_at),
+                lease.and_then(|l| l.worker.as_deref()),
+                task.created_at,
+                task.updated_at,
+                task.finished_at,
+            ],
+        )
+    }
+}
+
+row_statement! {
+    /// Writes the fields any transition may change.
+    SaveTask = "UPDATE tasks SET run_at = ?2, max_attempts = ?3, attempts = ?4, state = ?5, \
         result = ?6, last_error = ?7, lease_token = ?8, lease_expires_at = ?9, worker = ?10, \
-        updated_at = ?11, finished_at = ?12 WHERE seq = ?1";
-    let lease = task.lease.as_ref();
-    execute(
-        conn,
-        SQL,
-        params![
-            task.id.seq() as i64,
-            task.run_at,
-            task.max_attempts,
-            task.attempts,
-            task.state.code(),
-            task.result,
-            task.last_error,
-            lease.map(|l| l.token.as_str()),
-            lease.map(|l| l.expires_at),
-            lease.and_then(|l| l.worker.as_deref()),
-            task.updated_at,
-            task.finished_at,
-        ],
-    )
+        updated_at = ?11, finished_at = ?12 WHERE seq = ?1"
 }
 
-/// Writes what a lease changes (`Task::lease`): fewer columns than [`save_task`],
-/// and none that an index covers, so SQLite need not look at the indexes.
-///
-/// # Errors
-/// [`StoreError::Unavailable`].
-pub fn save_lease(conn: &Connection, task: &Task) -> Result<(), StoreError> {
-    const SQL: &str = "UPDATE tasks SET attempts = ?2, state = ?3, lease_token = ?4, \
-        lease_expires_at = ?5, worker = ?6, updated_at = ?7 WHERE seq = ?1";
-    let lease = task.lease.as_ref();
-    execute(
-        conn,
-        SQL,
-        params![
-            task.id.seq() as i64,
-            task.attempts,
-            task.state.code(),
-            lease.map(|l| l.token.as_str()),
-            lease.map(|l| l.expires_at),
-            lease.and_then(|l| l.worker.as_deref()),
-            task.updated_at,
-        ],
-    )
+impl SaveTask<'_> {
+    /// # Errors
+    /// [`StoreError::Unavailable`].
+    pub fn run(&mut self, task: &Task) -> Result<(), StoreError> {
+        let lease = task.lease.as_ref();
+        execute(
+            &mut self.0,
+            params![
+                task.id.seq() as i64,
+                task.run_at,
+                task.max_attempts,
+                task.attempts,
+                task.state.code(),
+                task.result,
+                task.last_error,
+                lease.map(|l| l.token.as_str()),
+                lease.map(|l| l.expires_at),
+                lease.and_then(|l| l.worker.as_deref()),
+                task.updated_at,
+                task.finished_at,
+            ],
+        )
+    }
 }
 
-/// Writes what an ack changes (`Task::ack`): state, result and the finish time.
-///
-/// # Errors
-/// [`StoreError::Unavailable`].
-pub fn save_ack(conn: &Connection, task: &Task) -> Result<(), StoreError> {
-    const SQL: &str =
-        "UPDATE tasks SET state = ?2, result = ?3, finished_at = ?4, updated_at = ?5 WHERE seq = ?1";
-    execute(
-        conn,
-        SQL,
-        params![task.id.seq() as i64, task.state.code(), task.result, task.finished_at, task.updated_at],
-    )
+row_statement! {
+    /// Writes what a lease changes (`Task::lease`): fewer columns than
+    /// [`SaveTask`], and none that an index covers, so SQLite need not look at
+    /// the indexes.
+    SaveLease = "UPDATE tasks SET attempts = ?2, state = ?3, lease_token = ?4, \
+        lease_expires_at = ?5, worker = ?6, updated_at = ?7 WHERE seq = ?1"
 }
 
-/// Runs one statement, prepared once per connection.
-fn execute(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<(), StoreError> {
-    conn.prepare_cached(sql).db()?.execute(params).db()?;
+impl SaveLease<'_> {
+    /// # Errors
+    /// [`StoreError::Unavailable`].
+    pub fn run(&mut self, task: &Task) -> Result<(), StoreError> {
+        let lease = task.lease.as_ref();
+        execute(
+            &mut self.0,
+            params![
+                task.id.seq() as i64,
+                task.attempts,
+                task.state.code(),
+                lease.map(|l| l.token.as_str()),
+                lease.map(|l| l.expires_at),
+                lease.and_then(|l| l.worker.as_deref()),
+                task.updated_at,
+            ],
+        )
+    }
+}
+
+row_statement! {
+    /// Writes what an ack changes (`Task::ack`): state, result and the finish time.
+    SaveAck = "UPDATE tasks SET state = ?2, result = ?3, finished_at = ?4, updated_at = ?5 WHERE seq = ?1"
+}
+
+impl SaveAck<'_> {
+    /// # Errors
+    /// [`StoreError::Unavailable`].
+    pub fn run(&mut self, task: &Task) -> Result<(), StoreError> {
+        execute(
+            &mut self.0,
+            params![task.id.seq() as i64, task.state.code(), task.result, task.finished_at, task.updated_at],
+        )
+    }
+}
+
+fn execute(stmt: &mut CachedStatement<'_>, params: impl rusqlite::Params) -> Result<(), StoreError> {
+    stmt.execute(params).db()?;
     Ok(())
 }
 
