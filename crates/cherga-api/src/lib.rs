@@ -177,28 +177,46 @@ pub fn check_worker(worker: Option<&str>) -> Result<(), WireError> {
 }
 
 /// Removes the insignificant whitespace of valid JSON text, keeping everything
-/// else (key order, number spelling) exactly as written.
+/// else (key order, number spelling) exactly as written. Works on bytes, copies
+/// runs between whitespace and skips through strings with `memchr`: JSON's
+/// whitespace, quote and backslash are ASCII, and no byte of a multi-byte UTF-8
+/// character is, so every cut is on a character boundary.
 pub fn minify(json: &str) -> String {
+    let bytes = json.as_bytes();
     let mut out = String::with_capacity(json.len());
-    let mut in_string = false;
-    let mut escaped = false;
-    for c in json.chars() {
-        if in_string {
-            out.push(c);
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == '"' {
-                in_string = false;
+    // Where the run not yet copied starts.
+    let mut start = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                // To the closing quote, stepping over escaped characters; an
+                // unclosed string (never valid JSON) runs to the end.
+                i += 1;
+                loop {
+                    match bytes.get(i..).and_then(|rest| memchr::memchr2(b'"', b'\\', rest)) {
+                        Some(at) if bytes[i + at] == b'"' => {
+                            i += at + 1;
+                            break;
+                        }
+                        Some(at) => i += at + 2,
+                        None => {
+                            i = bytes.len();
+                            break;
+                        }
+                    }
+                }
+                continue;
             }
-        } else if c == '"' {
-            in_string = true;
-            out.push(c);
-        } else if !matches!(c, ' ' | '\n' | '\r' | '\t') {
-            out.push(c);
+            b' ' | b'\n' | b'\r' | b'\t' => {
+                out.push_str(&json[start..i]);
+                start = i + 1;
+            }
+            _ => {}
         }
+        i += 1;
     }
+    out.push_str(&json[start..]);
     out
 }
 

@@ -10,6 +10,21 @@ fn request(json: &str) -> EnqueueRequest {
 fn minify_keeps_strings_and_order() {
     assert_eq!(minify(r#"{ "b" : [1, 2 ],"a": "x  y\" }" }"#), r#"{"b":[1,2],"a":"x  y\" }"}"#);
     assert_eq!(minify("\n 12.50e3 "), "12.50e3");
+    assert_eq!(minify("{ \"ü\" :\t\"日本 語\\\\\" ,\r\n\"é\":[ ] }"), "{\"ü\":\"日本 語\\\\\",\"é\":[]}");
+}
+
+#[test]
+fn minify_undoes_pretty_printing() {
+    let value = serde_json::json!({
+        "order": {"id": 7, "lines": [{"sku": "a b", "qty": 2}, {"sku": "ц\"\\", "qty": -1.5e3}]},
+        "note": "  spaced\ttab\nnewline  ",
+        "empty": {}, "none": null, "flags": [true, false]
+    });
+    let pretty = serde_json::to_string_pretty(&value).unwrap();
+    assert_eq!(minify(&pretty), serde_json::to_string(&value).unwrap());
+    // Only valid JSON reaches it, but a cut-off string must not panic.
+    assert_eq!(minify("[ \"a b\\"), "[\"a b\\");
+    assert_eq!(minify("[ \"a b"), "[\"a b");
 }
 
 #[test]

@@ -19,7 +19,7 @@ const MAX_BATCH: usize = 2048;
 const TICK_LIMIT: usize = 10_000;
 /// Purge and key expiry run at most this often.
 const PURGE_EVERY_MS: Millis = 1_000;
-/// Most unfinished tasks kept in memory as last saved (see [`Engine::cached`]).
+/// Most unfinished tasks kept in memory as last written (see [`Memory::cached`]).
 const CACHE_LIMIT: usize = 65_536;
 
 pub struct Engine {
@@ -49,18 +49,18 @@ impl Memory {
     /// The task with sequence number `seq`, for a transition: from memory when it
     /// is cached, else from its row. The entry is taken out; saving the task puts
     /// it back while it is unfinished. Debug builds check the entry against the row.
-    fn take_seq(&mut self, rows: &mut rows::Reader<'_>, seq: u64) -> Result<Task, StoreError> {
+    fn take_seq(&mut self, reader: &mut rows::Reader<'_>, seq: u64) -> Result<Task, StoreError> {
         match self.cached.remove(&seq) {
             Some(task) => {
                 #[cfg(debug_assertions)]
                 assert_eq!(
-                    rows.load_seq(seq).ok().as_ref(),
+                    reader.load_seq(seq).ok().as_ref(),
                     Some(&task),
                     "a cached task differs from its row"
                 );
                 Ok(task)
             }
-            None => rows.load_seq(seq),
+            None => reader.load_seq(seq),
         }
     }
 
