@@ -144,7 +144,7 @@ impl InsertTask<'_> {
     /// # Errors
     /// [`StoreError::Unavailable`].
     pub fn run(&mut self, task: &Task) -> Result<(), StoreError> {
-        let lease = task.lease.as_ref();
+        let (token, expires_at, worker) = lease_columns(task);
         execute(
             &mut self.0,
             params![
@@ -162,9 +162,9 @@ impl InsertTask<'_> {
                 task.state.code(),
                 task.result,
                 task.last_error,
-                lease.map(|l| l.token.as_str()),
-                lease.map(|l| l.expires_at),
-                lease.and_then(|l| l.worker.as_deref()),
+                token,
+                expires_at,
+                worker,
                 task.created_at,
                 task.updated_at,
                 task.finished_at,
@@ -184,7 +184,7 @@ impl SaveTask<'_> {
     /// # Errors
     /// [`StoreError::Unavailable`].
     pub fn run(&mut self, task: &Task) -> Result<(), StoreError> {
-        let lease = task.lease.as_ref();
+        let (token, expires_at, worker) = lease_columns(task);
         execute(
             &mut self.0,
             params![
@@ -195,9 +195,9 @@ impl SaveTask<'_> {
                 task.state.code(),
                 task.result,
                 task.last_error,
-                lease.map(|l| l.token.as_str()),
-                lease.map(|l| l.expires_at),
-                lease.and_then(|l| l.worker.as_deref()),
+                token,
+                expires_at,
+                worker,
                 task.updated_at,
                 task.finished_at,
             ],
@@ -217,16 +217,16 @@ impl SaveLease<'_> {
     /// # Errors
     /// [`StoreError::Unavailable`].
     pub fn run(&mut self, task: &Task) -> Result<(), StoreError> {
-        let lease = task.lease.as_ref();
+        let (token, expires_at, worker) = lease_columns(task);
         execute(
             &mut self.0,
             params![
                 task.id.seq() as i64,
                 task.attempts,
                 task.state.code(),
-                lease.map(|l| l.token.as_str()),
-                lease.map(|l| l.expires_at),
-                lease.and_then(|l| l.worker.as_deref()),
+                token,
+                expires_at,
+                worker,
                 task.updated_at,
             ],
         )
@@ -247,6 +247,12 @@ impl SaveAck<'_> {
             params![task.id.seq() as i64, task.state.code(), task.result, task.finished_at, task.updated_at],
         )
     }
+}
+
+/// The lease columns of a task row: `lease_token, lease_expires_at, worker`.
+fn lease_columns(task: &Task) -> (Option<&str>, Option<i64>, Option<&str>) {
+    let lease = task.lease.as_ref();
+    (lease.map(|l| l.token.as_str()), lease.map(|l| l.expires_at), lease.and_then(|l| l.worker.as_deref()))
 }
 
 fn execute(stmt: &mut CachedStatement<'_>, params: impl rusqlite::Params) -> Result<(), StoreError> {
