@@ -27,7 +27,7 @@ impl Server {
     async fn start() -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
         // Durability is not under test here; skipping fsync keeps the suite fast.
-        let options = Options { path: dir.path().join("cherga.db"), durable: false };
+        let options = Options { durable: false, ..Options::in_dir(dir.path()) };
         let store = Arc::new(SqliteStore::open(options).expect("store opens"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("local address");

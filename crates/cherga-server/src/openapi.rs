@@ -219,6 +219,7 @@ mod tests {
         let store = cherga_store_sqlite::SqliteStore::open(cherga_store_sqlite::Options {
             path: dir.path().join("db"),
             durable: false,
+            limits: cherga_store_sqlite::Limits::STANDARD,
         })
         .unwrap();
         let config = crate::ServerConfig::unauthenticated(1 << 20, 1 << 16);

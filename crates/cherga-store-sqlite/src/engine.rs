@@ -1,16 +1,36 @@
 //! The writer thread: owns the connection and the in-memory index, and applies
-//! every operation as core transitions on rows loaded from and saved to SQLite.
+//! every operation as core transitions on tasks held in memory or loaded from
+//! their rows.
+//!
+//! A task's current state is in one of two places. Most tasks are *settled*: their
+//! row holds their state. A task the writer changed without writing its row is
+//! *dirty*: its state is in [`Memory::dirty`], and the records that lead to it are
+//! in the journal (`journal.rs`), committed in the same transaction as the rest of
+//! the batch. An enqueue or a lease makes a task dirty; an ack, nack, expiry,
+//! cancel, retry or promotion settles it, writing its row once. So a task that is
+//! enqueued, leased and acked soon after has its row written once, finished,
+//! instead of being inserted and rewritten twice.
+//!
+//! Invariants:
+//! - a dirty task's state equals its rows replayed with the journal: every change
+//!   to it after its row was last written is a journal record, in order;
+//! - a journal row is deleted only when no dirty task has a record in it or before
+//!   it (`since`), so replaying what is left gives every dirty task back;
+//! - the memory held by dirty tasks and the size of the journal are bounded
+//!   ([`Limits`]): past them, new tasks go to rows at once and the oldest dirty
+//!   tasks are settled.
 
-use crate::rows::{self, Db, QUEUE_COLUMNS, task_columns};
+use crate::journal::{self, Record};
+use crate::rows::{self, Db, QUEUE_COLUMNS, RowWriter, task_columns};
 use crate::sync::Syncer;
-use crate::{Job, Options, Reply, schema};
+use crate::{Job, Limits, Options, Reply, schema};
 use cherga_core::{
-    AckOutcome, Index, LeaseToken, Millis, NewTask, QueueName, QueueSettings, QueueSettingsPatch, SeqHash,
-    Task, TaskId, TaskState, fingerprint,
+    AckOutcome, Index, LeaseToken, Millis, NewTask, QueueName, QueueSettings, QueueSettingsPatch, Refusal,
+    SeqHash, Task, TaskId, TaskSlot, TaskState, fingerprint,
 };
 use cherga_store::{Ack, Claim, Enqueued, ListTasks, Nack, QueueInfo, Revocation, StoreError, TickReport};
 use rusqlite::{Connection, OptionalExtension, params};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::mpsc;
 
 /// Most jobs in one transaction: bounds the latency a single commit adds.
@@ -19,8 +39,9 @@ const MAX_BATCH: usize = 2048;
 const TICK_LIMIT: usize = 10_000;
 /// Purge and key expiry run at most this often.
 const PURGE_EVERY_MS: Millis = 1_000;
-/// Most unfinished tasks kept in memory as last written (see [`Memory::cached`]).
-const CACHE_LIMIT: usize = 65_536;
+/// Most dirty tasks settled in one batch because a limit was passed: the work is
+/// spread over batches so that no single commit takes long.
+const SETTLE_PER_BATCH: usize = 2_048;
 
 pub struct Engine {
     conn: Connection,
@@ -32,63 +53,254 @@ pub struct Engine {
     poisoned: bool,
 }
 
+/// A task whose state is ahead of its row (see the module's documentation).
+struct Dirty {
+    task: Task,
+    /// The batch (journal `txn`) of the task's first record since its row was
+    /// last written: the journal from here on is needed to replay it.
+    since: u64,
+    /// Whether the task has a row at all (else settling it inserts one).
+    has_row: bool,
+    /// What [`task_bytes`] counted for it when it was put here.
+    bytes: usize,
+}
+
+/// Where a task taken out for a transition came from; what settling or keeping it
+/// must do.
+#[derive(Clone, Copy, Debug)]
+enum Origin {
+    /// A new task: it has neither row nor journal record.
+    New,
+    /// Its row holds its state.
+    Row,
+    /// It was dirty.
+    Dirty { since: u64, has_row: bool },
+}
+
 /// What the writer keeps in memory about tasks, beside their rows. Apart from
 /// [`Engine`] so that a statement borrowing the connection can stay prepared
 /// across a loop that updates it.
 struct Memory {
     index: Index,
-    /// Unfinished tasks as last written, by sequence number, so that the lease
-    /// that follows an enqueue, and the ack (or nack, or extend) that follows a
-    /// lease, need not read the row back. Only the writer thread writes rows; the
-    /// enqueue and [`Memory::saved`] keep each entry equal to its row, and a
-    /// rebuild empties the map. Bounded: a task not here is read from the table.
-    cached: HashMap<u64, Task, SeqHash>,
+    /// Dirty tasks by sequence number. Only the writer thread changes tasks, and
+    /// every change to one of these is also a record in [`Memory::batch`].
+    dirty: HashMap<u64, Dirty, SeqHash>,
+    /// `(since, seq)` in the order tasks became dirty, so the front gives the
+    /// oldest journal row still needed. An entry is stale once its task was
+    /// settled (or settled and made dirty again, with a later `since`); stale
+    /// entries are dropped at the front and, when they pile up, everywhere.
+    order: VecDeque<(u64, u64)>,
+    /// The sum of [`Dirty::bytes`].
+    dirty_bytes: usize,
+    /// The journal rows on disk, oldest first, with their sizes.
+    retained: VecDeque<(u64, usize)>,
+    /// The sum of the sizes in [`Memory::retained`].
+    journal_bytes: usize,
+    /// The records of the batch being run, written at its end.
+    batch: journal::Batch,
+    /// The journal `txn` of the batch being run.
+    txn: u64,
+    limits: Limits,
+}
+
+/// About how much memory a dirty task holds: the entry and the strings it owns.
+fn task_bytes(task: &Task) -> usize {
+    let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+    let lease = task.lease.as_ref().map_or(0, |l| l.token.as_str().len() + opt(&l.worker));
+    std::mem::size_of::<(u64, Dirty)>()
+        + task.queue.len()
+        + task.kind.len()
+        + task.payload.len()
+        + opt(&task.idempotency_key)
+        + opt(&task.group)
+        + opt(&task.result)
+        + opt(&task.last_error)
+        + lease
 }
 
 impl Memory {
-    /// The task with sequence number `seq`, for a transition: from memory when it
-    /// is cached, else from its row. The entry is taken out; saving the task puts
-    /// it back while it is unfinished. Debug builds check the entry against the row.
-    fn take_seq(&mut self, reader: &mut rows::Reader<'_>, seq: u64) -> Result<Task, StoreError> {
-        match self.cached.remove(&seq) {
-            Some(task) => {
-                #[cfg(debug_assertions)]
-                assert_eq!(
-                    reader.load_seq(seq).ok().as_ref(),
-                    Some(&task),
-                    "a cached task differs from its row"
-                );
-                Ok(task)
+    fn new(limits: Limits) -> Self {
+        Memory {
+            index: Index::new(),
+            dirty: HashMap::with_hasher(SeqHash),
+            order: VecDeque::new(),
+            dirty_bytes: 0,
+            retained: VecDeque::new(),
+            journal_bytes: 0,
+            batch: journal::Batch::default(),
+            txn: 1,
+            limits,
+        }
+    }
+
+    /// Whether a new task may be kept dirty. New tasks get half of the room, so
+    /// that a backlog cannot crowd out the running tasks whose acks are coming.
+    fn room_for_new(&self) -> bool {
+        self.dirty_bytes < self.limits.dirty_bytes / 2
+    }
+
+    fn room_for_running(&self) -> bool {
+        self.dirty_bytes < self.limits.dirty_bytes
+    }
+
+    /// A copy of task `seq` as it is now, from memory or from its row.
+    fn task(&self, conn: &Connection, seq: u64) -> Result<Task, StoreError> {
+        match self.dirty.get(&seq) {
+            Some(dirty) => Ok(dirty.task.clone()),
+            None => rows::load_seq(conn, seq),
+        }
+    }
+
+    /// Takes task `seq` out for a transition. The caller must hand it back with
+    /// [`Memory::restore`] (unchanged), [`Memory::created`] or [`Memory::leased`]
+    /// (kept dirty) or [`Memory::settle`] (row written); a task dropped instead
+    /// would be lost from memory though not from disk.
+    fn take_seq(&mut self, reader: &mut rows::Reader<'_>, seq: u64) -> Result<(Task, Origin), StoreError> {
+        match self.dirty.remove(&seq) {
+            Some(dirty) => {
+                self.dirty_bytes -= dirty.bytes;
+                Ok((dirty.task, Origin::Dirty { since: dirty.since, has_row: dirty.has_row }))
             }
-            None => reader.load_seq(seq),
+            None => Ok((reader.load_seq(seq)?, Origin::Row)),
         }
     }
 
     /// [`Memory::take_seq`] by id, checking the whole id, not only its sequence.
-    fn take(&mut self, conn: &Connection, id: TaskId) -> Result<Task, StoreError> {
-        let task = self.take_seq(&mut rows::Reader::new(conn), id.seq())?;
-        if task.id == id { Ok(task) } else { Err(StoreError::NotFound) }
-    }
-
-    /// Keeps `task`, just written as it is, in memory while it is unfinished and
-    /// there is room; forgets it otherwise. Tasks waiting for a lease get half of
-    /// the room, so that a backlog (or tasks scheduled far ahead) cannot crowd out
-    /// the running tasks whose acks are coming.
-    fn remember(&mut self, task: &Task) {
-        let seq = task.id.seq();
-        let room = if task.state == TaskState::Running { CACHE_LIMIT } else { CACHE_LIMIT / 2 };
-        if !task.state.is_finished() && (self.cached.len() < room || self.cached.contains_key(&seq)) {
-            self.cached.insert(seq, task.clone());
+    fn take(&mut self, conn: &Connection, id: TaskId) -> Result<(Task, Origin), StoreError> {
+        let (task, origin) = self.take_seq(&mut rows::Reader::new(conn), id.seq())?;
+        if task.id == id {
+            Ok((task, origin))
         } else {
-            self.cached.remove(&seq);
+            self.restore(task, origin);
+            Err(StoreError::NotFound)
         }
     }
 
-    /// Tells the index and the cache that `task`, which was in state `was`, is
-    /// now saved as it is.
-    fn saved(&mut self, was: TaskState, task: &Task) {
-        self.index.upsert_task(Some(was), task);
-        self.remember(task);
+    /// Puts back a task taken out and not changed.
+    fn restore(&mut self, task: Task, origin: Origin) {
+        if let Origin::Dirty { since, has_row } = origin {
+            self.put(task, since, has_row);
+        }
+    }
+
+    fn put(&mut self, task: Task, since: u64, has_row: bool) {
+        let bytes = task_bytes(&task);
+        self.dirty_bytes += bytes;
+        self.dirty.insert(task.id.seq(), Dirty { task, since, has_row, bytes });
+    }
+
+    /// Keeps `task`, changed by a transition from `origin`, dirty: from now on
+    /// the journal is needed to replay it.
+    fn keep(&mut self, task: Task, origin: Origin) {
+        let (since, has_row) = match origin {
+            Origin::Dirty { since, has_row } => (since, has_row),
+            Origin::New | Origin::Row => {
+                self.order.push_back((self.txn, task.id.seq()));
+                (self.txn, matches!(origin, Origin::Row))
+            }
+        };
+        self.put(task, since, has_row);
+    }
+
+    /// Records the new task `task` in the journal and keeps it dirty.
+    fn created(&mut self, task: Task) {
+        self.batch.created(&task);
+        self.keep(task, Origin::New);
+    }
+
+    /// Records the lease (or extension) of `task` in the journal and keeps it dirty.
+    fn leased(&mut self, task: Task, origin: Origin) {
+        self.batch.leased(&task);
+        self.keep(task, origin);
+    }
+
+    /// Writes `task`, changed by a transition from `origin`, to its row; its
+    /// journal records, if any, are void from now on.
+    fn settle(&mut self, rows: &mut RowWriter<'_>, task: &Task, origin: Origin) -> Result<(), StoreError> {
+        match origin {
+            Origin::New => rows.write(task, false),
+            Origin::Row => rows.write(task, true),
+            Origin::Dirty { has_row, .. } => {
+                rows.write(task, has_row)?;
+                self.batch.settled(task.id.seq());
+                Ok(())
+            }
+        }
+    }
+
+    /// Settles the dirty task `seq` as it is (its state does not change, so the
+    /// index is not told).
+    fn settle_seq(&mut self, rows: &mut RowWriter<'_>, seq: u64) -> Result<(), StoreError> {
+        let Some(dirty) = self.dirty.remove(&seq) else { return Ok(()) };
+        self.dirty_bytes -= dirty.bytes;
+        let origin = Origin::Dirty { since: dirty.since, has_row: dirty.has_row };
+        self.settle(rows, &dirty.task, origin)
+    }
+
+    fn is_live(&self, (since, seq): (u64, u64)) -> bool {
+        self.dirty.get(&seq).is_some_and(|d| d.since == since)
+    }
+
+    /// Drops stale entries of [`Memory::order`]: at the front always, and all of
+    /// them once they are most of it.
+    fn prune_order(&mut self) {
+        while let Some(&front) = self.order.front() {
+            if self.is_live(front) {
+                break;
+            }
+            self.order.pop_front();
+        }
+        if self.order.len() > 2 * self.dirty.len() + 1024 {
+            let dirty = &self.dirty;
+            self.order.retain(|&(since, seq)| dirty.get(&seq).is_some_and(|d| d.since == since));
+        }
+    }
+
+    /// Ends the batch being run, inside its transaction: settles the oldest dirty
+    /// tasks while a limit is passed, writes the batch's records as one journal
+    /// row, and deletes the journal rows no dirty task needs any more.
+    fn finish_batch(&mut self, conn: &Connection) -> Result<(), StoreError> {
+        let mut rows = RowWriter::new(conn);
+        let mut settled = 0;
+        let mut delete_before = None;
+        loop {
+            self.prune_order();
+            let keep_from = self.order.front().map_or(self.txn + 1, |&(since, _)| since);
+            while let Some(&(txn, bytes)) = self.retained.front() {
+                if txn >= keep_from {
+                    break;
+                }
+                self.retained.pop_front();
+                self.journal_bytes -= bytes;
+                delete_before = Some(keep_from);
+            }
+            let over =
+                self.journal_bytes > self.limits.journal_bytes || self.dirty_bytes > self.limits.dirty_bytes;
+            let Some(&(_, oldest)) = self.order.front() else { break };
+            if !over || settled == SETTLE_PER_BATCH {
+                break;
+            }
+            self.settle_seq(&mut rows, oldest)?;
+            settled += 1;
+        }
+        if let Some(before) = delete_before {
+            conn.prepare_cached("DELETE FROM journal WHERE txn < ?1")
+                .db()?
+                .execute(params![before as i64])
+                .db()?;
+        }
+        let records = self.batch.take();
+        // With no task dirty, every record of this batch is void already.
+        if !records.is_empty() && !self.order.is_empty() {
+            conn.prepare_cached("INSERT INTO journal (txn, records) VALUES (?1, ?2)")
+                .db()?
+                .execute(params![self.txn as i64, records])
+                .db()?;
+            self.retained.push_back((self.txn, records.len()));
+            self.journal_bytes += records.len();
+        }
+        self.txn += 1;
+        Ok(())
     }
 }
 
@@ -99,11 +311,7 @@ impl Engine {
         schema::migrate(&mut conn).map_err(|e| StoreError::Unavailable(e.into()))?;
         let mut engine = Engine {
             conn,
-            mem: Memory {
-                index: Index::new(),
-                // Allocated once: only the control bytes are touched until used.
-                cached: HashMap::with_capacity_and_hasher(CACHE_LIMIT, SeqHash),
-            },
+            mem: Memory::new(options.limits),
             queues: HashMap::new(),
             next_seq: 1,
             last_purge: 0,
@@ -113,18 +321,23 @@ impl Engine {
         Ok(engine)
     }
 
-    /// Loads queue settings and rebuilds the index from the rows on disk.
+    /// Loads queue settings, replays the journal, and rebuilds the index from the
+    /// rows on disk and the dirty tasks. Whatever was in memory is dropped: this
+    /// is also how a rolled-back batch is forgotten.
     fn rebuild(&mut self) -> Result<(), StoreError> {
-        let mut index = Index::new();
         let mut queues = HashMap::new();
         {
             let mut stmt = self.conn.prepare(&format!("SELECT {QUEUE_COLUMNS} FROM queues")).db()?;
             let rows = stmt.query_map([], rows::queue_from_row).db()?;
             for row in rows {
                 let (name, settings) = row.db()?;
-                index.configure_queue(&name, settings.concurrency, settings.paused);
                 queues.insert(name, settings);
             }
+        }
+        let mut mem = self.replay()?;
+        let index = &mut mem.index;
+        for (name, settings) in &queues {
+            index.configure_queue(name, settings.concurrency, settings.paused);
         }
         let mut max_seq: i64 = self
             .conn
@@ -137,7 +350,7 @@ impl Engine {
         let count = |sql: &str| self.conn.query_row(sql, [], |r| r.get::<_, i64>(0)).db();
         let all = count("SELECT count(*) FROM tasks")?;
         let finished = count("SELECT count(*) FROM tasks WHERE finished_at IS NOT NULL")?;
-        index.reserve(usize::try_from(all - finished).unwrap_or(0));
+        index.reserve(usize::try_from(all - finished).unwrap_or(0) + mem.dirty.len());
         {
             let mut stmt = self
                 .conn
@@ -150,9 +363,14 @@ impl Engine {
             // once per run, not once per row.
             let mut queue: Option<std::sync::Arc<str>> = None;
             let mut loader = index.loader();
+            let any_dirty = !mem.dirty.is_empty();
             while let Some(row) = rows.next().db()? {
                 let seq: i64 = row.get(0).db()?;
                 max_seq = max_seq.max(seq);
+                // The journal is ahead of this row: the task is added below as it is now.
+                if any_dirty && mem.dirty.contains_key(&(seq as u64)) {
+                    continue;
+                }
                 let name = row.get_ref(1).db()?.as_str().map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 let code: u8 = row.get(5).db()?;
                 let state = TaskState::from_code(code)
@@ -171,7 +389,7 @@ impl Engine {
                 let group: Option<String> = row.get(4).db()?;
                 loader.add(
                     seq as u64,
-                    cherga_core::TaskSlot {
+                    TaskSlot {
                         queue,
                         priority: row.get(2).db()?,
                         run_at: row.get(3).db()?,
@@ -181,6 +399,11 @@ impl Engine {
                     },
                 );
             }
+            for (&seq, dirty) in &mem.dirty {
+                max_seq = max_seq.max(seq as i64);
+                let queue = loader.queue_name(&dirty.task.queue);
+                loader.add(seq, TaskSlot::of(&dirty.task, queue));
+            }
             loader.finish();
             for (queue, counts) in finished {
                 for state in TaskState::ALL.into_iter().filter(|s| s.is_finished()) {
@@ -188,11 +411,64 @@ impl Engine {
                 }
             }
         }
-        self.mem.index = index;
-        self.mem.cached.clear();
+        self.mem = mem;
         self.queues = queues;
         self.next_seq = max_seq as u64 + 1;
         Ok(())
+    }
+
+    /// The dirty tasks as of the last commit: the journal replayed, in order,
+    /// over the rows it names. The index is left empty.
+    fn replay(&self) -> Result<Memory, StoreError> {
+        let mut mem = Memory::new(self.mem.limits);
+        let mut stmt = self.conn.prepare("SELECT txn, records FROM journal ORDER BY txn").db()?;
+        let mut journal = stmt.query([]).db()?;
+        let mut reader = rows::Reader::new(&self.conn);
+        let mut last_txn = 0;
+        while let Some(row) = journal.next().db()? {
+            let txn = row.get::<_, i64>(0).db()? as u64;
+            let bytes = row.get_ref(1).db()?.as_blob().map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let corrupt = |message: String| StoreError::Corrupt(format!("journal row {txn}: {message}"));
+            for record in journal::decode(bytes).map_err(corrupt)? {
+                match record {
+                    Record::Created(task) => {
+                        let (since, has_row) =
+                            mem.dirty.remove(&task.id.seq()).map_or((txn, false), |d| (d.since, d.has_row));
+                        mem.dirty.insert(task.id.seq(), Dirty { task: *task, since, has_row, bytes: 0 });
+                    }
+                    Record::Leased(fields) => match mem.dirty.get_mut(&fields.seq) {
+                        Some(dirty) => fields.apply(&mut dirty.task),
+                        None => {
+                            let seq = fields.seq;
+                            let mut task = reader.load_seq(seq).map_err(|e| match e {
+                                StoreError::NotFound => {
+                                    corrupt(format!("a lease of task {seq}, which has no row"))
+                                }
+                                other => other,
+                            })?;
+                            fields.apply(&mut task);
+                            mem.dirty.insert(seq, Dirty { task, since: txn, has_row: true, bytes: 0 });
+                        }
+                    },
+                    Record::Settled(seq) => {
+                        mem.dirty.remove(&seq);
+                    }
+                }
+            }
+            mem.retained.push_back((txn, bytes.len()));
+            mem.journal_bytes += bytes.len();
+            last_txn = txn;
+        }
+        let mut order: Vec<(u64, u64)> = Vec::with_capacity(mem.dirty.len());
+        for (&seq, dirty) in &mut mem.dirty {
+            dirty.bytes = task_bytes(&dirty.task);
+            mem.dirty_bytes += dirty.bytes;
+            order.push((dirty.since, seq));
+        }
+        order.sort_unstable();
+        mem.order = order.into();
+        mem.txn = last_txn + 1;
+        Ok(mem)
     }
 
     /// Runs a statement without parameters, prepared once.
@@ -221,6 +497,12 @@ impl Engine {
             let outcome = match self.statement("BEGIN IMMEDIATE") {
                 Ok(()) => {
                     replies = batch.into_iter().map(|job| job(Some(&mut self))).collect();
+                    if !self.poisoned
+                        && let Err(e) = self.mem.finish_batch(&self.conn)
+                    {
+                        tracing::error!(error = %e, "could not write the batch's journal");
+                        self.poisoned = true;
+                    }
                     if self.poisoned {
                         Err("a statement failed; the batch was rolled back".to_owned())
                     } else {
@@ -250,9 +532,36 @@ impl Engine {
         }
         // Every answer is sent before the connection closes.
         syncer.finish();
+        if let Err(e) = self.settle_all() {
+            tracing::warn!(error = %e, "could not settle the dirty tasks at close; the journal will be replayed at next open");
+        }
         if let Err(e) = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
             tracing::warn!(error = %e, "checkpoint at close failed; the WAL will be replayed at next open");
         }
+    }
+
+    /// Writes every dirty task to its row and empties the journal, in one
+    /// transaction, so that the next open has nothing to replay. Nothing waits
+    /// for it: the same state is durable in the journal already.
+    fn settle_all(&mut self) -> Result<(), StoreError> {
+        if self.mem.dirty.is_empty() && self.mem.retained.is_empty() {
+            return Ok(());
+        }
+        let tx = self.conn.unchecked_transaction().db()?;
+        {
+            let mut rows = RowWriter::new(&tx);
+            for dirty in self.mem.dirty.values() {
+                rows.write(&dirty.task, dirty.has_row)?;
+            }
+        }
+        tx.execute("DELETE FROM journal", []).db()?;
+        tx.commit().db()?;
+        self.mem.dirty.clear();
+        self.mem.order.clear();
+        self.mem.retained.clear();
+        self.mem.dirty_bytes = 0;
+        self.mem.journal_bytes = 0;
+        Ok(())
     }
 
     /// The settings of `queue`, creating the queue with defaults on first use.
@@ -268,14 +577,34 @@ impl Engine {
     }
 
     pub fn load(&self, id: TaskId) -> Result<Task, StoreError> {
-        rows::load_task(&self.conn, id)
+        let task = self.mem.task(&self.conn, id.seq())?;
+        if task.id == id { Ok(task) } else { Err(StoreError::NotFound) }
     }
 
-    /// Saves a task changed from state `was` and tells the index.
-    fn save(&mut self, was: TaskState, task: &Task) -> Result<(), StoreError> {
-        rows::SaveTask::prepare(&self.conn)?.run(task)?;
-        self.mem.saved(was, task);
-        Ok(())
+    /// Applies `change` to task `id`. A change that applied is written to the
+    /// task's row; a refusal or a replay leaves the task as it was.
+    fn settle_change(
+        &mut self,
+        id: TaskId,
+        change: impl FnOnce(&mut Task) -> Result<AckOutcome, Refusal>,
+    ) -> Result<Task, StoreError> {
+        let (mut task, origin) = self.mem.take(&self.conn, id)?;
+        let was = task.state;
+        match change(&mut task) {
+            Ok(AckOutcome::Applied) => {
+                self.mem.settle(&mut RowWriter::new(&self.conn), &task, origin)?;
+                self.mem.index.upsert_task(Some(was), &task);
+                Ok(task)
+            }
+            Ok(AckOutcome::Replayed) => {
+                self.mem.restore(task.clone(), origin);
+                Ok(task)
+            }
+            Err(refusal) => {
+                self.mem.restore(task, origin);
+                Err(refusal.into())
+            }
+        }
     }
 
     pub fn enqueue(
@@ -285,20 +614,12 @@ impl Engine {
         now: Millis,
     ) -> Result<Vec<Result<Enqueued, StoreError>>, StoreError> {
         let settings = self.ensure_queue(queue.as_str(), now)?;
-        let mut insert = rows::InsertTask::prepare(&self.conn)?;
+        let mut rows = RowWriter::new(&self.conn);
         let mut out = Vec::with_capacity(tasks.len());
         for new in tasks {
             let seq = self.next_seq;
-            let one = enqueue_one(
-                &self.conn,
-                &mut insert,
-                &mut self.mem,
-                queue.as_str(),
-                new,
-                seq,
-                &settings,
-                now,
-            )?;
+            let one =
+                enqueue_one(&self.conn, &mut rows, &mut self.mem, queue.as_str(), new, seq, &settings, now)?;
             if matches!(one, Ok(Enqueued::Created(_))) {
                 self.next_seq += 1;
             }
@@ -314,27 +635,23 @@ impl Engine {
         // Picking again after each lease would be needed only if a lease could make
         // another task eligible; it cannot, so one pick serves the whole claim.
         let mut reader = rows::Reader::new(&self.conn);
-        let mut save = rows::SaveLease::prepare(&self.conn)?;
+        let mut rows = RowWriter::new(&self.conn);
         for seq in self.mem.index.pick(claim.queue.as_str(), claim.max) {
-            let mut task = self.mem.take_seq(&mut reader, seq)?;
-            #[cfg(debug_assertions)]
-            let before = task.clone();
+            let (mut task, origin) = self.mem.take_seq(&mut reader, seq)?;
             if task.lease(fastrand::u64(..), lease_ms, claim.worker.clone(), now).is_err() {
-                // The index and the rows disagree: trust the rows.
+                // The index and the tasks disagree: trust the tasks.
                 tracing::error!(task = %task.id, state = %task.state, "index offered a task that is not ready");
                 let slot_state = self.mem.index.state_of(seq);
                 self.mem.index.upsert_task(slot_state, &task);
+                self.mem.restore(task, origin);
                 continue;
             }
-            #[cfg(debug_assertions)]
-            changed_only(&before, &task, "save_lease", |t, after| {
-                t.attempts = after.attempts;
-                t.state = after.state;
-                t.lease.clone_from(&after.lease);
-                t.updated_at = after.updated_at;
-            });
-            save.run(&task)?;
-            self.mem.saved(TaskState::Ready, &task);
+            self.mem.index.upsert_task(Some(TaskState::Ready), &task);
+            if matches!(origin, Origin::Dirty { .. }) || self.mem.room_for_running() {
+                self.mem.leased(task.clone(), origin);
+            } else {
+                self.mem.settle(&mut rows, &task, origin)?;
+            }
             leased.push(task);
         }
         Ok(leased)
@@ -345,34 +662,31 @@ impl Engine {
         acks: Vec<Ack>,
         now: Millis,
     ) -> Result<Vec<Result<Task, StoreError>>, StoreError> {
-        let mut save = rows::SaveAck::prepare(&self.conn)?;
+        let mut rows = RowWriter::new(&self.conn);
         let mut out = Vec::with_capacity(acks.len());
         for ack in acks {
-            let mut task = match self.mem.take(&self.conn, ack.task_id) {
-                Ok(task) => task,
+            let (mut task, origin) = match self.mem.take(&self.conn, ack.task_id) {
+                Ok(taken) => taken,
                 Err(StoreError::NotFound) => {
                     out.push(Err(StoreError::NotFound));
                     continue;
                 }
                 Err(e) => return Err(e),
             };
-            #[cfg(debug_assertions)]
-            let before = task.clone();
             match task.ack(&LeaseToken::from_string(ack.token), ack.result, now) {
                 Ok(AckOutcome::Applied) => {
-                    #[cfg(debug_assertions)]
-                    changed_only(&before, &task, "save_ack", |t, after| {
-                        t.state = after.state;
-                        t.result.clone_from(&after.result);
-                        t.finished_at = after.finished_at;
-                        t.updated_at = after.updated_at;
-                    });
-                    save.run(&task)?;
-                    self.mem.saved(TaskState::Running, &task);
+                    self.mem.settle(&mut rows, &task, origin)?;
+                    self.mem.index.upsert_task(Some(TaskState::Running), &task);
                     out.push(Ok(task));
                 }
-                Ok(AckOutcome::Replayed) => out.push(Ok(task)),
-                Err(refusal) => out.push(Err(refusal.into())),
+                Ok(AckOutcome::Replayed) => {
+                    self.mem.restore(task.clone(), origin);
+                    out.push(Ok(task));
+                }
+                Err(refusal) => {
+                    self.mem.restore(task, origin);
+                    out.push(Err(refusal.into()));
+                }
             }
         }
         Ok(out)
@@ -383,17 +697,17 @@ impl Engine {
     }
 
     pub fn fail(&mut self, nack: Nack, now: Millis) -> Result<Task, StoreError> {
-        let mut task = self.mem.take(&self.conn, nack.task_id)?;
-        let settings = self.settings_of(&task.queue);
+        let queue = self.mem.task(&self.conn, nack.task_id.seq())?.queue;
+        let settings = self.settings_of(&queue);
         let token = LeaseToken::from_string(nack.token);
-        let outcome =
-            task.nack(&token, nack.error, nack.retry_in_ms, nack.dead, &settings, fastrand::f64(), now)?;
-        if outcome == AckOutcome::Applied {
-            self.save(TaskState::Running, &task)?;
-        }
-        Ok(task)
+        let (error, retry_in_ms, dead) = (nack.error, nack.retry_in_ms, nack.dead);
+        self.settle_change(nack.task_id, |task| {
+            task.nack(&token, error, retry_in_ms, dead, &settings, fastrand::f64(), now)
+        })
     }
 
+    /// An extension is a lease record: the task stays dirty, so heartbeats do not
+    /// rewrite its row.
     pub fn extend_lease(
         &mut self,
         id: TaskId,
@@ -401,40 +715,59 @@ impl Engine {
         lease_ms: i64,
         now: Millis,
     ) -> Result<Task, StoreError> {
-        let mut task = self.mem.take(&self.conn, id)?;
-        task.extend(&LeaseToken::from_string(token.to_owned()), lease_ms, now)?;
-        self.save(TaskState::Running, &task)?;
+        let (mut task, origin) = self.mem.take(&self.conn, id)?;
+        if let Err(refusal) = task.extend(&LeaseToken::from_string(token.to_owned()), lease_ms, now) {
+            self.mem.restore(task, origin);
+            return Err(refusal.into());
+        }
+        self.mem.index.upsert_task(Some(TaskState::Running), &task);
+        if matches!(origin, Origin::Dirty { .. }) || self.mem.room_for_running() {
+            self.mem.leased(task.clone(), origin);
+        } else {
+            self.mem.settle(&mut RowWriter::new(&self.conn), &task, origin)?;
+        }
         Ok(task)
     }
 
     pub fn cancel(&mut self, id: TaskId, now: Millis) -> Result<Task, StoreError> {
-        let mut task = self.mem.take(&self.conn, id)?;
-        let was = task.state;
-        if task.cancel(now)? == AckOutcome::Applied {
-            self.save(was, &task)?;
-        }
-        Ok(task)
+        self.settle_change(id, |task| task.cancel(now))
     }
 
     pub fn retry_dead(&mut self, id: TaskId, now: Millis) -> Result<Task, StoreError> {
-        let mut task = self.load(id)?;
-        let extra = self.settings_of(&task.queue).max_attempts;
-        task.retry(extra, now)?;
-        self.save(TaskState::Dead, &task)?;
-        Ok(task)
+        let queue = self.mem.task(&self.conn, id.seq())?.queue;
+        let extra = self.settings_of(&queue).max_attempts;
+        self.settle_change(id, |task| task.retry(extra, now).map(|()| AckOutcome::Applied))
     }
 
+    /// Lists the rows of the queue merged with its dirty tasks: the rows of dirty
+    /// tasks are stale and left out, so SQL is asked for as many more rows as
+    /// there are such tasks, and the dirty tasks that match are added.
     pub fn list_tasks(&self, list: &ListTasks) -> Result<Vec<Task>, StoreError> {
         if !self.queues.contains_key(list.queue.as_str()) {
             return Err(StoreError::NotFound);
         }
-        let after = list.after.map_or(0, |id| id.seq() as i64);
-        let limit = list.limit as i64;
-        let mut out = Vec::new();
+        let after = list.after.map_or(0, |id| id.seq());
+        let mut stale_rows = 0;
+        let mut out: Vec<Task> = Vec::new();
+        for (&seq, dirty) in &self.mem.dirty {
+            if dirty.task.queue != list.queue.as_str() {
+                continue;
+            }
+            stale_rows += usize::from(dirty.has_row);
+            if seq > after && list.state.is_none_or(|state| dirty.task.state == state) {
+                out.push(dirty.task.clone());
+            }
+        }
+        let limit = (list.limit + stale_rows) as i64;
+        let after = after as i64;
+        let dirty = &self.mem.dirty;
         let mut push_rows = |stmt: &mut rusqlite::CachedStatement<'_>, params: &[&dyn rusqlite::ToSql]| {
             let mut rows = stmt.query(params).db()?;
             while let Some(row) = rows.next().db()? {
-                out.push(rows::task_from_row(row).db()??);
+                let task = rows::task_from_row(row).db()??;
+                if !dirty.contains_key(&task.id.seq()) {
+                    out.push(task);
+                }
             }
             Ok::<(), StoreError>(())
         };
@@ -458,6 +791,8 @@ impl Engine {
                 push_rows(&mut stmt, &[&list.queue.as_str(), &after, &limit])?;
             }
         }
+        out.sort_unstable_by_key(|task| task.id.seq());
+        out.truncate(list.limit);
         Ok(out)
     }
 
@@ -492,23 +827,32 @@ impl Engine {
     pub fn tick(&mut self, now: Millis) -> Result<TickReport, StoreError> {
         let mut report = TickReport::default();
         let mut woken = BTreeSet::new();
+        let mut reader = rows::Reader::new(&self.conn);
+        let mut rows = RowWriter::new(&self.conn);
         for seq in self.mem.index.due(now, TICK_LIMIT) {
-            let mut task = self.mem.take_seq(&mut rows::Reader::new(&self.conn), seq)?;
+            let (mut task, origin) = self.mem.take_seq(&mut reader, seq)?;
             if task.promote(now) {
                 report.promoted += 1;
                 woken.insert(task.queue.clone());
-                self.save(TaskState::Scheduled, &task)?;
+                self.mem.settle(&mut rows, &task, origin)?;
+                self.mem.index.upsert_task(Some(TaskState::Scheduled), &task);
+            } else {
+                self.mem.restore(task, origin);
             }
         }
         for seq in self.mem.index.expired(now, TICK_LIMIT) {
-            let mut task = self.mem.take_seq(&mut rows::Reader::new(&self.conn), seq)?;
-            let settings = self.settings_of(&task.queue);
+            let (mut task, origin) = self.mem.take_seq(&mut reader, seq)?;
+            let settings = self.queues.get(&task.queue).cloned().unwrap_or_else(QueueSettings::defaults);
             if task.expire(&settings, fastrand::f64(), now) {
                 report.expired += 1;
                 woken.insert(task.queue.clone());
-                self.save(TaskState::Running, &task)?;
+                self.mem.settle(&mut rows, &task, origin)?;
+                self.mem.index.upsert_task(Some(TaskState::Running), &task);
+            } else {
+                self.mem.restore(task, origin);
             }
         }
+        drop((reader, rows));
         if now - self.last_purge >= PURGE_EVERY_MS {
             self.last_purge = now;
             report.purged = self.purge(now)?;
@@ -589,21 +933,12 @@ impl Engine {
     }
 }
 
-/// Checks that a transition from `before` to `after` changed only the fields
-/// `copy` copies: those the narrow statement `statement` writes.
-#[cfg(debug_assertions)]
-fn changed_only(before: &Task, after: &Task, statement: &str, copy: impl Fn(&mut Task, &Task)) {
-    let mut expected = before.clone();
-    copy(&mut expected, after);
-    assert_eq!(&expected, after, "the transition changed a field {statement} does not write");
-}
-
 /// Enqueues one task as sequence number `seq` unless its idempotency key was seen.
 /// The outer `Result` is the backend; the inner one this item's refusal.
 #[allow(clippy::too_many_arguments)]
 fn enqueue_one(
     conn: &Connection,
-    insert: &mut rows::InsertTask<'_>,
+    rows: &mut RowWriter<'_>,
     mem: &mut Memory,
     queue: &str,
     new: NewTask,
@@ -611,7 +946,8 @@ fn enqueue_one(
     settings: &QueueSettings,
     now: Millis,
 ) -> Result<Result<Enqueued, StoreError>, StoreError> {
-    let print = fingerprint(&new) as i64;
+    // Only a keyed request needs its fingerprint (hashing the payload byte by byte).
+    let print = new.idempotency_key.as_ref().map_or(0, |_| fingerprint(&new) as i64);
     if let Some(key) = &new.idempotency_key {
         let seen: Option<(i64, i64)> = conn
             .prepare_cached(
@@ -623,7 +959,7 @@ fn enqueue_one(
             .optional()
             .db()?;
         if let Some((seen_print, seq)) = seen {
-            let task = rows::load_seq(conn, seq as u64)?;
+            let task = mem.task(conn, seq as u64)?;
             return Ok(if seen_print == print {
                 Ok(Enqueued::Replayed(task))
             } else {
@@ -632,7 +968,6 @@ fn enqueue_one(
         }
     }
     let task = Task::create(queue, new, settings, seq, now);
-    insert.run(&task)?;
     if let Some(key) = &task.idempotency_key {
         conn.prepare_cached(
             "INSERT OR REPLACE INTO idempotency_keys (queue, key, fingerprint, task_seq, expires_at) \
@@ -643,6 +978,10 @@ fn enqueue_one(
         .db()?;
     }
     mem.index.upsert_task(None, &task);
-    mem.remember(&task);
+    if mem.room_for_new() {
+        mem.created(task.clone());
+    } else {
+        mem.settle(rows, &task, Origin::New)?;
+    }
     Ok(Ok(Enqueued::Created(task)))
 }

@@ -16,6 +16,7 @@
 //!   [`StoreError::Unavailable`], and the index is rebuilt from disk.
 
 mod engine;
+mod journal;
 mod rows;
 mod schema;
 mod sync;
@@ -42,13 +43,31 @@ pub struct Options {
     pub path: PathBuf,
     /// fsync every commit. Only tests that do not test durability turn it off.
     pub durable: bool,
+    pub limits: Limits,
 }
 
 impl Options {
-    /// Durable options for the database `cherga.db` in `dir`.
+    /// Durable options for the database `cherga.db` in `dir`, with the standard limits.
     pub fn in_dir(dir: &Path) -> Self {
-        Self { path: dir.join("cherga.db"), durable: true }
+        Self { path: dir.join("cherga.db"), durable: true, limits: Limits::STANDARD }
     }
+}
+
+/// How much the writer keeps ahead of the task rows: tasks changed in memory and
+/// in the journal whose rows are not written yet (see `docs/storage.md`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// About how many bytes of memory such tasks may hold. New tasks get half of
+    /// it; past that they are written to their rows at once.
+    pub dirty_bytes: usize,
+    /// How many bytes of journal may wait to be replayed at the next start;
+    /// past that the oldest such tasks are written to their rows.
+    pub journal_bytes: usize,
+}
+
+impl Limits {
+    /// The limits `cherga serve` runs with.
+    pub const STANDARD: Limits = Limits { dirty_bytes: 96 << 20, journal_bytes: 128 << 20 };
 }
 
 /// The embedded SQLite store. Cheap to share behind an `Arc`.

@@ -103,15 +103,6 @@ impl<'c> Reader<'c> {
     }
 }
 
-/// Loads the task whose id is `id`, checking the whole id, not only its sequence.
-///
-/// # Errors
-/// [`StoreError::NotFound`], [`StoreError::Corrupt`], [`StoreError::Unavailable`].
-pub fn load_task(conn: &Connection, id: TaskId) -> Result<Task, StoreError> {
-    let task = load_seq(conn, id.seq())?;
-    if task.id == id { Ok(task) } else { Err(StoreError::NotFound) }
-}
-
 /// Declares a statement that writes task rows, prepared once and then run for
 /// each row of a loop: fetching a statement from the connection's cache hashes
 /// its whole text, on the way out and back in, which was a tenth of an insert
@@ -205,47 +196,37 @@ impl SaveTask<'_> {
     }
 }
 
-row_statement! {
-    /// Writes what a lease changes (`Task::lease`): fewer columns than
-    /// [`SaveTask`], and none that an index covers, so SQLite need not look at
-    /// the indexes.
-    SaveLease = "UPDATE tasks SET attempts = ?2, state = ?3, lease_token = ?4, \
-        lease_expires_at = ?5, worker = ?6, updated_at = ?7 WHERE seq = ?1"
+/// Writes task rows in a loop: a new row for a task that has none, else the
+/// fields a transition may change. Each statement is prepared on first use.
+pub struct RowWriter<'c> {
+    conn: &'c Connection,
+    insert: Option<InsertTask<'c>>,
+    save: Option<SaveTask<'c>>,
 }
 
-impl SaveLease<'_> {
-    /// # Errors
-    /// [`StoreError::Unavailable`].
-    pub fn run(&mut self, task: &Task) -> Result<(), StoreError> {
-        let (token, expires_at, worker) = lease_columns(task);
-        execute(
-            &mut self.0,
-            params![
-                task.id.seq() as i64,
-                task.attempts,
-                task.state.code(),
-                token,
-                expires_at,
-                worker,
-                task.updated_at,
-            ],
-        )
+impl<'c> RowWriter<'c> {
+    pub fn new(conn: &'c Connection) -> Self {
+        RowWriter { conn, insert: None, save: None }
     }
-}
 
-row_statement! {
-    /// Writes what an ack changes (`Task::ack`): state, result and the finish time.
-    SaveAck = "UPDATE tasks SET state = ?2, result = ?3, finished_at = ?4, updated_at = ?5 WHERE seq = ?1"
-}
-
-impl SaveAck<'_> {
+    /// Writes `task` as it is: an insert unless `has_row`.
+    ///
     /// # Errors
     /// [`StoreError::Unavailable`].
-    pub fn run(&mut self, task: &Task) -> Result<(), StoreError> {
-        execute(
-            &mut self.0,
-            params![task.id.seq() as i64, task.state.code(), task.result, task.finished_at, task.updated_at],
-        )
+    pub fn write(&mut self, task: &Task, has_row: bool) -> Result<(), StoreError> {
+        if has_row {
+            let save = match &mut self.save {
+                Some(save) => save,
+                None => self.save.insert(SaveTask::prepare(self.conn)?),
+            };
+            save.run(task)
+        } else {
+            let insert = match &mut self.insert {
+                Some(insert) => insert,
+                None => self.insert.insert(InsertTask::prepare(self.conn)?),
+            };
+            insert.run(task)
+        }
     }
 }
 

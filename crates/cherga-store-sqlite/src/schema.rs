@@ -4,7 +4,7 @@
 use rusqlite::Connection;
 
 /// The version this build writes; `PRAGMA user_version` holds the version on disk.
-pub const VERSION: i64 = 2;
+pub const VERSION: i64 = 3;
 
 const V1: &str = "
 CREATE TABLE queues (
@@ -75,8 +75,18 @@ CREATE TABLE revoked_tokens (
 CREATE INDEX revoked_tokens_expiry ON revoked_tokens (expires_at);
 ";
 
+/// Version 3: the journal of changes not yet in their task rows (`journal.rs`).
+/// One row per writer batch that has such changes, deleted from the oldest on
+/// once no task depends on it.
+const V3: &str = "
+CREATE TABLE journal (
+    txn     INTEGER PRIMARY KEY,
+    records BLOB NOT NULL
+);
+";
+
 /// Every migration in version order: index 0 makes version 1.
-const MIGRATIONS: [&str; 2] = [V1, V2];
+const MIGRATIONS: [&str; 3] = [V1, V2, V3];
 
 /// The page cache, in KiB.
 const CACHE_KIB: i64 = 8 * 1024;

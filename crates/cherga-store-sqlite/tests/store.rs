@@ -9,7 +9,7 @@ use cherga_core::{
 };
 use cherga_store::testkit::{self, Harness, T0};
 use cherga_store::{Ack, Claim, Enqueued, ListTasks, Nack, QueueInfo, Store, StoreError};
-use cherga_store_sqlite::{Options, SqliteStore};
+use cherga_store_sqlite::{Limits, Options, SqliteStore};
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -20,12 +20,23 @@ use std::sync::Arc;
 struct TempSqlite {
     dir: tempfile::TempDir,
     durable: bool,
+    limits: Limits,
 }
 
 impl TempSqlite {
     /// Without fsync: for tests that do not test durability.
     fn fast() -> Self {
-        Self { dir: tempfile::tempdir().expect("temporary directory"), durable: false }
+        Self {
+            dir: tempfile::tempdir().expect("temporary directory"),
+            durable: false,
+            limits: Limits::STANDARD,
+        }
+    }
+
+    /// A few hundred bytes of dirty tasks and of journal: most tasks go to their
+    /// rows at once, and the oldest dirty ones are settled in almost every batch.
+    fn tiny_limits(self) -> Self {
+        Self { limits: Limits { dirty_bytes: 3_000, journal_bytes: 1_500 }, ..self }
     }
 
     fn durable() -> Self {
@@ -41,13 +52,29 @@ impl Harness for TempSqlite {
     type Store = SqliteStore;
 
     async fn open(&mut self) -> SqliteStore {
-        open(&self.path(), self.durable)
+        open_with(&self.path(), self.durable, self.limits)
     }
 }
 
 fn open(path: &Path, durable: bool) -> SqliteStore {
-    SqliteStore::open(Options { path: path.to_owned(), durable })
+    open_with(path, durable, Limits::STANDARD)
+}
+
+fn open_with(path: &Path, durable: bool, limits: Limits) -> SqliteStore {
+    SqliteStore::open(Options { path: path.to_owned(), durable, limits })
         .unwrap_or_else(|e| panic!("open {}: {e:?}", path.display()))
+}
+
+/// A copy of the database and its WAL as they are on disk while `live` runs, as
+/// after a power loss: what the copy opens to was recovered from the journal.
+fn copy_of(live: &TempSqlite) -> TempSqlite {
+    let copy = TempSqlite { dir: tempfile::tempdir().expect("temporary directory"), ..*live };
+    let wal = live.dir.path().join("cherga.db-wal");
+    std::fs::copy(live.path(), copy.path()).expect("copy the database file");
+    if wal.exists() {
+        std::fs::copy(&wal, copy.dir.path().join("cherga.db-wal")).expect("copy the WAL");
+    }
+    copy
 }
 
 mod conformance {
@@ -446,6 +473,9 @@ mod random_operations {
             paused: bool,
         },
         Reopen,
+        /// Carry on with a copy of the files taken while the store runs: the
+        /// journal is replayed over the rows, as after a crash.
+        Crash,
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -470,6 +500,7 @@ mod random_operations {
             1 => (proptest::option::of(1u8..4), proptest::bool::weighted(0.2))
                 .prop_map(|(concurrency, paused)| Op::Configure { concurrency, paused }),
             1 => Just(Op::Reopen),
+            1 => Just(Op::Crash),
         ]
     }
 
@@ -491,8 +522,8 @@ mod random_operations {
     }
 
     impl Run {
-        async fn new() -> Self {
-            let mut harness = TempSqlite::fast();
+        async fn new(tiny_limits: bool) -> Self {
+            let mut harness = if tiny_limits { TempSqlite::fast().tiny_limits() } else { TempSqlite::fast() };
             let store = harness.open().await;
             let patch = QueueSettingsPatch {
                 lease_ms: Some(LEASE_MS),
@@ -728,6 +759,17 @@ mod random_operations {
                     let info_after = self.store().get_queue(queue_name(QUEUE)).await.expect("get_queue");
                     assert_eq!(info_after, info_before, "queue across a reopen");
                 }
+                Op::Crash => {
+                    let before = list_all(self.store(), QUEUE).await;
+                    let info_before = self.store().get_queue(queue_name(QUEUE)).await.expect("get_queue");
+                    let copy = copy_of(&self.harness);
+                    self.store.take().expect("open").close().await;
+                    self.harness = copy;
+                    self.store = Some(self.harness.open().await);
+                    assert_eq!(list_all(self.store(), QUEUE).await, before, "tasks across a crash");
+                    let info_after = self.store().get_queue(queue_name(QUEUE)).await.expect("get_queue");
+                    assert_eq!(info_after, info_before, "queue across a crash");
+                }
             }
         }
 
@@ -854,13 +896,16 @@ mod random_operations {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 32, failure_persistence: None, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
 
         #[test]
-        fn invariants_hold_under_random_operations(ops in proptest::collection::vec(op(), 1..100)) {
+        fn invariants_hold_under_random_operations(
+            ops in proptest::collection::vec(op(), 1..100),
+            tiny_limits in any::<bool>(),
+        ) {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
             runtime.block_on(async {
-                let mut run = Run::new().await;
+                let mut run = Run::new(tiny_limits).await;
                 for op in &ops {
                     run.apply(op).await;
                     run.check().await;

@@ -1,0 +1,285 @@
+//! The journal: changes to tasks that are durable but not yet in their rows.
+//!
+//! Each writer batch that changed a task without writing its row appends one row
+//! to the `journal` table, in the same transaction as everything else the batch
+//! did, holding that batch's records in order. A record is one of:
+//!
+//! - [`Record::Created`]: a new task, whole (it has no row yet);
+//! - [`Record::Leased`]: the lease fields of a task after a lease or an extension
+//!   (the rest of the task is as its earlier records, or its row, say);
+//! - [`Record::Settled`]: the task's row now holds its whole state; its earlier
+//!   records are void.
+//!
+//! At start-up the journal is replayed in order over the rows, which gives every
+//! task's state as of the last commit. The writer deletes journal rows from the
+//! oldest on as soon as no task depends on them (see `engine.rs`).
+//!
+//! The encoding is cherga's own and private to this store: a format byte, then
+//! records, each a tag byte and its fields; integers little-endian, strings as a
+//! `u32` length and UTF-8 bytes, options as a `0`/`1` byte before the value.
+//! Decoding checks every length and tag and fails with a message, never a panic.
+
+use cherga_core::{Lease, LeaseToken, Millis, Task, TaskId, TaskState};
+
+/// The first byte of every journal row. A different byte is a format this build
+/// does not know.
+const FORMAT: u8 = 1;
+
+const CREATED: u8 = 1;
+const LEASED: u8 = 2;
+const SETTLED: u8 = 3;
+
+/// One change, as replayed.
+#[derive(Debug, PartialEq)]
+pub enum Record {
+    Created(Box<Task>),
+    Leased(LeaseFields),
+    Settled(u64),
+}
+
+/// What [`Task::lease`] and [`Task::extend`] change, for the task with sequence
+/// number `seq`.
+#[derive(Debug, PartialEq)]
+pub struct LeaseFields {
+    pub seq: u64,
+    pub attempts: u32,
+    pub state: TaskState,
+    pub lease: Option<Lease>,
+    pub updated_at: Millis,
+}
+
+impl LeaseFields {
+    /// Applies these fields to `task`, which must be the task they were taken from
+    /// (as its earlier records or its row left it).
+    pub fn apply(self, task: &mut Task) {
+        task.attempts = self.attempts;
+        task.state = self.state;
+        task.lease = self.lease;
+        task.updated_at = self.updated_at;
+    }
+}
+
+/// The records of one batch, encoded as they are added.
+#[derive(Debug, Default)]
+pub struct Batch {
+    bytes: Vec<u8>,
+}
+
+impl Batch {
+    /// The encoded row (format byte first) and an empty batch in its place.
+    pub fn take(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.bytes)
+    }
+
+    fn begin(&mut self, tag: u8) {
+        if self.bytes.is_empty() {
+            self.bytes.push(FORMAT);
+        }
+        self.bytes.push(tag);
+    }
+
+    pub fn created(&mut self, task: &Task) {
+        self.begin(CREATED);
+        let b = &mut self.bytes;
+        b.extend_from_slice(task.id.as_bytes());
+        put_str(b, &task.queue);
+        put_str(b, &task.kind);
+        put_str(b, &task.payload);
+        b.extend_from_slice(&task.priority.to_le_bytes());
+        b.extend_from_slice(&task.run_at.to_le_bytes());
+        put_opt_str(b, task.idempotency_key.as_deref());
+        put_opt_str(b, task.group.as_deref());
+        b.extend_from_slice(&task.max_attempts.to_le_bytes());
+        put_opt_str(b, task.result.as_deref());
+        put_opt_str(b, task.last_error.as_deref());
+        b.extend_from_slice(&task.created_at.to_le_bytes());
+        match task.finished_at {
+            Some(at) => {
+                b.push(1);
+                b.extend_from_slice(&at.to_le_bytes());
+            }
+            None => b.push(0),
+        }
+        put_lease_fields(b, task);
+    }
+
+    pub fn leased(&mut self, task: &Task) {
+        self.begin(LEASED);
+        self.bytes.extend_from_slice(&task.id.seq().to_le_bytes());
+        put_lease_fields(&mut self.bytes, task);
+    }
+
+    pub fn settled(&mut self, seq: u64) {
+        self.begin(SETTLED);
+        self.bytes.extend_from_slice(&seq.to_le_bytes());
+    }
+}
+
+/// The fields [`LeaseFields`] carries, without the sequence number.
+fn put_lease_fields(b: &mut Vec<u8>, task: &Task) {
+    b.extend_from_slice(&task.attempts.to_le_bytes());
+    b.push(task.state.code());
+    match &task.lease {
+        Some(lease) => {
+            b.push(1);
+            put_str(b, lease.token.as_str());
+            b.extend_from_slice(&lease.expires_at.to_le_bytes());
+            put_opt_str(b, lease.worker.as_deref());
+        }
+        None => b.push(0),
+    }
+    b.extend_from_slice(&task.updated_at.to_le_bytes());
+}
+
+fn put_str(b: &mut Vec<u8>, s: &str) {
+    let len = u32::try_from(s.len()).expect("strings in tasks are far below 4 GiB");
+    b.extend_from_slice(&len.to_le_bytes());
+    b.extend_from_slice(s.as_bytes());
+}
+
+fn put_opt_str(b: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => {
+            b.push(1);
+            put_str(b, s);
+        }
+        None => b.push(0),
+    }
+}
+
+/// Decodes one journal row.
+///
+/// # Errors
+/// A message naming what is wrong when the bytes are not a row this build wrote.
+pub fn decode(bytes: &[u8]) -> Result<Vec<Record>, String> {
+    let mut r = Reader { bytes, at: 0 };
+    match r.u8()? {
+        FORMAT => {}
+        other => return Err(format!("unknown journal format {other}")),
+    }
+    let mut records = Vec::new();
+    while r.at < bytes.len() {
+        let record = match r.u8()? {
+            CREATED => {
+                let id = TaskId::from_bytes(r.take(16)?.try_into().expect("16 bytes"));
+                let queue = r.string()?;
+                let kind = r.string()?;
+                let payload = r.string()?;
+                let priority = i32::from_le_bytes(r.array()?);
+                let run_at = r.i64()?;
+                let idempotency_key = r.opt_string()?;
+                let group = r.opt_string()?;
+                let max_attempts = r.u32()?;
+                let result = r.opt_string()?;
+                let last_error = r.opt_string()?;
+                let created_at = r.i64()?;
+                let finished_at = if r.flag()? { Some(r.i64()?) } else { None };
+                let fields = r.lease_fields(id.seq())?;
+                let mut task = Task {
+                    id,
+                    queue,
+                    kind,
+                    payload,
+                    priority,
+                    run_at,
+                    idempotency_key,
+                    group,
+                    max_attempts,
+                    attempts: 0,
+                    state: TaskState::Ready,
+                    result,
+                    last_error,
+                    lease: None,
+                    created_at,
+                    updated_at: 0,
+                    finished_at,
+                };
+                fields.apply(&mut task);
+                Record::Created(Box::new(task))
+            }
+            LEASED => {
+                let seq = r.u64()?;
+                Record::Leased(r.lease_fields(seq)?)
+            }
+            SETTLED => Record::Settled(r.u64()?),
+            other => return Err(format!("unknown journal record tag {other} at byte {}", r.at - 1)),
+        };
+        records.push(record);
+    }
+    Ok(records)
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self.at.checked_add(n).filter(|&end| end <= self.bytes.len()).ok_or_else(|| {
+            format!("journal row ends at byte {} inside a field of {n} bytes", self.bytes.len())
+        })?;
+        let slice = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(slice)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
+        Ok(self.take(N)?.try_into().expect("N bytes"))
+    }
+
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn flag(&mut self) -> Result<bool, String> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            other => Err(format!("journal flag byte is {other} at byte {}", self.at - 1)),
+        }
+    }
+
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, String> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+
+    fn i64(&mut self) -> Result<i64, String> {
+        Ok(i64::from_le_bytes(self.array()?))
+    }
+
+    fn string(&mut self) -> Result<String, String> {
+        let len = self.u32()? as usize;
+        let bytes = self.take(len)?;
+        String::from_utf8(bytes.to_vec())
+            .map_err(|_| format!("journal string before byte {} is not UTF-8", self.at))
+    }
+
+    fn opt_string(&mut self) -> Result<Option<String>, String> {
+        if self.flag()? { self.string().map(Some) } else { Ok(None) }
+    }
+
+    fn lease_fields(&mut self, seq: u64) -> Result<LeaseFields, String> {
+        let attempts = self.u32()?;
+        let code = self.u8()?;
+        let state =
+            TaskState::from_code(code).ok_or_else(|| format!("unknown task state {code} in the journal"))?;
+        let lease = if self.flag()? {
+            let token = LeaseToken::from_string(self.string()?);
+            let expires_at = self.i64()?;
+            let worker = self.opt_string()?;
+            Some(Lease { token, expires_at, worker })
+        } else {
+            None
+        };
+        let updated_at = self.i64()?;
+        Ok(LeaseFields { seq, attempts, state, lease, updated_at })
+    }
+}
+
+#[cfg(test)]
+mod tests;
