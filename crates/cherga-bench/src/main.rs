@@ -103,7 +103,8 @@ struct RunArgs {
     /// null, rabbitmq, nats, redis, postgres.
     #[arg(long, value_delimiter = ',')]
     systems: Option<Vec<String>>,
-    /// Only these scenarios, comma-separated: S1, S2, S3, S4.
+    /// Only these scenarios, comma-separated: S1, S2, S3, S4; or single cells by
+    /// row id (`S1-b100-c4`, `S2-b100-w8`, `S3-r5000`, `S4-enqueue`; see the JSON report).
     #[arg(long, value_delimiter = ',')]
     scenarios: Option<Vec<String>>,
     /// Longest a measured phase may take, in seconds.
@@ -205,28 +206,21 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-/// The jobs of the chosen scenarios, in report order.
+/// The jobs of the chosen scenarios (or cells, by row id), in report order.
 fn jobs(plan: &Plan) -> Vec<Job> {
     let mut jobs = Vec::new();
-    let wants = |s: &str| plan.scenarios.iter().any(|x| x == s);
-    if wants("S1") {
-        for (clients, batch) in [(1, 1), (16, 1), (64, 1), (1, 100), (4, 100)] {
-            jobs.push(Job::Enqueue { clients, batch });
-        }
+    for (clients, batch) in [(1, 1), (16, 1), (64, 1), (1, 100), (4, 100)] {
+        jobs.push(Job::Enqueue { clients, batch });
     }
-    if wants("S2") {
-        for (workers, batch) in [(1, 1), (8, 1), (1, 100), (8, 100)] {
-            jobs.push(Job::Drain { workers, batch });
-        }
+    for (workers, batch) in [(1, 1), (8, 1), (1, 100), (8, 100)] {
+        jobs.push(Job::Drain { workers, batch });
     }
-    if wants("S3") {
-        for &rate in &plan.options.rates {
-            jobs.push(Job::Steady { rate, seconds: plan.options.rate_seconds });
-        }
+    for &rate in &plan.options.rates {
+        jobs.push(Job::Steady { rate, seconds: plan.options.rate_seconds });
     }
-    if wants("S4") {
-        jobs.push(Job::Bulk);
-    }
+    jobs.push(Job::Bulk);
+    let wanted = |name: &str| plan.scenarios.iter().any(|x| x.eq_ignore_ascii_case(name));
+    jobs.retain(|job| job.rows().iter().any(|(row, scenario, _, _)| wanted(scenario) || wanted(row)));
     jobs
 }
 

@@ -323,3 +323,18 @@ fn axis_ticks_drop_trailing_zeros() {
     assert_eq!(crate::svg::trim_zeros("100"), "100");
     assert_eq!(crate::svg::trim_zeros("10.0k"), "10k");
 }
+
+#[test]
+fn scenarios_select_whole_scenarios_or_single_cells() {
+    use clap::Parser as _;
+    let jobs_of = |scenarios: &str| {
+        let cli = crate::Cli::try_parse_from(["cherga-bench", "run", "--scenarios", scenarios]).expect("parse");
+        let crate::Command::Run(args) = cli.command else { panic!("not run") };
+        let (plan, ..) = args.plan().expect("plan");
+        crate::jobs(&plan).iter().map(|job| job.rows()[0].0.clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(jobs_of("S2"), ["S2-b1-w1", "S2-b1-w8", "S2-b100-w1", "S2-b100-w8"]);
+    assert_eq!(jobs_of("s2-b100-w8,S1-b100-c4"), ["S1-b100-c4", "S2-b100-w8"]);
+    assert_eq!(jobs_of("S4-drain"), ["S4-enqueue"], "a bulk cell selects the bulk job");
+    assert!(jobs_of("S9").is_empty());
+}

@@ -101,6 +101,8 @@ struct Memory {
     /// The journal `txn` of the batch being run.
     txn: u64,
     limits: Limits,
+    /// Each queue's number (`queues.id`, the tasks' `qid`).
+    qids: HashMap<String, i64>,
 }
 
 /// About how much memory a dirty task holds: the entry and the strings it owns.
@@ -130,7 +132,13 @@ impl Memory {
             batch: journal::Batch::default(),
             txn: 1,
             limits,
+            qids: HashMap::new(),
         }
+    }
+
+    /// The number of `queue`, which exists: every task's queue was stored first.
+    fn qid(&self, queue: &str) -> i64 {
+        self.qids.get(queue).copied().unwrap_or(0)
     }
 
     /// Whether a new task may be kept dirty. New tasks get half of the room, so
@@ -217,11 +225,12 @@ impl Memory {
     /// Writes `task`, changed by a transition from `origin`, to its row; its
     /// journal records, if any, are void from now on.
     fn settle(&mut self, rows: &mut RowWriter<'_>, task: &Task, origin: Origin) -> Result<(), StoreError> {
+        let qid = self.qid(&task.queue);
         match origin {
-            Origin::New => rows.write(task, false),
-            Origin::Row => rows.write(task, true),
+            Origin::New => rows.write(task, qid, false),
+            Origin::Row => rows.write(task, qid, true),
             Origin::Dirty { has_row, .. } => {
-                rows.write(task, has_row)?;
+                rows.write(task, qid, has_row)?;
                 self.batch.settled(task.id.seq());
                 Ok(())
             }
@@ -326,15 +335,19 @@ impl Engine {
     /// is also how a rolled-back batch is forgotten.
     fn rebuild(&mut self) -> Result<(), StoreError> {
         let mut queues = HashMap::new();
+        let mut qids = HashMap::new();
         {
-            let mut stmt = self.conn.prepare(&format!("SELECT {QUEUE_COLUMNS} FROM queues")).db()?;
-            let rows = stmt.query_map([], rows::queue_from_row).db()?;
+            let mut stmt = self.conn.prepare(&format!("SELECT {QUEUE_COLUMNS}, id FROM queues")).db()?;
+            let rows =
+                stmt.query_map([], |row| Ok((rows::queue_from_row(row)?, row.get::<_, i64>(11)?))).db()?;
             for row in rows {
-                let (name, settings) = row.db()?;
+                let ((name, settings), id) = row.db()?;
+                qids.insert(name.clone(), id);
                 queues.insert(name, settings);
             }
         }
         let mut mem = self.replay()?;
+        mem.qids = qids;
         let index = &mut mem.index;
         for (name, settings) in &queues {
             index.configure_queue(name, settings.concurrency, settings.paused);
@@ -551,7 +564,7 @@ impl Engine {
         {
             let mut rows = RowWriter::new(&tx);
             for dirty in self.mem.dirty.values() {
-                rows.write(&dirty.task, dirty.has_row)?;
+                rows.write(&dirty.task, self.mem.qid(&dirty.task.queue), dirty.has_row)?;
             }
         }
         tx.execute("DELETE FROM journal", []).db()?;
@@ -570,10 +583,22 @@ impl Engine {
             return Ok(s.clone());
         }
         let settings = QueueSettings::defaults();
-        rows::save_queue(&self.conn, queue, &settings, now)?;
+        let id = self.queue_number(queue);
+        rows::save_queue(&self.conn, queue, id, &settings, now)?;
         self.mem.index.configure_queue(queue, settings.concurrency, settings.paused);
         self.queues.insert(queue.to_owned(), settings.clone());
         Ok(settings)
+    }
+
+    /// The number of `queue`, given to it now if it has none. A batch that rolls
+    /// back forgets it with the rest (the rebuild reads the numbers again).
+    fn queue_number(&mut self, queue: &str) -> i64 {
+        if let Some(&id) = self.mem.qids.get(queue) {
+            return id;
+        }
+        let id = self.mem.qids.values().max().map_or(1, |max| max + 1);
+        self.mem.qids.insert(queue.to_owned(), id);
+        id
     }
 
     pub fn load(&self, id: TaskId) -> Result<Task, StoreError> {
@@ -759,6 +784,7 @@ impl Engine {
             }
         }
         let limit = (list.limit + stale_rows) as i64;
+        let qid = self.mem.qid(list.queue.as_str());
         let after = after as i64;
         let dirty = &self.mem.dirty;
         let mut push_rows = |stmt: &mut rusqlite::CachedStatement<'_>, params: &[&dyn rusqlite::ToSql]| {
@@ -776,19 +802,19 @@ impl Engine {
                 const SQL: &str = concat!(
                     "SELECT ",
                     task_columns!(),
-                    " FROM tasks WHERE queue = ?1 AND seq > ?2 AND state = ?3 ORDER BY seq LIMIT ?4"
+                    " FROM tasks WHERE qid = ?1 AND seq > ?2 AND state = ?3 ORDER BY seq LIMIT ?4"
                 );
                 let mut stmt = self.conn.prepare_cached(SQL).db()?;
-                push_rows(&mut stmt, &[&list.queue.as_str(), &after, &state.code(), &limit])?;
+                push_rows(&mut stmt, &[&qid, &after, &state.code(), &limit])?;
             }
             None => {
                 const SQL: &str = concat!(
                     "SELECT ",
                     task_columns!(),
-                    " FROM tasks WHERE queue = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+                    " FROM tasks WHERE qid = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
                 );
                 let mut stmt = self.conn.prepare_cached(SQL).db()?;
-                push_rows(&mut stmt, &[&list.queue.as_str(), &after, &limit])?;
+                push_rows(&mut stmt, &[&qid, &after, &limit])?;
             }
         }
         out.sort_unstable_by_key(|task| task.id.seq());
@@ -804,7 +830,8 @@ impl Engine {
     ) -> Result<QueueInfo, StoreError> {
         let current = self.settings_of(queue.as_str());
         let settings = current.with(patch).map_err(StoreError::InvalidSettings)?;
-        rows::save_queue(&self.conn, queue.as_str(), &settings, now)?;
+        let id = self.queue_number(queue.as_str());
+        rows::save_queue(&self.conn, queue.as_str(), id, &settings, now)?;
         self.mem.index.configure_queue(queue.as_str(), settings.concurrency, settings.paused);
         self.queues.insert(queue.as_str().to_owned(), settings);
         Ok(self.queue_info(queue.as_str()).expect("just stored"))
@@ -873,7 +900,7 @@ impl Engine {
                 .conn
                 .prepare_cached(
                     "DELETE FROM tasks WHERE seq IN ( \
-                       SELECT seq FROM tasks WHERE queue = ?1 AND finished_at IS NOT NULL AND finished_at <= ?2 \
+                       SELECT seq FROM tasks WHERE qid = ?1 AND finished_at IS NOT NULL AND finished_at <= ?2 \
                        AND (idem_key IS NULL OR NOT EXISTS ( \
                          SELECT 1 FROM idempotency_keys k \
                          WHERE k.queue = tasks.queue AND k.key = tasks.idem_key \
@@ -883,9 +910,10 @@ impl Engine {
                 )
                 .db()?;
             let states = stmt
-                .query_map(params![queue, now.saturating_sub(retention_ms), now, TICK_LIMIT as i64], |r| {
-                    r.get::<_, u8>(0)
-                })
+                .query_map(
+                    params![self.mem.qid(&queue), now.saturating_sub(retention_ms), now, TICK_LIMIT as i64],
+                    |r| r.get::<_, u8>(0),
+                )
                 .db()?
                 .collect::<Result<Vec<u8>, _>>()
                 .db()?;

@@ -127,14 +127,16 @@ row_statement! {
     InsertTask = concat!(
         "INSERT INTO tasks (",
         task_columns!(),
-        ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
+        ", qid) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)"
     )
 }
 
 impl InsertTask<'_> {
+    /// Inserts `task`, whose queue has the number `qid`.
+    ///
     /// # Errors
     /// [`StoreError::Unavailable`].
-    pub fn run(&mut self, task: &Task) -> Result<(), StoreError> {
+    pub fn run(&mut self, task: &Task, qid: i64) -> Result<(), StoreError> {
         let (token, expires_at, worker) = lease_columns(task);
         execute(
             &mut self.0,
@@ -159,6 +161,7 @@ impl InsertTask<'_> {
                 task.created_at,
                 task.updated_at,
                 task.finished_at,
+                qid,
             ],
         )
     }
@@ -209,11 +212,12 @@ impl<'c> RowWriter<'c> {
         RowWriter { conn, insert: None, save: None }
     }
 
-    /// Writes `task` as it is: an insert unless `has_row`.
+    /// Writes `task`, whose queue has the number `qid`, as it is: an insert unless
+    /// `has_row`.
     ///
     /// # Errors
     /// [`StoreError::Unavailable`].
-    pub fn write(&mut self, task: &Task, has_row: bool) -> Result<(), StoreError> {
+    pub fn write(&mut self, task: &Task, qid: i64, has_row: bool) -> Result<(), StoreError> {
         if has_row {
             let save = match &mut self.save {
                 Some(save) => save,
@@ -225,7 +229,7 @@ impl<'c> RowWriter<'c> {
                 Some(insert) => insert,
                 None => self.insert.insert(InsertTask::prepare(self.conn)?),
             };
-            insert.run(task)
+            insert.run(task, qid)
         }
     }
 }
@@ -264,15 +268,22 @@ pub fn queue_from_row(row: &Row<'_>) -> rusqlite::Result<(String, QueueSettings)
     ))
 }
 
-/// Creates or replaces the settings of a queue.
+/// Creates or replaces the settings of a queue; `id` is its number, kept from
+/// its creation on.
 ///
 /// # Errors
 /// [`StoreError::Unavailable`].
-pub fn save_queue(conn: &Connection, name: &str, s: &QueueSettings, now: i64) -> Result<(), StoreError> {
+pub fn save_queue(
+    conn: &Connection,
+    name: &str,
+    id: i64,
+    s: &QueueSettings,
+    now: i64,
+) -> Result<(), StoreError> {
     let mut stmt = conn
         .prepare_cached(&format!(
-            "INSERT INTO queues ({QUEUE_COLUMNS}, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12) \
+            "INSERT INTO queues ({QUEUE_COLUMNS}, created_at, updated_at, id) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?13) \
              ON CONFLICT (name) DO UPDATE SET max_attempts = ?2, lease_ms = ?3, backoff_initial_ms = ?4, \
              backoff_max_ms = ?5, backoff_multiplier = ?6, backoff_jitter = ?7, concurrency = ?8, \
              paused = ?9, retention_ms = ?10, dedup_window_ms = ?11, updated_at = ?12"
@@ -291,6 +302,7 @@ pub fn save_queue(conn: &Connection, name: &str, s: &QueueSettings, now: i64) ->
         s.retention_ms,
         s.dedup_window_ms,
         now,
+        id,
     ])
     .db()?;
     Ok(())
