@@ -12,6 +12,7 @@ mod number;
 mod object;
 #[cfg(feature = "openapi")]
 pub mod openapi;
+pub mod render;
 pub mod time;
 
 use cherga_core::{QueueSettings, QueueSettingsPatch, Task, TaskState};

@@ -4,7 +4,7 @@
 use cherga_core::Millis;
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Timestamp(pub Millis);
@@ -18,8 +18,38 @@ impl Timestamp {
     /// the API refuses on the way in) are written as the nearest end of that range
     /// rather than failing.
     pub fn to_rfc3339(self) -> String {
-        let at = UNIX_EPOCH + Duration::from_millis(self.0.clamp(0, MAX_MILLIS) as u64);
-        humantime::format_rfc3339_millis(at).to_string()
+        let mut out = Vec::with_capacity(RFC3339_LEN);
+        self.write_rfc3339(&mut out);
+        String::from_utf8(out).expect("digits and ASCII punctuation")
+    }
+
+    /// Appends [`Timestamp::to_rfc3339`] to `out`: `2026-11-28T04:35:00.123Z`, the
+    /// form `humantime::format_rfc3339_millis` writes (a test compares them), in a
+    /// tenth of its time — every task in an answer carries three to five times.
+    pub fn write_rfc3339(self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.rfc3339_bytes());
+    }
+
+    fn rfc3339_bytes(self) -> [u8; RFC3339_LEN] {
+        let ms = self.0.clamp(0, MAX_MILLIS);
+        let (days, ms_of_day) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+        let (year, month, day) = civil_from_days(days);
+        let (secs, millis) = (ms_of_day / 1000, ms_of_day % 1000);
+        let mut buf = *b"0000-00-00T00:00:00.000Z";
+        let mut put = |at: usize, width: usize, mut value: i64| {
+            for i in (at..at + width).rev() {
+                buf[i] = b'0' + (value % 10) as u8;
+                value /= 10;
+            }
+        };
+        put(0, 4, year);
+        put(5, 2, month);
+        put(8, 2, day);
+        put(11, 2, secs / 3600);
+        put(14, 2, secs / 60 % 60);
+        put(17, 2, secs % 60);
+        put(20, 3, millis);
+        buf
     }
 
     /// # Errors
@@ -34,7 +64,7 @@ impl Timestamp {
 
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_rfc3339())
+        s.serialize_str(std::str::from_utf8(&self.rfc3339_bytes()).expect("digits and ASCII punctuation"))
     }
 }
 
@@ -73,6 +103,23 @@ impl<'de> Deserialize<'de> for Timestamp {
         }
         d.deserialize_any(V)
     }
+}
+
+/// The length of [`Timestamp::to_rfc3339`].
+pub const RFC3339_LEN: usize = 24;
+
+/// The proleptic Gregorian (year, month, day) of `days` since 1970-01-01 (Howard
+/// Hinnant's `civil_from_days`, <https://howardhinnant.github.io/date_algorithms.html>).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
 }
 
 #[cfg(feature = "openapi")]

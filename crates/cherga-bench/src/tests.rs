@@ -328,7 +328,8 @@ fn axis_ticks_drop_trailing_zeros() {
 fn scenarios_select_whole_scenarios_or_single_cells() {
     use clap::Parser as _;
     let jobs_of = |scenarios: &str| {
-        let cli = crate::Cli::try_parse_from(["cherga-bench", "run", "--scenarios", scenarios]).expect("parse");
+        let cli =
+            crate::Cli::try_parse_from(["cherga-bench", "run", "--scenarios", scenarios]).expect("parse");
         let crate::Command::Run(args) = cli.command else { panic!("not run") };
         let (plan, ..) = args.plan().expect("plan");
         crate::jobs(&plan).iter().map(|job| job.rows()[0].0.clone()).collect::<Vec<_>>()

@@ -8,17 +8,18 @@ use crate::error::ApiError;
 use crate::extract::{JsonBody, PathArg, Prefer, QueryArgs};
 use crate::{App, ServerConfig, now_ms};
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use cherga_api::auth::{RevocationList, RevocationView, RevokeRequest};
+use cherga_api::render::{self, View};
 use cherga_api::{
-    AckRequest, BatchAckRequest, BatchItem, BatchResponse, EnqueueBatchRequest, EnqueueRequest, ErrorCode,
+    AckRequest, BatchAckRequest, BatchResponse, EnqueueBatchRequest, EnqueueRequest, ErrorCode,
     ExtendRequest, Health, LeaseRequest, LeaseResponse, ListQuery, MAX_BATCH, MAX_ERROR_LEN, MAX_WAIT_MS,
     NackRequest, PREFER_MINIMAL, QueueList, QueueSettingsBody, QueueView, TaskBrief, TaskList, TaskView,
 };
-use cherga_api::{ErrorBody, Timestamp};
+use cherga_api::{ErrorBody, Timestamp, WireError};
 use cherga_auth::Access;
 use cherga_core::queue::MAX_LEASE_MS;
 use cherga_core::{NewTask, QueueName, Task, TaskId, TaskState};
@@ -217,8 +218,21 @@ fn task_answer(status: StatusCode, task: &Task, prefer: Prefer) -> Response {
     if prefer.minimal {
         minimal((status, Json(TaskBrief::from_task(task))).into_response())
     } else {
-        (status, Json(TaskView::from_task(task))).into_response()
+        let mut body = Vec::with_capacity(640);
+        render::task(&mut body, task, View::Public);
+        rendered(status, body)
     }
+}
+
+/// A JSON answer whose bytes `cherga_api::render` wrote: those serde writes for
+/// the wire types named in the route's documentation, faster.
+fn rendered(status: StatusCode, body: Vec<u8>) -> Response {
+    (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
+}
+
+/// A task, whole, as the answer of a route that shows one.
+fn task_json(task: &Task) -> Response {
+    task_answer(StatusCode::OK, task, Prefer { minimal: false })
 }
 
 /// Marks an answer as shortened on the client's request.
@@ -227,22 +241,27 @@ fn minimal(mut response: Response) -> Response {
     response
 }
 
-/// A batch answer, marked as shortened when it was.
-fn batch_answer(results: Vec<BatchItem>, prefer: Prefer) -> Response {
-    let response = Json(BatchResponse { results }).into_response();
+/// One item of a batch answer before it is written: a task with the status it
+/// would have had alone, or the item's error.
+// Almost every item is `Done`; boxing its task would allocate once per item.
+#[allow(clippy::large_enum_variant)]
+enum Item {
+    Done(u16, Task),
+    Failed(ApiError),
+}
+
+/// A batch answer (a [`BatchResponse`]), marked as shortened when it was.
+fn batch_answer(items: Vec<Item>, prefer: Prefer) -> Response {
+    let errors: Vec<Option<WireError>> =
+        items.iter().map(|item| if let Item::Failed(e) = item { Some(e.to_wire()) } else { None }).collect();
+    let body = render::batch(items.iter().zip(&errors).map(|(item, error)| match (item, error) {
+        (Item::Done(status, task), _) if prefer.minimal => render::Item::Id(*status, task),
+        (Item::Done(status, task), _) => render::Item::Task(*status, task),
+        (Item::Failed(e), Some(wire)) => render::Item::Error(e.code.status(), wire),
+        (Item::Failed(_), None) => unreachable!("every failed item has its wire error"),
+    }));
+    let response = rendered(StatusCode::OK, body);
     if prefer.minimal { minimal(response) } else { response }
-}
-
-fn item_ok(status: u16, task: &Task, prefer: Prefer) -> BatchItem {
-    if prefer.minimal {
-        BatchItem { status, id: Some(task.id.to_string()), task: None, error: None }
-    } else {
-        BatchItem { status, id: None, task: Some(TaskView::from_task(task)), error: None }
-    }
-}
-
-fn item_err(error: ApiError) -> BatchItem {
-    BatchItem { status: error.code.status(), id: None, task: None, error: Some(error.to_wire()) }
 }
 
 /// The answer of a batch: the items refused before the store keep their error, and
@@ -251,17 +270,17 @@ fn item_err(error: ApiError) -> BatchItem {
 fn merge_batch<T>(
     checked: Vec<Result<(), ApiError>>,
     stored: Vec<Result<T, StoreError>>,
-    mut ok: impl FnMut(T) -> BatchItem,
-) -> Vec<BatchItem> {
+    mut ok: impl FnMut(T) -> Item,
+) -> Vec<Item> {
     let mut stored = stored.into_iter();
     checked
         .into_iter()
         .map(|check| match check {
-            Err(e) => item_err(e),
+            Err(e) => Item::Failed(e),
             Ok(()) => match stored.next() {
                 Some(Ok(answer)) => ok(answer),
-                Some(Err(e)) => item_err(ApiError::from_task_error(e)),
-                None => item_err(ApiError::new(ErrorCode::Internal, "store returned too few results")),
+                Some(Err(e)) => Item::Failed(ApiError::from_task_error(e)),
+                None => Item::Failed(ApiError::new(ErrorCode::Internal, "store returned too few results")),
             },
         })
         .collect()
@@ -308,9 +327,9 @@ pub(crate) async fn enqueue_batch<S: Store>(
             } else {
                 app.after_change(&task);
             }
-            item_ok(201, &task, prefer)
+            Item::Done(201, task)
         }
-        Enqueued::Replayed(task) => item_ok(200, &task, prefer),
+        Enqueued::Replayed(task) => Item::Done(200, task),
     });
     if woke {
         app.waiters.wake(&queue_text);
@@ -327,7 +346,7 @@ pub(crate) async fn list_tasks<S: Store>(
     State(app): AppState<S>,
     ReadQueue(queue): ReadQueue,
     QueryArgs(query): QueryArgs<ListQuery>,
-) -> Result<Json<TaskList>, ApiError> {
+) -> Result<Response, ApiError> {
     let state = match query.state.as_deref() {
         None | Some("") => None,
         Some(s) => Some(TaskState::parse(s).ok_or_else(|| {
@@ -350,7 +369,7 @@ pub(crate) async fn list_tasks<S: Store>(
         .await
         .map_err(ApiError::from_queue_error)?;
     let next = (tasks.len() == limit).then(|| tasks.last().map(|t| t.id.to_string())).flatten();
-    Ok(Json(TaskList { tasks: tasks.iter().map(TaskView::from_task).collect(), next }))
+    Ok(rendered(StatusCode::OK, render::tasks(&tasks, View::Public, Some(next.as_deref()))))
 }
 
 /// Leases up to `max` ready tasks, waiting up to `wait_ms` for one (long poll).
@@ -363,7 +382,7 @@ pub(crate) async fn lease<S: Store>(
     State(app): AppState<S>,
     ConsumeQueue(queue): ConsumeQueue,
     JsonBody(request): JsonBody<LeaseRequest>,
-) -> Result<Json<LeaseResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let max = request.max.unwrap_or(1);
     if !(1..=MAX_BATCH).contains(&max) {
         return Err(ApiError::invalid(format!("max must be between 1 and {MAX_BATCH}")));
@@ -394,10 +413,10 @@ pub(crate) async fn lease<S: Store>(
                 app.after_change(first);
             }
             app.remember_queues(&tasks);
-            return Ok(Json(LeaseResponse { tasks: tasks.iter().map(TaskView::leased).collect() }));
+            return Ok(rendered(StatusCode::OK, render::tasks(&tasks, View::Leased, None)));
         }
         if tokio::time::Instant::now() >= deadline || *shutting_down.borrow() {
-            return Ok(Json(LeaseResponse { tasks: Vec::new() }));
+            return Ok(rendered(StatusCode::OK, render::tasks([], View::Leased, None)));
         }
         if wait_slot.is_none() {
             let slot = app.lease_waits.clone().try_acquire_owned().map_err(|_| {
@@ -479,7 +498,7 @@ pub(crate) async fn ack_batch<S: Store>(
         if !woken.contains(&task.queue) {
             woken.push(task.queue.clone());
         }
-        item_ok(200, &task, prefer)
+        Item::Done(200, task)
     });
     for queue in woken {
         app.waiters.wake(&queue);
@@ -498,7 +517,7 @@ pub(crate) async fn nack<S: Store>(
     State(app): AppState<S>,
     ConsumeTask(task_id): ConsumeTask,
     JsonBody(request): JsonBody<NackRequest>,
-) -> Result<Json<TaskView>, ApiError> {
+) -> Result<Response, ApiError> {
     if request.retry_in_ms.is_some_and(|ms| !(0..=cherga_api::MAX_RETRY_IN_MS).contains(&ms)) {
         return Err(ApiError::invalid("retry_in_ms must be between 0 and 30 days"));
     }
@@ -515,7 +534,7 @@ pub(crate) async fn nack<S: Store>(
         // The nacked task's concurrency slot is free now.
         app.waiters.wake(&task.queue);
     }
-    Ok(Json(TaskView::from_task(&task)))
+    Ok(task_json(&task))
 }
 
 /// Extends the current lease (a heartbeat). Needs `consume` on the task's queue.
@@ -528,7 +547,7 @@ pub(crate) async fn extend<S: Store>(
     State(app): AppState<S>,
     ConsumeTask(task_id): ConsumeTask,
     JsonBody(request): JsonBody<ExtendRequest>,
-) -> Result<Json<TaskView>, ApiError> {
+) -> Result<Response, ApiError> {
     check_lease_ms(request.lease_ms)?;
     let lease_ms = match request.lease_ms {
         Some(ms) => ms,
@@ -543,7 +562,7 @@ pub(crate) async fn extend<S: Store>(
         .extend_lease(task_id, request.lease, lease_ms, now_ms())
         .await
         .map_err(ApiError::from_task_error)?;
-    Ok(Json(TaskView::from_task(&task)))
+    Ok(task_json(&task))
 }
 
 /// A task with its result. Needs `produce` or `consume` on the task's queue.
@@ -554,12 +573,12 @@ pub(crate) async fn get_task<S: Store>(
     State(app): AppState<S>,
     caller: Caller,
     PathArg(id): PathArg<String>,
-) -> Result<Json<TaskView>, ApiError> {
+) -> Result<Response, ApiError> {
     let task = app.store.get_task(task_id(&id)?).await.map_err(ApiError::from_task_error)?;
     if !caller.allows(Access::Read, &task.queue) {
         return Err(forbidden(Access::Read, &task.queue));
     }
-    Ok(Json(TaskView::from_task(&task)))
+    Ok(task_json(&task))
 }
 
 /// Cancels a scheduled or ready task (idempotent). Needs `produce` on the task's queue.
@@ -570,10 +589,10 @@ pub(crate) async fn get_task<S: Store>(
 pub(crate) async fn cancel<S: Store>(
     State(app): AppState<S>,
     ProduceTask(task_id): ProduceTask,
-) -> Result<Json<TaskView>, ApiError> {
+) -> Result<Response, ApiError> {
     let task = app.store.cancel(task_id, now_ms()).await.map_err(ApiError::from_task_error)?;
     app.after_change(&task);
-    Ok(Json(TaskView::from_task(&task)))
+    Ok(task_json(&task))
 }
 
 /// Sends a dead task back to ready. Needs `produce` on the task's queue.
@@ -584,10 +603,10 @@ pub(crate) async fn cancel<S: Store>(
 pub(crate) async fn retry<S: Store>(
     State(app): AppState<S>,
     ProduceTask(task_id): ProduceTask,
-) -> Result<Json<TaskView>, ApiError> {
+) -> Result<Response, ApiError> {
     let task = app.store.retry_dead(task_id, now_ms()).await.map_err(ApiError::from_task_error)?;
     app.after_change(&task);
-    Ok(Json(TaskView::from_task(&task)))
+    Ok(task_json(&task))
 }
 
 impl From<StoreError> for ApiError {
