@@ -256,9 +256,10 @@ pub struct BatchResponse {
 }
 
 /// The `Prefer` request header that asks for short answers (RFC 7240): enqueues
-/// and acks then answer [`TaskBrief`]s, and batch items carry the task's id
-/// instead of the whole task. Errors are never shortened. An answer that was
-/// shortened carries `Preference-Applied: return=minimal`.
+/// and acks then answer [`TaskBrief`]s, batch items carry the task's id instead
+/// of the whole task, and leases answer [`LeasedBrief`]s. Errors are never
+/// shortened. An answer that was shortened carries
+/// `Preference-Applied: return=minimal`.
 pub const PREFER_MINIMAL: &str = "return=minimal";
 
 /// A task in a short answer (`Prefer: return=minimal`): its id and state.
@@ -272,6 +273,38 @@ pub struct TaskBrief {
 impl TaskBrief {
     pub fn from_task(task: &Task) -> Self {
         Self { id: task.id.to_string(), state: task.state.as_str().to_owned() }
+    }
+}
+
+/// A task in a short lease answer (`Prefer: return=minimal`): what a worker needs
+/// to run it and report back.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LeasedBrief {
+    pub id: String,
+    pub kind: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = Value))]
+    pub payload: Box<RawValue>,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub lease: LeaseView,
+}
+
+impl LeasedBrief {
+    /// The short view of a task just leased; `None` if it holds no lease.
+    pub fn from_task(task: &Task) -> Option<Self> {
+        let lease = task.lease.as_ref()?;
+        Some(Self {
+            id: task.id.to_string(),
+            kind: task.kind.clone(),
+            payload: raw(&task.payload),
+            attempts: task.attempts,
+            max_attempts: task.max_attempts,
+            lease: LeaseView {
+                token: lease.token.as_str().to_owned(),
+                expires_at: Timestamp(lease.expires_at),
+            },
+        })
     }
 }
 

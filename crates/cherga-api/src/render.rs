@@ -27,10 +27,15 @@ pub enum View {
     Public,
     /// [`crate::TaskView::leased`]: for the worker that just leased the task.
     Leased,
+    /// [`crate::LeasedBrief`]: the short form of [`View::Leased`].
+    LeasedBrief,
 }
 
 /// Appends the JSON of `task` as `view` shows it.
 pub fn task(out: &mut Vec<u8>, task: &Task, view: View) {
+    if view == View::LeasedBrief {
+        return leased_brief(out, task);
+    }
     let running_lease = task.lease.as_ref().filter(|_| task.state == TaskState::Running);
     out.extend_from_slice(b"{\"id\":");
     id(out, task.id);
@@ -86,6 +91,33 @@ pub fn task(out: &mut Vec<u8>, task: &Task, view: View) {
         out.extend_from_slice(b",\"expires_at\":");
         time(out, lease.expires_at);
         out.push(b'}');
+    }
+    out.push(b'}');
+}
+
+/// A [`crate::LeasedBrief`]; a task without a lease (never in a lease answer) is
+/// written with the fields it has and `"lease":null`.
+fn leased_brief(out: &mut Vec<u8>, task: &Task) {
+    out.extend_from_slice(b"{\"id\":");
+    id(out, task.id);
+    out.extend_from_slice(b",\"kind\":");
+    string(out, &task.kind);
+    out.extend_from_slice(b",\"payload\":");
+    out.extend_from_slice(task.payload.as_bytes());
+    out.extend_from_slice(b",\"attempts\":");
+    integer(out, task.attempts);
+    out.extend_from_slice(b",\"max_attempts\":");
+    integer(out, task.max_attempts);
+    out.extend_from_slice(b",\"lease\":");
+    match &task.lease {
+        Some(lease) => {
+            out.extend_from_slice(b"{\"token\":");
+            string(out, lease.token.as_str());
+            out.extend_from_slice(b",\"expires_at\":");
+            time(out, lease.expires_at);
+            out.push(b'}');
+        }
+        None => out.extend_from_slice(b"null"),
     }
     out.push(b'}');
 }

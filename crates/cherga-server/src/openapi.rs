@@ -80,6 +80,8 @@ impl Modify for Shared {
         components.schemas.insert("ErrorBody".to_owned(), ErrorBody::schema());
         // The answer of an enqueue or an ack sent with `Prefer: return=minimal`.
         components.schemas.insert("TaskBrief".to_owned(), cherga_api::TaskBrief::schema());
+        // Each task of a lease answer sent with `Prefer: return=minimal`.
+        components.schemas.insert("LeasedBrief".to_owned(), cherga_api::LeasedBrief::schema());
         doc.security = Some(vec![SecurityRequirement::new("bearer", Vec::<String>::new())]);
         // Bodies whose fields are all optional may be left out: an empty body
         // reads as `{}` (so `curl -X POST .../lease` works).

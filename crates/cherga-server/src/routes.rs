@@ -374,15 +374,22 @@ pub(crate) async fn list_tasks<S: Store>(
 
 /// Leases up to `max` ready tasks, waiting up to `wait_ms` for one (long poll).
 /// Needs `consume` on the queue.
-#[utoipa::path(post, path = "/v1/queues/{queue}/lease", tag = "workers", params(QueueParam),
+#[utoipa::path(post, path = "/v1/queues/{queue}/lease", tag = "workers", params(QueueParam, PreferParam),
     request_body = LeaseRequest,
-    responses((status = 200, description = "the leased tasks, each with its lease; empty when none came in time",
+    responses((status = 200, description = "the leased tasks, each with its lease; empty when none came in time \
+        (with `Prefer: return=minimal` each task is a `LeasedBrief`)",
         body = LeaseResponse)))]
 pub(crate) async fn lease<S: Store>(
     State(app): AppState<S>,
     ConsumeQueue(queue): ConsumeQueue,
+    prefer: Prefer,
     JsonBody(request): JsonBody<LeaseRequest>,
 ) -> Result<Response, ApiError> {
+    let view = if prefer.minimal { View::LeasedBrief } else { View::Leased };
+    let answer = |tasks: &[Task]| {
+        let response = rendered(StatusCode::OK, render::tasks(tasks, view, None));
+        if prefer.minimal { minimal(response) } else { response }
+    };
     let max = request.max.unwrap_or(1);
     if !(1..=MAX_BATCH).contains(&max) {
         return Err(ApiError::invalid(format!("max must be between 1 and {MAX_BATCH}")));
@@ -413,10 +420,10 @@ pub(crate) async fn lease<S: Store>(
                 app.after_change(first);
             }
             app.remember_queues(&tasks);
-            return Ok(rendered(StatusCode::OK, render::tasks(&tasks, View::Leased, None)));
+            return Ok(answer(&tasks));
         }
         if tokio::time::Instant::now() >= deadline || *shutting_down.borrow() {
-            return Ok(rendered(StatusCode::OK, render::tasks([], View::Leased, None)));
+            return Ok(answer(&[]));
         }
         if wait_slot.is_none() {
             let slot = app.lease_waits.clone().try_acquire_owned().map_err(|_| {
@@ -689,14 +696,15 @@ pub(crate) struct IdempotencyKeyParam {
     idempotency_key: Option<String>,
 }
 
-/// The optional `Prefer` header of an enqueue or an ack (RFC 7240).
+/// The optional `Prefer` header of an enqueue, an ack or a lease (RFC 7240).
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Header)]
 #[allow(dead_code)] // Read by the OpenAPI derive only.
 pub(crate) struct PreferParam {
-    /// `return=minimal`: answer with the task's id and state (`TaskBrief`), and in a
-    /// batch with each item's id instead of its task. The answer then carries
-    /// `Preference-Applied: return=minimal`.
+    /// `return=minimal`: answer an enqueue or an ack with the task's id and state
+    /// (`TaskBrief`), and in a batch with each item's id instead of its task; answer
+    /// a lease with each task's id, kind, payload, attempts, max_attempts and lease
+    /// (`LeasedBrief`). The answer then carries `Preference-Applied: return=minimal`.
     #[param(rename = "Prefer")]
     prefer: Option<String>,
 }

@@ -1019,7 +1019,8 @@ mod multi_node {
 }
 
 /// `Prefer: return=minimal` (RFC 7240) turns the answers of enqueues and acks into
-/// ids and states; errors keep their whole body; the tasks themselves are whole.
+/// ids and states, and a lease's tasks into what a worker needs; errors keep their
+/// whole body; the tasks themselves are whole.
 async fn prefer_return_minimal_shortens_answers_but_not_errors(backend: Backend) {
     let server = Server::start(&backend).await;
     let client = http();
@@ -1049,7 +1050,8 @@ async fn prefer_return_minimal_shortens_answers_but_not_errors(backend: Backend)
     let (_, leased) = server.post("/v1/queues/brief/lease", json!({"max": 2})).await;
     let leased = leased["tasks"].as_array().unwrap().clone();
     assert_eq!(leased.len(), 2, "{leased:?}");
-    assert_eq!(leased[0]["payload"], json!({"n": 1}), "leases are never shortened");
+    assert_eq!(leased[0]["payload"], json!({"n": 1}), "a lease without the header is whole");
+    assert_eq!(leased[0]["queue"], "brief", "a lease without the header is whole");
     let answer = post(&format!("/v1/tasks/{}/ack", id(&leased[0])), json!({"lease": token(&leased[0])}))
         .await
         .unwrap();
@@ -1071,4 +1073,23 @@ async fn prefer_return_minimal_shortens_answers_but_not_errors(backend: Backend)
     assert_eq!(whole["payload"], json!({"n": 4}), "{whole}");
     let (_, got) = server.get(&format!("/v1/tasks/{}", id(&one))).await;
     assert_eq!(got["state"], "succeeded", "{got}");
+
+    // A short lease: each task as a worker needs it, and its lease works.
+    let answer = post("/v1/queues/brief/lease", json!({"max": 5})).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.headers()["preference-applied"], "return=minimal");
+    let short: Value = answer.json().await.unwrap();
+    let tasks = short["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 1, "{short}");
+    let mut keys: Vec<&str> = tasks[0].as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["attempts", "id", "kind", "lease", "max_attempts", "payload"], "{short}");
+    assert_eq!((tasks[0]["id"].clone(), tasks[0]["payload"].clone()), (whole["id"].clone(), json!({"n": 4})));
+    assert_eq!((tasks[0]["attempts"].clone(), tasks[0]["kind"].clone()), (json!(1), json!("k")));
+    let (status, acked) =
+        server.post(&format!("/v1/tasks/{}/ack", id(&tasks[0])), json!({"lease": token(&tasks[0])})).await;
+    assert_eq!((status, acked["state"].clone()), (200, json!("succeeded")), "{acked}");
+    let empty = post("/v1/queues/brief/lease", json!({"max": 5})).await.unwrap();
+    assert_eq!(empty.headers()["preference-applied"], "return=minimal");
+    assert_eq!(empty.json::<Value>().await.unwrap(), json!({"tasks": []}));
 }

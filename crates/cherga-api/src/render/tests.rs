@@ -178,5 +178,10 @@ proptest! {
         let mut leased = Vec::new();
         super::task(&mut leased, &task, View::Leased);
         prop_assert_eq!(String::from_utf8(leased).unwrap(), String::from_utf8(serde_bytes(&TaskView::leased(&task))).unwrap());
+        if let Some(brief) = crate::LeasedBrief::from_task(&task) {
+            let mut short = Vec::new();
+            super::task(&mut short, &task, View::LeasedBrief);
+            prop_assert_eq!(String::from_utf8(short).unwrap(), String::from_utf8(serde_bytes(&brief)).unwrap());
+        }
     }
 }
