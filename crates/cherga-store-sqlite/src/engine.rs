@@ -367,15 +367,18 @@ impl Engine {
         {
             let mut stmt = self
                 .conn
-                .prepare("SELECT seq, queue, priority, run_at, grp, state, lease_expires_at FROM tasks")
+                .prepare("SELECT seq, qid, priority, run_at, grp, state, lease_expires_at FROM tasks")
                 .db()?;
             let mut rows = stmt.query([]).db()?;
             // Finished tasks are only counted, per queue and state.
-            let mut finished: HashMap<String, [u64; 6]> = HashMap::new();
-            // Rows come in enqueue order, mostly runs of one queue: look its name up
-            // once per run, not once per row.
-            let mut queue: Option<std::sync::Arc<str>> = None;
+            let mut finished: HashMap<i64, [u64; 6]> = HashMap::new();
             let mut loader = index.loader();
+            // Each queue's interned name, by number.
+            let max_qid = mem.qids.values().copied().max().unwrap_or(0).max(0) as usize;
+            let mut names: Vec<Option<std::sync::Arc<str>>> = vec![None; max_qid + 1];
+            for (name, &qid) in &mem.qids {
+                names[qid as usize] = Some(loader.queue_name(name));
+            }
             let any_dirty = !mem.dirty.is_empty();
             while let Some(row) = rows.next().db()? {
                 let seq: i64 = row.get(0).db()?;
@@ -384,21 +387,22 @@ impl Engine {
                 if any_dirty && mem.dirty.contains_key(&(seq as u64)) {
                     continue;
                 }
-                let name = row.get_ref(1).db()?.as_str().map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let qid: i64 = row.get(1).db()?;
                 let code: u8 = row.get(5).db()?;
                 let state = TaskState::from_code(code)
                     .ok_or_else(|| StoreError::Corrupt(format!("task {seq} has unknown state {code}")))?;
                 if state.is_finished() {
-                    match finished.get_mut(name) {
-                        Some(counts) => counts[usize::from(code)] += 1,
-                        None => finished.entry(name.to_owned()).or_default()[usize::from(code)] += 1,
-                    }
+                    finished.entry(qid).or_default()[usize::from(code)] += 1;
                     continue;
                 }
-                let queue = match &queue {
-                    Some(q) if &**q == name => q.clone(),
-                    _ => queue.insert(loader.queue_name(name)).clone(),
-                };
+                let queue = usize::try_from(qid)
+                    .ok()
+                    .and_then(|qid| names.get(qid).cloned().flatten())
+                    .ok_or_else(|| {
+                        StoreError::Corrupt(format!(
+                            "task {seq} is in queue number {qid}, which is not stored"
+                        ))
+                    })?;
                 let group: Option<String> = row.get(4).db()?;
                 loader.add(
                     seq as u64,
@@ -418,7 +422,13 @@ impl Engine {
                 loader.add(seq, TaskSlot::of(&dirty.task, queue));
             }
             loader.finish();
-            for (queue, counts) in finished {
+            for (qid, counts) in finished {
+                let Some(queue) = usize::try_from(qid).ok().and_then(|qid| names.get(qid).cloned().flatten())
+                else {
+                    return Err(StoreError::Corrupt(format!(
+                        "finished tasks in queue number {qid}, which is not stored"
+                    )));
+                };
                 for state in TaskState::ALL.into_iter().filter(|s| s.is_finished()) {
                     index.add_finished(&queue, state, counts[usize::from(state.code())]);
                 }
@@ -903,7 +913,7 @@ impl Engine {
                        SELECT seq FROM tasks WHERE qid = ?1 AND finished_at IS NOT NULL AND finished_at <= ?2 \
                        AND (idem_key IS NULL OR NOT EXISTS ( \
                          SELECT 1 FROM idempotency_keys k \
-                         WHERE k.queue = tasks.queue AND k.key = tasks.idem_key \
+                         WHERE k.queue = ?5 AND k.key = tasks.idem_key \
                          AND k.task_seq = tasks.seq AND k.expires_at > ?3)) \
                        LIMIT ?4) \
                      RETURNING state",
@@ -911,7 +921,13 @@ impl Engine {
                 .db()?;
             let states = stmt
                 .query_map(
-                    params![self.mem.qid(&queue), now.saturating_sub(retention_ms), now, TICK_LIMIT as i64],
+                    params![
+                        self.mem.qid(&queue),
+                        now.saturating_sub(retention_ms),
+                        now,
+                        TICK_LIMIT as i64,
+                        queue
+                    ],
                     |r| r.get::<_, u8>(0),
                 )
                 .db()?

@@ -14,6 +14,9 @@
 //! task's state as of the last commit. The writer deletes journal rows from the
 //! oldest on as soon as no task depends on them (see `engine.rs`).
 //!
+//! Task rows keep the whole task in their `body` in the same encoding as a
+//! `Created` record ([`encode_task`]), beside copies of the fields SQL needs.
+//!
 //! The encoding is cherga's own and private to this store: a format byte, then
 //! records, each a tag byte and its fields; integers little-endian, strings as a
 //! `u32` length and UTF-8 bytes, options as a `0`/`1` byte before the value.
@@ -80,27 +83,7 @@ impl Batch {
 
     pub fn created(&mut self, task: &Task) {
         self.begin(CREATED);
-        let b = &mut self.bytes;
-        b.extend_from_slice(task.id.as_bytes());
-        put_str(b, &task.queue);
-        put_str(b, &task.kind);
-        put_str(b, &task.payload);
-        b.extend_from_slice(&task.priority.to_le_bytes());
-        b.extend_from_slice(&task.run_at.to_le_bytes());
-        put_opt_str(b, task.idempotency_key.as_deref());
-        put_opt_str(b, task.group.as_deref());
-        b.extend_from_slice(&task.max_attempts.to_le_bytes());
-        put_opt_str(b, task.result.as_deref());
-        put_opt_str(b, task.last_error.as_deref());
-        b.extend_from_slice(&task.created_at.to_le_bytes());
-        match task.finished_at {
-            Some(at) => {
-                b.push(1);
-                b.extend_from_slice(&at.to_le_bytes());
-            }
-            None => b.push(0),
-        }
-        put_lease_fields(b, task);
+        put_task(&mut self.bytes, task);
     }
 
     pub fn leased(&mut self, task: &Task) {
@@ -113,6 +96,53 @@ impl Batch {
         self.begin(SETTLED);
         self.bytes.extend_from_slice(&seq.to_le_bytes());
     }
+}
+
+/// A whole task, as a task row's `body` holds it: its format byte, then the
+/// fields as a `Created` record has them.
+pub fn encode_task(out: &mut Vec<u8>, task: &Task) {
+    out.push(FORMAT);
+    put_task(out, task);
+}
+
+/// The task a row's `body` holds.
+///
+/// # Errors
+/// A message naming what is wrong when the bytes are not a body this build wrote.
+pub fn decode_task(bytes: &[u8]) -> Result<Task, String> {
+    let mut r = Reader { bytes, at: 0 };
+    match r.u8()? {
+        FORMAT => {}
+        other => return Err(format!("unknown task body format {other}")),
+    }
+    let task = r.task()?;
+    if r.at != bytes.len() {
+        return Err(format!("task body has {} bytes after its end", bytes.len() - r.at));
+    }
+    Ok(task)
+}
+
+fn put_task(b: &mut Vec<u8>, task: &Task) {
+    b.extend_from_slice(task.id.as_bytes());
+    put_str(b, &task.queue);
+    put_str(b, &task.kind);
+    put_str(b, &task.payload);
+    b.extend_from_slice(&task.priority.to_le_bytes());
+    b.extend_from_slice(&task.run_at.to_le_bytes());
+    put_opt_str(b, task.idempotency_key.as_deref());
+    put_opt_str(b, task.group.as_deref());
+    b.extend_from_slice(&task.max_attempts.to_le_bytes());
+    put_opt_str(b, task.result.as_deref());
+    put_opt_str(b, task.last_error.as_deref());
+    b.extend_from_slice(&task.created_at.to_le_bytes());
+    match task.finished_at {
+        Some(at) => {
+            b.push(1);
+            b.extend_from_slice(&at.to_le_bytes());
+        }
+        None => b.push(0),
+    }
+    put_lease_fields(b, task);
 }
 
 /// The fields [`LeaseFields`] carries, without the sequence number.
@@ -160,43 +190,7 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<Record>, String> {
     let mut records = Vec::new();
     while r.at < bytes.len() {
         let record = match r.u8()? {
-            CREATED => {
-                let id = TaskId::from_bytes(r.take(16)?.try_into().expect("16 bytes"));
-                let queue = r.string()?;
-                let kind = r.string()?;
-                let payload = r.string()?;
-                let priority = i32::from_le_bytes(r.array()?);
-                let run_at = r.i64()?;
-                let idempotency_key = r.opt_string()?;
-                let group = r.opt_string()?;
-                let max_attempts = r.u32()?;
-                let result = r.opt_string()?;
-                let last_error = r.opt_string()?;
-                let created_at = r.i64()?;
-                let finished_at = if r.flag()? { Some(r.i64()?) } else { None };
-                let fields = r.lease_fields(id.seq())?;
-                let mut task = Task {
-                    id,
-                    queue,
-                    kind,
-                    payload,
-                    priority,
-                    run_at,
-                    idempotency_key,
-                    group,
-                    max_attempts,
-                    attempts: 0,
-                    state: TaskState::Ready,
-                    result,
-                    last_error,
-                    lease: None,
-                    created_at,
-                    updated_at: 0,
-                    finished_at,
-                };
-                fields.apply(&mut task);
-                Record::Created(Box::new(task))
-            }
+            CREATED => Record::Created(Box::new(r.task()?)),
             LEASED => {
                 let seq = r.u64()?;
                 Record::Leased(r.lease_fields(seq)?)
@@ -261,6 +255,44 @@ impl<'a> Reader<'a> {
 
     fn opt_string(&mut self) -> Result<Option<String>, String> {
         if self.flag()? { self.string().map(Some) } else { Ok(None) }
+    }
+
+    fn task(&mut self) -> Result<Task, String> {
+        let id = TaskId::from_bytes(self.array()?);
+        let queue = self.string()?;
+        let kind = self.string()?;
+        let payload = self.string()?;
+        let priority = i32::from_le_bytes(self.array()?);
+        let run_at = self.i64()?;
+        let idempotency_key = self.opt_string()?;
+        let group = self.opt_string()?;
+        let max_attempts = self.u32()?;
+        let result = self.opt_string()?;
+        let last_error = self.opt_string()?;
+        let created_at = self.i64()?;
+        let finished_at = if self.flag()? { Some(self.i64()?) } else { None };
+        let fields = self.lease_fields(id.seq())?;
+        let mut task = Task {
+            id,
+            queue,
+            kind,
+            payload,
+            priority,
+            run_at,
+            idempotency_key,
+            group,
+            max_attempts,
+            attempts: 0,
+            state: TaskState::Ready,
+            result,
+            last_error,
+            lease: None,
+            created_at,
+            updated_at: 0,
+            finished_at,
+        };
+        fields.apply(&mut task);
+        Ok(task)
     }
 
     fn lease_fields(&mut self, seq: u64) -> Result<LeaseFields, String> {

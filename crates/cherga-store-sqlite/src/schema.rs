@@ -1,7 +1,8 @@
 //! The schema and the pragmas of the embedded store. `docs/storage.md` explains
 //! the choices.
 
-use rusqlite::Connection;
+use cherga_core::{Lease, LeaseToken, Task, TaskId, TaskState};
+use rusqlite::{Connection, OptionalExtension};
 
 /// The version this build writes; `PRAGMA user_version` holds the version on disk.
 pub const VERSION: i64 = 3;
@@ -75,11 +76,13 @@ CREATE TABLE revoked_tokens (
 CREATE INDEX revoked_tokens_expiry ON revoked_tokens (expires_at);
 ";
 
-/// Version 3: the journal of changes not yet in their task rows (`journal.rs`),
-/// one row per writer batch that has such changes, deleted from the oldest on
-/// once no task depends on it; and a number per queue, so that the task indexes
-/// compare integers instead of queue names (a third of an insert's work went to
-/// comparing names while walking the two index B-trees; `docs/storage.md`).
+/// Version 3, in SQL: the journal of changes not yet in their task rows
+/// (`journal.rs`), one row per writer batch that has such changes, deleted from
+/// the oldest on once no task depends on it; a number per queue, so that the task
+/// indexes compare integers instead of queue names (a third of an insert's work
+/// went to comparing names while walking the two index B-trees); and the task
+/// table in its new layout (`rows.rs`: the task in one `body` blob, beside copies
+/// of the fields SQL needs), filled from the old one by [`v3_tasks`].
 const V3: &str = "
 CREATE TABLE journal (
     txn     INTEGER PRIMARY KEY,
@@ -88,16 +91,114 @@ CREATE TABLE journal (
 ALTER TABLE queues ADD COLUMN id INTEGER;
 UPDATE queues SET id = (SELECT count(*) FROM queues AS q WHERE q.name <= queues.name);
 CREATE UNIQUE INDEX queues_by_id ON queues (id);
-ALTER TABLE tasks ADD COLUMN qid INTEGER NOT NULL DEFAULT 0;
-UPDATE tasks SET qid = coalesce((SELECT id FROM queues WHERE queues.name = tasks.queue), 0);
+ALTER TABLE tasks RENAME TO tasks_v2;
 DROP INDEX tasks_by_queue;
 DROP INDEX tasks_finished;
-CREATE INDEX tasks_by_queue ON tasks (qid, seq);
-CREATE INDEX tasks_finished ON tasks (qid, finished_at) WHERE finished_at IS NOT NULL;
+CREATE TABLE tasks (
+    seq              INTEGER PRIMARY KEY AUTOINCREMENT,
+    qid              INTEGER NOT NULL,
+    priority         INTEGER NOT NULL,
+    run_at           INTEGER NOT NULL,
+    grp              TEXT,
+    state            INTEGER NOT NULL,
+    lease_expires_at INTEGER,
+    finished_at      INTEGER,
+    idem_key         TEXT,
+    body             BLOB NOT NULL
+);
 ";
 
+/// The rest of version 3: every task row of version 2 moved into the new
+/// `tasks`, then its indexes, and the table's highest sequence number ever given
+/// (so purged numbers never return).
+fn v3_tasks(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    // Renaming the table renamed its AUTOINCREMENT counter with it.
+    let high: Option<i64> = tx
+        .query_row("SELECT seq FROM sqlite_sequence WHERE name = 'tasks_v2'", [], |r| r.get(0))
+        .optional()?;
+    {
+        let mut qids = std::collections::HashMap::new();
+        let mut stmt = tx.prepare("SELECT name, id FROM queues")?;
+        for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+            let (name, id) = row?;
+            qids.insert(name, id);
+        }
+        let mut read = tx.prepare(
+            "SELECT id, queue, kind, payload, priority, run_at, idem_key, grp, max_attempts, attempts, state, \
+             result, last_error, lease_token, lease_expires_at, worker, created_at, updated_at, finished_at \
+             FROM tasks_v2 ORDER BY seq",
+        )?;
+        let mut insert = crate::rows::InsertTask::prepare(tx).map_err(into_sqlite)?;
+        let mut rows = read.query([])?;
+        while let Some(row) = rows.next()? {
+            let task = v2_task(row)?;
+            let qid = qids.get(&task.queue).copied().unwrap_or(0);
+            insert.run(&task, qid).map_err(into_sqlite)?;
+        }
+    }
+    tx.execute_batch(
+        "DROP TABLE tasks_v2;
+         CREATE INDEX tasks_by_queue ON tasks (qid, seq);
+         CREATE INDEX tasks_finished ON tasks (qid, finished_at) WHERE finished_at IS NOT NULL;",
+    )?;
+    if let Some(high) = high {
+        tx.execute("DELETE FROM sqlite_sequence WHERE name = 'tasks'", [])?;
+        tx.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('tasks', ?1)", [high])?;
+    }
+    Ok(())
+}
+
+fn into_sqlite(e: cherga_store::StoreError) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(Box::new(e))
+}
+
+/// A task row as version 2 stored it, one column per field.
+fn v2_task(row: &rusqlite::Row<'_>) -> rusqlite::Result<Task> {
+    let corrupt = |what: String| rusqlite::Error::ToSqlConversionFailure(what.into());
+    let id: Vec<u8> = row.get(0)?;
+    let id = <[u8; 16]>::try_from(id.as_slice()).map_err(|_| corrupt("task id is not 16 bytes".into()))?;
+    let code: u8 = row.get(10)?;
+    let state = TaskState::from_code(code).ok_or_else(|| corrupt(format!("unknown task state {code}")))?;
+    let lease = row.get::<_, Option<String>>(13)?.map(|token| -> rusqlite::Result<Lease> {
+        Ok(Lease {
+            token: LeaseToken::from_string(token),
+            expires_at: row.get::<_, Option<i64>>(14)?.unwrap_or(0),
+            worker: row.get(15)?,
+        })
+    });
+    Ok(Task {
+        id: TaskId::from_bytes(id),
+        queue: row.get(1)?,
+        kind: row.get(2)?,
+        payload: row.get(3)?,
+        priority: row.get(4)?,
+        run_at: row.get(5)?,
+        idempotency_key: row.get(6)?,
+        group: row.get(7)?,
+        max_attempts: row.get(8)?,
+        attempts: row.get(9)?,
+        state,
+        result: row.get(11)?,
+        last_error: row.get(12)?,
+        lease: lease.transpose()?,
+        created_at: row.get(16)?,
+        updated_at: row.get(17)?,
+        finished_at: row.get(18)?,
+    })
+}
+
+/// One version's migration: its SQL, then, for some, a step in Rust.
+struct Migration {
+    sql: &'static str,
+    then: Option<fn(&rusqlite::Transaction<'_>) -> rusqlite::Result<()>>,
+}
+
 /// Every migration in version order: index 0 makes version 1.
-const MIGRATIONS: [&str; 3] = [V1, V2, V3];
+const MIGRATIONS: [Migration; 3] = [
+    Migration { sql: V1, then: None },
+    Migration { sql: V2, then: None },
+    Migration { sql: V3, then: Some(v3_tasks) },
+];
 
 /// The page cache, in KiB.
 const CACHE_KIB: i64 = 8 * 1024;
@@ -138,13 +239,16 @@ pub fn migrate(conn: &mut Connection) -> Result<(), String> {
     }
     // Each version in its own transaction together with its user_version, so a
     // crash between two leaves the database at one version or the next.
-    for (index, sql) in MIGRATIONS.iter().enumerate() {
+    for (index, migration) in MIGRATIONS.iter().enumerate() {
         let target = index as i64 + 1;
         if version >= target {
             continue;
         }
         let tx = conn.transaction().map_err(|e| e.to_string())?;
-        tx.execute_batch(sql).map_err(|e| e.to_string())?;
+        tx.execute_batch(migration.sql).map_err(|e| e.to_string())?;
+        if let Some(step) = migration.then {
+            step(&tx).map_err(|e| format!("migrating to version {target}: {e}"))?;
+        }
         tx.pragma_update(None, "user_version", target).map_err(|e| e.to_string())?;
         tx.commit().map_err(|e| e.to_string())?;
     }
@@ -155,13 +259,41 @@ pub fn migrate(conn: &mut Connection) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    /// A task as version 2 would have stored it.
+    fn old_task(seq: u64, queue: &str, finished: bool) -> Task {
+        Task {
+            id: TaskId::new(1_700_000_000_000 + seq as i64, seq),
+            queue: queue.into(),
+            kind: "charge ✓".into(),
+            payload: r#"{"n":1}"#.into(),
+            priority: -2,
+            run_at: 1_700_000_000_500,
+            idempotency_key: Some(format!("key-{seq}")),
+            group: seq.is_multiple_of(2).then(|| "g".to_owned()),
+            max_attempts: 25,
+            attempts: 1,
+            state: if finished { TaskState::Succeeded } else { TaskState::Running },
+            result: finished.then(|| r#"{"ok":true}"#.to_owned()),
+            last_error: None,
+            lease: Some(Lease {
+                token: LeaseToken::new(1, seq),
+                expires_at: 1_700_000_030_000,
+                worker: Some("w".into()),
+            }),
+            created_at: 1_700_000_000_000 + seq as i64,
+            updated_at: 1_700_000_001_000,
+            finished_at: finished.then_some(1_700_000_001_000),
+        }
+    }
+
     /// A database made by versions 1 and 2, with tasks in two queues, migrates to
-    /// version 3: every task gets its queue's number and the indexes are on it.
+    /// version 3: every task reads back as it was, each gets its queue's number,
+    /// the indexes are on the numbers, and purged sequence numbers stay used.
     #[test]
     fn version_2_database_migrates_to_3() {
         let mut conn = Connection::open_in_memory().expect("open");
-        for sql in &MIGRATIONS[..2] {
-            conn.execute_batch(sql).expect("old migration");
+        for migration in &MIGRATIONS[..2] {
+            conn.execute_batch(migration.sql).expect("old migration");
         }
         conn.pragma_update(None, "user_version", 2).expect("version");
         for name in ["zeta", "alpha"] {
@@ -173,14 +305,25 @@ mod tests {
             )
             .expect("queue");
         }
-        for (seq, queue) in [(1, "zeta"), (2, "alpha"), (3, "zeta")] {
+        let tasks = [old_task(1, "zeta", true), old_task(2, "alpha", false), old_task(4, "zeta", false)];
+        for task in &tasks {
+            let lease = task.lease.as_ref().expect("leased");
             conn.execute(
-                "INSERT INTO tasks (seq, id, queue, kind, payload, priority, run_at, max_attempts, attempts, \
-                 state, created_at, updated_at) VALUES (?1, x'00', ?2, 'k', '{}', 0, 0, 25, 0, 1, 0, 0)",
-                rusqlite::params![seq, queue],
+                "INSERT INTO tasks (seq, id, queue, kind, payload, priority, run_at, idem_key, grp, max_attempts, \
+                 attempts, state, result, last_error, lease_token, lease_expires_at, worker, created_at, updated_at, \
+                 finished_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, \
+                 ?18, ?19, ?20)",
+                rusqlite::params![
+                    task.id.seq() as i64, &task.id.as_bytes()[..], task.queue, task.kind, task.payload,
+                    task.priority, task.run_at, task.idempotency_key, task.group, task.max_attempts,
+                    task.attempts, task.state.code(), task.result, task.last_error, lease.token.as_str(),
+                    lease.expires_at, lease.worker, task.created_at, task.updated_at, task.finished_at,
+                ],
             )
             .expect("task");
         }
+        // Task 5 was enqueued and purged: its number must not be given again.
+        conn.execute("UPDATE sqlite_sequence SET seq = 5 WHERE name = 'tasks'", []).expect("sequence");
         migrate(&mut conn).expect("migrate");
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).expect("version");
         assert_eq!(version, VERSION);
@@ -189,11 +332,20 @@ mod tests {
             .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
             .expect("queue ids");
         assert_eq!(ids, [("alpha".to_owned(), 1), ("zeta".to_owned(), 2)]);
-        let qids: Vec<(i64, i64)> = conn
-            .prepare("SELECT seq, qid FROM tasks ORDER BY seq")
-            .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
-            .expect("task qids");
-        assert_eq!(qids, [(1, 2), (2, 1), (3, 2)]);
+        for task in &tasks {
+            assert_eq!(&crate::rows::load_seq(&conn, task.id.seq()).expect("migrated task"), task);
+        }
+        let copies: Vec<(i64, i64, u8, Option<i64>)> = conn
+            .prepare("SELECT seq, qid, state, finished_at FROM tasks ORDER BY seq")
+            .and_then(|mut s| {
+                s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?.collect()
+            })
+            .expect("task columns");
+        assert_eq!(copies, [(1, 2, 3, Some(1_700_000_001_000)), (2, 1, 2, None), (4, 2, 2, None)]);
+        let high: i64 = conn
+            .query_row("SELECT seq FROM sqlite_sequence WHERE name = 'tasks'", [], |r| r.get(0))
+            .expect("high");
+        assert_eq!(high, 5);
         let plan: String = conn
             .query_row(
                 "EXPLAIN QUERY PLAN SELECT seq FROM tasks WHERE qid = 2 AND seq > 0 ORDER BY seq",
