@@ -18,7 +18,7 @@
 //! [`BatchResponse`]: crate::BatchResponse
 
 use crate::{Timestamp, WireError};
-use cherga_core::{Task, TaskId, TaskState};
+use cherga_core::{Lease, Task, TaskId, TaskState};
 
 /// Which view of a task to write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,12 +86,18 @@ pub fn task(out: &mut Vec<u8>, task: &Task, view: View) {
     if view == View::Leased
         && let Some(lease) = &task.lease
     {
-        out.extend_from_slice(b",\"lease\":{\"token\":");
-        string(out, lease.token.as_str());
-        out.extend_from_slice(b",\"expires_at\":");
-        time(out, lease.expires_at);
-        out.push(b'}');
+        out.extend_from_slice(b",\"lease\":");
+        lease_object(out, lease);
     }
+    out.push(b'}');
+}
+
+/// A [`crate::LeaseView`]: the token and the expiry.
+fn lease_object(out: &mut Vec<u8>, lease: &Lease) {
+    out.extend_from_slice(b"{\"token\":");
+    string(out, lease.token.as_str());
+    out.extend_from_slice(b",\"expires_at\":");
+    time(out, lease.expires_at);
     out.push(b'}');
 }
 
@@ -110,13 +116,7 @@ fn leased_brief(out: &mut Vec<u8>, task: &Task) {
     integer(out, task.max_attempts);
     out.extend_from_slice(b",\"lease\":");
     match &task.lease {
-        Some(lease) => {
-            out.extend_from_slice(b"{\"token\":");
-            string(out, lease.token.as_str());
-            out.extend_from_slice(b",\"expires_at\":");
-            time(out, lease.expires_at);
-            out.push(b'}');
-        }
+        Some(lease) => lease_object(out, lease),
         None => out.extend_from_slice(b"null"),
     }
     out.push(b'}');

@@ -20,6 +20,7 @@
 //!   ([`Limits`]): past them, new tasks go to rows at once and the oldest dirty
 //!   tasks are settled.
 
+use crate::checkpoint::{self, Checkpointer};
 use crate::journal::{self, Record};
 use crate::rows::{self, Db, QUEUE_COLUMNS, RowWriter, task_columns};
 use crate::sync::Syncer;
@@ -318,6 +319,7 @@ impl Engine {
         let mut conn = Connection::open(&options.path).db()?;
         schema::configure(&conn, options.durable).db()?;
         schema::migrate(&mut conn).map_err(|e| StoreError::Unavailable(e.into()))?;
+        checkpoint::watch(&conn);
         let mut engine = Engine {
             conn,
             mem: Memory::new(options.limits),
@@ -506,7 +508,9 @@ impl Engine {
     /// The writer loop: batch, commit, hand the answers to the syncer, which sends
     /// them once the WAL holding the commit is on disk. The writer goes on with the
     /// next batch while the syncer waits for the disk.
-    pub fn run(mut self, jobs: mpsc::Receiver<Job>, syncer: Syncer) {
+    pub fn run(mut self, jobs: mpsc::Receiver<Job>, syncer: Syncer, checkpointer: Checkpointer) {
+        // The WAL's size when a checkpoint was last asked for.
+        let mut asked_at = 0;
         while let Ok(first) = jobs.recv() {
             let mut batch = Vec::with_capacity(64);
             batch.push(first);
@@ -538,7 +542,22 @@ impl Engine {
                 }
             };
             match outcome {
-                Ok(()) => syncer.after_sync(replies),
+                Ok(()) => {
+                    syncer.after_sync(replies);
+                    let pages = checkpoint::wal_pages();
+                    if pages < asked_at {
+                        // The WAL started again from its beginning.
+                        asked_at = 0;
+                    }
+                    if pages >= checkpoint::WAL_HARD_PAGES {
+                        if let Err(error) = checkpoint::passive(&self.conn) {
+                            tracing::warn!(%error, "checkpoint failed; the WAL keeps the pages until the next one");
+                        }
+                    } else if pages >= asked_at + checkpoint::WAL_KICK_PAGES {
+                        checkpointer.ask();
+                        asked_at = pages;
+                    }
+                }
                 Err(message) => {
                     tracing::error!(error = %message, "batch failed; rolling back and rebuilding the index");
                     let _ = self.conn.execute_batch("ROLLBACK");
@@ -558,6 +577,7 @@ impl Engine {
         if let Err(e) = self.settle_all() {
             tracing::warn!(error = %e, "could not settle the dirty tasks at close; the journal will be replayed at next open");
         }
+        checkpointer.finish();
         if let Err(e) = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
             tracing::warn!(error = %e, "checkpoint at close failed; the WAL will be replayed at next open");
         }

@@ -5,7 +5,8 @@
 //! thread then fdatasyncs the WAL and only then answers each caller (group commit:
 //! one fsync for every batch committed since the last one). While the syncer waits
 //! for the disk the writer runs the next batch, so a busy server overlaps its SQL
-//! work with its fsyncs.
+//! work with its fsyncs. A checkpointer thread copies the WAL back into the
+//! database beside them (`checkpoint.rs`).
 //!
 //! Invariants:
 //! - the writer thread is the only user of the connection and of the in-memory
@@ -15,6 +16,7 @@
 //! - when a batch fails, it is rolled back whole, every caller in it gets
 //!   [`StoreError::Unavailable`], and the index is rebuilt from disk.
 
+mod checkpoint;
 mod engine;
 mod journal;
 mod rows;
@@ -89,10 +91,11 @@ impl SqliteStore {
         }
         let engine = Engine::open(&options)?;
         let syncer = sync::Syncer::start(&options)?;
+        let checkpointer = checkpoint::Checkpointer::start(&options)?;
         let (sender, receiver) = mpsc::channel::<Job>();
         let thread = std::thread::Builder::new()
             .name("cherga-sqlite-writer".into())
-            .spawn(move || engine.run(receiver, syncer))
+            .spawn(move || engine.run(receiver, syncer, checkpointer))
             .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
         Ok(Self { jobs: Mutex::new(Some(sender)), thread: Mutex::new(Some(thread)) })
     }

@@ -260,6 +260,29 @@ async fn copy_of_open_database_has_every_acknowledged_write() {
     store.close().await;
 }
 
+/// Writes that never pause still let the WAL start again: the writer does not
+/// checkpoint inside its commits, so without the checkpointer, or the writer's own
+/// checkpoint past its hard limit, this WAL would grow past 100 MB.
+#[tokio::test]
+async fn wal_stays_bounded_under_writes_that_never_pause() {
+    let dir = TempSqlite::fast();
+    let store = open(&dir.path(), false);
+    let queue = queue_name("big");
+    let payload = format!("{{\"pad\":\"{}\"}}", "x".repeat(16 * 1024));
+    for _ in 0..300 {
+        let tasks = (0..10)
+            .map(|_| NewTask { payload: payload.clone(), ..new_task("k", None, None, 0, None) })
+            .collect();
+        let created = store.enqueue(queue.clone(), tasks, T0).await.expect("enqueue");
+        assert!(created.iter().all(Result::is_ok));
+    }
+    let wal = std::fs::metadata(dir.dir.path().join("cherga.db-wal")).expect("the WAL").len();
+    assert!(wal < 40 << 20, "the WAL is {wal} bytes after 300 batches of 160 KiB");
+    let info = store.get_queue(queue).await.expect("queue");
+    assert_eq!(info.count(TaskState::Ready), 3_000);
+    store.close().await;
+}
+
 const CHILD_ENV: &str = "CHERGA_TEST_KILL_CHILD_DB";
 /// The child is killed after this many acks; its workload stops on its own long after.
 const ACKS_BEFORE_KILL: usize = 150;

@@ -1,0 +1,113 @@
+//! Checkpoints off the writer thread.
+//!
+//! At a checkpoint SQLite copies the pages in the WAL back into the database file
+//! and fsyncs it. Left to itself (auto-checkpoint), the connection that commits
+//! does it inside the commit, and every request in flight waited for it: a few
+//! milliseconds about twice a second under load, which is what set the p99 of the
+//! steady-state benchmark (`docs/storage.md`). Here the writer's connection never
+//! checkpoints on its own; a hook tells the writer how many pages its WAL holds
+//! after each commit, and the writer asks a checkpointer thread, which has a
+//! connection of its own, for a `PASSIVE` checkpoint when the WAL has grown. WAL
+//! mode lets that run beside the writer's transactions.
+//!
+//! A passive checkpoint copies the frames committed when it began, and the WAL
+//! starts again from its beginning only at a transaction that finds every frame
+//! copied. Under writes that never pause that does not happen by itself, so past
+//! [`WAL_HARD_PAGES`] the writer runs a passive checkpoint itself, once its batch
+//! is with the syncer: it copies only what the checkpointer has not, and the next
+//! transaction starts the WAL again.
+//!
+//! Durability is SQLite's own: a checkpoint never removes a frame that is not in
+//! the synced database file, whichever connection runs it.
+
+use crate::Options;
+use cherga_store::StoreError;
+use rusqlite::Connection;
+use rusqlite::hooks::Wal;
+use std::cell::Cell;
+use std::os::raw::c_int;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+/// WAL pages (4 KiB) past which the writer asks for a checkpoint: SQLite's own
+/// auto-checkpoint size.
+pub const WAL_KICK_PAGES: i32 = 1000;
+/// WAL pages past which the writer checkpoints itself, so that the WAL restarts.
+pub const WAL_HARD_PAGES: i32 = 8000;
+
+thread_local! {
+    /// The pages in the WAL after the last commit on this thread's connection.
+    static WAL_PAGES: Cell<i32> = const { Cell::new(0) };
+}
+
+fn note_wal_pages(_wal: &Wal, pages: c_int) -> rusqlite::Result<()> {
+    WAL_PAGES.with(|p| p.set(pages));
+    Ok(())
+}
+
+/// Turns off `conn`'s automatic checkpoints and has its commits report the WAL's
+/// size to [`wal_pages`]. Only the thread that commits on `conn` reads it.
+pub fn watch(conn: &Connection) {
+    conn.wal_hook(Some(note_wal_pages));
+}
+
+/// The pages in the WAL after this thread's last commit.
+pub fn wal_pages() -> i32 {
+    WAL_PAGES.with(Cell::get)
+}
+
+/// Runs a passive checkpoint on `conn`.
+///
+/// # Errors
+/// Any SQLite error.
+pub fn passive(conn: &Connection) -> rusqlite::Result<()> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+}
+
+/// The checkpointer thread and the way to ask it for a checkpoint.
+pub struct Checkpointer {
+    asks: Option<mpsc::SyncSender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    /// Opens a connection of its own to `options.path` and starts the thread.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the connection or the thread cannot be made.
+    pub fn start(options: &Options) -> Result<Self, StoreError> {
+        let unavailable = |e: rusqlite::Error| StoreError::Unavailable(Box::new(e));
+        let conn = Connection::open(&options.path).map_err(unavailable)?;
+        // The checkpoint fsyncs the WAL before copying it and the database after.
+        conn.pragma_update(None, "synchronous", if options.durable { "NORMAL" } else { "OFF" })
+            .map_err(unavailable)?;
+        // One ask waiting is enough: a checkpoint copies whatever is there by then.
+        let (asks, asked) = mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("cherga-sqlite-checkpointer".into())
+            .spawn(move || {
+                while asked.recv().is_ok() {
+                    if let Err(error) = passive(&conn) {
+                        tracing::warn!(%error, "checkpoint failed; the WAL keeps the pages until the next one");
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
+        Ok(Self { asks: Some(asks), thread: Some(thread) })
+    }
+
+    /// Asks for a checkpoint, unless one is asked for already.
+    pub fn ask(&self) {
+        if let Some(asks) = &self.asks {
+            let _ = asks.try_send(());
+        }
+    }
+
+    /// Stops the thread after the checkpoint it is running, if any.
+    pub fn finish(mut self) {
+        self.asks.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
