@@ -151,7 +151,7 @@ pub enum Item<'a> {
     /// A short answer: the task's id only.
     Id(u16, &'a Task),
     Task(u16, &'a Task),
-    Error(u16, &'a WireError),
+    Error(u16, WireError),
 }
 
 /// `{"results":[...]}`.
@@ -178,7 +178,7 @@ pub fn batch<'a>(items: impl IntoIterator<Item = Item<'a>>) -> Vec<u8> {
             Item::Error(status, error) => {
                 integer(&mut out, status);
                 out.extend_from_slice(b",\"error\":");
-                serde_json::to_writer(&mut out, error).expect("writing to a Vec cannot fail");
+                serde_json::to_writer(&mut out, &error).expect("writing to a Vec cannot fail");
             }
         }
         out.push(b'}');

@@ -19,7 +19,7 @@ use cherga_api::{
     ExtendRequest, Health, LeaseRequest, LeaseResponse, ListQuery, MAX_BATCH, MAX_ERROR_LEN, MAX_WAIT_MS,
     NackRequest, PREFER_MINIMAL, QueueList, QueueSettingsBody, QueueView, TaskBrief, TaskList, TaskView,
 };
-use cherga_api::{ErrorBody, Timestamp, WireError};
+use cherga_api::{ErrorBody, Timestamp};
 use cherga_auth::Access;
 use cherga_core::queue::MAX_LEASE_MS;
 use cherga_core::{NewTask, QueueName, Task, TaskId, TaskState};
@@ -252,13 +252,10 @@ enum Item {
 
 /// A batch answer (a [`BatchResponse`]), marked as shortened when it was.
 fn batch_answer(items: Vec<Item>, prefer: Prefer) -> Response {
-    let errors: Vec<Option<WireError>> =
-        items.iter().map(|item| if let Item::Failed(e) = item { Some(e.to_wire()) } else { None }).collect();
-    let body = render::batch(items.iter().zip(&errors).map(|(item, error)| match (item, error) {
-        (Item::Done(status, task), _) if prefer.minimal => render::Item::Id(*status, task),
-        (Item::Done(status, task), _) => render::Item::Task(*status, task),
-        (Item::Failed(e), Some(wire)) => render::Item::Error(e.code.status(), wire),
-        (Item::Failed(_), None) => unreachable!("every failed item has its wire error"),
+    let body = render::batch(items.iter().map(|item| match item {
+        Item::Done(status, task) if prefer.minimal => render::Item::Id(*status, task),
+        Item::Done(status, task) => render::Item::Task(*status, task),
+        Item::Failed(e) => render::Item::Error(e.code.status(), e.to_wire()),
     }));
     let response = rendered(StatusCode::OK, body);
     if prefer.minimal { minimal(response) } else { response }

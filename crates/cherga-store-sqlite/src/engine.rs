@@ -162,7 +162,7 @@ impl Memory {
 
     /// Takes task `seq` out for a transition. The caller must hand it back with
     /// [`Memory::restore`] (unchanged), [`Memory::created`] or [`Memory::leased`]
-    /// (kept dirty) or [`Memory::settle`] (row written); a task dropped instead
+    /// (kept dirty, or its row written) or [`Memory::settle`] (row written); a task dropped instead
     /// would be lost from memory though not from disk.
     fn take_seq(&mut self, reader: &mut rows::Reader<'_>, seq: u64) -> Result<(Task, Origin), StoreError> {
         match self.dirty.remove(&seq) {
@@ -217,10 +217,17 @@ impl Memory {
         self.keep(task, Origin::New);
     }
 
-    /// Records the lease (or extension) of `task` in the journal and keeps it dirty.
-    fn leased(&mut self, task: Task, origin: Origin) {
-        self.batch.leased(&task);
-        self.keep(task, origin);
+    /// Records the lease (or extension) of `task` in the journal and keeps it
+    /// dirty; a task that was settled is written to its row instead when memory
+    /// is full.
+    fn leased(&mut self, rows: &mut RowWriter<'_>, task: &Task, origin: Origin) -> Result<(), StoreError> {
+        if matches!(origin, Origin::Dirty { .. }) || self.room_for_running() {
+            self.batch.leased(task);
+            self.keep(task.clone(), origin);
+            Ok(())
+        } else {
+            self.settle(rows, task, origin)
+        }
     }
 
     /// Writes `task`, changed by a transition from `origin`, to its row; its
@@ -636,16 +643,18 @@ impl Engine {
         if task.id == id { Ok(task) } else { Err(StoreError::NotFound) }
     }
 
-    /// Applies `change` to task `id`. A change that applied is written to the
-    /// task's row; a refusal or a replay leaves the task as it was.
+    /// Applies `change` to task `id`, given its queue's settings. A change that
+    /// applied is written to the task's row; a refusal or a replay leaves the
+    /// task as it was.
     fn settle_change(
         &mut self,
         id: TaskId,
-        change: impl FnOnce(&mut Task) -> Result<AckOutcome, Refusal>,
+        change: impl FnOnce(&mut Task, &QueueSettings) -> Result<AckOutcome, Refusal>,
     ) -> Result<Task, StoreError> {
         let (mut task, origin) = self.mem.take(&self.conn, id)?;
         let was = task.state;
-        match change(&mut task) {
+        let settings = self.settings_of(&task.queue);
+        match change(&mut task, &settings) {
             Ok(AckOutcome::Applied) => {
                 self.mem.settle(&mut RowWriter::new(&self.conn), &task, origin)?;
                 self.mem.index.upsert_task(Some(was), &task);
@@ -702,11 +711,7 @@ impl Engine {
                 continue;
             }
             self.mem.index.upsert_task(Some(TaskState::Ready), &task);
-            if matches!(origin, Origin::Dirty { .. }) || self.mem.room_for_running() {
-                self.mem.leased(task.clone(), origin);
-            } else {
-                self.mem.settle(&mut rows, &task, origin)?;
-            }
+            self.mem.leased(&mut rows, &task, origin)?;
             leased.push(task);
         }
         Ok(leased)
@@ -752,12 +757,10 @@ impl Engine {
     }
 
     pub fn fail(&mut self, nack: Nack, now: Millis) -> Result<Task, StoreError> {
-        let queue = self.mem.task(&self.conn, nack.task_id.seq())?.queue;
-        let settings = self.settings_of(&queue);
         let token = LeaseToken::from_string(nack.token);
         let (error, retry_in_ms, dead) = (nack.error, nack.retry_in_ms, nack.dead);
-        self.settle_change(nack.task_id, |task| {
-            task.nack(&token, error, retry_in_ms, dead, &settings, fastrand::f64(), now)
+        self.settle_change(nack.task_id, |task, settings| {
+            task.nack(&token, error, retry_in_ms, dead, settings, fastrand::f64(), now)
         })
     }
 
@@ -776,22 +779,18 @@ impl Engine {
             return Err(refusal.into());
         }
         self.mem.index.upsert_task(Some(TaskState::Running), &task);
-        if matches!(origin, Origin::Dirty { .. }) || self.mem.room_for_running() {
-            self.mem.leased(task.clone(), origin);
-        } else {
-            self.mem.settle(&mut RowWriter::new(&self.conn), &task, origin)?;
-        }
+        self.mem.leased(&mut RowWriter::new(&self.conn), &task, origin)?;
         Ok(task)
     }
 
     pub fn cancel(&mut self, id: TaskId, now: Millis) -> Result<Task, StoreError> {
-        self.settle_change(id, |task| task.cancel(now))
+        self.settle_change(id, |task, _| task.cancel(now))
     }
 
     pub fn retry_dead(&mut self, id: TaskId, now: Millis) -> Result<Task, StoreError> {
-        let queue = self.mem.task(&self.conn, id.seq())?.queue;
-        let extra = self.settings_of(&queue).max_attempts;
-        self.settle_change(id, |task| task.retry(extra, now).map(|()| AckOutcome::Applied))
+        self.settle_change(id, |task, settings| {
+            task.retry(settings.max_attempts, now).map(|()| AckOutcome::Applied)
+        })
     }
 
     /// Lists the rows of the queue merged with its dirty tasks: the rows of dirty
@@ -899,7 +898,7 @@ impl Engine {
         }
         for seq in self.mem.index.expired(now, TICK_LIMIT) {
             let (mut task, origin) = self.mem.take_seq(&mut reader, seq)?;
-            let settings = self.queues.get(&task.queue).cloned().unwrap_or_else(QueueSettings::defaults);
+            let settings = self.settings_of(&task.queue);
             if task.expire(&settings, fastrand::f64(), now) {
                 report.expired += 1;
                 woken.insert(task.queue.clone());

@@ -73,7 +73,8 @@ fn lists_leases_and_batches_are_written_as_serde_writes_them() {
         BatchItem { status: 200, id: Some(done.id.to_string()), task: None, error: None },
         BatchItem { status: 409, id: None, task: None, error: Some(error.clone()) },
     ];
-    let ours = super::batch([Item::Task(201, &tasks[0]), Item::Id(200, &done), Item::Error(409, &error)]);
+    let ours =
+        super::batch([Item::Task(201, &tasks[0]), Item::Id(200, &done), Item::Error(409, error.clone())]);
     assert_eq!(
         String::from_utf8(ours).unwrap(),
         String::from_utf8(serde_bytes(&BatchResponse { results: items })).unwrap()
