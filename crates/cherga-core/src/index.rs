@@ -163,6 +163,11 @@ impl Index {
         self.tasks.reserve(additional);
     }
 
+    /// Gives back room reserved for tasks that turned out not to need it.
+    pub fn shrink_to_fit(&mut self) {
+        self.tasks.shrink_to_fit();
+    }
+
     /// The interned name of `queue`, creating its entry if needed. Slots should use
     /// it so that millions of tasks share one allocation per queue name.
     pub fn queue_name(&mut self, queue: &str) -> Arc<str> {

@@ -104,6 +104,13 @@ struct Memory {
     limits: Limits,
     /// Each queue's number (`queues.id`, the tasks' `qid`).
     qids: HashMap<String, i64>,
+    /// The finished tasks with rows, by queue number: `(finished_at, seq)` in the
+    /// order they finished, which is the order retention purges them in. This
+    /// replaces an index of finished rows, which was an eighth of the writer's
+    /// work per task (`docs/storage.md`), for 16 bytes of memory per finished
+    /// task kept. An entry may be stale (the task was retried since, or purged):
+    /// a purge deletes a row only if its `finished_at` is still the entry's.
+    finished: HashMap<i64, VecDeque<(Millis, u64)>>,
 }
 
 /// About how much memory a dirty task holds: the entry and the strings it owns.
@@ -134,6 +141,7 @@ impl Memory {
             txn: 1,
             limits,
             qids: HashMap::new(),
+            finished: HashMap::new(),
         }
     }
 
@@ -235,14 +243,17 @@ impl Memory {
     fn settle(&mut self, rows: &mut RowWriter<'_>, task: &Task, origin: Origin) -> Result<(), StoreError> {
         let qid = self.qid(&task.queue);
         match origin {
-            Origin::New => rows.write(task, qid, false),
-            Origin::Row => rows.write(task, qid, true),
+            Origin::New => rows.write(task, qid, false)?,
+            Origin::Row => rows.write(task, qid, true)?,
             Origin::Dirty { has_row, .. } => {
                 rows.write(task, qid, has_row)?;
                 self.batch.settled(task.id.seq());
-                Ok(())
             }
         }
+        if let Some(at) = task.finished_at.filter(|_| task.state.is_finished()) {
+            self.finished.entry(qid).or_default().push_back((at, task.id.seq()));
+        }
+        Ok(())
     }
 
     /// Settles the dirty task `seq` as it is (its state does not change, so the
@@ -367,20 +378,23 @@ impl Engine {
             .optional()
             .db()?
             .unwrap_or(0);
-        // Room for every unfinished task at once: growing the map step by step
-        // was a sixth of a rebuild of 10 M tasks. Both counts read only an index.
-        let count = |sql: &str| self.conn.query_row(sql, [], |r| r.get::<_, i64>(0)).db();
-        let all = count("SELECT count(*) FROM tasks")?;
-        let finished = count("SELECT count(*) FROM tasks WHERE finished_at IS NOT NULL")?;
-        index.reserve(usize::try_from(all - finished).unwrap_or(0) + mem.dirty.len());
+        // Room for every task at once: growing the map step by step was a sixth
+        // of a rebuild of 10 M tasks. The count reads only an index; finished
+        // tasks are in it too, so the map is shrunk after the scan if they were many.
+        let all: i64 = self.conn.query_row("SELECT count(*) FROM tasks", [], |r| r.get(0)).db()?;
+        index.reserve(usize::try_from(all).unwrap_or(0) + mem.dirty.len());
         {
             let mut stmt = self
                 .conn
-                .prepare("SELECT seq, qid, priority, run_at, grp, state, lease_expires_at FROM tasks")
+                .prepare(
+                    "SELECT seq, qid, priority, run_at, grp, state, lease_expires_at, finished_at FROM tasks",
+                )
                 .db()?;
             let mut rows = stmt.query([]).db()?;
-            // Finished tasks are only counted, per queue and state.
+            // Finished tasks are only counted, per queue and state, and listed for
+            // retention.
             let mut finished: HashMap<i64, [u64; 6]> = HashMap::new();
+            let mut finished_at: HashMap<i64, Vec<(Millis, u64)>> = HashMap::new();
             let mut loader = index.loader();
             // Each queue's interned name, by number.
             let max_qid = mem.qids.values().copied().max().unwrap_or(0).max(0) as usize;
@@ -402,6 +416,8 @@ impl Engine {
                     .ok_or_else(|| StoreError::Corrupt(format!("task {seq} has unknown state {code}")))?;
                 if state.is_finished() {
                     finished.entry(qid).or_default()[usize::from(code)] += 1;
+                    let at: Option<Millis> = row.get(7).db()?;
+                    finished_at.entry(qid).or_default().push((at.unwrap_or(0), seq as u64));
                     continue;
                 }
                 let queue = usize::try_from(qid)
@@ -431,6 +447,13 @@ impl Engine {
                 loader.add(seq, TaskSlot::of(&dirty.task, queue));
             }
             loader.finish();
+            if !finished.is_empty() {
+                index.shrink_to_fit();
+            }
+            for (qid, mut list) in finished_at {
+                list.sort_unstable();
+                mem.finished.insert(qid, list.into());
+            }
             for (qid, counts) in finished {
                 let Some(queue) = usize::try_from(qid).ok().and_then(|qid| names.get(qid).cloned().flatten())
                 else {
@@ -918,47 +941,49 @@ impl Engine {
         Ok(report)
     }
 
-    /// Deletes finished tasks past their queue's retention, unless an idempotency
-    /// key still inside its window points at them; then forgets expired keys.
+    /// Deletes finished tasks past their queue's retention, oldest first, unless
+    /// an idempotency key still inside its window points at them (those go to the
+    /// back of the list, to be tried again); then forgets expired keys.
     fn purge(&mut self, now: Millis) -> Result<usize, StoreError> {
         let mut purged = 0;
-        let queues: Vec<(String, Millis)> =
-            self.queues.iter().map(|(name, s)| (name.clone(), s.retention_ms)).collect();
-        for (queue, retention_ms) in queues {
-            let mut stmt = self
-                .conn
-                .prepare_cached(
-                    "DELETE FROM tasks WHERE seq IN ( \
-                       SELECT seq FROM tasks WHERE qid = ?1 AND finished_at IS NOT NULL AND finished_at <= ?2 \
-                       AND (idem_key IS NULL OR NOT EXISTS ( \
-                         SELECT 1 FROM idempotency_keys k \
-                         WHERE k.queue = ?5 AND k.key = tasks.idem_key \
-                         AND k.task_seq = tasks.seq AND k.expires_at > ?3)) \
-                       LIMIT ?4) \
-                     RETURNING state",
-                )
-                .db()?;
-            let states = stmt
-                .query_map(
-                    params![
-                        self.mem.qid(&queue),
-                        now.saturating_sub(retention_ms),
-                        now,
-                        TICK_LIMIT as i64,
-                        queue
-                    ],
-                    |r| r.get::<_, u8>(0),
-                )
-                .db()?
-                .collect::<Result<Vec<u8>, _>>()
-                .db()?;
-            for code in states {
-                if let Some(state) = TaskState::from_code(code) {
-                    self.mem.index.forget_finished(&queue, state, 1);
+        let mut delete = self
+            .conn
+            .prepare_cached(
+                "DELETE FROM tasks WHERE seq = ?1 AND finished_at = ?2 \
+                 AND (idem_key IS NULL OR NOT EXISTS ( \
+                   SELECT 1 FROM idempotency_keys k \
+                   WHERE k.queue = ?3 AND k.key = tasks.idem_key AND k.task_seq = tasks.seq AND k.expires_at > ?4)) \
+                 RETURNING state",
+            )
+            .db()?;
+        let mut kept =
+            self.conn.prepare_cached("SELECT 1 FROM tasks WHERE seq = ?1 AND finished_at = ?2").db()?;
+        for (queue, settings) in &self.queues {
+            let qid = self.mem.qids.get(queue.as_str()).copied().unwrap_or(0);
+            let Some(list) = self.mem.finished.get_mut(&qid) else { continue };
+            let cutoff = now.saturating_sub(settings.retention_ms);
+            let mut held = Vec::new();
+            for _ in 0..TICK_LIMIT {
+                let Some(&(at, seq)) = list.front().filter(|&&(at, _)| at <= cutoff) else { break };
+                list.pop_front();
+                let seq = seq as i64;
+                match delete.query_row(params![seq, at, queue, now], |r| r.get::<_, u8>(0)).optional().db()? {
+                    Some(code) => {
+                        if let Some(state) = TaskState::from_code(code) {
+                            self.mem.index.forget_finished(queue, state, 1);
+                        }
+                        purged += 1;
+                    }
+                    None if kept.exists(params![seq, at]).db()? => held.push((at, seq as u64)),
+                    None => {}
                 }
-                purged += 1;
+            }
+            list.extend(held);
+            if list.is_empty() {
+                self.mem.finished.remove(&qid);
             }
         }
+        drop((delete, kept));
         self.conn
             .prepare_cached("DELETE FROM idempotency_keys WHERE expires_at <= ?1")
             .db()?

@@ -5,7 +5,7 @@ use cherga_core::{Lease, LeaseToken, Task, TaskId, TaskState};
 use rusqlite::{Connection, OptionalExtension};
 
 /// The version this build writes; `PRAGMA user_version` holds the version on disk.
-pub const VERSION: i64 = 3;
+pub const VERSION: i64 = 4;
 
 const V1: &str = "
 CREATE TABLE queues (
@@ -108,6 +108,11 @@ CREATE TABLE tasks (
 );
 ";
 
+/// Version 4: no index of finished tasks. The writer lists them in memory for
+/// retention instead (`engine.rs`, `Memory::finished`), from the start-up scan on:
+/// the index cost an eighth of the writer's work per task.
+const V4: &str = "DROP INDEX tasks_finished;";
+
 /// The rest of version 3: every task row of version 2 moved into the new
 /// `tasks`, then its indexes, and the table's highest sequence number ever given
 /// (so purged numbers never return).
@@ -194,10 +199,11 @@ struct Migration {
 }
 
 /// Every migration in version order: index 0 makes version 1.
-const MIGRATIONS: [Migration; 3] = [
+const MIGRATIONS: [Migration; 4] = [
     Migration { sql: V1, then: None },
     Migration { sql: V2, then: None },
     Migration { sql: V3, then: Some(v3_tasks) },
+    Migration { sql: V4, then: None },
 ];
 
 /// The page cache, in KiB.
@@ -287,10 +293,11 @@ mod tests {
     }
 
     /// A database made by versions 1 and 2, with tasks in two queues, migrates to
-    /// version 3: every task reads back as it was, each gets its queue's number,
-    /// the indexes are on the numbers, and purged sequence numbers stay used.
+    /// the current version: every task reads back as it was, each gets its queue's
+    /// number, the listing index is on the numbers, the index of finished tasks is
+    /// gone (version 4), and purged sequence numbers stay used.
     #[test]
-    fn version_2_database_migrates_to_3() {
+    fn version_2_database_migrates_to_current() {
         let mut conn = Connection::open_in_memory().expect("open");
         for migration in &MIGRATIONS[..2] {
             conn.execute_batch(migration.sql).expect("old migration");
@@ -354,6 +361,13 @@ mod tests {
             )
             .expect("plan");
         assert!(plan.contains("tasks_by_queue"), "listing uses the index: {plan}");
+        let indexes: Vec<String> = conn
+            .prepare(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'tasks' ORDER BY name",
+            )
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .expect("indexes");
+        assert_eq!(indexes, ["tasks_by_queue"], "version 4 drops the index of finished tasks");
         conn.execute("INSERT INTO journal (txn, records) VALUES (1, x'01')", []).expect("the journal exists");
     }
 }

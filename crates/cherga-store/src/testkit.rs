@@ -90,6 +90,7 @@ macro_rules! conformance_tests {
             get_queue_and_list_queues,
             retention_purges_finished_tasks,
             retention_keeps_tasks_whose_key_is_in_window,
+            retention_holds_across_a_reopen_and_a_retry,
             reopen_keeps_every_task_and_queue,
             reopen_honours_leases_and_rebuilds_index,
             close_refuses_later_calls,
@@ -1388,6 +1389,48 @@ pub async fn retention_keeps_tasks_whose_key_is_in_window<H: Harness>(mut harnes
     assert_counts(&info(&store, "ret").await, &[]);
     let fresh = create(&store, "ret", keyed("keyed", "k"), T0 + window + 501).await;
     assert_ne!(fresh.id, keyed_done.id, "the forgotten key creates a new task");
+}
+
+/// Retention counts from when a task last finished: a dead task brought back and
+/// finished again is kept for the full period from its second end; tasks finished
+/// before a reopen are purged after it, and a key in its window still holds its
+/// task across the reopen.
+pub async fn retention_holds_across_a_reopen_and_a_retry<H: Harness>(mut harness: H) {
+    let store = harness.open().await;
+    let settings = QueueSettingsPatch {
+        retention_ms: Some(10_000),
+        dedup_window_ms: Some(50_000),
+        ..Default::default()
+    };
+    put(&store, "ret", settings, T0).await;
+    create(&store, "ret", task("retried"), T0).await;
+    create(&store, "ret", task("plain"), T0).await;
+    create(&store, "ret", keyed("keyed", "k"), T0).await;
+    let leased = claim(&store, "ret", 3, T0).await;
+    assert_eq!(kinds(&leased), ["retried", "plain", "keyed"]);
+    let retried = nack_ok(&store, &leased[0], None, true, T0 + 10).await;
+    let plain = ack_ok(&store, &leased[1], None, T0 + 20).await;
+    let keyed_done = ack_ok(&store, &leased[2], None, T0 + 30).await;
+    store.retry_dead(retried.id, T0 + 5_000).await.expect("retry_dead");
+    let again = claim_one(&store, "ret", "retried", T0 + 5_000).await;
+    let retried = ack_ok(&store, &again, None, T0 + 8_000).await;
+
+    let report = tick(&store, T0 + 12_000).await;
+    assert_eq!(report.purged, 1, "only plain: retried finished again at T0+8000: {report:?}");
+    assert_not_found(store.get_task(plain.id).await, "get_task of purged plain");
+    assert_eq!(get(&store, retried.id).await, retried, "the retried task is kept from its second end");
+    assert_eq!(get(&store, keyed_done.id).await, keyed_done, "the keyed task is kept inside its window");
+
+    let store = reopen(&mut harness, store).await;
+    let report = tick(&store, T0 + 18_500).await;
+    assert_eq!(report.purged, 1, "the retried task, 10 s after its second end: {report:?}");
+    assert_not_found(store.get_task(retried.id).await, "get_task of purged retried");
+    let store = reopen(&mut harness, store).await;
+    assert_eq!(tick(&store, T0 + 40_000).await.purged, 0, "the key still holds its task");
+    assert_eq!(get(&store, keyed_done.id).await, keyed_done);
+    let report = tick(&store, T0 + 50_100).await;
+    assert_eq!(report.purged, 1, "past its key's window the keyed task goes: {report:?}");
+    assert_counts(&info(&store, "ret").await, &[]);
 }
 
 // ---------------------------------------------------------------------------
