@@ -107,15 +107,16 @@ impl<S: Store> App<S> {
     /// Tells waiters and the timer what a changed task means for them.
     fn after_change(&self, task: &Task) {
         match task.state {
-            TaskState::Ready => self.waiters.wake(&task.queue),
+            TaskState::Ready => self.waiters.wake_some(&task.queue, 1),
             TaskState::Scheduled => self.timer.due_by(task.run_at),
             TaskState::Running => {
                 if let Some(lease) = &task.lease {
                     self.timer.due_by(lease.expires_at);
                 }
             }
-            // A finished task frees its group and a concurrency slot.
-            _ if task.group.is_some() || task.state.is_finished() => self.waiters.wake(&task.queue),
+            // A finished task frees its group and a concurrency slot: one more
+            // task may be leasable.
+            _ if task.group.is_some() || task.state.is_finished() => self.waiters.wake_some(&task.queue, 1),
             _ => {}
         }
     }
@@ -315,12 +316,12 @@ pub(crate) async fn enqueue_batch<S: Store>(
     } else {
         app.store.enqueue(queue, valid, now).await.map_err(ApiError::from_queue_error)?
     };
-    let mut woke = false;
+    let mut ready = 0;
     let results = merge_batch(checked, stored, |enqueued| match enqueued {
         Enqueued::Created(task) => {
             app.remember_queues([&task]);
             if task.state == TaskState::Ready {
-                woke = true;
+                ready += 1;
             } else {
                 app.after_change(&task);
             }
@@ -328,8 +329,8 @@ pub(crate) async fn enqueue_batch<S: Store>(
         }
         Enqueued::Replayed(task) => Item::Done(200, task),
     });
-    if woke {
-        app.waiters.wake(&queue_text);
+    if ready > 0 {
+        app.waiters.wake_some(&queue_text, ready);
     }
     Ok(batch_answer(results, prefer))
 }
@@ -497,15 +498,17 @@ pub(crate) async fn ack_batch<S: Store>(
     } else {
         app.store.complete(acks, now_ms()).await.map_err(ApiError::from_task_error)?
     };
-    let mut woken: Vec<String> = Vec::new();
+    // Each finished task frees a slot: one more task of its queue may be leasable.
+    let mut woken: Vec<(String, usize)> = Vec::new();
     let results = merge_batch(checked, stored, |task| {
-        if !woken.contains(&task.queue) {
-            woken.push(task.queue.clone());
+        match woken.iter_mut().find(|(queue, _)| *queue == task.queue) {
+            Some((_, n)) => *n += 1,
+            None => woken.push((task.queue.clone(), 1)),
         }
         Item::Done(200, task)
     });
-    for queue in woken {
-        app.waiters.wake(&queue);
+    for (queue, n) in woken {
+        app.waiters.wake_some(&queue, n);
     }
     Ok(batch_answer(results, prefer))
 }
@@ -536,7 +539,7 @@ pub(crate) async fn nack<S: Store>(
     app.after_change(&task);
     if task.group.is_some() || task.state == TaskState::Scheduled {
         // The nacked task's concurrency slot is free now.
-        app.waiters.wake(&task.queue);
+        app.waiters.wake_some(&task.queue, 1);
     }
     Ok(task_json(&task))
 }

@@ -60,6 +60,7 @@ on_both_stores!(
     kill_9_under_load_loses_nothing_acknowledged,
     sigterm_drains_and_the_store_reopens,
     prefer_return_minimal_shortens_answers_but_not_errors,
+    long_polls_are_woken_one_per_leasable_task,
 );
 
 async fn walkthrough_enqueue_lease_ack_get(backend: Backend) {
@@ -1092,4 +1093,71 @@ async fn prefer_return_minimal_shortens_answers_but_not_errors(backend: Backend)
     let empty = post("/v1/queues/brief/lease", json!({"max": 5})).await.unwrap();
     assert_eq!(empty.headers()["preference-applied"], "return=minimal");
     assert_eq!(empty.json::<Value>().await.unwrap(), json!({"tasks": []}));
+}
+
+/// Waiting leases are woken one per task that became leasable, not all at once,
+/// and none is left asleep beside a leasable task: a batch of three tasks reaches
+/// three waiting leases; a single enqueue reaches one of two and the next the
+/// other; an ack that frees the only concurrency slot reaches the waiting lease.
+/// A lease left asleep would only claim again at its deadline, 30 s on; one
+/// that answers after 20 s fails here (the wake-ups take milliseconds).
+async fn long_polls_are_woken_one_per_leasable_task(backend: Backend) {
+    let server = Server::start(&backend).await;
+    let poll = |queue: &str| {
+        let url = server.url(&format!("/v1/queues/{queue}/lease"));
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let response =
+                http().post(url).json(&json!({"max": 1, "wait_ms": 30000})).send().await.expect("lease");
+            assert_eq!(response.status(), 200);
+            let body: Value = response.json().await.expect("lease body");
+            assert!(started.elapsed() < Duration::from_secs(20), "the lease was not woken: {body}");
+            body["tasks"].as_array().expect("tasks").clone()
+        })
+    };
+    let waiting = Duration::from_millis(300);
+
+    let polls: Vec<_> = (0..3).map(|_| poll("wake")).collect();
+    tokio::time::sleep(waiting).await;
+    let batch = json!({"tasks": [{"kind": "a"}, {"kind": "b"}, {"kind": "c"}]});
+    let (status, _) = server.post("/v1/queues/wake/tasks/batch", batch).await;
+    assert_eq!(status, 200);
+    let mut kinds = Vec::new();
+    for p in polls {
+        let tasks = p.await.expect("poll");
+        assert_eq!(tasks.len(), 1, "each waiting lease gets one task of the batch: {tasks:?}");
+        kinds.push(tasks[0]["kind"].as_str().expect("kind").to_owned());
+    }
+    kinds.sort();
+    assert_eq!(kinds, ["a", "b", "c"]);
+
+    let polls: Vec<_> = (0..2).map(|_| poll("one")).collect();
+    tokio::time::sleep(waiting).await;
+    for kind in ["x", "y"] {
+        assert_eq!(server.post("/v1/queues/one/tasks", json!({"kind": kind})).await.0, 201);
+    }
+    let mut kinds = Vec::new();
+    for p in polls {
+        let tasks = p.await.expect("poll");
+        assert_eq!(tasks.len(), 1, "each of two enqueues reaches a waiting lease: {tasks:?}");
+        kinds.push(tasks[0]["kind"].as_str().expect("kind").to_owned());
+    }
+    kinds.sort();
+    assert_eq!(kinds, ["x", "y"]);
+
+    let (status, _) = server.put("/v1/queues/slot", json!({"concurrency": 1})).await;
+    assert_eq!(status, 200);
+    for kind in ["first", "second"] {
+        assert_eq!(server.post("/v1/queues/slot/tasks", json!({"kind": kind})).await.0, 201);
+    }
+    let (_, leased) = server.post("/v1/queues/slot/lease", json!({"max": 2})).await;
+    let leased = leased["tasks"].as_array().expect("tasks").clone();
+    assert_eq!(leased.len(), 1, "the slot holds one: {leased:?}");
+    let waiter = poll("slot");
+    tokio::time::sleep(waiting).await;
+    let ack = format!("/v1/tasks/{}/ack", id(&leased[0]));
+    assert_eq!(server.post(&ack, json!({"lease": token(&leased[0])})).await.0, 200);
+    let tasks = waiter.await.expect("poll");
+    assert_eq!(tasks.len(), 1, "the freed slot reaches the waiting lease: {tasks:?}");
+    assert_eq!(tasks[0]["kind"], "second");
 }
