@@ -1095,6 +1095,18 @@ async fn prefer_return_minimal_shortens_answers_but_not_errors(backend: Backend)
     assert_eq!(empty.json::<Value>().await.unwrap(), json!({"tasks": []}));
 }
 
+/// The kinds of the tasks the polls got, sorted; each must have got exactly one.
+async fn one_task_each(polls: Vec<tokio::task::JoinHandle<Vec<Value>>>) -> Vec<String> {
+    let mut kinds = Vec::new();
+    for poll in polls {
+        let tasks = poll.await.expect("poll");
+        assert_eq!(tasks.len(), 1, "one task per waiting lease: {tasks:?}");
+        kinds.push(tasks[0]["kind"].as_str().expect("kind").to_owned());
+    }
+    kinds.sort();
+    kinds
+}
+
 /// Waiting leases are woken one per task that became leasable, not all at once,
 /// and none is left asleep beside a leasable task: a batch of three tasks reaches
 /// three waiting leases; a single enqueue reaches one of two and the next the
@@ -1122,28 +1134,14 @@ async fn long_polls_are_woken_one_per_leasable_task(backend: Backend) {
     let batch = json!({"tasks": [{"kind": "a"}, {"kind": "b"}, {"kind": "c"}]});
     let (status, _) = server.post("/v1/queues/wake/tasks/batch", batch).await;
     assert_eq!(status, 200);
-    let mut kinds = Vec::new();
-    for p in polls {
-        let tasks = p.await.expect("poll");
-        assert_eq!(tasks.len(), 1, "each waiting lease gets one task of the batch: {tasks:?}");
-        kinds.push(tasks[0]["kind"].as_str().expect("kind").to_owned());
-    }
-    kinds.sort();
-    assert_eq!(kinds, ["a", "b", "c"]);
+    assert_eq!(one_task_each(polls).await, ["a", "b", "c"], "each waiting lease gets one task of the batch");
 
     let polls: Vec<_> = (0..2).map(|_| poll("one")).collect();
     tokio::time::sleep(waiting).await;
     for kind in ["x", "y"] {
         assert_eq!(server.post("/v1/queues/one/tasks", json!({"kind": kind})).await.0, 201);
     }
-    let mut kinds = Vec::new();
-    for p in polls {
-        let tasks = p.await.expect("poll");
-        assert_eq!(tasks.len(), 1, "each of two enqueues reaches a waiting lease: {tasks:?}");
-        kinds.push(tasks[0]["kind"].as_str().expect("kind").to_owned());
-    }
-    kinds.sort();
-    assert_eq!(kinds, ["x", "y"]);
+    assert_eq!(one_task_each(polls).await, ["x", "y"], "each of two enqueues reaches a waiting lease");
 
     let (status, _) = server.put("/v1/queues/slot", json!({"concurrency": 1})).await;
     assert_eq!(status, 200);
