@@ -537,8 +537,9 @@ pub(crate) async fn nack<S: Store>(
     };
     let task = app.store.fail(nack, now_ms()).await.map_err(ApiError::from_task_error)?;
     app.after_change(&task);
-    if task.group.is_some() || task.state == TaskState::Scheduled {
-        // The nacked task's concurrency slot is free now.
+    if task.state == TaskState::Scheduled {
+        // The nacked task's concurrency slot (and its group) is free now; a dead
+        // task's was counted by `after_change`.
         app.waiters.wake_some(&task.queue, 1);
     }
     Ok(task_json(&task))

@@ -31,9 +31,9 @@ use std::thread::JoinHandle;
 
 /// WAL pages (4 KiB) past which the writer asks for a checkpoint: SQLite's own
 /// auto-checkpoint size.
-pub const WAL_KICK_PAGES: i32 = 1000;
+const WAL_KICK_PAGES: i32 = 1000;
 /// WAL pages past which the writer checkpoints itself, so that the WAL restarts.
-pub const WAL_HARD_PAGES: i32 = 8000;
+const WAL_HARD_PAGES: i32 = 8000;
 
 thread_local! {
     /// The pages in the WAL after the last commit on this thread's connection.
@@ -52,7 +52,7 @@ pub fn watch(conn: &Connection) {
 }
 
 /// The pages in the WAL after this thread's last commit.
-pub fn wal_pages() -> i32 {
+fn wal_pages() -> i32 {
     WAL_PAGES.with(Cell::get)
 }
 
@@ -60,7 +60,7 @@ pub fn wal_pages() -> i32 {
 ///
 /// # Errors
 /// Any SQLite error.
-pub fn passive(conn: &Connection) -> rusqlite::Result<()> {
+fn passive(conn: &Connection) -> rusqlite::Result<()> {
     conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
 }
 
@@ -68,6 +68,8 @@ pub fn passive(conn: &Connection) -> rusqlite::Result<()> {
 pub struct Checkpointer {
     asks: Option<mpsc::SyncSender<()>>,
     thread: Option<JoinHandle<()>>,
+    /// The WAL's size when a checkpoint was last asked for.
+    asked_at: i32,
 }
 
 impl Checkpointer {
@@ -93,13 +95,29 @@ impl Checkpointer {
                 }
             })
             .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
-        Ok(Self { asks: Some(asks), thread: Some(thread) })
+        Ok(Self { asks: Some(asks), thread: Some(thread), asked_at: 0 })
     }
 
-    /// Asks for a checkpoint, unless one is asked for already.
-    pub fn ask(&self) {
-        if let Some(asks) = &self.asks {
-            let _ = asks.try_send(());
+    /// Called by the writer after each commit on its connection `conn` (watched
+    /// with [`watch`]), once the batch is with the syncer: asks the thread for a
+    /// checkpoint each time the WAL has grown by [`WAL_KICK_PAGES`] since the last
+    /// ask, and past [`WAL_HARD_PAGES`] checkpoints on `conn` itself.
+    pub fn after_commit(&mut self, conn: &Connection) {
+        let pages = wal_pages();
+        if pages < self.asked_at {
+            // The WAL started again from its beginning.
+            self.asked_at = 0;
+        }
+        if pages >= WAL_HARD_PAGES {
+            if let Err(error) = passive(conn) {
+                tracing::warn!(%error, "checkpoint failed; the WAL keeps the pages until the next one");
+            }
+        } else if pages >= self.asked_at + WAL_KICK_PAGES {
+            // One ask waiting is enough; a full channel means one is.
+            if let Some(asks) = &self.asks {
+                let _ = asks.try_send(());
+            }
+            self.asked_at = pages;
         }
     }
 

@@ -391,10 +391,10 @@ impl Engine {
                 )
                 .db()?;
             let mut rows = stmt.query([]).db()?;
-            // Finished tasks are only counted, per queue and state, and listed for
-            // retention.
-            let mut finished: HashMap<i64, [u64; 6]> = HashMap::new();
-            let mut finished_at: HashMap<i64, Vec<(Millis, u64)>> = HashMap::new();
+            // Finished tasks are only counted and listed for retention: per queue
+            // number, counts by state and the `(finished_at, seq)` of each.
+            type Finished = ([u64; 6], Vec<(Millis, u64)>);
+            let mut finished: HashMap<i64, Finished> = HashMap::new();
             let mut loader = index.loader();
             // Each queue's interned name, by number.
             let max_qid = mem.qids.values().copied().max().unwrap_or(0).max(0) as usize;
@@ -415,9 +415,10 @@ impl Engine {
                 let state = TaskState::from_code(code)
                     .ok_or_else(|| StoreError::Corrupt(format!("task {seq} has unknown state {code}")))?;
                 if state.is_finished() {
-                    finished.entry(qid).or_default()[usize::from(code)] += 1;
                     let at: Option<Millis> = row.get(7).db()?;
-                    finished_at.entry(qid).or_default().push((at.unwrap_or(0), seq as u64));
+                    let (counts, list) = finished.entry(qid).or_default();
+                    counts[usize::from(code)] += 1;
+                    list.push((at.unwrap_or(0), seq as u64));
                     continue;
                 }
                 let queue = usize::try_from(qid)
@@ -450,11 +451,7 @@ impl Engine {
             if !finished.is_empty() {
                 index.shrink_to_fit();
             }
-            for (qid, mut list) in finished_at {
-                list.sort_unstable();
-                mem.finished.insert(qid, list.into());
-            }
-            for (qid, counts) in finished {
+            for (qid, (counts, mut list)) in finished {
                 let Some(queue) = usize::try_from(qid).ok().and_then(|qid| names.get(qid).cloned().flatten())
                 else {
                     return Err(StoreError::Corrupt(format!(
@@ -464,6 +461,8 @@ impl Engine {
                 for state in TaskState::ALL.into_iter().filter(|s| s.is_finished()) {
                     index.add_finished(&queue, state, counts[usize::from(state.code())]);
                 }
+                list.sort_unstable();
+                mem.finished.insert(qid, list.into());
             }
         }
         self.mem = mem;
@@ -538,9 +537,7 @@ impl Engine {
     /// The writer loop: batch, commit, hand the answers to the syncer, which sends
     /// them once the WAL holding the commit is on disk. The writer goes on with the
     /// next batch while the syncer waits for the disk.
-    pub fn run(mut self, jobs: mpsc::Receiver<Job>, syncer: Syncer, checkpointer: Checkpointer) {
-        // The WAL's size when a checkpoint was last asked for.
-        let mut asked_at = 0;
+    pub fn run(mut self, jobs: mpsc::Receiver<Job>, syncer: Syncer, mut checkpointer: Checkpointer) {
         while let Ok(first) = jobs.recv() {
             let mut batch = Vec::with_capacity(64);
             batch.push(first);
@@ -574,19 +571,7 @@ impl Engine {
             match outcome {
                 Ok(()) => {
                     syncer.after_sync(replies);
-                    let pages = checkpoint::wal_pages();
-                    if pages < asked_at {
-                        // The WAL started again from its beginning.
-                        asked_at = 0;
-                    }
-                    if pages >= checkpoint::WAL_HARD_PAGES {
-                        if let Err(error) = checkpoint::passive(&self.conn) {
-                            tracing::warn!(%error, "checkpoint failed; the WAL keeps the pages until the next one");
-                        }
-                    } else if pages >= asked_at + checkpoint::WAL_KICK_PAGES {
-                        checkpointer.ask();
-                        asked_at = pages;
-                    }
+                    checkpointer.after_commit(&self.conn);
                 }
                 Err(message) => {
                     tracing::error!(error = %message, "batch failed; rolling back and rebuilding the index");
@@ -959,7 +944,7 @@ impl Engine {
         let mut kept =
             self.conn.prepare_cached("SELECT 1 FROM tasks WHERE seq = ?1 AND finished_at = ?2").db()?;
         for (queue, settings) in &self.queues {
-            let qid = self.mem.qids.get(queue.as_str()).copied().unwrap_or(0);
+            let qid = self.mem.qid(queue);
             let Some(list) = self.mem.finished.get_mut(&qid) else { continue };
             let cutoff = now.saturating_sub(settings.retention_ms);
             let mut held = Vec::new();
