@@ -374,7 +374,7 @@ impl Engine {
         }
         let mut max_seq: i64 = self
             .conn
-            .query_row("SELECT seq FROM sqlite_sequence WHERE name = 'tasks'", [], |r| r.get(0))
+            .query_row("SELECT value FROM counters WHERE name = ?1", [schema::TASK_SEQ_COUNTER], |r| r.get(0))
             .optional()
             .db()?
             .unwrap_or(0);
@@ -969,6 +969,19 @@ impl Engine {
             }
         }
         drop((delete, kept));
+        if purged > 0 {
+            // The deleted rows may have held the highest numbers given; the counter
+            // keeps them from being given again after a restart (the start-up scan
+            // sees only the rows that are left).
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO counters (name, value) VALUES (?1, ?2) \
+                     ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)",
+                )
+                .db()?
+                .execute(params![schema::TASK_SEQ_COUNTER, self.next_seq as i64 - 1])
+                .db()?;
+        }
         self.conn
             .prepare_cached("DELETE FROM idempotency_keys WHERE expires_at <= ?1")
             .db()?

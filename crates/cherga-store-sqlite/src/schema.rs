@@ -5,7 +5,7 @@ use cherga_core::{Lease, LeaseToken, Task, TaskId, TaskState};
 use rusqlite::{Connection, OptionalExtension};
 
 /// The version this build writes; `PRAGMA user_version` holds the version on disk.
-pub const VERSION: i64 = 4;
+pub const VERSION: i64 = 5;
 
 const V1: &str = "
 CREATE TABLE queues (
@@ -113,6 +113,59 @@ CREATE TABLE tasks (
 /// the index cost an eighth of the writer's work per task.
 const V4: &str = "DROP INDEX tasks_finished;";
 
+/// Version 5: the task table without `AUTOINCREMENT`. With it, every row insert
+/// read and rewrote the table's row in `sqlite_sequence`: 9 % of the writer's work
+/// per task (`docs/storage.md`). Sequence numbers are given by the writer
+/// (`engine.rs`), never by SQLite; what `AUTOINCREMENT` guarded, that a purged
+/// number is not given again, is kept by the `task_seq` counter instead, which a
+/// purge raises to the highest number given so far. [`v5_tasks`] moves the rows.
+const V5: &str = "
+CREATE TABLE counters (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT INTO counters (name, value) SELECT 'task_seq', seq FROM sqlite_sequence WHERE name = 'tasks';
+DROP INDEX tasks_by_queue;
+CREATE TABLE tasks_v5 (
+    seq              INTEGER PRIMARY KEY,
+    qid              INTEGER NOT NULL,
+    priority         INTEGER NOT NULL,
+    run_at           INTEGER NOT NULL,
+    grp              TEXT,
+    state            INTEGER NOT NULL,
+    lease_expires_at INTEGER,
+    finished_at      INTEGER,
+    idem_key         TEXT,
+    body             BLOB NOT NULL
+);
+";
+
+/// The rest of version 5: the rows moved as they are, in order, a slice at a
+/// time, each slice deleted from the old table once copied, so that the pages it
+/// frees hold the next slices and the file does not grow to twice its size (a
+/// single copy left 3.2 GB free in a 6.5 GB file of 10 M tasks); then the
+/// listing index on the new table.
+fn v5_tasks(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    let mut copy = tx.prepare(
+        "INSERT INTO tasks_v5 (seq, qid, priority, run_at, grp, state, lease_expires_at, finished_at, idem_key, body) \
+         SELECT seq, qid, priority, run_at, grp, state, lease_expires_at, finished_at, idem_key, body \
+         FROM tasks ORDER BY seq LIMIT 10000",
+    )?;
+    let mut delete = tx.prepare("DELETE FROM tasks WHERE seq <= (SELECT max(seq) FROM tasks_v5)")?;
+    while copy.execute([])? > 0 {
+        delete.execute([])?;
+    }
+    drop((copy, delete));
+    tx.execute_batch(
+        "DROP TABLE tasks;
+         ALTER TABLE tasks_v5 RENAME TO tasks;
+         CREATE INDEX tasks_by_queue ON tasks (qid, seq);",
+    )
+}
+
+/// The counter that keeps purged sequence numbers from being given again.
+pub const TASK_SEQ_COUNTER: &str = "task_seq";
+
 /// The rest of version 3: every task row of version 2 moved into the new
 /// `tasks`, then its indexes, and the table's highest sequence number ever given
 /// (so purged numbers never return).
@@ -199,11 +252,12 @@ struct Migration {
 }
 
 /// Every migration in version order: index 0 makes version 1.
-const MIGRATIONS: [Migration; 4] = [
+const MIGRATIONS: [Migration; 5] = [
     Migration { sql: V1, then: None },
     Migration { sql: V2, then: None },
     Migration { sql: V3, then: Some(v3_tasks) },
     Migration { sql: V4, then: None },
+    Migration { sql: V5, then: Some(v5_tasks) },
 ];
 
 /// The page cache, in KiB.
@@ -295,7 +349,8 @@ mod tests {
     /// A database made by versions 1 and 2, with tasks in two queues, migrates to
     /// the current version: every task reads back as it was, each gets its queue's
     /// number, the listing index is on the numbers, the index of finished tasks is
-    /// gone (version 4), and purged sequence numbers stay used.
+    /// gone (version 4), the table has no `AUTOINCREMENT` (version 5), and purged
+    /// sequence numbers stay used.
     #[test]
     fn version_2_database_migrates_to_current() {
         let mut conn = Connection::open_in_memory().expect("open");
@@ -350,9 +405,21 @@ mod tests {
             .expect("task columns");
         assert_eq!(copies, [(1, 2, 3, Some(1_700_000_001_000)), (2, 1, 2, None), (4, 2, 2, None)]);
         let high: i64 = conn
-            .query_row("SELECT seq FROM sqlite_sequence WHERE name = 'tasks'", [], |r| r.get(0))
+            .query_row("SELECT value FROM counters WHERE name = ?1", [TASK_SEQ_COUNTER], |r| r.get(0))
             .expect("high");
-        assert_eq!(high, 5);
+        assert_eq!(high, 5, "the highest number ever given, from AUTOINCREMENT's counter");
+        let sql: String = conn
+            .query_row("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'tasks'", [], |r| {
+                r.get(0)
+            })
+            .expect("table");
+        assert!(!sql.contains("AUTOINCREMENT"), "version 5 drops AUTOINCREMENT: {sql}");
+        let counted: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_sequence WHERE name IN ('tasks', 'tasks_v5')", [], |r| {
+                r.get(0)
+            })
+            .expect("sqlite_sequence");
+        assert_eq!(counted, 0, "nothing is left in sqlite_sequence for the task table");
         let plan: String = conn
             .query_row(
                 "EXPLAIN QUERY PLAN SELECT seq FROM tasks WHERE qid = 2 AND seq > 0 ORDER BY seq",

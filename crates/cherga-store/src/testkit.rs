@@ -91,6 +91,7 @@ macro_rules! conformance_tests {
             retention_purges_finished_tasks,
             retention_keeps_tasks_whose_key_is_in_window,
             retention_holds_across_a_reopen_and_a_retry,
+            a_purged_tasks_number_is_not_given_again,
             reopen_keeps_every_task_and_queue,
             reopen_honours_leases_and_rebuilds_index,
             close_refuses_later_calls,
@@ -1431,6 +1432,31 @@ pub async fn retention_holds_across_a_reopen_and_a_retry<H: Harness>(mut harness
     let report = tick(&store, T0 + 50_100).await;
     assert_eq!(report.purged, 1, "past its key's window the keyed task goes: {report:?}");
     assert_counts(&info(&store, "ret").await, &[]);
+}
+
+/// The newest tasks, purged, do not lend their numbers (and so their ids' low
+/// bits and their rows) to tasks enqueued after a reopen.
+pub async fn a_purged_tasks_number_is_not_given_again<H: Harness>(mut harness: H) {
+    let store = harness.open().await;
+    put(&store, "num", QueueSettingsPatch { retention_ms: Some(1_000), ..Default::default() }, T0).await;
+    create(&store, "num", task("old"), T0).await;
+    create(&store, "num", task("newest"), T0).await;
+    let leased = claim(&store, "num", 2, T0).await;
+    let newest = ack_ok(&store, &leased[1], None, T0 + 1).await;
+    ack_ok(&store, &leased[0], None, T0 + 1).await;
+    assert_eq!(tick(&store, T0 + 2_000).await.purged, 2);
+    let store = reopen(&mut harness, store).await;
+    let next = create(&store, "num", task("next"), T0 + 3_000).await;
+    assert!(
+        next.id.seq() > newest.id.seq(),
+        "task {} got number {}, not above the purged {}",
+        next.id,
+        next.id.seq(),
+        newest.id.seq()
+    );
+    let store = reopen(&mut harness, store).await;
+    assert_eq!(get(&store, next.id).await, next);
+    assert_not_found(store.get_task(newest.id).await, "get_task of the purged newest task");
 }
 
 // ---------------------------------------------------------------------------
