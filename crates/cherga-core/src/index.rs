@@ -21,7 +21,8 @@ use std::sync::Arc;
 /// What the index is told about one task.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TaskSlot {
-    pub queue: Arc<str>,
+    /// The index's number for the task's queue ([`Index::queue_id`]).
+    pub queue: u32,
     pub priority: i32,
     pub run_at: Millis,
     pub group: Option<Arc<str>>,
@@ -31,8 +32,8 @@ pub struct TaskSlot {
 }
 
 impl TaskSlot {
-    /// What the index needs of `task`, whose queue name is interned as `queue`.
-    pub fn of(task: &Task, queue: Arc<str>) -> Self {
+    /// What the index needs of `task`, whose queue the index numbers `queue`.
+    pub fn of(task: &Task, queue: u32) -> Self {
         TaskSlot {
             queue,
             priority: task.priority,
@@ -168,15 +169,8 @@ impl Index {
         self.tasks.shrink_to_fit();
     }
 
-    /// The interned name of `queue`, creating its entry if needed. Slots should use
-    /// it so that millions of tasks share one allocation per queue name.
-    pub fn queue_name(&mut self, queue: &str) -> Arc<str> {
-        self.queue_id(queue);
-        self.names.get_key_value(queue).expect("just interned").0.clone()
-    }
-
-    /// The position of `queue`, creating its entry if needed.
-    fn queue_id(&mut self, queue: &str) -> u32 {
+    /// The index's number for `queue` (its position), creating its entry if needed.
+    pub fn queue_id(&mut self, queue: &str) -> u32 {
         if let Some(&id) = self.names.get(queue) {
             return id;
         }
@@ -223,12 +217,12 @@ impl Index {
         defer: bool,
     ) -> Option<(u32, ReadyKey)> {
         match was {
-            Some(state) if state.is_finished() => self.forget_finished(&slot.queue, state, 1),
+            Some(state) if state.is_finished() => self.forget_finished_at(slot.queue, state, 1),
             // The loader's tasks are new by its contract: nothing to take out.
             None if defer => debug_assert!(!self.tasks.contains_key(&seq), "task {seq} is not new"),
             _ => self.remove(seq),
         }
-        let queue = self.queue_id(&slot.queue);
+        let queue = slot.queue;
         let q = &mut self.queues[queue as usize];
         q.counts[usize::from(slot.state.code())] += 1;
         if slot.state.is_finished() {
@@ -282,7 +276,7 @@ impl Index {
     /// a new task): [`Index::upsert`] with names interned. Call it once per applied
     /// transition, never for a refused or replayed one.
     pub fn upsert_task(&mut self, was: Option<TaskState>, task: &Task) {
-        let queue = self.queue_name(&task.queue);
+        let queue = self.queue_id(&task.queue);
         self.upsert(task.id.seq(), was, TaskSlot::of(task, queue));
     }
 
@@ -399,20 +393,23 @@ impl Index {
         self.queue(queue).map_or([0; 6], |q| q.counts)
     }
 
-    /// Adds `n` finished tasks of `state` to the counts of `queue` (at start-up,
+    /// Adds `n` finished tasks of `state` to the counts of queue number `queue` (at start-up,
     /// where finished tasks are counted, not indexed).
-    pub fn add_finished(&mut self, queue: &str, state: TaskState, n: u64) {
+    pub fn add_finished(&mut self, queue: u32, state: TaskState, n: u64) {
         debug_assert!(state.is_finished());
-        let id = self.queue_id(queue);
-        self.queues[id as usize].counts[usize::from(state.code())] += n;
+        self.queues[queue as usize].counts[usize::from(state.code())] += n;
     }
 
     /// Takes `n` purged finished tasks of `state` off the counts of `queue`.
     pub fn forget_finished(&mut self, queue: &str, state: TaskState, n: u64) {
         if let Some(&id) = self.names.get(queue) {
-            let count = &mut self.queues[id as usize].counts[usize::from(state.code())];
-            *count = count.saturating_sub(n);
+            self.forget_finished_at(id, state, n);
         }
+    }
+
+    fn forget_finished_at(&mut self, queue: u32, state: TaskState, n: u64) {
+        let count = &mut self.queues[queue as usize].counts[usize::from(state.code())];
+        *count = count.saturating_sub(n);
     }
 
     /// Number of running tasks in `queue` and in its busiest group (for checks).
@@ -438,9 +435,9 @@ pub struct Loader<'a> {
 }
 
 impl Loader<'_> {
-    /// The interned name of `queue` (see [`Index::queue_name`]).
-    pub fn queue_name(&mut self, queue: &str) -> Arc<str> {
-        self.index.queue_name(queue)
+    /// The index's number for `queue` (see [`Index::queue_id`]).
+    pub fn queue_id(&mut self, queue: &str) -> u32 {
+        self.index.queue_id(queue)
     }
 
     /// Adds the new task `seq`.

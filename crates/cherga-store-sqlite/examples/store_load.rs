@@ -27,6 +27,10 @@ use std::time::Instant;
 
 const BATCH: usize = 100;
 
+/// The allocator of the `cherga` binary, so that the counts are the server's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let mut args = std::env::args().skip(1);

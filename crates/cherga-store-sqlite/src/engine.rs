@@ -396,11 +396,11 @@ impl Engine {
             type Finished = ([u64; 6], Vec<(Millis, u64)>);
             let mut finished: HashMap<i64, Finished> = HashMap::new();
             let mut loader = index.loader();
-            // Each queue's interned name, by number.
+            // The index's number for each queue, by its stored number.
             let max_qid = mem.qids.values().copied().max().unwrap_or(0).max(0) as usize;
-            let mut names: Vec<Option<std::sync::Arc<str>>> = vec![None; max_qid + 1];
+            let mut names: Vec<Option<u32>> = vec![None; max_qid + 1];
             for (name, &qid) in &mem.qids {
-                names[qid as usize] = Some(loader.queue_name(name));
+                names[qid as usize] = Some(loader.queue_id(name));
             }
             let any_dirty = !mem.dirty.is_empty();
             while let Some(row) = rows.next().db()? {
@@ -444,7 +444,7 @@ impl Engine {
             }
             for (&seq, dirty) in &mem.dirty {
                 max_seq = max_seq.max(seq as i64);
-                let queue = loader.queue_name(&dirty.task.queue);
+                let queue = loader.queue_id(&dirty.task.queue);
                 loader.add(seq, TaskSlot::of(&dirty.task, queue));
             }
             loader.finish();
@@ -459,7 +459,7 @@ impl Engine {
                     )));
                 };
                 for state in TaskState::ALL.into_iter().filter(|s| s.is_finished()) {
-                    index.add_finished(&queue, state, counts[usize::from(state.code())]);
+                    index.add_finished(queue, state, counts[usize::from(state.code())]);
                 }
                 list.sort_unstable();
                 mem.finished.insert(qid, list.into());

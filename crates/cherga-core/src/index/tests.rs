@@ -171,7 +171,8 @@ fn timers_and_counts() {
     sim.now += 1000;
     sim.tick();
     assert_eq!(sim.index.counts("q"), [1, 1, 0, 0, 0, 0], "expired lease back to scheduled, other promoted");
-    sim.index.add_finished("q", TaskState::Succeeded, 4);
+    let q = sim.index.queue_id("q");
+    sim.index.add_finished(q, TaskState::Succeeded, 4);
     sim.index.forget_finished("q", TaskState::Succeeded, 1);
     assert_eq!(sim.index.counts("q")[3], 3);
     assert_eq!(sim.index.counts("nope"), [0; 6]);
@@ -303,12 +304,13 @@ proptest! {
             loaded.configure_queue("q", concurrency, false);
             let mut loader = loaded.loader();
             for t in sim.tasks.iter().filter(|t| !t.state.is_finished()) {
-                let queue = loader.queue_name(&t.queue);
+                let queue = loader.queue_id(&t.queue);
                 loader.add(t.id.seq(), TaskSlot::of(t, queue));
             }
             loader.finish();
             for state in TaskState::ALL.into_iter().filter(|s| s.is_finished()) {
-                loaded.add_finished("q", state, counts[usize::from(state.code())]);
+                let q = loaded.queue_id("q");
+                loaded.add_finished(q, state, counts[usize::from(state.code())]);
             }
             prop_assert_eq!(loaded.pick("q", usize::MAX), sim.index.pick("q", usize::MAX));
             prop_assert_eq!(loaded.counts("q"), counts);

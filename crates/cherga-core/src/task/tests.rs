@@ -275,3 +275,12 @@ fn states_round_trip_through_codes_and_names() {
     assert_eq!(TaskState::parse("done"), None);
     assert_eq!(TaskState::from_code(6), None);
 }
+
+#[test]
+fn lease_tokens_are_the_attempt_and_sixteen_hex_digits() {
+    for (attempt, random) in
+        [(0, 0), (1, 0xabc), (7, u64::MAX), (10, 1 << 63), (u32::MAX, 0x0123_4567_89ab_cdef)]
+    {
+        assert_eq!(LeaseToken::new(attempt, random).as_str(), format!("{attempt}.{random:016x}"));
+    }
+}
