@@ -398,10 +398,12 @@ impl Engine {
             let mut loader = index.loader();
             // The index's number for each queue, by its stored number.
             let max_qid = mem.qids.values().copied().max().unwrap_or(0).max(0) as usize;
-            let mut names: Vec<Option<u32>> = vec![None; max_qid + 1];
+            let mut index_ids: Vec<Option<u32>> = vec![None; max_qid + 1];
             for (name, &qid) in &mem.qids {
-                names[qid as usize] = Some(loader.queue_id(name));
+                index_ids[qid as usize] = Some(loader.queue_id(name));
             }
+            let index_id =
+                |qid: i64| usize::try_from(qid).ok().and_then(|qid| index_ids.get(qid).copied().flatten());
             let any_dirty = !mem.dirty.is_empty();
             while let Some(row) = rows.next().db()? {
                 let seq: i64 = row.get(0).db()?;
@@ -421,14 +423,9 @@ impl Engine {
                     list.push((at.unwrap_or(0), seq as u64));
                     continue;
                 }
-                let queue = usize::try_from(qid)
-                    .ok()
-                    .and_then(|qid| names.get(qid).cloned().flatten())
-                    .ok_or_else(|| {
-                        StoreError::Corrupt(format!(
-                            "task {seq} is in queue number {qid}, which is not stored"
-                        ))
-                    })?;
+                let queue = index_id(qid).ok_or_else(|| {
+                    StoreError::Corrupt(format!("task {seq} is in queue number {qid}, which is not stored"))
+                })?;
                 let group: Option<String> = row.get(4).db()?;
                 loader.add(
                     seq as u64,
@@ -452,8 +449,7 @@ impl Engine {
                 index.shrink_to_fit();
             }
             for (qid, (counts, mut list)) in finished {
-                let Some(queue) = usize::try_from(qid).ok().and_then(|qid| names.get(qid).cloned().flatten())
-                else {
+                let Some(queue) = index_id(qid) else {
                     return Err(StoreError::Corrupt(format!(
                         "finished tasks in queue number {qid}, which is not stored"
                     )));
