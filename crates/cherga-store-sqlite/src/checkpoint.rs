@@ -44,6 +44,9 @@ use std::thread::JoinHandle;
 const WAL_KICK_PAGES: i32 = 1000;
 /// WAL pages past which the writer checkpoints itself, so that the WAL restarts.
 const WAL_HARD_PAGES: i32 = 8000;
+/// The WAL's working size, in pages, which the syncer prepares it to (`sync.rs`):
+/// the hard limit and one ask's worth past it for the batch that crosses it.
+pub(crate) const WAL_PREPARED_PAGES: u64 = (WAL_HARD_PAGES + WAL_KICK_PAGES) as u64;
 
 thread_local! {
     /// The pages in the WAL after the last commit on this thread's connection.
