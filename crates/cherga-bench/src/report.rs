@@ -295,12 +295,22 @@ pub fn markdown(report: &Report) -> String {
         Some(p) => {
             let _ = writeln!(
                 out,
-                "Disk: 4 KiB append + fdatasync in one thread: **{}/s** (p50 {} ms, p99 {} ms) in `{}`.\n",
+                "Disk: 4 KiB append + fdatasync in one thread: **{}/s** (p50 {} ms, p99 {} ms) in `{}`.",
                 fmt_count(p.syncs_per_second),
                 fmt_sig(p.latency.p50_us as f64 / 1000.0),
                 fmt_sig(p.latency.p99_us as f64 / 1000.0),
                 p.dir
             );
+            if let Some(q) = &p.in_place {
+                let _ = writeln!(
+                    out,
+                    "4 KiB overwritten in place + fdatasync: **{}/s** (p50 {} ms, p99 {} ms).",
+                    fmt_count(q.syncs_per_second),
+                    fmt_sig(q.latency.p50_us as f64 / 1000.0),
+                    fmt_sig(q.latency.p99_us as f64 / 1000.0),
+                );
+            }
+            out.push('\n');
         }
         None => out.push_str("Disk: the fsync probe did not run.\n\n"),
     }

@@ -239,6 +239,24 @@ fn markdown_report_has_every_section_and_flags_losses() {
 }
 
 #[test]
+fn fsync_probe_times_appends_and_overwrites_and_leaves_no_file() {
+    let dir = std::env::temp_dir().join(format!("cherga-bench-probe-test-{}", std::process::id()));
+    let probe = crate::fsync_probe::run(&dir, std::time::Duration::from_millis(50)).expect("probe");
+    let in_place = probe.in_place.as_ref().expect("the in-place loop ran");
+    assert!(probe.syncs_per_second > 0.0 && in_place.syncs_per_second > 0.0, "{probe:?}");
+    assert!(probe.latency.p50_us <= probe.latency.p99_us, "{probe:?}");
+    let left: Vec<_> = std::fs::read_dir(&dir).expect("dir").collect();
+    assert!(left.is_empty(), "the probe's file is removed: {left:?}");
+    std::fs::remove_dir(&dir).expect("remove the empty dir");
+
+    let mut report = sample_report();
+    report.fsync_probe = Some(probe);
+    let md = report::markdown(&report);
+    assert!(md.contains("4 KiB append + fdatasync in one thread: **"), "{md}");
+    assert!(md.contains("4 KiB overwritten in place + fdatasync: **"), "{md}");
+}
+
+#[test]
 fn svg_is_well_formed_enough() {
     let svg = crate::svg::render(&sample_report());
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
