@@ -85,7 +85,11 @@ struct Memory {
     index: Index,
     /// Dirty tasks by sequence number. Only the writer thread changes tasks, and
     /// every change to one of these is also a record in [`Memory::batch`].
-    dirty: HashMap<u64, Dirty, SeqHash>,
+    /// Boxed, so that the table holds 16 bytes per task: when it grows, every
+    /// entry is copied into new memory that the kernel zeroes first, and with
+    /// whole tasks in it that stalled the writer for up to 60 ms at about
+    /// 100,000 dirty tasks (`docs/storage.md`).
+    dirty: HashMap<u64, Box<Dirty>, SeqHash>,
     /// `(since, seq)` in the order tasks became dirty, so the front gives the
     /// oldest journal row still needed. An entry is stale once its task was
     /// settled (or settled and made dirty again, with a later `since`); stale
@@ -117,7 +121,8 @@ struct Memory {
 fn task_bytes(task: &Task) -> usize {
     let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
     let lease = task.lease.as_ref().map_or(0, |l| l.token.as_str().len() + opt(&l.worker));
-    std::mem::size_of::<(u64, Dirty)>()
+    std::mem::size_of::<(u64, Box<Dirty>)>()
+        + std::mem::size_of::<Dirty>()
         + task.queue.len()
         + task.kind.len()
         + task.payload.len()
@@ -203,7 +208,7 @@ impl Memory {
     fn put(&mut self, task: Task, since: u64, has_row: bool) {
         let bytes = task_bytes(&task);
         self.dirty_bytes += bytes;
-        self.dirty.insert(task.id.seq(), Dirty { task, since, has_row, bytes });
+        self.dirty.insert(task.id.seq(), Box::new(Dirty { task, since, has_row, bytes }));
     }
 
     /// Keeps `task`, changed by a transition from `origin`, dirty: from now on
@@ -484,7 +489,7 @@ impl Engine {
                     Record::Created(task) => {
                         let (since, has_row) =
                             mem.dirty.remove(&task.id.seq()).map_or((txn, false), |d| (d.since, d.has_row));
-                        mem.dirty.insert(task.id.seq(), Dirty { task: *task, since, has_row, bytes: 0 });
+                        mem.dirty.insert(task.id.seq(), Box::new(Dirty { task: *task, since, has_row, bytes: 0 }));
                     }
                     Record::Leased(fields) => match mem.dirty.get_mut(&fields.seq) {
                         Some(dirty) => fields.apply(&mut dirty.task),
@@ -497,7 +502,7 @@ impl Engine {
                                 other => other,
                             })?;
                             fields.apply(&mut task);
-                            mem.dirty.insert(seq, Dirty { task, since: txn, has_row: true, bytes: 0 });
+                            mem.dirty.insert(seq, Box::new(Dirty { task, since: txn, has_row: true, bytes: 0 }));
                         }
                     },
                     Record::Settled(seq) => {
