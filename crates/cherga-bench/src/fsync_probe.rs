@@ -68,7 +68,8 @@ fn probe(path: &Path, duration: Duration) -> Result<(SyncLoop, SyncLoop)> {
     // The appended blocks, now written and synced, are what the second loop
     // overwrites, from the start and around again.
     let blocks = blocks.max(1);
-    let (in_place, _) = sync_loop(&file, duration, |i| (i % blocks) * block).context("overwrite + fdatasync")?;
+    let (in_place, _) =
+        sync_loop(&file, duration, |i| (i % blocks) * block).context("overwrite + fdatasync")?;
     Ok((append, in_place))
 }
 

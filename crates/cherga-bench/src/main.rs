@@ -234,7 +234,11 @@ async fn run_all(args: RunArgs) -> Result<std::process::ExitCode> {
         Ok(p) => {
             eprintln!("fsync probe: append {}/s, p50 {} µs", fmt_count(p.syncs_per_second), p.latency.p50_us);
             if let Some(q) = &p.in_place {
-                eprintln!("fsync probe: in place {}/s, p50 {} µs", fmt_count(q.syncs_per_second), q.latency.p50_us);
+                eprintln!(
+                    "fsync probe: in place {}/s, p50 {} µs",
+                    fmt_count(q.syncs_per_second),
+                    q.latency.p50_us
+                );
             }
             Some(p)
         }

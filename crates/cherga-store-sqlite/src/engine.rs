@@ -489,7 +489,8 @@ impl Engine {
                     Record::Created(task) => {
                         let (since, has_row) =
                             mem.dirty.remove(&task.id.seq()).map_or((txn, false), |d| (d.since, d.has_row));
-                        mem.dirty.insert(task.id.seq(), Box::new(Dirty { task: *task, since, has_row, bytes: 0 }));
+                        mem.dirty
+                            .insert(task.id.seq(), Box::new(Dirty { task: *task, since, has_row, bytes: 0 }));
                     }
                     Record::Leased(fields) => match mem.dirty.get_mut(&fields.seq) {
                         Some(dirty) => fields.apply(&mut dirty.task),
@@ -502,7 +503,8 @@ impl Engine {
                                 other => other,
                             })?;
                             fields.apply(&mut task);
-                            mem.dirty.insert(seq, Box::new(Dirty { task, since: txn, has_row: true, bytes: 0 }));
+                            mem.dirty
+                                .insert(seq, Box::new(Dirty { task, since: txn, has_row: true, bytes: 0 }));
                         }
                     },
                     Record::Settled(seq) => {

@@ -37,7 +37,8 @@ const FRAME_HEADER_BYTES: u64 = 24;
 /// share of commits that append would change.
 const PAGE_BYTES: u64 = 4096;
 /// The size the WAL is prepared to at start.
-pub(crate) const WAL_PREPARED_BYTES: u64 = WAL_HEADER_BYTES + WAL_PREPARED_PAGES * (FRAME_HEADER_BYTES + PAGE_BYTES);
+pub(crate) const WAL_PREPARED_BYTES: u64 =
+    WAL_HEADER_BYTES + WAL_PREPARED_PAGES * (FRAME_HEADER_BYTES + PAGE_BYTES);
 
 pub struct Syncer {
     groups: Option<mpsc::Sender<Vec<Reply>>>,

@@ -237,7 +237,10 @@ async fn copy_of_open_database_has_every_acknowledged_write() {
     assert!(wal_len > 0, "the acknowledged writes should still be in the WAL, which this test must copy");
     // The WAL was prepared to its working size at open: the copy holds the
     // frames written, then zeros, which recovery must read past as the end.
-    assert!(wal_len >= 32 << 20, "a durable store's WAL is prepared to its working size, got {wal_len} bytes");
+    assert!(
+        wal_len >= 32 << 20,
+        "a durable store's WAL is prepared to its working size, got {wal_len} bytes"
+    );
     std::fs::copy(live.path(), copy.path()).expect("copy the database file");
     std::fs::copy(&wal, copy.dir.path().join("cherga.db-wal")).expect("copy the WAL");
 

@@ -94,6 +94,9 @@ fn no_transparent_huge_pages() {
     let refused = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) } != 0;
     #[cfg(target_os = "linux")]
     if refused {
-        eprintln!("note: transparent huge pages could not be turned off: {}", std::io::Error::last_os_error());
+        eprintln!(
+            "note: transparent huge pages could not be turned off: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
