@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::fsync_probe::FsyncProbe;
 use crate::procfs::Machine;
 use crate::scenario::Measured;
-use crate::stats::{Spread, ratio};
+use crate::stats::{Percentiles, Spread, ratio};
 
 /// The system every ratio divides by.
 pub const CHERGA: &str = "cherga";
@@ -293,21 +293,25 @@ pub fn markdown(report: &Report) -> String {
     );
     match &report.fsync_probe {
         Some(p) => {
+            let rate = |per_second: f64, latency: &Percentiles| {
+                format!(
+                    "**{}/s** (p50 {} ms, p99 {} ms)",
+                    fmt_count(per_second),
+                    fmt_sig(latency.p50_us as f64 / 1000.0),
+                    fmt_sig(latency.p99_us as f64 / 1000.0),
+                )
+            };
             let _ = writeln!(
                 out,
-                "Disk: 4 KiB append + fdatasync in one thread: **{}/s** (p50 {} ms, p99 {} ms) in `{}`.",
-                fmt_count(p.syncs_per_second),
-                fmt_sig(p.latency.p50_us as f64 / 1000.0),
-                fmt_sig(p.latency.p99_us as f64 / 1000.0),
+                "Disk: 4 KiB append + fdatasync in one thread: {} in `{}`.",
+                rate(p.syncs_per_second, &p.latency),
                 p.dir
             );
             if let Some(q) = &p.in_place {
                 let _ = writeln!(
                     out,
-                    "4 KiB overwritten in place + fdatasync: **{}/s** (p50 {} ms, p99 {} ms).",
-                    fmt_count(q.syncs_per_second),
-                    fmt_sig(q.latency.p50_us as f64 / 1000.0),
-                    fmt_sig(q.latency.p99_us as f64 / 1000.0),
+                    "4 KiB overwritten in place + fdatasync: {}.",
+                    rate(q.syncs_per_second, &q.latency)
                 );
             }
             out.push('\n');
