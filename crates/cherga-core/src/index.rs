@@ -18,6 +18,9 @@ use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
+mod slots;
+use slots::Slots;
+
 /// What the index is told about one task.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TaskSlot {
@@ -143,7 +146,7 @@ impl std::hash::Hasher for SeqHasher {
 /// Unfinished tasks by sequence number, with the ready sets and timers built over them.
 #[derive(Debug, Default)]
 pub struct Index {
-    tasks: HashMap<u64, Slot, SeqHash>,
+    tasks: Slots<Slot>,
     /// Queues by position; [`Index::names`] maps a name to its position. A queue,
     /// once known, stays (queues are never deleted).
     queues: Vec<QueueIndex>,
@@ -159,12 +162,8 @@ impl Index {
         Self::default()
     }
 
-    /// Makes room for `additional` more tasks (at start-up, when their number is known).
-    pub fn reserve(&mut self, additional: usize) {
-        self.tasks.reserve(additional);
-    }
-
-    /// Gives back room reserved for tasks that turned out not to need it.
+    /// Gives back the room of chunks that removed tasks left sparse (after a
+    /// start-up scan that found many tasks finished).
     pub fn shrink_to_fit(&mut self) {
         self.tasks.shrink_to_fit();
     }
@@ -219,7 +218,7 @@ impl Index {
         match was {
             Some(state) if state.is_finished() => self.forget_finished_at(slot.queue, state, 1),
             // The loader's tasks are new by its contract: nothing to take out.
-            None if defer => debug_assert!(!self.tasks.contains_key(&seq), "task {seq} is not new"),
+            None if defer => debug_assert!(!self.tasks.contains_key(seq), "task {seq} is not new"),
             _ => self.remove(seq),
         }
         let queue = slot.queue;
@@ -282,7 +281,7 @@ impl Index {
 
     /// Forgets the task `seq` entirely, count included (a purge, or before an update).
     fn remove(&mut self, seq: u64) {
-        let Some(slot) = self.tasks.remove(&seq) else { return };
+        let Some(slot) = self.tasks.remove(seq) else { return };
         let q = &mut self.queues[slot.queue as usize];
         q.counts[usize::from(slot.state.code())] -= 1;
         match slot.state {
@@ -328,7 +327,7 @@ impl Index {
         let Some(g) = q.groups.get_mut(group) else { return };
         let wanted = match g.members.first() {
             Some(&head) if g.running == 0 => {
-                let slot = &self.tasks[&head];
+                let slot = self.tasks.get(head).expect("a group's members are indexed");
                 (slot.state == TaskState::Ready).then_some((Reverse(slot.priority), slot.time, head))
             }
             _ => None,
@@ -380,7 +379,7 @@ impl Index {
 
     /// The state of the unfinished task `seq`, if the index holds it.
     pub fn state_of(&self, seq: u64) -> Option<TaskState> {
-        self.tasks.get(&seq).map(|slot| slot.state)
+        self.tasks.get(seq).map(|slot| slot.state)
     }
 
     /// Whether `queue` has a task that [`Index::pick`] would offer now.
@@ -422,7 +421,7 @@ impl Index {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.tasks.is_empty()
+        self.tasks.len() == 0
     }
 }
 

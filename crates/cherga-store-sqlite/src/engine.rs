@@ -383,11 +383,9 @@ impl Engine {
             .optional()
             .db()?
             .unwrap_or(0);
-        // Room for every task at once: growing the map step by step was a sixth
-        // of a rebuild of 10 M tasks. The count reads only an index; finished
-        // tasks are in it too, so the map is shrunk after the scan if they were many.
-        let all: i64 = self.conn.query_row("SELECT count(*) FROM tasks", [], |r| r.get(0)).db()?;
-        index.reserve(usize::try_from(all).unwrap_or(0) + mem.dirty.len());
+        // The index's table makes its chunks at their full size (see
+        // `cherga_core::index`), so the scan needs no room reserved; the chunks
+        // that finished tasks left sparse are shrunk after it.
         {
             let mut stmt = self
                 .conn

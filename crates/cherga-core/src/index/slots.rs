@@ -1,0 +1,175 @@
+//! The index's table of unfinished tasks by sequence number, kept in chunks of
+//! consecutive numbers, each its own hash table.
+//!
+//! One table for every task doubled in one go each time it filled: every entry
+//! copied into new memory at once, on the writer thread, with every request
+//! waiting (about 10 ms at 262,144 tasks, and more at each doubling after). A
+//! chunk is made at its full size, room for all of its [`SPAN`] numbers, and
+//! numbers are given in order, so a chunk never grows: the newest one fills
+//! while the old ones empty. Untouched room costs address space only; the
+//! kernel gives memory to the pages the entries land in, and those are
+//! contiguous because [`SeqHash`] keeps consecutive numbers in consecutive
+//! buckets. A chunk whose tasks are all gone is dropped, and one left nearly
+//! empty is shrunk, so that long-lived tasks scattered among many finished ones
+//! do not keep whole tables alive.
+
+use super::SeqHash;
+use std::collections::HashMap;
+
+/// Sequence numbers per chunk. hashbrown fills at most 7/8 of its buckets, so a
+/// chunk holding all of its numbers fills a table of 65,536 buckets exactly.
+const SPAN: u64 = 57_344;
+
+/// A chunk is shrunk once fewer than 1/SHRINK_BELOW of its room is used.
+const SHRINK_BELOW: usize = 8;
+
+#[derive(Debug)]
+struct Chunk<V> {
+    map: HashMap<u64, V, SeqHash>,
+    /// The entries its table has room for. Not `map.capacity()`: that counts
+    /// only the room still free of removed entries' marks, which a table of
+    /// consecutive numbers keeps until it is rebuilt.
+    room: usize,
+}
+
+impl<V> Chunk<V> {
+    fn shrink(&mut self) {
+        self.map.shrink_to_fit();
+        self.room = self.map.capacity();
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct Slots<V> {
+    chunks: HashMap<u64, Chunk<V>, SeqHash>,
+    len: usize,
+    /// The highest chunk made: the one new tasks go to, never shrunk (it would
+    /// only grow again).
+    newest: u64,
+}
+
+impl<V> Default for Slots<V> {
+    fn default() -> Self {
+        Self { chunks: HashMap::default(), len: 0, newest: 0 }
+    }
+}
+
+impl<V> Slots<V> {
+    pub fn get(&self, seq: u64) -> Option<&V> {
+        self.chunks.get(&(seq / SPAN))?.map.get(&seq)
+    }
+
+    pub fn contains_key(&self, seq: u64) -> bool {
+        self.get(seq).is_some()
+    }
+
+    /// Inserts or replaces; the value replaced, if any.
+    pub fn insert(&mut self, seq: u64, value: V) -> Option<V> {
+        let id = seq / SPAN;
+        self.newest = self.newest.max(id);
+        let chunk = self.chunks.entry(id).or_insert_with(|| Chunk {
+            map: HashMap::with_capacity_and_hasher(SPAN as usize, SeqHash),
+            room: SPAN as usize,
+        });
+        let old = chunk.map.insert(seq, value);
+        chunk.room = chunk.room.max(chunk.map.len());
+        if old.is_none() {
+            self.len += 1;
+        }
+        old
+    }
+
+    pub fn remove(&mut self, seq: u64) -> Option<V> {
+        let id = seq / SPAN;
+        let chunk = self.chunks.get_mut(&id)?;
+        let value = chunk.map.remove(&seq)?;
+        self.len -= 1;
+        if chunk.map.is_empty() {
+            self.chunks.remove(&id);
+        } else if id != self.newest && chunk.map.len() < chunk.room / SHRINK_BELOW {
+            chunk.shrink();
+        }
+        Some(value)
+    }
+
+    /// Gives back the room that removals left in every chunk but the newest.
+    pub fn shrink_to_fit(&mut self) {
+        for (&id, chunk) in &mut self.chunks {
+            if id != self.newest {
+                chunk.shrink();
+            }
+        }
+        self.chunks.shrink_to_fit();
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The most entries any one chunk has room for (for tests).
+    #[cfg(test)]
+    pub fn largest_room(&self) -> usize {
+        self.chunks.values().map(|c| c.room).max().unwrap_or(0)
+    }
+
+    #[cfg(test)]
+    pub fn chunk_count(&self) -> usize {
+        self.chunks.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dense_numbers_fill_chunks_of_bounded_size() {
+        let mut slots = Slots::default();
+        let n = 4 * SPAN + 17;
+        for seq in 1..=n {
+            assert_eq!(slots.insert(seq, seq * 2), None);
+        }
+        assert_eq!(slots.len(), n as usize);
+        assert_eq!(slots.chunk_count(), 5);
+        // A chunk is made with room for all of its numbers and never grows.
+        assert_eq!(slots.largest_room(), SPAN as usize);
+        for seq in 1..=n {
+            assert_eq!(slots.get(seq), Some(&(seq * 2)));
+        }
+        assert_eq!(slots.get(0), None);
+        assert_eq!(slots.get(n + 1), None);
+        assert_eq!(slots.insert(7, 1), Some(14), "replacing keeps the count");
+        assert_eq!(slots.len(), n as usize);
+    }
+
+    #[test]
+    fn emptied_chunks_go_and_sparse_ones_shrink() {
+        let mut slots = Slots::default();
+        for seq in 0..3 * SPAN {
+            slots.insert(seq, ());
+        }
+        // The first chunk empties entirely; the second keeps one task in 1,000.
+        for seq in 0..2 * SPAN {
+            let keep = seq >= SPAN && seq % 1000 == 0;
+            if !keep {
+                assert_eq!(slots.remove(seq), Some(()));
+            }
+        }
+        assert_eq!(slots.remove(5), None, "already removed");
+        assert_eq!(slots.chunk_count(), 2);
+        let kept = (SPAN..2 * SPAN).filter(|s| s % 1000 == 0).count();
+        assert_eq!(slots.len(), kept + SPAN as usize);
+        let sparse = &slots.chunks[&1];
+        assert!(sparse.room < SPAN as usize / 4, "room for {} for {} tasks", sparse.room, sparse.map.len());
+        assert!((SPAN..2 * SPAN).all(|s| slots.contains_key(s) == (s % 1000 == 0)));
+
+        // The newest chunk, where new tasks go, keeps its room however empty.
+        for seq in 2 * SPAN..3 * SPAN - 1 {
+            slots.remove(seq);
+        }
+        assert_eq!(slots.chunks[&2].room, SPAN as usize);
+        slots.shrink_to_fit();
+        assert_eq!(slots.chunks[&2].room, SPAN as usize);
+        assert!(slots.chunks[&1].room < SPAN as usize / 4);
+    }
+}
