@@ -83,7 +83,7 @@ fn run(args: Args) -> Result<()> {
 /// On the writer thread, with the index and the dirty tasks growing, that was
 /// most of the writer's stalls under load: 12 % of its `perf` samples were
 /// `clear_page_erms` under `do_huge_pmd_anonymous_page`, and one-cell runs of
-/// `S1-b1-c64` with 200,000 tasks had p99.9 of 8.9–18.1 ms with them and
+/// `S1-b1-c64` with 200,000 tasks had p99.9 of 9.0–18.1 ms with them and
 /// 3.4–8.9 ms without (`docs/storage.md`). With 4 KiB pages the same zeroing
 /// comes in pieces too small to stall anyone. A kernel without the call (or one
 /// that refuses it) leaves things as they were.
