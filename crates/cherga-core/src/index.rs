@@ -162,12 +162,6 @@ impl Index {
         Self::default()
     }
 
-    /// Gives back the room of chunks that removed tasks left sparse (after a
-    /// start-up scan that found many tasks finished).
-    pub fn shrink_to_fit(&mut self) {
-        self.tasks.shrink_to_fit();
-    }
-
     /// The index's number for `queue` (its position), creating its entry if needed.
     pub fn queue_id(&mut self, queue: &str) -> u32 {
         if let Some(&id) = self.names.get(queue) {
@@ -452,8 +446,12 @@ impl Loader<'_> {
 
     /// Builds the ready sets. Each queue's keys become its set in place: sorted
     /// in their vector, which the set is then built from, with no second copy.
+    /// Then gives back the room of chunks the tasks loaded fill only in part
+    /// (numbers whose tasks finished or were purged), which a chunk made at full
+    /// size would otherwise keep.
     pub fn finish(self) {
         let Loader { index, ready } = self;
+        index.tasks.shrink_to_fit();
         for (queue, keys) in ready.into_iter().enumerate() {
             let q = &mut index.queues[queue];
             if q.ready.is_empty() {

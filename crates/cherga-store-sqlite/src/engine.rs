@@ -384,8 +384,8 @@ impl Engine {
             .db()?
             .unwrap_or(0);
         // The index's table makes its chunks at their full size (see
-        // `cherga_core::index`), so the scan needs no room reserved; the chunks
-        // that finished tasks left sparse are shrunk after it.
+        // `cherga_core::index`), so the scan needs no room reserved; the loader
+        // shrinks the chunks it filled only in part.
         {
             let mut stmt = self
                 .conn
@@ -448,9 +448,6 @@ impl Engine {
                 loader.add(seq, TaskSlot::of(&dirty.task, queue));
             }
             loader.finish();
-            if !finished.is_empty() {
-                index.shrink_to_fit();
-            }
             for (qid, (counts, mut list)) in finished {
                 let Some(queue) = index_id(qid) else {
                     return Err(StoreError::Corrupt(format!(

@@ -112,6 +112,12 @@ impl<V> Slots<V> {
         self.chunks.values().map(|c| c.room).max().unwrap_or(0)
     }
 
+    /// The entries the chunk of `seq` has room for (for tests).
+    #[cfg(test)]
+    pub fn room_of(&self, seq: u64) -> usize {
+        self.chunks.get(&(seq / SPAN)).map_or(0, |c| c.room)
+    }
+
     #[cfg(test)]
     pub fn chunk_count(&self) -> usize {
         self.chunks.len()

@@ -159,6 +159,34 @@ fn concurrency_limit_and_pause() {
 }
 
 #[test]
+fn a_loader_gives_back_the_room_of_chunks_it_filled_in_part() {
+    let mut index = Index::new();
+    {
+        let mut loader = index.loader();
+        let queue = loader.queue_id("q");
+        let slot = TaskSlot {
+            queue,
+            priority: 0,
+            run_at: 0,
+            group: None,
+            state: TaskState::Ready,
+            lease_expires_at: None,
+        };
+        // One pending task in a thousand numbers (the rest finished or purged),
+        // then the newest task far past them.
+        for seq in (0..50_000).step_by(1000) {
+            loader.add(seq, slot.clone());
+        }
+        loader.add(1_000_000, slot);
+        loader.finish();
+    }
+    assert_eq!(index.len(), 51);
+    assert!(index.tasks.room_of(0) < 1000, "room for {} in a chunk of 50 tasks", index.tasks.room_of(0));
+    assert!(index.tasks.room_of(1_000_000) > 50_000, "the newest chunk keeps its room");
+    assert_eq!(index.pick("q", 100).len(), 51);
+}
+
+#[test]
 fn timers_and_counts() {
     let mut sim = Sim::new(None);
     sim.enqueue(new_task(0, None, Some(T0 + 50)));
