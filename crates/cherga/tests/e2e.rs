@@ -956,17 +956,29 @@ mod multi_node {
         };
         wait_for_progress(0, "before the outage").await;
 
-        // 1. Every connection of the node is killed, three times over.
+        // 1. Every connection of the node is killed, three times over: each time
+        // once the node has connected again (it does so when a request needs
+        // a connection, which on a busy machine may take a while).
         let client = admin(&direct.pg().schema.admin_url).await;
-        for _ in 0..3 {
-            let killed = client
-                .query(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
-                    &[&app],
-                )
-                .await
-                .expect("pg_terminate_backend");
-            assert!(!killed.is_empty(), "the node had connections");
+        for round in 0..3 {
+            let started = Instant::now();
+            loop {
+                let killed = client
+                    .query(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+                        &[&app],
+                    )
+                    .await
+                    .expect("pg_terminate_backend");
+                if !killed.is_empty() {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "the node did not connect again within 30 s after kill {round}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             tokio::time::sleep(Duration::from_millis(150)).await;
         }
         wait_for_progress(count(&enqueued), "after pg_terminate_backend").await;
