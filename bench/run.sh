@@ -4,12 +4,14 @@
 #   bench/run.sh            # full: median of 3 runs, 100k tasks, S4 with 2M
 #   bench/run.sh --quick    # smoke test, well under a minute after the build
 #   bench/run.sh --no-build --quick   # with the binaries already built
+#   bench/run.sh --quick --debug      # smoke test on debug builds (what CI runs)
 #
-# Builds cherga and cherga-bench in release mode, starts every peer with the
-# settings in bench/peers/*.sh (a peer that cannot run is reported as skipped),
-# runs `cherga-bench run` with the arguments given here, writes
-# bench/results/latest.{json,md,svg} (quick.* with --quick), and stops what it
-# started. Exits non-zero if cherga could not run, failed a run or lost a task
+# Builds cherga and cherga-bench in release mode (with --debug in the dev
+# profile: its figures mean nothing, its runs check the same things), starts
+# every peer with the settings in bench/peers/*.sh (a peer that cannot run is
+# reported as skipped), runs `cherga-bench run` with the arguments given here,
+# writes bench/results/latest.{json,md,svg} (quick.* with --quick), and stops
+# what it started. Exits non-zero if cherga could not run, failed a run or lost a task
 # (with --strict, also if a peer lost one); never because of a speed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,16 +19,27 @@ cd "$(dirname "$0")/.."
 PEERS=(cherga null redis nats rabbitmq postgres)
 STATE=target/bench/peers
 
-# --no-build uses the binaries already in target/release; every other argument
-# goes to cherga-bench.
+# --no-build uses the binaries already in target/release (target/debug with
+# --debug); every other argument goes to cherga-bench.
 BUILD=1
+PROFILE=release
 ARGS=()
 for arg in "$@"; do
-    if [ "$arg" = --no-build ]; then BUILD=; else ARGS+=("$arg"); fi
+    case "$arg" in
+    --no-build) BUILD= ;;
+    --debug) PROFILE=debug ;;
+    *) ARGS+=("$arg") ;;
+    esac
 done
 if [ -n "$BUILD" ]; then
-    cargo build --release -p cherga -p cherga-bench
+    if [ "$PROFILE" = release ]; then
+        cargo build --release -p cherga -p cherga-bench
+    else
+        cargo build -p cherga -p cherga-bench
+    fi
 fi
+# cherga.sh and null.sh start the binaries of this profile.
+export CHERGA_BENCH_PROFILE=$PROFILE
 
 stop_all() {
     for peer in "${PEERS[@]}"; do
@@ -43,4 +56,4 @@ for peer in "${PEERS[@]}"; do
     fi
 done
 
-target/release/cherga-bench run --peers-dir "$STATE" --out-dir bench/results ${ARGS[@]+"${ARGS[@]}"}
+"target/$PROFILE/cherga-bench" run --peers-dir "$STATE" --out-dir bench/results ${ARGS[@]+"${ARGS[@]}"}

@@ -4,13 +4,14 @@
 # fdatasync of the WAL after every commit and before any 2xx (group commit).
 source "$(dirname "$0")/lib.sh"
 PORT=${CHERGA_BENCH_PORT:-7710}
-BIN="$ROOT/target/release/cherga"
+PROFILE=${CHERGA_BENCH_PROFILE:-release}
+BIN="$ROOT/target/$PROFILE/cherga"
 
 case "${1:-}" in
 start)
     stop_pidfile "$STATE/cherga.pid"
     if [ ! -x "$BIN" ]; then
-        skip cherga "no $BIN (cargo build --release -p cherga)"
+        skip cherga "no $BIN (bench/run.sh builds it)"
         exit 0
     fi
     if ! port_free "$PORT"; then
@@ -27,9 +28,10 @@ start)
         exit 0
     fi
     rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+    build=$([ "$PROFILE" = release ] || echo ", $PROFILE build")
     dirty=$(git -C "$ROOT" status --porcelain 2>/dev/null | grep -q . && echo "+changes" || true)
     write_peer cherga "url=http://127.0.0.1:$PORT" "pid=$(cat "$STATE/cherga.pid")" \
-        "version=$("$BIN" --version | awk '{print $2}') ($rev$dirty)" \
+        "version=$("$BIN" --version | awk '{print $2}') ($rev$dirty)$build" \
         "settings=embedded SQLite store, WAL, fdatasync of the WAL before every 2xx (group commit, synchronous=NORMAL); HTTP/1.1 keep-alive, one connection per client, Prefer: return=minimal (short answers to enqueues and acks)"
     ;;
 stop)

@@ -4,13 +4,14 @@
 # baseline that shows what HTTP alone costs on this machine.
 source "$(dirname "$0")/lib.sh"
 PORT=${CHERGA_BENCH_NULL_PORT:-7719}
-BIN="$ROOT/target/release/cherga-bench"
+PROFILE=${CHERGA_BENCH_PROFILE:-release}
+BIN="$ROOT/target/$PROFILE/cherga-bench"
 
 case "${1:-}" in
 start)
     stop_pidfile "$STATE/null.pid"
     if [ ! -x "$BIN" ]; then
-        skip null "no $BIN (cargo build --release -p cherga-bench)"
+        skip null "no $BIN (bench/run.sh builds it)"
         exit 0
     fi
     if ! port_free "$PORT"; then
@@ -24,7 +25,7 @@ start)
         exit 0
     fi
     write_peer null "url=http://127.0.0.1:$PORT" "pid=$(cat "$STATE/null.pid")" \
-        "version=axum 0.8 (cherga's HTTP stack)" \
+        "version=axum 0.8 (cherga's HTTP stack)$([ "$PROFILE" = release ] || echo ", $PROFILE build")" \
         "settings=no storage: parses the enqueue JSON and answers 201"
     ;;
 stop)
