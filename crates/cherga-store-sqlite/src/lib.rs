@@ -20,6 +20,7 @@ mod checkpoint;
 mod engine;
 mod journal;
 mod rows;
+mod scan;
 mod schema;
 mod sync;
 
