@@ -24,7 +24,7 @@ use crate::checkpoint::{self, Checkpointer};
 use crate::journal::{self, Record};
 use crate::rows::{self, Db, QUEUE_COLUMNS, RowWriter, task_columns};
 use crate::sync::Syncer;
-use crate::{Job, Limits, Options, Reply, scan, schema};
+use crate::{Job, Limits, Options, Reply, schema};
 use cherga_core::{
     AckOutcome, Index, LeaseToken, Millis, NewTask, QueueName, QueueSettings, QueueSettingsPatch, Refusal,
     SeqHash, Task, TaskId, TaskSlot, TaskState, fingerprint,
@@ -387,6 +387,13 @@ impl Engine {
         // `cherga_core::index`), so the scan needs no room reserved; the loader
         // shrinks the chunks it filled only in part.
         {
+            let mut stmt = self
+                .conn
+                .prepare(
+                    "SELECT seq, qid, priority, run_at, grp, state, lease_expires_at, finished_at FROM tasks",
+                )
+                .db()?;
+            let mut rows = stmt.query([]).db()?;
             // Finished tasks are only counted and listed for retention: per queue
             // number, counts by state and the `(finished_at, seq)` of each.
             type Finished = ([u64; 6], Vec<(Millis, u64)>);
@@ -401,43 +408,40 @@ impl Engine {
             let index_id =
                 |qid: i64| usize::try_from(qid).ok().and_then(|qid| index_ids.get(qid).copied().flatten());
             let any_dirty = !mem.dirty.is_empty();
-            scan::tasks(&self.conn, |chunk| {
-                for row in chunk {
-                    let seq = row.seq;
-                    max_seq = max_seq.max(seq as i64);
-                    // The journal is ahead of this row: the task is added below as it is now.
-                    if any_dirty && mem.dirty.contains_key(&seq) {
-                        continue;
-                    }
-                    let state = TaskState::from_code(row.state).ok_or_else(|| {
-                        StoreError::Corrupt(format!("task {seq} has unknown state {}", row.state))
-                    })?;
-                    if state.is_finished() {
-                        let (counts, list) = finished.entry(row.qid).or_default();
-                        counts[usize::from(row.state)] += 1;
-                        list.push((row.finished_at.unwrap_or(0), seq));
-                        continue;
-                    }
-                    let queue = index_id(row.qid).ok_or_else(|| {
-                        StoreError::Corrupt(format!(
-                            "task {seq} is in queue number {}, which is not stored",
-                            row.qid
-                        ))
-                    })?;
-                    loader.add(
-                        seq,
-                        TaskSlot {
-                            queue,
-                            priority: row.priority,
-                            run_at: row.run_at,
-                            group: row.group,
-                            state,
-                            lease_expires_at: row.lease_expires_at,
-                        },
-                    );
+            while let Some(row) = rows.next().db()? {
+                let seq: i64 = row.get(0).db()?;
+                max_seq = max_seq.max(seq);
+                // The journal is ahead of this row: the task is added below as it is now.
+                if any_dirty && mem.dirty.contains_key(&(seq as u64)) {
+                    continue;
                 }
-                Ok(())
-            })?;
+                let qid: i64 = row.get(1).db()?;
+                let code: u8 = row.get(5).db()?;
+                let state = TaskState::from_code(code)
+                    .ok_or_else(|| StoreError::Corrupt(format!("task {seq} has unknown state {code}")))?;
+                if state.is_finished() {
+                    let at: Option<Millis> = row.get(7).db()?;
+                    let (counts, list) = finished.entry(qid).or_default();
+                    counts[usize::from(code)] += 1;
+                    list.push((at.unwrap_or(0), seq as u64));
+                    continue;
+                }
+                let queue = index_id(qid).ok_or_else(|| {
+                    StoreError::Corrupt(format!("task {seq} is in queue number {qid}, which is not stored"))
+                })?;
+                let group: Option<String> = row.get(4).db()?;
+                loader.add(
+                    seq as u64,
+                    TaskSlot {
+                        queue,
+                        priority: row.get(2).db()?,
+                        run_at: row.get(3).db()?,
+                        group: group.map(|g| std::sync::Arc::from(g.as_str())),
+                        state,
+                        lease_expires_at: row.get(6).db()?,
+                    },
+                );
+            }
             for (&seq, dirty) in &mem.dirty {
                 max_seq = max_seq.max(seq as i64);
                 let queue = loader.queue_id(&dirty.task.queue);

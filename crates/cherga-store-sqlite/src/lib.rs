@@ -20,7 +20,6 @@ mod checkpoint;
 mod engine;
 mod journal;
 mod rows;
-mod scan;
 mod schema;
 mod sync;
 
