@@ -11,8 +11,8 @@
 # every peer with the settings in bench/peers/*.sh (a peer that cannot run is
 # reported as skipped), runs `cherga-bench run` with the arguments given here,
 # writes bench/results/latest.{json,md,svg} (quick.* with --quick), and stops
-# what it started. Exits non-zero if cherga could not run, failed a run or lost a task
-# (with --strict, also if a peer lost one); never because of a speed.
+# what it started. Exits non-zero if cherga could not run, failed a run or lost
+# a task (with --strict, also if a peer lost one); never because of a speed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -4,7 +4,6 @@
 # fdatasync of the WAL after every commit and before any 2xx (group commit).
 source "$(dirname "$0")/lib.sh"
 PORT=${CHERGA_BENCH_PORT:-7710}
-PROFILE=${CHERGA_BENCH_PROFILE:-release}
 BIN="$ROOT/target/$PROFILE/cherga"
 
 case "${1:-}" in
@@ -28,10 +27,9 @@ start)
         exit 0
     fi
     rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-    build=$([ "$PROFILE" = release ] || echo ", $PROFILE build")
     dirty=$(git -C "$ROOT" status --porcelain 2>/dev/null | grep -q . && echo "+changes" || true)
     write_peer cherga "url=http://127.0.0.1:$PORT" "pid=$(cat "$STATE/cherga.pid")" \
-        "version=$("$BIN" --version | awk '{print $2}') ($rev$dirty)$build" \
+        "version=$("$BIN" --version | awk '{print $2}') ($rev$dirty)$PROFILE_NOTE" \
         "settings=embedded SQLite store, WAL, fdatasync of the WAL before every 2xx (group commit, synchronous=NORMAL); HTTP/1.1 keep-alive, one connection per client, Prefer: return=minimal (short answers to enqueues and acks)"
     ;;
 stop)

@@ -11,6 +11,10 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 STATE="${CHERGA_BENCH_STATE:-$ROOT/target/bench/peers}"
 mkdir -p "$STATE"
+# The cargo profile whose binaries cherga.sh and null.sh start (bench/run.sh
+# sets it), and what their version line adds when it is not release.
+PROFILE="${CHERGA_BENCH_PROFILE:-release}"
+PROFILE_NOTE=$([ "$PROFILE" = release ] || echo ", $PROFILE build")
 
 # write_peer NAME key=value...
 write_peer() {

@@ -4,7 +4,6 @@
 # baseline that shows what HTTP alone costs on this machine.
 source "$(dirname "$0")/lib.sh"
 PORT=${CHERGA_BENCH_NULL_PORT:-7719}
-PROFILE=${CHERGA_BENCH_PROFILE:-release}
 BIN="$ROOT/target/$PROFILE/cherga-bench"
 
 case "${1:-}" in
@@ -25,7 +24,7 @@ start)
         exit 0
     fi
     write_peer null "url=http://127.0.0.1:$PORT" "pid=$(cat "$STATE/null.pid")" \
-        "version=axum 0.8 (cherga's HTTP stack)$([ "$PROFILE" = release ] || echo ", $PROFILE build")" \
+        "version=axum 0.8 (cherga's HTTP stack)$PROFILE_NOTE" \
         "settings=no storage: parses the enqueue JSON and answers 201"
     ;;
 stop)
