@@ -109,12 +109,16 @@ impl QueueIndex {
     }
 }
 
-/// Hashing of task sequence numbers, which the store assigns in order: the low
-/// bits stay as they are, so consecutive tasks sit in consecutive buckets (a
-/// rebuild of 10 M tasks and a stream of enqueues walk memory in order instead of
-/// missing the cache on every insert), and the low 7 bits are copied to the top,
-/// where the table takes its per-bucket tag from. Clients cannot choose
-/// sequence numbers, so there are no crafted collisions to fear.
+/// Hashing of task sequence numbers, which a store assigns in order, in one
+/// range or in several (the embedded store gives each queue a range of its own,
+/// far apart): the low 32 bits stay as they are, so consecutive tasks sit in
+/// consecutive buckets (a rebuild of 10 M tasks and a stream of enqueues walk
+/// memory in order instead of missing the cache on every insert); the bits
+/// above, which tell one range from another, are spread by a multiplication and
+/// added, so that ranges do not pile onto the same buckets; and the low 7
+/// bits are copied to the top, where the table takes its per-bucket tag from.
+/// Clients cannot choose sequence numbers, so there are no crafted collisions
+/// to fear.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SeqHash;
 
@@ -136,7 +140,8 @@ impl std::hash::Hasher for SeqHasher {
         }
     }
     fn write_u64(&mut self, n: u64) {
-        self.0 = n ^ (n << 57);
+        let h = n.wrapping_add((n >> 32).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        self.0 = h ^ (h << 57);
     }
     fn finish(&self) -> u64 {
         self.0

@@ -24,7 +24,7 @@ use crate::checkpoint::{self, Checkpointer};
 use crate::journal::{self, Record};
 use crate::rows::{self, Db, QUEUE_COLUMNS, RowWriter, task_columns};
 use crate::sync::Syncer;
-use crate::{Job, Limits, Options, Reply, schema};
+use crate::{Job, Limits, Options, Reply, schema, seqs};
 use cherga_core::{
     AckOutcome, Index, LeaseToken, Millis, NewTask, QueueName, QueueSettings, QueueSettingsPatch, Refusal,
     SeqHash, Task, TaskId, TaskSlot, TaskState, fingerprint,
@@ -48,7 +48,12 @@ pub struct Engine {
     conn: Connection,
     mem: Memory,
     queues: HashMap<String, QueueSettings>,
-    next_seq: u64,
+    /// The highest sequence number given in each queue's range (`seqs.rs`), by
+    /// queue number; a queue not here has given none.
+    highest: HashMap<i64, u64>,
+    /// Whether rows numbered before schema version 6 may exist (their index
+    /// does), so that a listing must look for them too.
+    legacy_rows: bool,
     last_purge: Millis,
     /// Set when a job failed in the backend: the batch must roll back.
     poisoned: bool,
@@ -347,7 +352,8 @@ impl Engine {
             conn,
             mem: Memory::new(options.limits),
             queues: HashMap::new(),
-            next_seq: 1,
+            highest: HashMap::new(),
+            legacy_rows: false,
             last_purge: 0,
             poisoned: false,
         };
@@ -377,15 +383,36 @@ impl Engine {
         for (name, settings) in &queues {
             index.configure_queue(name, settings.concurrency, settings.paused);
         }
-        let mut max_seq: i64 = self
+        // The highest number given in each queue's range: past every row, every
+        // dirty task and every number a purge deleted (its queue's counter).
+        let mut highest: HashMap<i64, u64> = HashMap::new();
+        let mut given = |seq: u64| {
+            if let Some(qid) = seqs::queue_of(seq) {
+                let high = highest.entry(qid).or_insert(seq);
+                *high = (*high).max(seq);
+            }
+        };
+        {
+            let mut stmt = self.conn.prepare("SELECT name, value FROM counters").db()?;
+            let mut rows = stmt.query([]).db()?;
+            while let Some(row) = rows.next().db()? {
+                let name: String = row.get(0).db()?;
+                if seqs::counter_queue(&name).is_some() {
+                    given(row.get::<_, i64>(1).db()? as u64);
+                }
+            }
+        }
+        self.legacy_rows = self
             .conn
-            .query_row("SELECT value FROM counters WHERE name = ?1", [schema::TASK_SEQ_COUNTER], |r| r.get(0))
-            .optional()
-            .db()?
-            .unwrap_or(0);
-        // The index's table makes its chunks at their full size (see
-        // `cherga_core::index`), so the scan needs no room reserved; the loader
-        // shrinks the chunks it filled only in part.
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?1)",
+                [seqs::LEGACY_INDEX],
+                |r| r.get(0),
+            )
+            .db()?;
+        // The index's table makes each chunk that follows another at its full
+        // size (see `cherga_core::index`), so the scan needs no room reserved;
+        // the loader shrinks the chunks it filled only in part.
         {
             let mut stmt = self
                 .conn
@@ -410,7 +437,7 @@ impl Engine {
             let any_dirty = !mem.dirty.is_empty();
             while let Some(row) = rows.next().db()? {
                 let seq: i64 = row.get(0).db()?;
-                max_seq = max_seq.max(seq);
+                given(seq as u64);
                 // The journal is ahead of this row: the task is added below as it is now.
                 if any_dirty && mem.dirty.contains_key(&(seq as u64)) {
                     continue;
@@ -443,7 +470,7 @@ impl Engine {
                 );
             }
             for (&seq, dirty) in &mem.dirty {
-                max_seq = max_seq.max(seq as i64);
+                given(seq);
                 let queue = loader.queue_id(&dirty.task.queue);
                 loader.add(seq, TaskSlot::of(&dirty.task, queue));
             }
@@ -463,7 +490,7 @@ impl Engine {
         }
         self.mem = mem;
         self.queues = queues;
-        self.next_seq = max_seq as u64 + 1;
+        self.highest = highest;
         Ok(())
     }
 
@@ -626,7 +653,7 @@ impl Engine {
             return Ok(s.clone());
         }
         let settings = QueueSettings::defaults();
-        let id = self.queue_number(queue);
+        let id = self.queue_number(queue)?;
         rows::save_queue(&self.conn, queue, id, &settings, now)?;
         self.mem.index.configure_queue(queue, settings.concurrency, settings.paused);
         self.queues.insert(queue.to_owned(), settings.clone());
@@ -635,13 +662,19 @@ impl Engine {
 
     /// The number of `queue`, given to it now if it has none. A batch that rolls
     /// back forgets it with the rest (the rebuild reads the numbers again).
-    fn queue_number(&mut self, queue: &str) -> i64 {
+    fn queue_number(&mut self, queue: &str) -> Result<i64, StoreError> {
         if let Some(&id) = self.mem.qids.get(queue) {
-            return id;
+            return Ok(id);
         }
         let id = self.mem.qids.values().max().map_or(1, |max| max + 1);
+        if id > seqs::MAX_QUEUE {
+            return Err(StoreError::InvalidSettings(format!(
+                "the embedded store holds at most {} queues",
+                seqs::MAX_QUEUE
+            )));
+        }
         self.mem.qids.insert(queue.to_owned(), id);
-        id
+        Ok(id)
     }
 
     pub fn load(&self, id: TaskId) -> Result<Task, StoreError> {
@@ -684,16 +717,27 @@ impl Engine {
         now: Millis,
     ) -> Result<Vec<Result<Enqueued, StoreError>>, StoreError> {
         let settings = self.ensure_queue(queue.as_str(), now)?;
+        let qid = self.mem.qid(queue.as_str());
+        let (start, end) = seqs::range(qid);
+        let mut high = self.highest.get(&qid).copied().unwrap_or(start);
         let mut rows = RowWriter::new(&self.conn);
         let mut out = Vec::with_capacity(tasks.len());
         for new in tasks {
-            let seq = self.next_seq;
+            let seq = high + 1;
+            if seq >= end {
+                return Err(StoreError::Unavailable(
+                    format!("queue {queue} has used all of its task numbers").into(),
+                ));
+            }
             let one =
                 enqueue_one(&self.conn, &mut rows, &mut self.mem, queue.as_str(), new, seq, &settings, now)?;
             if matches!(one, Ok(Enqueued::Created(_))) {
-                self.next_seq += 1;
+                high = seq;
             }
             out.push(one);
+        }
+        if high > start {
+            self.highest.insert(qid, high);
         }
         Ok(out)
     }
@@ -820,7 +864,11 @@ impl Engine {
         }
         let limit = (list.limit + stale_rows) as i64;
         let qid = self.mem.qid(list.queue.as_str());
-        let after = after as i64;
+        let (start, end) = seqs::range(qid);
+        // The queue's rows are the rowid range `start..end`; rows numbered before
+        // schema version 6 are below every range and come first.
+        let legacy = self.legacy_rows && after < seqs::FIRST;
+        let (after, from, end) = (after as i64, after.max(start) as i64, end as i64);
         let dirty = &self.mem.dirty;
         let mut push_rows = |stmt: &mut rusqlite::CachedStatement<'_>, params: &[&dyn rusqlite::ToSql]| {
             let mut rows = stmt.query(params).db()?;
@@ -834,22 +882,44 @@ impl Engine {
         };
         match list.state {
             Some(state) => {
+                if legacy {
+                    const SQL: &str = concat!(
+                        "SELECT ",
+                        task_columns!(),
+                        " FROM tasks WHERE qid = ?1 AND seq > ?2 AND seq < ",
+                        seqs::first_sql!(),
+                        " AND state = ?3 ORDER BY seq LIMIT ?4"
+                    );
+                    let mut stmt = self.conn.prepare_cached(SQL).db()?;
+                    push_rows(&mut stmt, &[&qid, &after, &state.code(), &limit])?;
+                }
                 const SQL: &str = concat!(
                     "SELECT ",
                     task_columns!(),
-                    " FROM tasks WHERE qid = ?1 AND seq > ?2 AND state = ?3 ORDER BY seq LIMIT ?4"
+                    " FROM tasks WHERE seq > ?1 AND seq < ?2 AND state = ?3 ORDER BY seq LIMIT ?4"
                 );
                 let mut stmt = self.conn.prepare_cached(SQL).db()?;
-                push_rows(&mut stmt, &[&qid, &after, &state.code(), &limit])?;
+                push_rows(&mut stmt, &[&from, &end, &state.code(), &limit])?;
             }
             None => {
+                if legacy {
+                    const SQL: &str = concat!(
+                        "SELECT ",
+                        task_columns!(),
+                        " FROM tasks WHERE qid = ?1 AND seq > ?2 AND seq < ",
+                        seqs::first_sql!(),
+                        " ORDER BY seq LIMIT ?3"
+                    );
+                    let mut stmt = self.conn.prepare_cached(SQL).db()?;
+                    push_rows(&mut stmt, &[&qid, &after, &limit])?;
+                }
                 const SQL: &str = concat!(
                     "SELECT ",
                     task_columns!(),
-                    " FROM tasks WHERE qid = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+                    " FROM tasks WHERE seq > ?1 AND seq < ?2 ORDER BY seq LIMIT ?3"
                 );
                 let mut stmt = self.conn.prepare_cached(SQL).db()?;
-                push_rows(&mut stmt, &[&qid, &after, &limit])?;
+                push_rows(&mut stmt, &[&from, &end, &limit])?;
             }
         }
         out.sort_unstable_by_key(|task| task.id.seq());
@@ -865,7 +935,7 @@ impl Engine {
     ) -> Result<QueueInfo, StoreError> {
         let current = self.settings_of(queue.as_str());
         let settings = current.with(patch).map_err(StoreError::InvalidSettings)?;
-        let id = self.queue_number(queue.as_str());
+        let id = self.queue_number(queue.as_str())?;
         rows::save_queue(&self.conn, queue.as_str(), id, &settings, now)?;
         self.mem.index.configure_queue(queue.as_str(), settings.concurrency, settings.paused);
         self.queues.insert(queue.as_str().to_owned(), settings);
@@ -929,6 +999,7 @@ impl Engine {
     /// back of the list, to be tried again); then forgets expired keys.
     fn purge(&mut self, now: Millis) -> Result<usize, StoreError> {
         let mut purged = 0;
+        let mut purged_queues = Vec::new();
         let mut delete = self
             .conn
             .prepare_cached(
@@ -956,6 +1027,9 @@ impl Engine {
                             self.mem.index.forget_finished(queue, state, 1);
                         }
                         purged += 1;
+                        if purged_queues.last() != Some(&qid) {
+                            purged_queues.push(qid);
+                        }
                     }
                     None if kept.exists(params![seq, at]).db()? => held.push((at, seq as u64)),
                     None => {}
@@ -967,17 +1041,18 @@ impl Engine {
             }
         }
         drop((delete, kept));
-        if purged > 0 {
-            // The deleted rows may have held the highest numbers given; the counter
-            // keeps them from being given again after a restart (the start-up scan
-            // sees only the rows that are left).
+        // The deleted rows may have held the highest numbers their queues gave;
+        // each queue's counter keeps them from being given again after a restart
+        // (the start-up scan sees only the rows that are left).
+        for qid in purged_queues {
+            let Some(&high) = self.highest.get(&qid) else { continue };
             self.conn
                 .prepare_cached(
                     "INSERT INTO counters (name, value) VALUES (?1, ?2) \
                      ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)",
                 )
                 .db()?
-                .execute(params![schema::TASK_SEQ_COUNTER, self.next_seq as i64 - 1])
+                .execute(params![seqs::counter(qid), high as i64])
                 .db()?;
         }
         self.conn

@@ -21,6 +21,7 @@ mod engine;
 mod journal;
 mod rows;
 mod schema;
+mod seqs;
 mod sync;
 
 use cherga_core::{Millis, NewTask, QueueName, QueueSettingsPatch, Task, TaskId};

@@ -5,7 +5,7 @@ use cherga_core::{Lease, LeaseToken, Task, TaskId, TaskState};
 use rusqlite::{Connection, OptionalExtension};
 
 /// The version this build writes; `PRAGMA user_version` holds the version on disk.
-pub const VERSION: i64 = 5;
+pub const VERSION: i64 = 6;
 
 const V1: &str = "
 CREATE TABLE queues (
@@ -163,8 +163,30 @@ fn v5_tasks(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
     )
 }
 
-/// The counter that keeps purged sequence numbers from being given again.
-pub const TASK_SEQ_COUNTER: &str = "task_seq";
+/// Version 6: no index for listing a queue. Each queue numbers its tasks in a
+/// range of its own (`seqs.rs`), so its rows are a range of the rowid; the
+/// index `tasks(qid, seq)` was a sixth of the writer's work per task. The rows
+/// numbered before keep their numbers (they are in the tasks' ids): when there
+/// are any, [`v6_tasks`] keeps them listed by a partial index that new rows,
+/// numbered above them, never enter.
+const V6: &str = "DROP INDEX tasks_by_queue;";
+
+fn v6_tasks(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    let any: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM tasks)", [], |r| r.get(0))?;
+    if any {
+        tx.execute_batch(&format!(
+            concat!("CREATE INDEX {} ON tasks (qid, seq) WHERE seq < ", crate::seqs::first_sql!(), ";"),
+            crate::seqs::LEGACY_INDEX
+        ))?;
+    }
+    Ok(())
+}
+
+/// The counter that kept purged sequence numbers from being given again before
+/// version 6, when every queue shared one counter; each queue has its own now
+/// (`seqs::counter`), and the old numbers are below every queue's range.
+#[cfg(test)]
+const TASK_SEQ_COUNTER: &str = "task_seq";
 
 /// The rest of version 3: every task row of version 2 moved into the new
 /// `tasks`, then its indexes, and the table's highest sequence number ever given
@@ -252,12 +274,13 @@ struct Migration {
 }
 
 /// Every migration in version order: index 0 makes version 1.
-const MIGRATIONS: [Migration; 5] = [
+const MIGRATIONS: [Migration; 6] = [
     Migration { sql: V1, then: None },
     Migration { sql: V2, then: None },
     Migration { sql: V3, then: Some(v3_tasks) },
     Migration { sql: V4, then: None },
     Migration { sql: V5, then: Some(v5_tasks) },
+    Migration { sql: V6, then: Some(v6_tasks) },
 ];
 
 /// The page cache, in KiB.
@@ -292,6 +315,11 @@ pub fn configure(conn: &Connection, durable: bool) -> rusqlite::Result<()> {
 /// # Errors
 /// Any SQLite error, or a database written by a newer cherga.
 pub fn migrate(conn: &mut Connection) -> Result<(), String> {
+    migrate_to(conn, VERSION)
+}
+
+/// Brings the schema up to `last` (tests make databases of earlier versions).
+pub(crate) fn migrate_to(conn: &mut Connection, last: i64) -> Result<(), String> {
     let version: i64 =
         conn.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(|e| e.to_string())?;
     if version > VERSION {
@@ -301,7 +329,7 @@ pub fn migrate(conn: &mut Connection) -> Result<(), String> {
     // crash between two leaves the database at one version or the next.
     for (index, migration) in MIGRATIONS.iter().enumerate() {
         let target = index as i64 + 1;
-        if version >= target {
+        if version >= target || target > last {
             continue;
         }
         let tx = conn.transaction().map_err(|e| e.to_string())?;
@@ -348,9 +376,9 @@ mod tests {
 
     /// A database made by versions 1 and 2, with tasks in two queues, migrates to
     /// the current version: every task reads back as it was, each gets its queue's
-    /// number, the listing index is on the numbers, the index of finished tasks is
-    /// gone (version 4), the table has no `AUTOINCREMENT` (version 5), and purged
-    /// sequence numbers stay used.
+    /// number, the index of finished tasks is gone (version 4), the table has no
+    /// `AUTOINCREMENT` (version 5), purged sequence numbers stay used, and the
+    /// rows numbered before version 6 are listed by an index of their own.
     #[test]
     fn version_2_database_migrates_to_current() {
         let mut conn = Connection::open_in_memory().expect("open");
@@ -422,19 +450,51 @@ mod tests {
         assert_eq!(counted, 0, "nothing is left in sqlite_sequence for the task table");
         let plan: String = conn
             .query_row(
-                "EXPLAIN QUERY PLAN SELECT seq FROM tasks WHERE qid = 2 AND seq > 0 ORDER BY seq",
+                concat!(
+                    "EXPLAIN QUERY PLAN SELECT seq FROM tasks WHERE qid = 2 AND seq > 0 AND seq < ",
+                    crate::seqs::first_sql!(),
+                    " ORDER BY seq"
+                ),
                 [],
                 |r| r.get(3),
             )
             .expect("plan");
-        assert!(plan.contains("tasks_by_queue"), "listing uses the index: {plan}");
+        assert!(plan.contains(crate::seqs::LEGACY_INDEX), "listing the old rows uses their index: {plan}");
         let indexes: Vec<String> = conn
             .prepare(
                 "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'tasks' ORDER BY name",
             )
             .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
             .expect("indexes");
-        assert_eq!(indexes, ["tasks_by_queue"], "version 4 drops the index of finished tasks");
+        assert_eq!(
+            indexes,
+            [crate::seqs::LEGACY_INDEX],
+            "version 4 drops the index of finished tasks, version 6 the listing index but for the old rows"
+        );
         conn.execute("INSERT INTO journal (txn, records) VALUES (1, x'01')", []).expect("the journal exists");
+    }
+
+    /// A new database has no index on the task table: each queue's rows are a
+    /// range of the rowid, and listing one scans that range.
+    #[test]
+    fn new_database_lists_a_queue_by_its_rowid_range() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        migrate(&mut conn).expect("migrate");
+        let indexes: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'tasks'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("indexes");
+        assert_eq!(indexes, 0);
+        let plan: String = conn
+            .query_row(
+                "EXPLAIN QUERY PLAN SELECT seq FROM tasks WHERE seq > ?1 AND seq < ?2 ORDER BY seq",
+                [1i64 << 40, 2 << 40],
+                |r| r.get(3),
+            )
+            .expect("plan");
+        assert!(plan.contains("INTEGER PRIMARY KEY (rowid>? AND rowid<?)"), "a range of the rowid: {plan}");
     }
 }

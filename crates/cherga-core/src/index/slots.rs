@@ -4,14 +4,18 @@
 //! One table for every task doubled in one go each time it filled: every entry
 //! copied into new memory at once, on the writer thread, with every request
 //! waiting (about 10 ms at 262,144 tasks, and more at each doubling after). A
-//! chunk is made at its full size, room for all of its [`SPAN`] numbers, and
-//! numbers are given in order, so a chunk never grows: the newest one fills
-//! while the old ones empty. Untouched room costs address space only; the
-//! kernel gives memory to the pages the entries land in, and those are
-//! contiguous because [`SeqHash`] keeps consecutive numbers in consecutive
-//! buckets. A chunk whose tasks are all gone is dropped, and one left nearly
-//! empty is shrunk, so that long-lived tasks scattered among many finished ones
-//! do not keep whole tables alive.
+//! chunk that follows another is made at its full size, room for all of its
+//! [`SPAN`] numbers, and numbers are given in order, so such a chunk never
+//! grows: the newest one fills while the old ones empty. Untouched room costs
+//! address space only; the kernel gives memory to the pages the entries land
+//! in, and those are contiguous because [`SeqHash`] keeps consecutive numbers
+//! in consecutive buckets. The first chunk of a run of numbers (a store may
+//! give numbers in several ranges, one per queue) starts small and grows like
+//! any table, up to the size of one chunk, so that a range with a handful of
+//! tasks costs a handful of entries, not a table of 65,536 buckets. A chunk
+//! whose tasks are all gone is dropped, and one left nearly empty is shrunk,
+//! so that long-lived tasks scattered among many finished ones do not keep
+//! whole tables alive.
 
 use super::SeqHash;
 use std::collections::HashMap;
@@ -39,18 +43,17 @@ impl<V> Chunk<V> {
     }
 }
 
+/// A chunk with no chunk after it may be the one its range's new tasks go to, so
+/// it is never shrunk (it would only grow again).
 #[derive(Debug)]
 pub(super) struct Slots<V> {
     chunks: HashMap<u64, Chunk<V>, SeqHash>,
     len: usize,
-    /// The highest chunk made: the one new tasks go to, never shrunk (it would
-    /// only grow again).
-    newest: u64,
 }
 
 impl<V> Default for Slots<V> {
     fn default() -> Self {
-        Self { chunks: HashMap::default(), len: 0, newest: 0 }
+        Self { chunks: HashMap::default(), len: 0 }
     }
 }
 
@@ -66,13 +69,14 @@ impl<V> Slots<V> {
     /// Inserts or replaces; the value replaced, if any.
     pub fn insert(&mut self, seq: u64, value: V) -> Option<V> {
         let id = seq / SPAN;
-        self.newest = self.newest.max(id);
-        let chunk = self.chunks.entry(id).or_insert_with(|| Chunk {
-            map: HashMap::with_capacity_and_hasher(SPAN as usize, SeqHash),
-            room: SPAN as usize,
-        });
+        if !self.chunks.contains_key(&id) {
+            let follows = id.checked_sub(1).is_some_and(|before| self.chunks.contains_key(&before));
+            let map = HashMap::with_capacity_and_hasher(if follows { SPAN as usize } else { 0 }, SeqHash);
+            self.chunks.insert(id, Chunk { room: map.capacity(), map });
+        }
+        let chunk = self.chunks.get_mut(&id).expect("just made");
         let old = chunk.map.insert(seq, value);
-        chunk.room = chunk.room.max(chunk.map.len());
+        chunk.room = chunk.room.max(chunk.map.capacity()).max(chunk.map.len());
         if old.is_none() {
             self.len += 1;
         }
@@ -86,18 +90,19 @@ impl<V> Slots<V> {
         self.len -= 1;
         if chunk.map.is_empty() {
             self.chunks.remove(&id);
-        } else if id != self.newest && chunk.map.len() < chunk.room / SHRINK_BELOW {
-            chunk.shrink();
+        } else if chunk.map.len() < chunk.room / SHRINK_BELOW && self.chunks.contains_key(&(id + 1)) {
+            self.chunks.get_mut(&id).expect("present").shrink();
         }
         Some(value)
     }
 
-    /// Gives back the room that removals left in every chunk but the newest.
+    /// Gives back the room that removals left in every chunk that has a chunk
+    /// after it.
     pub fn shrink_to_fit(&mut self) {
-        for (&id, chunk) in &mut self.chunks {
-            if id != self.newest {
-                chunk.shrink();
-            }
+        let followed: Vec<u64> =
+            self.chunks.keys().copied().filter(|id| self.chunks.contains_key(&(id + 1))).collect();
+        for id in followed {
+            self.chunks.get_mut(&id).expect("present").shrink();
         }
         self.chunks.shrink_to_fit();
     }
@@ -177,5 +182,49 @@ mod tests {
         slots.shrink_to_fit();
         assert_eq!(slots.chunks[&2].room, SPAN as usize);
         assert!(slots.chunks[&1].room < SPAN as usize / 4);
+    }
+
+    #[test]
+    fn a_range_starts_small_and_its_open_chunk_keeps_its_room() {
+        let mut slots = Slots::default();
+        // Two ranges far apart, as the embedded store numbers two queues.
+        let (a, b) = (1u64 << 40, 2u64 << 40);
+        for n in 0..10 {
+            slots.insert(a + n, ());
+            slots.insert(b + n, ());
+        }
+        assert_eq!(slots.chunk_count(), 2);
+        assert!(slots.room_of(a) < 64, "a range of 10 tasks has room for {}", slots.room_of(a));
+        assert!((0..10).all(|n| slots.contains_key(a + n) && slots.contains_key(b + n)));
+
+        // Range a runs on through whole chunks: its first chunk grew to one
+        // chunk's size at most, and the chunks after it are made at full size.
+        let start = a - a % SPAN;
+        for seq in a + 10..start + 3 * SPAN {
+            slots.insert(seq, ());
+        }
+        assert!(slots.room_of(a) <= SPAN as usize);
+        assert_eq!(slots.room_of(start + SPAN), SPAN as usize);
+        assert_eq!(slots.room_of(start + 2 * SPAN), SPAN as usize);
+
+        // Emptied all but a few tasks, the open chunk of each range keeps its room;
+        // the followed ones shrink.
+        for seq in a..start + 3 * SPAN - 1 {
+            if seq % 10_000 != 0 {
+                slots.remove(seq);
+            }
+        }
+        for n in 1..10 {
+            slots.remove(b + n);
+        }
+        assert_eq!(slots.room_of(start + 2 * SPAN), SPAN as usize, "range a's open chunk");
+        assert!(slots.room_of(start + SPAN) < SPAN as usize / 4, "a followed chunk shrinks");
+        slots.shrink_to_fit();
+        assert_eq!(slots.room_of(start + 2 * SPAN), SPAN as usize);
+        assert!(slots.contains_key(b) && !slots.contains_key(b + 1));
+        assert!(
+            (a..start + 3 * SPAN)
+                .all(|s| slots.contains_key(s) == (s % 10_000 == 0 || s == start + 3 * SPAN - 1))
+        );
     }
 }

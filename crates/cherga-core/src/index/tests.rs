@@ -173,17 +173,20 @@ fn a_loader_gives_back_the_room_of_chunks_it_filled_in_part() {
             lease_expires_at: None,
         };
         // One pending task in a thousand numbers (the rest finished or purged),
-        // then the newest task far past them.
+        // then the newest tasks far past them, in two chunks that follow each
+        // other: the later one, made at full size, is where new tasks go.
         for seq in (0..50_000).step_by(1000) {
             loader.add(seq, slot.clone());
         }
+        loader.add(940_000, slot.clone());
         loader.add(1_000_000, slot);
         loader.finish();
     }
-    assert_eq!(index.len(), 51);
+    assert_eq!(index.len(), 52);
     assert!(index.tasks.room_of(0) < 1000, "room for {} in a chunk of 50 tasks", index.tasks.room_of(0));
+    assert!(index.tasks.room_of(940_000) < 1000, "a chunk followed by another shrinks");
     assert!(index.tasks.room_of(1_000_000) > 50_000, "the newest chunk keeps its room");
-    assert_eq!(index.pick("q", 100).len(), 51);
+    assert_eq!(index.pick("q", 100).len(), 52);
 }
 
 #[test]
@@ -347,4 +350,27 @@ proptest! {
             prop_assert_eq!(loaded.expired(Millis::MAX, usize::MAX), sim.index.expired(Millis::MAX, usize::MAX));
         }
     }
+}
+
+#[test]
+fn seq_hash_keeps_ranges_apart_and_runs_in_order() {
+    use std::hash::BuildHasher;
+    let hash = |seq: u64| SeqHash.hash_one(seq);
+    let bucket = |seq: u64| hash(seq) & 0xffff;
+    // Numbers below 2^32 keep their low bits: a run fills consecutive buckets.
+    assert!((0..1000u64).all(|n| bucket(5_000 + n) == (5_000 + n) & 0xffff));
+    // Two ranges far apart (two queues of the embedded store): within each, a
+    // run still fills consecutive buckets; between them, the same positions in
+    // the run land in different buckets.
+    for (a, b) in [(1u64 << 40, 2u64 << 40), (2 << 40, 3 << 40), (7 << 40, 8 << 40)] {
+        assert!(
+            (0..1000u64)
+                .all(|n| bucket(a + n + 1) == (bucket(a + n) + 1) & 0xffff || bucket(a + n) == 0xffff)
+        );
+        let shared = (0..1000u64).filter(|&n| bucket(a + n) == bucket(b + n)).count();
+        assert_eq!(shared, 0, "ranges {a} and {b} share buckets");
+    }
+    // The tag bits at the top differ along a run.
+    let tags: std::collections::HashSet<u64> = (0..128u64).map(|n| hash((3 << 40) + n) >> 57).collect();
+    assert_eq!(tags.len(), 128);
 }
