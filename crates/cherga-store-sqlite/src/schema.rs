@@ -165,10 +165,10 @@ fn v5_tasks(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
 
 /// Version 6: no index for listing a queue. Each queue numbers its tasks in a
 /// range of its own (`seqs.rs`), so its rows are a range of the rowid; the
-/// index `tasks(qid, seq)` was a sixth of the writer's work per task. The rows
-/// numbered before keep their numbers (they are in the tasks' ids): when there
-/// are any, [`v6_tasks`] keeps them listed by a partial index that new rows,
-/// numbered above them, never enter.
+/// index `tasks(qid, seq)` was 13 % of the writer's work per task
+/// (`docs/storage.md`). The rows numbered before keep their numbers (they are
+/// in the tasks' ids): when there are any, [`v6_tasks`] keeps them listed by a
+/// partial index that new rows, numbered above them, never enter.
 const V6: &str = "DROP INDEX tasks_by_queue;";
 
 fn v6_tasks(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {

@@ -1,7 +1,7 @@
 //! Task sequence numbers. Each queue numbers its tasks in a range of its own:
 //! queue number `q` gives `q · 2^40 + 1`, `+ 2`, … So a queue's rows are one
 //! range of the table's rowid, and listing a queue needs no index of its own:
-//! that index was about a sixth of the writer's work per task
+//! that index was 13 % of the writer's work per task
 //! (`docs/storage.md`).
 //!
 //! Numbers below [`FIRST`] were given before schema version 6, from one counter
