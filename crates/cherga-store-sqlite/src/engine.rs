@@ -880,48 +880,26 @@ impl Engine {
             }
             Ok::<(), StoreError>(())
         };
-        match list.state {
-            Some(state) => {
-                if legacy {
-                    const SQL: &str = concat!(
-                        "SELECT ",
-                        task_columns!(),
-                        " FROM tasks WHERE qid = ?1 AND seq > ?2 AND seq < ",
-                        seqs::first_sql!(),
-                        " AND state = ?3 ORDER BY seq LIMIT ?4"
-                    );
-                    let mut stmt = self.conn.prepare_cached(SQL).db()?;
-                    push_rows(&mut stmt, &[&qid, &after, &state.code(), &limit])?;
-                }
-                const SQL: &str = concat!(
-                    "SELECT ",
-                    task_columns!(),
-                    " FROM tasks WHERE seq > ?1 AND seq < ?2 AND state = ?3 ORDER BY seq LIMIT ?4"
-                );
-                let mut stmt = self.conn.prepare_cached(SQL).db()?;
-                push_rows(&mut stmt, &[&from, &end, &state.code(), &limit])?;
-            }
-            None => {
-                if legacy {
-                    const SQL: &str = concat!(
-                        "SELECT ",
-                        task_columns!(),
-                        " FROM tasks WHERE qid = ?1 AND seq > ?2 AND seq < ",
-                        seqs::first_sql!(),
-                        " ORDER BY seq LIMIT ?3"
-                    );
-                    let mut stmt = self.conn.prepare_cached(SQL).db()?;
-                    push_rows(&mut stmt, &[&qid, &after, &limit])?;
-                }
-                const SQL: &str = concat!(
-                    "SELECT ",
-                    task_columns!(),
-                    " FROM tasks WHERE seq > ?1 AND seq < ?2 ORDER BY seq LIMIT ?3"
-                );
-                let mut stmt = self.conn.prepare_cached(SQL).db()?;
-                push_rows(&mut stmt, &[&from, &end, &limit])?;
-            }
+        // `?3` is the state asked for, or NULL for every state.
+        let state = list.state.map(TaskState::code);
+        if legacy {
+            const SQL: &str = concat!(
+                "SELECT ",
+                task_columns!(),
+                " FROM tasks WHERE qid = ?1 AND seq > ?2 AND seq < ",
+                seqs::first_sql!(),
+                " AND (?3 IS NULL OR state = ?3) ORDER BY seq LIMIT ?4"
+            );
+            let mut stmt = self.conn.prepare_cached(SQL).db()?;
+            push_rows(&mut stmt, &[&qid, &after, &state, &limit])?;
         }
+        const SQL: &str = concat!(
+            "SELECT ",
+            task_columns!(),
+            " FROM tasks WHERE seq > ?1 AND seq < ?2 AND (?3 IS NULL OR state = ?3) ORDER BY seq LIMIT ?4"
+        );
+        let mut stmt = self.conn.prepare_cached(SQL).db()?;
+        push_rows(&mut stmt, &[&from, &end, &state, &limit])?;
         out.sort_unstable_by_key(|task| task.id.seq());
         out.truncate(list.limit);
         Ok(out)
