@@ -23,7 +23,7 @@
 use crate::checkpoint::{self, Checkpointer};
 use crate::journal::{self, Record};
 use crate::rows::{self, Db, QUEUE_COLUMNS, RowWriter, task_columns};
-use crate::sync::Syncer;
+use crate::sync::{Pace, Syncer};
 use crate::{Job, Limits, Options, Reply, schema, seqs};
 use cherga_core::{
     AckOutcome, Index, LeaseToken, Millis, NewTask, QueueName, QueueSettings, QueueSettingsPatch, Refusal,
@@ -561,9 +561,25 @@ impl Engine {
 
     /// The writer loop: batch, commit, hand the answers to the syncer, which sends
     /// them once the WAL holding the commit is on disk. The writer goes on with the
-    /// next batch while the syncer waits for the disk.
+    /// next batch while the syncer waits for the disk. While batches rarely
+    /// collide with the fsync before them ([`Pace`]), the writer syncs and answers
+    /// a batch itself when nothing else waits.
     pub fn run(mut self, jobs: mpsc::Receiver<Job>, syncer: Syncer, mut checkpointer: Checkpointer) {
-        while let Ok(first) = jobs.recv() {
+        // A job that arrived while a batch ran or the writer synced: it opens the
+        // next batch.
+        let mut next: Option<Job> = None;
+        let mut pace = Pace::default();
+        loop {
+            // A job that arrived while the last batch ran, or during its fsync
+            // (the syncer still busy), is a collision.
+            let (first, collided) = match next.take() {
+                Some(job) => (job, true),
+                None => match jobs.recv() {
+                    Ok(job) => (job, syncer.busy()),
+                    Err(_) => break,
+                },
+            };
+            pace.batch(collided);
             let mut batch = Vec::with_capacity(64);
             batch.push(first);
             while batch.len() < MAX_BATCH {
@@ -595,7 +611,11 @@ impl Engine {
             };
             match outcome {
                 Ok(()) => {
-                    syncer.after_sync(replies);
+                    next = jobs.try_recv().ok();
+                    if syncer.after_commit(replies, next.is_some(), &pace) {
+                        // Synced here: a job that came meanwhile collided with it.
+                        next = jobs.try_recv().ok();
+                    }
                     checkpointer.after_commit(&self.conn);
                 }
                 Err(message) => {

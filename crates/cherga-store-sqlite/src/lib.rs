@@ -5,8 +5,10 @@
 //! thread then fdatasyncs the WAL and only then answers each caller (group commit:
 //! one fsync for every batch committed since the last one). While the syncer waits
 //! for the disk the writer runs the next batch, so a busy server overlaps its SQL
-//! work with its fsyncs. A checkpointer thread copies the WAL back into the
-//! database beside them (`checkpoint.rs`).
+//! work with its fsyncs. When there is no next batch to overlap (one caller at a
+//! time), the writer syncs and answers itself, which spares each answer a
+//! hand-over between threads (`sync.rs`). A checkpointer thread copies the WAL
+//! back into the database beside them (`checkpoint.rs`).
 //!
 //! Invariants:
 //! - the writer thread is the only user of the connection and of the in-memory

@@ -6,9 +6,13 @@
 //! before it began, so each answer waits for exactly one fsync that started after
 //! its commit — and one fsync serves every batch committed meanwhile.
 //!
-//! If fdatasync fails, what is on disk is unknown (the kernel may have dropped the
-//! dirty pages). The process aborts rather than answer; at restart SQLite recovers
-//! from what did reach the disk, and no caller was told a lie.
+//! When jobs rarely reach the writer while an fsync is under way (one caller at
+//! a time, or a quiet server), the writer syncs its batch itself
+//! ([`Syncer::after_commit`]): no next batch is there to overlap with the fsync,
+//! and the hand-over to this thread (a wake-up and a switch of threads on the way
+//! to every answer) only adds to each caller's wait. Under concurrent callers a
+//! job arrives during most fsyncs, and committing its batch meanwhile is worth
+//! more than the hand-over costs, so the syncer takes over ([`Pace`]).
 //!
 //! The WAL is written in place. An fdatasync after an append must also make the
 //! file's new size durable (a journal commit on ext4 or XFS); one after writes
@@ -27,6 +31,8 @@ use crate::{Options, Reply};
 use cherga_store::StoreError;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
@@ -43,6 +49,10 @@ pub(crate) const WAL_PREPARED_BYTES: u64 =
 pub struct Syncer {
     groups: Option<mpsc::Sender<Vec<Reply>>>,
     thread: Option<JoinHandle<()>>,
+    /// The WAL, shared with the thread (`None` when not durable).
+    wal: Option<Arc<File>>,
+    /// Groups handed to the thread and not yet answered.
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl Syncer {
@@ -62,24 +72,45 @@ impl Syncer {
                 .open(&path)
                 .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
             prepare(&file, WAL_PREPARED_BYTES).map_err(|e| StoreError::Unavailable(Box::new(e)))?;
-            Some(file)
+            Some(Arc::new(file))
         } else {
             None
         };
         let (sender, receiver) = mpsc::channel::<Vec<Reply>>();
-        let thread = std::thread::Builder::new()
-            .name("cherga-sqlite-syncer".into())
-            .spawn(move || run(wal, receiver))
-            .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
-        Ok(Self { groups: Some(sender), thread: Some(thread) })
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let thread = {
+            let (wal, in_flight) = (wal.clone(), in_flight.clone());
+            std::thread::Builder::new()
+                .name("cherga-sqlite-syncer".into())
+                .spawn(move || run(wal.as_deref(), receiver, &in_flight))
+                .map_err(|e| StoreError::Unavailable(Box::new(e)))?
+        };
+        Ok(Self { groups: Some(sender), thread: Some(thread), wal, in_flight })
     }
 
     /// Answers `replies` with success once their committed batch is on disk.
-    pub fn after_sync(&self, replies: Vec<Reply>) {
+    /// When jobs rarely arrive during an fsync (`pace`), none waits for the
+    /// writer now (`more_waiting` false) and nothing handed to the syncer is
+    /// still unanswered, the caller's thread syncs and answers them at once;
+    /// otherwise the syncer does, while the caller goes on with the next batch.
+    /// Either way the fsync begins after the batch's commit returned. Returns
+    /// whether the caller's thread synced.
+    pub fn after_commit(&self, replies: Vec<Reply>, more_waiting: bool, pace: &Pace) -> bool {
+        if !more_waiting && pace.quiet() && !self.busy() {
+            sync_and_answer(self.wal.as_deref(), replies);
+            return true;
+        }
         if let Some(groups) = &self.groups {
+            self.in_flight.fetch_add(1, Ordering::AcqRel);
             // The syncer only stops after `finish`, so the send cannot fail.
             let _ = groups.send(replies);
         }
+        false
+    }
+
+    /// Whether the syncer holds answers it has not sent: its fsync is under way.
+    pub fn busy(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) > 0
     }
 
     /// Syncs and answers everything handed over, then stops the thread.
@@ -109,21 +140,56 @@ fn prepare(wal: &File, size: u64) -> std::io::Result<()> {
     wal.sync_all()
 }
 
-fn run(wal: Option<File>, groups: mpsc::Receiver<Vec<Reply>>) {
+fn run(wal: Option<&File>, groups: mpsc::Receiver<Vec<Reply>>, in_flight: &AtomicUsize) {
     while let Ok(first) = groups.recv() {
         let mut waiting = vec![first];
         while let Ok(more) = groups.try_recv() {
             waiting.push(more);
         }
-        if let Some(wal) = &wal
-            && let Err(error) = wal.sync_data()
-        {
-            tracing::error!(%error, "fdatasync of the WAL failed; aborting so that no unsynced write is acknowledged");
-            std::process::abort();
-        }
-        for reply in waiting.into_iter().flatten() {
-            reply(Ok(()));
-        }
+        let taken = waiting.len();
+        sync_and_answer(wal, waiting.into_iter().flatten());
+        in_flight.fetch_sub(taken, Ordering::AcqRel);
+    }
+}
+
+/// fdatasyncs the WAL (when durable), then answers `replies` with success.
+fn sync_and_answer(wal: Option<&File>, replies: impl IntoIterator<Item = Reply>) {
+    if let Some(wal) = wal
+        && let Err(error) = wal.sync_data()
+    {
+        tracing::error!(%error, "fdatasync of the WAL failed; aborting so that no unsynced write is acknowledged");
+        std::process::abort();
+    }
+    for reply in replies {
+        reply(Ok(()));
+    }
+}
+
+/// How often a batch begins while the previous one's fsync is still under way
+/// (a *collision*): a moving average over batches, each new one weighing an
+/// eighth. The writer syncs on its own thread only while collisions are rare
+/// (the average under an eighth: never at one collision in four batches, all
+/// but the batch after each at one in sixteen); then a hand-over to the syncer
+/// would seldom let another batch overlap the fsync.
+#[derive(Debug, Default)]
+pub struct Pace {
+    /// The average, in units of 1/2^16.
+    collisions: u32,
+}
+
+impl Pace {
+    const ONE: u32 = 1 << 16;
+
+    /// Notes that a batch began, `collided` if the fsync of the batch before it
+    /// had not ended.
+    pub fn batch(&mut self, collided: bool) {
+        let sample = if collided { Self::ONE } else { 0 };
+        self.collisions = self.collisions - self.collisions / 8 + sample / 8;
+    }
+
+    /// Whether collisions have been rare.
+    pub fn quiet(&self) -> bool {
+        self.collisions < Self::ONE / 8
     }
 }
 
@@ -131,6 +197,46 @@ fn run(wal: Option<File>, groups: mpsc::Receiver<Vec<Reply>>) {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn pace_turns_busy_after_a_run_of_collisions_and_quiet_after_a_run_without() {
+        let mut pace = Pace::default();
+        assert!(pace.quiet(), "a new writer has seen no collision");
+        pace.batch(true);
+        assert!(!pace.quiet(), "one collision in a quiet start weighs an eighth");
+        let mut quiet_after = 0;
+        while !pace.quiet() {
+            pace.batch(false);
+            quiet_after += 1;
+        }
+        assert_eq!(quiet_after, 1, "the first batch without a collision tips it back");
+        // Under load nearly every batch collides; a single quiet batch between
+        // collisions does not make the writer sync on its own thread.
+        for _ in 0..32 {
+            pace.batch(true);
+        }
+        pace.batch(false);
+        assert!(!pace.quiet());
+        // One collision in four batches keeps it busy throughout; with one in
+        // sixteen it is quiet in all but the batch after each collision.
+        for (every, quiet_at_least, quiet_at_most) in [(4, 0, 0), (16, 15, 15)] {
+            let mut pace = Pace::default();
+            for i in 0..400 {
+                pace.batch(i % every == 0);
+            }
+            let quiet = (400..400 + 4 * every)
+                .filter(|i| {
+                    pace.batch(i % every == 0);
+                    pace.quiet()
+                })
+                .count();
+            assert!(
+                (4 * quiet_at_least..=4 * quiet_at_most).contains(&quiet),
+                "one collision in {every}: quiet in {quiet} of {} batches",
+                4 * every
+            );
+        }
+    }
 
     #[test]
     fn prepare_writes_zeros_past_the_end_and_keeps_what_is_there() {
