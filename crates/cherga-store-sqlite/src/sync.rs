@@ -14,6 +14,11 @@
 //! job arrives during most fsyncs, and committing its batch meanwhile is worth
 //! more than the hand-over costs, so the syncer takes over ([`Pace`]).
 //!
+//! If fdatasync fails, what is on disk is unknown (the kernel may have dropped the
+//! dirty pages). The process aborts rather than answer, on either thread; at
+//! restart SQLite recovers from what did reach the disk, and no caller was told a
+//! lie.
+//!
 //! The WAL is written in place. An fdatasync after an append must also make the
 //! file's new size durable (a journal commit on ext4 or XFS); one after writes
 //! over blocks that are already allocated and written need not. SQLite restarts
@@ -169,7 +174,7 @@ fn sync_and_answer(wal: Option<&File>, replies: impl IntoIterator<Item = Reply>)
 /// (a *collision*): a moving average over batches, each new one weighing an
 /// eighth. The writer syncs on its own thread only while collisions are rare
 /// (the average under an eighth: never at one collision in four batches, all
-/// but the batch after each at one in sixteen); then a hand-over to the syncer
+/// but each colliding batch at one in sixteen); then a hand-over to the syncer
 /// would seldom let another batch overlap the fsync.
 #[derive(Debug, Default)]
 pub struct Pace {
@@ -218,7 +223,7 @@ mod tests {
         pace.batch(false);
         assert!(!pace.quiet());
         // One collision in four batches keeps it busy throughout; with one in
-        // sixteen it is quiet in all but the batch after each collision.
+        // sixteen it is quiet in all but the colliding batches.
         for (every, quiet_at_least, quiet_at_most) in [(4, 0, 0), (16, 15, 15)] {
             let mut pace = Pace::default();
             for i in 0..400 {
