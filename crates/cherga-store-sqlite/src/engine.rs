@@ -997,7 +997,7 @@ impl Engine {
     /// back of the list, to be tried again); then forgets expired keys.
     fn purge(&mut self, now: Millis) -> Result<usize, StoreError> {
         let mut purged = 0;
-        let mut purged_queues = Vec::new();
+        let mut purged_queues = BTreeSet::new();
         let mut delete = self
             .conn
             .prepare_cached(
@@ -1025,9 +1025,7 @@ impl Engine {
                             self.mem.index.forget_finished(queue, state, 1);
                         }
                         purged += 1;
-                        if purged_queues.last() != Some(&qid) {
-                            purged_queues.push(qid);
-                        }
+                        purged_queues.insert(qid);
                     }
                     None if kept.exists(params![seq, at]).db()? => held.push((at, seq as u64)),
                     None => {}

@@ -69,14 +69,17 @@ impl<V> Slots<V> {
     /// Inserts or replaces; the value replaced, if any.
     pub fn insert(&mut self, seq: u64, value: V) -> Option<V> {
         let id = seq / SPAN;
-        if !self.chunks.contains_key(&id) {
-            let follows = id.checked_sub(1).is_some_and(|before| self.chunks.contains_key(&before));
-            let map = HashMap::with_capacity_and_hasher(if follows { SPAN as usize } else { 0 }, SeqHash);
-            self.chunks.insert(id, Chunk { room: map.capacity(), map });
-        }
-        let chunk = self.chunks.get_mut(&id).expect("just made");
+        // One lookup when the chunk exists, as it does for all but its first task.
+        let chunk = match self.chunks.get_mut(&id) {
+            Some(chunk) => chunk,
+            None => {
+                let follows = id.checked_sub(1).is_some_and(|before| self.chunks.contains_key(&before));
+                let map = HashMap::with_capacity_and_hasher(if follows { SPAN as usize } else { 0 }, SeqHash);
+                self.chunks.entry(id).or_insert(Chunk { room: map.capacity(), map })
+            }
+        };
         let old = chunk.map.insert(seq, value);
-        chunk.room = chunk.room.max(chunk.map.capacity()).max(chunk.map.len());
+        chunk.room = chunk.room.max(chunk.map.capacity());
         if old.is_none() {
             self.len += 1;
         }
