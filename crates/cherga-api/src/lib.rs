@@ -453,12 +453,23 @@ pub struct LeaseRequest {
         schema(min_length = 1, max_length = 256, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")
     )]
     pub worker: Option<String>,
+    /// Acknowledgements of earlier leases, applied before the lease and made
+    /// durable with it in one commit where the store can (the embedded store
+    /// does): a worker that finished a task asks for the next one and acks the
+    /// finished one in a single round trip. Each item succeeds or fails on its
+    /// own, as in `POST /v1/tasks/ack`; their results are the answer's `acks`.
+    #[serde(default, deserialize_with = "object::objects", skip_serializing_if = "Vec::is_empty")]
+    pub acks: Vec<BatchAck>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LeaseResponse {
     pub tasks: Vec<TaskView>,
+    /// Only when the request carried `acks`: one result per ack, in order, as
+    /// the `results` of a batch ack.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acks: Option<Vec<BatchItem>>,
 }
 
 /// `POST /v1/tasks/{id}/ack`.

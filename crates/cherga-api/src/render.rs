@@ -128,8 +128,33 @@ pub fn tasks<'a>(
     view: View,
     next: Option<Option<&str>>,
 ) -> Vec<u8> {
+    let mut out = tasks_opened(tasks, view);
+    if let Some(next) = next {
+        out.extend_from_slice(b",\"next\":");
+        optional_string(&mut out, next);
+    }
+    out.push(b'}');
+    out
+}
+
+/// `{"tasks":[...],"acks":[...]}`: the [`crate::LeaseResponse`] of a lease that
+/// carried acknowledgements.
+pub fn lease_with_acks<'a, 'b>(
+    tasks: impl IntoIterator<Item = &'a Task>,
+    view: View,
+    acks: impl IntoIterator<Item = Item<'b>>,
+) -> Vec<u8> {
+    let mut out = tasks_opened(tasks, view);
+    out.extend_from_slice(b",\"acks\":");
+    items(&mut out, acks);
+    out.push(b'}');
+    out
+}
+
+/// `{"tasks":[...]`, the object left open.
+fn tasks_opened<'a>(tasks: impl IntoIterator<Item = &'a Task>, view: View) -> Vec<u8> {
     let tasks = tasks.into_iter();
-    let mut out = Vec::with_capacity(16 + tasks.size_hint().0 * 640);
+    let mut out = Vec::with_capacity(32 + tasks.size_hint().0 * 640);
     out.extend_from_slice(b"{\"tasks\":[");
     for (i, one) in tasks.enumerate() {
         if i > 0 {
@@ -138,11 +163,6 @@ pub fn tasks<'a>(
         task(&mut out, one, view);
     }
     out.push(b']');
-    if let Some(next) = next {
-        out.extend_from_slice(b",\"next\":");
-        optional_string(&mut out, next);
-    }
-    out.push(b'}');
     out
 }
 
@@ -155,36 +175,43 @@ pub enum Item<'a> {
 }
 
 /// `{"results":[...]}`.
-pub fn batch<'a>(items: impl IntoIterator<Item = Item<'a>>) -> Vec<u8> {
-    let items = items.into_iter();
-    let mut out = Vec::with_capacity(16 + items.size_hint().0 * 64);
-    out.extend_from_slice(b"{\"results\":[");
-    for (i, item) in items.enumerate() {
+pub fn batch<'a>(results: impl IntoIterator<Item = Item<'a>>) -> Vec<u8> {
+    let results = results.into_iter();
+    let mut out = Vec::with_capacity(16 + results.size_hint().0 * 64);
+    out.extend_from_slice(b"{\"results\":");
+    items(&mut out, results);
+    out.push(b'}');
+    out
+}
+
+/// `[...]` of [`crate::BatchItem`]s.
+fn items<'a>(out: &mut Vec<u8>, items: impl IntoIterator<Item = Item<'a>>) {
+    out.push(b'[');
+    for (i, item) in items.into_iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
         out.extend_from_slice(b"{\"status\":");
         match item {
             Item::Id(status, one) => {
-                integer(&mut out, status);
+                integer(out, status);
                 out.extend_from_slice(b",\"id\":");
-                id(&mut out, one.id);
+                id(out, one.id);
             }
             Item::Task(status, one) => {
-                integer(&mut out, status);
+                integer(out, status);
                 out.extend_from_slice(b",\"task\":");
-                task(&mut out, one, View::Public);
+                task(out, one, View::Public);
             }
             Item::Error(status, error) => {
-                integer(&mut out, status);
+                integer(out, status);
                 out.extend_from_slice(b",\"error\":");
-                serde_json::to_writer(&mut out, &error).expect("writing to a Vec cannot fail");
+                serde_json::to_writer(&mut *out, &error).expect("writing to a Vec cannot fail");
             }
         }
         out.push(b'}');
     }
-    out.extend_from_slice(b"]}");
-    out
+    out.push(b']');
 }
 
 fn id(out: &mut Vec<u8>, id: TaskId) {

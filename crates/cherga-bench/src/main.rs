@@ -114,6 +114,10 @@ struct RunArgs {
     /// missing then counts as lost.
     #[arg(long, default_value_t = 20)]
     idle_timeout: u64,
+    /// Workers ack in a request of their own instead of with their next lease
+    /// (to compare with reports made before acks rode on leases).
+    #[arg(long)]
+    separate_acks: bool,
     /// Also fail when a peer lost tasks (by default only cherga's losses and
     /// failed runs fail the command; a peer's are reported).
     #[arg(long)]
@@ -148,6 +152,7 @@ impl RunArgs {
             rate_seconds: self.rate_seconds.unwrap_or(if q { 1.0 } else { 10.0 }),
             warmup_tasks: pick(self.warmup, 100, 5000),
             payload_bytes: payload::PAYLOAD_BYTES,
+            separate_acks: self.separate_acks,
         };
         if options.runs == 0 || options.bulk_runs == 0 || options.tasks == 0 || options.bulk_tasks == 0 {
             bail!("--runs, --bulk-runs, --tasks and --bulk-tasks must be positive");
@@ -173,6 +178,7 @@ impl RunArgs {
                 } else {
                     self.idle_timeout
                 }),
+                separate_acks: self.separate_acks,
             },
             fsync_seconds: if q { 0.3 } else { 3.0 },
         };

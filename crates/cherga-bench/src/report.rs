@@ -41,6 +41,11 @@ pub struct Options {
     pub rate_seconds: f64,
     pub warmup_tasks: u64,
     pub payload_bytes: usize,
+    /// Workers acked in requests of their own, not with their next lease
+    /// (`--separate-acks`). Absent in reports made before the option existed,
+    /// which all acked so.
+    #[serde(default)]
+    pub separate_acks: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -277,7 +282,7 @@ pub fn markdown(report: &Report) -> String {
         out,
         "Generated {} on {} × {} CPUs, {} MiB memory, Linux {}. Median of {} run(s) per cell \
          (S4: {}), min–max in parentheses; systems interleaved run by run. {} tasks per S1/S2 run, \
-         {} in S4, {}-byte JSON payloads; S3 at {} tasks/s for {} s.\n",
+         {} in S4, {}-byte JSON payloads; S3 at {} tasks/s for {} s. {}\n",
         report.generated_at,
         m.cpu_model,
         m.nproc,
@@ -290,6 +295,12 @@ pub fn markdown(report: &Report) -> String {
         o.payload_bytes,
         o.rates.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", "),
         o.rate_seconds,
+        if o.separate_acks {
+            "Workers ack in a request of their own (`--separate-acks`)."
+        } else {
+            "A worker acks its last tasks with its next lease where the system has a way to \
+             (`Consumer::ack_and_lease`), else in a request of its own."
+        },
     );
     match &report.fsync_probe {
         Some(p) => {

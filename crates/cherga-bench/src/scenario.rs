@@ -122,6 +122,8 @@ pub struct Settings {
     pub phase_timeout: Duration,
     /// A drain that receives nothing for this long gives up: the rest is lost.
     pub idle_timeout: Duration,
+    /// Workers ack in a request of their own, never with their next lease.
+    pub separate_acks: bool,
 }
 
 static QUEUE_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -177,7 +179,11 @@ pub async fn warm_up<B: Broker>(broker: &B, n_tasks: u64, settings: &Settings) -
         if settings.stores {
             let consumers = open_consumers(broker, &queue, HELPER_CONNECTIONS, 1).await?;
             let tally = Arc::new(Tally::new(n_tasks));
-            timed(settings, drain(consumers, tally, Latency::Cycle, settings.idle_timeout)).await?;
+            timed(
+                settings,
+                drain(consumers, tally, Latency::Cycle, settings.idle_timeout, !settings.separate_acks),
+            )
+            .await?;
         }
         Ok(())
     }
@@ -264,7 +270,11 @@ async fn enqueue_job<B: Broker>(
     // The check drains outside the measured phase.
     let tally = Arc::new(Tally::new(n_tasks));
     let consumers = open_consumers(broker, queue, HELPER_CONNECTIONS, HELPER_BATCH).await?;
-    timed(settings, drain(consumers, tally.clone(), Latency::Cycle, settings.idle_timeout)).await?;
+    timed(
+        settings,
+        drain(consumers, tally.clone(), Latency::Cycle, settings.idle_timeout, !settings.separate_acks),
+    )
+    .await?;
     Ok(vec![measured(reading, n_tasks, elapsed, &histogram, tally.check(), "consumed")])
 }
 
@@ -284,8 +294,11 @@ async fn drain_job<B: Broker>(
     let tally = Arc::new(Tally::new(n_tasks));
     let probe = Probe::start(settings.pid);
     let started = Instant::now();
-    let (histogram, end) =
-        timed(settings, drain(consumers, tally.clone(), Latency::Cycle, settings.idle_timeout)).await?;
+    let (histogram, end) = timed(
+        settings,
+        drain(consumers, tally.clone(), Latency::Cycle, settings.idle_timeout, !settings.separate_acks),
+    )
+    .await?;
     let check = tally.check();
     Ok(vec![measured(
         probe.stop(),
@@ -313,8 +326,13 @@ async fn steady_job<B: Broker>(
     let tally = Arc::new(Tally::new(n_tasks));
     let probe = Probe::start(settings.pid);
     // Workers first, so that the first task finds them waiting.
-    let mut draining =
-        tokio::spawn(drain(consumers, tally.clone(), Latency::EndToEnd, settings.idle_timeout));
+    let mut draining = tokio::spawn(drain(
+        consumers,
+        tally.clone(),
+        Latency::EndToEnd,
+        settings.idle_timeout,
+        !settings.separate_acks,
+    ));
     let start = Instant::now() + Duration::from_millis(20);
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
     let outcome = timed(settings, async {
@@ -346,8 +364,11 @@ async fn bulk_job<B: Broker>(
     let tally = Arc::new(Tally::new(n_tasks));
     let probe = Probe::start(settings.pid);
     let started = Instant::now();
-    let (drain_histogram, end) =
-        timed(settings, drain(consumers, tally.clone(), Latency::Cycle, settings.idle_timeout)).await?;
+    let (drain_histogram, end) = timed(
+        settings,
+        drain(consumers, tally.clone(), Latency::Cycle, settings.idle_timeout, !settings.separate_acks),
+    )
+    .await?;
     let check = tally.check();
     Ok(vec![
         measured(enqueue_reading, n_tasks, enqueue_elapsed, &enqueue_histogram, check, "consumed"),
@@ -446,7 +467,9 @@ async fn enqueue_open_loop<P: Producer>(
 /// What a drain's latency histogram holds.
 #[derive(Clone, Copy, Debug)]
 enum Latency {
-    /// Each lease + ack round, from sending the lease to the ack's answer.
+    /// Each round of a worker: from sending its lease (which carries the acks of
+    /// the previous round's tasks, `Consumer::ack_and_lease`) to its answer, or,
+    /// when the round's tasks are acked on their own, to the ack's answer.
     Cycle,
     /// Each task, from its stamped enqueue time to its arrival at a worker.
     EndToEnd,
@@ -460,6 +483,7 @@ async fn drain<C: Consumer>(
     tally: Arc<Tally>,
     latency: Latency,
     idle_timeout: Duration,
+    ack_with_lease: bool,
 ) -> Result<(Histogram<u64>, Instant)> {
     let last_progress = Arc::new(AtomicU64::new(payload::ns_since_anchor(Instant::now())));
     let mut set = JoinSet::new();
@@ -468,10 +492,20 @@ async fn drain<C: Consumer>(
         set.spawn(async move {
             let mut histogram = stats::histogram();
             let mut stamps: Vec<Stamp> = Vec::new();
+            // Taken by the last lease and not yet acknowledged: the next lease
+            // carries their acks (`Consumer::ack_and_lease`).
+            let mut held: Vec<Stamp> = Vec::new();
             while !tally.is_complete() {
                 stamps.clear();
                 let sent = Instant::now();
-                consumer.lease(DRAIN_WAIT, &mut stamps).await?;
+                if held.is_empty() {
+                    consumer.lease(DRAIN_WAIT, &mut stamps).await?;
+                } else {
+                    consumer.ack_and_lease(&mut stamps).await?;
+                    for s in held.drain(..) {
+                        tally.record(s.seq);
+                    }
+                }
                 let now = Instant::now();
                 if stamps.is_empty() {
                     let idle_ns =
@@ -488,11 +522,29 @@ async fn drain<C: Consumer>(
                         stats::record(&mut histogram, now_ns.saturating_sub(s.at_ns) / 1000);
                     }
                 }
-                consumer.ack().await?;
+                // Every task has been handed out: nothing would come with a later
+                // lease, so these are acknowledged at once (as all are with
+                // `--separate-acks`).
+                let ack_now = tally.taken(stamps.len()) || !ack_with_lease;
+                if ack_now {
+                    consumer.ack().await?;
+                }
                 if let Latency::Cycle = latency {
+                    // One round: the acks of the previous tasks with the lease of
+                    // these, or the lease of these and their own acks.
                     stats::record(&mut histogram, sent.elapsed().as_micros() as u64);
                 }
-                for s in &stamps {
+                if ack_now {
+                    for s in &stamps {
+                        tally.record(s.seq);
+                    }
+                } else {
+                    std::mem::swap(&mut held, &mut stamps);
+                }
+            }
+            if !held.is_empty() {
+                consumer.ack().await?;
+                for s in &held {
                     tally.record(s.seq);
                 }
             }

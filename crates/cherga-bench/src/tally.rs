@@ -20,6 +20,8 @@ pub struct Tally {
     strangers: AtomicU64,
     /// When `distinct` reached `expected`: the end of a drain.
     completed_at: OnceLock<Instant>,
+    /// Tasks handed to consumers so far, duplicates included.
+    taken: AtomicU64,
 }
 
 /// The final count of a run, as reported.
@@ -43,7 +45,15 @@ impl Tally {
             duplicates: AtomicU64::new(0),
             strangers: AtomicU64::new(0),
             completed_at: OnceLock::new(),
+            taken: AtomicU64::new(0),
         }
+    }
+
+    /// Counts `n` more tasks handed to a consumer (not yet acknowledged); true
+    /// once as many were handed out as are expected, so that no later lease
+    /// would bring more.
+    pub fn taken(&self, n: usize) -> bool {
+        self.taken.fetch_add(n as u64, Ordering::AcqRel) + n as u64 >= self.expected
     }
 
     /// Records one arrival of `seq`.

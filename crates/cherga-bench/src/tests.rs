@@ -161,6 +161,7 @@ fn sample_report() -> Report {
             rate_seconds: 1.0,
             warmup_tasks: 10,
             payload_bytes: PAYLOAD_BYTES,
+            separate_acks: false,
         },
         fsync_probe: None,
         systems: vec![

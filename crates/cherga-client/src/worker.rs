@@ -357,6 +357,7 @@ impl Inner {
             wait_ms: Some(u64::try_from(wait.as_millis()).unwrap_or(MAX_WAIT_MS)),
             lease_ms: Some(duration_ms(self.lease)),
             worker: Some(self.name.clone()),
+            acks: Vec::new(),
         }
     }
 

@@ -71,7 +71,13 @@ fn assert_code<T: std::fmt::Debug>(answer: Result<T, Error>, code: &str) {
 }
 
 fn lease(max: usize) -> LeaseRequest {
-    LeaseRequest { max: Some(max), wait_ms: Some(0), lease_ms: Some(30_000), worker: Some("test".into()) }
+    LeaseRequest {
+        max: Some(max),
+        wait_ms: Some(0),
+        lease_ms: Some(30_000),
+        worker: Some("test".into()),
+        acks: Vec::new(),
+    }
 }
 
 #[tokio::test]

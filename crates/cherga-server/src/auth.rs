@@ -420,11 +420,22 @@ queue_extractor!(
     ProduceQueue,
     Access::Produce
 );
-queue_extractor!(
-    /// `{queue}` for workers: `consume:<queue>`.
-    ConsumeQueue,
-    Access::Consume
-);
+/// `{queue}` for workers: `consume:<queue>`, checked before the body is read, and
+/// the caller, for the checks of the tasks the body names (a lease's acks).
+pub(crate) struct ConsumeQueue(pub QueueName, pub Caller);
+
+impl<S: Store> FromRequestParts<Arc<App<S>>> for ConsumeQueue {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App<S>>) -> Result<Self, ApiError> {
+        let caller = Caller::from_request_parts(parts, app).await?;
+        let PathArg(queue) = PathArg::<String>::from_request_parts(parts, app).await?;
+        let queue = crate::routes::queue_name(&queue)?;
+        caller.require(Access::Consume, queue.as_str())?;
+        Ok(Self(queue, caller))
+    }
+}
+
 queue_extractor!(
     /// `{queue}` for readers: `produce` or `consume` on it.
     ReadQueue,

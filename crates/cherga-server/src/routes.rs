@@ -15,7 +15,7 @@ use axum::{Json, Router};
 use cherga_api::auth::{RevocationList, RevocationView, RevokeRequest};
 use cherga_api::render::{self, View};
 use cherga_api::{
-    AckRequest, BatchAckRequest, BatchResponse, EnqueueBatchRequest, EnqueueRequest, ErrorCode,
+    AckRequest, BatchAck, BatchAckRequest, BatchResponse, EnqueueBatchRequest, EnqueueRequest, ErrorCode,
     ExtendRequest, Health, LeaseRequest, LeaseResponse, ListQuery, MAX_BATCH, MAX_ERROR_LEN, MAX_WAIT_MS,
     NackRequest, PREFER_MINIMAL, QueueList, QueueSettingsBody, QueueView, TaskBrief, TaskList, TaskView,
 };
@@ -251,13 +251,20 @@ enum Item {
     Failed(ApiError),
 }
 
+impl Item {
+    /// How the answer writes this item: the task's id alone in a short answer.
+    fn render(&self, prefer: Prefer) -> render::Item<'_> {
+        match self {
+            Item::Done(status, task) if prefer.minimal => render::Item::Id(*status, task),
+            Item::Done(status, task) => render::Item::Task(*status, task),
+            Item::Failed(e) => render::Item::Error(e.code.status(), e.to_wire()),
+        }
+    }
+}
+
 /// A batch answer (a [`BatchResponse`]), marked as shortened when it was.
 fn batch_answer(items: Vec<Item>, prefer: Prefer) -> Response {
-    let body = render::batch(items.iter().map(|item| match item {
-        Item::Done(status, task) if prefer.minimal => render::Item::Id(*status, task),
-        Item::Done(status, task) => render::Item::Task(*status, task),
-        Item::Failed(e) => render::Item::Error(e.code.status(), e.to_wire()),
-    }));
+    let body = render::batch(items.iter().map(|item| item.render(prefer)));
     let response = rendered(StatusCode::OK, body);
     if prefer.minimal { minimal(response) } else { response }
 }
@@ -371,23 +378,21 @@ pub(crate) async fn list_tasks<S: Store>(
 }
 
 /// Leases up to `max` ready tasks, waiting up to `wait_ms` for one (long poll).
-/// Needs `consume` on the queue.
+/// Needs `consume` on the queue. `acks` acknowledge earlier leases first, in the
+/// same commit (each needs `consume` on its task's queue and succeeds or fails
+/// on its own); they are durable before the long poll waits.
 #[utoipa::path(post, path = "/v1/queues/{queue}/lease", tag = "workers", params(QueueParam, PreferParam),
     request_body = LeaseRequest,
     responses((status = 200, description = "the leased tasks, each with its lease; empty when none came in time \
-        (with `Prefer: return=minimal` each task is a `LeasedBrief`)",
+        (with `Prefer: return=minimal` each task is a `LeasedBrief`); with `acks`, one result per ack",
         body = LeaseResponse)))]
 pub(crate) async fn lease<S: Store>(
     State(app): AppState<S>,
-    ConsumeQueue(queue): ConsumeQueue,
+    ConsumeQueue(queue, caller): ConsumeQueue,
     prefer: Prefer,
     JsonBody(request): JsonBody<LeaseRequest>,
 ) -> Result<Response, ApiError> {
     let view = if prefer.minimal { View::LeasedBrief } else { View::Leased };
-    let answer = |tasks: &[Task]| {
-        let response = rendered(StatusCode::OK, render::tasks(tasks, view, None));
-        if prefer.minimal { minimal(response) } else { response }
-    };
     let max = request.max.unwrap_or(1);
     if !(1..=MAX_BATCH).contains(&max) {
         return Err(ApiError::invalid(format!("max must be between 1 and {MAX_BATCH}")));
@@ -400,6 +405,20 @@ pub(crate) async fn lease<S: Store>(
     let wait_ms = wait_ms.min(app.max_wait_ms);
     check_lease_ms(request.lease_ms)?;
     cherga_api::check_worker(request.worker.as_deref())?;
+    // Acks are checked before anything is stored, and stored with the first look.
+    let mut pending = match request.acks.is_empty() {
+        true => None,
+        false => Some(checked_acks(&app, &caller, request.acks).await?),
+    };
+    let mut acked: Option<Vec<Item>> = None;
+    let answer = |tasks: &[Task], acked: Option<Vec<Item>>| {
+        let body = match acked {
+            None => render::tasks(tasks, view, None),
+            Some(items) => render::lease_with_acks(tasks, view, items.iter().map(|i| i.render(prefer))),
+        };
+        let response = rendered(StatusCode::OK, body);
+        if prefer.minimal { minimal(response) } else { response }
+    };
     let claim = Claim { queue: queue.clone(), max, lease_ms: request.lease_ms, worker: request.worker };
     let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
     let notify = app.waiters.of(queue.as_str());
@@ -412,16 +431,34 @@ pub(crate) async fn lease<S: Store>(
         let notified = notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let tasks = app.store.claim(claim.clone(), now_ms()).await.map_err(ApiError::from_queue_error)?;
+        let (stored, tasks) = match pending.take() {
+            Some((checked, acks)) if !acks.is_empty() => {
+                let (stored, tasks) = app
+                    .store
+                    .complete_and_claim(acks, claim.clone(), now_ms())
+                    .await
+                    .map_err(ApiError::from_queue_error)?;
+                (Some((checked, stored)), tasks)
+            }
+            // Every ack was refused before the store (or there were none).
+            checked => {
+                let tasks =
+                    app.store.claim(claim.clone(), now_ms()).await.map_err(ApiError::from_queue_error)?;
+                (checked.map(|(checked, _)| (checked, Vec::new())), tasks)
+            }
+        };
+        if let Some((checked, stored)) = stored {
+            acked = Some(acked_items(&app, checked, stored));
+        }
         if !tasks.is_empty() {
             if let Some(first) = tasks.first() {
                 app.after_change(first);
             }
             app.remember_queues(&tasks);
-            return Ok(answer(&tasks));
+            return Ok(answer(&tasks, acked));
         }
         if tokio::time::Instant::now() >= deadline || *shutting_down.borrow() {
-            return Ok(answer(&[]));
+            return Ok(answer(&[], acked));
         }
         if wait_slot.is_none() {
             let slot = app.lease_waits.clone().try_acquire_owned().map_err(|_| {
@@ -472,15 +509,32 @@ pub(crate) async fn ack_batch<S: Store>(
     prefer: Prefer,
     JsonBody(request): JsonBody<BatchAckRequest>,
 ) -> Result<Response, ApiError> {
-    if request.acks.len() > MAX_BATCH_ITEMS {
+    let (checked, acks) = checked_acks(&app, &caller, request.acks).await?;
+    let stored = if acks.is_empty() {
+        Vec::new()
+    } else {
+        app.store.complete(acks, now_ms()).await.map_err(ApiError::from_task_error)?
+    };
+    Ok(batch_answer(acked_items(&app, checked, stored), prefer))
+}
+
+/// The acks of a batch checked before the store sees them: each item's id, the
+/// caller's `consume` on its task's queue and its result. `checked` has an entry
+/// per item; the acks are those that passed, in order.
+async fn checked_acks<S: Store>(
+    app: &App<S>,
+    caller: &Caller,
+    items: Vec<BatchAck>,
+) -> Result<(Vec<Result<(), ApiError>>, Vec<Ack>), ApiError> {
+    if items.len() > MAX_BATCH_ITEMS {
         return Err(ApiError::invalid(format!("a batch holds at most {MAX_BATCH_ITEMS} acks")));
     }
-    let mut checked: Vec<Result<(), ApiError>> = Vec::with_capacity(request.acks.len());
-    let mut acks = Vec::with_capacity(request.acks.len());
-    for item in request.acks {
+    let mut checked: Vec<Result<(), ApiError>> = Vec::with_capacity(items.len());
+    let mut acks = Vec::with_capacity(items.len());
+    for item in items {
         let parsed = match task_id(&item.id) {
-            Ok(id) => match app.require_on_task(&caller, Access::Consume, id).await {
-                Ok(()) => result_text(&app, item.result).map(|result| (id, result)),
+            Ok(id) => match app.require_on_task(caller, Access::Consume, id).await {
+                Ok(()) => result_text(app, item.result).map(|result| (id, result)),
                 Err(e) => Err(e),
             },
             Err(e) => Err(e),
@@ -493,14 +547,18 @@ pub(crate) async fn ack_batch<S: Store>(
             Err(e) => checked.push(Err(e)),
         }
     }
-    let stored = if acks.is_empty() {
-        Vec::new()
-    } else {
-        app.store.complete(acks, now_ms()).await.map_err(ApiError::from_task_error)?
-    };
-    // Each finished task frees a slot: one more task of its queue may be leasable.
+    Ok((checked, acks))
+}
+
+/// The items answering a batch of acks; wakes, per queue, a waiter for each
+/// task that finished there (each frees a slot: one more task may be leasable).
+fn acked_items<S: Store>(
+    app: &App<S>,
+    checked: Vec<Result<(), ApiError>>,
+    stored: Vec<Result<Task, StoreError>>,
+) -> Vec<Item> {
     let mut woken: Vec<(String, usize)> = Vec::new();
-    let results = merge_batch(checked, stored, |task| {
+    let items = merge_batch(checked, stored, |task| {
         match woken.iter_mut().find(|(queue, _)| *queue == task.queue) {
             Some((_, n)) => *n += 1,
             None => woken.push((task.queue.clone(), 1)),
@@ -510,7 +568,7 @@ pub(crate) async fn ack_batch<S: Store>(
     for (queue, n) in woken {
         app.waiters.wake_some(&queue, n);
     }
-    Ok(batch_answer(results, prefer))
+    items
 }
 
 /// Reports a failed attempt: the task is retried after its backoff, or is dead.

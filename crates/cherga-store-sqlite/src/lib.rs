@@ -28,7 +28,8 @@ mod sync;
 
 use cherga_core::{Millis, NewTask, QueueName, QueueSettingsPatch, Task, TaskId};
 use cherga_store::{
-    Ack, Claim, Enqueued, ListTasks, Nack, QueueInfo, Revocation, Store, StoreError, TickReport,
+    Ack, AckedAndLeased, Claim, Enqueued, ListTasks, Nack, QueueInfo, Revocation, Store, StoreError,
+    TickReport,
 };
 use engine::Engine;
 use std::path::{Path, PathBuf};
@@ -167,6 +168,16 @@ impl Store for SqliteStore {
         now: Millis,
     ) -> Result<Vec<Result<Task, StoreError>>, StoreError> {
         self.call(move |e| e.complete(acks, now)).await
+    }
+
+    async fn complete_and_claim(
+        &self,
+        acks: Vec<Ack>,
+        claim: Claim,
+        now: Millis,
+    ) -> Result<AckedAndLeased, StoreError> {
+        // One job: the acks and the lease are in one transaction, one fsync.
+        self.call(move |e| Ok((e.complete(acks, now)?, e.claim(claim, now)?))).await
     }
 
     async fn fail(&self, nack: Nack, now: Millis) -> Result<Task, StoreError> {

@@ -133,6 +133,9 @@ pub struct Revocation {
     pub expires_at: Millis,
 }
 
+/// What [`Store::complete_and_claim`] did: a result per ack, and the leased tasks.
+pub type AckedAndLeased = (Vec<Result<Task, StoreError>>, Vec<Task>);
+
 /// The durable store of tasks and queues.
 ///
 /// Methods take `now` from the caller so that tests control time.
@@ -167,6 +170,28 @@ pub trait Store: Send + Sync + 'static {
         acks: Vec<Ack>,
         now: Millis,
     ) -> impl Future<Output = Result<Vec<Result<Task, StoreError>>, StoreError>> + Send;
+
+    /// Acknowledges `acks` as [`Store::complete`] does, then leases as
+    /// [`Store::claim`] does: a worker's "done with these, give me more" in one
+    /// call. A store that can make both durable with one commit should; this
+    /// default runs them one after the other, so the acks are durable even when
+    /// the claim then fails.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the backend fails; per ack as
+    /// [`Store::complete`].
+    fn complete_and_claim(
+        &self,
+        acks: Vec<Ack>,
+        claim: Claim,
+        now: Millis,
+    ) -> impl Future<Output = Result<AckedAndLeased, StoreError>> + Send {
+        async move {
+            let acked = self.complete(acks, now).await?;
+            let leased = self.claim(claim, now).await?;
+            Ok((acked, leased))
+        }
+    }
 
     /// Records a failed attempt: the task is scheduled again with backoff, or dead.
     ///

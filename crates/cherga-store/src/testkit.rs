@@ -82,6 +82,7 @@ macro_rules! conformance_tests {
             extend_lease_moves_expiry,
             group_runs_one_task_at_a_time_in_enqueue_order,
             concurrency_limit_holds,
+            complete_and_claim_acks_first_then_leases,
             paused_queue_leases_nothing,
             cancel_scheduled_and_ready_is_idempotent,
             cancel_running_or_finished_is_refused,
@@ -1067,6 +1068,61 @@ pub async fn concurrency_limit_holds<H: Harness>(mut harness: H) {
         .await;
     assert_eq!(kinds(&claim(&store, "limited", 10, T0 + 6).await), ["d", "e"], "no limit any more");
     assert_counts(&info(&store, "limited").await, &[(TaskState::Running, 4), (TaskState::Succeeded, 1)]);
+}
+
+/// Acks and a claim in one call: each ack succeeds or fails on its own, the
+/// acks are applied before the claim (a freed place under a concurrency limit is
+/// taken by that very claim), and a refused ack changes nothing.
+pub async fn complete_and_claim_acks_first_then_leases<H: Harness>(mut harness: H) {
+    let store = harness.open().await;
+    put(&store, "limited", QueueSettingsPatch { concurrency: Some(Some(1)), ..Default::default() }, T0).await;
+    for kind in ["a", "b", "c"] {
+        create(&store, "limited", task(kind), T0).await;
+    }
+    let a = claim_one(&store, "limited", "a", T0 + 1).await;
+    let claim =
+        |max| Claim { queue: queue_name("limited"), max, lease_ms: None, worker: Some("w".to_owned()) };
+    let done =
+        |task: &Task, token: String| Ack { task_id: task.id, token, result: Some(r#"{"ok":1}"#.to_owned()) };
+
+    let (acked, leased) = store
+        .complete_and_claim(vec![done(&a, "not-the-lease".to_owned()), done(&a, token(&a))], claim(5), T0 + 2)
+        .await
+        .expect("complete_and_claim");
+    assert_eq!(acked.len(), 2, "one result per ack");
+    let mut acked = acked.into_iter();
+    assert_lease_lost(acked.next().expect("two"), "an ack with a stale token, before the good one");
+    assert_eq!(acked.next().expect("two").expect("the ack with a's lease").state, TaskState::Succeeded);
+    assert_eq!(kinds(&leased), ["b"], "a's place under the limit of 1 went to the claim of the same call");
+    assert_eq!(get(&store, a.id).await.result.as_deref(), Some(r#"{"ok":1}"#), "a's result is stored");
+
+    let b = &leased[0];
+    let (acked, leased) = store
+        .complete_and_claim(
+            vec![Ack { task_id: unknown_id(), token: token(b), result: None }],
+            claim(5),
+            T0 + 3,
+        )
+        .await
+        .expect("complete_and_claim");
+    assert_not_found(acked.into_iter().next().expect("one"), "an ack of an unknown task");
+    assert!(leased.is_empty(), "b still runs: the limit holds, nothing is leased");
+    assert_eq!(get(&store, b.id).await.state, TaskState::Running, "a refused ack leaves b as it was");
+
+    // A replayed ack answers the same and still lets the claim lease.
+    let (acked, leased) = store
+        .complete_and_claim(vec![done(b, token(b))], claim(5), T0 + 4)
+        .await
+        .expect("complete_and_claim");
+    assert_eq!(acked[0].as_ref().expect("b's ack").state, TaskState::Succeeded);
+    assert_eq!(kinds(&leased), ["c"]);
+    let (acked, leased) = store
+        .complete_and_claim(vec![done(b, token(b))], claim(5), T0 + 5)
+        .await
+        .expect("complete_and_claim");
+    assert_eq!(acked[0].as_ref().expect("b's ack, replayed").state, TaskState::Succeeded);
+    assert!(leased.is_empty(), "c runs under the limit of 1");
+    assert_counts(&info(&store, "limited").await, &[(TaskState::Running, 1), (TaskState::Succeeded, 2)]);
 }
 
 /// A paused queue takes tasks but leases none.

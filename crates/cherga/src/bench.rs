@@ -211,6 +211,7 @@ async fn drain_phase(client: &Client, queue: &str, args: &BenchArgs) -> Result<(
                 wait_ms: Some(200),
                 lease_ms: Some(60_000),
                 worker: Some(format!("bench-{w}")),
+                ..LeaseRequest::default()
             };
             loop {
                 if seen.lock().expect("seen lock").len() >= args.tasks {

@@ -49,6 +49,7 @@ macro_rules! on_both_stores {
 
 on_both_stores!(
     walkthrough_enqueue_lease_ack_get,
+    a_lease_carries_the_acks_of_earlier_leases,
     fifty_concurrent_enqueues_with_one_key_make_one_task,
     a_key_reused_for_a_different_request_is_refused,
     an_expired_lease_cannot_ack_and_the_task_goes_to_the_next_worker,
@@ -86,6 +87,71 @@ async fn walkthrough_enqueue_lease_ack_get(backend: Backend) {
     let (_, queue) = server.get("/v1/queues/emails").await;
     assert_eq!(queue["counts"]["succeeded"], 1, "{queue}");
     assert_eq!(server.get("/healthz").await.0, 200);
+}
+
+/// A worker acks its finished tasks in its next lease: each ack answered on its
+/// own in `acks`, the lease as without them, and the acks durable even when the
+/// lease then waits and finds nothing.
+async fn a_lease_carries_the_acks_of_earlier_leases(backend: Backend) {
+    let server = Server::start(&backend).await;
+    for n in 0..3 {
+        server.post("/v1/queues/pair/tasks", json!({"kind": "k", "payload": {"n": n}})).await;
+    }
+    let (_, first) = server.post("/v1/queues/pair/lease", json!({"max": 2})).await;
+    let (one, two) = (&first["tasks"][0], &first["tasks"][1]);
+    let lease = json!({"max": 2, "acks": [
+        {"id": id(one), "lease": token(one), "result": {"done": 1}},
+        {"id": id(two), "lease": "stale"},
+        {"id": "not-an-id", "lease": "x"},
+    ]});
+    let (status, answer) = server.post("/v1/queues/pair/lease", lease).await;
+    assert_eq!(status, 200, "{answer}");
+    let acks = answer["acks"].as_array().unwrap();
+    assert_eq!(acks.len(), 3, "one result per ack: {answer}");
+    assert_eq!(
+        (acks[0]["status"].clone(), acks[0]["task"]["state"].clone()),
+        (json!(200), json!("succeeded"))
+    );
+    assert_eq!(
+        (acks[1]["status"].clone(), acks[1]["error"]["code"].clone()),
+        (json!(409), json!("lease_lost"))
+    );
+    assert_eq!(
+        (acks[2]["status"].clone(), acks[2]["error"]["code"].clone()),
+        (json!(400), json!("invalid_task_id"))
+    );
+    let three = &answer["tasks"][0];
+    assert_eq!(answer["tasks"].as_array().unwrap().len(), 1, "the one task left: {answer}");
+    assert_eq!(three["payload"], json!({"n": 2}));
+    let (_, got) = server.get(&format!("/v1/tasks/{}", id(one))).await;
+    assert_eq!((got["state"].clone(), got["result"].clone()), (json!("succeeded"), json!({"done": 1})));
+    let (_, got) = server.get(&format!("/v1/tasks/{}", id(two))).await;
+    assert_eq!(got["state"], "running", "a refused ack leaves its task as it was: {got}");
+
+    // Nothing ready: the acks are stored before the long poll waits, and answered with it.
+    let started = std::time::Instant::now();
+    let lease = json!({"max": 1, "wait_ms": 300, "acks": [
+        {"id": id(two), "lease": token(two)}, {"id": id(three), "lease": token(three)},
+    ]});
+    let answer = http()
+        .post(server.url("/v1/queues/pair/lease"))
+        .header("prefer", "return=minimal")
+        .json(&lease)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.headers()["preference-applied"], "return=minimal");
+    let answer: Value = answer.json().await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(300), "the lease waited for a task");
+    assert_eq!(answer["tasks"], json!([]), "{answer}");
+    assert_eq!(answer["acks"], json!([{"status": 200, "id": id(two)}, {"status": 200, "id": id(three)}]));
+    let (_, queue) = server.get("/v1/queues/pair").await;
+    assert_eq!(queue["counts"]["succeeded"], 3, "{queue}");
+    assert_eq!(queue["counts"]["running"], 0, "{queue}");
+
+    // A lease without acks answers no `acks`.
+    let (_, answer) = server.post("/v1/queues/pair/lease", json!({})).await;
+    assert_eq!(answer, json!({"tasks": []}));
 }
 
 async fn fifty_concurrent_enqueues_with_one_key_make_one_task(backend: Backend) {
@@ -338,6 +404,9 @@ async fn bad_input_gets_4xx_and_changes_nothing(backend: Backend) {
         ("POST", "/v1/queues/q/lease", r#"{"max": 0}"#.into(), 400, "invalid_request"),
         ("POST", "/v1/queues/q/lease", r#"{"wait_ms": 60001}"#.into(), 400, "invalid_request"),
         ("POST", "/v1/queues/q/lease", r#"{"max": "many"}"#.into(), 400, "invalid_json"),
+        ("POST", "/v1/queues/q/lease", r#"{"acks": {"id": "x", "lease": "y"}}"#.into(), 400, "invalid_json"),
+        ("POST", "/v1/queues/q/lease", r#"{"acks": [["x", "y"]]}"#.into(), 400, "invalid_json"),
+        ("POST", "/v1/queues/q/lease", r#"{"acks": [{"id": "x"}]}"#.into(), 400, "invalid_json"),
         ("POST", "/v1/tasks/not-an-id/ack", r#"{"lease":"x"}"#.into(), 400, "invalid_task_id"),
         (
             "POST",
@@ -444,19 +513,30 @@ async fn kill_9_under_load_loses_nothing_acknowledged(backend: Backend) {
             }
         }));
     }
+    // Each worker records the acks the server answered 200 to.
+    let record = |acked: &Mutex<HashSet<String>>, items: &Value| {
+        for item in items.as_array().into_iter().flatten() {
+            if item["status"] == 200 {
+                acked.lock().unwrap().insert(id(&item["task"]));
+            }
+        }
+    };
     for w in 0..2 {
         let (url, acked, stop) = (url.clone(), acked.clone(), stop.clone());
         clients.push(tokio::spawn(async move {
+            // Worker 1 acks its tasks with its next lease; worker 0 in batch acks.
+            let mut pending = Vec::new();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let Ok(r) = http()
-                    .post(format!("{url}/v1/queues/load/lease"))
-                    .json(&json!({"max": 20, "wait_ms": 200, "worker": format!("w{w}")}))
-                    .send()
-                    .await
+                let mut lease = json!({"max": 20, "wait_ms": 200, "worker": format!("w{w}")});
+                if !pending.is_empty() {
+                    lease["acks"] = Value::Array(std::mem::take(&mut pending));
+                }
+                let Ok(r) = http().post(format!("{url}/v1/queues/load/lease")).json(&lease).send().await
                 else {
                     break;
                 };
                 let Ok(body) = r.json::<Value>().await else { break };
+                record(&acked, &body["acks"]);
                 let acks: Vec<Value> = body["tasks"]
                     .as_array()
                     .into_iter()
@@ -464,6 +544,10 @@ async fn kill_9_under_load_loses_nothing_acknowledged(backend: Backend) {
                     .map(|t| json!({"id": id(t), "lease": token(t)}))
                     .collect();
                 if acks.is_empty() {
+                    continue;
+                }
+                if w == 1 {
+                    pending = acks;
                     continue;
                 }
                 let Ok(r) =
@@ -475,11 +559,7 @@ async fn kill_9_under_load_loses_nothing_acknowledged(backend: Backend) {
                     continue;
                 }
                 let Ok(body) = r.json::<Value>().await else { break };
-                for item in body["results"].as_array().unwrap() {
-                    if item["status"] == 200 {
-                        acked.lock().unwrap().insert(id(&item["task"]));
-                    }
-                }
+                record(&acked, &body["results"]);
             }
         }));
     }

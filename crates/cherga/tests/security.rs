@@ -312,6 +312,17 @@ async fn each_route_needs_its_scope() {
     );
     assert_eq!(answer["results"][0]["status"], 403, "{answer}");
     assert_eq!(answer["results"][0]["error"]["code"], "forbidden", "{answer}");
+    // Acks riding on a lease of a queue the token may consume are checked as
+    // those of a batch ack: each on its own task's queue.
+    let mut lease = json!({"max": 1});
+    lease["acks"] = acks["acks"].clone();
+    let answer = expect(
+        "stranger's lease of its own queue with an ack of a payments task",
+        s.call(Some(&stranger), "POST", "/v1/queues/other/lease", lease).await,
+        200,
+    );
+    assert_eq!(answer["acks"][0]["status"], 403, "{answer}");
+    assert_eq!(answer["acks"][0]["error"]["code"], "forbidden", "{answer}");
     let answer =
         expect("consumer batch ack", s.call(Some(&consumer), "POST", "/v1/tasks/ack", acks).await, 200);
     assert_eq!(answer["results"][0]["status"], 200, "{answer}");

@@ -57,9 +57,12 @@ fn lists_leases_and_batches_are_written_as_serde_writes_them() {
     done.result = Some(r#"{"charge":"ch_1"}"#.into());
     done.finished_at = Some(done.updated_at);
     let tasks = [sample(), done.clone()];
-    let lease = LeaseResponse { tasks: tasks.iter().map(TaskView::leased).collect() };
+    let lease = LeaseResponse { tasks: tasks.iter().map(TaskView::leased).collect(), acks: None };
     assert_eq!(super::tasks(&tasks, View::Leased, None), serde_bytes(&lease));
-    assert_eq!(super::tasks([], View::Leased, None), serde_bytes(&LeaseResponse { tasks: vec![] }));
+    assert_eq!(
+        super::tasks([], View::Leased, None),
+        serde_bytes(&LeaseResponse { tasks: vec![], acks: None })
+    );
     for next in [None, Some("01a2306c-0964-7000-8000-000000000001")] {
         let list = TaskList {
             tasks: tasks.iter().map(TaskView::from_task).collect(),
@@ -77,8 +80,17 @@ fn lists_leases_and_batches_are_written_as_serde_writes_them() {
         super::batch([Item::Task(201, &tasks[0]), Item::Id(200, &done), Item::Error(409, error.clone())]);
     assert_eq!(
         String::from_utf8(ours).unwrap(),
-        String::from_utf8(serde_bytes(&BatchResponse { results: items })).unwrap()
+        String::from_utf8(serde_bytes(&BatchResponse { results: items.clone() })).unwrap()
     );
+    let ours = super::lease_with_acks(
+        &tasks[..1],
+        View::Leased,
+        [Item::Task(201, &tasks[0]), Item::Id(200, &done), Item::Error(409, error)],
+    );
+    let lease = LeaseResponse { tasks: vec![TaskView::leased(&tasks[0])], acks: Some(items) };
+    assert_eq!(String::from_utf8(ours).unwrap(), String::from_utf8(serde_bytes(&lease)).unwrap());
+    let none = super::lease_with_acks([], View::Leased, []);
+    assert_eq!(none, serde_bytes(&LeaseResponse { tasks: vec![], acks: Some(vec![]) }));
 }
 
 #[test]

@@ -5,7 +5,9 @@
 //! binary protocols of the peers.
 //!
 //! Durability: cherga answers 2xx to an enqueue, a lease and an ack only after
-//! the SQLite commit holding it is fsynced (group commit across requests).
+//! the SQLite commit holding it is fsynced (group commit across requests). A
+//! worker between two tasks sends the acks of the last ones in its next lease
+//! request (`acks`): one round trip and one commit for both.
 //!
 //! The same adapter drives the null endpoint (`cherga-bench null-server`), which
 //! parses the same JSON and stores nothing: only enqueues make sense there.
@@ -218,6 +220,7 @@ pub struct ChergaConsumer {
 struct LeaseAnswer<'a> {
     #[serde(borrow)]
     tasks: Vec<LeasedTask<'a>>,
+    acks: Option<Vec<ItemStatus>>,
 }
 
 #[derive(Deserialize)]
@@ -233,17 +236,44 @@ struct LeaseToken {
     token: String,
 }
 
-impl Consumer for ChergaConsumer {
-    async fn lease(&mut self, wait: Duration, out: &mut Vec<Stamp>) -> Result<()> {
-        self.leased.clear();
+impl ChergaConsumer {
+    /// `{"id":..,"lease":..}` of each task of the last lease, comma-separated.
+    fn push_acks(&self, body: &mut String) {
+        for (i, (id, token)) in self.leased.iter().enumerate() {
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str(&format!(r#"{{"id":"{id}","lease":"{token}"}}"#));
+        }
+    }
+
+    /// Leases, with `acks` (a JSON array, or empty for none) in the request;
+    /// checks that every ack answered 200.
+    async fn lease_with(&mut self, wait: Duration, acks: &str, out: &mut Vec<Stamp>) -> Result<()> {
         let wait_ms = wait.as_millis().min(u128::from(cherga_api::MAX_WAIT_MS));
-        let body = format!(
-            r#"{{"max":{},"wait_ms":{wait_ms},"lease_ms":{LEASE_MS},"worker":"{}"}}"#,
+        let mut body = format!(
+            r#"{{"max":{},"wait_ms":{wait_ms},"lease_ms":{LEASE_MS},"worker":"{}""#,
             self.batch, self.worker
         );
+        if !acks.is_empty() {
+            body.push_str(r#","acks":"#);
+            body.push_str(acks);
+        }
+        body.push('}');
+        let n_acks = self.leased.len();
+        self.leased.clear();
         let (status, answer) = self.http.send(Method::POST, &self.lease_path, Bytes::from(body)).await?;
         expect(status, StatusCode::OK, &answer)?;
         let leased: LeaseAnswer<'_> = serde_json::from_slice(&answer).context("decoding a lease answer")?;
+        if !acks.is_empty() {
+            let results = leased.acks.context("a lease with acks answered no acks")?;
+            if results.len() != n_acks {
+                bail!("a lease answered {} acks for {n_acks}", results.len());
+            }
+            if let Some(bad) = results.iter().find(|r| r.status != 200) {
+                bail!("an ack in a lease answered {}", bad.status);
+            }
+        }
         for task in leased.tasks {
             let stamp = payload::parse(task.payload.get().as_bytes())
                 .with_context(|| format!("task {} has a foreign payload", task.id))?;
@@ -251,6 +281,23 @@ impl Consumer for ChergaConsumer {
             self.leased.push((task.id, task.lease.token));
         }
         Ok(())
+    }
+}
+
+impl Consumer for ChergaConsumer {
+    async fn lease(&mut self, wait: Duration, out: &mut Vec<Stamp>) -> Result<()> {
+        self.lease_with(wait, "", out).await
+    }
+
+    async fn ack_and_lease(&mut self, out: &mut Vec<Stamp>) -> Result<()> {
+        if self.leased.is_empty() {
+            return self.lease(Duration::ZERO, out).await;
+        }
+        let mut acks = String::with_capacity(2 + self.leased.len() * 96);
+        acks.push('[');
+        self.push_acks(&mut acks);
+        acks.push(']');
+        self.lease_with(Duration::ZERO, &acks, out).await
     }
 
     async fn ack(&mut self) -> Result<()> {
@@ -260,23 +307,22 @@ impl Consumer for ChergaConsumer {
                 let body = Bytes::from(format!(r#"{{"lease":"{token}"}}"#));
                 let (status, answer) =
                     self.http.send(Method::POST, &format!("/v1/tasks/{id}/ack"), body).await?;
-                expect(status, StatusCode::OK, &answer)
+                expect(status, StatusCode::OK, &answer)?;
+                self.leased.clear();
+                Ok(())
             }
             leased => {
-                let mut body = String::with_capacity(32 + leased.len() * 96);
-                body.push_str(r#"{"acks":["#);
-                for (i, (id, token)) in leased.iter().enumerate() {
-                    if i > 0 {
-                        body.push(',');
-                    }
-                    body.push_str(&format!(r#"{{"id":"{id}","lease":"{token}"}}"#));
-                }
-                body.push_str("]}");
                 let n = leased.len();
+                let mut body = String::with_capacity(32 + n * 96);
+                body.push_str(r#"{"acks":["#);
+                self.push_acks(&mut body);
+                body.push_str("]}");
                 let (status, answer) =
                     self.http.send(Method::POST, "/v1/tasks/ack", Bytes::from(body)).await?;
                 expect(status, StatusCode::OK, &answer)?;
-                expect_all(&answer, 200, n)
+                expect_all(&answer, 200, n)?;
+                self.leased.clear();
+                Ok(())
             }
         }
     }

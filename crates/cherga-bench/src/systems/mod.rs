@@ -60,8 +60,21 @@ pub trait Consumer: Send + 'static {
     /// first, and appends their stamps to `out`. Taking nothing is not an error.
     fn lease(&mut self, wait: Duration, out: &mut Vec<Stamp>) -> impl Future<Output = Result<()>> + Send;
 
-    /// Acknowledges every task taken by the last [`Consumer::lease`].
+    /// Acknowledges every task taken by the last lease.
     fn ack(&mut self) -> impl Future<Output = Result<()>> + Send;
+
+    /// What a worker does between two tasks: acknowledges every task taken by the
+    /// last lease, then takes up to the batch size of tasks that are ready now,
+    /// without waiting. When it returns the acknowledgements are durable. An
+    /// adapter whose system can do both in one round trip and one durable commit
+    /// does so (cherga: acks in the lease request; Redis: `XACK` and `XREADGROUP`
+    /// pipelined); the others ack, then lease.
+    fn ack_and_lease(&mut self, out: &mut Vec<Stamp>) -> impl Future<Output = Result<()>> + Send {
+        async move {
+            self.ack().await?;
+            self.lease(Duration::ZERO, out).await
+        }
+    }
 }
 
 /// Takes up to `max` items from a stream of pushed deliveries: waits up to `wait`

@@ -133,7 +133,7 @@ impl Consumer for NatsConsumer {
         self.last.clear();
         let ready = self.consumer.fetch().max_messages(self.batch).messages().await?;
         collect(ready, &mut self.last).await?;
-        if self.last.is_empty() {
+        if self.last.is_empty() && !wait.is_zero() {
             // Nothing ready: wait for one, as a long poll does.
             let first = self.consumer.batch().max_messages(1).expires(wait).messages().await?;
             collect(first, &mut self.last).await?;

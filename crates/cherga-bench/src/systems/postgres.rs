@@ -10,7 +10,9 @@
 //! `UPDATE ... SET state = running, leased_until = now() + 5 min WHERE id IN
 //! (SELECT ... WHERE state = ready ORDER BY id LIMIT n FOR UPDATE SKIP LOCKED)
 //! RETURNING payload`, the ack `UPDATE ... SET state = done WHERE id = ANY($1)`.
-//! Finished rows stay, as finished tasks stay in cherga. Postgres has no long
+//! A worker between two tasks acks, then leases, each in a transaction of its
+//! own: one statement that did both (two data-modifying CTEs) met "deadlock
+//! detected" with 8 workers. Finished rows stay, as finished tasks stay in cherga. Postgres has no long
 //! poll without LISTEN/NOTIFY, so an empty lease polls again after 1 ms.
 
 use std::time::Duration;
