@@ -3,6 +3,7 @@ retries that survive a server restart and a lost answer."""
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import threading
 import time
@@ -126,6 +127,32 @@ def test_batches(client: Client, queue: str) -> None:
     assert len(leased) == 2
     acked = client.ack_many([(t, {"k": t.kind}) for t in leased])
     assert all(r.ok and r.task is not None and r.task.state == State.SUCCEEDED for r in acked)
+
+
+def test_lease_and_ack_acks_earlier_tasks_in_the_lease_request(client: Client, queue: str) -> None:
+    for n in range(3):
+        client.enqueue(queue, "k", n)
+    first, second = client.lease_tasks(queue, max=2)
+    stale = client.get_task(second.id)  # the task without its lease token
+    tasks, acks = client.lease_and_ack(queue, [(first, {"done": 0}), (second, None)], max=5)
+    assert [t.payload for t in tasks] == [2]
+    assert [r.status for r in acks] == [200, 200]
+    assert acks[0].task is not None and acks[0].task.result == {"done": 0}
+    assert client.get_task(second.id).state == State.SUCCEEDED
+    with pytest.raises(ValueError, match="carries no lease"):
+        client.lease_and_ack(queue, [(stale, None)])
+    # A replayed ack succeeds again; a stale token is refused item by item.
+    tasks, acks = client.lease_and_ack(queue, [(first, {"done": 0}), (tasks[0], None)], wait_ms=100)
+    assert tasks == [] and all(r.ok for r in acks)
+    [again] = client.lease_and_ack(queue, [(first, None)])[1]
+    assert again.ok
+    client.enqueue(queue, "k", 3)
+    [fourth] = client.lease_tasks(queue)
+    assert fourth.lease is not None
+    forged = dataclasses.replace(fourth, lease=dataclasses.replace(fourth.lease, token="forged"))
+    [refused] = client.lease_and_ack(queue, [(forged, None)])[1]
+    assert isinstance(refused.error, LeaseLost) and refused.status == 409
+    assert client.get_task(fourth.id).state == State.RUNNING
 
 
 def test_list_tasks_pages_with_a_cursor(client: Client, queue: str) -> None:

@@ -5,6 +5,8 @@ SIGTERM."""
 from __future__ import annotations
 
 import asyncio
+import collections
+import inspect
 import os
 import signal
 import subprocess
@@ -113,6 +115,45 @@ def test_worker_runs_concurrency_handlers_at_once(client: Client, queue: str) ->
     assert most == 4
     assert elapsed < 2.5  # two rounds of 0.4 s, not eight
     assert [client.get_task(i).result for i in ids] == list(range(8))
+
+
+def count_calls(client: object, names: tuple[str, ...]) -> collections.Counter[str]:
+    """Counts the calls of these methods of ``client`` (sync or async) from now on."""
+    calls: collections.Counter[str] = collections.Counter()
+    for name in names:
+        method = getattr(client, name)
+        if inspect.iscoroutinefunction(method):
+
+            async def counted_async(*args, _method=method, _name=name, **kwargs):  # noqa: ANN002, ANN003, ANN202
+                calls[_name] += 1
+                return await _method(*args, **kwargs)
+
+            setattr(client, name, counted_async)
+        else:
+
+            def counted(*args, _method=method, _name=name, **kwargs):  # noqa: ANN002, ANN003, ANN202
+                calls[_name] += 1
+                return _method(*args, **kwargs)
+
+            setattr(client, name, counted)
+    return calls
+
+
+def test_a_busy_worker_acks_each_task_with_its_next_lease(client: Client, queue: str) -> None:
+    worker = Worker(queue, client=client, concurrency=1, wait_ms=200)
+    calls = count_calls(client, ("ack", "lease_tasks", "lease_and_ack"))
+
+    @worker.task("work")
+    def work(task: Task) -> dict:
+        time.sleep(0.05)  # the poller is waiting for this slot meanwhile
+        return {"n": task.payload}
+
+    ids = [client.enqueue(queue, "work", i).id for i in range(10)]
+    run_worker_until(worker, lambda: all(finished(client, i) for i in ids))
+    assert [client.get_task(i).result for i in ids] == [{"n": i} for i in range(10)]
+    # While the only slot is taken the poller waits, so every ack goes with the
+    # lease request its slot allows; none needs a request of its own.
+    assert calls["lease_and_ack"] >= 9 and calls["ack"] <= 1, calls
 
 
 def test_worker_extends_leases_while_a_handler_runs(client: Client, queue: str) -> None:
@@ -385,6 +426,32 @@ def test_async_worker_runs_async_and_sync_handlers(server: Server, queue: str) -
     assert out["blocking"].state == State.SUCCEEDED and out["blocking"].attempts == 1
     assert out["blocking"].result != "MainThread"
     assert out["broken"].state == State.SCHEDULED and "LookupError: nope" in out["broken"].last_error
+
+
+def test_a_busy_async_worker_acks_each_task_with_its_next_lease(server: Server, queue: str) -> None:
+    async def main() -> tuple[list[Task], collections.Counter[str]]:
+        async with AsyncClient(server.url) as client:
+            worker = AsyncWorker(queue, client=client, concurrency=1, wait_ms=200)
+            calls = count_calls(client, ("ack", "lease_tasks", "lease_and_ack"))
+
+            @worker.task("work")
+            async def work(task: Task) -> dict:
+                await asyncio.sleep(0.05)
+                return {"n": task.payload}
+
+            ids = [(await client.enqueue(queue, "work", i)).id for i in range(10)]
+            serving = asyncio.create_task(worker.serve())
+            deadline = time.monotonic() + 15
+            while not all([(await client.get_task(i)).finished for i in ids]):
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            worker.stop()
+            await asyncio.wait_for(serving, 10)
+            return [await client.get_task(i) for i in ids], calls
+
+    tasks, calls = asyncio.run(main())
+    assert [t.result for t in tasks] == [{"n": i} for i in range(10)]
+    assert calls["lease_and_ack"] >= 9 and calls["ack"] <= 1, calls
 
 
 def test_worker_module_docstring_example_shape() -> None:

@@ -47,10 +47,16 @@ pub async fn drain(worker: &Worker) -> Result<Drained, Error> {
             running.spawn(Arc::clone(inner).process(task, sent_at + inner.lease_duration()));
         }
         while let Some(joined) = running.join_next().await {
-            match joined {
-                Ok(Reported::Acked) => drained.acked += 1,
-                Ok(Reported::Nacked) => drained.nacked += 1,
-                Ok(Reported::Lost) | Err(_) => drained.lost += 1,
+            let reported = match joined {
+                // Only while `run` waits for a slot; sent at once then.
+                Ok(Reported::Handed(handed)) => Arc::clone(inner).send_one(handed).await,
+                Ok(reported) => reported,
+                Err(_) => Reported::Lost,
+            };
+            match reported {
+                Reported::Acked => drained.acked += 1,
+                Reported::Nacked => drained.nacked += 1,
+                Reported::Lost | Reported::Handed(_) => drained.lost += 1,
             }
         }
     }

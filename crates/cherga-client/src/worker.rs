@@ -4,7 +4,13 @@
 //!
 //! Invariants:
 //! - The worker never holds more than `concurrency` tasks: a lease asks for at most
-//!   the free slots, and every leased task takes a slot until it is reported.
+//!   the free slots, and every leased task takes a slot until it is reported or
+//!   its ack is handed to the lease loop.
+//! - A handler that succeeds while the lease loop waits for a free slot hands its
+//!   ack to the loop, which sends it in the lease request that slot allows (one
+//!   round trip and one commit for both; the server stores acks before a lease
+//!   waits). When that request fails or is cut off by shutdown, each handed ack
+//!   is sent again on its own (acks are idempotent).
 //! - Every leased task is reported (ack or nack) with the token of the lease it was
 //!   delivered under, and only with that token. A token the server no longer
 //!   honours (`lease_lost`) is never retried: the task belongs to someone else now.
@@ -23,10 +29,13 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
-use cherga_api::{AckRequest, ExtendRequest, LeaseRequest, MAX_BATCH, MAX_WAIT_MS, NackRequest, TaskView};
+use cherga_api::{
+    AckRequest, BatchAck, ExtendRequest, LeaseRequest, MAX_BATCH, MAX_WAIT_MS, NackRequest, TaskView,
+};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::task::{JoinError, JoinHandle, JoinSet};
@@ -199,6 +208,7 @@ impl WorkerBuilder {
                 wait: self.wait,
                 name: self.name,
                 handlers: self.handlers,
+                saturated: AtomicBool::new(false),
             }),
         }
     }
@@ -220,16 +230,28 @@ pub(crate) struct Inner {
     wait: Duration,
     name: String,
     handlers: HashMap<String, Handler>,
+    /// Set while the lease loop waits for a free slot: a handler that succeeds
+    /// then hands its ack to the loop instead of sending it.
+    saturated: AtomicBool,
 }
 
 /// How the outcome of one task was reported.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) enum Reported {
     Acked,
     Nacked,
     /// The server refused the report or could not be reached in time; the task
     /// comes back when its lease expires (or already has).
     Lost,
+    /// Succeeded; the ack goes with the lease loop's next lease request.
+    Handed(HandedAck),
+}
+
+/// An ack handed to the lease loop, and until when its lease holds.
+#[derive(Debug)]
+pub(crate) struct HandedAck {
+    ack: BatchAck,
+    deadline: Instant,
 }
 
 impl Worker {
@@ -267,22 +289,31 @@ impl Worker {
         let mut running: JoinSet<Reported> = JoinSet::new();
         let mut backoff = Backoff::new();
         tracing::info!(concurrency = inner.concurrency, "worker started");
+        // Acks handed over by handlers, for the next lease request.
+        let mut handed: Vec<HandedAck> = Vec::new();
         let result = loop {
             while let Some(joined) = running.try_join_next() {
-                log_join(joined);
+                log_join(joined, &mut handed);
             }
             let free = inner.concurrency - running.len();
             if free == 0 {
-                tokio::select! {
+                inner.saturated.store(true, Ordering::SeqCst);
+                let woken = tokio::select! {
                     biased;
-                    () = &mut shutdown => break Ok(()),
-                    Some(joined) = running.join_next() => {
-                        log_join(joined);
+                    () = &mut shutdown => None,
+                    Some(joined) = running.join_next() => Some(joined),
+                };
+                inner.saturated.store(false, Ordering::SeqCst);
+                match woken {
+                    None => break Ok(()),
+                    Some(joined) => {
+                        log_join(joined, &mut handed);
                         continue;
                     }
                 }
             }
-            let request = inner.lease_request(free, inner.wait);
+            let mut request = inner.lease_request(free, inner.wait);
+            request.acks = handed.iter().map(|h| h.ack.clone()).collect();
             let sent_at = Instant::now();
             // The lease comes first so that an answer already received is used, not
             // dropped; shutdown is checked right after it.
@@ -291,6 +322,22 @@ impl Worker {
                 leased = inner.client.lease(&inner.queue, &request) => leased,
                 () = &mut shutdown => break Ok(()),
             };
+            match &leased {
+                Ok(answer) => {
+                    for (item, h) in answer.acks.iter().flatten().zip(&handed) {
+                        match &item.error {
+                            None => tracing::debug!(task = %h.ack.id, "task acked with the next lease"),
+                            Some(error) => tracing::warn!(
+                                task = %h.ack.id, code = %error.code, message = %error.message,
+                                "outcome refused: the task will run again if its lease expired"
+                            ),
+                        }
+                    }
+                    handed.clear();
+                }
+                // Their fate is unknown: each is sent again on its own.
+                Err(_) => inner.send_handed(&mut running, &mut handed),
+            }
             match leased {
                 Ok(answer) if answer.tasks.is_empty() && sent_at.elapsed() < inner.wait.max(MIN_POLL) => {
                     // An empty answer before the wait was over: the server is shutting
@@ -338,8 +385,11 @@ impl Worker {
             }
         };
         tracing::info!(running = running.len(), "worker stopping; finishing the tasks it holds");
+        // Acks handed over for a lease request that was not sent or not answered.
+        inner.send_handed(&mut running, &mut handed);
         while let Some(joined) = running.join_next().await {
-            log_join(joined);
+            log_join(joined, &mut handed);
+            inner.send_handed(&mut running, &mut handed);
         }
         tracing::info!("worker stopped");
         result
@@ -389,7 +439,26 @@ impl Inner {
             }
         };
         let outcome = joined.unwrap_or_else(|error| Err(join_error(error)));
-        self.report(&task_id, &token, outcome, deadline).await
+        match outcome {
+            Ok(result) if self.saturated.load(Ordering::SeqCst) => {
+                // The lease loop waits for this slot: the ack goes with its lease.
+                Reported::Handed(HandedAck { ack: BatchAck { id: task_id, lease: token, result }, deadline })
+            }
+            outcome => self.report(&task_id, &token, outcome, deadline).await,
+        }
+    }
+
+    /// Sends each of `handed` on its own (retrying as any report does), in `running`.
+    fn send_handed(self: &Arc<Self>, running: &mut JoinSet<Reported>, handed: &mut Vec<HandedAck>) {
+        for h in handed.drain(..) {
+            running.spawn(Arc::clone(self).send_one(h).instrument(tracing::Span::current()));
+        }
+    }
+
+    /// Sends a handed ack on its own.
+    pub(crate) async fn send_one(self: Arc<Self>, handed: HandedAck) -> Reported {
+        let HandedAck { ack: BatchAck { id, lease, result }, deadline } = handed;
+        self.report(&id, &lease, Ok(result), deadline).await
     }
 
     /// Hands a task that was leased during shutdown back for another worker.
@@ -463,10 +532,13 @@ fn task_span(task: &TaskView) -> tracing::Span {
     tracing::info_span!("task", id = %task.id, kind = %task.kind, attempt = task.attempts)
 }
 
-fn log_join(joined: Result<Reported, JoinError>) {
-    if let Err(error) = joined {
+/// Takes a finished runner's outcome: a handed ack joins `handed`.
+fn log_join(joined: Result<Reported, JoinError>, handed: &mut Vec<HandedAck>) {
+    match joined {
+        Ok(Reported::Handed(ack)) => handed.push(ack),
+        Ok(_) => {}
         // Only the runtime's own code runs here, so this is a bug in it.
-        tracing::error!(%error, "a task's runner failed");
+        Err(error) => tracing::error!(%error, "a task's runner failed"),
     }
 }
 

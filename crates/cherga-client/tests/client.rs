@@ -10,7 +10,11 @@ use cherga_client::api::{
     ListQuery, NackRequest, QueueSettingsBody, TaskView,
 };
 use cherga_client::{Client, Error, HandlerError, Worker, testing};
+use cherga_core::{Millis, NewTask, QueueName, QueueSettingsPatch, Task, TaskId};
 use cherga_server::ServerConfig;
+use cherga_store::{
+    Ack, AckedAndLeased, Claim, Enqueued, ListTasks, Nack, QueueInfo, Store, StoreError, TickReport,
+};
 use cherga_store_sqlite::{Options, SqliteStore};
 use serde_json::json;
 use tokio::sync::{Notify, oneshot};
@@ -25,10 +29,19 @@ struct Server {
 
 impl Server {
     async fn start() -> Self {
+        Self::start_counting().await.0
+    }
+
+    /// A server whose store counts the acks it is asked to store, by how they came.
+    async fn start_counting() -> (Self, Arc<AckCounts>) {
         let dir = tempfile::tempdir().expect("temporary directory");
         // Durability is not under test here; skipping fsync keeps the suite fast.
         let options = Options { durable: false, ..Options::in_dir(dir.path()) };
-        let store = Arc::new(SqliteStore::open(options).expect("store opens"));
+        let counts = Arc::new(AckCounts::default());
+        let store = Arc::new(Counting {
+            inner: SqliteStore::open(options).expect("store opens"),
+            counts: Arc::clone(&counts),
+        });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("local address");
         let config = ServerConfig::unauthenticated(1 << 20, 64 << 10);
@@ -37,12 +50,100 @@ impl Server {
             stop.await.ok();
         }));
         let client = Client::new(&format!("http://{address}")).expect("client");
-        Self { client, shutdown: Some(shutdown), served, _dir: dir }
+        (Self { client, shutdown: Some(shutdown), served, _dir: dir }, counts)
     }
 
     async fn stop(mut self) {
         self.shutdown.take().map(|tx| tx.send(()));
         self.served.await.expect("server task").expect("server ran");
+    }
+}
+
+/// Acks the store was asked to store: alone (`complete`) or with a lease.
+#[derive(Default)]
+struct AckCounts {
+    alone: AtomicUsize,
+    with_lease: AtomicUsize,
+}
+
+/// The SQLite store, counting acks on the way through.
+struct Counting {
+    inner: SqliteStore,
+    counts: Arc<AckCounts>,
+}
+
+impl Store for Counting {
+    async fn enqueue(
+        &self,
+        queue: QueueName,
+        tasks: Vec<NewTask>,
+        now: Millis,
+    ) -> Result<Vec<Result<Enqueued, StoreError>>, StoreError> {
+        self.inner.enqueue(queue, tasks, now).await
+    }
+    async fn claim(&self, claim: Claim, now: Millis) -> Result<Vec<Task>, StoreError> {
+        self.inner.claim(claim, now).await
+    }
+    async fn complete(
+        &self,
+        acks: Vec<Ack>,
+        now: Millis,
+    ) -> Result<Vec<Result<Task, StoreError>>, StoreError> {
+        self.counts.alone.fetch_add(acks.len(), Ordering::SeqCst);
+        self.inner.complete(acks, now).await
+    }
+    async fn complete_and_claim(
+        &self,
+        acks: Vec<Ack>,
+        claim: Claim,
+        now: Millis,
+    ) -> Result<AckedAndLeased, StoreError> {
+        self.counts.with_lease.fetch_add(acks.len(), Ordering::SeqCst);
+        self.inner.complete_and_claim(acks, claim, now).await
+    }
+    async fn fail(&self, nack: Nack, now: Millis) -> Result<Task, StoreError> {
+        self.inner.fail(nack, now).await
+    }
+    async fn extend_lease(
+        &self,
+        id: TaskId,
+        token: String,
+        ms: i64,
+        now: Millis,
+    ) -> Result<Task, StoreError> {
+        self.inner.extend_lease(id, token, ms, now).await
+    }
+    async fn cancel(&self, id: TaskId, now: Millis) -> Result<Task, StoreError> {
+        self.inner.cancel(id, now).await
+    }
+    async fn retry_dead(&self, id: TaskId, now: Millis) -> Result<Task, StoreError> {
+        self.inner.retry_dead(id, now).await
+    }
+    async fn get_task(&self, id: TaskId) -> Result<Task, StoreError> {
+        self.inner.get_task(id).await
+    }
+    async fn list_tasks(&self, list: ListTasks) -> Result<Vec<Task>, StoreError> {
+        self.inner.list_tasks(list).await
+    }
+    async fn put_queue(
+        &self,
+        queue: QueueName,
+        patch: QueueSettingsPatch,
+        now: Millis,
+    ) -> Result<QueueInfo, StoreError> {
+        self.inner.put_queue(queue, patch, now).await
+    }
+    async fn get_queue(&self, queue: QueueName) -> Result<QueueInfo, StoreError> {
+        self.inner.get_queue(queue).await
+    }
+    async fn list_queues(&self) -> Result<Vec<QueueInfo>, StoreError> {
+        self.inner.list_queues().await
+    }
+    async fn tick(&self, now: Millis) -> Result<TickReport, StoreError> {
+        self.inner.tick(now).await
+    }
+    async fn close(&self) {
+        self.inner.close().await;
     }
 }
 
@@ -291,6 +392,45 @@ async fn worker_keeps_to_its_concurrency_and_finishes_everything() {
     assert!(succeeded.iter().all(
         |task| result_of(task) == serde_json::from_str::<serde_json::Value>(task.payload.get()).unwrap()
     ));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_busy_worker_acks_each_task_with_its_next_lease() {
+    let (server, acks) = Server::start_counting().await;
+    let client = &server.client;
+    let batch = EnqueueBatchRequest { tasks: (0..10).map(|n| request("step", json!(n))).collect() };
+    client.enqueue_batch("busy", &batch).await.unwrap();
+    let finished = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(Notify::new());
+    let worker = {
+        let (finished, done) = (finished.clone(), done.clone());
+        Worker::builder(client.clone(), "busy")
+            .concurrency(1)
+            .wait(Duration::from_millis(200))
+            .handler("step", move |task| {
+                let (finished, done) = (finished.clone(), done.clone());
+                async move {
+                    // The lease loop waits for this one slot meanwhile.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    if finished.fetch_add(1, Ordering::SeqCst) + 1 == 10 {
+                        done.notify_one();
+                    }
+                    Ok(task.payload_as::<u64>()? * 2)
+                }
+            })
+            .build()
+    };
+    run_until(&worker, done).await.unwrap();
+    let succeeded = testing::all_tasks(client, "busy", Some("succeeded")).await.unwrap();
+    assert_eq!(succeeded.len(), 10, "every outcome is stored before run returns");
+    for task in &succeeded {
+        let n: u64 = serde_json::from_str(task.payload.get()).unwrap();
+        assert_eq!(result_of(task), json!(n * 2));
+    }
+    let (alone, with_lease) = (acks.alone.load(Ordering::SeqCst), acks.with_lease.load(Ordering::SeqCst));
+    // Each ack but perhaps the last (handed over as shutdown began) rode on a lease.
+    assert!(with_lease >= 9 && alone + with_lease == 10, "{alone} acks alone, {with_lease} with a lease");
     server.stop().await;
 }
 

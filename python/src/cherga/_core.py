@@ -161,8 +161,16 @@ def _tasks(answer: Answer) -> list[Task]:
 
 
 def _batch(answer: Answer) -> list[BatchResult]:
+    return _items(answer.body["results"])
+
+
+def _tasks_and_acks(answer: Answer) -> tuple[list[Task], list[BatchResult]]:
+    return _tasks(answer), _items(answer.body["acks"])
+
+
+def _items(items: list[Any]) -> list[BatchResult]:
     out = []
-    for item in answer.body["results"]:
+    for item in items:
         status = item["status"]
         if item.get("error") is not None:
             out.append(BatchResult(status, error=error_from_response(status, {"error": item["error"]})))
@@ -186,13 +194,34 @@ def enqueue_many(queue: str, tasks: Iterable[NewTask]) -> Call[list[BatchResult]
 def lease(
     queue: str, *, max: int = 1, wait_ms: int = 0, lease_ms: int | None = None, worker: str | None = None
 ) -> Call[list[Task]]:
+    body, wait_ms = _lease_body(max, wait_ms, lease_ms, worker)
+    return Call("POST", f"{queue_path(queue)}/lease", _tasks, json=body, extra_timeout=wait_ms / 1000)
+
+
+def lease_and_ack(
+    queue: str,
+    acks: Iterable[tuple[Task, Any]],
+    *,
+    max: int = 1,
+    wait_ms: int = 0,
+    lease_ms: int | None = None,
+    worker: str | None = None,
+) -> Call[tuple[list[Task], list[BatchResult]]]:
+    """A lease that also acks earlier tasks (``[(task, result), ...]``), in the
+    same commit, before it waits: the leased tasks and one result per ack."""
+    body, wait_ms = _lease_body(max, wait_ms, lease_ms, worker)
+    body["acks"] = _ack_items(acks)
+    return Call("POST", f"{queue_path(queue)}/lease", _tasks_and_acks, json=body, extra_timeout=wait_ms / 1000)
+
+
+def _lease_body(max: int, wait_ms: int, lease_ms: int | None, worker: str | None) -> tuple[dict[str, Any], int]:
     wait_ms = 0 if wait_ms < 0 else min(int(wait_ms), MAX_WAIT_MS)
     body: dict[str, Any] = {"max": max, "wait_ms": wait_ms}
     if lease_ms is not None:
         body["lease_ms"] = lease_ms
     if worker is not None:
         body["worker"] = worker
-    return Call("POST", f"{queue_path(queue)}/lease", _tasks, json=body, extra_timeout=wait_ms / 1000)
+    return body, wait_ms
 
 
 def ack(task: Task | str, result: Any = None, *, lease: str | None = None) -> Call[Task]:
@@ -201,11 +230,15 @@ def ack(task: Task | str, result: Any = None, *, lease: str | None = None) -> Ca
 
 
 def ack_many(items: Iterable[tuple[Task, Any]]) -> Call[list[BatchResult]]:
+    return Call("POST", "/v1/tasks/ack", _batch, json={"acks": _ack_items(items)})
+
+
+def _ack_items(items: Iterable[tuple[Task, Any]]) -> list[dict[str, Any]]:
     acks = []
     for task, result in items:
         task_id, token = task_and_lease(task, None)
         acks.append({"id": task_id, "lease": token, "result": result})
-    return Call("POST", "/v1/tasks/ack", _batch, json={"acks": acks})
+    return acks
 
 
 def nack(

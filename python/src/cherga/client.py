@@ -87,6 +87,21 @@ class _Api:
         ``lease()``, ``consume()`` or a ``Worker``, which also ack and heartbeat."""
         return self._send(_core.lease(queue, max=max, wait_ms=wait_ms, lease_ms=lease_ms, worker=worker))
 
+    def lease_and_ack(
+        self,
+        queue: str,
+        acks: Iterable[tuple[Task, Any]],
+        *,
+        max: int = 1,
+        wait_ms: int = 0,
+        lease_ms: int | None = None,
+        worker: str | None = None,
+    ) -> Any:
+        """``lease_tasks`` that also acks earlier tasks, ``[(task, result), ...]``,
+        in the same commit (one round trip): → ``(tasks, [BatchResult per ack])``.
+        The acks are stored before the lease waits."""
+        return self._send(_core.lease_and_ack(queue, acks, max=max, wait_ms=wait_ms, lease_ms=lease_ms, worker=worker))
+
     def ack(self, task: Task | str, result: Any = None, *, lease: str | None = None) -> Any:
         """Mark a leased task succeeded with ``result``. Sending the same ack twice
         succeeds twice; a stale lease raises ``LeaseLost``."""

@@ -25,7 +25,12 @@ thread).
 Invariants:
 - The worker never holds more than ``concurrency + prefetch`` tasks: a lease
   asks for at most the free slots, and every task holds its slot until it is
-  reported.
+  reported, or until its ack is handed to the poller.
+- A handler that succeeds while the poller waits for a free slot hands its ack
+  to the poller, which sends it with the lease request that slot allows (one
+  round trip and one commit for both; the server stores acks before a lease
+  waits). Otherwise the handler acks at once. An ack whose lease request failed
+  is sent again on its own (acks are idempotent).
 - Every leased task is reported (ack or nack) with the token it was delivered
   under. ``LeaseLost`` is never retried: the task belongs to someone else now.
 - Shutdown (``stop()``, SIGTERM, SIGINT) lets running handlers finish and
@@ -39,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import inspect
+import json
 import logging
 import os
 import signal
@@ -153,6 +159,10 @@ class Worker(_Registry):
         self._cond = threading.Condition()
         self._ready: collections.deque[Task] = collections.deque()
         self._held = 0
+        # Acks handed to the poller, for its next lease request; only while it
+        # waits for a free slot (`_poller_waiting`).
+        self._acks: list[tuple[Task, Any]] = []
+        self._poller_waiting = False
         self._stopping = threading.Event()
         self._poller_done = False
         self._threads: list[threading.Thread] = []
@@ -223,23 +233,34 @@ class Worker(_Registry):
         try:
             while not self._stopping.is_set():
                 with self._cond:
+                    self._poller_waiting = True
                     while self._held >= self.capacity and not self._stopping.is_set():
                         self._cond.wait()
+                    self._poller_waiting = False
                     if self._stopping.is_set():
                         return
                     free = min(self.capacity - self._held, MAX_LEASE_BATCH)
                     # Count the slots now, so a finishing handler cannot make
                     # another lease request see them free again.
                     self._held += free
+                    acks, self._acks = self._acks, []
                 started = time.monotonic()
                 tasks: list[Task] = []
                 try:
-                    tasks = self.client.lease_tasks(
-                        self.queue, max=free, wait_ms=self.wait_ms, lease_ms=self.lease_ms, worker=self.name
-                    )
+                    if acks:
+                        tasks, results = self.client.lease_and_ack(
+                            self.queue, acks, max=free, wait_ms=self.wait_ms, lease_ms=self.lease_ms, worker=self.name
+                        )
+                        _log_refused_acks(acks, results)
+                    else:
+                        tasks = self.client.lease_tasks(
+                            self.queue, max=free, wait_ms=self.wait_ms, lease_ms=self.lease_ms, worker=self.name
+                        )
                     error_delay = ERROR_BACKOFF[0]
                 except ChergaError as error:
                     log.warning("lease request to queue %s failed: %s", self.queue, error)
+                    for task, result in acks:
+                        self._send_report(task, None, result)
                     self._stopping.wait(error_delay)
                     error_delay = min(ERROR_BACKOFF[1], error_delay * 2)
                 for task in tasks:
@@ -259,8 +280,12 @@ class Worker(_Registry):
             self.stop()
         finally:
             with self._cond:
+                self._poller_waiting = False
                 self._poller_done = True
+                acks, self._acks = self._acks, []
                 self._cond.notify_all()
+            for task, result in acks:
+                self._send_report(task, None, result)
 
     def _handler_loop(self) -> None:
         while True:
@@ -294,8 +319,18 @@ class Worker(_Registry):
             self._report(task, None, result)
 
     def _report(self, task: Task, nack: Nack | None, result: Any = None) -> None:
-        assert self.client is not None and self._heartbeat is not None
+        assert self._heartbeat is not None
         self._heartbeat.discard(task)
+        if nack is None and _json_ok(result):
+            with self._cond:
+                if self._poller_waiting:
+                    # The slot this task frees wakes the poller, which acks it.
+                    self._acks.append((task, result))
+                    return
+        self._send_report(task, nack, result)
+
+    def _send_report(self, task: Task, nack: Nack | None, result: Any = None) -> None:
+        assert self.client is not None
         try:
             if nack is None:
                 try:
@@ -308,6 +343,21 @@ class Worker(_Registry):
             log_settle_failure(task, error, "ack" if nack is None else "nack")
         except Exception:  # keep the thread alive; the lease expiry brings the task back
             log.exception("could not report task %s", task.id)
+
+
+def _json_ok(result: Any) -> bool:
+    """Whether ``result`` can be sent as JSON (one that cannot is nacked)."""
+    try:
+        json.dumps(result)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _log_refused_acks(acks: list[tuple[Task, Any]], results: list[Any]) -> None:
+    for (task, _), outcome in zip(acks, results, strict=False):
+        if outcome.error is not None:
+            log_settle_failure(task, outcome.error, "ack")
 
 
 def run_workers(workers: Iterable[Worker], *, install_signal_handlers: bool = True) -> None:
@@ -377,6 +427,10 @@ class AsyncWorker(_Registry):
         self._stopping: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested = False
+        # As in ``Worker``: acks for the poller's next lease request, handed over
+        # only while it waits for a free slot.
+        self._acks: list[tuple[Task, Any]] = []
+        self._poller_waiting = False
 
     def stop(self) -> None:
         """Begin a graceful shutdown. Safe from any thread."""
@@ -407,11 +461,18 @@ class AsyncWorker(_Registry):
             runners = [
                 asyncio.create_task(self._runner(client, heartbeat, ready, slots)) for _ in range(self.concurrency)
             ]
-            await self._poller(client, heartbeat, ready, slots)
+            try:
+                await self._poller(client, heartbeat, ready, slots)
+            finally:
+                self._poller_waiting = False
             for _ in runners:
                 ready.put_nowait(None)  # after every leased task: drain, then stop
             await asyncio.gather(*runners)
         finally:
+            # Acks handed to a poller that has stopped.
+            acks, self._acks = self._acks, []
+            for task, result in acks:
+                await self._send_report(client, task, None, result)
             for installed in signals:
                 self._loop.remove_signal_handler(installed)
             await heartbeat.stop()
@@ -438,7 +499,9 @@ class AsyncWorker(_Registry):
             # Wait for one free slot (or the stop), then take every free one.
             acquire = asyncio.create_task(slots.acquire())
             stop = asyncio.create_task(self._stopping.wait())
+            self._poller_waiting = True
             await asyncio.wait({acquire, stop}, return_when=asyncio.FIRST_COMPLETED)
+            self._poller_waiting = False
             stop.cancel()
             if not acquire.done():
                 acquire.cancel()
@@ -453,13 +516,22 @@ class AsyncWorker(_Registry):
                 return
             started = time.monotonic()
             tasks: list[Task] = []
+            acks, self._acks = self._acks, []
             try:
-                tasks = await client.lease_tasks(
-                    self.queue, max=free, wait_ms=self.wait_ms, lease_ms=self.lease_ms, worker=self.name
-                )
+                if acks:
+                    tasks, results = await client.lease_and_ack(
+                        self.queue, acks, max=free, wait_ms=self.wait_ms, lease_ms=self.lease_ms, worker=self.name
+                    )
+                    _log_refused_acks(acks, results)
+                else:
+                    tasks = await client.lease_tasks(
+                        self.queue, max=free, wait_ms=self.wait_ms, lease_ms=self.lease_ms, worker=self.name
+                    )
                 error_delay = ERROR_BACKOFF[0]
             except ChergaError as error:
                 log.warning("lease request to queue %s failed: %s", self.queue, error)
+                for task, result in acks:
+                    await self._send_report(client, task, None, result)
                 await _wait(self._stopping, error_delay)
                 error_delay = min(ERROR_BACKOFF[1], error_delay * 2)
             for _ in range(free - len(tasks)):
@@ -513,6 +585,13 @@ class AsyncWorker(_Registry):
         self, client: AsyncClient, heartbeat: AsyncHeartbeat, task: Task, nack: Nack | None, result: Any = None
     ) -> None:
         heartbeat.discard(task)
+        if nack is None and self._poller_waiting and _json_ok(result):
+            # The slot this task frees wakes the poller, which acks it.
+            self._acks.append((task, result))
+            return
+        await self._send_report(client, task, nack, result)
+
+    async def _send_report(self, client: AsyncClient, task: Task, nack: Nack | None, result: Any = None) -> None:
         try:
             if nack is None:
                 try:
