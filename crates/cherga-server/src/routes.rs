@@ -406,10 +406,8 @@ pub(crate) async fn lease<S: Store>(
     check_lease_ms(request.lease_ms)?;
     cherga_api::check_worker(request.worker.as_deref())?;
     // Acks are checked before anything is stored, and stored with the first look.
-    let mut pending = match request.acks.is_empty() {
-        true => None,
-        false => Some(checked_acks(&app, &caller, request.acks).await?),
-    };
+    let mut pending =
+        if request.acks.is_empty() { None } else { Some(checked_acks(&app, &caller, request.acks).await?) };
     let mut acked: Option<Vec<Item>> = None;
     let answer = |tasks: &[Task], acked: Option<Vec<Item>>| {
         let body = match acked {

@@ -321,7 +321,8 @@ class Worker(_Registry):
     def _report(self, task: Task, nack: Nack | None, result: Any = None) -> None:
         assert self._heartbeat is not None
         self._heartbeat.discard(task)
-        if nack is None and _json_ok(result):
+        # A first look without the lock spares the JSON check when the poller is busy.
+        if nack is None and self._poller_waiting and _json_ok(result):
             with self._cond:
                 if self._poller_waiting:
                     # The slot this task frees wakes the poller, which acks it.
