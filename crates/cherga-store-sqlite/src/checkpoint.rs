@@ -147,7 +147,7 @@ impl Checkpointer {
     }
 
     /// Stops the thread after the checkpoint it is running, if any.
-    pub fn finish(mut self) {
+    pub fn finish(&mut self) {
         self.asks.take();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();

@@ -32,7 +32,8 @@ use cherga_core::{
 use cherga_store::{Ack, Claim, Enqueued, ListTasks, Nack, QueueInfo, Revocation, StoreError, TickReport};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, mpsc};
 
 /// Most jobs in one transaction: bounds the latency a single commit adds.
 const MAX_BATCH: usize = 2048;
@@ -57,6 +58,99 @@ pub struct Engine {
     last_purge: Millis,
     /// Set when a job failed in the backend: the batch must roll back.
     poisoned: bool,
+}
+
+/// What the writer lock guards: the connection and the index ([`Engine`]), the
+/// syncer, the checkpointer and the pace of batches. Whoever holds it is the
+/// only user of the connection: the writer thread, which takes every job waiting
+/// and runs them as one batch, or a caller that found the writer idle and runs
+/// its own job as a batch of one, syncing and answering itself (no hand-over to
+/// the writer thread and back).
+///
+/// Batches are group-committed: the syncer fdatasyncs the WAL for every batch
+/// committed since its last sync and only then answers, while the next batch
+/// runs. While batches rarely collide with the fsync before them ([`Pace`]), a
+/// batch that nothing waits behind is synced and answered by whoever ran it.
+pub struct Writer {
+    engine: Engine,
+    syncer: Syncer,
+    checkpointer: Checkpointer,
+    pace: Pace,
+    /// Jobs were waiting when the last batch was answered: the next batch
+    /// collides with it.
+    collided: bool,
+    /// Set by [`Writer::finish`]: no batch runs any more.
+    closed: bool,
+}
+
+impl Writer {
+    pub fn new(engine: Engine, syncer: Syncer, checkpointer: Checkpointer) -> Self {
+        Self { engine, syncer, checkpointer, pace: Pace::default(), collided: false, closed: false }
+    }
+
+    /// Whether a caller may run its job now instead of queueing it for the
+    /// writer thread: nothing is being synced and batches have been quiet.
+    /// (The caller also checks that no job waits.)
+    pub fn idle(&self) -> bool {
+        !self.closed && !self.collided && self.pace.quiet() && !self.syncer.busy()
+    }
+
+    /// Runs `batch`, commits it and has it answered; `queued` counts jobs sent to
+    /// the writer thread and not yet taken.
+    pub fn run(&mut self, batch: Vec<Job>, queued: &AtomicUsize) {
+        if self.closed {
+            for job in batch {
+                job(None)(Err("the store is closed".to_owned()));
+            }
+            return;
+        }
+        // A batch that starts while the last one is still being synced, or right
+        // behind jobs that waited for it, is a collision.
+        let collided = std::mem::take(&mut self.collided) || self.syncer.busy();
+        self.pace.batch(collided);
+        let Self { engine, syncer, checkpointer, pace, .. } = self;
+        engine.run_batch(batch, |engine, replies| {
+            syncer.after_commit(replies, queued.load(Ordering::Acquire) > 0, pace);
+            checkpointer.after_commit(&engine.conn);
+        });
+        self.collided = queued.load(Ordering::Acquire) > 0;
+    }
+
+    /// Answers what is in flight, settles the dirty tasks and checkpoints the WAL;
+    /// later batches are refused.
+    pub fn finish(&mut self) {
+        if std::mem::replace(&mut self.closed, true) {
+            return;
+        }
+        // Every answer is sent before the connection closes.
+        self.syncer.finish();
+        if let Err(e) = self.engine.settle_all() {
+            tracing::warn!(error = %e, "could not settle the dirty tasks at close; the journal will be replayed at next open");
+        }
+        self.checkpointer.finish();
+        if let Err(e) = self.engine.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+            tracing::warn!(error = %e, "checkpoint at close failed; the WAL will be replayed at next open");
+        }
+    }
+}
+
+/// The writer thread: takes every job waiting (at most [`MAX_BATCH`]) and runs
+/// them as one batch under the writer lock, until the channel closes.
+pub fn run_writer(writer: &Mutex<Writer>, jobs: &mpsc::Receiver<Job>, queued: &AtomicUsize) {
+    while let Ok(first) = jobs.recv() {
+        let mut writer = writer.lock().expect("writer lock");
+        let mut batch = Vec::with_capacity(64);
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        queued.fetch_sub(batch.len(), Ordering::AcqRel);
+        writer.run(batch, queued);
+    }
+    writer.lock().expect("writer lock").finish();
 }
 
 /// A task whose state is ahead of its row (see the module's documentation).
@@ -559,87 +653,45 @@ impl Engine {
         self.poisoned = true;
     }
 
-    /// The writer loop: batch, commit, hand the answers to the syncer, which sends
-    /// them once the WAL holding the commit is on disk. The writer goes on with the
-    /// next batch while the syncer waits for the disk. While batches rarely
-    /// collide with the fsync before them ([`Pace`]), the writer syncs and answers
-    /// a batch itself when nothing else waits.
-    pub fn run(mut self, jobs: mpsc::Receiver<Job>, syncer: Syncer, mut checkpointer: Checkpointer) {
-        // A job that arrived while a batch ran or the writer synced: it opens the
-        // next batch.
-        let mut next: Option<Job> = None;
-        let mut pace = Pace::default();
-        loop {
-            // A job that arrived while the last batch ran, or during its fsync
-            // (the syncer still busy), is a collision.
-            let (first, collided) = match next.take() {
-                Some(job) => (job, true),
-                None => match jobs.recv() {
-                    Ok(job) => (job, syncer.busy()),
-                    Err(_) => break,
-                },
-            };
-            pace.batch(collided);
-            let mut batch = Vec::with_capacity(64);
-            batch.push(first);
-            while batch.len() < MAX_BATCH {
-                match jobs.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
+    /// Runs `batch` in one transaction; the answers, once it committed, are for
+    /// `answer` (the syncer's or the writer's own sync). On failure the batch is
+    /// rolled back, the index rebuilt from disk, and every caller answered at once.
+    fn run_batch(&mut self, batch: Vec<Job>, answer: impl FnOnce(&mut Self, Vec<Reply>)) {
+        let replies: Vec<Reply>;
+        let outcome = match self.statement("BEGIN IMMEDIATE") {
+            Ok(()) => {
+                replies = batch.into_iter().map(|job| job(Some(&mut *self))).collect();
+                if !self.poisoned
+                    && let Err(e) = self.mem.finish_batch(&self.conn)
+                {
+                    tracing::error!(error = %e, "could not write the batch's journal");
+                    self.poisoned = true;
+                }
+                if self.poisoned {
+                    Err("a statement failed; the batch was rolled back".to_owned())
+                } else {
+                    self.statement("COMMIT").map_err(|e| e.to_string())
                 }
             }
-            let replies: Vec<Reply>;
-            let outcome = match self.statement("BEGIN IMMEDIATE") {
-                Ok(()) => {
-                    replies = batch.into_iter().map(|job| job(Some(&mut self))).collect();
-                    if !self.poisoned
-                        && let Err(e) = self.mem.finish_batch(&self.conn)
-                    {
-                        tracing::error!(error = %e, "could not write the batch's journal");
-                        self.poisoned = true;
-                    }
-                    if self.poisoned {
-                        Err("a statement failed; the batch was rolled back".to_owned())
-                    } else {
-                        self.statement("COMMIT").map_err(|e| e.to_string())
-                    }
+            Err(e) => {
+                replies = batch.into_iter().map(|job| job(None)).collect();
+                Err(e.to_string())
+            }
+        };
+        match outcome {
+            Ok(()) => answer(self, replies),
+            Err(message) => {
+                tracing::error!(error = %message, "batch failed; rolling back and rebuilding the index");
+                let _ = self.conn.execute_batch("ROLLBACK");
+                self.poisoned = false;
+                if let Err(e) = self.rebuild() {
+                    tracing::error!(error = %e, "could not rebuild the index after a failed batch");
                 }
-                Err(e) => {
-                    replies = batch.into_iter().map(|job| job(None)).collect();
-                    Err(e.to_string())
-                }
-            };
-            match outcome {
-                Ok(()) => {
-                    next = jobs.try_recv().ok();
-                    if syncer.after_commit(replies, next.is_some(), &pace) {
-                        // Synced here: a job that came meanwhile collided with it.
-                        next = jobs.try_recv().ok();
-                    }
-                    checkpointer.after_commit(&self.conn);
-                }
-                Err(message) => {
-                    tracing::error!(error = %message, "batch failed; rolling back and rebuilding the index");
-                    let _ = self.conn.execute_batch("ROLLBACK");
-                    self.poisoned = false;
-                    if let Err(e) = self.rebuild() {
-                        tracing::error!(error = %e, "could not rebuild the index after a failed batch");
-                    }
-                    // Nothing of a rolled-back batch needs the disk: answer now.
-                    for reply in replies {
-                        reply(Err(message.clone()));
-                    }
+                // Nothing of a rolled-back batch needs the disk: answer now.
+                for reply in replies {
+                    reply(Err(message.clone()));
                 }
             }
-        }
-        // Every answer is sent before the connection closes.
-        syncer.finish();
-        if let Err(e) = self.settle_all() {
-            tracing::warn!(error = %e, "could not settle the dirty tasks at close; the journal will be replayed at next open");
-        }
-        checkpointer.finish();
-        if let Err(e) = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
-            tracing::warn!(error = %e, "checkpoint at close failed; the WAL will be replayed at next open");
         }
     }
 

@@ -1,17 +1,22 @@
-//! The embedded store: SQLite through `rusqlite`, owned by one writer thread.
+//! The embedded store: SQLite through `rusqlite`, behind one writer lock.
 //!
-//! Every call becomes a job sent to the writer thread. The thread takes all jobs
-//! waiting, runs them in one `BEGIN IMMEDIATE` transaction and commits; the syncer
-//! thread then fdatasyncs the WAL and only then answers each caller (group commit:
-//! one fsync for every batch committed since the last one). While the syncer waits
-//! for the disk the writer runs the next batch, so a busy server overlaps its SQL
-//! work with its fsyncs. When there is no next batch to overlap (one caller at a
-//! time), the writer syncs and answers itself, which spares each answer a
-//! hand-over between threads (`sync.rs`). A checkpointer thread copies the WAL
-//! back into the database beside them (`checkpoint.rs`).
+//! Every call becomes a job. Under load it is sent to the writer thread, which
+//! takes all jobs waiting, runs them in one `BEGIN IMMEDIATE` transaction and
+//! commits; the syncer thread then fdatasyncs the WAL and only then answers each
+//! caller (group commit: one fsync for every batch committed since the last one).
+//! While the syncer waits for the disk the writer runs the next batch, so a busy
+//! server overlaps its SQL work with its fsyncs. When there is no next batch to
+//! overlap (one caller at a time), the batch is synced and answered by the
+//! thread that ran it (`sync.rs`), and a call that finds the writer idle and no
+//! job waiting runs its job as a batch of its own on the caller's thread, under
+//! the writer lock: no hand-over to the writer thread and back (`engine::Writer`).
+//! Timer ticks and listings, which may be long, always go to the writer thread.
+//! A checkpointer thread copies the WAL back into the database beside them
+//! (`checkpoint.rs`).
 //!
 //! Invariants:
-//! - the writer thread is the only user of the connection and of the in-memory
+//! - the holder of the writer lock (the writer thread, or a caller running its
+//!   own batch) is the only user of the connection and of the in-memory
 //!   [`Index`], so index and rows change together, in one order;
 //! - no caller hears `Ok` before the commit that holds its change returned and an
 //!   fdatasync of the WAL begun after that commit completed;
@@ -31,10 +36,10 @@ use cherga_store::{
     Ack, AckedAndLeased, Claim, Enqueued, ListTasks, Nack, QueueInfo, Revocation, Store, StoreError,
     TickReport,
 };
-use engine::Engine;
+use engine::{Engine, Writer};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use tokio::sync::oneshot;
 
 type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
@@ -79,6 +84,9 @@ impl Limits {
 /// The embedded SQLite store. Cheap to share behind an `Arc`.
 pub struct SqliteStore {
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    /// Jobs sent to the writer thread and not yet taken by it.
+    queued: Arc<AtomicUsize>,
+    writer: Arc<Mutex<Writer>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -96,19 +104,43 @@ impl SqliteStore {
         let engine = Engine::open(&options)?;
         let syncer = sync::Syncer::start(&options)?;
         let checkpointer = checkpoint::Checkpointer::start(&options)?;
+        let writer = Arc::new(Mutex::new(Writer::new(engine, syncer, checkpointer)));
+        let queued = Arc::new(AtomicUsize::new(0));
         let (sender, receiver) = mpsc::channel::<Job>();
-        let thread = std::thread::Builder::new()
-            .name("cherga-sqlite-writer".into())
-            .spawn(move || engine.run(receiver, syncer, checkpointer))
-            .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
-        Ok(Self { jobs: Mutex::new(Some(sender)), thread: Mutex::new(Some(thread)) })
+        let thread = {
+            let (writer, queued) = (writer.clone(), queued.clone());
+            std::thread::Builder::new()
+                .name("cherga-sqlite-writer".into())
+                .spawn(move || engine::run_writer(&writer, &receiver, &queued))
+                .map_err(|e| StoreError::Unavailable(Box::new(e)))?
+        };
+        Ok(Self { jobs: Mutex::new(Some(sender)), queued, writer, thread: Mutex::new(Some(thread)) })
     }
 
-    /// Runs `work` on the writer thread inside the current batch and answers after
-    /// the batch commits.
+    /// Runs `work` inside a batch and answers after the batch commits (and is
+    /// synced): on this thread, as a batch of its own, when the writer is idle and
+    /// no job waits; else on the writer thread, in the next batch.
     async fn call<T: Send + 'static>(
         &self,
         work: impl FnOnce(&mut Engine) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.call_where(work, true).await
+    }
+
+    /// As [`SqliteStore::call`], but always on the writer thread: for work that
+    /// may be long (a timer tick's thousands of changes, a page of a listing), which
+    /// would hold up the caller's async runtime thread.
+    async fn call_on_writer<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Engine) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.call_where(work, false).await
+    }
+
+    async fn call_where<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Engine) -> Result<T, StoreError> + Send + 'static,
+        may_run_here: bool,
     ) -> Result<T, StoreError> {
         let (sender, receiver) = oneshot::channel();
         let job: Job = Box::new(move |engine: Option<&mut Engine>| {
@@ -130,10 +162,24 @@ impl SqliteStore {
                 let _ = sender.send(answer);
             })
         });
+        let mut job = Some(job);
+        if may_run_here
+            && self.queued.load(Ordering::Acquire) == 0
+            && let Ok(mut writer) = self.writer.try_lock()
+            && writer.idle()
         {
+            // Answered before `run` returns, unless a job arrived since the look
+            // at `queued`: then the syncer answers, as for the writer thread.
+            writer.run(job.take().into_iter().collect(), &self.queued);
+        }
+        if let Some(job) = job {
             let jobs = self.jobs.lock().expect("jobs lock");
             let jobs = jobs.as_ref().ok_or(StoreError::Closed)?;
-            jobs.send(job).map_err(|_| StoreError::Closed)?;
+            self.queued.fetch_add(1, Ordering::AcqRel);
+            if jobs.send(job).is_err() {
+                self.queued.fetch_sub(1, Ordering::AcqRel);
+                return Err(StoreError::Closed);
+            }
         }
         receiver.await.map_err(|_| StoreError::Closed)?
     }
@@ -207,7 +253,7 @@ impl Store for SqliteStore {
     }
 
     async fn list_tasks(&self, list: ListTasks) -> Result<Vec<Task>, StoreError> {
-        self.call(move |e| e.list_tasks(&list)).await
+        self.call_on_writer(move |e| e.list_tasks(&list)).await
     }
 
     async fn put_queue(
@@ -228,7 +274,7 @@ impl Store for SqliteStore {
     }
 
     async fn tick(&self, now: Millis) -> Result<TickReport, StoreError> {
-        self.call(move |e| e.tick(now)).await
+        self.call_on_writer(move |e| e.tick(now)).await
     }
 
     async fn revoke_token(&self, revocation: Revocation, now: Millis) -> Result<(), StoreError> {
@@ -247,5 +293,38 @@ impl Store for SqliteStore {
         if let Some(thread) = thread {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn thread_of_call(store: &SqliteStore) -> std::thread::ThreadId {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        runtime.block_on(store.call(|_| Ok(std::thread::current().id()))).expect("call")
+    }
+
+    #[test]
+    fn an_idle_writer_lets_the_caller_run_its_job_and_a_busy_one_takes_it() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store = SqliteStore::open(Options::in_dir(dir.path())).expect("open");
+        let here = std::thread::current().id();
+        assert_eq!(thread_of_call(&store), here, "nothing waits: the job runs on the caller's thread");
+
+        // While another holds the writer lock the job goes to the writer thread,
+        // which waits for the lock and then runs it.
+        let held = store.writer.lock().expect("writer lock");
+        let ran_on = std::thread::scope(|scope| {
+            let call = scope.spawn(|| thread_of_call(&store));
+            while store.queued.load(Ordering::Acquire) == 0 {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            drop(held);
+            call.join().expect("the call")
+        });
+        let writer = store.thread.lock().expect("thread lock").as_ref().map(|t| t.thread().id());
+        assert_eq!(Some(ran_on), writer, "a held lock sends the job to the writer thread");
+        assert_eq!(thread_of_call(&store), here, "idle again");
     }
 }

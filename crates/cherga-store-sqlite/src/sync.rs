@@ -119,7 +119,7 @@ impl Syncer {
     }
 
     /// Syncs and answers everything handed over, then stops the thread.
-    pub fn finish(mut self) {
+    pub fn finish(&mut self) {
         self.groups.take();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();

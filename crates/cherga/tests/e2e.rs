@@ -682,8 +682,13 @@ mod multi_node {
         running: HashSet<String>,
         running_groups: HashMap<i64, usize>,
         max_running: usize,
-        /// Per group, the `i` of each task in the order its first ack succeeded.
+        /// Per group, the `i` of each task in the order it was first leased: a
+        /// task of a group is leasable only once the one before it finished.
+        /// (The order of the ack answers can differ: an ack answered by no node
+        /// because its node was killed is replayed through another, later.)
         order: HashMap<i64, Vec<i64>>,
+        /// Every task leased so far.
+        leased: HashSet<String>,
         /// Per task, the lease tokens an ack succeeded with.
         acked_tokens: HashMap<String, HashSet<String>>,
     }
@@ -782,6 +787,9 @@ mod multi_node {
                             let n = s.running_groups.entry(g).or_default();
                             *n += 1;
                             assert_eq!(*n, 1, "two tasks of group {g} running at once");
+                            if s.leased.insert(id(t)) {
+                                s.order.entry(g).or_default().push(t["payload"]["i"].as_i64().unwrap());
+                            }
                         }
                     }
                     tokio::time::sleep(Duration::from_millis(fastrand::u64(0..4))).await;
@@ -812,12 +820,6 @@ mod multi_node {
                                     let first = tokens.is_empty();
                                     tokens.insert(token(t));
                                     if first {
-                                        if g >= 0 {
-                                            s.order
-                                                .entry(g)
-                                                .or_default()
-                                                .push(t["payload"]["i"].as_i64().unwrap());
-                                        }
                                         done.fetch_add(1, Ordering::Relaxed);
                                     }
                                     break;
