@@ -429,25 +429,18 @@ pub(crate) async fn lease<S: Store>(
         let notified = notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let (stored, tasks) = match pending.take() {
-            Some((checked, acks)) if !acks.is_empty() => {
+        let tasks = match pending.take() {
+            Some((checked, acks)) => {
                 let (stored, tasks) = app
                     .store
                     .complete_and_claim(acks, claim.clone(), now_ms())
                     .await
                     .map_err(ApiError::from_queue_error)?;
-                (Some((checked, stored)), tasks)
+                acked = Some(acked_items(&app, checked, stored));
+                tasks
             }
-            // Every ack was refused before the store (or there were none).
-            checked => {
-                let tasks =
-                    app.store.claim(claim.clone(), now_ms()).await.map_err(ApiError::from_queue_error)?;
-                (checked.map(|(checked, _)| (checked, Vec::new())), tasks)
-            }
+            None => app.store.claim(claim.clone(), now_ms()).await.map_err(ApiError::from_queue_error)?,
         };
-        if let Some((checked, stored)) = stored {
-            acked = Some(acked_items(&app, checked, stored));
-        }
         if !tasks.is_empty() {
             if let Some(first) = tasks.first() {
                 app.after_change(first);

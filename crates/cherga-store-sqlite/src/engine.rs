@@ -96,14 +96,10 @@ impl Writer {
     }
 
     /// Runs `batch`, commits it and has it answered; `queued` counts jobs sent to
-    /// the writer thread and not yet taken.
+    /// the writer thread and not yet taken. Only before [`Writer::finish`]: the
+    /// writer thread finishes after its last batch, and callers run theirs only
+    /// while [`Writer::idle`].
     pub fn run(&mut self, batch: Vec<Job>, queued: &AtomicUsize) {
-        if self.closed {
-            for job in batch {
-                job(None)(Err("the store is closed".to_owned()));
-            }
-            return;
-        }
         // A batch that starts while the last one is still being synced, or right
         // behind jobs that waited for it, is a collision.
         let collided = std::mem::take(&mut self.collided) || self.syncer.busy();
@@ -119,9 +115,7 @@ impl Writer {
     /// Answers what is in flight, settles the dirty tasks and checkpoints the WAL;
     /// later batches are refused.
     pub fn finish(&mut self) {
-        if std::mem::replace(&mut self.closed, true) {
-            return;
-        }
+        self.closed = true;
         // Every answer is sent before the connection closes.
         self.syncer.finish();
         if let Err(e) = self.engine.settle_all() {

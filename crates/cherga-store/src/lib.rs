@@ -187,7 +187,7 @@ pub trait Store: Send + Sync + 'static {
         now: Millis,
     ) -> impl Future<Output = Result<AckedAndLeased, StoreError>> + Send {
         async move {
-            let acked = self.complete(acks, now).await?;
+            let acked = if acks.is_empty() { Vec::new() } else { self.complete(acks, now).await? };
             let leased = self.claim(claim, now).await?;
             Ok((acked, leased))
         }

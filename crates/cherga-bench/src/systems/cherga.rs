@@ -247,17 +247,18 @@ impl ChergaConsumer {
         }
     }
 
-    /// Leases, with `acks` (a JSON array, or empty for none) in the request;
-    /// checks that every ack answered 200.
-    async fn lease_with(&mut self, wait: Duration, acks: &str, out: &mut Vec<Stamp>) -> Result<()> {
+    /// Leases; with `with_acks`, the request carries the acks of the last lease's
+    /// tasks, and every one must answer 200.
+    async fn lease_with(&mut self, wait: Duration, with_acks: bool, out: &mut Vec<Stamp>) -> Result<()> {
         let wait_ms = wait.as_millis().min(u128::from(cherga_api::MAX_WAIT_MS));
         let mut body = format!(
             r#"{{"max":{},"wait_ms":{wait_ms},"lease_ms":{LEASE_MS},"worker":"{}""#,
             self.batch, self.worker
         );
-        if !acks.is_empty() {
-            body.push_str(r#","acks":"#);
-            body.push_str(acks);
+        if with_acks {
+            body.push_str(r#","acks":["#);
+            self.push_acks(&mut body);
+            body.push(']');
         }
         body.push('}');
         let n_acks = self.leased.len();
@@ -265,7 +266,7 @@ impl ChergaConsumer {
         let (status, answer) = self.http.send(Method::POST, &self.lease_path, Bytes::from(body)).await?;
         expect(status, StatusCode::OK, &answer)?;
         let leased: LeaseAnswer<'_> = serde_json::from_slice(&answer).context("decoding a lease answer")?;
-        if !acks.is_empty() {
+        if with_acks {
             let results = leased.acks.context("a lease with acks answered no acks")?;
             if results.len() != n_acks {
                 bail!("a lease answered {} acks for {n_acks}", results.len());
@@ -286,18 +287,12 @@ impl ChergaConsumer {
 
 impl Consumer for ChergaConsumer {
     async fn lease(&mut self, wait: Duration, out: &mut Vec<Stamp>) -> Result<()> {
-        self.lease_with(wait, "", out).await
+        self.lease_with(wait, false, out).await
     }
 
     async fn ack_and_lease(&mut self, out: &mut Vec<Stamp>) -> Result<()> {
-        if self.leased.is_empty() {
-            return self.lease(Duration::ZERO, out).await;
-        }
-        let mut acks = String::with_capacity(2 + self.leased.len() * 96);
-        acks.push('[');
-        self.push_acks(&mut acks);
-        acks.push(']');
-        self.lease_with(Duration::ZERO, &acks, out).await
+        let with_acks = !self.leased.is_empty();
+        self.lease_with(Duration::ZERO, with_acks, out).await
     }
 
     async fn ack(&mut self) -> Result<()> {
