@@ -15,7 +15,11 @@
 //! copied. Under writes that never pause that does not happen by itself, so past
 //! [`WAL_HARD_PAGES`] the writer runs a passive checkpoint itself, once its batch
 //! is with the syncer: it copies only what the checkpointer has not, and the next
-//! transaction starts the WAL again.
+//! transaction starts the WAL again. Only one connection can checkpoint at a
+//! time (a second one's passive checkpoint returns busy and copies nothing), so
+//! the writer's waits for the checkpointer's to finish: without that, a
+//! checkpointer slowed by a busy machine kept the writer's from running and the
+//! WAL grew on past its working size (seen in a test run beside others).
 //!
 //! SQLite fsyncs the database file only at a checkpoint that copies every frame,
 //! so under steady writes the checkpointer's copies stayed in the kernel's cache
@@ -36,7 +40,7 @@ use rusqlite::hooks::Wal;
 use std::cell::Cell;
 use std::fs::File;
 use std::os::raw::c_int;
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 
 /// WAL pages (4 KiB) past which the writer asks for a checkpoint: SQLite's own
@@ -49,8 +53,10 @@ const WAL_HARD_PAGES: i32 = 8000;
 pub(crate) const WAL_PREPARED_PAGES: u64 = (WAL_HARD_PAGES + WAL_KICK_PAGES) as u64;
 
 thread_local! {
-    /// The pages in the WAL after the last commit on this thread's connection.
-    static WAL_PAGES: Cell<i32> = const { Cell::new(0) };
+    /// The pages in the WAL after the last commit on this thread's connection, or
+    /// -1 once read. Whichever thread holds the writer lock commits, so each reads
+    /// only the commit it made.
+    static WAL_PAGES: Cell<i32> = const { Cell::new(-1) };
 }
 
 fn note_wal_pages(_wal: &Wal, pages: c_int) -> rusqlite::Result<()> {
@@ -59,22 +65,25 @@ fn note_wal_pages(_wal: &Wal, pages: c_int) -> rusqlite::Result<()> {
 }
 
 /// Turns off `conn`'s automatic checkpoints and has its commits report the WAL's
-/// size to [`wal_pages`]. Only the thread that commits on `conn` reads it.
+/// size to [`take_wal_pages`], on the thread that committed.
 pub fn watch(conn: &Connection) {
     conn.wal_hook(Some(note_wal_pages));
 }
 
-/// The pages in the WAL after this thread's last commit.
-fn wal_pages() -> i32 {
-    WAL_PAGES.with(Cell::get)
+/// The pages in the WAL after this thread's last commit, if it wrote any since
+/// the last call (a commit that writes nothing does not call the hook).
+fn take_wal_pages() -> Option<i32> {
+    let pages = WAL_PAGES.with(|p| p.replace(-1));
+    (pages >= 0).then_some(pages)
 }
 
-/// Runs a passive checkpoint on `conn`.
+/// Runs a passive checkpoint on `conn`; `true` when another connection's
+/// checkpoint kept it from copying anything.
 ///
 /// # Errors
 /// Any SQLite error.
-fn passive(conn: &Connection) -> rusqlite::Result<()> {
-    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+fn passive(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get::<_, i64>(0).map(|busy| busy != 0))
 }
 
 /// The checkpointer thread and the way to ask it for a checkpoint.
@@ -83,6 +92,8 @@ pub struct Checkpointer {
     thread: Option<JoinHandle<()>>,
     /// The WAL's size when a checkpoint was last asked for.
     asked_at: i32,
+    /// Held by whichever connection is checkpointing.
+    copying: Arc<Mutex<()>>,
 }
 
 impl Checkpointer {
@@ -98,6 +109,8 @@ impl Checkpointer {
             .map_err(unavailable)?;
         // One ask waiting is enough: a checkpoint copies whatever is there by then.
         let (asks, asked) = mpsc::sync_channel::<()>(1);
+        let copying = Arc::new(Mutex::new(()));
+        let copying_here = Arc::clone(&copying);
         // A descriptor of the database file, only to fdatasync what was copied.
         let db = if options.durable {
             Some(File::open(&options.path).map_err(|e| StoreError::Unavailable(Box::new(e)))?)
@@ -108,7 +121,11 @@ impl Checkpointer {
             .name("cherga-sqlite-checkpointer".into())
             .spawn(move || {
                 while asked.recv().is_ok() {
-                    if let Err(error) = passive(&conn) {
+                    let copied = {
+                        let _copying = copying_here.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        passive(&conn)
+                    };
+                    if let Err(error) = copied {
                         tracing::warn!(%error, "checkpoint failed; the WAL keeps the pages until the next one");
                     } else if let Some(db) = &db
                         && let Err(error) = db.sync_data()
@@ -120,22 +137,30 @@ impl Checkpointer {
                 }
             })
             .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
-        Ok(Self { asks: Some(asks), thread: Some(thread), asked_at: 0 })
+        Ok(Self { asks: Some(asks), thread: Some(thread), asked_at: 0, copying })
     }
 
     /// Called by the writer after each commit on its connection `conn` (watched
     /// with [`watch`]), once the batch is with the syncer: asks the thread for a
     /// checkpoint each time the WAL has grown by [`WAL_KICK_PAGES`] since the last
-    /// ask, and past [`WAL_HARD_PAGES`] checkpoints on `conn` itself.
+    /// ask, and past [`WAL_HARD_PAGES`] checkpoints on `conn` itself, after the
+    /// thread's checkpoint if one is running.
     pub fn after_commit(&mut self, conn: &Connection) {
-        let pages = wal_pages();
+        let Some(pages) = take_wal_pages() else { return };
         if pages < self.asked_at {
             // The WAL started again from its beginning.
             self.asked_at = 0;
         }
         if pages >= WAL_HARD_PAGES {
-            if let Err(error) = passive(conn) {
-                tracing::warn!(%error, "checkpoint failed; the WAL keeps the pages until the next one");
+            let _copying = self.copying.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match passive(conn) {
+                Ok(false) => {}
+                Ok(true) => tracing::warn!(
+                    "checkpoint found another one running; the WAL keeps growing until the next"
+                ),
+                Err(error) => {
+                    tracing::warn!(%error, "checkpoint failed; the WAL keeps the pages until the next one")
+                }
             }
         } else if pages >= self.asked_at + WAL_KICK_PAGES {
             // One ask waiting is enough; a full channel means one is.
