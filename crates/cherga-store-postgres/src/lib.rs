@@ -30,7 +30,8 @@ mod schema;
 
 use cherga_core::{Millis, NewTask, QueueName, QueueSettingsPatch, Task, TaskId, TaskState};
 use cherga_store::{
-    Ack, Claim, Enqueued, ListTasks, Nack, QueueInfo, Revocation, Store, StoreError, TickReport,
+    Ack, AckedAndLeased, Claim, Enqueued, ListTasks, Nack, QueueInfo, Revocation, Store, StoreError,
+    TickReport,
 };
 use ops::{Keys, TxError};
 use pool::{OwnPids, Pool, PoolError};
@@ -486,6 +487,22 @@ impl Store for PgStore {
         // A finished task frees a concurrency slot or its group's next task.
         inner.notify(queues.iter().map(String::as_str));
         Ok(answers)
+    }
+
+    async fn complete_and_claim(
+        &self,
+        acks: Vec<Ack>,
+        claim: Claim,
+        now: Millis,
+    ) -> Result<AckedAndLeased, StoreError> {
+        let inner = &*self.inner;
+        if acks.is_empty() {
+            return Ok((Vec::new(), self.claim(claim, now).await?));
+        }
+        let ((answers, queues), leased) =
+            transact!(inner, conn => ops::complete_and_claim(&mut conn, &inner.keys, &acks, &claim, now))?;
+        inner.notify(queues.iter().map(String::as_str));
+        Ok((answers, leased))
     }
 
     async fn fail(&self, nack: Nack, now: Millis) -> Result<Task, StoreError> {

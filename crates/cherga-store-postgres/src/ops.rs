@@ -164,6 +164,12 @@ fn settings_from(found: &[tokio_postgres::Row]) -> Tx<Option<QueueSettings>> {
 
 /// Saves `tasks`, moves the heads of `groups` and commits, in one round trip.
 async fn save_and_commit(c: &mut Conn, tasks: &[&Task], groups: &BTreeSet<(String, String)>) -> Tx<()> {
+    save(c, tasks, groups, true).await
+}
+
+/// Saves `tasks` and moves the heads of `groups` in one round trip, and commits
+/// with them when `commit`; otherwise the transaction stays open.
+async fn save(c: &mut Conn, tasks: &[&Task], groups: &BTreeSet<(String, String)>, commit: bool) -> Tx<()> {
     let mut changed = ChangedRows::default();
     for task in tasks {
         changed.push(task);
@@ -179,7 +185,11 @@ async fn save_and_commit(c: &mut Conn, tasks: &[&Task], groups: &BTreeSet<(Strin
     if !groups.is_empty() {
         steps.push((REFRESH_HEADS, &refresh));
     }
-    c.commit_with(&steps).await?;
+    if commit {
+        c.commit_with(&steps).await?;
+    } else if !steps.is_empty() {
+        c.run(&steps).await?;
+    }
     Ok(())
 }
 
@@ -421,8 +431,13 @@ const SELECT_CLAIMABLE: &str = concat!(
 /// head with no member of the group running. Rows another transaction holds are
 /// skipped, so claims on several nodes never hand out one task twice.
 pub async fn claim(c: &mut Conn, keys: &Keys, claim: &Claim, now: Millis) -> Tx<Vec<Task>> {
-    let queue = claim.queue.as_str();
     c.begin();
+    lease_and_commit(c, keys, claim, now).await
+}
+
+/// The claim of [`claim`] inside the open transaction, which it commits.
+async fn lease_and_commit(c: &mut Conn, keys: &Keys, claim: &Claim, now: Millis) -> Tx<Vec<Task>> {
+    let queue = claim.queue.as_str();
     let settings = match settings_from(&c.query(SELECT_QUEUE, &[&queue]).await?)? {
         Some(settings) => settings,
         None => create_queue(c, queue, now).await?,
@@ -465,13 +480,50 @@ pub async fn claim(c: &mut Conn, keys: &Keys, claim: &Claim, now: Millis) -> Tx<
 /// Acknowledges a batch in one transaction and two round trips: the group locks
 /// and one row lock each (in `seq` order), then one `UPDATE` for all and the
 /// commit. Also returns the queues where a task finished.
-pub async fn complete(
+pub async fn complete(c: &mut Conn, keys: &Keys, acks: &[Ack], now: Millis) -> Tx<Completed> {
+    c.begin();
+    let (answers, to_save, groups) = acknowledge(c, keys, acks, now).await?;
+    save_and_commit(c, &to_save.iter().collect::<Vec<_>>(), &groups).await?;
+    Ok(completed(answers, &to_save))
+}
+
+/// What [`complete`] answers: an answer per ack, and the queues where a task
+/// finished.
+pub type Completed = (Vec<Result<Task, StoreError>>, BTreeSet<String>);
+
+fn completed(answers: Vec<Result<Task, StoreError>>, saved: &[Task]) -> Completed {
+    (answers, saved.iter().map(|t| t.queue.clone()).collect())
+}
+
+/// Acknowledges `acks` as [`complete`] does, then claims as [`claim`] does, in
+/// one transaction and one commit. Lock order: the acks take group locks, then
+/// their row locks; the claim then takes the queue lock (a queue with a
+/// concurrency limit only) after those row locks, against the order in the
+/// module's head. No cycle follows: a holder of the queue lock waits for nothing
+/// more (its rows are taken with `SKIP LOCKED` and it takes no group lock).
+pub async fn complete_and_claim(
+    c: &mut Conn,
+    keys: &Keys,
+    acks: &[Ack],
+    claim: &Claim,
+    now: Millis,
+) -> Tx<(Completed, Vec<Task>)> {
+    c.begin();
+    let (answers, to_save, groups) = acknowledge(c, keys, acks, now).await?;
+    // Saved first, so that the claim sees the groups and slots the acks freed.
+    save(c, &to_save.iter().collect::<Vec<_>>(), &groups, false).await?;
+    let leased = lease_and_commit(c, keys, claim, now).await?;
+    Ok((completed(answers, &to_save), leased))
+}
+
+/// The acknowledgements of [`complete`] inside the open transaction: an answer
+/// per ack, the tasks to save and the groups whose heads move.
+async fn acknowledge(
     c: &mut Conn,
     keys: &Keys,
     acks: &[Ack],
     now: Millis,
-) -> Tx<(Vec<Result<Task, StoreError>>, BTreeSet<String>)> {
-    c.begin();
+) -> Tx<(Vec<Result<Task, StoreError>>, Vec<Task>, BTreeSet<(String, String)>)> {
     let seqs: Vec<i64> = acks.iter().filter_map(|a| rows::seq_of(a.task_id)).collect();
     let found = c
         .run(&[(LOCK_GROUPS_OF, &[&seqs, &keys.prefix]), (SELECT_TASKS_FOR_UPDATE, &[&seqs])])
@@ -503,10 +555,8 @@ pub async fn complete(
             Err(refusal) => Err(refusal.into()),
         });
     }
-    let to_save: Vec<&Task> = changed.iter().filter_map(|seq| by_seq.get(seq)).collect();
-    let queues: BTreeSet<String> = to_save.iter().map(|t| t.queue.clone()).collect();
-    save_and_commit(c, &to_save, &groups).await?;
-    Ok((answers, queues))
+    let to_save: Vec<Task> = changed.iter().filter_map(|seq| by_seq.remove(seq)).collect();
+    Ok((answers, to_save, groups))
 }
 
 /// Locks and loads the task `id` (after its group lock when `group_lock`) and the

@@ -1123,6 +1123,30 @@ pub async fn complete_and_claim_acks_first_then_leases<H: Harness>(mut harness: 
     assert_eq!(acked[0].as_ref().expect("b's ack, replayed").state, TaskState::Succeeded);
     assert!(leased.is_empty(), "c runs under the limit of 1");
     assert_counts(&info(&store, "limited").await, &[(TaskState::Running, 1), (TaskState::Succeeded, 2)]);
+
+    // The next task of a group is leased by the very call that acks the one
+    // running before it.
+    for kind in ["g1", "g2"] {
+        create(&store, "grouped", grouped(kind, "g", 0), T0 + 6).await;
+    }
+    let g1 = claim_one(&store, "grouped", "g1", T0 + 7).await;
+    let grouped_claim = Claim { queue: queue_name("grouped"), ..claim(5) };
+    let (acked, leased) = store
+        .complete_and_claim(vec![done(&g1, token(&g1))], grouped_claim.clone(), T0 + 8)
+        .await
+        .expect("complete_and_claim");
+    assert!(acked[0].is_ok(), "g1's ack: {acked:?}");
+    assert_eq!(kinds(&leased), ["g2"], "g1 finished, so g2 heads its group and is leased at once");
+
+    // On a paused queue the acks still take effect; nothing is leased.
+    put(&store, "grouped", QueueSettingsPatch { paused: Some(true), ..Default::default() }, T0 + 9).await;
+    let g2 = &leased[0];
+    let (acked, leased) = store
+        .complete_and_claim(vec![done(g2, token(g2))], grouped_claim, T0 + 10)
+        .await
+        .expect("complete_and_claim");
+    assert!(acked[0].is_ok() && leased.is_empty(), "{acked:?} {leased:?}");
+    assert_eq!(get(&store, g2.id).await.state, TaskState::Succeeded, "the ack on a paused queue is stored");
 }
 
 /// A paused queue takes tasks but leases none.
