@@ -811,12 +811,13 @@ impl Engine {
     pub fn claim(&mut self, claim: Claim, now: Millis) -> Result<Vec<Task>, StoreError> {
         let settings = self.ensure_queue(claim.queue.as_str(), now)?;
         let lease_ms = claim.lease_ms.unwrap_or(settings.lease_ms);
-        let mut leased = Vec::new();
         // Picking again after each lease would be needed only if a lease could make
         // another task eligible; it cannot, so one pick serves the whole claim.
+        let picked = self.mem.index.pick(claim.queue.as_str(), claim.max);
+        let mut leased = Vec::with_capacity(picked.len());
         let mut reader = rows::Reader::new(&self.conn);
         let mut rows = RowWriter::new(&self.conn);
-        for seq in self.mem.index.pick(claim.queue.as_str(), claim.max) {
+        for seq in picked {
             let (mut task, origin) = self.mem.take_seq(&mut reader, seq)?;
             if task.lease(fastrand::u64(..), lease_ms, claim.worker.clone(), now).is_err() {
                 // The index and the tasks disagree: trust the tasks.

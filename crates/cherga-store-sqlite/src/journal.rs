@@ -62,6 +62,9 @@ impl LeaseFields {
     }
 }
 
+/// The most room a new batch is given ahead; larger ones grow as they must.
+const BATCH_ROOM: usize = 1 << 20;
+
 /// The records of one batch, encoded as they are added.
 #[derive(Debug, Default)]
 pub struct Batch {
@@ -69,9 +72,13 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// The encoded row (format byte first) and an empty batch in its place.
+    /// The encoded row (format byte first) and an empty batch in its place, with
+    /// room for as many bytes as this one had (up to [`BATCH_ROOM`]): batches
+    /// under steady load are alike, and one that starts empty grows by doubling,
+    /// copying its records each time.
     pub fn take(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.bytes)
+        let room = self.bytes.len().min(BATCH_ROOM);
+        std::mem::replace(&mut self.bytes, Vec::with_capacity(room))
     }
 
     fn begin(&mut self, tag: u8) {
