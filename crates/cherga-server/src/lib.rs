@@ -25,7 +25,7 @@ mod tests;
 
 use cherga_api::Limits;
 use cherga_core::Millis;
-use cherga_store::Store;
+use cherga_store::{Changed, Effects, Store, StoreError};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -130,6 +130,35 @@ impl Timer {
 }
 
 impl<S: Store> App<S> {
+    /// Applies what a store call changed, here: the one place that decides what a
+    /// change means for this server. Tasks that may have become leasable wake as
+    /// many waiting leases of their queue (every waiter of a queue whose settings
+    /// changed), and a timer earlier than the loop's plan wakes the loop.
+    pub(crate) fn apply(&self, effects: &Effects) {
+        for (queue, n) in effects.leasable() {
+            self.waiters.wake_some(queue, n);
+        }
+        for queue in &effects.queues_changed {
+            self.waiters.wake(queue);
+        }
+        if let Some(at) = effects.next_timer() {
+            self.timer.due_by(at);
+        }
+    }
+
+    /// Awaits a state-changing store call, applies its effects and answers its value.
+    ///
+    /// # Errors
+    /// The store's error (which changed nothing).
+    pub(crate) async fn change<T>(
+        &self,
+        call: impl Future<Output = Result<Changed<T>, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let changed = call.await?;
+        self.apply(&changed.effects);
+        Ok(changed.value)
+    }
+
     /// The shared state for a router over `store`. The returned sender starts a
     /// shutdown when it sends `true`.
     pub fn new(store: Arc<S>, config: &ServerConfig) -> (Arc<Self>, watch::Sender<bool>) {
@@ -194,12 +223,9 @@ impl<S: Store> App<S> {
         let mut failures = 0u32;
         loop {
             let now = now_ms();
-            let next = match self.store.tick(now).await {
+            let next = match self.change(self.store.tick(now)).await {
                 Ok(report) => {
                     failures = 0;
-                    for queue in &report.woken_queues {
-                        self.waiters.wake(queue);
-                    }
                     if report.expired > 0 || report.purged > 0 {
                         tracing::debug!(
                             expired = report.expired,

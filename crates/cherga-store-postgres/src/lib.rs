@@ -28,10 +28,10 @@ mod pool;
 mod rows;
 mod schema;
 
-use cherga_core::{Millis, NewTask, QueueName, QueueSettingsPatch, Task, TaskId, TaskState};
+use cherga_core::{Millis, NewTask, QueueName, QueueSettingsPatch, Task, TaskId};
 use cherga_store::{
-    Ack, AckedAndLeased, Claim, Enqueued, ListTasks, Nack, QueueInfo, Revocation, Store, StoreError,
-    TickReport,
+    Ack, AckedAndLeased, Changed, Claim, Effects, Enqueued, ListTasks, Nack, QueueInfo, Revocation, Store,
+    StoreError, TickReport,
 };
 use ops::{Keys, TxError};
 use pool::{OwnPids, Pool, PoolError};
@@ -453,26 +453,31 @@ async fn listen_once(inner: &Inner, wake: &Wake, own_pids: &OwnPids) -> Result<(
     }
 }
 
+impl PgStore {
+    /// Tells other nodes about what a committed call made leasable, and passes its
+    /// answer on.
+    fn announce<T>(&self, changed: Changed<T>) -> Changed<T> {
+        let effects = &changed.effects;
+        let leasable = effects.leasable().into_iter().map(|(queue, _)| queue);
+        self.inner.notify(leasable.chain(effects.queues_changed.iter().map(String::as_str)));
+        changed
+    }
+}
+
 impl Store for PgStore {
     async fn enqueue(
         &self,
         queue: QueueName,
         tasks: Vec<NewTask>,
         now: Millis,
-    ) -> Result<Vec<Result<Enqueued, StoreError>>, StoreError> {
+    ) -> Result<Changed<Vec<Result<Enqueued, StoreError>>>, StoreError> {
         let inner = &*self.inner;
-        let answers =
+        let changed =
             transact!(inner, conn => ops::enqueue(&mut conn, &inner.keys, queue.as_str(), &tasks, now))?;
-        let ready = answers
-            .iter()
-            .any(|a| matches!(a, Ok(Enqueued::Created(task)) if task.state == TaskState::Ready));
-        if ready {
-            inner.notify([queue.as_str()]);
-        }
-        Ok(answers)
+        Ok(self.announce(changed))
     }
 
-    async fn claim(&self, claim: Claim, now: Millis) -> Result<Vec<Task>, StoreError> {
+    async fn claim(&self, claim: Claim, now: Millis) -> Result<Changed<Vec<Task>>, StoreError> {
         let inner = &*self.inner;
         transact!(inner, conn => ops::claim(&mut conn, &inner.keys, &claim, now))
     }
@@ -481,12 +486,10 @@ impl Store for PgStore {
         &self,
         acks: Vec<Ack>,
         now: Millis,
-    ) -> Result<Vec<Result<Task, StoreError>>, StoreError> {
+    ) -> Result<Changed<Vec<Result<Task, StoreError>>>, StoreError> {
         let inner = &*self.inner;
-        let (answers, queues) = transact!(inner, conn => ops::complete(&mut conn, &inner.keys, &acks, now))?;
-        // A finished task frees a concurrency slot or its group's next task.
-        inner.notify(queues.iter().map(String::as_str));
-        Ok(answers)
+        let changed = transact!(inner, conn => ops::complete(&mut conn, &inner.keys, &acks, now))?;
+        Ok(self.announce(changed))
     }
 
     async fn complete_and_claim(
@@ -494,24 +497,20 @@ impl Store for PgStore {
         acks: Vec<Ack>,
         claim: Claim,
         now: Millis,
-    ) -> Result<AckedAndLeased, StoreError> {
+    ) -> Result<Changed<AckedAndLeased>, StoreError> {
         let inner = &*self.inner;
         if acks.is_empty() {
-            return Ok((Vec::new(), self.claim(claim, now).await?));
+            return Ok(self.claim(claim, now).await?.map(|leased| (Vec::new(), leased)));
         }
-        let ((answers, queues), leased) =
+        let changed =
             transact!(inner, conn => ops::complete_and_claim(&mut conn, &inner.keys, &acks, &claim, now))?;
-        inner.notify(queues.iter().map(String::as_str));
-        Ok((answers, leased))
+        Ok(self.announce(changed))
     }
 
-    async fn fail(&self, nack: Nack, now: Millis) -> Result<Task, StoreError> {
+    async fn fail(&self, nack: Nack, now: Millis) -> Result<Changed<Task>, StoreError> {
         let inner = &*self.inner;
-        let (task, applied) = transact!(inner, conn => ops::fail(&mut conn, &inner.keys, &nack, now))?;
-        if applied {
-            inner.notify([task.queue.as_str()]);
-        }
-        Ok(task)
+        let changed = transact!(inner, conn => ops::fail(&mut conn, &inner.keys, &nack, now))?;
+        Ok(self.announce(changed))
     }
 
     async fn extend_lease(
@@ -520,25 +519,21 @@ impl Store for PgStore {
         token: String,
         lease_ms: i64,
         now: Millis,
-    ) -> Result<Task, StoreError> {
+    ) -> Result<Changed<Task>, StoreError> {
         let inner = &*self.inner;
         transact!(inner, conn => ops::extend_lease(&mut conn, &inner.keys, task_id, &token, lease_ms, now))
     }
 
-    async fn cancel(&self, task_id: TaskId, now: Millis) -> Result<Task, StoreError> {
+    async fn cancel(&self, task_id: TaskId, now: Millis) -> Result<Changed<Task>, StoreError> {
         let inner = &*self.inner;
-        let (task, applied) = transact!(inner, conn => ops::cancel(&mut conn, &inner.keys, task_id, now))?;
-        if applied && task.group.is_some() {
-            inner.notify([task.queue.as_str()]);
-        }
-        Ok(task)
+        let changed = transact!(inner, conn => ops::cancel(&mut conn, &inner.keys, task_id, now))?;
+        Ok(self.announce(changed))
     }
 
-    async fn retry_dead(&self, task_id: TaskId, now: Millis) -> Result<Task, StoreError> {
+    async fn retry_dead(&self, task_id: TaskId, now: Millis) -> Result<Changed<Task>, StoreError> {
         let inner = &*self.inner;
-        let task = transact!(inner, conn => ops::retry_dead(&mut conn, &inner.keys, task_id, now))?;
-        inner.notify([task.queue.as_str()]);
-        Ok(task)
+        let changed = transact!(inner, conn => ops::retry_dead(&mut conn, &inner.keys, task_id, now))?;
+        Ok(self.announce(changed))
     }
 
     async fn get_task(&self, task_id: TaskId) -> Result<Task, StoreError> {
@@ -554,12 +549,10 @@ impl Store for PgStore {
         queue: QueueName,
         patch: QueueSettingsPatch,
         now: Millis,
-    ) -> Result<QueueInfo, StoreError> {
+    ) -> Result<Changed<QueueInfo>, StoreError> {
         let inner = &*self.inner;
-        let info = transact!(inner, conn => ops::put_queue(&mut conn, queue.as_str(), &patch, now))?;
-        // An unpaused queue or a raised limit may let waiting workers lease.
-        inner.notify([queue.as_str()]);
-        Ok(info)
+        let changed = transact!(inner, conn => ops::put_queue(&mut conn, queue.as_str(), &patch, now))?;
+        Ok(self.announce(changed))
     }
 
     async fn get_queue(&self, queue: QueueName) -> Result<QueueInfo, StoreError> {
@@ -570,22 +563,23 @@ impl Store for PgStore {
         transact!(&*self.inner, conn => ops::list_queues(&mut conn))
     }
 
-    async fn tick(&self, now: Millis) -> Result<TickReport, StoreError> {
+    async fn tick(&self, now: Millis) -> Result<Changed<TickReport>, StoreError> {
         let inner = &*self.inner;
-        let promoted = transact!(inner, conn => ops::promote(&mut conn, now))?;
+        // Each step commits on its own: what a later one fails to do, the next tick does.
+        let mut transitions = transact!(inner, conn => ops::promote(&mut conn, now))?;
         let expired = transact!(inner, conn => ops::expire(&mut conn, &inner.keys, now))?;
         let mut report =
-            TickReport { promoted: promoted.len(), expired: expired.len(), ..TickReport::default() };
+            TickReport { promoted: transitions.len(), expired: expired.len(), ..TickReport::default() };
+        transitions.extend(expired);
         let last = inner.last_purge.load(Ordering::Relaxed);
         if now.saturating_sub(last) >= PURGE_EVERY_MS {
             inner.last_purge.store(now, Ordering::Relaxed);
-            report.purged = transact!(inner, conn => ops::purge(&mut conn, now))?;
+            let purged = transact!(inner, conn => ops::purge(&mut conn, now))?;
+            report.purged = purged.len();
+            transitions.extend(purged);
         }
         report.next_timer = transact!(inner, conn => ops::next_timer(&mut conn))?;
-        let woken: BTreeSet<String> = promoted.into_iter().chain(expired).collect();
-        inner.notify(woken.iter().map(String::as_str));
-        report.woken_queues = woken.into_iter().collect();
-        Ok(report)
+        Ok(self.announce(Changed::new(report, Effects { transitions, ..Effects::none() })))
     }
 
     async fn revoke_token(&self, revocation: Revocation, now: Millis) -> Result<(), StoreError> {

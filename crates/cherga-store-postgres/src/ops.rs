@@ -20,10 +20,12 @@
 use crate::pool::{CommitError, Conn, Params, Step};
 use crate::rows::{self, ChangedRows, INSERT_TASKS, NewRows, UPDATE_TASKS, queue_columns, task_columns};
 use cherga_core::{
-    AckOutcome, LeaseToken, Millis, NewTask, QueueSettings, QueueSettingsPatch, Refusal, Task, TaskId,
-    TaskState, fingerprint,
+    AckOutcome, Change, LeaseToken, Millis, NewTask, QueueSettings, QueueSettingsPatch, Refusal, Task,
+    TaskId, TaskState, Transition, fingerprint,
 };
-use cherga_store::{Ack, Claim, Enqueued, ListTasks, Nack, QueueInfo, Revocation, StoreError};
+use cherga_store::{
+    Ack, Changed, Claim, Effects, Enqueued, ListTasks, Nack, QueueInfo, Revocation, StoreError,
+};
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 /// Why a transaction did not return its value.
@@ -275,7 +277,7 @@ pub async fn enqueue(
     queue: &str,
     tasks: &[NewTask],
     now: Millis,
-) -> Tx<Vec<Result<Enqueued, StoreError>>> {
+) -> Tx<Changed<Vec<Result<Enqueued, StoreError>>>> {
     c.begin();
     let group_locks: Vec<String> =
         tasks.iter().filter_map(|t| t.group.as_deref()).map(|g| keys.group(queue, g)).collect();
@@ -355,9 +357,11 @@ pub async fn enqueue(
     };
     let mut new_rows = NewRows::default();
     let mut groups = BTreeSet::new();
+    let mut effects = Effects::none();
     for (plan, new) in plans.iter().zip(tasks) {
         if let (Plan::Plain(task) | Plan::Keyed(task), true) = (plan, is_new(plan, new)) {
             new_rows.push(task);
+            effects.transitions.push(Transition::of(task, Change::Enqueued, None, now));
             if let Some(group) = &task.group {
                 groups.insert((queue.to_owned(), group.clone()));
             }
@@ -404,7 +408,7 @@ pub async fn enqueue(
         };
         answers.push(answer);
     }
-    Ok(answers)
+    Ok(Changed::new(answers, effects))
 }
 
 // ---------------------------------------------------------------------------
@@ -430,9 +434,16 @@ const SELECT_CLAIMABLE: &str = concat!(
 /// Leases the best claimable tasks: ready, and for a grouped task the group's
 /// head with no member of the group running. Rows another transaction holds are
 /// skipped, so claims on several nodes never hand out one task twice.
-pub async fn claim(c: &mut Conn, keys: &Keys, claim: &Claim, now: Millis) -> Tx<Vec<Task>> {
+pub async fn claim(c: &mut Conn, keys: &Keys, claim: &Claim, now: Millis) -> Tx<Changed<Vec<Task>>> {
     c.begin();
-    lease_and_commit(c, keys, claim, now).await
+    let leased = lease_and_commit(c, keys, claim, now).await?;
+    let effects = Effects { transitions: leases(&leased, now), ..Effects::none() };
+    Ok(Changed::new(leased, effects))
+}
+
+/// The transitions of the tasks a claim leased.
+fn leases(leased: &[Task], now: Millis) -> Vec<Transition> {
+    leased.iter().map(|task| Transition::of(task, Change::Leased, Some(TaskState::Ready), now)).collect()
 }
 
 /// The claim of [`claim`] inside the open transaction, which it commits.
@@ -479,20 +490,22 @@ async fn lease_and_commit(c: &mut Conn, keys: &Keys, claim: &Claim, now: Millis)
 
 /// Acknowledges a batch in one transaction and two round trips: the group locks
 /// and one row lock each (in `seq` order), then one `UPDATE` for all and the
-/// commit. Also returns the queues where a task finished.
-pub async fn complete(c: &mut Conn, keys: &Keys, acks: &[Ack], now: Millis) -> Tx<Completed> {
+/// commit.
+pub async fn complete(
+    c: &mut Conn,
+    keys: &Keys,
+    acks: &[Ack],
+    now: Millis,
+) -> Tx<Changed<Vec<Result<Task, StoreError>>>> {
     c.begin();
     let (answers, to_save, groups) = acknowledge(c, keys, acks, now).await?;
     save_and_commit(c, &to_save.iter().collect::<Vec<_>>(), &groups).await?;
-    Ok(completed(answers, &to_save))
+    Ok(Changed::new(answers, Effects { transitions: acked(&to_save, now), ..Effects::none() }))
 }
 
-/// What [`complete`] answers: an answer per ack, and the queues where a task
-/// finished.
-pub type Completed = (Vec<Result<Task, StoreError>>, BTreeSet<String>);
-
-fn completed(answers: Vec<Result<Task, StoreError>>, saved: &[Task]) -> Completed {
-    (answers, saved.iter().map(|t| t.queue.clone()).collect())
+/// The transitions of the tasks acks finished.
+fn acked(saved: &[Task], now: Millis) -> Vec<Transition> {
+    saved.iter().map(|task| Transition::of(task, Change::Acked, Some(TaskState::Running), now)).collect()
 }
 
 /// Acknowledges `acks` as [`complete`] does, then claims as [`claim`] does, in
@@ -507,13 +520,15 @@ pub async fn complete_and_claim(
     acks: &[Ack],
     claim: &Claim,
     now: Millis,
-) -> Tx<(Completed, Vec<Task>)> {
+) -> Tx<Changed<(Vec<Result<Task, StoreError>>, Vec<Task>)>> {
     c.begin();
     let (answers, to_save, groups) = acknowledge(c, keys, acks, now).await?;
     // Saved first, so that the claim sees the groups and slots the acks freed.
     save(c, &to_save.iter().collect::<Vec<_>>(), &groups, false).await?;
     let leased = lease_and_commit(c, keys, claim, now).await?;
-    Ok((completed(answers, &to_save), leased))
+    let mut transitions = acked(&to_save, now);
+    transitions.extend(leases(&leased, now));
+    Ok(Changed::new((answers, leased), Effects { transitions, ..Effects::none() }))
 }
 
 /// The acknowledgements of [`complete`] inside the open transaction: an answer
@@ -583,21 +598,34 @@ async fn load_for_update(
     Ok((task, settings))
 }
 
-pub async fn fail(c: &mut Conn, keys: &Keys, nack: &Nack, now: Millis) -> Tx<(Task, bool)> {
+pub async fn fail(c: &mut Conn, keys: &Keys, nack: &Nack, now: Millis) -> Tx<Changed<Task>> {
     c.begin();
     let (mut task, settings) = load_for_update(c, keys, nack.task_id, true).await?;
     let token = LeaseToken::from_string(nack.token.clone());
     let error = rows::storable(nack.error.as_deref());
     let outcome = task.nack(&token, error, nack.retry_in_ms, nack.dead, &settings, fastrand::f64(), now)?;
-    let applied = outcome == AckOutcome::Applied;
-    if applied {
-        let mut groups = BTreeSet::new();
-        changed_group(TaskState::Running, &task, &mut groups);
-        save_and_commit(c, &[&task], &groups).await?;
-    } else {
+    settle_one(c, task, outcome, Change::Nacked, TaskState::Running, now).await
+}
+
+/// Saves `task`, moved by `change` out of `was`, and commits; a replayed change
+/// only commits (there is nothing to save).
+async fn settle_one(
+    c: &mut Conn,
+    task: Task,
+    outcome: AckOutcome,
+    change: Change,
+    was: TaskState,
+    now: Millis,
+) -> Tx<Changed<Task>> {
+    if outcome == AckOutcome::Replayed {
         c.commit().await?;
+        return Ok(Changed::nothing(task));
     }
-    Ok((task, applied))
+    let mut groups = BTreeSet::new();
+    changed_group(was, &task, &mut groups);
+    save_and_commit(c, &[&task], &groups).await?;
+    let transition = Transition::of(&task, change, Some(was), now);
+    Ok(Changed::new(task, Effects { transitions: vec![transition], ..Effects::none() }))
 }
 
 pub async fn extend_lease(
@@ -607,39 +635,35 @@ pub async fn extend_lease(
     token: &str,
     lease_ms: i64,
     now: Millis,
-) -> Tx<Task> {
+) -> Tx<Changed<Task>> {
     c.begin();
     // No group lock: a heartbeat does not change which tasks are unfinished.
     let (mut task, _) = load_for_update(c, keys, task_id, false).await?;
     task.extend(&LeaseToken::from_string(token.to_owned()), lease_ms, now)?;
     save_and_commit(c, &[&task], &BTreeSet::new()).await?;
-    Ok(task)
+    // A longer lease is no transition: the task stays running.
+    Ok(Changed::nothing(task))
 }
 
-pub async fn cancel(c: &mut Conn, keys: &Keys, task_id: TaskId, now: Millis) -> Tx<(Task, bool)> {
+pub async fn cancel(c: &mut Conn, keys: &Keys, task_id: TaskId, now: Millis) -> Tx<Changed<Task>> {
     c.begin();
     let (mut task, _) = load_for_update(c, keys, task_id, true).await?;
     let was = task.state;
-    let applied = task.cancel(now)? == AckOutcome::Applied;
-    if applied {
-        let mut groups = BTreeSet::new();
-        changed_group(was, &task, &mut groups);
-        save_and_commit(c, &[&task], &groups).await?;
-    } else {
-        c.commit().await?;
-    }
-    Ok((task, applied))
+    let outcome = task.cancel(now)?;
+    settle_one(c, task, outcome, Change::Cancelled, was, now).await
 }
 
 /// Sends a dead task back to ready. In a group it is older than the group's
 /// current head (or the group has none), so it becomes the head.
-pub async fn retry_dead(c: &mut Conn, keys: &Keys, task_id: TaskId, now: Millis) -> Tx<Task> {
+pub async fn retry_dead(c: &mut Conn, keys: &Keys, task_id: TaskId, now: Millis) -> Tx<Changed<Task>> {
     c.begin();
     let (mut task, settings) = load_for_update(c, keys, task_id, true).await?;
     task.retry(settings.max_attempts, now)?;
+    let transition = Transition::of(&task, Change::Retried, Some(TaskState::Dead), now);
+    let effects = Effects { transitions: vec![transition], ..Effects::none() };
     let Some(group) = task.group.clone() else {
         save_and_commit(c, &[&task], &BTreeSet::new()).await?;
-        return Ok(task);
+        return Ok(Changed::new(task, effects));
     };
     let mut changed = ChangedRows::default();
     changed.push(&task);
@@ -657,7 +681,7 @@ pub async fn retry_dead(c: &mut Conn, keys: &Keys, task_id: TaskId, now: Millis)
         (REFRESH_HEADS, &[&queues, &groups]),
     ])
     .await?;
-    Ok(task)
+    Ok(Changed::new(task, effects))
 }
 
 // ---------------------------------------------------------------------------
@@ -741,7 +765,12 @@ pub async fn list_queues(c: &mut Conn) -> Tx<Vec<QueueInfo>> {
     Ok(queues)
 }
 
-pub async fn put_queue(c: &mut Conn, queue: &str, patch: &QueueSettingsPatch, now: Millis) -> Tx<QueueInfo> {
+pub async fn put_queue(
+    c: &mut Conn,
+    queue: &str,
+    patch: &QueueSettingsPatch,
+    now: Millis,
+) -> Tx<Changed<QueueInfo>> {
     c.begin();
     // Create first and then lock the row, so that concurrent patches of one queue
     // apply one after the other; a refused patch rolls the creation back.
@@ -777,7 +806,8 @@ pub async fn put_queue(c: &mut Conn, queue: &str, patch: &QueueSettingsPatch, no
         ])
         .await?;
     let counts = counts_from(&results.pop().expect("counts"));
-    Ok(QueueInfo { name: queue.to_owned(), settings: s, counts })
+    let effects = Effects { queues_changed: vec![queue.to_owned()], ..Effects::none() };
+    Ok(Changed::new(QueueInfo { name: queue.to_owned(), settings: s, counts }, effects))
 }
 
 // ---------------------------------------------------------------------------
@@ -786,24 +816,38 @@ pub async fn put_queue(c: &mut Conn, queue: &str, patch: &QueueSettingsPatch, no
 
 /// `scheduled → ready` for tasks whose `run_at` passed, as `Task::promote` does
 /// (state and `updated_at`, nothing else), in one statement: loading whole rows
-/// to flip two columns would only move payloads back and forth. Returns the
-/// queues of the promoted tasks.
-pub async fn promote(c: &mut Conn, now: Millis) -> Tx<Vec<String>> {
+/// to flip two columns would only move payloads back and forth. Returns their
+/// transitions.
+pub async fn promote(c: &mut Conn, now: Millis) -> Tx<Vec<Transition>> {
     let found = c
         .query(
             "UPDATE tasks SET state = 1, updated_at = $1 \
              WHERE seq IN (SELECT seq FROM tasks WHERE state = 0 AND run_at <= $1 \
                            ORDER BY run_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
-             RETURNING queue",
+             RETURNING id, queue, kind, attempts",
             &[&now, &TICK_LIMIT],
         )
         .await?;
-    Ok(found.iter().map(|row| row.get(0)).collect())
+    found
+        .iter()
+        .map(|row| {
+            Ok(Transition {
+                task_id: rows::task_id_at(row, 0)?,
+                queue: row.get(1),
+                kind: row.get(2),
+                change: Change::Promoted,
+                from: Some(TaskState::Scheduled),
+                to: Some(TaskState::Ready),
+                attempt: rows::attempts_at(row, 3)?,
+                at: now,
+                due: None,
+            })
+        })
+        .collect()
 }
 
-/// Ends leases past their expiry with `Task::expire`. Returns the queues of the
-/// expired tasks.
-pub async fn expire(c: &mut Conn, keys: &Keys, now: Millis) -> Tx<Vec<String>> {
+/// Ends leases past their expiry with `Task::expire`. Returns their transitions.
+pub async fn expire(c: &mut Conn, keys: &Keys, now: Millis) -> Tx<Vec<Transition>> {
     let due = c
         .query(
             "SELECT seq FROM tasks WHERE state = 2 AND lease_expires_at <= $1 ORDER BY lease_expires_at LIMIT $2",
@@ -857,12 +901,16 @@ pub async fn expire(c: &mut Conn, keys: &Keys, now: Millis) -> Tx<Vec<String>> {
         }
     }
     save_and_commit(c, &expired, &groups).await?;
-    Ok(expired.iter().map(|t| t.queue.clone()).collect())
+    Ok(expired
+        .iter()
+        .map(|task| Transition::of(task, Change::Expired, Some(TaskState::Running), now))
+        .collect())
 }
 
 /// Deletes finished tasks past their queue's retention (unless an idempotency
-/// key inside its window names them), then forgets expired keys.
-pub async fn purge(c: &mut Conn, now: Millis) -> Tx<usize> {
+/// key inside its window names them), then forgets expired keys. Returns the
+/// transitions of the purged tasks.
+pub async fn purge(c: &mut Conn, now: Millis) -> Tx<Vec<Transition>> {
     let results = c
         .run(&[
             (
@@ -875,7 +923,7 @@ pub async fn purge(c: &mut Conn, now: Millis) -> Tx<usize> {
                          SELECT 1 FROM idempotency_keys k WHERE k.queue = t.queue AND k.key = t.idem_key \
                          AND k.task_seq = t.seq AND k.expires_at > $1)) \
                      ORDER BY t.finished_at LIMIT $2 FOR UPDATE SKIP LOCKED) AS d) \
-                 RETURNING 1",
+                 RETURNING id, queue, kind, state, attempts",
                 &[&now, &TICK_LIMIT],
             ),
             (
@@ -887,7 +935,15 @@ pub async fn purge(c: &mut Conn, now: Millis) -> Tx<usize> {
             ("DELETE FROM revoked_tokens WHERE expires_at <= $1", &[&now]),
         ])
         .await?;
-    Ok(results.first().map_or(0, Vec::len))
+    let deleted = results.first().map_or(&[][..], Vec::as_slice);
+    deleted
+        .iter()
+        .map(|row| {
+            let (queue, kind): (&str, &str) = (row.get(1), row.get(2));
+            let (state, attempts) = (rows::state_at(row, 3)?, rows::attempts_at(row, 4)?);
+            Ok(Transition::purged(rows::task_id_at(row, 0)?, queue, kind, state, attempts, now))
+        })
+        .collect()
 }
 
 /// When the next scheduled task is due or the next lease expires.

@@ -167,7 +167,11 @@ async fn racing_nodes_keep_groups_limits_and_single_delivery() {
     let stores = nodes(&schema, 3).await;
     let limit = 4;
     let patch = QueueSettingsPatch { concurrency: Some(Some(limit)), ..Default::default() };
-    stores[0].put_queue(queue_name("race"), patch, T0).await.expect("put_queue");
+    stores[0]
+        .put_queue(queue_name("race"), patch, T0)
+        .await
+        .map(cherga_store::Changed::into_value)
+        .expect("put_queue");
     let (n_groups, per_group, n_free) = (6, 20, 60);
     let mut batch = Vec::new();
     for i in 0..per_group {
@@ -186,7 +190,11 @@ async fn racing_nodes_keep_groups_limits_and_single_delivery() {
     // Enqueued through all three nodes, in three slices, so numbering interleaves.
     let third = total.div_ceil(3);
     for (node, slice) in batch.chunks(third).enumerate() {
-        let items = stores[node].enqueue(queue_name("race"), slice.to_vec(), T0).await.expect("enqueue");
+        let items = stores[node]
+            .enqueue(queue_name("race"), slice.to_vec(), T0)
+            .await
+            .map(cherga_store::Changed::into_value)
+            .expect("enqueue");
         assert!(items.iter().all(|i| matches!(i, Ok(Enqueued::Created(_)))), "{items:?}");
     }
 
@@ -213,7 +221,8 @@ async fn racing_nodes_keep_groups_limits_and_single_delivery() {
                     lease_ms: Some(3_600_000),
                     worker: Some(format!("w{w}")),
                 };
-                let leased = store.claim(claim, T0 + 1).await.expect("claim");
+                let leased =
+                    store.claim(claim, T0 + 1).await.map(cherga_store::Changed::into_value).expect("claim");
                 if leased.is_empty() {
                     if seen.lock().unwrap().acked == total {
                         return;
@@ -262,7 +271,8 @@ async fn racing_nodes_keep_groups_limits_and_single_delivery() {
                     .iter()
                     .map(|t| Ack { task_id: t.id, token: token(t), result: Some("1".into()) })
                     .collect();
-                let results = store.complete(acks, T0 + 2).await.expect("ack");
+                let results =
+                    store.complete(acks, T0 + 2).await.map(cherga_store::Changed::into_value).expect("ack");
                 for result in &results {
                     assert!(result.is_ok(), "ack refused: {result:?}");
                 }
@@ -314,11 +324,21 @@ async fn duplicates_through_several_nodes_make_one_task_per_key() {
             if p % 4 == 0 {
                 let mut out = Vec::new();
                 for task in batch {
-                    out.extend(store.enqueue(queue_name("pay"), vec![task], T0).await.expect("enqueue"));
+                    out.extend(
+                        store
+                            .enqueue(queue_name("pay"), vec![task], T0)
+                            .await
+                            .map(cherga_store::Changed::into_value)
+                            .expect("enqueue"),
+                    );
                 }
                 out
             } else {
-                store.enqueue(queue_name("pay"), batch, T0).await.expect("batch enqueue")
+                store
+                    .enqueue(queue_name("pay"), batch, T0)
+                    .await
+                    .map(cherga_store::Changed::into_value)
+                    .expect("batch enqueue")
             }
         }));
     }
@@ -342,7 +362,11 @@ async fn duplicates_through_several_nodes_make_one_task_per_key() {
     assert_eq!(stored.len(), keys.len());
     // One group: exactly one head, so exactly one task leasable.
     let claim = Claim { queue: queue_name("pay"), max: 100, lease_ms: None, worker: None };
-    assert_eq!(stores[0].claim(claim, T0).await.expect("claim").len(), 1, "one task of the group at a time");
+    assert_eq!(
+        stores[0].claim(claim, T0).await.map(cherga_store::Changed::into_value).expect("claim").len(),
+        1,
+        "one task of the group at a time"
+    );
 }
 
 /// Three nodes run the timers at once over many expired leases and due tasks:
@@ -352,22 +376,36 @@ async fn timers_running_on_several_nodes_move_each_task_once() {
     let Some(schema) = Schema::fresh() else { return };
     let stores = nodes(&schema, 3).await;
     let patch = QueueSettingsPatch { max_attempts: Some(5), ..Default::default() };
-    stores[0].put_queue(queue_name("t"), patch, T0).await.expect("put_queue");
+    stores[0]
+        .put_queue(queue_name("t"), patch, T0)
+        .await
+        .map(cherga_store::Changed::into_value)
+        .expect("put_queue");
     let n = 600;
     let batch: Vec<NewTask> = (0..n)
         .map(|i| NewTask { group: (i % 3 == 0).then(|| format!("g{}", i % 30)), ..new_task("x") })
         .collect();
-    stores[0].enqueue(queue_name("t"), batch, T0).await.expect("enqueue");
+    stores[0]
+        .enqueue(queue_name("t"), batch, T0)
+        .await
+        .map(cherga_store::Changed::into_value)
+        .expect("enqueue");
     let claim = Claim { queue: queue_name("t"), max: 1000, lease_ms: Some(1_000), worker: None };
-    let leased = stores[1].claim(claim, T0).await.expect("claim");
+    let leased = stores[1].claim(claim, T0).await.map(cherga_store::Changed::into_value).expect("claim");
     let delayed: Vec<NewTask> =
         (0..n).map(|_| NewTask { run_at: Some(T0 + 500), ..new_task("later") }).collect();
-    stores[2].enqueue(queue_name("t"), delayed, T0).await.expect("enqueue delayed");
+    stores[2]
+        .enqueue(queue_name("t"), delayed, T0)
+        .await
+        .map(cherga_store::Changed::into_value)
+        .expect("enqueue delayed");
 
     let mut tickers = Vec::new();
     for store in &stores {
         let store = store.clone();
-        tickers.push(tokio::spawn(async move { store.tick(T0 + 2_000).await.expect("tick") }));
+        tickers.push(tokio::spawn(async move {
+            store.tick(T0 + 2_000).await.map(cherga_store::Changed::into_value).expect("tick")
+        }));
     }
     let (mut promoted, mut expired) = (0, 0);
     for ticker in tickers {
@@ -409,7 +447,11 @@ async fn nodes_starting_at_once_migrate_once() {
         .collect();
     let expected: Vec<i32> = (1..=versions.len() as i32).collect();
     assert_eq!(versions, expected, "each version applied once, none skipped");
-    let created = stores[3].enqueue(queue_name("q"), vec![new_task("a")], T0).await.expect("enqueue");
+    let created = stores[3]
+        .enqueue(queue_name("q"), vec![new_task("a")], T0)
+        .await
+        .map(cherga_store::Changed::into_value)
+        .expect("enqueue");
     assert!(matches!(created[0], Ok(Enqueued::Created(_))));
     for store in stores {
         store.close().await;
@@ -457,28 +499,32 @@ async fn work_on_one_node_wakes_the_other() {
     stores[0]
         .enqueue(queue_name("n"), vec![NewTask { group: Some("g".into()), ..new_task("a") }], T0)
         .await
+        .map(cherga_store::Changed::into_value)
         .unwrap();
     woken(&mut wakes, "n", Duration::from_secs(2)).await;
 
     stores[0]
         .enqueue(queue_name("n"), vec![NewTask { group: Some("g".into()), ..new_task("b") }], T0)
         .await
+        .map(cherga_store::Changed::into_value)
         .unwrap();
     let claim = Claim { queue: queue_name("n"), max: 10, lease_ms: None, worker: None };
-    let leased = stores[0].claim(claim, T0).await.unwrap();
+    let leased = stores[0].claim(claim, T0).await.map(cherga_store::Changed::into_value).unwrap();
     assert_eq!(leased.len(), 1);
     while wakes.try_recv().is_ok() {}
     stores[0]
         .complete(vec![Ack { task_id: leased[0].id, token: token(&leased[0]), result: None }], T0)
         .await
+        .map(cherga_store::Changed::into_value)
         .unwrap();
     woken(&mut wakes, "n", Duration::from_secs(2)).await;
 
     stores[0]
         .enqueue(queue_name("later"), vec![NewTask { run_at: Some(T0 + 10), ..new_task("c") }], T0)
         .await
+        .map(cherga_store::Changed::into_value)
         .unwrap();
-    stores[0].tick(T0 + 10).await.unwrap();
+    stores[0].tick(T0 + 10).await.map(cherga_store::Changed::into_value).unwrap();
     woken(&mut wakes, "later", Duration::from_secs(2)).await;
 }
 
@@ -495,7 +541,11 @@ async fn a_node_recovers_when_its_connections_are_killed() {
     let mut wakes = listen(&victim);
     let client = admin(&schema.url).await;
 
-    let created = victim.enqueue(queue_name("k"), vec![new_task("before")], T0).await.unwrap();
+    let created = victim
+        .enqueue(queue_name("k"), vec![new_task("before")], T0)
+        .await
+        .map(cherga_store::Changed::into_value)
+        .unwrap();
     let before = created[0].as_ref().unwrap().task().clone();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // A producer keeps writing through the victim while its connections die.
@@ -506,7 +556,11 @@ async fn a_node_recovers_when_its_connections_are_killed() {
             let mut i = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 i += 1;
-                match victim.enqueue(queue_name("k"), vec![new_task(&format!("t{i}"))], T0).await {
+                match victim
+                    .enqueue(queue_name("k"), vec![new_task(&format!("t{i}"))], T0)
+                    .await
+                    .map(cherga_store::Changed::into_value)
+                {
                     Ok(items) => {
                         ok += 1;
                         acknowledged.push(items[0].as_ref().unwrap().task().id);
@@ -535,7 +589,11 @@ async fn a_node_recovers_when_its_connections_are_killed() {
     eprintln!("while connections were killed: {ok} enqueues succeeded, {unavailable} got Unavailable");
 
     // The node serves again without being reopened, and lost nothing it acknowledged.
-    let after = victim.enqueue(queue_name("k"), vec![new_task("after")], T0).await.expect("enqueue after");
+    let after = victim
+        .enqueue(queue_name("k"), vec![new_task("after")], T0)
+        .await
+        .map(cherga_store::Changed::into_value)
+        .expect("enqueue after");
     assert!(matches!(after[0], Ok(Enqueued::Created(_))));
     assert_eq!(victim.get_task(before.id).await.expect("get").id, before.id);
     let stored: HashSet<TaskId> = list_all(&other, "k").await.iter().map(|t| t.id).collect();
@@ -545,7 +603,11 @@ async fn a_node_recovers_when_its_connections_are_killed() {
     // The listener reconnected: work on the other node wakes the victim again.
     tokio::time::sleep(Duration::from_millis(500)).await;
     while wakes.try_recv().is_ok() {}
-    other.enqueue(queue_name("k2"), vec![new_task("x")], T0).await.unwrap();
+    other
+        .enqueue(queue_name("k2"), vec![new_task("x")], T0)
+        .await
+        .map(cherga_store::Changed::into_value)
+        .unwrap();
     woken(&mut wakes, "k2", Duration::from_secs(5)).await;
 }
 

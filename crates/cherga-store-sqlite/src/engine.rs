@@ -26,10 +26,12 @@ use crate::rows::{self, Db, QUEUE_COLUMNS, RowWriter, task_columns};
 use crate::sync::{Pace, Syncer};
 use crate::{Job, Limits, Options, Reply, schema, seqs};
 use cherga_core::{
-    AckOutcome, Index, LeaseToken, Millis, NewTask, QueueName, QueueSettings, QueueSettingsPatch, Refusal,
-    SeqHash, Task, TaskId, TaskSlot, TaskState, fingerprint,
+    AckOutcome, Change, Index, LeaseToken, Millis, NewTask, QueueName, QueueSettings, QueueSettingsPatch,
+    Refusal, SeqHash, Task, TaskId, TaskSlot, TaskState, Transition, fingerprint,
 };
-use cherga_store::{Ack, Claim, Enqueued, ListTasks, Nack, QueueInfo, Revocation, StoreError, TickReport};
+use cherga_store::{
+    Ack, Claim, Effects, Enqueued, ListTasks, Nack, QueueInfo, Revocation, StoreError, TickReport,
+};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -201,6 +203,9 @@ struct Memory {
     limits: Limits,
     /// Each queue's number (`queues.id`, the tasks' `qid`).
     qids: HashMap<String, i64>,
+    /// What the job being run changed, handed to its caller when it ends
+    /// ([`Engine::take_effects`]).
+    effects: Effects,
     /// The finished tasks with rows, by queue number: `(finished_at, seq)` in the
     /// order they finished, which is the order retention purges them in. This
     /// replaces an index of finished rows, which was an eighth of the writer's
@@ -240,6 +245,7 @@ impl Memory {
             limits,
             qids: HashMap::new(),
             finished: HashMap::new(),
+            effects: Effects::none(),
         }
     }
 
@@ -315,6 +321,11 @@ impl Memory {
             }
         };
         self.put(task, since, has_row);
+    }
+
+    /// Notes that `change` moved `task` (as it is now) out of `from`.
+    fn changed(&mut self, task: &Task, change: Change, from: Option<TaskState>, now: Millis) {
+        self.effects.transitions.push(Transition::of(task, change, from, now));
     }
 
     /// Records the new task `task` in the journal and keeps it dirty.
@@ -647,6 +658,11 @@ impl Engine {
         self.poisoned = true;
     }
 
+    /// What the job that just ran changed; the next job starts with none.
+    pub fn take_effects(&mut self) -> Effects {
+        std::mem::take(&mut self.mem.effects)
+    }
+
     /// Runs `batch` in one transaction; the answers, once it committed, are for
     /// `answer` (the syncer's or the writer's own sync). On failure the batch is
     /// rolled back, the index rebuilt from disk, and every caller answered at once.
@@ -754,6 +770,8 @@ impl Engine {
     fn settle_change(
         &mut self,
         id: TaskId,
+        kind: Change,
+        now: Millis,
         change: impl FnOnce(&mut Task, &QueueSettings) -> Result<AckOutcome, Refusal>,
     ) -> Result<Task, StoreError> {
         let (mut task, origin) = self.mem.take(&self.conn, id)?;
@@ -763,6 +781,7 @@ impl Engine {
             Ok(AckOutcome::Applied) => {
                 self.mem.settle(&mut RowWriter::new(&self.conn), &task, origin)?;
                 self.mem.index.upsert_task(Some(was), &task);
+                self.mem.changed(&task, kind, Some(was), now);
                 Ok(task)
             }
             Ok(AckOutcome::Replayed) => {
@@ -829,6 +848,7 @@ impl Engine {
             }
             self.mem.index.upsert_task(Some(TaskState::Ready), &task);
             self.mem.leased(&mut rows, &task, origin)?;
+            self.mem.changed(&task, Change::Leased, Some(TaskState::Ready), now);
             leased.push(task);
         }
         Ok(leased)
@@ -854,6 +874,7 @@ impl Engine {
                 Ok(AckOutcome::Applied) => {
                     self.mem.settle(&mut rows, &task, origin)?;
                     self.mem.index.upsert_task(Some(TaskState::Running), &task);
+                    self.mem.changed(&task, Change::Acked, Some(TaskState::Running), now);
                     out.push(Ok(task));
                 }
                 Ok(AckOutcome::Replayed) => {
@@ -876,7 +897,7 @@ impl Engine {
     pub fn fail(&mut self, nack: Nack, now: Millis) -> Result<Task, StoreError> {
         let token = LeaseToken::from_string(nack.token);
         let (error, retry_in_ms, dead) = (nack.error, nack.retry_in_ms, nack.dead);
-        self.settle_change(nack.task_id, |task, settings| {
+        self.settle_change(nack.task_id, Change::Nacked, now, |task, settings| {
             task.nack(&token, error, retry_in_ms, dead, settings, fastrand::f64(), now)
         })
     }
@@ -901,11 +922,11 @@ impl Engine {
     }
 
     pub fn cancel(&mut self, id: TaskId, now: Millis) -> Result<Task, StoreError> {
-        self.settle_change(id, |task, _| task.cancel(now))
+        self.settle_change(id, Change::Cancelled, now, |task, _| task.cancel(now))
     }
 
     pub fn retry_dead(&mut self, id: TaskId, now: Millis) -> Result<Task, StoreError> {
-        self.settle_change(id, |task, settings| {
+        self.settle_change(id, Change::Retried, now, |task, settings| {
             task.retry(settings.max_attempts, now).map(|()| AckOutcome::Applied)
         })
     }
@@ -984,6 +1005,7 @@ impl Engine {
         rows::save_queue(&self.conn, queue.as_str(), id, &settings, now)?;
         self.mem.index.configure_queue(queue.as_str(), settings.concurrency, settings.paused);
         self.queues.insert(queue.as_str().to_owned(), settings);
+        self.mem.effects.queues_changed.push(queue.as_str().to_owned());
         Ok(self.queue_info(queue.as_str()).expect("just stored"))
     }
 
@@ -1003,16 +1025,15 @@ impl Engine {
 
     pub fn tick(&mut self, now: Millis) -> Result<TickReport, StoreError> {
         let mut report = TickReport::default();
-        let mut woken = BTreeSet::new();
         let mut reader = rows::Reader::new(&self.conn);
         let mut rows = RowWriter::new(&self.conn);
         for seq in self.mem.index.due(now, TICK_LIMIT) {
             let (mut task, origin) = self.mem.take_seq(&mut reader, seq)?;
             if task.promote(now) {
                 report.promoted += 1;
-                woken.insert(task.queue.clone());
                 self.mem.settle(&mut rows, &task, origin)?;
                 self.mem.index.upsert_task(Some(TaskState::Scheduled), &task);
+                self.mem.changed(&task, Change::Promoted, Some(TaskState::Scheduled), now);
             } else {
                 self.mem.restore(task, origin);
             }
@@ -1022,9 +1043,9 @@ impl Engine {
             let settings = self.settings_of(&task.queue);
             if task.expire(&settings, fastrand::f64(), now) {
                 report.expired += 1;
-                woken.insert(task.queue.clone());
                 self.mem.settle(&mut rows, &task, origin)?;
                 self.mem.index.upsert_task(Some(TaskState::Running), &task);
+                self.mem.changed(&task, Change::Expired, Some(TaskState::Running), now);
             } else {
                 self.mem.restore(task, origin);
             }
@@ -1034,7 +1055,6 @@ impl Engine {
             self.last_purge = now;
             report.purged = self.purge(now)?;
         }
-        report.woken_queues = woken.into_iter().collect();
         report.next_timer = self.mem.index.next_timer();
         Ok(report)
     }
@@ -1052,7 +1072,7 @@ impl Engine {
                  AND (idem_key IS NULL OR NOT EXISTS ( \
                    SELECT 1 FROM idempotency_keys k \
                    WHERE k.queue = ?3 AND k.key = tasks.idem_key AND k.task_seq = tasks.seq AND k.expires_at > ?4)) \
-                 RETURNING state",
+                 RETURNING body",
             )
             .db()?;
         let mut kept =
@@ -1066,11 +1086,21 @@ impl Engine {
                 let Some(&(at, seq)) = list.front().filter(|&&(at, _)| at <= cutoff) else { break };
                 list.pop_front();
                 let seq = seq as i64;
-                match delete.query_row(params![seq, at, queue, now], |r| r.get::<_, u8>(0)).optional().db()? {
-                    Some(code) => {
-                        if let Some(state) = TaskState::from_code(code) {
-                            self.mem.index.forget_finished(queue, state, 1);
-                        }
+                let body = delete.query_row(params![seq, at, queue, now], |r| r.get::<_, Vec<u8>>(0));
+                match body.optional().db()? {
+                    Some(body) => {
+                        let task = journal::decode_task(&body)
+                            .map_err(|e| StoreError::Corrupt(format!("purged task row: {e}")))?;
+                        self.mem.index.forget_finished(queue, task.state, 1);
+                        let effects = &mut self.mem.effects.transitions;
+                        effects.push(Transition::purged(
+                            task.id,
+                            queue,
+                            &task.kind,
+                            task.state,
+                            task.attempts,
+                            now,
+                        ));
                         purged += 1;
                         purged_queues.insert(qid);
                     }
@@ -1180,6 +1210,7 @@ fn enqueue_one(
         .db()?;
     }
     mem.index.upsert_task(None, &task);
+    mem.changed(&task, Change::Enqueued, None, now);
     if mem.room_for_new() {
         mem.created(task.clone());
     } else {

@@ -33,7 +33,7 @@ mod sync;
 
 use cherga_core::{Millis, NewTask, QueueName, QueueSettingsPatch, Task, TaskId};
 use cherga_store::{
-    Ack, AckedAndLeased, Claim, Enqueued, ListTasks, Nack, QueueInfo, Revocation, Store, StoreError,
+    Ack, AckedAndLeased, Changed, Claim, Enqueued, ListTasks, Nack, QueueInfo, Revocation, Store, StoreError,
     TickReport,
 };
 use engine::{Engine, Writer};
@@ -127,6 +127,15 @@ impl SqliteStore {
         self.call_where(work, true).await
     }
 
+    /// As [`SqliteStore::call`], for work that changes tasks: answers what it
+    /// changed with its value.
+    async fn change<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Engine) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<Changed<T>, StoreError> {
+        self.call_where(with_effects(work), true).await
+    }
+
     /// As [`SqliteStore::call`], but always on the writer thread: for work that
     /// may be long (a timer tick's thousands of changes, a page of a listing), which
     /// would hold up the caller's async runtime thread.
@@ -185,6 +194,18 @@ impl SqliteStore {
     }
 }
 
+/// `work`, answering its value with the effects it left in the engine. A job that
+/// fails leaves none behind for the next.
+fn with_effects<T>(
+    work: impl FnOnce(&mut Engine) -> Result<T, StoreError>,
+) -> impl FnOnce(&mut Engine) -> Result<Changed<T>, StoreError> {
+    move |engine| {
+        let value = work(engine);
+        let effects = engine.take_effects();
+        value.map(|value| Changed::new(value, effects))
+    }
+}
+
 impl Drop for SqliteStore {
     fn drop(&mut self) {
         self.jobs.lock().expect("jobs lock").take();
@@ -200,20 +221,20 @@ impl Store for SqliteStore {
         queue: QueueName,
         tasks: Vec<NewTask>,
         now: Millis,
-    ) -> Result<Vec<Result<Enqueued, StoreError>>, StoreError> {
-        self.call(move |e| e.enqueue(&queue, tasks, now)).await
+    ) -> Result<Changed<Vec<Result<Enqueued, StoreError>>>, StoreError> {
+        self.change(move |e| e.enqueue(&queue, tasks, now)).await
     }
 
-    async fn claim(&self, claim: Claim, now: Millis) -> Result<Vec<Task>, StoreError> {
-        self.call(move |e| e.claim(claim, now)).await
+    async fn claim(&self, claim: Claim, now: Millis) -> Result<Changed<Vec<Task>>, StoreError> {
+        self.change(move |e| e.claim(claim, now)).await
     }
 
     async fn complete(
         &self,
         acks: Vec<Ack>,
         now: Millis,
-    ) -> Result<Vec<Result<Task, StoreError>>, StoreError> {
-        self.call(move |e| e.complete(acks, now)).await
+    ) -> Result<Changed<Vec<Result<Task, StoreError>>>, StoreError> {
+        self.change(move |e| e.complete(acks, now)).await
     }
 
     async fn complete_and_claim(
@@ -221,13 +242,13 @@ impl Store for SqliteStore {
         acks: Vec<Ack>,
         claim: Claim,
         now: Millis,
-    ) -> Result<AckedAndLeased, StoreError> {
+    ) -> Result<Changed<AckedAndLeased>, StoreError> {
         // One job: the acks and the lease are in one transaction, one fsync.
-        self.call(move |e| Ok((e.complete(acks, now)?, e.claim(claim, now)?))).await
+        self.change(move |e| Ok((e.complete(acks, now)?, e.claim(claim, now)?))).await
     }
 
-    async fn fail(&self, nack: Nack, now: Millis) -> Result<Task, StoreError> {
-        self.call(move |e| e.fail(nack, now)).await
+    async fn fail(&self, nack: Nack, now: Millis) -> Result<Changed<Task>, StoreError> {
+        self.change(move |e| e.fail(nack, now)).await
     }
 
     async fn extend_lease(
@@ -236,16 +257,16 @@ impl Store for SqliteStore {
         token: String,
         lease_ms: i64,
         now: Millis,
-    ) -> Result<Task, StoreError> {
-        self.call(move |e| e.extend_lease(task_id, &token, lease_ms, now)).await
+    ) -> Result<Changed<Task>, StoreError> {
+        self.change(move |e| e.extend_lease(task_id, &token, lease_ms, now)).await
     }
 
-    async fn cancel(&self, task_id: TaskId, now: Millis) -> Result<Task, StoreError> {
-        self.call(move |e| e.cancel(task_id, now)).await
+    async fn cancel(&self, task_id: TaskId, now: Millis) -> Result<Changed<Task>, StoreError> {
+        self.change(move |e| e.cancel(task_id, now)).await
     }
 
-    async fn retry_dead(&self, task_id: TaskId, now: Millis) -> Result<Task, StoreError> {
-        self.call(move |e| e.retry_dead(task_id, now)).await
+    async fn retry_dead(&self, task_id: TaskId, now: Millis) -> Result<Changed<Task>, StoreError> {
+        self.change(move |e| e.retry_dead(task_id, now)).await
     }
 
     async fn get_task(&self, task_id: TaskId) -> Result<Task, StoreError> {
@@ -261,8 +282,8 @@ impl Store for SqliteStore {
         queue: QueueName,
         patch: QueueSettingsPatch,
         now: Millis,
-    ) -> Result<QueueInfo, StoreError> {
-        self.call(move |e| e.put_queue(&queue, &patch, now)).await
+    ) -> Result<Changed<QueueInfo>, StoreError> {
+        self.change(move |e| e.put_queue(&queue, &patch, now)).await
     }
 
     async fn get_queue(&self, queue: QueueName) -> Result<QueueInfo, StoreError> {
@@ -273,8 +294,8 @@ impl Store for SqliteStore {
         self.call(move |e| Ok(e.list_queues())).await
     }
 
-    async fn tick(&self, now: Millis) -> Result<TickReport, StoreError> {
-        self.call_on_writer(move |e| e.tick(now)).await
+    async fn tick(&self, now: Millis) -> Result<Changed<TickReport>, StoreError> {
+        self.call_where(with_effects(move |e| e.tick(now)), false).await
     }
 
     async fn revoke_token(&self, revocation: Revocation, now: Millis) -> Result<(), StoreError> {

@@ -32,9 +32,12 @@
 //! - payloads, results and errors are stored verbatim, byte for byte;
 //! - task ids sort in enqueue order, within one millisecond too.
 
-use crate::{Ack, Claim, Enqueued, ListTasks, Nack, QueueInfo, Revocation, Store, StoreError, TickReport};
+use crate::{
+    Ack, Changed, Claim, Enqueued, ListTasks, Nack, QueueInfo, Revocation, Store, StoreError, TickReport,
+};
 use cherga_core::{
-    Backoff, Millis, NewTask, QueueName, QueueSettings, QueueSettingsPatch, Refusal, Task, TaskId, TaskState,
+    Backoff, Change, Millis, NewTask, QueueName, QueueSettings, QueueSettingsPatch, Refusal, Task, TaskId,
+    TaskState,
 };
 use std::fmt::Debug;
 use std::future::Future;
@@ -98,6 +101,7 @@ macro_rules! conformance_tests {
             close_refuses_later_calls,
             revocations_are_listed_until_they_expire,
             revocations_survive_a_reopen,
+            every_change_reports_its_transitions,
         );
     };
     (@cases $harness:expr; $($case:ident),* $(,)?) => {
@@ -239,10 +243,10 @@ async fn enqueue<S: Store>(
     now: Millis,
 ) -> Result<Enqueued, StoreError> {
     let kind = new.kind.clone();
-    let mut items = store
-        .enqueue(queue_name(queue), vec![new], now)
-        .await
-        .unwrap_or_else(|e| panic!("enqueue {kind:?} into {queue} at {}: the call failed: {e:?}", at(now)));
+    let mut items =
+        store.enqueue(queue_name(queue), vec![new], now).await.map(Changed::into_value).unwrap_or_else(|e| {
+            panic!("enqueue {kind:?} into {queue} at {}: the call failed: {e:?}", at(now))
+        });
     assert_eq!(items.len(), 1, "enqueue {kind:?} into {queue}: one task in, {} answers out", items.len());
     items.pop().expect("length checked")
 }
@@ -263,7 +267,11 @@ async fn claim_with<S: Store>(
     now: Millis,
 ) -> Vec<Task> {
     let claim = Claim { queue: queue_name(queue), max, lease_ms, worker: Some("worker-1".to_owned()) };
-    store.claim(claim, now).await.unwrap_or_else(|e| panic!("claim {max} from {queue} at {}: {e:?}", at(now)))
+    store
+        .claim(claim, now)
+        .await
+        .map(Changed::into_value)
+        .unwrap_or_else(|e| panic!("claim {max} from {queue} at {}: {e:?}", at(now)))
 }
 
 async fn claim<S: Store>(store: &S, queue: &str, max: usize, now: Millis) -> Vec<Task> {
@@ -288,6 +296,7 @@ async fn ack<S: Store>(
     let mut items = store
         .complete(acks, now)
         .await
+        .map(Changed::into_value)
         .unwrap_or_else(|e| panic!("ack {task_id} at {}: the call failed: {e:?}", at(now)));
     assert_eq!(items.len(), 1, "ack of one task answered {} items", items.len());
     items.pop().expect("length checked")
@@ -309,7 +318,7 @@ async fn nack<S: Store>(
     now: Millis,
 ) -> Result<Task, StoreError> {
     let nack = Nack { task_id, token: token.to_owned(), error: Some("boom".to_owned()), retry_in_ms, dead };
-    store.fail(nack, now).await
+    store.fail(nack, now).await.map(Changed::into_value)
 }
 
 /// Nacks `task` with its current lease, expecting success.
@@ -334,13 +343,14 @@ async fn info<S: Store>(store: &S, queue: &str) -> QueueInfo {
 }
 
 async fn tick<S: Store>(store: &S, now: Millis) -> TickReport {
-    store.tick(now).await.unwrap_or_else(|e| panic!("tick at {}: {e:?}", at(now)))
+    store.tick(now).await.map(Changed::into_value).unwrap_or_else(|e| panic!("tick at {}: {e:?}", at(now)))
 }
 
 async fn put<S: Store>(store: &S, queue: &str, patch: QueueSettingsPatch, now: Millis) -> QueueInfo {
     store
         .put_queue(queue_name(queue), patch.clone(), now)
         .await
+        .map(Changed::into_value)
         .unwrap_or_else(|e| panic!("put_queue {queue} {patch:?}: {e:?}"))
 }
 
@@ -413,7 +423,11 @@ pub async fn enqueue_round_trips_every_field<H: Harness>(mut harness: H) {
     assert_eq!(get(&store, overdue.id).await, overdue);
     assert!(created.id < later.id && later.id < overdue.id, "ids sort in enqueue order across milliseconds");
     let same_ms: Vec<NewTask> = (0..20).map(|i| task(&format!("same-{i}"))).collect();
-    let items = store.enqueue(queue_name("same"), same_ms, T0 + 3).await.expect("batch enqueue");
+    let items = store
+        .enqueue(queue_name("same"), same_ms, T0 + 3)
+        .await
+        .map(Changed::into_value)
+        .expect("batch enqueue");
     let ids: Vec<TaskId> = items.iter().map(|item| item.as_ref().expect("created").task().id).collect();
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids of one millisecond sort in enqueue order: {ids:#?}");
 
@@ -541,7 +555,8 @@ pub async fn idempotency_duplicates_in_one_batch_create_one_task<H: Harness>(mut
         NewTask { payload: r#"{"x":1}"#.to_owned(), ..keyed("a", "k1") },
         keyed("d", "k2"),
     ];
-    let items = store.enqueue(queue_name("batch"), batch, T0).await.expect("batch enqueue");
+    let items =
+        store.enqueue(queue_name("batch"), batch, T0).await.map(Changed::into_value).expect("batch enqueue");
     assert_eq!(items.len(), 5, "one answer per item: {items:?}");
     let first = match &items[0] {
         Ok(Enqueued::Created(task)) => task.clone(),
@@ -600,8 +615,9 @@ pub async fn concurrent_duplicate_enqueues_create_one_task<H: Harness>(mut harne
     for i in 0..50 {
         let store = Arc::clone(&store);
         let request = request.clone();
-        handles
-            .push(tokio::spawn(async move { store.enqueue(queue_name("pay"), vec![request], T0 + i).await }));
+        handles.push(tokio::spawn(async move {
+            store.enqueue(queue_name("pay"), vec![request], T0 + i).await.map(Changed::into_value)
+        }));
     }
     let mut created = Vec::new();
     let mut replayed = Vec::new();
@@ -652,9 +668,14 @@ pub async fn delayed_task_is_claimable_only_after_tick_promotes_it<H: Harness>(m
     assert_eq!(report.next_timer, Some(T0 + 5_000), "the next timer is the task's run_at: {report:?}");
     assert!(claim(&store, "later", 1, T0 + 4_999).await.is_empty());
 
-    let report = tick(&store, T0 + 5_000).await;
+    let ticked = store.tick(T0 + 5_000).await.expect("tick");
+    let report = &ticked.value;
     assert_eq!(report.promoted, 1, "{report:?}");
-    assert_eq!(report.woken_queues, ["later"], "the queue with a newly ready task is woken: {report:?}");
+    assert_eq!(
+        ticked.effects.leasable(),
+        [("later", 1)],
+        "one task of the queue became leasable: {ticked:?}"
+    );
     let promoted = get(&store, later.id).await;
     assert_eq!((promoted.state, promoted.run_at), (TaskState::Ready, T0 + 5_000), "{promoted:?}");
     assert_counts(&info(&store, "later").await, &[(TaskState::Ready, 1)]);
@@ -745,7 +766,8 @@ pub async fn ack_refuses_wrong_token_and_unknown_task<H: Harness>(mut harness: H
         Ack { task_id: z.id, token: token(x), result: None },
         Ack { task_id: unknown_id(), token: token(x), result: None },
     ];
-    let mut items = store.complete(acks, T0 + 2).await.expect("batch ack").into_iter();
+    let mut items =
+        store.complete(acks, T0 + 2).await.map(Changed::into_value).expect("batch ack").into_iter();
     assert_eq!(items.len(), 4);
     match items.next().expect("4 items") {
         Ok(task) => assert_eq!((task.state, task.result.as_deref()), (TaskState::Succeeded, Some("1"))),
@@ -849,7 +871,11 @@ pub async fn nack_dead_then_retry_dead<H: Harness>(mut harness: H) {
     tick(&store, T0 + 100_000).await;
     assert!(claim(&store, "dlq", 1, T0 + 100_000).await.is_empty(), "a dead task is never leased");
 
-    let retried = store.retry_dead(leased.id, T0 + 100_001).await.expect("retry_dead of a dead task");
+    let retried = store
+        .retry_dead(leased.id, T0 + 100_001)
+        .await
+        .map(Changed::into_value)
+        .expect("retry_dead of a dead task");
     assert_eq!((retried.state, retried.run_at, retried.finished_at), (TaskState::Ready, T0 + 100_001, None));
     assert_eq!(retried.attempts, 1, "attempts never go back");
     assert_eq!(
@@ -867,11 +893,14 @@ pub async fn nack_dead_then_retry_dead<H: Harness>(mut harness: H) {
         "ack with the dead lease",
     );
     assert_invalid_state(
-        store.retry_dead(leased.id, T0 + 100_003).await,
+        store.retry_dead(leased.id, T0 + 100_003).await.map(Changed::into_value),
         TaskState::Running,
         "retry_dead of a running task",
     );
-    assert_not_found(store.retry_dead(unknown_id(), T0).await, "retry_dead of an unknown id");
+    assert_not_found(
+        store.retry_dead(unknown_id(), T0).await.map(Changed::into_value),
+        "retry_dead of an unknown id",
+    );
     ack_ok(&store, &again, None, T0 + 100_004).await;
 }
 
@@ -923,9 +952,9 @@ pub async fn expired_lease_returns_task_and_fences_old_token<H: Harness>(mut har
     assert_eq!(report.expired, 0, "not expired before its expiry: {report:?}");
     assert_eq!(get(&store, first.id).await.state, TaskState::Running);
 
-    let report = tick(&store, T0 + 10_001).await;
-    assert_eq!(report.expired, 1, "{report:?}");
-    assert_eq!(report.woken_queues, ["lease"], "{report:?}");
+    let ticked = store.tick(T0 + 10_001).await.expect("tick");
+    assert_eq!(ticked.value.expired, 1, "{ticked:?}");
+    assert_eq!(ticked.effects.leasable(), [("lease", 1)], "the expiry freed a slot: {ticked:?}");
     let expired = get(&store, first.id).await;
     assert_eq!(expired.state, TaskState::Scheduled, "{expired:?}");
     assert_eq!(expired.run_at, T0 + 10_001 + 1_000, "an expiry backs off like a nack");
@@ -939,7 +968,7 @@ pub async fn expired_lease_returns_task_and_fences_old_token<H: Harness>(mut har
         "nack with the expired token",
     );
     assert_lease_lost(
-        store.extend_lease(first.id, old.clone(), 10_000, T0 + 10_002).await,
+        store.extend_lease(first.id, old.clone(), 10_000, T0 + 10_002).await.map(Changed::into_value),
         "extend with the expired token",
     );
     assert_eq!(get(&store, first.id).await, expired, "refusals change nothing");
@@ -965,6 +994,7 @@ pub async fn extend_lease_moves_expiry<H: Harness>(mut harness: H) {
     let extended = store
         .extend_lease(leased.id, token(&leased), 20_000, T0 + 5_000)
         .await
+        .map(Changed::into_value)
         .expect("extend with the current lease");
     let lease = extended.lease.as_ref().expect("still leased");
     assert_eq!(lease.expires_at, T0 + 25_000, "now + lease_ms");
@@ -973,11 +1003,11 @@ pub async fn extend_lease_moves_expiry<H: Harness>(mut harness: H) {
     assert_eq!(get(&store, leased.id).await, extended);
 
     assert_lease_lost(
-        store.extend_lease(leased.id, "1.bogus".to_owned(), 1, T0 + 5_001).await,
+        store.extend_lease(leased.id, "1.bogus".to_owned(), 1, T0 + 5_001).await.map(Changed::into_value),
         "extend with a bogus token",
     );
     assert_not_found(
-        store.extend_lease(unknown_id(), token(&leased), 1, T0 + 5_001).await,
+        store.extend_lease(unknown_id(), token(&leased), 1, T0 + 5_001).await.map(Changed::into_value),
         "extend of an unknown id",
     );
     assert_eq!(get(&store, leased.id).await, extended, "refused extends change nothing");
@@ -1033,7 +1063,7 @@ pub async fn group_runs_one_task_at_a_time_in_enqueue_order<H: Harness>(mut harn
     let k1 = claim_one(&store, "orders", "k1", T0 + 2_001).await;
     nack_ok(&store, &k1, None, true, T0 + 2_002).await;
     let k2 = claim_one(&store, "orders", "k2", T0 + 2_003).await;
-    store.retry_dead(k1.id, T0 + 2_004).await.expect("retry_dead k1");
+    store.retry_dead(k1.id, T0 + 2_004).await.map(Changed::into_value).expect("retry_dead k1");
     assert!(
         claim(&store, "orders", 10, T0 + 2_005).await.is_empty(),
         "k1 must wait while k2 of its group runs"
@@ -1088,6 +1118,7 @@ pub async fn complete_and_claim_acks_first_then_leases<H: Harness>(mut harness: 
     let (acked, leased) = store
         .complete_and_claim(vec![done(&a, "not-the-lease".to_owned()), done(&a, token(&a))], claim(5), T0 + 2)
         .await
+        .map(Changed::into_value)
         .expect("complete_and_claim");
     assert_eq!(acked.len(), 2, "one result per ack");
     let mut acked = acked.into_iter();
@@ -1104,6 +1135,7 @@ pub async fn complete_and_claim_acks_first_then_leases<H: Harness>(mut harness: 
             T0 + 3,
         )
         .await
+        .map(Changed::into_value)
         .expect("complete_and_claim");
     assert_not_found(acked.into_iter().next().expect("one"), "an ack of an unknown task");
     assert!(leased.is_empty(), "b still runs: the limit holds, nothing is leased");
@@ -1113,12 +1145,14 @@ pub async fn complete_and_claim_acks_first_then_leases<H: Harness>(mut harness: 
     let (acked, leased) = store
         .complete_and_claim(vec![done(b, token(b))], claim(5), T0 + 4)
         .await
+        .map(Changed::into_value)
         .expect("complete_and_claim");
     assert_eq!(acked[0].as_ref().expect("b's ack").state, TaskState::Succeeded);
     assert_eq!(kinds(&leased), ["c"]);
     let (acked, leased) = store
         .complete_and_claim(vec![done(b, token(b))], claim(5), T0 + 5)
         .await
+        .map(Changed::into_value)
         .expect("complete_and_claim");
     assert_eq!(acked[0].as_ref().expect("b's ack, replayed").state, TaskState::Succeeded);
     assert!(leased.is_empty(), "c runs under the limit of 1");
@@ -1134,6 +1168,7 @@ pub async fn complete_and_claim_acks_first_then_leases<H: Harness>(mut harness: 
     let (acked, leased) = store
         .complete_and_claim(vec![done(&g1, token(&g1))], grouped_claim.clone(), T0 + 8)
         .await
+        .map(Changed::into_value)
         .expect("complete_and_claim");
     assert!(acked[0].is_ok(), "g1's ack: {acked:?}");
     assert_eq!(kinds(&leased), ["g2"], "g1 finished, so g2 heads its group and is leased at once");
@@ -1144,6 +1179,7 @@ pub async fn complete_and_claim_acks_first_then_leases<H: Harness>(mut harness: 
     let (acked, leased) = store
         .complete_and_claim(vec![done(g2, token(g2))], grouped_claim, T0 + 10)
         .await
+        .map(Changed::into_value)
         .expect("complete_and_claim");
     assert!(acked[0].is_ok() && leased.is_empty(), "{acked:?} {leased:?}");
     assert_eq!(get(&store, g2.id).await.state, TaskState::Succeeded, "the ack on a paused queue is stored");
@@ -1176,17 +1212,20 @@ pub async fn cancel_scheduled_and_ready_is_idempotent<H: Harness>(mut harness: H
     let ready = create(&store, "cancel", task("r"), T0).await;
     let scheduled = create(&store, "cancel", delayed("s", T0 + 10_000), T0).await;
 
-    let cancelled = store.cancel(ready.id, T0 + 1).await.expect("cancel a ready task");
+    let cancelled =
+        store.cancel(ready.id, T0 + 1).await.map(Changed::into_value).expect("cancel a ready task");
     assert_eq!(
         (cancelled.state, cancelled.finished_at),
         (TaskState::Cancelled, Some(T0 + 1)),
         "{cancelled:?}"
     );
-    let again = store.cancel(ready.id, T0 + 2).await.expect("cancelling twice succeeds");
+    let again =
+        store.cancel(ready.id, T0 + 2).await.map(Changed::into_value).expect("cancelling twice succeeds");
     assert_eq!(again, cancelled, "a second cancel changes nothing");
     assert_eq!(get(&store, ready.id).await, cancelled);
 
-    let cancelled = store.cancel(scheduled.id, T0 + 3).await.expect("cancel a scheduled task");
+    let cancelled =
+        store.cancel(scheduled.id, T0 + 3).await.map(Changed::into_value).expect("cancel a scheduled task");
     assert_eq!(cancelled.state, TaskState::Cancelled);
     let report = tick(&store, T0 + 10_000).await;
     assert_eq!(report.promoted, 0, "a cancelled task is not promoted: {report:?}");
@@ -1196,9 +1235,12 @@ pub async fn cancel_scheduled_and_ready_is_idempotent<H: Harness>(mut harness: H
     // Cancelling the head of a group lets the next one run.
     let head = create(&store, "cancel", grouped("g1", "g", 0), T0 + 10_001).await;
     create(&store, "cancel", grouped("g2", "g", 0), T0 + 10_001).await;
-    store.cancel(head.id, T0 + 10_002).await.expect("cancel the group's head");
+    store.cancel(head.id, T0 + 10_002).await.map(Changed::into_value).expect("cancel the group's head");
     assert_eq!(kinds(&claim(&store, "cancel", 10, T0 + 10_003).await), ["g2"]);
-    assert_not_found(store.cancel(unknown_id(), T0).await, "cancel of an unknown id");
+    assert_not_found(
+        store.cancel(unknown_id(), T0).await.map(Changed::into_value),
+        "cancel of an unknown id",
+    );
 }
 
 /// Running and finished tasks cannot be cancelled, and a refusal changes nothing.
@@ -1210,7 +1252,7 @@ pub async fn cancel_running_or_finished_is_refused<H: Harness>(mut harness: H) {
     let leased = claim(&store, "cancel", 3, T0).await;
     assert_eq!(kinds(&leased), ["a", "b", "c"]);
     assert_invalid_state(
-        store.cancel(leased[0].id, T0 + 1).await,
+        store.cancel(leased[0].id, T0 + 1).await.map(Changed::into_value),
         TaskState::Running,
         "cancel a running task",
     );
@@ -1218,12 +1260,16 @@ pub async fn cancel_running_or_finished_is_refused<H: Harness>(mut harness: H) {
 
     ack_ok(&store, &leased[1], None, T0 + 2).await;
     assert_invalid_state(
-        store.cancel(leased[1].id, T0 + 3).await,
+        store.cancel(leased[1].id, T0 + 3).await.map(Changed::into_value),
         TaskState::Succeeded,
         "cancel a succeeded task",
     );
     nack_ok(&store, &leased[2], None, true, T0 + 4).await;
-    assert_invalid_state(store.cancel(leased[2].id, T0 + 5).await, TaskState::Dead, "cancel a dead task");
+    assert_invalid_state(
+        store.cancel(leased[2].id, T0 + 5).await.map(Changed::into_value),
+        TaskState::Dead,
+        "cancel a dead task",
+    );
     assert_counts(
         &info(&store, "cancel").await,
         &[(TaskState::Running, 1), (TaskState::Succeeded, 1), (TaskState::Dead, 1)],
@@ -1303,7 +1349,7 @@ pub async fn put_queue_validates_and_keeps_settings<H: Harness>(mut harness: H) 
         ("initial -1", QueueSettingsPatch { backoff_initial_ms: Some(-1), ..Default::default() }),
     ];
     for (what, patch) in &invalid {
-        match store.put_queue(queue_name("cfg"), patch.clone(), T0).await {
+        match store.put_queue(queue_name("cfg"), patch.clone(), T0).await.map(Changed::into_value) {
             Err(StoreError::InvalidSettings(message)) => {
                 assert!(!message.is_empty(), "{what}: empty message")
             }
@@ -1354,7 +1400,7 @@ pub async fn put_queue_validates_and_keeps_settings<H: Harness>(mut harness: H) 
     for (what, patch) in invalid {
         assert!(
             matches!(
-                store.put_queue(queue_name("cfg"), patch, T0 + 4).await,
+                store.put_queue(queue_name("cfg"), patch, T0 + 4).await.map(Changed::into_value),
                 Err(StoreError::InvalidSettings(_))
             ),
             "put_queue with {what} on an existing queue"
@@ -1399,7 +1445,7 @@ pub async fn retention_purges_finished_tasks<H: Harness>(mut harness: H) {
     assert_eq!(kinds(&leased), ["a", "b"]);
     let a = ack_ok(&store, &leased[0], None, T0 + 10).await;
     let b = nack_ok(&store, &leased[1], None, true, T0 + 20).await;
-    let c = store.cancel(c.id, T0 + 30).await.expect("cancel c");
+    let c = store.cancel(c.id, T0 + 30).await.map(Changed::into_value).expect("cancel c");
     assert_counts(
         &info(&store, "ret").await,
         &[
@@ -1420,6 +1466,7 @@ pub async fn retention_purges_finished_tasks<H: Harness>(mut harness: H) {
         store
             .complete(vec![Ack { task_id: a.id, token: token(&leased[0]), result: None }], T0 + 60_016)
             .await
+            .map(Changed::into_value)
             .expect("ack call")
             .pop()
             .expect("one item"),
@@ -1492,7 +1539,7 @@ pub async fn retention_holds_across_a_reopen_and_a_retry<H: Harness>(mut harness
     let retried = nack_ok(&store, &leased[0], None, true, T0 + 10).await;
     let plain = ack_ok(&store, &leased[1], None, T0 + 20).await;
     let keyed_done = ack_ok(&store, &leased[2], None, T0 + 30).await;
-    store.retry_dead(retried.id, T0 + 5_000).await.expect("retry_dead");
+    store.retry_dead(retried.id, T0 + 5_000).await.map(Changed::into_value).expect("retry_dead");
     let again = claim_one(&store, "ret", "retried", T0 + 5_000).await;
     let retried = ack_ok(&store, &again, None, T0 + 8_000).await;
 
@@ -1568,7 +1615,7 @@ pub async fn reopen_keeps_every_task_and_queue<H: Harness>(mut harness: H) {
     create(&store, "keep", task("running"), T0 + 7).await;
     claim_with(&store, "keep", 1, Some(60_000), T0 + 7).await;
     let cancelled = create(&store, "keep", task("cancelled"), T0 + 8).await;
-    store.cancel(cancelled.id, T0 + 8).await.expect("cancel");
+    store.cancel(cancelled.id, T0 + 8).await.map(Changed::into_value).expect("cancel");
     create(&store, "keep", grouped("ready", "g", 3), T0 + 9).await;
     create(&store, "keep", delayed("scheduled", T0 + 600_000), T0 + 10).await;
 
@@ -1657,13 +1704,16 @@ pub async fn close_refuses_later_calls<H: Harness>(mut harness: H) {
     store.close().await;
     assert!(
         matches!(
-            store.enqueue(queue_name("closing"), vec![task("b")], T0 + 1).await,
+            store.enqueue(queue_name("closing"), vec![task("b")], T0 + 1).await.map(Changed::into_value),
             Err(StoreError::Closed)
         ),
         "enqueue after close"
     );
     assert!(matches!(store.get_task(created.id).await, Err(StoreError::Closed)), "get_task after close");
-    assert!(matches!(store.tick(T0 + 2).await, Err(StoreError::Closed)), "tick after close");
+    assert!(
+        matches!(store.tick(T0 + 2).await.map(Changed::into_value), Err(StoreError::Closed)),
+        "tick after close"
+    );
     store.close().await;
     drop(store);
     let store = harness.open().await;
@@ -1740,5 +1790,126 @@ pub async fn revocations_survive_a_reopen<H: Harness>(mut harness: H) {
         revoked(&store, T0 + 1).await,
         [("forever".to_owned(), Millis::MAX), ("kept".to_owned(), T0 + 60_000)],
         "revocations after a reopen"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Effects.
+// ---------------------------------------------------------------------------
+
+/// `(kind, change, from, to)` of each transition, in order.
+fn moves(effects: &crate::Effects) -> Vec<(String, Change, Option<TaskState>, Option<TaskState>)> {
+    effects.transitions.iter().map(|t| (t.kind.clone(), t.change, t.from, t.to)).collect()
+}
+
+fn mv(
+    kind: &str,
+    change: Change,
+    from: Option<TaskState>,
+    to: Option<TaskState>,
+) -> (String, Change, Option<TaskState>, Option<TaskState>) {
+    (kind.to_owned(), change, from, to)
+}
+
+/// Every call that changes tasks answers a transition per task it changed, in
+/// order, with the queue, kind, attempt and the time the task next needs the
+/// timer; refused and replayed changes, heartbeats and reads report none; a
+/// settings change names its queue.
+pub async fn every_change_reports_its_transitions<H: Harness>(mut harness: H) {
+    use TaskState::*;
+    let store = harness.open().await;
+    let q = "fx";
+    let patch = QueueSettingsPatch {
+        max_attempts: Some(2),
+        dedup_window_ms: Some(1_000),
+        ..exact_backoff(1_000, 1_000)
+    };
+    let changed = store.put_queue(queue_name(q), patch, T0).await.expect("put queue");
+    assert!(changed.effects.transitions.is_empty(), "{changed:?}");
+    assert_eq!(changed.effects.queues_changed, [q], "a settings change names its queue");
+
+    // Enqueue: one ready, one delayed; a replay of a key adds nothing.
+    let batch = vec![keyed("a", "key-a"), delayed("b", T0 + 5_000)];
+    let changed = store.enqueue(queue_name(q), batch, T0).await.expect("enqueue");
+    assert_eq!(
+        moves(&changed.effects),
+        [mv("a", Change::Enqueued, None, Some(Ready)), mv("b", Change::Enqueued, None, Some(Scheduled))]
+    );
+    assert_eq!(changed.effects.leasable(), [(q, 1)], "the ready task is leasable");
+    assert_eq!(changed.effects.next_timer(), Some(T0 + 5_000), "the delayed task's run_at");
+    let t = &changed.effects.transitions[0];
+    assert_eq!((t.queue.as_str(), t.attempt, t.at), (q, 0, T0), "{t:?}");
+    let replay = store.enqueue(queue_name(q), vec![keyed("a", "key-a")], T0 + 1).await.expect("replay");
+    assert!(replay.effects.is_empty(), "a replayed enqueue changes nothing: {replay:?}");
+
+    // Lease, heartbeat, ack; a replayed ack and a stale token add nothing.
+    let leased = store
+        .claim(Claim { queue: queue_name(q), max: 5, lease_ms: Some(10_000), worker: None }, T0 + 10)
+        .await
+        .expect("claim");
+    assert_eq!(moves(&leased.effects), [mv("a", Change::Leased, Some(Ready), Some(Running))]);
+    assert_eq!(
+        (leased.effects.transitions[0].attempt, leased.effects.next_timer()),
+        (1, Some(T0 + 10_010)),
+        "the lease's expiry"
+    );
+    assert!(leased.effects.leasable().is_empty());
+    let a = leased.value[0].clone();
+    let extended = store.extend_lease(a.id, token(&a), 20_000, T0 + 20).await.expect("extend");
+    assert!(extended.effects.is_empty(), "a heartbeat is no transition: {extended:?}");
+    let ack = Ack { task_id: a.id, token: token(&a), result: None };
+    let acked = store.complete(vec![ack.clone()], T0 + 30).await.expect("ack");
+    assert_eq!(moves(&acked.effects), [mv("a", Change::Acked, Some(Running), Some(Succeeded))]);
+    assert_eq!(acked.effects.leasable(), [(q, 1)], "a finished task frees a slot");
+    let again = store
+        .complete(vec![ack, Ack { task_id: a.id, token: "1.0".into(), result: None }], T0 + 31)
+        .await
+        .expect("ack again");
+    assert!(again.effects.is_empty(), "replayed and refused acks change nothing: {again:?}");
+
+    // Promotion by the timer, a nack with backoff, an expiry that uses the last attempt.
+    let ticked = store.tick(T0 + 5_000).await.expect("tick");
+    assert_eq!(moves(&ticked.effects), [mv("b", Change::Promoted, Some(Scheduled), Some(Ready))]);
+    let b = claim_with(&store, q, 1, Some(1_000), T0 + 5_000).await.pop().expect("b");
+    let nacked = store
+        .fail(
+            Nack { task_id: b.id, token: token(&b), error: None, retry_in_ms: None, dead: false },
+            T0 + 5_001,
+        )
+        .await
+        .expect("nack");
+    assert_eq!(moves(&nacked.effects), [mv("b", Change::Nacked, Some(Running), Some(Scheduled))]);
+    assert_eq!(nacked.effects.next_timer(), Some(T0 + 6_001), "the retry's run_at");
+    store.tick(T0 + 6_001).await.expect("tick");
+    let b = claim_with(&store, q, 1, Some(1_000), T0 + 6_001).await.pop().expect("b again");
+    let expired = store.tick(T0 + 7_001).await.expect("tick");
+    assert_eq!(
+        moves(&expired.effects),
+        [mv("b", Change::Expired, Some(Running), Some(Dead))],
+        "out of attempts: dead"
+    );
+    assert_eq!(expired.effects.transitions[0].attempt, b.attempts);
+
+    // A retry by hand, a cancel; cancelling again adds nothing.
+    let retried = store.retry_dead(b.id, T0 + 8_000).await.expect("retry");
+    assert_eq!(moves(&retried.effects), [mv("b", Change::Retried, Some(Dead), Some(Ready))]);
+    let cancelled = store.cancel(b.id, T0 + 8_001).await.expect("cancel");
+    assert_eq!(moves(&cancelled.effects), [mv("b", Change::Cancelled, Some(Ready), Some(Cancelled))]);
+    let again = store.cancel(b.id, T0 + 8_002).await.expect("cancel again");
+    assert!(again.effects.is_empty(), "{again:?}");
+
+    // Retention 0: the next purge deletes both finished tasks (a is succeeded, b cancelled).
+    let retention = QueueSettingsPatch { retention_ms: Some(0), ..QueueSettingsPatch::default() };
+    store.put_queue(queue_name(q), retention, T0 + 9_000).await.expect("put queue");
+    let mut purged = Vec::new();
+    for second in 10..13 {
+        let ticked = store.tick(T0 + second * 1_000).await.expect("tick");
+        purged.extend(moves(&ticked.effects));
+    }
+    purged.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(
+        purged,
+        [mv("a", Change::Purged, Some(Succeeded), None), mv("b", Change::Purged, Some(Cancelled), None)],
+        "a purge is a transition to nothing"
     );
 }
