@@ -11,7 +11,7 @@
 use crate::{Millis, Task, TaskId, TaskState};
 
 /// Which transition changed a task. The names are the event types of the API.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Change {
     /// A new task was stored (`scheduled` or `ready`).
     Enqueued,

@@ -221,7 +221,7 @@ mod tests {
         let store = cherga_store_sqlite::SqliteStore::open(cherga_store_sqlite::Options {
             path: dir.path().join("db"),
             durable: false,
-            limits: cherga_store_sqlite::Limits::STANDARD,
+            ..cherga_store_sqlite::Options::in_dir(dir.path())
         })
         .unwrap();
         let config = crate::ServerConfig::unauthenticated(1 << 20, 1 << 16);

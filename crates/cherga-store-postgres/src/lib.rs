@@ -23,6 +23,7 @@
 //!   commits on PostgreSQL's notify lock), and a dedicated connection listens and
 //!   calls the `on_remote_work` callback, reconnecting when lost.
 
+mod events;
 mod ops;
 mod pool;
 mod rows;
@@ -30,8 +31,8 @@ mod schema;
 
 use cherga_core::{Millis, NewTask, QueueName, QueueSettingsPatch, Task, TaskId};
 use cherga_store::{
-    Ack, AckedAndLeased, Changed, Claim, Effects, Enqueued, ListTasks, Nack, QueueInfo, Revocation, Store,
-    StoreError, TickReport,
+    Ack, AckedAndLeased, Changed, Claim, Effects, Enqueued, EventId, EventPage, ListTasks, Nack, QueueInfo,
+    Revocation, Store, StoreError, TickReport,
 };
 use ops::{Keys, TxError};
 use pool::{OwnPids, Pool, PoolError};
@@ -73,11 +74,21 @@ pub struct Options {
     pub schema: Option<String>,
     /// Most connections open at once (the listener's is extra).
     pub pool_size: usize,
+    /// How long events are kept in the event log; `None` keeps no log.
+    pub event_retention_ms: Option<Millis>,
 }
+
+/// How long the event log keeps events unless told otherwise: a day.
+pub const DEFAULT_EVENT_RETENTION_MS: Millis = 24 * 3_600_000;
 
 impl Options {
     pub fn new(url: &str) -> Self {
-        Self { url: url.to_owned(), schema: None, pool_size: DEFAULT_POOL_SIZE }
+        Self {
+            url: url.to_owned(),
+            schema: None,
+            pool_size: DEFAULT_POOL_SIZE,
+            event_retention_ms: Some(DEFAULT_EVENT_RETENTION_MS),
+        }
     }
 
     /// Checks the URL and the schema name and builds the connection settings:
@@ -237,6 +248,7 @@ struct Inner {
     pending: Mutex<BTreeSet<String>>,
     kick: tokio::sync::Notify,
     last_purge: AtomicI64,
+    event_retention_ms: Option<Millis>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     listening: AtomicBool,
 }
@@ -281,7 +293,7 @@ impl PgStore {
     /// cannot be reached or the schema cannot be migrated.
     pub async fn open(options: Options) -> Result<Self, StoreError> {
         let config = options.connection_config().map_err(|e| unavailable(PgError::Config(e)))?;
-        let keys = Keys::new(options.schema.as_deref());
+        let keys = Keys::new(options.schema.as_deref(), options.event_retention_ms.is_some());
         let channel = match &options.schema {
             Some(schema) => format!("cherga_work.{schema}"),
             None => "cherga_work".to_owned(),
@@ -316,6 +328,7 @@ impl PgStore {
             pending: Mutex::new(BTreeSet::new()),
             kick: tokio::sync::Notify::new(),
             last_purge: AtomicI64::new(Millis::MIN),
+            event_retention_ms: options.event_retention_ms,
             tasks: Mutex::new(Vec::new()),
             listening: AtomicBool::new(false),
         });
@@ -566,7 +579,7 @@ impl Store for PgStore {
     async fn tick(&self, now: Millis) -> Result<Changed<TickReport>, StoreError> {
         let inner = &*self.inner;
         // Each step commits on its own: what a later one fails to do, the next tick does.
-        let mut transitions = transact!(inner, conn => ops::promote(&mut conn, now))?;
+        let mut transitions = transact!(inner, conn => ops::promote(&mut conn, &inner.keys, now))?;
         let expired = transact!(inner, conn => ops::expire(&mut conn, &inner.keys, now))?;
         let mut report =
             TickReport { promoted: transitions.len(), expired: expired.len(), ..TickReport::default() };
@@ -574,7 +587,8 @@ impl Store for PgStore {
         let last = inner.last_purge.load(Ordering::Relaxed);
         if now.saturating_sub(last) >= PURGE_EVERY_MS {
             inner.last_purge.store(now, Ordering::Relaxed);
-            let purged = transact!(inner, conn => ops::purge(&mut conn, now))?;
+            let retention = inner.event_retention_ms;
+            let purged = transact!(inner, conn => ops::purge(&mut conn, &inner.keys, now, retention))?;
             report.purged = purged.len();
             transitions.extend(purged);
         }
@@ -588,6 +602,14 @@ impl Store for PgStore {
 
     async fn revoked_tokens(&self, now: Millis) -> Result<Vec<Revocation>, StoreError> {
         transact!(&*self.inner, conn => ops::revoked_tokens(&mut conn, now))
+    }
+
+    async fn read_events(&self, after: EventId, limit: usize) -> Result<EventPage, StoreError> {
+        let inner = &*self.inner;
+        if inner.event_retention_ms.is_none() {
+            return Err(StoreError::Unavailable("the event log is off".into()));
+        }
+        transact!(inner, conn => events::read(&mut conn, after, limit))
     }
 
     fn on_remote_work(&self, wake: Wake) {

@@ -8,10 +8,10 @@
 use crate::pool::Conn;
 
 /// The newest schema version this build knows.
-pub const VERSION: i32 = 2;
+pub const VERSION: i32 = 3;
 
 /// Every migration in version order: index 0 makes version 1.
-pub const MIGRATIONS: [&str; 2] = [V1, V2];
+pub const MIGRATIONS: [&str; 3] = [V1, V2, V3];
 
 const V1: &str = "
 CREATE TABLE queues (
@@ -101,6 +101,23 @@ CREATE TABLE revoked_tokens (
     revoked_at bigint NOT NULL
 );
 CREATE INDEX revoked_tokens_expiry ON revoked_tokens (expires_at);
+";
+
+/// Version 3: the event log (`events.rs`). One row per transaction that
+/// changed tasks, keyed by the transaction's xid; `event_horizon` keeps the id
+/// of the last event retention deleted.
+const V3: &str = "
+CREATE TABLE events (
+    tx      bigint PRIMARY KEY DEFAULT (pg_current_xact_id()::text::bigint),
+    at      bigint NOT NULL,
+    n       integer NOT NULL,
+    records bytea NOT NULL
+);
+CREATE INDEX events_at ON events (at);
+CREATE TABLE event_horizon (
+    id     boolean PRIMARY KEY DEFAULT true CHECK (id),
+    purged bigint NOT NULL
+);
 ";
 
 /// Brings the schema (in `schema`, created if missing, or the connection's

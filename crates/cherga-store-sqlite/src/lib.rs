@@ -32,13 +32,14 @@ mod seqs;
 mod sync;
 
 use cherga_core::{Millis, NewTask, QueueName, QueueSettingsPatch, Task, TaskId};
+use cherga_store::events::{self, Event};
 use cherga_store::{
-    Ack, AckedAndLeased, Changed, Claim, Enqueued, ListTasks, Nack, QueueInfo, Revocation, Store, StoreError,
-    TickReport,
+    Ack, AckedAndLeased, Changed, Claim, Enqueued, EventId, EventPage, ListTasks, Nack, QueueInfo,
+    Revocation, Store, StoreError, TickReport,
 };
 use engine::{Engine, Writer};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use tokio::sync::oneshot;
 
@@ -55,12 +56,24 @@ pub struct Options {
     /// fsync every commit. Only tests that do not test durability turn it off.
     pub durable: bool,
     pub limits: Limits,
+    /// How long events are kept in the event log; `None` keeps no log (and
+    /// [`Store::read_events`] refuses).
+    pub event_retention_ms: Option<Millis>,
 }
 
+/// How long the event log keeps events unless told otherwise: a day.
+pub const DEFAULT_EVENT_RETENTION_MS: Millis = 24 * 3_600_000;
+
 impl Options {
-    /// Durable options for the database `cherga.db` in `dir`, with the standard limits.
+    /// Durable options for the database `cherga.db` in `dir`, with the standard
+    /// limits and an event log kept for [`DEFAULT_EVENT_RETENTION_MS`].
     pub fn in_dir(dir: &Path) -> Self {
-        Self { path: dir.join("cherga.db"), durable: true, limits: Limits::STANDARD }
+        Self {
+            path: dir.join("cherga.db"),
+            durable: true,
+            limits: Limits::STANDARD,
+            event_retention_ms: Some(DEFAULT_EVENT_RETENTION_MS),
+        }
     }
 }
 
@@ -88,6 +101,16 @@ pub struct SqliteStore {
     queued: Arc<AtomicUsize>,
     writer: Arc<Mutex<Writer>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The event log's readers: their own connection (opened on first use, so
+    /// that reads never wait for the writer lock), and the last durable event.
+    events: Option<EventReader>,
+}
+
+/// What reading the event log needs.
+struct EventReader {
+    path: PathBuf,
+    connection: Arc<Mutex<Option<rusqlite::Connection>>>,
+    durable: Arc<AtomicU64>,
 }
 
 impl SqliteStore {
@@ -102,6 +125,11 @@ impl SqliteStore {
             std::fs::create_dir_all(parent).map_err(|e| StoreError::Unavailable(Box::new(e)))?;
         }
         let engine = Engine::open(&options)?;
+        let events = options.event_retention_ms.map(|_| EventReader {
+            path: options.path.clone(),
+            connection: Arc::new(Mutex::new(None)),
+            durable: engine.events_durable(),
+        });
         let syncer = sync::Syncer::start(&options)?;
         let checkpointer = checkpoint::Checkpointer::start(&options)?;
         let writer = Arc::new(Mutex::new(Writer::new(engine, syncer, checkpointer)));
@@ -114,7 +142,7 @@ impl SqliteStore {
                 .spawn(move || engine::run_writer(&writer, &receiver, &queued))
                 .map_err(|e| StoreError::Unavailable(Box::new(e)))?
         };
-        Ok(Self { jobs: Mutex::new(Some(sender)), queued, writer, thread: Mutex::new(Some(thread)) })
+        Ok(Self { jobs: Mutex::new(Some(sender)), queued, writer, thread: Mutex::new(Some(thread)), events })
     }
 
     /// Runs `work` inside a batch and answers after the batch commits (and is
@@ -306,6 +334,29 @@ impl Store for SqliteStore {
         self.call(move |e| e.revoked_tokens(now)).await
     }
 
+    async fn read_events(&self, after: EventId, limit: usize) -> Result<EventPage, StoreError> {
+        let reader =
+            self.events.as_ref().ok_or_else(|| StoreError::Unavailable("the event log is off".into()))?;
+        let head = reader.durable.load(Ordering::Acquire);
+        let (path, connection) = (reader.path.clone(), reader.connection.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut connection = connection.lock().expect("event reader lock");
+            let conn = match &mut *connection {
+                Some(conn) => conn,
+                None => {
+                    let conn =
+                        rusqlite::Connection::open(&path).map_err(|e| StoreError::Unavailable(e.into()))?;
+                    conn.busy_timeout(std::time::Duration::from_secs(5))
+                        .map_err(|e| StoreError::Unavailable(e.into()))?;
+                    connection.insert(conn)
+                }
+            };
+            read_event_page(conn, after, limit, head)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(e.into()))?
+    }
+
     async fn close(&self) {
         // Dropping the sender ends the writer loop after the jobs already queued;
         // the writer then checkpoints the WAL and closes the connection.
@@ -315,6 +366,54 @@ impl Store for SqliteStore {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
     }
+}
+
+/// Up to `limit` events numbered after `after` and at most `head` (the last
+/// durable one), from the rows of the log that hold them.
+fn read_event_page(
+    conn: &rusqlite::Connection,
+    after: EventId,
+    limit: usize,
+    head: EventId,
+) -> Result<EventPage, StoreError> {
+    let unavailable = |e: rusqlite::Error| StoreError::Unavailable(e.into());
+    let purged: Option<i64> = conn
+        .query_row("SELECT value FROM counters WHERE name = 'events_purged'", [], |r| r.get(0))
+        .map(Some)
+        .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(e) })
+        .map_err(unavailable)?;
+    let mut page = EventPage {
+        events: Vec::new(),
+        head,
+        purged_through: purged.map_or(0, |v| v.max(0) as u64),
+        pending: false,
+    };
+    // The row holding event `after + 1`, and those after it.
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT first, at, records FROM events \
+             WHERE first >= coalesce((SELECT max(first) FROM events WHERE first <= ?1), 0) AND first <= ?2 \
+             ORDER BY first",
+        )
+        .map_err(unavailable)?;
+    let next = after.saturating_add(1).min(i64::MAX as u64) as i64;
+    let mut rows =
+        stmt.query(rusqlite::params![next, head.min(i64::MAX as u64) as i64]).map_err(unavailable)?;
+    while page.events.len() < limit {
+        let Some(row) = rows.next().map_err(unavailable)? else { break };
+        let (first, at): (i64, i64) = (row.get(0).map_err(unavailable)?, row.get(1).map_err(unavailable)?);
+        let record =
+            row.get_ref(2).map_err(unavailable)?.as_blob().map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let transitions =
+            events::decode(record, at).map_err(|e| StoreError::Corrupt(format!("event row {first}: {e}")))?;
+        for (offset, transition) in transitions.into_iter().enumerate() {
+            let id = first as u64 + offset as u64;
+            if id > after && id <= head && page.events.len() < limit {
+                page.events.push(Event { id, transition });
+            }
+        }
+    }
+    Ok(page)
 }
 
 #[cfg(test)]

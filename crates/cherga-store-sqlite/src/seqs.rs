@@ -85,7 +85,7 @@ mod tests {
     /// queue's range, before and after a reopen.
     #[tokio::test]
     async fn rows_numbered_before_version_6_are_listed_with_the_new_ones() {
-        use crate::{Limits, Options, SqliteStore, rows, schema};
+        use crate::{Options, SqliteStore, rows, schema};
         use cherga_core::{NewTask, QueueName, QueueSettings, Task, TaskState};
         use cherga_store::{ListTasks, Store};
 
@@ -100,8 +100,7 @@ mod tests {
             max_attempts: None,
         };
         let dir = tempfile::tempdir().expect("temp dir");
-        let options =
-            Options { path: dir.path().join("cherga.db"), durable: false, limits: Limits::STANDARD };
+        let options = Options { durable: false, ..Options::in_dir(dir.path()) };
         {
             let mut conn = rusqlite::Connection::open(&options.path).expect("open");
             schema::migrate_to(&mut conn, 5).expect("version 5");

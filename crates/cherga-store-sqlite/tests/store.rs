@@ -61,7 +61,7 @@ fn open(path: &Path, durable: bool) -> SqliteStore {
 }
 
 fn open_with(path: &Path, durable: bool, limits: Limits) -> SqliteStore {
-    SqliteStore::open(Options { path: path.to_owned(), durable, limits })
+    SqliteStore::open(Options { path: path.to_owned(), durable, limits, ..Options::in_dir(Path::new("")) })
         .unwrap_or_else(|e| panic!("open {}: {e:?}", path.display()))
 }
 

@@ -15,10 +15,12 @@ use cherga_core::{
 use std::future::Future;
 
 mod effects;
+pub mod events;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
 pub use effects::{Changed, Effects};
+pub use events::{Event, EventId, EventPage};
 
 /// What went wrong with a store call or with one item of a batch.
 #[derive(Debug, thiserror::Error)]
@@ -307,6 +309,30 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<Revocation>, StoreError>> + Send {
         let _ = now;
         async { Err(StoreError::Unavailable("this store does not keep token revocations".into())) }
+    }
+
+    /// Reads up to `limit` events of the log after position `after` (0 reads
+    /// from the oldest kept), in order. Only events whose transaction is durable
+    /// are read, and no later read finds an event before the last one returned.
+    ///
+    /// The default refuses: a store without an event log serves no event stream.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the backend fails or keeps no event log.
+    fn read_events(
+        &self,
+        after: EventId,
+        limit: usize,
+    ) -> impl Future<Output = Result<EventPage, StoreError>> + Send {
+        let _ = (after, limit);
+        async { Err(StoreError::Unavailable("this store keeps no event log".into())) }
+    }
+
+    /// Registers `wake`, which the store calls when another node sharing the same
+    /// backend may have committed events. A store that serves one node only
+    /// ignores it.
+    fn on_remote_events(&self, wake: std::sync::Arc<dyn Fn() + Send + Sync>) {
+        let _ = wake;
     }
 
     /// Registers `wake`, which the store calls with a queue name when another node

@@ -33,7 +33,8 @@
 //! - task ids sort in enqueue order, within one millisecond too.
 
 use crate::{
-    Ack, Changed, Claim, Enqueued, ListTasks, Nack, QueueInfo, Revocation, Store, StoreError, TickReport,
+    Ack, Changed, Claim, Enqueued, EventId, EventPage, ListTasks, Nack, QueueInfo, Revocation, Store,
+    StoreError, TickReport,
 };
 use cherga_core::{
     Backoff, Change, Millis, NewTask, QueueName, QueueSettings, QueueSettingsPatch, Refusal, Task, TaskId,
@@ -102,6 +103,8 @@ macro_rules! conformance_tests {
             revocations_are_listed_until_they_expire,
             revocations_survive_a_reopen,
             every_change_reports_its_transitions,
+            the_event_log_holds_every_transition_in_order,
+            the_event_log_forgets_events_past_its_retention,
         );
     };
     (@cases $harness:expr; $($case:ident),* $(,)?) => {
@@ -1912,4 +1915,135 @@ pub async fn every_change_reports_its_transitions<H: Harness>(mut harness: H) {
         [mv("a", Change::Purged, Some(Succeeded), None), mv("b", Change::Purged, Some(Cancelled), None)],
         "a purge is a transition to nothing"
     );
+}
+
+// ---------------------------------------------------------------------------
+// The event log.
+// ---------------------------------------------------------------------------
+
+/// Every event after `after`, read in pages of `page` until the log has nothing
+/// more to give (waiting, with a deadline, while events of other transactions
+/// are pending: on a shared database, other tests' transactions hold them back).
+async fn read_log<S: Store>(store: &S, after: EventId, page: usize) -> EventPage {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut all = EventPage::default();
+    let mut after = after;
+    loop {
+        let read = store.read_events(after, page).await.expect("read events");
+        if let Some(last) = read.events.last() {
+            after = last.id;
+        }
+        let (got, pending) = (read.events.len(), read.pending);
+        all.events.extend(read.events);
+        all.head = read.head;
+        all.purged_through = read.purged_through;
+        if got == 0 && !pending {
+            return all;
+        }
+        if got == 0 {
+            assert!(std::time::Instant::now() < deadline, "events stayed pending for 30 s");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Transitions as the log gives them back: without `due`.
+fn logged(transitions: &[cherga_core::Transition]) -> Vec<cherga_core::Transition> {
+    transitions.iter().cloned().map(|t| cherga_core::Transition { due: None, ..t }).collect()
+}
+
+/// The event log holds every transition of every call, in commit order, with
+/// ids that only grow; a reader resumes after any id and misses nothing; the
+/// log and its numbering survive a reopen.
+pub async fn the_event_log_holds_every_transition_in_order<H: Harness>(mut harness: H) {
+    let store = harness.open().await;
+    let q = "log";
+    let mut expected = Vec::new();
+    let patch = QueueSettingsPatch { max_attempts: Some(3), ..exact_backoff(1_000, 1_000) };
+    store.put_queue(queue_name(q), patch, T0).await.expect("put queue");
+    let enqueued =
+        store.enqueue(queue_name(q), vec![task("a"), delayed("b", T0 + 2_000)], T0).await.expect("enqueue");
+    expected.extend(logged(&enqueued.effects.transitions));
+    let leased = store
+        .claim(Claim { queue: queue_name(q), max: 1, lease_ms: None, worker: None }, T0 + 1)
+        .await
+        .expect("claim");
+    expected.extend(logged(&leased.effects.transitions));
+    let a = leased.value[0].clone();
+    let acked = store
+        .complete(vec![Ack { task_id: a.id, token: token(&a), result: Some("1".into()) }], T0 + 2)
+        .await
+        .expect("ack");
+    expected.extend(logged(&acked.effects.transitions));
+    let ticked = store.tick(T0 + 2_000).await.expect("tick");
+    expected.extend(logged(&ticked.effects.transitions));
+    let leased = store
+        .claim(Claim { queue: queue_name(q), max: 1, lease_ms: None, worker: None }, T0 + 2_001)
+        .await
+        .expect("claim");
+    expected.extend(logged(&leased.effects.transitions));
+    let b = leased.value[0].clone();
+    let nacked = store
+        .fail(
+            Nack { task_id: b.id, token: token(&b), error: None, retry_in_ms: None, dead: false },
+            T0 + 2_002,
+        )
+        .await
+        .expect("nack");
+    expected.extend(logged(&nacked.effects.transitions));
+    let cancelled = store.cancel(b.id, T0 + 2_003).await.expect("cancel");
+    expected.extend(logged(&cancelled.effects.transitions));
+    assert_eq!(expected.len(), 8, "{expected:?}");
+
+    let log = read_log(&store, 0, 1_000).await;
+    let ids: Vec<EventId> = log.events.iter().map(|e| e.id).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids grow: {ids:?}");
+    let got: Vec<_> = log.events.iter().map(|e| e.transition.clone()).collect();
+    assert_eq!(got, expected, "every transition, in order");
+    assert_eq!(log.head, *ids.last().expect("events"), "the head is the last event");
+    assert_eq!(log.purged_through, 0);
+
+    // Resuming after any event gives exactly the rest, in pages of any size.
+    for (i, &id) in ids.iter().enumerate() {
+        let rest = read_log(&store, id, 2).await;
+        assert_eq!(rest.events.iter().map(|e| e.id).collect::<Vec<_>>(), ids[i + 1..], "after event {i}");
+    }
+
+    // Closed and opened again: the same log, and new events come after it.
+    let store = reopen(&mut harness, store).await;
+    let again = read_log(&store, 0, 1_000).await;
+    assert_eq!(again.events, log.events, "the log survives a reopen");
+    store.enqueue(queue_name(q), vec![task("c")], T0 + 3_000).await.expect("enqueue");
+    let newer = read_log(&store, log.head, 1_000).await;
+    assert_eq!(newer.events.len(), 1, "{newer:?}");
+    assert!(newer.events[0].id > log.head, "numbering goes on past the old head");
+    assert_eq!(
+        (newer.events[0].transition.kind.as_str(), newer.events[0].transition.change),
+        ("c", Change::Enqueued)
+    );
+}
+
+/// Events older than the log's retention (a day by default) are deleted by the
+/// timer; the log then says up to which id it forgot, and numbering goes on.
+pub async fn the_event_log_forgets_events_past_its_retention<H: Harness>(mut harness: H) {
+    const DAY: Millis = 24 * 3_600_000;
+    let store = harness.open().await;
+    store.enqueue(queue_name("old"), vec![task("a"), task("b")], T0).await.expect("enqueue");
+    let before = read_log(&store, 0, 100).await;
+    assert_eq!(before.events.len(), 2);
+    let old_head = before.head;
+
+    store.enqueue(queue_name("old"), vec![task("c")], T0 + DAY).await.expect("enqueue");
+    store.tick(T0 + DAY + 2_000).await.expect("tick");
+    let after = read_log(&store, 0, 100).await;
+    assert!(after.purged_through >= old_head, "the log says it forgot the old events: {after:?}");
+    let kinds: Vec<&str> = after.events.iter().map(|e| e.transition.kind.as_str()).collect();
+    assert_eq!(kinds, ["c"], "only the event inside the retention is left");
+    assert!(after.events[0].id > after.purged_through);
+
+    let store = reopen(&mut harness, store).await;
+    store.enqueue(queue_name("old"), vec![task("d")], T0 + DAY + 3_000).await.expect("enqueue");
+    let last = read_log(&store, 0, 100).await;
+    assert!(last.events.iter().all(|e| e.id > old_head), "no id is given twice after a purge and a reopen");
+    assert_eq!(last.events.len(), 2, "{last:?}");
 }
