@@ -13,6 +13,7 @@
 
 mod auth;
 mod error;
+mod events;
 mod extract;
 mod listen;
 pub mod openapi;
@@ -111,6 +112,9 @@ pub struct App<S> {
     lease_waits: Arc<tokio::sync::Semaphore>,
     /// Longest a long poll waits: below the request timeout.
     max_wait_ms: u64,
+    /// Raised whenever events may have been added to the log (by a change here,
+    /// or another node's): event streams read the log again.
+    events_signal: watch::Sender<u64>,
 }
 
 /// Wakes the timer loop early when a timer earlier than its planned wake appears.
@@ -144,6 +148,9 @@ impl<S: Store> App<S> {
         if let Some(at) = effects.next_timer() {
             self.timer.due_by(at);
         }
+        if !effects.transitions.is_empty() {
+            self.events_signal.send_modify(|n| *n = n.wrapping_add(1));
+        }
     }
 
     /// Awaits a state-changing store call, applies its effects and answers its value.
@@ -166,6 +173,9 @@ impl<S: Store> App<S> {
         let waiters = Arc::new(Waiters::default());
         let remote = waiters.clone();
         store.on_remote_work(Arc::new(move |queue: &str| remote.wake(queue)));
+        let (events_signal, _) = watch::channel(0u64);
+        let remote_events = events_signal.clone();
+        store.on_remote_events(Arc::new(move || remote_events.send_modify(|n| *n = n.wrapping_add(1))));
         let request_ms = u64::try_from(config.http.request_timeout.as_millis()).unwrap_or(u64::MAX);
         let app = Arc::new(Self {
             store,
@@ -176,6 +186,7 @@ impl<S: Store> App<S> {
             guard: config.auth.as_ref().map(auth::Guard::new),
             lease_waits: Arc::new(tokio::sync::Semaphore::new(config.http.max_waiting_leases)),
             max_wait_ms: cherga_api::MAX_WAIT_MS.min(request_ms.saturating_sub(1_000)),
+            events_signal,
         });
         (app, shutdown_tx)
     }

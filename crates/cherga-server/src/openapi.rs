@@ -43,6 +43,7 @@ use utoipa::{Modify, OpenApi, PartialSchema};
         routes::retry,
         routes::revoke,
         routes::list_revocations,
+        crate::events::stream,
         openapi_path,
     ),
     modifiers(&Shared)

@@ -251,7 +251,13 @@ struct Inner {
     event_retention_ms: Option<Millis>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     listening: AtomicBool,
+    /// Called when another node announces new events (`on_remote_events`).
+    events_wake: Mutex<Option<Arc<dyn Fn() + Send + Sync>>>,
 }
+
+/// The payload that announces new events rather than a queue's work: queue
+/// names are never empty.
+const EVENTS_PAYLOAD: &str = "";
 
 impl Inner {
     /// Has the notifier tell other nodes that `queues` may have leasable work.
@@ -331,6 +337,7 @@ impl PgStore {
             event_retention_ms: options.event_retention_ms,
             tasks: Mutex::new(Vec::new()),
             listening: AtomicBool::new(false),
+            events_wake: Mutex::new(None),
         });
         let notifier = tokio::spawn(run_notifier(inner.clone()));
         inner.tasks.lock().expect("tasks lock").push(notifier);
@@ -449,14 +456,23 @@ async fn listen_once(inner: &Inner, wake: &Wake, own_pids: &OwnPids) -> Result<(
         }
     };
     tracing::debug!(channel = %inner.channel, "listening for work from other nodes");
+    let events_wake = || {
+        if let Some(wake) = inner.events_wake.lock().expect("events wake lock").clone() {
+            wake();
+        }
+    };
     for row in &queues {
         wake(row.get::<_, &str>(0));
     }
+    events_wake();
     while let Some(notification) = notifications.recv().await {
         if own_pids.lock().expect("pids lock").contains(&notification.process_id()) {
             continue;
         }
-        wake(notification.payload());
+        match notification.payload() {
+            EVENTS_PAYLOAD => events_wake(),
+            queue => wake(queue),
+        }
     }
     drop(client);
     match driver.await {
@@ -472,7 +488,9 @@ impl PgStore {
     fn announce<T>(&self, changed: Changed<T>) -> Changed<T> {
         let effects = &changed.effects;
         let leasable = effects.leasable().into_iter().map(|(queue, _)| queue);
-        self.inner.notify(leasable.chain(effects.queues_changed.iter().map(String::as_str)));
+        let logged = self.inner.event_retention_ms.is_some() && !effects.transitions.is_empty();
+        let events = logged.then_some(EVENTS_PAYLOAD);
+        self.inner.notify(leasable.chain(effects.queues_changed.iter().map(String::as_str)).chain(events));
         changed
     }
 }
@@ -610,6 +628,10 @@ impl Store for PgStore {
             return Err(StoreError::Unavailable("the event log is off".into()));
         }
         transact!(inner, conn => events::read(&mut conn, after, limit))
+    }
+
+    fn on_remote_events(&self, wake: Arc<dyn Fn() + Send + Sync>) {
+        *self.inner.events_wake.lock().expect("events wake lock") = Some(wake);
     }
 
     fn on_remote_work(&self, wake: Wake) {
