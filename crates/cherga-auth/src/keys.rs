@@ -63,7 +63,7 @@ impl Alg {
 /// What is wrong with a key file. Messages name the key, never its material.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("cannot read the key file {path}: {source}")]
+    #[error("cannot read the key file {path}")]
     Read { path: String, source: std::io::Error },
     #[error("the key file is not valid JSON of the form {{\"keys\": [...]}}: {0}")]
     Json(String),

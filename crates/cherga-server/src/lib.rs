@@ -165,7 +165,8 @@ impl<S: Store> App<S> {
                 Err(error) => {
                     failures += 1;
                     if failures == 1 || failures.is_multiple_of(60) {
-                        tracing::error!(%error, failures, "reading token revocations failed; retrying");
+                        let error = &error as &dyn std::error::Error;
+                        tracing::error!(error, failures, "reading token revocations failed; retrying");
                     }
                 }
             }
@@ -202,7 +203,8 @@ impl<S: Store> App<S> {
                 Err(error) => {
                     failures += 1;
                     if failures == 1 || failures.is_multiple_of(60) {
-                        tracing::error!(%error, failures, "timer tick failed; retrying");
+                        let error = &error as &dyn std::error::Error;
+                        tracing::error!(error, failures, "timer tick failed; retrying");
                     }
                     now + TIMER_IDLE_MS
                 }
@@ -236,7 +238,8 @@ pub async fn serve<S: Store>(
     let (app, shutdown_tx) = App::new(store.clone(), &config);
     if let Err(error) = app.load_revocations().await {
         store.close().await;
-        return Err(std::io::Error::other(format!("cannot read token revocations from the store: {error}")));
+        let message = format!("cannot read token revocations from the store: {}", with_causes(&error));
+        return Err(std::io::Error::other(message));
     }
     let timers = tokio::spawn(app.clone().run_timers());
     let revocations = tokio::spawn(app.clone().run_revocations());
@@ -252,6 +255,19 @@ pub async fn serve<S: Store>(
     store.close().await;
     tracing::info!("store closed");
     Ok(())
+}
+
+/// `error` and its causes in one line, each once (`Display` of an error leaves
+/// out its `source()`): for a message that must carry them in one string.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        text.push_str(": ");
+        text.push_str(&error.to_string());
+        cause = error.source();
+    }
+    text
 }
 
 /// Milliseconds since the Unix epoch, from the system clock.

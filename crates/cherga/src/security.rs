@@ -209,7 +209,8 @@ impl Security {
                                 tracing::info!(keys = %path.display(), %kids, "key file reloaded");
                             }
                             Err(error) => {
-                                tracing::error!(%error, "key file not reloaded; keeping the old keys")
+                                let error = &error as &dyn std::error::Error;
+                                tracing::error!(error, "key file not reloaded; keeping the old keys")
                             }
                         }
                     }
