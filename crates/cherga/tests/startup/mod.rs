@@ -7,9 +7,14 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 
 /// `cherga serve` on a free port with `args`, its output piped.
 fn serve(args: &[&str]) -> Command {
+    serve_at("127.0.0.1:0", args)
+}
+
+/// `cherga serve --addr addr` with `args`, its output piped.
+fn serve_at(addr: &str, args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_cherga"));
     command
-        .args(["serve", "--addr", "127.0.0.1:0", "--log", "warn"])
+        .args(["serve", "--addr", addr, "--log", "warn"])
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -66,4 +71,22 @@ fn a_start_up_failure_names_its_os_cause_once() {
     let stderr = fails_to_start(serve(&["--auth-keys", path_arg(&missing)]));
     assert!(stderr.contains("cannot read the key file"), "{stderr}");
     assert_said_once(&stderr, "No such file or directory (os error 2)");
+}
+
+/// A port already in use stops `serve` before it opens, or creates, its store.
+#[test]
+fn a_port_in_use_leaves_no_data_directory_behind() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("hold a port");
+    let addr = held.local_addr().expect("its address").to_string();
+    let data_dir = dir.path().join("new");
+
+    let stderr = fails_to_start(serve_at(&addr, &["--data-dir", path_arg(&data_dir)]));
+    assert!(stderr.contains(&format!("binding {addr}")), "{stderr}");
+    assert_said_once(&stderr, "Address already in use");
+    assert!(
+        !data_dir.exists(),
+        "{} was created by a server that could not bind; stderr:\n{stderr}",
+        data_dir.display()
+    );
 }
