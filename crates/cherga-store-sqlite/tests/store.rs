@@ -9,7 +9,7 @@ use cherga_core::{
 };
 use cherga_store::testkit::{self, Harness, T0};
 use cherga_store::{Ack, Claim, Enqueued, ListTasks, Nack, QueueInfo, Store, StoreError};
-use cherga_store_sqlite::{Limits, Options, SqliteStore};
+use cherga_store_sqlite::{DataDirInUse, Limits, Options, SqliteStore};
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -197,6 +197,58 @@ async fn snapshot(store: &SqliteStore) -> (Vec<Task>, Vec<Task>, Vec<QueueInfo>)
     let other = list_all(store, "other").await;
     let queues = store.list_queues().await.expect("list_queues");
     (jobs, other, queues)
+}
+
+// ---------------------------------------------------------------------------
+// One store per database.
+// ---------------------------------------------------------------------------
+
+/// Opens `path` expecting the refusal of a database another store holds.
+#[track_caller]
+fn assert_in_use(path: &Path) -> String {
+    match SqliteStore::open(Options { path: path.to_owned(), durable: false, limits: Limits::STANDARD }) {
+        Err(StoreError::Unavailable(source)) => {
+            let Some(in_use) = source.downcast_ref::<DataDirInUse>() else {
+                panic!("open of a database in use: expected a DataDirInUse source, got {source:?}")
+            };
+            assert_eq!(in_use.holder, Some(std::process::id()), "the holder's pid: {in_use:?}");
+            source.to_string()
+        }
+        Err(other) => panic!("open of a database in use: expected Unavailable, got {other:?}"),
+        Ok(_) => panic!("a second store opened {} while the first has it open", path.display()),
+    }
+}
+
+/// A second store on a database that a store of the same process has open is
+/// refused, with a message naming the directory and the holder; once the first
+/// is closed (or dropped) the database opens again, with everything in it.
+#[tokio::test]
+async fn a_second_store_on_an_open_database_is_refused_until_the_first_closes() {
+    let dir = TempSqlite::fast();
+    let first = open(&dir.path(), false);
+    let created = first.enqueue(queue_name("q"), vec![new_task("a", None, None, 0, None)], T0).await;
+    let created = created.expect("enqueue").pop().expect("one answer").expect("created");
+
+    let message = assert_in_use(&dir.path());
+    let dir_text = dir.dir.path().display().to_string();
+    assert!(
+        message.contains(&format!("the data directory {dir_text} is in use")),
+        "the message names the directory: {message}"
+    );
+    assert!(message.contains(&format!("pid {}", std::process::id())), "and the holder: {message}");
+    let lock = std::fs::read_to_string(dir.dir.path().join("cherga.db.lock")).expect("the lock file");
+    assert_eq!(lock.trim(), std::process::id().to_string(), "the lock file holds the holder's pid");
+
+    first.close().await;
+    let second = open(&dir.path(), false);
+    let task = second.get_task(created.task().id).await.expect("the task, through the second store");
+    assert_eq!(task.kind, "a");
+    assert_in_use(&dir.path());
+    drop(second);
+    let third = open(&dir.path(), false);
+    assert_eq!(list_all(&third, "q").await.len(), 1);
+    third.close().await;
+    drop(first);
 }
 
 // ---------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 //! Start-up of the real binary: what `cherga serve` refuses, and what it leaves
 //! behind when it does, read from its exit status and its stderr.
 
+use super::harness::http;
+use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -46,6 +48,54 @@ fn exit_of(mut child: Child) -> (ExitStatus, String) {
     (child.wait().expect("exit status"), stderr)
 }
 
+/// A server started by a test, killed when dropped.
+struct Running {
+    child: Child,
+    base: String,
+}
+
+impl Running {
+    /// Starts `command` (a `serve`), its stderr passed through, and waits for its
+    /// "listening on" line.
+    fn start(mut command: Command) -> Self {
+        let mut child = command.stderr(Stdio::inherit()).spawn().expect("start cherga");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read stdout");
+        let Some(base) = line.trim().strip_prefix("listening on ") else {
+            let status = child.wait();
+            panic!("cherga did not start: first line {line:?}, exit {status:?}");
+        };
+        Self { base: base.to_owned(), child }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no chance to close anything.
+    fn kill9(mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("reaped");
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let response = http().post(format!("{}{path}", self.base)).json(&body).send().await.expect(path);
+        (response.status().as_u16(), response.json().await.expect("a JSON answer"))
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let response = http().get(format!("{}{path}", self.base)).send().await.expect(path);
+        (response.status().as_u16(), response.json().await.expect("a JSON answer"))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[track_caller]
 fn assert_said_once(stderr: &str, text: &str) {
     assert_eq!(stderr.matches(text).count(), 1, "{text:?} should appear once in:\n{stderr}");
@@ -89,4 +139,55 @@ fn a_port_in_use_leaves_no_data_directory_behind() {
         "{} was created by a server that could not bind; stderr:\n{stderr}",
         data_dir.display()
     );
+}
+
+/// A second server on a data directory in use refuses to start and names the
+/// first one's pid (two would give out the same sequence numbers and overwrite
+/// each other's rows). Once the first is killed with `kill -9`, a new server
+/// starts on the directory, and every enqueue and ack the first acknowledged is
+/// there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_a_data_directory_in_use_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = dir.path().join("data");
+    let data_arg = path_arg(&data_dir).to_owned();
+    let first = Running::start(serve(&["--data-dir", &data_arg]));
+    let mut enqueued = Vec::new();
+    for i in 0..20 {
+        let (status, task) = first.post("/v1/queues/q/tasks", json!({"kind": "k", "payload": i})).await;
+        assert_eq!(status, 201, "{task}");
+        enqueued.push(task["id"].as_str().expect("an id").to_owned());
+    }
+    let (status, leased) = first.post("/v1/queues/q/lease", json!({"max": 5, "lease_ms": 60000})).await;
+    assert_eq!(status, 200, "{leased}");
+    let mut acked = Vec::new();
+    for task in leased["tasks"].as_array().expect("tasks") {
+        let id = task["id"].as_str().expect("an id");
+        let (status, body) =
+            first.post(&format!("/v1/tasks/{id}/ack"), json!({"lease": task["lease"]["token"]})).await;
+        assert_eq!(status, 200, "{body}");
+        acked.push(id.to_owned());
+    }
+    assert_eq!(acked.len(), 5);
+
+    let second = serve(&["--data-dir", &data_arg]);
+    let stderr = tokio::task::spawn_blocking(move || fails_to_start(second)).await.expect("second server");
+    let expected = format!(
+        "the data directory {} is in use by another cherga (pid {})",
+        data_dir.display(),
+        first.pid()
+    );
+    assert_said_once(&stderr, &expected);
+
+    first.kill9();
+    let third = Running::start(serve(&["--data-dir", &data_arg]));
+    for id in &enqueued {
+        let (status, task) = third.get(&format!("/v1/tasks/{id}")).await;
+        assert_eq!(status, 200, "task {id}, enqueued before the kill: {task}");
+        let state = if acked.contains(id) { "succeeded" } else { "ready" };
+        assert_eq!(task["state"], state, "task {id}: {task}");
+    }
+    let (_, queue) = third.get("/v1/queues/q").await;
+    assert_eq!(queue["counts"]["ready"], 15, "{queue}");
+    assert_eq!(queue["counts"]["succeeded"], 5, "{queue}");
 }
