@@ -93,6 +93,12 @@ impl Key {
         self.alg
     }
 
+    /// Whether the key file holds this key's private material (an EdDSA private
+    /// key or an HS256 secret): whoever reads it can sign tokens.
+    pub fn can_sign(&self) -> bool {
+        self.sign.is_some()
+    }
+
     pub(crate) fn verifying(&self) -> &DecodingKey {
         &self.verify
     }

@@ -105,10 +105,9 @@ impl SqliteStore {
     /// (with a [`DataDirInUse`] source) when another store has it open;
     /// [`StoreError::Corrupt`] when a stored row cannot be read.
     pub fn open(options: Options) -> Result<Self, StoreError> {
-        if let Some(parent) = options.path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| StoreError::Unavailable(Box::new(e)))?;
-        }
+        dir::prepare_dir(&options.path)?;
         let lock = Arc::new(dir::DirLock::acquire(&options.path)?);
+        dir::prepare_files(&options.path)?;
         let engine = Engine::open(&options)?;
         let syncer = sync::Syncer::start(&options)?;
         let checkpointer = checkpoint::Checkpointer::start(&options)?;

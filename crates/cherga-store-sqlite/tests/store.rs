@@ -251,6 +251,65 @@ async fn a_second_store_on_an_open_database_is_refused_until_the_first_closes() 
     drop(first);
 }
 
+/// The mode bits of `path`.
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode()
+        & 0o7777
+}
+
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|e| panic!("chmod {mode:o} {}: {e}", path.display()));
+}
+
+/// The modes of the files in `dir`, by name.
+fn modes_in(dir: &Path) -> Vec<(String, u32)> {
+    let mut modes: Vec<(String, u32)> = std::fs::read_dir(dir)
+        .expect("list the directory")
+        .map(|entry| {
+            let path = entry.expect("an entry").path();
+            (path.file_name().expect("a name").to_string_lossy().into_owned(), mode_of(&path))
+        })
+        .collect();
+    modes.sort();
+    modes
+}
+
+/// A data directory and store files that other users may read (made by an
+/// older cherga, or by hand) are made private at open; a shared directory with
+/// the sticky bit, such as `/tmp`, is left as it is, its store files private.
+#[tokio::test]
+async fn an_open_makes_a_data_directory_open_to_other_users_private() {
+    let dir = TempSqlite::durable();
+    let store = open(&dir.path(), true);
+    store.enqueue(queue_name("q"), vec![new_task("a", None, None, 0, None)], T0).await.expect("enqueue");
+    drop(store);
+    chmod(dir.dir.path(), 0o755);
+    let files = modes_in(dir.dir.path());
+    for (name, _) in &files {
+        chmod(&dir.dir.path().join(name), 0o644);
+    }
+    assert!(files.len() >= 2, "the database and its lock at least: {files:?}");
+
+    let store = open(&dir.path(), true);
+    assert_eq!(format!("{:04o}", mode_of(dir.dir.path())), "0700", "the data directory");
+    let modes = modes_in(dir.dir.path());
+    assert!(modes.iter().all(|(_, mode)| *mode == 0o600), "every file 0600: {modes:?}");
+    assert_eq!(list_all(&store, "q").await.len(), 1, "and the data is all there");
+    store.close().await;
+
+    let shared = dir.dir.path().join("shared");
+    std::fs::create_dir(&shared).expect("mkdir");
+    chmod(&shared, 0o1777);
+    let store = open(&shared.join("cherga.db"), false);
+    assert_eq!(format!("{:04o}", mode_of(&shared)), "1777", "a shared directory is left alone");
+    let modes = modes_in(&shared);
+    assert!(modes.iter().all(|(_, mode)| *mode == 0o600), "every file 0600: {modes:?}");
+    store.close().await;
+}
+
 // ---------------------------------------------------------------------------
 // Crash and power loss.
 // ---------------------------------------------------------------------------

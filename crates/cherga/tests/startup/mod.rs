@@ -4,6 +4,7 @@
 use super::harness::http;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 
@@ -94,6 +95,19 @@ impl Drop for Running {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Starts `command` (a `serve`), waits for its "listening on" line, stops it and
+/// returns what it wrote to stderr until then.
+fn stderr_of_start(mut command: Command) -> String {
+    let mut child = command.spawn().expect("start cherga");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read stdout");
+    // Whatever it logged before this line is in the pipe already.
+    let _ = child.kill();
+    let (_, stderr) = exit_of(child);
+    assert!(line.starts_with("listening on"), "cherga did not start: {line:?}; stderr:\n{stderr}");
+    stderr
 }
 
 #[track_caller]
@@ -190,4 +204,95 @@ async fn a_second_server_on_a_data_directory_in_use_refuses_to_start() {
     let (_, queue) = third.get("/v1/queues/q").await;
     assert_eq!(queue["counts"]["ready"], 15, "{queue}");
     assert_eq!(queue["counts"]["succeeded"], 5, "{queue}");
+}
+
+/// The mode bits of `path`.
+fn mode_of(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode()
+        & 0o7777
+}
+
+/// Under umask 000 the data directory is still `0700` and every file in it
+/// `0600`: tasks hold what producers put in them, and other users of the
+/// machine must not read them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_directory_is_private_whatever_the_umask() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = dir.path().join("data");
+    // The umask of the child only: the test process keeps its own.
+    let mut command = Command::new("sh");
+    command
+        .args(["-c", r#"umask 000; exec "$0" "$@""#, env!("CARGO_BIN_EXE_cherga")])
+        .args(["serve", "--addr", "127.0.0.1:0", "--log", "warn", "--data-dir", path_arg(&data_dir)])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    let server = Running::start(command);
+    for i in 0..50 {
+        let (status, body) = server.post("/v1/queues/q/tasks", json!({"kind": "k", "payload": i})).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let (_, leased) = server.post("/v1/queues/q/lease", json!({"max": 10})).await;
+    for task in leased["tasks"].as_array().expect("tasks") {
+        let path = format!("/v1/tasks/{}/ack", task["id"].as_str().expect("an id"));
+        let (status, body) = server.post(&path, json!({"lease": task["lease"]["token"]})).await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    assert_eq!(mode_of(&data_dir), 0o700, "the data directory's mode, {:04o}", mode_of(&data_dir));
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(&data_dir).expect("list the data directory") {
+        let path = entry.expect("an entry").path();
+        files.push((path.file_name().expect("a name").to_string_lossy().into_owned(), mode_of(&path)));
+    }
+    files.sort();
+    let loose: Vec<String> = files
+        .iter()
+        .filter(|(_, mode)| *mode != 0o600)
+        .map(|(name, mode)| format!("{name} {mode:04o}"))
+        .collect();
+    assert!(loose.is_empty(), "files not 0600: {loose:?} (all: {files:?})");
+    let names: Vec<&str> = files.iter().map(|(name, _)| name.as_str()).collect();
+    for name in ["cherga.db", "cherga.db-wal", "cherga.db-shm", "cherga.db.lock"] {
+        assert!(names.contains(&name), "{name} is among the files checked: {names:?}");
+    }
+}
+
+/// A key file with private keys that other users can read, or one they can
+/// change, gets one warning at start; a private one, or public keys readable
+/// by all, none.
+#[test]
+fn a_key_file_open_to_other_users_is_warned_about() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let signing = dir.path().join("signing.json");
+    let status = Command::new(env!("CARGO_BIN_EXE_cherga"))
+        .args(["keygen", "--kid", "k1", "--out", path_arg(&signing)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("cherga keygen");
+    assert!(status.success());
+    let public = dir.path().join("verify.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_cherga"))
+        .args(["keygen", "--public-of", path_arg(&signing)])
+        .output()
+        .expect("cherga keygen --public-of");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(&public, &out.stdout).expect("write the public key file");
+
+    let start = |keys: &Path, mode: u32| {
+        std::fs::set_permissions(keys, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        let data_dir = dir.path().join(format!("data-{mode:o}"));
+        stderr_of_start(serve(&["--auth-keys", path_arg(keys), "--data-dir", path_arg(&data_dir)]))
+    };
+    let warning = "make it readable by cherga's user only (chmod 600)";
+    let stderr = start(&signing, 0o600);
+    assert!(!stderr.contains(warning), "a private key file: {stderr}");
+    let stderr = start(&signing, 0o640);
+    assert_said_once(&stderr, warning);
+    assert!(stderr.contains("can read its private keys"), "{stderr}");
+    let stderr = start(&public, 0o644);
+    assert!(!stderr.contains(warning), "public keys may be read by all: {stderr}");
+    let stderr = start(&public, 0o662);
+    assert_said_once(&stderr, warning);
+    assert!(stderr.contains("can change it"), "{stderr}");
 }
