@@ -61,7 +61,7 @@ class Call(Generic[T]):
     def result(self, answer: Answer) -> T:
         """The parsed answer, or the API error it carries, raised."""
         if answer.status >= 400:
-            raise error_from_response(answer.status, answer.body)
+            raise error_from_response(answer.status, answer.body, answer.headers)
         return self.parse(answer)
 
 
