@@ -26,7 +26,14 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
-from .errors import ChergaError, ConnectionFailed, Unavailable, error_from_response
+from .errors import (
+    ChergaError,
+    ConnectionFailed,
+    InvalidQueueName,
+    InvalidTaskId,
+    Unavailable,
+    error_from_response,
+)
 from .types import BatchResult, NewTask, Queue, Task, TaskPage
 
 T = TypeVar("T")
@@ -132,11 +139,23 @@ def exchange(call: Call[T], policy: RetryPolicy) -> Generator[str | float, Answe
 
 
 def task_path(task_id: str) -> str:
-    return f"/v1/tasks/{quote(task_id, safe='')}"
+    return f"/v1/tasks/{_segment(task_id, InvalidTaskId, 'task id')}"
 
 
 def queue_path(queue: str) -> str:
-    return f"/v1/queues/{quote(queue, safe='')}"
+    return f"/v1/queues/{_segment(queue, InvalidQueueName, 'queue name')}"
+
+
+def _segment(value: str, error: type[ChergaError], what: str) -> str:
+    """``value`` as exactly one path segment, whatever it holds. ``quote``
+    leaves dots alone, and a URL's "." and ".." segments are resolved away
+    (``/v1/tasks/..`` is ``/v1``), so those are percent-encoded too. An empty
+    segment cannot be sent: it is refused as the server would refuse it."""
+    if not value:
+        raise error(f"the {what} is empty", status=None)
+    if value in (".", ".."):
+        return value.replace(".", "%2E")
+    return quote(value, safe="")
 
 
 def task_and_lease(task: Task | str, lease: str | None) -> tuple[str, str]:
