@@ -61,6 +61,17 @@ def test_worker_dispatches_by_kind_and_reports_outcomes(client: Client, queue: s
     def not_json(task: Task) -> object:
         return object()
 
+    @worker.task("nan")
+    def nan(task: Task) -> object:
+        return {"x": float("nan")}  # Python's json writes NaN; JSON has none
+
+    @worker.task("too_deep")
+    def too_deep(task: Task) -> object:
+        result: list = []
+        for _ in range(100_000):
+            result = [result]
+        return result
+
     ids = {
         kind: client.enqueue(queue, kind, payload).id
         for kind, payload in [
@@ -69,6 +80,8 @@ def test_worker_dispatches_by_kind_and_reports_outcomes(client: Client, queue: s
             ("later", None),
             ("give_up", None),
             ("not_json", None),
+            ("nan", None),
+            ("too_deep", None),
             ("unknown_kind", None),
         ]
     }
@@ -86,7 +99,8 @@ def test_worker_dispatches_by_kind_and_reports_outcomes(client: Client, queue: s
     assert tasks["later"].state == State.SCHEDULED and tasks["later"].last_error == "gateway busy"
     assert (tasks["later"].run_at - tasks["later"].updated_at).total_seconds() == pytest.approx(30, abs=1)
     assert tasks["give_up"].state == State.DEAD and tasks["give_up"].last_error == "card closed"
-    assert tasks["not_json"].state == State.SCHEDULED and "not JSON" in tasks["not_json"].last_error
+    for kind in ("not_json", "nan", "too_deep"):
+        assert tasks[kind].state == State.SCHEDULED and "not JSON" in tasks[kind].last_error, tasks[kind]
     assert tasks["unknown_kind"].state == State.SCHEDULED
     assert "no handler for kind 'unknown_kind'" in tasks["unknown_kind"].last_error
 
@@ -405,9 +419,14 @@ def test_async_worker_runs_async_and_sync_handlers(server: Server, queue: str) -
             async def broken(task: Task) -> None:
                 raise LookupError("nope")
 
+            @worker.task("nan")
+            async def nan(task: Task) -> object:
+                return [float("nan")]
+
             ids = [(await client.enqueue(queue, "nap", i)).id for i in range(6)]
             ids.append((await client.enqueue(queue, "blocking")).id)
             ids.append((await client.enqueue(queue, "broken")).id)
+            ids.append((await client.enqueue(queue, "nan")).id)
             serving = asyncio.create_task(worker.serve())
             deadline = time.monotonic() + 15
             while True:
@@ -419,13 +438,14 @@ def test_async_worker_runs_async_and_sync_handlers(server: Server, queue: str) -
             worker.stop()
             await asyncio.wait_for(serving, 10)
             assert most == 3
-            return {"nap": tasks[0], "blocking": tasks[6], "broken": tasks[7], "naps": tasks[:6]}
+            return {"nap": tasks[0], "blocking": tasks[6], "broken": tasks[7], "nan": tasks[8], "naps": tasks[:6]}
 
     out = asyncio.run(main())
     assert [t.result for t in out["naps"]] == list(range(6))
     assert out["blocking"].state == State.SUCCEEDED and out["blocking"].attempts == 1
     assert out["blocking"].result != "MainThread"
     assert out["broken"].state == State.SCHEDULED and "LookupError: nope" in out["broken"].last_error
+    assert out["nan"].state == State.SCHEDULED and "not JSON" in out["nan"].last_error
 
 
 def test_a_busy_async_worker_acks_each_task_with_its_next_lease(server: Server, queue: str) -> None:

@@ -19,13 +19,13 @@ Retries. A failure is retried when resending cannot change the outcome:
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
+from . import _json
 from .errors import (
     ChergaError,
     ConnectionFailed,
@@ -358,7 +358,8 @@ def decode(status: int, headers: dict[str, str], content: bytes) -> Answer:
     """An ``Answer`` from raw bytes; a body that is not JSON decodes to ``None``
     (errors then map by status alone)."""
     try:
-        body = json.loads(content) if content else None
+        # Survives JSON nested too deeply for Python (see _json).
+        body = _json.loads(content) if content else None
     except ValueError:
         body = None
     if status < 400 and body is None:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from . import _json
+
 
 class State(enum.StrEnum):
     """Task states. A ``StrEnum``, so ``task.state == "ready"`` works too."""
@@ -76,6 +78,10 @@ class Task:
     true when an enqueue matched an existing idempotency key and created nothing.
     Inside ``client.lease()``/``client.consume()`` assign ``result`` to ack the
     task with that result.
+
+    ``decode_error`` is set when the ``payload`` or ``result`` is JSON nested
+    too deeply for Python to decode: that field is ``None`` here, and workers
+    and the lease helpers nack the task (with this reason) instead of running it.
     """
 
     id: str
@@ -98,6 +104,7 @@ class Task:
     worker: str | None = None
     lease: Lease | None = None
     replayed: bool = False
+    decode_error: str | None = None
 
     @classmethod
     def from_wire(cls, data: dict[str, Any], *, replayed: bool = False) -> Task:
@@ -123,6 +130,7 @@ class Task:
             worker=data.get("worker"),
             lease=Lease.from_wire(lease) if lease else None,
             replayed=replayed,
+            decode_error=_json.decode_error(data),
         )
 
     @property

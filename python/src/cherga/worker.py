@@ -54,7 +54,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ._outcome import Dead, Nack, Retry, hand_back, settle
+from ._outcome import Dead, Nack, Retry, hand_back, settle, undecodable
 from .client import AsyncClient, Client
 from .errors import ChergaError
 from .lease import AsyncHeartbeat, Heartbeat, log_settle_failure
@@ -306,6 +306,10 @@ class Worker(_Registry):
                     self._cond.notify_all()
 
     def _execute(self, task: Task) -> None:
+        if task.decode_error is not None:
+            log.warning("task %s (%s) cannot be decoded: %s", task.id, task.kind, task.decode_error)
+            self._report(task, undecodable(task.decode_error))
+            return
         handler = self.handler_for(task.kind) or _no_handler
         try:
             result = handler(task)
@@ -336,7 +340,7 @@ class Worker(_Registry):
             if nack is None:
                 try:
                     self.client.ack(task, result)
-                except TypeError as error:  # the result is not JSON
+                except NOT_JSON as error:
                     self.client.nack(task, error=f"the handler's result is not JSON: {error}")
             else:
                 self.client.nack(task, **nack.kwargs())
@@ -346,11 +350,17 @@ class Worker(_Registry):
             log.exception("could not report task %s", task.id)
 
 
+# What encoding a result that is not JSON raises: an object json cannot
+# encode, NaN or an infinity (httpx refuses them, as JSON has none), nesting
+# deeper than the encoder recurses.
+NOT_JSON = (TypeError, ValueError, RecursionError)
+
+
 def _json_ok(result: Any) -> bool:
     """Whether ``result`` can be sent as JSON (one that cannot is nacked)."""
     try:
-        json.dumps(result)
-    except (TypeError, ValueError):
+        json.dumps(result, allow_nan=False)
+    except NOT_JSON:
         return False
     return True
 
@@ -564,6 +574,10 @@ class AsyncWorker(_Registry):
                 slots.release()
 
     async def _execute(self, client: AsyncClient, heartbeat: AsyncHeartbeat, task: Task) -> None:
+        if task.decode_error is not None:
+            log.warning("task %s (%s) cannot be decoded: %s", task.id, task.kind, task.decode_error)
+            await self._report(client, heartbeat, task, undecodable(task.decode_error))
+            return
         handler = self.handler_for(task.kind) or _no_handler
         try:
             if inspect.iscoroutinefunction(handler):
@@ -597,12 +611,14 @@ class AsyncWorker(_Registry):
             if nack is None:
                 try:
                     await client.ack(task, result)
-                except TypeError as error:
+                except NOT_JSON as error:
                     await client.nack(task, error=f"the handler's result is not JSON: {error}")
             else:
                 await client.nack(task, **nack.kwargs())
         except ChergaError as error:
             log_settle_failure(task, error, "ack" if nack is None else "nack")
+        except Exception:  # keep the runner alive; the lease expiry brings the task back
+            log.exception("could not report task %s", task.id)
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> None:
