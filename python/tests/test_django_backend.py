@@ -158,6 +158,9 @@ def test_cherga_worker_management_command(queue: str, tmp_path: Path) -> None:
         proc.kill()
     assert proc.returncode == 0, output.decode()
     assert b"cherga_worker: stopped" in output
+    # Django's own handler prints its task lines; the command adds none that repeats them.
+    for r in results:
+        assert output.decode().count(f"Task id={r.id} path=tests.djapp.tasks.write_note state=SUCCESSFUL") == 1
     assert all(r.status == TaskResultStatus.SUCCESSFUL for r in done)
     note_ids = [r.return_value for r in done]
     assert sorted(Note.objects.filter(pk__in=note_ids).values_list("text", flat=True)) == [

@@ -65,6 +65,15 @@ def failure(error: BaseException) -> Nack:
     return Nack(error="".join(traceback.format_exception(error)))
 
 
+def outcome_name(error: BaseException) -> str:
+    """How a handler that raised ``error`` ended, for the worker's log."""
+    if isinstance(error, Retry):
+        return "retry"
+    if isinstance(error, Dead):
+        return "dead"
+    return "failed"
+
+
 def is_control(error: BaseException | None) -> bool:
     """True for the exceptions a handler raises to steer the nack on purpose."""
     return isinstance(error, (Retry, Dead))
