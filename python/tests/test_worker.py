@@ -16,7 +16,19 @@ from pathlib import Path
 
 import pytest
 
-from cherga import AsyncClient, AsyncWorker, Client, Dead, LeaseLost, Retry, State, Task, Worker
+from cherga import (
+    AsyncClient,
+    AsyncWorker,
+    Client,
+    Dead,
+    LeaseLost,
+    Retry,
+    State,
+    Task,
+    TooManyRequests,
+    Unavailable,
+    Worker,
+)
 from tests.harness import PYTHON, Server, subprocess_env, wait_until
 
 
@@ -193,6 +205,16 @@ def test_async_worker_handler_raising_system_exit_fails_with_backoff(server: Ser
     failed = asyncio.run(main())
     assert failed.state == State.SCHEDULED and "SystemExit: from the handler" in failed.last_error
     assert (failed.run_at - failed.updated_at).total_seconds() == pytest.approx(60, abs=1)
+
+
+def test_a_429_paces_the_poller_by_its_retry_after() -> None:
+    from cherga.worker import _pause
+
+    slow_down = TooManyRequests("too many long polls", status=429, retry_after=3.0)
+    assert _pause(slow_down, 0.2) == 3.0
+    assert _pause(slow_down, 5.0) == 5.0
+    assert _pause(TooManyRequests("no header", status=429), 0.4) == 0.4
+    assert _pause(Unavailable("busy", status=503), 0.4) == 0.4
 
 
 def test_worker_runs_concurrency_handlers_at_once(client: Client, queue: str) -> None:

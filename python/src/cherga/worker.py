@@ -396,8 +396,10 @@ def _log_task(task: Task, outcome: str, seconds: float, error: BaseException | s
     message = "task id=%s kind=%s attempt=%d outcome=%s duration_ms=%.1f"
     args: tuple[Any, ...] = (task.id, task.kind, task.attempts, outcome, duration_ms)
     if error is not None:
+        text = error if isinstance(error, str) else repr(error)
         message += " error=%s"
-        args += (error if isinstance(error, str) else repr(error),)
+        # The whole error is the task's last_error; the log line stays a line.
+        args += (text if len(text) <= 300 else f"{text[:300]}…",)
     log.log(level, message, *args, extra=fields)
 
 
