@@ -40,6 +40,8 @@ from .errors import (
 )
 from .lease import AsyncConsumer, AsyncLeaseContext, Consumer, LeaseContext
 from .types import (
+    Attempt,
+    AttemptOutcome,
     Backoff,
     BatchResult,
     Counts,
@@ -61,6 +63,8 @@ __all__ = [
     "AsyncConsumer",
     "AsyncLeaseContext",
     "AsyncWorker",
+    "Attempt",
+    "AttemptOutcome",
     "Backoff",
     "BatchResult",
     "BodyTooLarge",
