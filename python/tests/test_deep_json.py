@@ -154,7 +154,12 @@ def test_lease_and_consume_skip_deep_tasks(deep_server: Server) -> None:
 
         deep_id = enqueue_raw(deep_server, queue, "k", nested(DEEP))
         fine = client.enqueue(queue, "k", {"n": 2})
-        assert [t.id for t in client.consume(queue, wait_ms=500)] == [fine.id]
+        consumer = client.consume(queue, wait_ms=10_000)
+        seen = []
+        for task in consumer:
+            seen.append(task.id)
+            consumer.stop()
+        assert seen == [fine.id]
         assert client.get_task(deep_id).state == State.DEAD
 
 

@@ -138,8 +138,13 @@ def test_worker_logs_one_line_per_task(client: Client, queue: str, caplog: pytes
         raise Dead("closed")
 
     ids = {kind: client.enqueue(queue, kind).id for kind in ("ok", "boom", "later", "give_up")}
+
+    def all_reported() -> bool:
+        return all(client.get_task(i).state != State.RUNNING and client.get_task(i).attempts == 1 for i in ids.values())
+
     with caplog.at_level("DEBUG", logger="cherga.worker"):
-        run_worker_until(worker, lambda: all(client.get_task(i).state != State.RUNNING for i in ids.values()))
+        # The worker logs each line after its report, before join() returns.
+        run_worker_until(worker, all_reported)
     lines = {r.task_id: r for r in caplog.records if getattr(r, "task_id", None) in ids.values()}
     per_task = collections.Counter(getattr(r, "task_id", None) for r in caplog.records)
     assert all(per_task[i] == 1 for i in ids.values()), per_task

@@ -128,7 +128,8 @@ def _mark(entry: tuple[Any, Any, Any], key: Any) -> None:
     task, field = owner
     task[field] = None
     errors = task.setdefault(DECODE_ERROR, [])
-    reason = f"its {field} is JSON nested more than {MAX_DEPTH} levels deep, which Python's json module cannot decode"
+    # The levels count from the answer's root, a few above the field's.
+    reason = f"its {field} is JSON nested too deeply for Python's json module (about {MAX_DEPTH} levels or more)"
     if reason not in errors:
         errors.append(reason)
 
