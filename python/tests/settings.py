@@ -24,6 +24,12 @@ TASKS = {
         "QUEUES": [],
         "OPTIONS": {"URL": _URL, "RETRIES": 2},
     },
+    # Direct, for one Django queue only.
+    "emails": {
+        "BACKEND": "cherga.django.ChergaBackend",
+        "QUEUES": ["emails"],
+        "OPTIONS": {"URL": _URL, "RETRIES": 2},
+    },
     # Direct, each task run at most once (Django's own semantics).
     "once": {
         "BACKEND": "cherga.django.ChergaBackend",

@@ -198,6 +198,25 @@ def test_errors_map_to_classes(client: Client) -> None:
         client.enqueue(unique_queue(), "k", "x" * (2 << 20))
 
 
+def test_ids_and_queue_names_are_sent_as_one_path_segment(client: Client, queue: str) -> None:
+    # Dot segments would be resolved away ("/v1/tasks/.." is "/v1"), an empty
+    # one would name another route, and "/" or "?" would end the segment.
+    for task_id in ("", ".", "..", "a/b", "../queues", "?state=ready", "#x", "%2E"):
+        with pytest.raises(InvalidTaskId):
+            client.get_task(task_id)
+    # "." and ".." are valid queue names; each is its own queue.
+    for name in (".", ".."):
+        client.configure_queue(name, max_attempts=7)
+        task = client.enqueue(name, "k", key=f"{queue}-{name}")
+        assert task.queue == name and client.get_task(task.id).queue == name
+        assert task.id in {t.id for t in client.list_tasks(name, limit=1000).tasks}
+        assert client.get_queue(name).settings.max_attempts == 7
+    with pytest.raises(InvalidQueueName):
+        client.enqueue("", "k")
+    with pytest.raises(InvalidQueueName):
+        client.enqueue("a/b", "k")
+
+
 def test_retries_ride_out_a_server_restart(own_server: Server) -> None:
     queue = unique_queue()
     with Client(own_server.url, retries=8) as client:

@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from cherga import Client, State
 from tests.djapp.models import Note
-from tests.djapp.tasks import add, async_double, attempt_info, fail, write_note
+from tests.djapp.tasks import add, async_double, attempt_info, exit_now, fail, write_note
 from tests.djhelpers import WORKER_ID, SignalLog, django_worker, result_when_finished
 from tests.harness import PYTHON, subprocess_env, wait_until
 
@@ -46,21 +46,24 @@ def test_direct_enqueue_runs_and_reports_the_result(client: Client, queue: str) 
 
 
 def test_signals_around_each_task(queue: str) -> None:
+    adding = add.using(backend="direct", queue_name=queue)
+    failing = fail.using(backend="once", queue_name=queue)
     with SignalLog() as log:
-        ok = add.using(backend="direct", queue_name=queue).enqueue(1, 1)
-        bad = fail.using(backend="once", queue_name=queue).enqueue("declined")
+        ok = adding.enqueue(1, 1)
+        bad = failing.enqueue("declined")
         assert log.of(ok.id) == [("enqueued", "READY")]
         with django_worker("direct", queue), django_worker("once", queue):
-            result_when_finished(add, ok.id)
-            result_when_finished(fail, bad.id)
+            result_when_finished(adding, ok.id)
+            result_when_finished(failing, bad.id)
     assert log.of(ok.id) == [("enqueued", "READY"), ("started", "RUNNING"), ("finished", "SUCCESSFUL")]
     assert log.of(bad.id) == [("enqueued", "READY"), ("started", "RUNNING"), ("finished", "FAILED")]
 
 
 def test_failure_is_recorded_with_the_exception(client: Client, queue: str) -> None:
-    result = fail.using(backend="once", queue_name=queue).enqueue("card declined")
+    task = fail.using(backend="once", queue_name=queue)
+    result = task.enqueue("card declined")
     with django_worker("once", queue):
-        failed = result_when_finished(fail, result.id)
+        failed = result_when_finished(task, result.id)
     assert failed.status == TaskResultStatus.FAILED
     [error] = failed.errors
     assert error.exception_class is ValueError
@@ -76,20 +79,23 @@ def test_failure_is_recorded_with_the_exception(client: Client, queue: str) -> N
 
 def test_failed_task_is_retried_until_its_attempts_run_out(client: Client, queue: str) -> None:
     client.configure_queue(queue, max_attempts=3, backoff={"initial_ms": 10, "jitter": 0.0})
-    result = fail.using(backend="direct", queue_name=queue).enqueue("flaky")
+    task = fail.using(backend="direct", queue_name=queue)
+    result = task.enqueue("flaky")
     with django_worker("direct", queue):
-        failed = result_when_finished(fail, result.id)
+        failed = result_when_finished(task, result.id)
     assert failed.status == TaskResultStatus.FAILED
     assert failed.attempts == 3 and failed.worker_ids[-1] == WORKER_ID
     assert client.get_task(result.id).attempts == 3
 
 
 def test_context_and_async_tasks(queue: str) -> None:
-    with_context = attempt_info.using(backend="direct", queue_name=queue).enqueue("t1")
-    doubled = async_double.using(backend="direct", queue_name=queue).enqueue(21)
+    context_task = attempt_info.using(backend="direct", queue_name=queue)
+    async_task = async_double.using(backend="direct", queue_name=queue)
+    with_context = context_task.enqueue("t1")
+    doubled = async_task.enqueue(21)
     with django_worker("direct", queue):
-        info = result_when_finished(attempt_info, with_context.id)
-        twice = result_when_finished(async_double, doubled.id)
+        info = result_when_finished(context_task, with_context.id)
+        twice = result_when_finished(async_task, doubled.id)
     assert info.return_value == {"tag": "t1", "attempt": 1, "result_id": with_context.id}
     assert twice.return_value == 42
 
@@ -101,7 +107,7 @@ def test_priority_and_run_after_map_to_cherga(client: Client, queue: str) -> Non
     sent = client.get_task(result.id)
     assert sent.state == State.SCHEDULED and sent.priority == 7
     assert abs((sent.run_at - later).total_seconds()) < 0.01
-    read_back = add.get_result(result.id)
+    read_back = task.get_result(result.id)
     assert read_back.status == TaskResultStatus.READY
     assert read_back.task.priority == 7 and read_back.task.run_after == later
 
@@ -129,7 +135,8 @@ def test_get_result_of_a_task_that_is_not_a_django_task(client: Client, queue: s
 
 
 def test_cherga_worker_management_command(queue: str, tmp_path: Path) -> None:
-    results = [write_note.using(backend="direct", queue_name=queue).enqueue(f"note {i}") for i in range(3)]
+    task = write_note.using(backend="direct", queue_name=queue)
+    results = [task.enqueue(f"note {i}") for i in range(3)]
     proc = subprocess.Popen(
         [
             PYTHON,
@@ -151,13 +158,16 @@ def test_cherga_worker_management_command(queue: str, tmp_path: Path) -> None:
         stderr=subprocess.STDOUT,
     )
     try:
-        done = [result_when_finished(write_note, r.id) for r in results]
+        done = [result_when_finished(task, r.id) for r in results]
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=15)
     finally:
         proc.kill()
     assert proc.returncode == 0, output.decode()
     assert b"cherga_worker: stopped" in output
+    # Django's own handler prints its task lines; the command adds none that repeats them.
+    for r in results:
+        assert output.decode().count(f"Task id={r.id} path=tests.djapp.tasks.write_note state=SUCCESSFUL") == 1
     assert all(r.status == TaskResultStatus.SUCCESSFUL for r in done)
     note_ids = [r.return_value for r in done]
     assert sorted(Note.objects.filter(pk__in=note_ids).values_list("text", flat=True)) == [
@@ -179,14 +189,74 @@ def test_worker_command_refuses_other_backends() -> None:
 
 
 def test_running_state_and_plain_text_errors(client: Client, queue: str) -> None:
-    result = add.using(backend="direct", queue_name=queue).enqueue(5, 5)
+    task = add.using(backend="direct", queue_name=queue)
+    result = task.enqueue(5, 5)
     [leased] = client.lease_tasks(queue, worker="someone-else")
-    running = add.get_result(result.id)
+    running = task.get_result(result.id)
     assert running.status == TaskResultStatus.RUNNING
     assert running.worker_ids == ["someone-else"] and running.started_at is not None
     client.nack(leased, "lease expired")
-    wait_until(lambda: add.get_result(result.id).status == TaskResultStatus.READY)
-    again = add.get_result(result.id)
+    wait_until(lambda: task.get_result(result.id).status == TaskResultStatus.READY)
+    again = task.get_result(result.id)
     [error] = again.errors
     assert error.exception_class_path == "cherga.django.backend.RemoteTaskError"
     assert error.traceback == "lease expired"
+
+
+def test_system_exit_in_a_task_fails_it_like_any_exception(client: Client, queue: str) -> None:
+    # As Django's ImmediateBackend: every BaseException but KeyboardInterrupt
+    # is the task's failure, with its traceback and the task_finished signal.
+    task = exit_now.using(backend="once", queue_name=queue)
+    with SignalLog() as log:
+        result = task.enqueue(3)
+        with django_worker("once", queue):
+            failed = result_when_finished(task, result.id)
+    assert failed.status == TaskResultStatus.FAILED
+    [error] = failed.errors
+    assert error.exception_class is SystemExit and "SystemExit: 3" in error.traceback
+    assert failed.started_at is not None and failed.finished_at >= failed.started_at
+    assert failed.worker_ids == [WORKER_ID]
+    assert log.of(result.id) == [("enqueued", "READY"), ("started", "RUNNING"), ("finished", "FAILED")]
+    assert client.get_task(result.id).attempts == 1
+
+
+def test_system_exit_is_retried_after_the_backoff(client: Client, queue: str) -> None:
+    client.configure_queue(queue, max_attempts=3, backoff={"initial_ms": 60_000, "jitter": 0.0})
+    task = exit_now.using(backend="direct", queue_name=queue)
+    result = task.enqueue(0)
+    with django_worker("direct", queue):
+        wait_until(lambda: client.get_task(result.id).state == State.SCHEDULED, what="the first failure")
+    cherga_task = client.get_task(result.id)
+    assert cherga_task.attempts == 1
+    assert (cherga_task.run_at - cherga_task.updated_at).total_seconds() == pytest.approx(60, abs=1)
+    waiting = task.get_result(result.id)
+    assert waiting.status == TaskResultStatus.READY
+    assert [e.exception_class_path for e in waiting.errors] == ["builtins.SystemExit"]
+
+
+@pytest.mark.parametrize("result_id", ["", ".", "..", "a/b", "../queues", "?x=1", "outbox-", "outbox-..", "outbox-x/y"])
+def test_get_result_of_an_id_that_is_no_task(result_id: str) -> None:
+    for alias in ("direct", "default"):
+        with pytest.raises(TaskResultDoesNotExist):
+            task_backends[alias].get_result(result_id)
+
+
+def test_results_belong_to_the_backend_that_enqueued_them(queue: str) -> None:
+    direct = add.using(backend="direct", queue_name=queue).enqueue(1, 2)
+    assert task_backends["direct"].get_result(direct.id).id == direct.id
+    for other in ("default", "once", "emails"):  # same cherga queue, another prefix, another QUEUES
+        with pytest.raises(TaskResultDoesNotExist):
+            task_backends[other].get_result(direct.id)
+    with pytest.raises(TaskResultDoesNotExist):  # Django's Task.get_result goes to the task's backend
+        add.get_result(direct.id)
+
+    emails = add.using(backend="emails", queue_name="emails").enqueue(3, 4)
+    assert add.using(backend="emails", queue_name="emails").get_result(emails.id).args == [3, 4]
+    with pytest.raises(TaskResultDoesNotExist):
+        task_backends["direct"].get_result(emails.id)
+
+    outbox = add.using(queue_name=queue).enqueue(5, 6)  # "default": through the outbox
+    assert outbox.id.startswith("outbox-") and add.get_result(outbox.id).args == [5, 6]
+    for other in ("direct", "once"):
+        with pytest.raises(TaskResultDoesNotExist):
+            task_backends[other].get_result(outbox.id)

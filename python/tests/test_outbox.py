@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import signal
 import subprocess
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from django.db import transaction
 from django.tasks import TaskResultStatus, task_backends
+from django.utils import timezone
 
 from cherga import Client, QueueNotFound
 from cherga.django.models import OutboxTask
@@ -133,3 +135,23 @@ def test_outside_a_transaction_the_outbox_relays_at_once(client: Client, queue: 
     [sent] = cherga_tasks(client, queue)
     assert sent.payload["result_id"] == result.id
     assert OutboxTask.objects.get(queue=queue).task_id == sent.id
+
+
+def test_a_row_of_an_unknown_backend_does_not_hold_up_the_others(client: Client, queue: str) -> None:
+    # A row whose TASKS alias was removed since: it cannot be sent, and the
+    # rows after it still are.
+    long_ago = timezone.now() - timedelta(days=1)
+    stale = OutboxTask.objects.create(
+        backend="gone", queue=queue, kind="k", payload={}, idempotency_key=f"stale-{queue}", created_at=long_ago
+    )
+    fresh = OutboxTask.objects.create(
+        backend="default", queue=queue, kind="k", payload={"n": 1}, idempotency_key=f"fresh-{queue}"
+    )
+    try:
+        relay(ids=[stale.pk, fresh.pk])
+        fresh.refresh_from_db()
+        stale.refresh_from_db()
+        assert fresh.relayed_at is not None and [t.id for t in cherga_tasks(client, queue)] == [fresh.task_id]
+        assert stale.relayed_at is None and stale.relay_attempts == 1 and "'gone'" in stale.last_error
+    finally:
+        stale.delete()

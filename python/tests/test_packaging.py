@@ -6,6 +6,8 @@ import subprocess
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from tests.harness import PYTHON, PYTHON_DIR
 
 
@@ -46,3 +48,24 @@ def test_wheel_builds_with_the_django_app_and_the_worker_script(tmp_path: Path) 
     [metadata] = [n for n in names if n.endswith(".dist-info/METADATA")]
     meta = zipfile.ZipFile(wheel).read(metadata).decode()
     assert "Requires-Dist: httpx" in meta and "Provides-Extra: django" in meta
+    assert "Requires-Python: >=3.11" in meta
+    # The Django extra: Django 6 from 3.12 on; before, a requirement that no
+    # index can satisfy, so that pip's error names the reason.
+    assert "Requires-Dist: django>=6.0; (python_version >= '3.12') and extra == 'django'" in meta
+    assert (
+        "Requires-Dist: cherga-django-needs-python-3-12-or-newer<0; (python_version < '3.12') and extra == 'django'"
+        in meta
+    )
+
+
+def test_cherga_django_says_what_it_needs() -> None:
+    from cherga.django import require
+
+    require((3, 12, 1, "final", 0), "6.0.1")
+    require((3, 13, 0), "6.1")
+    with pytest.raises(ImportError, match=r"needs Python 3\.12 or newer .* this is Python 3\.11\.7"):
+        require((3, 11, 7, "final", 0), "5.2")
+    with pytest.raises(ImportError, match=r"needs Django 6: pip install 'cherga\[django\]'"):
+        require((3, 12, 1), None)
+    with pytest.raises(ImportError, match=r"needs Django 6 or newer; Django 5\.2\.1 is installed"):
+        require((3, 12, 1), "5.2.1")

@@ -3,7 +3,10 @@ timeout, charges the card once."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import threading
+from pathlib import Path
 
 from django.tasks import TaskResultStatus
 from django.test import Client as WebClient
@@ -13,7 +16,7 @@ from cherga.django.models import OutboxTask
 from shop.models import Charge, Order, Payment
 from shop.tasks import charge_order, payment_key
 from tests.djhelpers import close_thread_connections, django_worker, result_when_finished
-from tests.harness import wait_until
+from tests.harness import EXAMPLE_DIR, PYTHON, Server, subprocess_env, wait_until
 
 
 def pay_concurrently(order_id: int, n: int) -> list[tuple[int, dict]]:
@@ -121,3 +124,32 @@ def test_shop_pages() -> None:
     assert page.status_code == 200 and b"Pay" in page.content and b"1234" in page.content
     assert web.post("/orders/999999/pay").status_code == 404
     assert web.get("/orders/1/pay").status_code == 405
+
+
+def test_the_example_worker_prints_each_log_line_once(own_server: Server, tmp_path: Path) -> None:
+    env = subprocess_env(
+        DJANGO_SETTINGS_MODULE="payshop.settings",
+        CHERGA_URL=own_server.url,
+        PAYSHOP_DB=str(tmp_path / "payshop.sqlite3"),
+    )
+    manage = [PYTHON, str(EXAMPLE_DIR / "manage.py")]
+    subprocess.run([*manage, "migrate", "-v0"], env=env, cwd=tmp_path, check=True, timeout=60)
+    order = subprocess.run([*manage, "new_order"], env=env, cwd=tmp_path, check=True, timeout=60, capture_output=True)
+    order_id = int(order.stdout.split()[0])
+    output = tmp_path / "worker.log"
+    with open(output, "wb") as sink:
+        proc = subprocess.Popen(
+            [*manage, "cherga_worker", "--wait-ms", "200"], env=env, cwd=tmp_path, stdout=sink, stderr=sink
+        )
+    try:
+        wait_until(lambda: "queue payments" in output.read_text(), what="the worker's start")
+        pay = f"from django.test import Client; Client().post('/orders/{order_id}/pay')"
+        subprocess.run([*manage, "shell", "-c", pay], env=env, cwd=tmp_path, check=True, timeout=60)
+        wait_until(lambda: "state=SUCCESSFUL" in output.read_text(), timeout=20, what="the charge task's end")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        proc.kill()
+    lines = output.read_text().splitlines()
+    for text in ("queue payments, 1 threads", "state=RUNNING", "state=SUCCESSFUL", "signal 15: stopping"):
+        assert sum(text in line for line in lines) == 1, (text, lines)

@@ -16,7 +16,19 @@ from pathlib import Path
 
 import pytest
 
-from cherga import AsyncClient, AsyncWorker, Client, Dead, LeaseLost, Retry, State, Task, Worker
+from cherga import (
+    AsyncClient,
+    AsyncWorker,
+    Client,
+    Dead,
+    LeaseLost,
+    Retry,
+    State,
+    Task,
+    TooManyRequests,
+    Unavailable,
+    Worker,
+)
 from tests.harness import PYTHON, Server, subprocess_env, wait_until
 
 
@@ -61,6 +73,17 @@ def test_worker_dispatches_by_kind_and_reports_outcomes(client: Client, queue: s
     def not_json(task: Task) -> object:
         return object()
 
+    @worker.task("nan")
+    def nan(task: Task) -> object:
+        return {"x": float("nan")}  # Python's json writes NaN; JSON has none
+
+    @worker.task("too_deep")
+    def too_deep(task: Task) -> object:
+        result: list = []
+        for _ in range(100_000):
+            result = [result]
+        return result
+
     ids = {
         kind: client.enqueue(queue, kind, payload).id
         for kind, payload in [
@@ -69,6 +92,8 @@ def test_worker_dispatches_by_kind_and_reports_outcomes(client: Client, queue: s
             ("later", None),
             ("give_up", None),
             ("not_json", None),
+            ("nan", None),
+            ("too_deep", None),
             ("unknown_kind", None),
         ]
     }
@@ -86,9 +111,115 @@ def test_worker_dispatches_by_kind_and_reports_outcomes(client: Client, queue: s
     assert tasks["later"].state == State.SCHEDULED and tasks["later"].last_error == "gateway busy"
     assert (tasks["later"].run_at - tasks["later"].updated_at).total_seconds() == pytest.approx(30, abs=1)
     assert tasks["give_up"].state == State.DEAD and tasks["give_up"].last_error == "card closed"
-    assert tasks["not_json"].state == State.SCHEDULED and "not JSON" in tasks["not_json"].last_error
+    for kind in ("not_json", "nan", "too_deep"):
+        assert tasks[kind].state == State.SCHEDULED and "not JSON" in tasks[kind].last_error, tasks[kind]
     assert tasks["unknown_kind"].state == State.SCHEDULED
     assert "no handler for kind 'unknown_kind'" in tasks["unknown_kind"].last_error
+
+
+def test_worker_logs_one_line_per_task(client: Client, queue: str, caplog: pytest.LogCaptureFixture) -> None:
+    client.configure_queue(queue, backoff={"initial_ms": 60_000})
+    worker = Worker(queue, client=client, wait_ms=200)
+
+    @worker.task("ok")
+    def ok(task: Task) -> int:
+        return 1
+
+    @worker.task("boom")
+    def boom(task: Task) -> None:
+        raise RuntimeError("declined")
+
+    @worker.task("later")
+    def later(task: Task) -> None:
+        raise Retry("busy")
+
+    @worker.task("give_up")
+    def give_up(task: Task) -> None:
+        raise Dead("closed")
+
+    ids = {kind: client.enqueue(queue, kind).id for kind in ("ok", "boom", "later", "give_up")}
+
+    def all_reported() -> bool:
+        return all(client.get_task(i).state != State.RUNNING and client.get_task(i).attempts == 1 for i in ids.values())
+
+    with caplog.at_level("DEBUG", logger="cherga.worker"):
+        # The worker logs each line after its report, before join() returns.
+        run_worker_until(worker, all_reported)
+    lines = {r.task_id: r for r in caplog.records if getattr(r, "task_id", None) in ids.values()}
+    per_task = collections.Counter(getattr(r, "task_id", None) for r in caplog.records)
+    assert all(per_task[i] == 1 for i in ids.values()), per_task
+    expected = {"ok": ("succeeded", "DEBUG"), "boom": ("failed", "WARNING"), "later": ("retry", "INFO")}
+    expected["give_up"] = ("dead", "INFO")
+    for kind, (outcome, level) in expected.items():
+        record = lines[ids[kind]]
+        assert (record.outcome, record.levelname, record.task_kind, record.attempt) == (outcome, level, kind, 1)
+        assert record.duration_ms >= 0
+        message = record.getMessage()
+        assert f"id={ids[kind]}" in message and f"kind={kind}" in message and f"outcome={outcome}" in message
+        assert "attempt=1" in message and "duration_ms=" in message
+    assert "RuntimeError('declined')" in lines[ids["boom"]].getMessage()
+
+
+@pytest.mark.parametrize("interruption", [SystemExit, KeyboardInterrupt])
+def test_a_handler_raising_an_interruption_fails_with_backoff(
+    client: Client, queue: str, interruption: type[BaseException]
+) -> None:
+    # Only a failure is retried: never at once, never without its traceback.
+    client.configure_queue(queue, backoff={"initial_ms": 60_000, "jitter": 0.0})
+    worker = Worker(queue, client=client, wait_ms=200)
+
+    @worker.task("quit")
+    def quit_(task: Task) -> None:
+        raise interruption("from the handler")
+
+    @worker.task("ok")
+    def ok(task: Task) -> str:
+        return "still working"
+
+    quitting = client.enqueue(queue, "quit").id
+    after = client.enqueue(queue, "ok").id
+    run_worker_until(worker, lambda: finished(client, after) and client.get_task(quitting).attempts == 1)
+    assert worker.crashed is None
+    failed = client.get_task(quitting)
+    assert failed.state == State.SCHEDULED, failed
+    assert f"{interruption.__name__}: from the handler" in failed.last_error and "Traceback" in failed.last_error
+    assert (failed.run_at - failed.updated_at).total_seconds() == pytest.approx(60, abs=1)
+    assert client.get_task(after).result == "still working"
+
+
+def test_async_worker_handler_raising_system_exit_fails_with_backoff(server: Server, queue: str) -> None:
+    async def main() -> Task:
+        async with AsyncClient(server.url) as client:
+            await client.configure_queue(queue, backoff={"initial_ms": 60_000, "jitter": 0.0})
+            worker = AsyncWorker(queue, client=client, wait_ms=200)
+
+            @worker.task("quit")
+            async def quit_(task: Task) -> None:
+                raise SystemExit("from the handler")
+
+            task_id = (await client.enqueue(queue, "quit")).id
+            serving = asyncio.create_task(worker.serve())
+            deadline = time.monotonic() + 15
+            while (task := await client.get_task(task_id)).state == State.READY or task.state == State.RUNNING:
+                assert time.monotonic() < deadline and not serving.done()
+                await asyncio.sleep(0.05)
+            worker.stop()
+            await asyncio.wait_for(serving, 10)
+            return task
+
+    failed = asyncio.run(main())
+    assert failed.state == State.SCHEDULED and "SystemExit: from the handler" in failed.last_error
+    assert (failed.run_at - failed.updated_at).total_seconds() == pytest.approx(60, abs=1)
+
+
+def test_a_429_paces_the_poller_by_its_retry_after() -> None:
+    from cherga.worker import _pause
+
+    slow_down = TooManyRequests("too many long polls", status=429, retry_after=3.0)
+    assert _pause(slow_down, 0.2) == 3.0
+    assert _pause(slow_down, 5.0) == 5.0
+    assert _pause(TooManyRequests("no header", status=429), 0.4) == 0.4
+    assert _pause(Unavailable("busy", status=503), 0.4) == 0.4
 
 
 def test_worker_runs_concurrency_handlers_at_once(client: Client, queue: str) -> None:
@@ -261,6 +392,33 @@ def test_sigterm_finishes_running_tasks_and_hands_back_unstarted_ones(
     assert client.get_queue(queue).counts.running == 0
 
 
+def test_cherga_worker_names_a_target_it_cannot_load(tmp_path: Path) -> None:
+    (tmp_path / "broken_module.py").write_text("import math\n\nmath.nope()\n")
+    (tmp_path / "plain_module.py").write_text("worker = 42\n\ndef factory(x):\n    pass\n")
+    (tmp_path / "bad_syntax.py").write_text("def f(:\n")
+    for target, says in [
+        ("tests.nope:worker", "cannot import tests.nope: No module named 'tests.nope'"),
+        ("tests.workers.effects:nope", "tests.workers.effects has no attribute 'nope'"),
+        ("plain_module:worker", "plain_module:worker is not a cherga Worker or AsyncWorker (it is an int)"),
+        ("broken_module", "cannot import broken_module: AttributeError: module 'math' has no attribute 'nope'"),
+        (":worker", "expected module:attr"),
+        ("bad_syntax", "cannot import bad_syntax: SyntaxError: invalid syntax ("),
+        ("plain_module:factory", "plain_module:factory is not a Worker, and calling it failed: TypeError: factory()"),
+    ]:
+        proc = subprocess.run(
+            worker_command(target), env=subprocess_env(), cwd=tmp_path, capture_output=True, timeout=30, text=True
+        )
+        assert proc.returncode == 2, (target, proc.stderr)
+        assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert proc.stderr.startswith("cherga-worker: ") and says in proc.stderr, proc.stderr
+    assert (
+        "broken_module.py:3"
+        in subprocess.run(
+            worker_command("broken_module"), env=subprocess_env(), cwd=tmp_path, capture_output=True, text=True
+        ).stderr
+    )
+
+
 # -- client.lease() ------------------------------------------------------------
 
 
@@ -405,9 +563,14 @@ def test_async_worker_runs_async_and_sync_handlers(server: Server, queue: str) -
             async def broken(task: Task) -> None:
                 raise LookupError("nope")
 
+            @worker.task("nan")
+            async def nan(task: Task) -> object:
+                return [float("nan")]
+
             ids = [(await client.enqueue(queue, "nap", i)).id for i in range(6)]
             ids.append((await client.enqueue(queue, "blocking")).id)
             ids.append((await client.enqueue(queue, "broken")).id)
+            ids.append((await client.enqueue(queue, "nan")).id)
             serving = asyncio.create_task(worker.serve())
             deadline = time.monotonic() + 15
             while True:
@@ -419,13 +582,14 @@ def test_async_worker_runs_async_and_sync_handlers(server: Server, queue: str) -
             worker.stop()
             await asyncio.wait_for(serving, 10)
             assert most == 3
-            return {"nap": tasks[0], "blocking": tasks[6], "broken": tasks[7], "naps": tasks[:6]}
+            return {"nap": tasks[0], "blocking": tasks[6], "broken": tasks[7], "nan": tasks[8], "naps": tasks[:6]}
 
     out = asyncio.run(main())
     assert [t.result for t in out["naps"]] == list(range(6))
     assert out["blocking"].state == State.SUCCEEDED and out["blocking"].attempts == 1
     assert out["blocking"].result != "MainThread"
     assert out["broken"].state == State.SCHEDULED and "LookupError: nope" in out["broken"].last_error
+    assert out["nan"].state == State.SCHEDULED and "not JSON" in out["nan"].last_error
 
 
 def test_a_busy_async_worker_acks_each_task_with_its_next_lease(server: Server, queue: str) -> None:

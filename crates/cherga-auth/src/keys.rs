@@ -63,7 +63,7 @@ impl Alg {
 /// What is wrong with a key file. Messages name the key, never its material.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("cannot read the key file {path}: {source}")]
+    #[error("cannot read the key file {path}")]
     Read { path: String, source: std::io::Error },
     #[error("the key file is not valid JSON of the form {{\"keys\": [...]}}: {0}")]
     Json(String),
@@ -91,6 +91,12 @@ pub struct Key {
 impl Key {
     pub fn alg(&self) -> Alg {
         self.alg
+    }
+
+    /// Whether the key file holds this key's private material (an EdDSA private
+    /// key or an HS256 secret): whoever reads it can sign tokens.
+    pub fn can_sign(&self) -> bool {
+        self.sign.is_some()
     }
 
     pub(crate) fn verifying(&self) -> &DecodingKey {

@@ -18,11 +18,11 @@ pub enum Error {
     Api { status: u16, code: String, message: String },
     /// The request did not get an answer: the connection failed or timed out, or the
     /// request could not be built (a malformed base URL).
-    #[error("HTTP request to cherga failed: {0}")]
+    #[error("HTTP request to cherga failed")]
     Http(#[from] reqwest::Error),
     /// An answer came back but its body is not what the API promises, such as an HTML
     /// page from a proxy in front of cherga. `body` holds the start of the body.
-    #[error("cannot decode cherga's answer (status {status}): {source}; the body starts with {body:?}")]
+    #[error("cannot decode cherga's answer (status {status}); the body starts with {body:?}")]
     Decode {
         status: u16,
         #[source]

@@ -11,10 +11,21 @@ use crate::error::decode_answer;
 use crate::worker::{Backoff, join_error};
 use crate::{Client, Error, HandlerError, Worker};
 
+/// The error and its causes, as `anyhow` prints them with `{:#}`.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        text = format!("{text}: {error}");
+        cause = error.source();
+    }
+    text
+}
+
 #[track_caller]
 fn check_decode_error(status: u16, body: &str, expected: &str, transient: bool) {
     let error = decode_answer::<serde_json::Value>(status, body.as_bytes()).unwrap_err();
-    assert_eq!(format!("{error}"), expected, "status {status}, body {body:?}");
+    assert_eq!(with_causes(&error), expected, "status {status}, body {body:?}");
     assert_eq!(error.is_transient(), transient, "{error}");
     assert_eq!(error.status(), Some(status), "{error}");
 }
@@ -52,13 +63,13 @@ fn undecodable_answers_keep_the_status_and_the_start_of_the_body() {
     check_decode_error(
         502,
         "<html>Bad Gateway</html>",
-        "cannot decode cherga's answer (status 502): expected value at line 1 column 1; the body starts with \"<html>Bad Gateway</html>\"",
+        "cannot decode cherga's answer (status 502); the body starts with \"<html>Bad Gateway</html>\": expected value at line 1 column 1",
         true,
     );
     check_decode_error(
         400,
         "nope",
-        "cannot decode cherga's answer (status 400): expected ident at line 1 column 2; the body starts with \"nope\"",
+        "cannot decode cherga's answer (status 400); the body starts with \"nope\": expected ident at line 1 column 2",
         false,
     );
     // A 2xx body of the wrong shape is a decode error too.

@@ -25,6 +25,7 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::error::Error as StdError;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -371,7 +372,11 @@ impl Worker {
                 }
                 Err(error) if error.is_transient() => {
                     let delay = backoff.next_delay();
-                    tracing::warn!(%error, delay_ms = duration_ms(delay), "cannot lease; trying again");
+                    tracing::warn!(
+                        error = &error as &dyn StdError,
+                        delay_ms = duration_ms(delay),
+                        "cannot lease; trying again"
+                    );
                     tokio::select! {
                         biased;
                         () = &mut shutdown => break Ok(()),
@@ -379,7 +384,10 @@ impl Worker {
                     }
                 }
                 Err(error) => {
-                    tracing::error!(%error, "cherga refuses this worker's lease requests; stopping");
+                    tracing::error!(
+                        error = &error as &dyn StdError,
+                        "cherga refuses this worker's lease requests; stopping"
+                    );
                     break Err(error);
                 }
             }
@@ -482,10 +490,15 @@ impl Inner {
             match self.client.extend(task_id, &request).await {
                 Ok(_) => *deadline = sent_at + self.lease,
                 Err(error) if error.is_lease_lost() || error.is_invalid_state() || error.is_not_found() => {
-                    tracing::warn!(%error, "lease lost while the handler runs; its outcome will be refused");
+                    tracing::warn!(
+                        error = &error as &dyn StdError,
+                        "lease lost while the handler runs; its outcome will be refused"
+                    );
                     return std::future::pending().await;
                 }
-                Err(error) => tracing::warn!(%error, "cannot extend the lease; trying again"),
+                Err(error) => {
+                    tracing::warn!(error = &error as &dyn StdError, "cannot extend the lease; trying again")
+                }
             }
         }
     }
@@ -515,13 +528,23 @@ impl Inner {
             };
             let delay = backoff.next_delay();
             if error.is_transient() && Instant::now() + delay < deadline {
-                tracing::warn!(%error, delay_ms = duration_ms(delay), "cannot report the task's outcome; trying again");
+                tracing::warn!(
+                    error = &error as &dyn StdError,
+                    delay_ms = duration_ms(delay),
+                    "cannot report the task's outcome; trying again"
+                );
                 sleep(delay).await;
             } else if error.is_lease_lost() {
-                tracing::warn!(%error, "outcome refused: the lease expired and the task will run again");
+                tracing::warn!(
+                    error = &error as &dyn StdError,
+                    "outcome refused: the lease expired and the task will run again"
+                );
                 return Reported::Lost;
             } else {
-                tracing::error!(%error, "cannot report the task's outcome; it will run again when its lease expires");
+                tracing::error!(
+                    error = &error as &dyn StdError,
+                    "cannot report the task's outcome; it will run again when its lease expires"
+                );
                 return Reported::Lost;
             }
         }

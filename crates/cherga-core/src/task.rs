@@ -156,7 +156,9 @@ impl LeaseToken {
     }
 }
 
-/// The lease a running task is under.
+/// The lease a running task is under. It holds until `expires_at`, exclusive: an
+/// ack, nack or extend at or after that time is refused, even while the task is
+/// still `running` because no timer has expired it yet.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lease {
     pub token: LeaseToken,
@@ -231,7 +233,8 @@ pub struct Task {
 /// Why a transition was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
-    /// The token is not that of the task's current lease.
+    /// The token is not that of the task's current lease, or that lease has
+    /// reached its `expires_at`.
     #[error("the lease token is not the task's current lease; it expired or another worker holds the task")]
     LeaseLost,
     /// The task is not in a state this operation applies to.
@@ -273,9 +276,17 @@ impl Task {
         }
     }
 
-    fn current_lease(&self, token: &LeaseToken) -> Result<(), Refusal> {
+    /// Whether `token` names a lease that still holds at `now`. A lease ends at its
+    /// `expires_at`, whether or not a timer has run [`Task::expire`] since: which
+    /// side of the expiry a request falls on is decided by its `now` alone, so
+    /// every store answers it alike however late its timers run.
+    fn current_lease(&self, token: &LeaseToken, now: Millis) -> Result<(), Refusal> {
         match &self.lease {
-            Some(lease) if self.state == TaskState::Running && lease.token == *token => Ok(()),
+            Some(lease)
+                if self.state == TaskState::Running && lease.token == *token && now < lease.expires_at =>
+            {
+                Ok(())
+            }
             _ => Err(Refusal::LeaseLost),
         }
     }
@@ -317,10 +328,11 @@ impl Task {
     }
 
     /// `running → succeeded` with the worker's result. The same ack sent again is
-    /// [`AckOutcome::Replayed`] and changes nothing.
+    /// [`AckOutcome::Replayed`] and changes nothing, however late.
     ///
     /// # Errors
-    /// [`Refusal::LeaseLost`] when `token` is not the current lease.
+    /// [`Refusal::LeaseLost`] when `token` is not the current lease, or `now` is at
+    /// or past its `expires_at`.
     pub fn ack(
         &mut self,
         token: &LeaseToken,
@@ -330,7 +342,7 @@ impl Task {
         if self.state == TaskState::Succeeded && self.lease.as_ref().is_some_and(|l| l.token == *token) {
             return Ok(AckOutcome::Replayed);
         }
-        self.current_lease(token)?;
+        self.current_lease(token, now)?;
         self.state = TaskState::Succeeded;
         self.result = result;
         self.finish(now);
@@ -339,10 +351,11 @@ impl Task {
 
     /// `running → scheduled` (with backoff, or after `retry_in_ms`) or `→ dead` when
     /// `dead` is asked for or the attempts are used up. The same nack sent again is
-    /// [`AckOutcome::Replayed`].
+    /// [`AckOutcome::Replayed`], however late.
     ///
     /// # Errors
-    /// [`Refusal::LeaseLost`] when `token` is not the current lease.
+    /// [`Refusal::LeaseLost`] when `token` is not the current lease, or `now` is at
+    /// or past its `expires_at`.
     #[allow(clippy::too_many_arguments)]
     pub fn nack(
         &mut self,
@@ -362,7 +375,7 @@ impl Task {
         if ended_by_this_token && !matches!(self.state, TaskState::Running | TaskState::Succeeded) {
             return Ok(AckOutcome::Replayed);
         }
-        self.current_lease(token)?;
+        self.current_lease(token, now)?;
         self.last_error = error;
         self.fail(dead, retry_in_ms, settings, random, now);
         Ok(AckOutcome::Applied)
@@ -404,9 +417,10 @@ impl Task {
     /// Moves the lease's expiry to `now + lease_ms` (a heartbeat).
     ///
     /// # Errors
-    /// [`Refusal::LeaseLost`] when `token` is not the current lease.
+    /// [`Refusal::LeaseLost`] when `token` is not the current lease, or `now` is at
+    /// or past its `expires_at`: an expired lease is not brought back.
     pub fn extend(&mut self, token: &LeaseToken, lease_ms: i64, now: Millis) -> Result<Millis, Refusal> {
-        self.current_lease(token)?;
+        self.current_lease(token, now)?;
         let lease = self.lease.as_mut().expect("checked by current_lease");
         lease.expires_at = now.saturating_add(lease_ms);
         self.updated_at = now;

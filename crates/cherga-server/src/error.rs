@@ -68,7 +68,8 @@ impl ApiError {
             ),
             StoreError::InvalidSettings(message) => Self::invalid(message),
             StoreError::Unavailable(source) => {
-                tracing::error!(error = %source, "store unavailable");
+                let source: &(dyn std::error::Error + 'static) = source.as_ref();
+                tracing::error!(error = source, "store unavailable");
                 Self::new(ErrorCode::Unavailable, "the store is unavailable; retry later")
             }
             StoreError::Closed => {

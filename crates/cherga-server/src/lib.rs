@@ -18,6 +18,7 @@ mod extract;
 mod listen;
 pub mod openapi;
 mod routes;
+mod timer;
 mod tls;
 mod waiters;
 
@@ -29,10 +30,10 @@ use cherga_core::Millis;
 use cherga_store::{Changed, Effects, Store, StoreError};
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
+use timer::Timer;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
 pub use auth::{AuthConfig, ClientAddr, REVOCATIONS_REFRESH_MS, REVOCATIONS_STALE_MS, TokenKeys};
 pub use error::ApiError;
@@ -117,22 +118,6 @@ pub struct App<S> {
     events_signal: watch::Sender<u64>,
 }
 
-/// Wakes the timer loop early when a timer earlier than its planned wake appears.
-struct Timer {
-    kick: Notify,
-    /// When the timer loop plans to run next.
-    planned: AtomicI64,
-}
-
-impl Timer {
-    /// Makes sure the timer runs by `at`.
-    fn due_by(&self, at: Millis) {
-        if at < self.planned.load(Ordering::Relaxed) {
-            self.kick.notify_one();
-        }
-    }
-}
-
 impl<S: Store> App<S> {
     /// Applies what a store call changed, here: the one place that decides what a
     /// change means for this server. Tasks that may have become leasable wake as
@@ -181,7 +166,7 @@ impl<S: Store> App<S> {
             store,
             limits: Limits { max_payload_bytes: config.max_payload_bytes },
             waiters,
-            timer: Timer { kick: Notify::new(), planned: AtomicI64::new(0) },
+            timer: Timer::new(),
             shutting_down: shutdown_rx,
             guard: config.auth.as_ref().map(auth::Guard::new),
             lease_waits: Arc::new(tokio::sync::Semaphore::new(config.http.max_waiting_leases)),
@@ -220,7 +205,8 @@ impl<S: Store> App<S> {
                 Err(error) => {
                     failures += 1;
                     if failures == 1 || failures.is_multiple_of(60) {
-                        tracing::error!(%error, failures, "reading token revocations failed; retrying");
+                        let error = &error as &dyn std::error::Error;
+                        tracing::error!(error, failures, "reading token revocations failed; retrying");
                     }
                 }
             }
@@ -233,6 +219,7 @@ impl<S: Store> App<S> {
         let mut shutting_down = self.shutting_down.clone();
         let mut failures = 0u32;
         loop {
+            self.timer.tick_starts();
             let now = now_ms();
             let next = match self.change(self.store.tick(now)).await {
                 Ok(report) => {
@@ -253,17 +240,21 @@ impl<S: Store> App<S> {
                 Err(error) => {
                     failures += 1;
                     if failures == 1 || failures.is_multiple_of(60) {
-                        tracing::error!(%error, failures, "timer tick failed; retrying");
+                        let error = &error as &dyn std::error::Error;
+                        tracing::error!(error, failures, "timer tick failed; retrying");
                     }
                     now + TIMER_IDLE_MS
                 }
             };
-            self.timer.planned.store(next, Ordering::Relaxed);
-            let sleep_ms = (next - now_ms()).max(0) as u64;
-            tokio::select! {
-                () = tokio::time::sleep(Duration::from_millis(sleep_ms)) => {}
-                () = self.timer.kick.notified() => {}
-                _ = shutting_down.wait_for(|&s| s) => return,
+            // A lease made while the tick ran may be earlier than its report.
+            let mut wake_at = self.timer.tick_ended(next);
+            loop {
+                let sleep_ms = (wake_at - now_ms()).max(0) as u64;
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(sleep_ms)) => break,
+                    () = self.timer.kicked() => wake_at = self.timer.wake_at(),
+                    _ = shutting_down.wait_for(|&s| s) => return,
+                }
             }
         }
     }
@@ -284,7 +275,8 @@ pub async fn serve<S: Store>(
     let (app, shutdown_tx) = App::new(store.clone(), &config);
     if let Err(error) = app.load_revocations().await {
         store.close().await;
-        return Err(std::io::Error::other(format!("cannot read token revocations from the store: {error}")));
+        let message = format!("cannot read token revocations from the store: {}", with_causes(&error));
+        return Err(std::io::Error::other(message));
     }
     let timers = tokio::spawn(app.clone().run_timers());
     let revocations = tokio::spawn(app.clone().run_revocations());
@@ -300,6 +292,19 @@ pub async fn serve<S: Store>(
     store.close().await;
     tracing::info!("store closed");
     Ok(())
+}
+
+/// `error` and its causes in one line, each once (`Display` of an error leaves
+/// out its `source()`): for a message that must carry them in one string.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        text.push_str(": ");
+        text.push_str(&error.to_string());
+        cause = error.source();
+    }
+    text
 }
 
 /// Milliseconds since the Unix epoch, from the system clock.

@@ -157,8 +157,9 @@ fn unavailable(error: PgError) -> StoreError {
     StoreError::Unavailable(Box::new(error))
 }
 
-/// The driver's error with its causes: its own `Display` says only "db error".
-fn describe(error: &tokio_postgres::Error) -> String {
+/// An error with its causes, each once: the driver's own `Display` says only "db
+/// error", and the pool's leaves the driver's error to its `source()`.
+fn describe(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
@@ -376,7 +377,7 @@ async fn run_notifier(inner: Arc<Inner>) {
         }
         let sql = format!("BEGIN; SET LOCAL synchronous_commit = off; SELECT {}; COMMIT", calls.join(", "));
         let sent = async {
-            let mut conn = inner.pool.get().await.map_err(|e| e.to_string())?;
+            let mut conn = inner.pool.get().await.map_err(|e| describe(&e))?;
             conn.batch(&sql).await.map_err(|e| describe(&e))
         };
         match tokio::time::timeout(CALL_TIMEOUT, sent).await {

@@ -30,7 +30,7 @@ pub type OwnPids = Arc<Mutex<HashSet<i32>>>;
 /// Why no connection could be had.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
-    #[error("cannot connect to PostgreSQL: {0}")]
+    #[error("cannot connect to PostgreSQL")]
     Connect(#[source] tokio_postgres::Error),
     #[error("no PostgreSQL connection free within {0:?}; all {1} are busy")]
     Exhausted(Duration, usize),

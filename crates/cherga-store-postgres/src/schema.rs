@@ -168,7 +168,7 @@ async fn migrate_locked(conn: &mut Conn, schema: Option<&str>) -> Result<(), Mig
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
-    #[error("migration failed: {0}")]
+    #[error("migration failed")]
     Db(#[from] tokio_postgres::Error),
     #[error("the database schema is version {0}, newer than this cherga ({VERSION}); upgrade cherga")]
     Newer(i32),

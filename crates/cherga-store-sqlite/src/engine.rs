@@ -127,7 +127,11 @@ impl Writer {
         // Every answer is sent before the connection closes.
         self.syncer.finish();
         if let Err(e) = self.engine.settle_all() {
-            tracing::warn!(error = %e, "could not settle the dirty tasks at close; the journal will be replayed at next open");
+            let error = &e as &dyn std::error::Error;
+            tracing::warn!(
+                error,
+                "could not settle the dirty tasks at close; the journal will be replayed at next open"
+            );
         }
         self.checkpointer.finish();
         if let Err(e) = self.engine.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {

@@ -24,6 +24,7 @@
 //!   [`StoreError::Unavailable`], and the index is rebuilt from disk.
 
 mod checkpoint;
+mod dir;
 mod engine;
 mod journal;
 mod rows;
@@ -37,6 +38,7 @@ use cherga_store::{
     Ack, AckedAndLeased, Changed, Claim, Enqueued, EventId, EventPage, ListTasks, Nack, QueueInfo,
     Revocation, Store, StoreError, TickReport,
 };
+pub use dir::DataDirInUse;
 use engine::{Engine, Writer};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -101,6 +103,9 @@ pub struct SqliteStore {
     queued: Arc<AtomicUsize>,
     writer: Arc<Mutex<Writer>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The database's lock (`dir.rs`), shared with the writer thread so that it
+    /// is released only once both are done: at `close`, or at drop.
+    lock: Mutex<Option<Arc<dir::DirLock>>>,
     /// The event log's readers: their own connection (opened on first use, so
     /// that reads never wait for the writer lock), and the last durable event.
     events: Option<EventReader>,
@@ -115,15 +120,17 @@ struct EventReader {
 
 impl SqliteStore {
     /// Opens (creating if needed) the database, migrates it and rebuilds the
-    /// in-memory index from it.
+    /// in-memory index from it. The store holds the database's lock until it is
+    /// closed or dropped: no other store opens the database meanwhile.
     ///
     /// # Errors
-    /// [`StoreError::Unavailable`] when the file cannot be opened or migrated,
+    /// [`StoreError::Unavailable`] when the file cannot be opened or migrated, or
+    /// (with a [`DataDirInUse`] source) when another store has it open;
     /// [`StoreError::Corrupt`] when a stored row cannot be read.
     pub fn open(options: Options) -> Result<Self, StoreError> {
-        if let Some(parent) = options.path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| StoreError::Unavailable(Box::new(e)))?;
-        }
+        dir::prepare_dir(&options.path)?;
+        let lock = Arc::new(dir::DirLock::acquire(&options.path)?);
+        dir::prepare_files(&options.path)?;
         let engine = Engine::open(&options)?;
         let events = options.event_retention_ms.map(|_| EventReader {
             path: options.path.clone(),
@@ -136,13 +143,24 @@ impl SqliteStore {
         let queued = Arc::new(AtomicUsize::new(0));
         let (sender, receiver) = mpsc::channel::<Job>();
         let thread = {
-            let (writer, queued) = (writer.clone(), queued.clone());
+            let (writer, queued, lock) = (writer.clone(), queued.clone(), lock.clone());
             std::thread::Builder::new()
                 .name("cherga-sqlite-writer".into())
-                .spawn(move || engine::run_writer(&writer, &receiver, &queued))
+                .spawn(move || {
+                    engine::run_writer(&writer, &receiver, &queued);
+                    // Past the writer's last write (its checkpoint at close).
+                    drop(lock);
+                })
                 .map_err(|e| StoreError::Unavailable(Box::new(e)))?
         };
-        Ok(Self { jobs: Mutex::new(Some(sender)), queued, writer, thread: Mutex::new(Some(thread)), events })
+        Ok(Self {
+            jobs: Mutex::new(Some(sender)),
+            queued,
+            writer,
+            thread: Mutex::new(Some(thread)),
+            lock: Mutex::new(Some(lock)),
+            events,
+        })
     }
 
     /// Runs `work` inside a batch and answers after the batch commits (and is
@@ -364,6 +382,8 @@ impl Store for SqliteStore {
         let thread = self.thread.lock().expect("thread lock").take();
         if let Some(thread) = thread {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+            // The writer thread has ended: another store may open the database.
+            self.lock.lock().expect("lock of the lock").take();
         }
     }
 }

@@ -68,14 +68,13 @@ impl Syncer {
             let mut path = options.path.clone().into_os_string();
             path.push("-wal");
             // The connection opened in WAL mode has created the file; opening it
-            // here is only to have a descriptor to fdatasync.
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)
-                .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
+            // here is only to have a descriptor to fdatasync. (Were it made here,
+            // it would be private like every file of the store: `dir.rs`.)
+            let mut wal_options = OpenOptions::new();
+            wal_options.read(true).write(true).create(true).truncate(false);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut wal_options, 0o600);
+            let file = wal_options.open(&path).map_err(|e| StoreError::Unavailable(Box::new(e)))?;
             prepare(&file, WAL_PREPARED_BYTES).map_err(|e| StoreError::Unavailable(Box::new(e)))?;
             Some(Arc::new(file))
         } else {

@@ -9,7 +9,7 @@ use cherga_core::{
 };
 use cherga_store::testkit::{self, Harness, T0};
 use cherga_store::{Ack, Claim, Enqueued, ListTasks, Nack, QueueInfo, Store, StoreError};
-use cherga_store_sqlite::{Limits, Options, SqliteStore};
+use cherga_store_sqlite::{DataDirInUse, Limits, Options, SqliteStore};
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -209,6 +209,128 @@ async fn snapshot(store: &SqliteStore) -> (Vec<Task>, Vec<Task>, Vec<QueueInfo>)
     let other = list_all(store, "other").await;
     let queues = store.list_queues().await.expect("list_queues");
     (jobs, other, queues)
+}
+
+// ---------------------------------------------------------------------------
+// One store per database.
+// ---------------------------------------------------------------------------
+
+/// Opens `path` expecting the refusal of a database another store holds.
+#[track_caller]
+fn assert_in_use(path: &Path) -> String {
+    match SqliteStore::open(Options {
+        path: path.to_owned(),
+        durable: false,
+        ..Options::in_dir(Path::new(""))
+    }) {
+        Err(StoreError::Unavailable(source)) => {
+            let Some(in_use) = source.downcast_ref::<DataDirInUse>() else {
+                panic!("open of a database in use: expected a DataDirInUse source, got {source:?}")
+            };
+            assert_eq!(in_use.holder, Some(std::process::id()), "the holder's pid: {in_use:?}");
+            source.to_string()
+        }
+        Err(other) => panic!("open of a database in use: expected Unavailable, got {other:?}"),
+        Ok(_) => panic!("a second store opened {} while the first has it open", path.display()),
+    }
+}
+
+/// A second store on a database that a store of the same process has open is
+/// refused, with a message naming the directory and the holder; once the first
+/// is closed (or dropped) the database opens again, with everything in it.
+#[tokio::test]
+async fn a_second_store_on_an_open_database_is_refused_until_the_first_closes() {
+    let dir = TempSqlite::fast();
+    let first = open(&dir.path(), false);
+    let created = first
+        .enqueue(queue_name("q"), vec![new_task("a", None, None, 0, None)], T0)
+        .await
+        .map(cherga_store::Changed::into_value);
+    let created = created.expect("enqueue").pop().expect("one answer").expect("created");
+
+    let message = assert_in_use(&dir.path());
+    let dir_text = dir.dir.path().display().to_string();
+    assert!(
+        message.contains(&format!("the data directory {dir_text} is in use")),
+        "the message names the directory: {message}"
+    );
+    assert!(message.contains(&format!("pid {}", std::process::id())), "and the holder: {message}");
+    let lock = std::fs::read_to_string(dir.dir.path().join("cherga.db.lock")).expect("the lock file");
+    assert_eq!(lock.trim(), std::process::id().to_string(), "the lock file holds the holder's pid");
+
+    first.close().await;
+    let second = open(&dir.path(), false);
+    let task = second.get_task(created.task().id).await.expect("the task, through the second store");
+    assert_eq!(task.kind, "a");
+    assert_in_use(&dir.path());
+    drop(second);
+    let third = open(&dir.path(), false);
+    assert_eq!(list_all(&third, "q").await.len(), 1);
+    third.close().await;
+    drop(first);
+}
+
+/// The mode bits of `path`.
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode()
+        & 0o7777
+}
+
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|e| panic!("chmod {mode:o} {}: {e}", path.display()));
+}
+
+/// The modes of the files in `dir`, by name.
+fn modes_in(dir: &Path) -> Vec<(String, u32)> {
+    let mut modes: Vec<(String, u32)> = std::fs::read_dir(dir)
+        .expect("list the directory")
+        .map(|entry| {
+            let path = entry.expect("an entry").path();
+            (path.file_name().expect("a name").to_string_lossy().into_owned(), mode_of(&path))
+        })
+        .collect();
+    modes.sort();
+    modes
+}
+
+/// A data directory and store files that other users may read (made by an
+/// older cherga, or by hand) are made private at open; a shared directory with
+/// the sticky bit, such as `/tmp`, is left as it is, its store files private.
+#[tokio::test]
+async fn an_open_makes_a_data_directory_open_to_other_users_private() {
+    let dir = TempSqlite::durable();
+    let store = open(&dir.path(), true);
+    store
+        .enqueue(queue_name("q"), vec![new_task("a", None, None, 0, None)], T0)
+        .await
+        .map(cherga_store::Changed::into_value)
+        .expect("enqueue");
+    drop(store);
+    chmod(dir.dir.path(), 0o755);
+    let files = modes_in(dir.dir.path());
+    for (name, _) in &files {
+        chmod(&dir.dir.path().join(name), 0o644);
+    }
+    assert!(files.len() >= 2, "the database and its lock at least: {files:?}");
+
+    let store = open(&dir.path(), true);
+    assert_eq!(format!("{:04o}", mode_of(dir.dir.path())), "0700", "the data directory");
+    let modes = modes_in(dir.dir.path());
+    assert!(modes.iter().all(|(_, mode)| *mode == 0o600), "every file 0600: {modes:?}");
+    assert_eq!(list_all(&store, "q").await.len(), 1, "and the data is all there");
+    store.close().await;
+
+    let shared = dir.dir.path().join("shared");
+    std::fs::create_dir(&shared).expect("mkdir");
+    chmod(&shared, 0o1777);
+    let store = open(&shared.join("cherga.db"), false);
+    assert_eq!(format!("{:04o}", mode_of(&shared)), "1777", "a shared directory is left alone");
+    let modes = modes_in(&shared);
+    assert!(modes.iter().all(|(_, mode)| *mode == 0o600), "every file 0600: {modes:?}");
+    store.close().await;
 }
 
 // ---------------------------------------------------------------------------

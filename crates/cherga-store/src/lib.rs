@@ -38,7 +38,9 @@ pub enum StoreError {
     #[error("invalid queue settings: {0}")]
     InvalidSettings(String),
     /// The backend failed (I/O, lost connection). Nothing of the call took effect.
-    #[error("store unavailable: {0}")]
+    /// The cause is the error's `source()`, not part of its message, so that a
+    /// chain of causes names it once.
+    #[error("store unavailable")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Stored data could not be read back as a task or queue.
     #[error("stored data is corrupt: {0}")]

@@ -84,6 +84,7 @@ macro_rules! conformance_tests {
             nack_after_max_attempts_is_dead,
             expired_lease_returns_task_and_fences_old_token,
             extend_lease_moves_expiry,
+            a_lease_ends_at_its_expiry_before_any_tick,
             group_runs_one_task_at_a_time_in_enqueue_order,
             concurrency_limit_holds,
             complete_and_claim_acks_first_then_leases,
@@ -1021,6 +1022,68 @@ pub async fn extend_lease_moves_expiry<H: Harness>(mut harness: H) {
     assert_eq!(get(&store, leased.id).await.state, TaskState::Running);
     let report = tick(&store, T0 + 25_001).await;
     assert_eq!(report.expired, 1, "the extended lease expires at its new time: {report:?}");
+}
+
+/// A lease ends at its `expires_at`, whether or not a tick has expired the task
+/// yet: an ack (alone, in a batch or with a claim), a nack or an extend at or
+/// after it is refused with `LeaseLost` and changes nothing, however late the
+/// store's timers run. An ack or a nack applied in time and sent again later is a
+/// replay and succeeds.
+pub async fn a_lease_ends_at_its_expiry_before_any_tick<H: Harness>(mut harness: H) {
+    let store = harness.open().await;
+    for kind in ["a", "b", "c", "d", "e"] {
+        create(&store, "late", task(kind), T0).await;
+    }
+    let leased = claim_with(&store, "late", 5, Some(1_000), T0).await;
+    assert_eq!(kinds(&leased), ["a", "b", "c", "d", "e"]);
+    let [a, b, c, d, e] = &leased[..] else { unreachable!("five checked") };
+    let expiry = T0 + 1_000;
+
+    // A millisecond before the expiry, the lease still holds.
+    let acked = ack_ok(&store, a, Some("1"), expiry - 1).await;
+    let nacked = nack_ok(&store, b, Some(60_000), false, expiry - 1).await;
+
+    // From the expiry on, with no tick in between, it holds no more.
+    assert_lease_lost(ack(&store, c.id, &token(c), Some("2"), expiry).await, "ack at expires_at");
+    assert_lease_lost(nack(&store, c.id, &token(c), None, false, expiry).await, "nack at expires_at");
+    assert_lease_lost(
+        store.extend_lease(c.id, token(c), 10_000, expiry).await.map(Changed::into_value),
+        "extend at expires_at",
+    );
+    let batch = vec![
+        Ack { task_id: d.id, token: token(d), result: Some("3".to_owned()) },
+        Ack { task_id: a.id, token: token(a), result: Some("1".to_owned()) },
+    ];
+    let mut items =
+        store.complete(batch, expiry + 460).await.map(Changed::into_value).expect("batch ack").into_iter();
+    assert_lease_lost(items.next().expect("two items"), "batch ack 460 ms after expires_at");
+    match items.next().expect("two items") {
+        Ok(task) => assert_eq!(task, acked, "an ack applied in time, replayed late, answers as before"),
+        Err(error) => panic!("a replayed ack after the expiry: expected success, got {error:?}"),
+    }
+    let claim = Claim { queue: queue_name("late"), max: 5, lease_ms: None, worker: None };
+    let late_ack = Ack { task_id: e.id, token: token(e), result: Some("4".to_owned()) };
+    let (mut acks, more) = store
+        .complete_and_claim(vec![late_ack], claim, expiry + 200)
+        .await
+        .map(Changed::into_value)
+        .expect("complete_and_claim");
+    assert_lease_lost(acks.pop().expect("one item"), "ack with a claim 200 ms after expires_at");
+    assert!(more.is_empty(), "no task was ready: {more:?}");
+    match nack(&store, b.id, &token(b), None, false, expiry + 460).await {
+        Ok(task) => assert_eq!(task, nacked, "a nack applied in time, replayed late, answers as before"),
+        Err(error) => panic!("a replayed nack after the expiry: expected success, got {error:?}"),
+    }
+
+    for task in [c, d, e] {
+        assert_eq!(&get(&store, task.id).await, task, "refused requests leave {:?} as leased", task.kind);
+    }
+    assert_counts(
+        &info(&store, "late").await,
+        &[(TaskState::Succeeded, 1), (TaskState::Scheduled, 1), (TaskState::Running, 3)],
+    );
+    let report = tick(&store, expiry + 500).await;
+    assert_eq!(report.expired, 3, "the timer ends the leases that ran out: {report:?}");
 }
 
 // ---------------------------------------------------------------------------

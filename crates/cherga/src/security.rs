@@ -71,6 +71,9 @@ pub struct SecurityArgs {
 pub struct Security {
     /// Auth is off on an address other hosts can reach (`--insecure`).
     insecure: bool,
+    /// What other users of this machine may do with the key file, when they
+    /// should not (see [`exposure_of`]).
+    key_file_exposure: Option<String>,
     http: HttpLimits,
     auth: Option<(AuthConfig, PathBuf, Policy)>,
     tls: Option<Arc<TlsCerts>>,
@@ -85,6 +88,7 @@ impl SecurityArgs {
         if self.auth_issuer.is_empty() || self.auth_audience.is_empty() {
             bail!("--auth-issuer and --auth-audience must not be empty");
         }
+        let mut key_file_exposure = None;
         let auth = match &self.auth_keys {
             Some(path) => {
                 let policy = Policy {
@@ -93,6 +97,8 @@ impl SecurityArgs {
                     leeway_s: TOKEN_LEEWAY_S,
                 };
                 let keys = KeySet::from_file(path).context("--auth-keys")?;
+                let private = keys.kids().iter().any(|kid| keys.get(kid).is_some_and(|key| key.can_sign()));
+                key_file_exposure = exposure_of(path, private);
                 let config = AuthConfig {
                     keys: TokenKeys::new(Verifier::new(keys, policy.clone())),
                     max_failures_per_minute: self.max_auth_failures,
@@ -126,6 +132,7 @@ impl SecurityArgs {
         }
         Ok(Security {
             insecure: auth.is_none() && !addr.ip().is_loopback(),
+            key_file_exposure,
             http: HttpLimits {
                 max_connections: self.max_connections,
                 max_connections_per_client: self.max_connections_per_client,
@@ -159,6 +166,9 @@ impl Security {
 
     /// Logs what is protected and how (never key material).
     pub fn log(&self) {
+        if let (Some((_, path, _)), Some(exposure)) = (&self.auth, &self.key_file_exposure) {
+            tracing::warn!(keys = %path.display(), "{exposure}; make it readable by cherga's user only (chmod 600)");
+        }
         match &self.auth {
             Some((config, path, policy)) => tracing::info!(
                 keys = %path.display(),
@@ -209,7 +219,8 @@ impl Security {
                                 tracing::info!(keys = %path.display(), %kids, "key file reloaded");
                             }
                             Err(error) => {
-                                tracing::error!(%error, "key file not reloaded; keeping the old keys")
+                                let error = &error as &dyn std::error::Error;
+                                tracing::error!(error, "key file not reloaded; keeping the old keys")
                             }
                         }
                     }
@@ -225,4 +236,32 @@ impl Security {
             });
         }
     }
+}
+
+/// What other users of this machine may do with the key file at `path`, when
+/// they should not: change it (and so add a key of their own), or read it while
+/// it holds `private` keys (and so sign tokens). A file of public keys only may
+/// be read by all. `None` when the file is private enough, or its mode cannot be
+/// read (then loading it has failed already).
+fn exposure_of(path: &std::path::Path, private: bool) -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
+        if mode & 0o022 != 0 {
+            return Some(format!(
+                "the key file has mode {mode:04o}: other users of this machine can change it, and so add \
+                 a key of their own"
+            ));
+        }
+        if private && mode & 0o044 != 0 {
+            return Some(format!(
+                "the key file has mode {mode:04o}: other users of this machine can read its private keys, \
+                 and so sign tokens"
+            ));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, private);
+    None
 }

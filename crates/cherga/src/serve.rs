@@ -1,6 +1,7 @@
 //! `cherga serve`: settings are gathered from flags and environment, validated
-//! into a [`ServeConfig`], and only then is anything opened. The store is the
-//! embedded SQLite one unless `--store` names a PostgreSQL database.
+//! into a [`ServeConfig`], and only then is anything opened: the address is
+//! bound first, then the store opened. The store is the embedded SQLite one
+//! unless `--store` names a PostgreSQL database.
 
 use anyhow::{Context, Result, bail};
 use cherga_server::ServerConfig;
@@ -125,28 +126,31 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let config = args.validate()?;
+    // Bound before the store opens: an address in use then stops the server
+    // before it creates a data directory it would leave behind. Connections
+    // that arrive while the store opens wait in the listen backlog.
+    let listener = tokio::net::TcpListener::bind(config.addr)
+        .await
+        .with_context(|| format!("binding {}", config.addr))?;
     match &config.store {
         StoreConfig::Sqlite { data_dir, event_retention_ms } => {
             let options = Options { event_retention_ms: *event_retention_ms, ..Options::in_dir(data_dir) };
             let store = SqliteStore::open(options)
                 .with_context(|| format!("opening the store in {}", data_dir.display()))?;
             tracing::info!(data_dir = %data_dir.display(), "embedded store open");
-            serve_on(store, config).await
+            serve_on(listener, store, config).await
         }
         StoreConfig::Postgres(options) => {
             // The URL may hold a password: it is not logged.
             let store = PgStore::open(options.clone()).await.context("opening the PostgreSQL store")?;
             tracing::info!(schema = ?options.schema, pool_size = options.pool_size, "PostgreSQL store open");
-            serve_on(store, config).await
+            serve_on(listener, store, config).await
         }
     }
 }
 
-/// Binds the address and serves with `store` until SIGINT or SIGTERM.
-async fn serve_on<S: Store>(store: S, config: ServeConfig) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(config.addr)
-        .await
-        .with_context(|| format!("binding {}", config.addr))?;
+/// Serves on `listener` with `store` until SIGINT or SIGTERM.
+async fn serve_on<S: Store>(listener: tokio::net::TcpListener, store: S, config: ServeConfig) -> Result<()> {
     let local = listener.local_addr()?;
     config.security.log();
     // Before the line below: a SIGHUP sent once it is out must find the handler.

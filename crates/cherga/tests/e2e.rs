@@ -6,9 +6,11 @@
 //! on the embedded store in a temporary directory, and `postgres::name` on
 //! PostgreSQL in a fresh schema of `CHERGA_TEST_POSTGRES_URL` (which prints
 //! "skipped: ..." and passes when the variable is unset). Tests of several nodes
-//! on one database are in `multi_node`, PostgreSQL only.
+//! on one database are in `multi_node`, PostgreSQL only. Tests of start-up (what
+//! `serve` refuses, the data directory's lock and modes) are in `startup`.
 
 mod harness;
+mod startup;
 
 use harness::{Backend, Server, http};
 use serde_json::{Value, json};

@@ -19,14 +19,21 @@ Retries. A failure is retried when resending cannot change the outcome:
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
-from .errors import ChergaError, ConnectionFailed, Unavailable, error_from_response
+from . import _json
+from .errors import (
+    ChergaError,
+    ConnectionFailed,
+    InvalidQueueName,
+    InvalidTaskId,
+    Unavailable,
+    error_from_response,
+)
 from .types import BatchResult, NewTask, Queue, Task, TaskPage
 
 T = TypeVar("T")
@@ -61,7 +68,7 @@ class Call(Generic[T]):
     def result(self, answer: Answer) -> T:
         """The parsed answer, or the API error it carries, raised."""
         if answer.status >= 400:
-            raise error_from_response(answer.status, answer.body)
+            raise error_from_response(answer.status, answer.body, answer.headers)
         return self.parse(answer)
 
 
@@ -132,11 +139,23 @@ def exchange(call: Call[T], policy: RetryPolicy) -> Generator[str | float, Answe
 
 
 def task_path(task_id: str) -> str:
-    return f"/v1/tasks/{quote(task_id, safe='')}"
+    return f"/v1/tasks/{_segment(task_id, InvalidTaskId, 'task id')}"
 
 
 def queue_path(queue: str) -> str:
-    return f"/v1/queues/{quote(queue, safe='')}"
+    return f"/v1/queues/{_segment(queue, InvalidQueueName, 'queue name')}"
+
+
+def _segment(value: str, error: type[ChergaError], what: str) -> str:
+    """``value`` as exactly one path segment, whatever it holds. ``quote``
+    leaves dots alone, and a URL's "." and ".." segments are resolved away
+    (``/v1/tasks/..`` is ``/v1``), so those are percent-encoded too. An empty
+    segment cannot be sent: it is refused as the server would refuse it."""
+    if not value:
+        raise error(f"the {what} is empty", status=None)
+    if value in (".", ".."):
+        return value.replace(".", "%2E")
+    return quote(value, safe="")
 
 
 def task_and_lease(task: Task | str, lease: str | None) -> tuple[str, str]:
@@ -339,7 +358,8 @@ def decode(status: int, headers: dict[str, str], content: bytes) -> Answer:
     """An ``Answer`` from raw bytes; a body that is not JSON decodes to ``None``
     (errors then map by status alone)."""
     try:
-        body = json.loads(content) if content else None
+        # Survives JSON nested too deeply for Python (see _json).
+        body = _json.loads(content) if content else None
     except ValueError:
         body = None
     if status < 400 and body is None:

@@ -47,6 +47,13 @@ def hand_back(reason: str) -> Nack:
     return Nack(error=f"handed back: {reason}", retry_in_ms=0)
 
 
+def undecodable(reason: str) -> Nack:
+    """The nack for a task whose payload this client could not decode (see
+    ``Task.decode_error``): a failed attempt, retried after the queue's
+    backoff (a worker in another language may take it)."""
+    return Nack(error=f"the Python client cannot decode this task: {reason}")
+
+
 def failure(error: BaseException) -> Nack:
     """The nack for a handler that raised ``error``: ``Retry`` and ``Dead`` say
     what they want; anything else is retried after the queue's backoff with its
@@ -56,6 +63,15 @@ def failure(error: BaseException) -> Nack:
     if isinstance(error, Dead):
         return Nack(error=error.message, dead=True)
     return Nack(error="".join(traceback.format_exception(error)))
+
+
+def outcome_name(error: BaseException) -> str:
+    """How a handler that raised ``error`` ended, for the worker's log."""
+    if isinstance(error, Retry):
+        return "retry"
+    if isinstance(error, Dead):
+        return "dead"
+    return "failed"
 
 
 def is_control(error: BaseException | None) -> bool:

@@ -9,10 +9,14 @@ retries raise ``ConnectionFailed``.
 The classes form a small tree so callers can catch at the level they care about:
 ``InvalidRequest`` covers every 400, ``NotFound`` every 404, ``Conflict`` every
 409, and ``Unavailable`` both a 503 and an unreachable server.
+
+The codes are the server's ``ErrorCode::as_str`` (``crates/cherga-api/src/error.rs``);
+``tests/test_errors.py`` reads that list and fails when the two differ.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -76,6 +80,19 @@ class RouteNotFound(NotFound):
     code = "route_not_found"
 
 
+class Unauthorized(ChergaError):
+    """401: no bearer token, or one the server does not accept (malformed,
+    expired, signed by an unknown key, for another issuer or audience, revoked)."""
+
+    code = "unauthorized"
+
+
+class Forbidden(ChergaError):
+    """403: the token is valid, but its scopes do not cover this request."""
+
+    code = "forbidden"
+
+
 class MethodNotAllowed(ChergaError):
     code = "method_not_allowed"
 
@@ -110,6 +127,27 @@ class PayloadTooLarge(ChergaError):
 
 class BodyTooLarge(PayloadTooLarge):
     code = "body_too_large"
+
+
+class RequestTimeout(ChergaError):
+    """408: the request took longer than the server's request timeout. Not
+    retried: a change may have been applied before the time ran out."""
+
+    code = "request_timeout"
+
+
+class TooManyRequests(ChergaError):
+    """429: too many failed authentications from this client, or too many
+    long polls waiting at once. ``retry_after`` is the server's ``Retry-After``
+    in seconds (``None`` when it sent none). Not retried by the client."""
+
+    code = "too_many_requests"
+
+    def __init__(
+        self, message: str, *, code: str | None = None, status: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, code=code, status=status)
+        self.retry_after = retry_after
 
 
 class IdempotencyKeyReused(ChergaError):
@@ -148,13 +186,17 @@ ERROR_CLASSES: dict[str, type[ChergaError]] = {
         QueueNotFound,
         TaskNotFound,
         RouteNotFound,
+        Unauthorized,
+        Forbidden,
         MethodNotAllowed,
         UnsupportedMediaType,
         LeaseLost,
         InvalidState,
         PayloadTooLarge,
         BodyTooLarge,
+        RequestTimeout,
         IdempotencyKeyReused,
+        TooManyRequests,
         Unavailable,
         InternalError,
     )
@@ -164,12 +206,16 @@ ERROR_CLASSES: dict[str, type[ChergaError]] = {
 # still maps to the family its status implies.
 _STATUS_CLASSES: dict[int, type[ChergaError]] = {
     400: InvalidRequest,
+    401: Unauthorized,
+    403: Forbidden,
     404: NotFound,
     405: MethodNotAllowed,
+    408: RequestTimeout,
     409: Conflict,
     413: PayloadTooLarge,
     415: UnsupportedMediaType,
     422: IdempotencyKeyReused,
+    429: TooManyRequests,
     500: InternalError,
     502: Unavailable,
     503: Unavailable,
@@ -177,14 +223,29 @@ _STATUS_CLASSES: dict[int, type[ChergaError]] = {
 }
 
 
-def error_from_response(status: int, body: Any) -> ChergaError:
+def error_from_response(status: int, body: Any, headers: Mapping[str, str] | None = None) -> ChergaError:
     """The exception for an error answer: ``body`` is the decoded JSON (or
-    ``None`` when it was not JSON)."""
+    ``None`` when it was not JSON); ``headers`` (lower-case names) give a 429
+    its ``retry_after``."""
     error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, dict) and isinstance(error.get("code"), str):
         code = error["code"]
         message = str(error.get("message", ""))
         cls = ERROR_CLASSES.get(code, ChergaError)
-        return cls(message, code=code, status=status)
-    cls = _STATUS_CLASSES.get(status, ChergaError)
-    return cls(f"HTTP {status} without an API error body", status=status)
+    else:
+        code = None
+        message = f"HTTP {status} without an API error body"
+        cls = _STATUS_CLASSES.get(status, ChergaError)
+    if cls is TooManyRequests:
+        retry_after = _seconds((headers or {}).get("retry-after"))
+        return TooManyRequests(message, code=code, status=status, retry_after=retry_after)
+    return cls(message, code=code, status=status)
+
+
+def _seconds(retry_after: str | None) -> float | None:
+    """A ``Retry-After`` given in seconds (the form cherga sends); ``None``
+    for anything else."""
+    try:
+        return float(retry_after) if retry_after is not None else None
+    except ValueError:
+        return None

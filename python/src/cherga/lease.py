@@ -23,7 +23,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from ._outcome import Nack, hand_back, settle
+from ._outcome import Nack, hand_back, settle, undecodable
 from .errors import ChergaError, LeaseLost
 from .types import Task
 
@@ -215,12 +215,19 @@ def lease_one(
     stop: threading.Event | None = None,
 ) -> Task | None:
     """One leased task, long-polling until one arrives, ``wait_ms`` passes
-    (``None``: no limit) or ``stop`` is set."""
+    (``None``: no limit) or ``stop`` is set. A task this client cannot decode
+    (``Task.decode_error``) is nacked on the spot, and the wait goes on."""
     deadline = None if wait_ms is None else time.monotonic() + wait_ms / 1000
     while True:
         tasks = client.lease_tasks(queue, max=1, wait_ms=_chunk(deadline), lease_ms=lease_ms, worker=worker)
-        if tasks:
-            return tasks[0]
+        for task in tasks:
+            if task.decode_error is None:
+                return task
+            _nack_undecodable(task)
+            try:
+                client.nack(task, **undecodable(task.decode_error).kwargs())
+            except ChergaError as error:
+                log_settle_failure(task, error, "nack")
         if (stop is not None and stop.is_set()) or (deadline is not None and time.monotonic() >= deadline):
             return None
 
@@ -238,10 +245,20 @@ async def alease_one(
     deadline = None if wait_ms is None else time.monotonic() + wait_ms / 1000
     while True:
         tasks = await client.lease_tasks(queue, max=1, wait_ms=_chunk(deadline), lease_ms=lease_ms, worker=worker)
-        if tasks:
-            return tasks[0]
+        for task in tasks:
+            if task.decode_error is None:
+                return task
+            _nack_undecodable(task)
+            try:
+                await client.nack(task, **undecodable(task.decode_error).kwargs())
+            except ChergaError as error:
+                log_settle_failure(task, error, "nack")
         if (stop is not None and stop.is_set()) or (deadline is not None and time.monotonic() >= deadline):
             return None
+
+
+def _nack_undecodable(task: Task) -> None:
+    log.warning("task %s (%s) cannot be decoded, nacking it: %s", task.id, task.kind, task.decode_error)
 
 
 def log_settle_failure(task: Task, error: ChergaError, what: str) -> None:

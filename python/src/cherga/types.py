@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from . import _json
+
 
 class State(enum.StrEnum):
     """Task states. A ``StrEnum``, so ``task.state == "ready"`` works too."""
@@ -68,6 +70,44 @@ class Lease:
         return cls(token=data["token"], expires_at=expires_at)
 
 
+class AttemptOutcome(enum.StrEnum):
+    """How one attempt (one delivery) of a task ended."""
+
+    RUNNING = "running"  # leased now
+    SUCCEEDED = "succeeded"  # acked
+    FAILED = "failed"  # nacked (its error is the nack's)
+    EXPIRED = "expired"  # the lease ran out before an ack or a nack
+
+
+@dataclass
+class Attempt:
+    """One attempt of a task, as ``Task.history`` lists them, oldest first."""
+
+    attempt: int  # 1 for the first delivery
+    worker: str | None  # the name the worker leased it with
+    started_at: datetime
+    finished_at: datetime | None  # None while running
+    outcome: AttemptOutcome | str  # a str for an outcome added by a newer server
+    error: str | None = None
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> Attempt:
+        started_at = parse_time(data["started_at"])
+        assert started_at is not None
+        try:
+            outcome: AttemptOutcome | str = AttemptOutcome(data["outcome"])
+        except ValueError:
+            outcome = data["outcome"]
+        return cls(
+            attempt=data["attempt"],
+            worker=data.get("worker"),
+            started_at=started_at,
+            finished_at=parse_time(data.get("finished_at")),
+            outcome=outcome,
+            error=data.get("error"),
+        )
+
+
 @dataclass
 class Task:
     """A task as the API shows it.
@@ -76,6 +116,14 @@ class Task:
     true when an enqueue matched an existing idempotency key and created nothing.
     Inside ``client.lease()``/``client.consume()`` assign ``result`` to ack the
     task with that result.
+
+    ``history`` lists the task's attempts, oldest first, when the server
+    sends them (``GET /v1/tasks/{id}`` on a server that keeps them); empty
+    otherwise.
+
+    ``decode_error`` is set when the ``payload`` or ``result`` is JSON nested
+    too deeply for Python to decode: that field is ``None`` here, and workers
+    and the lease helpers nack the task (with this reason) instead of running it.
     """
 
     id: str
@@ -98,6 +146,8 @@ class Task:
     worker: str | None = None
     lease: Lease | None = None
     replayed: bool = False
+    history: list[Attempt] = field(default_factory=list)
+    decode_error: str | None = None
 
     @classmethod
     def from_wire(cls, data: dict[str, Any], *, replayed: bool = False) -> Task:
@@ -123,6 +173,8 @@ class Task:
             worker=data.get("worker"),
             lease=Lease.from_wire(lease) if lease else None,
             replayed=replayed,
+            history=[Attempt.from_wire(a) for a in data.get("history") or ()],
+            decode_error=_json.decode_error(data),
         )
 
     @property

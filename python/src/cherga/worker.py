@@ -33,6 +33,16 @@ Invariants:
   is sent again on its own (acks are idempotent).
 - Every leased task is reported (ack or nack) with the token it was delivered
   under. ``LeaseLost`` is never retried: the task belongs to someone else now.
+- A task that ran is never handed back for an immediate retry: whatever its
+  handler raised (``SystemExit`` and ``KeyboardInterrupt`` included, which only
+  the handler's own code can raise in a handler thread) is a failure, retried
+  after the queue's backoff with its traceback, unless ``Retry``/``Dead`` say
+  otherwise. Only tasks that never started are handed back at once.
+- One log line per task (logger ``cherga.worker``): id, kind, attempt, outcome
+  and duration, as text and as the record's ``task_id``, ``task_kind``,
+  ``attempt``, ``outcome`` and ``duration_ms`` attributes. DEBUG when it
+  succeeded or was handed back, INFO for ``Retry``/``Dead``, WARNING for a
+  failure.
 - Shutdown (``stop()``, SIGTERM, SIGINT) lets running handlers finish and
   reports them, then hands back every task leased but not started (nack, retry
   in 0 ms) — except a task on its last attempt, which would die of being handed
@@ -54,9 +64,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ._outcome import Dead, Nack, Retry, hand_back, settle
+from ._outcome import Dead, Nack, Retry, failure, hand_back, outcome_name, undecodable
 from .client import AsyncClient, Client
-from .errors import ChergaError
+from .errors import ChergaError, TooManyRequests
 from .lease import AsyncHeartbeat, Heartbeat, log_settle_failure
 from .types import Task
 
@@ -261,7 +271,7 @@ class Worker(_Registry):
                     log.warning("lease request to queue %s failed: %s", self.queue, error)
                     for task, result in acks:
                         self._send_report(task, None, result)
-                    self._stopping.wait(error_delay)
+                    self._stopping.wait(_pause(error, error_delay))
                     error_delay = min(ERROR_BACKOFF[1], error_delay * 2)
                 for task in tasks:
                     self._heartbeat.add(task)
@@ -298,6 +308,7 @@ class Worker(_Registry):
             try:
                 if self._stopping.is_set() and not task.last_attempt:
                     self._report(task, hand_back("the worker is shutting down"))
+                    _log_task(task, "handed_back", 0.0)
                 else:
                     self._execute(task)
             finally:
@@ -306,19 +317,26 @@ class Worker(_Registry):
                     self._cond.notify_all()
 
     def _execute(self, task: Task) -> None:
+        if task.decode_error is not None:
+            self._report(task, undecodable(task.decode_error))
+            _log_task(task, "undecodable", 0.0, task.decode_error)
+            return
         handler = self.handler_for(task.kind) or _no_handler
+        started = time.monotonic()
         try:
             result = handler(task)
         except BaseException as error:  # noqa: BLE001 - every failure is reported
-            plan = settle(error)
-            assert plan.nack is not None
-            if not plan.swallow:
-                log.warning("task %s (%s) failed: %r", task.id, task.kind, error)
-            self._report(task, plan.nack)
+            elapsed = time.monotonic() - started
+            self._report(task, failure(error))
+            _log_task(task, outcome_name(error), elapsed, error)
         else:
-            self._report(task, None, result)
+            elapsed = time.monotonic() - started
+            not_json = self._report(task, None, result)
+            _log_task(task, "failed" if not_json else "succeeded", elapsed, not_json)
 
-    def _report(self, task: Task, nack: Nack | None, result: Any = None) -> None:
+    def _report(self, task: Task, nack: Nack | None, result: Any = None) -> str | None:
+        """Acks or nacks ``task``; returns why a result that is not JSON was
+        nacked instead of acked (``None`` otherwise)."""
         assert self._heartbeat is not None
         self._heartbeat.discard(task)
         # A first look without the lock spares the JSON check when the poller is busy.
@@ -327,32 +345,70 @@ class Worker(_Registry):
                 if self._poller_waiting:
                     # The slot this task frees wakes the poller, which acks it.
                     self._acks.append((task, result))
-                    return
-        self._send_report(task, nack, result)
+                    return None
+        return self._send_report(task, nack, result)
 
-    def _send_report(self, task: Task, nack: Nack | None, result: Any = None) -> None:
+    def _send_report(self, task: Task, nack: Nack | None, result: Any = None) -> str | None:
         assert self.client is not None
+        not_json = None
         try:
             if nack is None:
                 try:
                     self.client.ack(task, result)
-                except TypeError as error:  # the result is not JSON
-                    self.client.nack(task, error=f"the handler's result is not JSON: {error}")
+                except NOT_JSON as error:
+                    not_json = f"the handler's result is not JSON: {error}"
+                    self.client.nack(task, error=not_json)
             else:
                 self.client.nack(task, **nack.kwargs())
         except ChergaError as error:
             log_settle_failure(task, error, "ack" if nack is None else "nack")
         except Exception:  # keep the thread alive; the lease expiry brings the task back
             log.exception("could not report task %s", task.id)
+        return not_json
+
+
+# What encoding a result that is not JSON raises: an object json cannot
+# encode, NaN or an infinity (httpx refuses them, as JSON has none), nesting
+# deeper than the encoder recurses.
+NOT_JSON = (TypeError, ValueError, RecursionError)
 
 
 def _json_ok(result: Any) -> bool:
     """Whether ``result`` can be sent as JSON (one that cannot is nacked)."""
     try:
-        json.dumps(result)
-    except (TypeError, ValueError):
+        json.dumps(result, allow_nan=False)
+    except NOT_JSON:
         return False
     return True
+
+
+_LOG_LEVELS = {"succeeded": logging.DEBUG, "handed_back": logging.DEBUG, "retry": logging.INFO, "dead": logging.INFO}
+
+
+def _log_task(task: Task, outcome: str, seconds: float, error: BaseException | str | None = None) -> None:
+    """The worker's one line about a task it reported."""
+    level = _LOG_LEVELS.get(outcome, logging.WARNING)
+    if not log.isEnabledFor(level):
+        return
+    duration_ms = round(seconds * 1000, 1)
+    fields = {"task_id": task.id, "task_kind": task.kind, "attempt": task.attempts}
+    fields.update(outcome=outcome, duration_ms=duration_ms)
+    message = "task id=%s kind=%s attempt=%d outcome=%s duration_ms=%.1f"
+    args: tuple[Any, ...] = (task.id, task.kind, task.attempts, outcome, duration_ms)
+    if error is not None:
+        text = error if isinstance(error, str) else repr(error)
+        message += " error=%s"
+        # The whole error is the task's last_error; the log line stays a line.
+        args += (text if len(text) <= 300 else f"{text[:300]}…",)
+    log.log(level, message, *args, extra=fields)
+
+
+def _pause(error: ChergaError, delay: float) -> float:
+    """How long the poller waits after a failed lease request: its backoff,
+    or longer when the server said when to come back."""
+    if isinstance(error, TooManyRequests) and error.retry_after is not None:
+        return max(delay, error.retry_after)
+    return delay
 
 
 def _log_refused_acks(acks: list[tuple[Task, Any]], results: list[Any]) -> None:
@@ -533,7 +589,7 @@ class AsyncWorker(_Registry):
                 log.warning("lease request to queue %s failed: %s", self.queue, error)
                 for task, result in acks:
                     await self._send_report(client, task, None, result)
-                await _wait(self._stopping, error_delay)
+                await _wait(self._stopping, _pause(error, error_delay))
                 error_delay = min(ERROR_BACKOFF[1], error_delay * 2)
             for _ in range(free - len(tasks)):
                 slots.release()
@@ -558,51 +614,70 @@ class AsyncWorker(_Registry):
             try:
                 if self._stopping.is_set() and not task.last_attempt:
                     await self._report(client, heartbeat, task, hand_back("the worker is shutting down"))
+                    _log_task(task, "handed_back", 0.0)
                 else:
                     await self._execute(client, heartbeat, task)
             finally:
                 slots.release()
 
     async def _execute(self, client: AsyncClient, heartbeat: AsyncHeartbeat, task: Task) -> None:
+        if task.decode_error is not None:
+            await self._report(client, heartbeat, task, undecodable(task.decode_error))
+            _log_task(task, "undecodable", 0.0, task.decode_error)
+            return
         handler = self.handler_for(task.kind) or _no_handler
+        started = time.monotonic()
         try:
             if inspect.iscoroutinefunction(handler):
                 result = await handler(task)
             else:
                 result = await asyncio.to_thread(handler, task)
-        except asyncio.CancelledError:
-            await self._report(client, heartbeat, task, hand_back("the worker was cancelled"))
-            raise
-        except Exception as error:  # noqa: BLE001 - every failure is reported
-            plan = settle(error)
-            assert plan.nack is not None
-            if not plan.swallow:
-                log.warning("task %s (%s) failed: %r", task.id, task.kind, error)
-            await self._report(client, heartbeat, task, plan.nack)
+        except asyncio.CancelledError as error:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                # The worker itself is cancelled: the task did not fail.
+                await self._report(client, heartbeat, task, hand_back("the worker was cancelled"))
+                _log_task(task, "handed_back", time.monotonic() - started)
+                raise
+            # The handler's own code raised it: a failure like any other.
+            await self._report(client, heartbeat, task, failure(error))
+            _log_task(task, "failed", time.monotonic() - started, error)
+        except BaseException as error:  # noqa: BLE001 - every failure is reported
+            elapsed = time.monotonic() - started
+            await self._report(client, heartbeat, task, failure(error))
+            _log_task(task, outcome_name(error), elapsed, error)
         else:
-            await self._report(client, heartbeat, task, None, result)
+            elapsed = time.monotonic() - started
+            not_json = await self._report(client, heartbeat, task, None, result)
+            _log_task(task, "failed" if not_json else "succeeded", elapsed, not_json)
 
     async def _report(
         self, client: AsyncClient, heartbeat: AsyncHeartbeat, task: Task, nack: Nack | None, result: Any = None
-    ) -> None:
+    ) -> str | None:
+        """As ``Worker._report``."""
         heartbeat.discard(task)
         if nack is None and self._poller_waiting and _json_ok(result):
             # The slot this task frees wakes the poller, which acks it.
             self._acks.append((task, result))
-            return
-        await self._send_report(client, task, nack, result)
+            return None
+        return await self._send_report(client, task, nack, result)
 
-    async def _send_report(self, client: AsyncClient, task: Task, nack: Nack | None, result: Any = None) -> None:
+    async def _send_report(self, client: AsyncClient, task: Task, nack: Nack | None, result: Any = None) -> str | None:
+        not_json = None
         try:
             if nack is None:
                 try:
                     await client.ack(task, result)
-                except TypeError as error:
-                    await client.nack(task, error=f"the handler's result is not JSON: {error}")
+                except NOT_JSON as error:
+                    not_json = f"the handler's result is not JSON: {error}"
+                    await client.nack(task, error=not_json)
             else:
                 await client.nack(task, **nack.kwargs())
         except ChergaError as error:
             log_settle_failure(task, error, "ack" if nack is None else "nack")
+        except Exception:  # keep the runner alive; the lease expiry brings the task back
+            log.exception("could not report task %s", task.id)
+        return not_json
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> None:

@@ -32,3 +32,8 @@ async def async_double(x: int) -> int:
 @task
 def write_note(text: str) -> int:
     return Note.objects.create(text=text).pk
+
+
+@task
+def exit_now(code: int) -> None:
+    raise SystemExit(code)

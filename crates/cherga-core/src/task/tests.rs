@@ -201,6 +201,66 @@ fn expiry_only_after_the_lease_runs_out_and_extend_moves_it() {
     assert_eq!(t.nack(&tok, None, None, false, &settings(), 0.0, T0), Err(Refusal::LeaseLost));
 }
 
+/// A lease ends at its `expires_at` whether or not a timer has expired the task:
+/// an ack, nack or extend at or after it is refused and changes nothing, while
+/// the same request a millisecond earlier is applied.
+#[test]
+fn a_lease_ends_at_its_expiry_even_before_the_timer_expires_it() {
+    let leased = || {
+        let mut t = ready_task();
+        t.lease(1, 1000, None, T0).unwrap();
+        t
+    };
+    let expiry = T0 + 1000;
+    for now in [expiry, expiry + 1, expiry + 460] {
+        let mut t = leased();
+        let tok = token_of(&t);
+        let before = t.clone();
+        assert_eq!(t.ack(&tok, Some("late".into()), now), Err(Refusal::LeaseLost), "ack at +{}", now - T0);
+        assert_eq!(
+            t.nack(&tok, None, None, false, &settings(), 0.0, now),
+            Err(Refusal::LeaseLost),
+            "nack at +{}",
+            now - T0
+        );
+        assert_eq!(t.extend(&tok, 5000, now), Err(Refusal::LeaseLost), "extend at +{}", now - T0);
+        assert_eq!(t, before, "refusals at +{} leave the task running, for the timer", now - T0);
+    }
+
+    let mut t = leased();
+    let tok = token_of(&t);
+    assert_eq!(t.ack(&tok, Some("42".into()), expiry - 1), Ok(AckOutcome::Applied), "a millisecond early");
+    let mut t = leased();
+    let tok = token_of(&t);
+    assert_eq!(t.extend(&tok, 1000, expiry - 1), Ok(expiry + 999));
+    assert_eq!(t.ack(&tok, None, expiry + 500), Ok(AckOutcome::Applied), "the extended lease holds");
+    let mut t = leased();
+    let tok = token_of(&t);
+    assert_eq!(t.nack(&tok, None, None, false, &settings(), 0.0, expiry - 1), Ok(AckOutcome::Applied));
+}
+
+/// An ack or nack applied in time and sent again after the lease's expiry is a
+/// replay, answered as the first time: the worker may not have heard the first
+/// answer.
+#[test]
+fn a_replay_after_the_expiry_still_succeeds() {
+    let mut t = ready_task();
+    t.lease(1, 1000, None, T0).unwrap();
+    let tok = token_of(&t);
+    t.ack(&tok, Some("42".into()), T0 + 999).unwrap();
+    let acked = t.clone();
+    assert_eq!(t.ack(&tok, Some("42".into()), T0 + 60_000), Ok(AckOutcome::Replayed));
+    assert_eq!(t, acked, "a replay changes nothing");
+
+    let mut t = ready_task();
+    t.lease(1, 1000, None, T0).unwrap();
+    let tok = token_of(&t);
+    t.nack(&tok, Some("boom".into()), Some(50_000), false, &settings(), 0.0, T0 + 999).unwrap();
+    let nacked = t.clone();
+    assert_eq!(t.nack(&tok, None, None, false, &settings(), 0.0, T0 + 60_000), Ok(AckOutcome::Replayed));
+    assert_eq!(t, nacked, "a replay changes nothing");
+}
+
 #[test]
 fn expiry_of_last_attempt_is_dead() {
     let mut t = Task::create("q", NewTask { max_attempts: Some(1), ..new_task() }, &settings(), 1, T0);

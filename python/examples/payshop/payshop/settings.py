@@ -70,8 +70,18 @@ TIME_ZONE = "UTC"
 STATIC_URL = "static/"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# One handler, on the root logger: cherga's loggers and Django's propagate to
+# it, so each line is printed once. ("django" loses the handler Django gives it
+# by default, which would print Django's lines a second time.)
 LOGGING = {
     "version": 1,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"cherga": {"handlers": ["console"], "level": "INFO"}},
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": "INFO"},
+    "loggers": {
+        "django": {"handlers": [], "level": "INFO"},
+        # httpx logs every request to cherga at INFO.
+        "httpx": {"level": "WARNING"},
+    },
 }

@@ -31,6 +31,17 @@ FAILED. A failing task is retried by cherga until its attempts run out; set
 Result ids are cherga task ids, except for tasks enqueued through the outbox:
 those get ``outbox-<uuid>`` at once (the cherga task does not exist until the
 transaction commits), and ``get_result`` follows the outbox row to the task.
+A result belongs to the backend alias that enqueued it (the payload and the
+outbox row name it): ``get_result`` through another alias, or of an id that
+is no task at all, raises ``TaskResultDoesNotExist``.
+
+Attempts: on a server that keeps each task's attempt history, ``errors`` has
+one entry per failed or expired attempt, ``worker_ids`` one per attempt,
+``started_at`` is the first attempt's start and ``last_attempted_at`` the
+last one's, all of the server's clock. Without it, the last attempt's error,
+worker and times are all there is, the times from the Django worker's clock.
+Either way the times are in order: ``enqueued_at <= started_at <=
+last_attempted_at <= finished_at``.
 """
 
 from __future__ import annotations
@@ -40,6 +51,7 @@ import re
 import threading
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -54,7 +66,7 @@ from django.utils.module_loading import import_string
 
 from .. import types as cherga_types
 from ..client import Client, default_url
-from ..errors import InvalidTaskId, TaskNotFound
+from ..errors import InvalidRequest, NotFound
 
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 OUTBOX_PREFIX = "outbox-"
@@ -90,7 +102,7 @@ def error_report(error: str | None) -> dict[str, Any] | None:
         return None
     try:
         report = json.loads(error)
-    except ValueError:
+    except (ValueError, RecursionError):  # plain text, or nested too deeply to be a report
         report = None
     if isinstance(report, dict) and isinstance(report.get("exception_class_path"), str):
         return report
@@ -175,6 +187,8 @@ class ChergaBackend(BaseTaskBackend):
             "args": normalize_json(list(args)),
             "kwargs": normalize_json(dict(kwargs)),
             "run_after": _iso(task.run_after),
+            # Whose result it is: get_result through another alias finds none.
+            "backend": self.alias,
         }
         if self.outbox:
             return self._enqueue_outbox(task, payload, key, group)
@@ -233,7 +247,8 @@ class ChergaBackend(BaseTaskBackend):
             return self._outbox_result(result_id)
         try:
             cherga_task = self.client.get_task(result_id)
-        except (TaskNotFound, InvalidTaskId):
+        except (NotFound, InvalidRequest):
+            # No such task, or not a task id at all ("", "..", "a/b").
             raise TaskResultDoesNotExist(result_id) from None
         return self._result_from_task(cherga_task, result_id)
 
@@ -242,16 +257,20 @@ class ChergaBackend(BaseTaskBackend):
 
         from .models import OutboxTask
 
+        rows = OutboxTask.objects.using(self.database).filter(backend=self.alias)
         try:
-            row = OutboxTask.objects.using(self.database).get(pk=result_id[len(OUTBOX_PREFIX) :])
+            row = rows.get(pk=result_id[len(OUTBOX_PREFIX) :])
         except (OutboxTask.DoesNotExist, ValidationError, ValueError):
             raise TaskResultDoesNotExist(result_id) from None
         if row.task_id:
             try:
                 return self._result_from_task(self.client.get_task(row.task_id), result_id)
-            except TaskNotFound:
+            except (NotFound, InvalidRequest):
                 raise TaskResultDoesNotExist(result_id) from None
-        task = self._load_task(row.payload, priority=row.priority, queue=row.queue)
+        try:
+            task = self._load_task(row.payload, priority=row.priority, queue=row.queue)
+        except (ValueError, ImportError, InvalidTask):
+            raise TaskResultDoesNotExist(result_id) from None
         return self._make_result(
             task,
             result_id,
@@ -295,6 +314,7 @@ class ChergaBackend(BaseTaskBackend):
         errors: list[TaskError] | None = None,
         worker_ids: list[str] | None = None,
         return_value: Any = None,
+        last_attempted_at: datetime | None = None,
     ) -> TaskResult:
         result = TaskResult(
             task=task,
@@ -302,7 +322,7 @@ class ChergaBackend(BaseTaskBackend):
             status=status,
             enqueued_at=enqueued_at,
             started_at=started_at,
-            last_attempted_at=started_at,
+            last_attempted_at=last_attempted_at or started_at,
             finished_at=finished_at,
             args=args,
             kwargs=kwargs,
@@ -314,37 +334,40 @@ class ChergaBackend(BaseTaskBackend):
             object.__setattr__(result, "_return_value", return_value)
         return result
 
+    def owns(self, cherga_task: cherga_types.Task) -> bool:
+        """Whether ``cherga_task`` is a Django task enqueued through this
+        backend (its payload names the alias; a payload from before it did
+        must at least be on a queue this backend serves)."""
+        payload = cherga_task.payload
+        if not isinstance(payload, dict) or not payload.get("django_task"):
+            return False
+        if "backend" in payload:
+            return bool(payload["backend"] == self.alias)
+        return cherga_task.queue.startswith(self.queue_prefix)
+
     def _result_from_task(
         self, cherga_task: cherga_types.Task, result_id: str, *, task: Task | None = None
     ) -> TaskResult:
         payload = cherga_task.payload
-        try:
-            task = task or self.load_task(cherga_task)
-        except ValueError:
-            raise TaskResultDoesNotExist(result_id) from None
-        state = cherga_task.state
-        status = _STATUS.get(str(state), TaskResultStatus.READY)
+        if task is None:
+            if not self.owns(cherga_task):
+                raise TaskResultDoesNotExist(result_id)
+            try:
+                task = self.load_task(cherga_task)
+            except (ValueError, ImportError, InvalidTask):
+                # Its function is gone, or its queue is not one this backend serves.
+                raise TaskResultDoesNotExist(result_id) from None
+        status = _STATUS.get(str(cherga_task.state), TaskResultStatus.READY)
+        finished = status in (TaskResultStatus.SUCCESSFUL, TaskResultStatus.FAILED)
         report = cherga_task.result if isinstance(cherga_task.result, dict) else {}
-        failure = error_report(cherga_task.last_error)
-        errors = []
-        if failure is not None:
-            errors.append(
-                TaskError(exception_class_path=failure["exception_class_path"], traceback=failure.get("traceback", ""))
-            )
-        if state == cherga_types.State.SUCCEEDED:
-            started_at = _parse_iso(report.get("started_at"))
-            last_worker = report.get("worker_id")
-        elif state == cherga_types.State.RUNNING:
-            started_at = cherga_task.updated_at
-            last_worker = cherga_task.worker
+        if cherga_task.history:
+            attempts = summarize_history(cherga_task.history)
+            # All of the server's clock, as finished_at is.
+            finished_at = cherga_task.finished_at if finished else None
         else:
-            started_at = _parse_iso((failure or {}).get("started_at"))
-            last_worker = (failure or {}).get("worker_id")
-        attempts = cherga_task.attempts
-        # cherga keeps who held the task last; earlier holders are not recorded.
-        worker_ids = ["unknown"] * max(0, attempts - 1) + [last_worker or "unknown"] if attempts else []
-        finished_at = (
-            cherga_task.finished_at if status in (TaskResultStatus.SUCCESSFUL, TaskResultStatus.FAILED) else None
+            attempts, finished_at = _last_attempt(cherga_task, report, finished)
+        enqueued_at, started_at, last_attempted_at, finished_at = _in_order(
+            cherga_task.created_at, attempts.started_at, attempts.last_attempted_at, finished_at
         )
         return self._make_result(
             task,
@@ -352,13 +375,100 @@ class ChergaBackend(BaseTaskBackend):
             status=status,
             args=payload.get("args", []),
             kwargs=payload.get("kwargs", {}),
-            enqueued_at=cherga_task.created_at,
+            enqueued_at=enqueued_at,
             started_at=started_at,
+            last_attempted_at=last_attempted_at,
             finished_at=finished_at,
-            errors=errors,
-            worker_ids=worker_ids,
+            errors=attempts.errors,
+            worker_ids=attempts.worker_ids,
             return_value=report.get("return_value"),
         )
+
+
+@dataclass(frozen=True)
+class Attempts:
+    """What a Django ``TaskResult`` says about a task's attempts."""
+
+    errors: list[TaskError]
+    worker_ids: list[str]  # one per attempt: Django's ``attempts`` is its length
+    started_at: datetime | None  # the first attempt's start
+    last_attempted_at: datetime | None  # the last attempt's start
+
+
+def summarize_history(history: Sequence[cherga_types.Attempt]) -> Attempts:
+    """The attempts from cherga's history of them (``Task.history``): one
+    ``TaskError`` per attempt that failed or expired (the exception a Django
+    worker recorded, else ``RemoteTaskError`` with cherga's text), one worker
+    id per attempt, the first attempt's start and the last one's."""
+    attempts = sorted(history, key=lambda attempt: attempt.attempt)
+    errors = []
+    for attempt in attempts:
+        if attempt.outcome == cherga_types.AttemptOutcome.FAILED:
+            failure = error_report(attempt.error or f"attempt {attempt.attempt} failed")
+        elif attempt.outcome == cherga_types.AttemptOutcome.EXPIRED:
+            failure = error_report(attempt.error or f"attempt {attempt.attempt}: the lease expired")
+        else:
+            continue
+        assert failure is not None
+        errors.append(_task_error(failure))
+    return Attempts(
+        errors=errors,
+        worker_ids=[attempt.worker or "unknown" for attempt in attempts],
+        started_at=attempts[0].started_at if attempts else None,
+        last_attempted_at=attempts[-1].started_at if attempts else None,
+    )
+
+
+def _last_attempt(
+    cherga_task: cherga_types.Task, report: dict[str, Any], finished: bool
+) -> tuple[Attempts, datetime | None]:
+    """The attempts and ``finished_at`` from what a server without attempt
+    history keeps: the last attempt's error, worker and times. A Django
+    worker's start and end are taken as a pair from the worker's clock, so
+    that ``finished_at`` is not before ``started_at``; the server's time stands
+    in for what the worker did not record."""
+    failure = error_report(cherga_task.last_error)
+    errors = [_task_error(failure)] if failure is not None else []
+    finished_at = None
+    if cherga_task.state == cherga_types.State.SUCCEEDED:
+        started_at = _parse_iso(report.get("started_at"))
+        finished_at = _parse_iso(report.get("finished_at"))
+        last_worker = report.get("worker_id")
+    elif cherga_task.state == cherga_types.State.RUNNING:
+        started_at = cherga_task.updated_at
+        last_worker = cherga_task.worker
+    else:
+        started_at = _parse_iso((failure or {}).get("started_at"))
+        finished_at = _parse_iso((failure or {}).get("finished_at"))
+        last_worker = (failure or {}).get("worker_id")
+    if not finished:
+        finished_at = None
+    elif finished_at is None or started_at is None:
+        finished_at = cherga_task.finished_at
+    n_attempts = cherga_task.attempts
+    # Without history cherga keeps who held the task last only.
+    worker_ids = ["unknown"] * max(0, n_attempts - 1) + [last_worker or "unknown"] if n_attempts else []
+    return Attempts(errors, worker_ids, started_at, started_at), finished_at
+
+
+def _task_error(failure: dict[str, Any]) -> TaskError:
+    return TaskError(exception_class_path=failure["exception_class_path"], traceback=failure.get("traceback", ""))
+
+
+def _in_order(*times: datetime | None) -> list[datetime | None]:
+    """``times`` with each one raised to at least the one before it (``None``
+    left out). Times from two clocks (the server's, in milliseconds, and a
+    worker's) can disagree by a little; Django expects ``enqueued_at <=
+    started_at <= last_attempted_at <= finished_at``."""
+    ordered: list[datetime | None] = []
+    floor: datetime | None = None
+    for time in times:
+        if time is not None and floor is not None and time < floor:
+            time = floor
+        if time is not None:
+            floor = time
+        ordered.append(time)
+    return ordered
 
 
 def enqueue(

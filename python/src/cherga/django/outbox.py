@@ -35,6 +35,7 @@ def relay(*, using: str = DEFAULT_DB_ALIAS, ids: Iterable[Any] | None = None, li
     returns how many were relayed. A row cherga refuses (a 4xx) keeps its error
     in ``last_error`` and stays pending; an unreachable cherga stops the round."""
     from django.tasks import task_backends
+    from django.tasks.exceptions import InvalidTaskBackend
 
     from .models import OutboxTask
 
@@ -45,6 +46,11 @@ def relay(*, using: str = DEFAULT_DB_ALIAS, ids: Iterable[Any] | None = None, li
     for row in pending[:limit]:
         try:
             backend = task_backends[row.backend]
+        except InvalidTaskBackend as error:
+            # Its alias left TASKS: this row waits for it, the others do not.
+            _failed(row, f"no TASKS backend {row.backend!r}: {error}", using=using)
+            continue
+        try:
             task = backend.client.enqueue(
                 row.queue,
                 row.kind,
@@ -56,10 +62,7 @@ def relay(*, using: str = DEFAULT_DB_ALIAS, ids: Iterable[Any] | None = None, li
                 max_attempts=row.max_attempts,
             )
         except Exception as error:  # noqa: BLE001 - recorded on the row
-            OutboxTask.objects.using(using).filter(pk=row.pk).update(
-                relay_attempts=row.relay_attempts + 1, last_error=str(error)[:10_000]
-            )
-            log.warning("outbox row %s not relayed: %s", row.pk, error)
+            _failed(row, str(error), using=using)
             if isinstance(error, Unavailable) or not isinstance(error, ChergaError):
                 break  # cherga is unreachable or misconfigured: the next round retries
             continue
@@ -68,6 +71,15 @@ def relay(*, using: str = DEFAULT_DB_ALIAS, ids: Iterable[Any] | None = None, li
         )
         relayed += 1
     return relayed
+
+
+def _failed(row: Any, error: str, *, using: str) -> None:
+    from .models import OutboxTask
+
+    OutboxTask.objects.using(using).filter(pk=row.pk).update(
+        relay_attempts=row.relay_attempts + 1, last_error=error[:10_000]
+    )
+    log.warning("outbox row %s not relayed: %s", row.pk, error)
 
 
 def prune(*, older_than: timedelta, using: str = DEFAULT_DB_ALIAS) -> int:

@@ -8,9 +8,11 @@ turns that outcome into the ack or nack:
 
 - success: ack with ``{"return_value", "started_at", "finished_at",
   "worker_id"}``, which ``get_result`` reads back;
-- an exception: nack (retried after the queue's backoff, dead when out of
-  attempts) with a JSON ``last_error`` holding the exception class path and
-  the traceback, which ``get_result`` turns into a ``TaskError``.
+- an exception (any ``BaseException`` but ``KeyboardInterrupt``, as in
+  Django's ``ImmediateBackend``; ``SystemExit`` too): nack (retried after the
+  queue's backoff, dead when out of attempts) with a JSON ``last_error``
+  holding the exception class path and the traceback, which ``get_result``
+  turns into a ``TaskError``.
 
 Database connections are treated as in a request: stale ones are closed before
 and after each task.
@@ -75,9 +77,11 @@ def run(backend: ChergaBackend, delivery: cherga_types.Task, worker_id: str) -> 
         else:
             value = task.call(*result.args, **result.kwargs)
         value = normalize_json(value)
-    except (KeyboardInterrupt, SystemExit):
+    except KeyboardInterrupt:
+        # As Django's ImmediateBackend: only this one is let through (the
+        # worker then records it as a plain failure, after the queue's backoff).
         raise
-    except BaseException as error:  # noqa: BLE001 - every failure is recorded
+    except BaseException as error:  # noqa: BLE001 - every failure is recorded, SystemExit too
         finished_at = timezone.now()
         error_type = type(error)
         task_error = TaskError(

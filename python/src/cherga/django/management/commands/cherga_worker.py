@@ -34,8 +34,16 @@ class Command(BaseCommand):
         parser.add_argument("--name", default=None, help="worker name (default host:pid)")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        if not logging.getLogger().handlers:
-            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        cherga_log = logging.getLogger("cherga")
+        if not cherga_log.hasHandlers():
+            # Nothing in LOGGING would print cherga's lines: give them a handler
+            # of their own. Not on the root, where Django's own lines would be
+            # printed a second time (Django's "django" logger has its handler).
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            cherga_log.addHandler(handler)
+            if cherga_log.level == logging.NOTSET:
+                cherga_log.setLevel(logging.INFO)
         # httpx logs every request at INFO: one per long poll is noise here.
         logging.getLogger("httpx").setLevel(logging.WARNING)
         backend = task_backends[options["backend"]]

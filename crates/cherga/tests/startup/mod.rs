@@ -1,0 +1,298 @@
+//! Start-up of the real binary: what `cherga serve` refuses, and what it leaves
+//! behind when it does, read from its exit status and its stderr.
+
+use super::harness::http;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+
+/// `cherga serve` on a free port with `args`, its output piped.
+fn serve(args: &[&str]) -> Command {
+    serve_at("127.0.0.1:0", args)
+}
+
+/// `cherga serve --addr addr` with `args`, its output piped.
+fn serve_at(addr: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cherga"));
+    command
+        .args(["serve", "--addr", addr, "--log", "warn"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// Runs `command`, which must fail to start, and returns its stderr. A server
+/// that starts after all is killed and the test fails, so a regression cannot
+/// hang the test.
+fn fails_to_start(mut command: Command) -> String {
+    let mut child = command.spawn().expect("start cherga");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read stdout");
+    if line.starts_with("listening on") {
+        let _ = child.kill();
+        let (_, stderr) = exit_of(child);
+        panic!("the server started ({}) where it must refuse to; stderr:\n{stderr}", line.trim());
+    }
+    let (status, stderr) = exit_of(child);
+    assert!(!status.success(), "exit status {status:?}; stderr:\n{stderr}");
+    stderr
+}
+
+/// Waits for `child` to exit: its status and its stderr.
+fn exit_of(mut child: Child) -> (ExitStatus, String) {
+    let mut stderr = String::new();
+    child.stderr.take().expect("stderr").read_to_string(&mut stderr).expect("read stderr");
+    (child.wait().expect("exit status"), stderr)
+}
+
+/// A server started by a test, killed when dropped.
+struct Running {
+    child: Child,
+    base: String,
+}
+
+impl Running {
+    /// Starts `command` (a `serve`), its stderr passed through, and waits for its
+    /// "listening on" line.
+    fn start(mut command: Command) -> Self {
+        let mut child = command.stderr(Stdio::inherit()).spawn().expect("start cherga");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read stdout");
+        let Some(base) = line.trim().strip_prefix("listening on ") else {
+            let status = child.wait();
+            panic!("cherga did not start: first line {line:?}, exit {status:?}");
+        };
+        Self { base: base.to_owned(), child }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no chance to close anything.
+    fn kill9(mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("reaped");
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let response = http().post(format!("{}{path}", self.base)).json(&body).send().await.expect(path);
+        (response.status().as_u16(), response.json().await.expect("a JSON answer"))
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let response = http().get(format!("{}{path}", self.base)).send().await.expect(path);
+        (response.status().as_u16(), response.json().await.expect("a JSON answer"))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `command` (a `serve`), waits for its "listening on" line, stops it and
+/// returns what it wrote to stderr until then.
+fn stderr_of_start(mut command: Command) -> String {
+    let mut child = command.spawn().expect("start cherga");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read stdout");
+    // Whatever it logged before this line is in the pipe already.
+    let _ = child.kill();
+    let (_, stderr) = exit_of(child);
+    assert!(line.starts_with("listening on"), "cherga did not start: {line:?}; stderr:\n{stderr}");
+    stderr
+}
+
+#[track_caller]
+fn assert_said_once(stderr: &str, text: &str) {
+    assert_eq!(stderr.matches(text).count(), 1, "{text:?} should appear once in:\n{stderr}");
+}
+
+fn path_arg(path: &Path) -> &str {
+    path.to_str().expect("a UTF-8 temporary path")
+}
+
+/// An error with an operating-system cause names that cause once, not once per
+/// error in the chain that carries it.
+#[test]
+fn a_start_up_failure_names_its_os_cause_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").expect("write a file");
+
+    let stderr = fails_to_start(serve(&["--data-dir", path_arg(&file.join("data"))]));
+    assert!(stderr.contains("opening the store"), "{stderr}");
+    assert_said_once(&stderr, "Not a directory (os error 20)");
+
+    let missing = dir.path().join("missing-keys.json");
+    let stderr = fails_to_start(serve(&["--auth-keys", path_arg(&missing)]));
+    assert!(stderr.contains("cannot read the key file"), "{stderr}");
+    assert_said_once(&stderr, "No such file or directory (os error 2)");
+}
+
+/// A port already in use stops `serve` before it opens, or creates, its store.
+#[test]
+fn a_port_in_use_leaves_no_data_directory_behind() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("hold a port");
+    let addr = held.local_addr().expect("its address").to_string();
+    let data_dir = dir.path().join("new");
+
+    let stderr = fails_to_start(serve_at(&addr, &["--data-dir", path_arg(&data_dir)]));
+    assert!(stderr.contains(&format!("binding {addr}")), "{stderr}");
+    assert_said_once(&stderr, "Address already in use");
+    assert!(
+        !data_dir.exists(),
+        "{} was created by a server that could not bind; stderr:\n{stderr}",
+        data_dir.display()
+    );
+}
+
+/// A second server on a data directory in use refuses to start and names the
+/// first one's pid (two would give out the same sequence numbers and overwrite
+/// each other's rows). Once the first is killed with `kill -9`, a new server
+/// starts on the directory, and every enqueue and ack the first acknowledged is
+/// there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_a_data_directory_in_use_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = dir.path().join("data");
+    let data_arg = path_arg(&data_dir).to_owned();
+    let first = Running::start(serve(&["--data-dir", &data_arg]));
+    let mut enqueued = Vec::new();
+    for i in 0..20 {
+        let (status, task) = first.post("/v1/queues/q/tasks", json!({"kind": "k", "payload": i})).await;
+        assert_eq!(status, 201, "{task}");
+        enqueued.push(task["id"].as_str().expect("an id").to_owned());
+    }
+    let (status, leased) = first.post("/v1/queues/q/lease", json!({"max": 5, "lease_ms": 60000})).await;
+    assert_eq!(status, 200, "{leased}");
+    let mut acked = Vec::new();
+    for task in leased["tasks"].as_array().expect("tasks") {
+        let id = task["id"].as_str().expect("an id");
+        let (status, body) =
+            first.post(&format!("/v1/tasks/{id}/ack"), json!({"lease": task["lease"]["token"]})).await;
+        assert_eq!(status, 200, "{body}");
+        acked.push(id.to_owned());
+    }
+    assert_eq!(acked.len(), 5);
+
+    let second = serve(&["--data-dir", &data_arg]);
+    let stderr = tokio::task::spawn_blocking(move || fails_to_start(second)).await.expect("second server");
+    let expected = format!(
+        "the data directory {} is in use by another cherga (pid {})",
+        data_dir.display(),
+        first.pid()
+    );
+    assert_said_once(&stderr, &expected);
+
+    first.kill9();
+    let third = Running::start(serve(&["--data-dir", &data_arg]));
+    for id in &enqueued {
+        let (status, task) = third.get(&format!("/v1/tasks/{id}")).await;
+        assert_eq!(status, 200, "task {id}, enqueued before the kill: {task}");
+        let state = if acked.contains(id) { "succeeded" } else { "ready" };
+        assert_eq!(task["state"], state, "task {id}: {task}");
+    }
+    let (_, queue) = third.get("/v1/queues/q").await;
+    assert_eq!(queue["counts"]["ready"], 15, "{queue}");
+    assert_eq!(queue["counts"]["succeeded"], 5, "{queue}");
+}
+
+/// The mode bits of `path`.
+fn mode_of(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode()
+        & 0o7777
+}
+
+/// Under umask 000 the data directory is still `0700` and every file in it
+/// `0600`: tasks hold what producers put in them, and other users of the
+/// machine must not read them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_directory_is_private_whatever_the_umask() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = dir.path().join("data");
+    // The umask of the child only: the test process keeps its own.
+    let mut command = Command::new("sh");
+    command
+        .args(["-c", r#"umask 000; exec "$0" "$@""#, env!("CARGO_BIN_EXE_cherga")])
+        .args(["serve", "--addr", "127.0.0.1:0", "--log", "warn", "--data-dir", path_arg(&data_dir)])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    let server = Running::start(command);
+    for i in 0..50 {
+        let (status, body) = server.post("/v1/queues/q/tasks", json!({"kind": "k", "payload": i})).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let (_, leased) = server.post("/v1/queues/q/lease", json!({"max": 10})).await;
+    for task in leased["tasks"].as_array().expect("tasks") {
+        let path = format!("/v1/tasks/{}/ack", task["id"].as_str().expect("an id"));
+        let (status, body) = server.post(&path, json!({"lease": task["lease"]["token"]})).await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    assert_eq!(mode_of(&data_dir), 0o700, "the data directory's mode, {:04o}", mode_of(&data_dir));
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(&data_dir).expect("list the data directory") {
+        let path = entry.expect("an entry").path();
+        files.push((path.file_name().expect("a name").to_string_lossy().into_owned(), mode_of(&path)));
+    }
+    files.sort();
+    let loose: Vec<String> = files
+        .iter()
+        .filter(|(_, mode)| *mode != 0o600)
+        .map(|(name, mode)| format!("{name} {mode:04o}"))
+        .collect();
+    assert!(loose.is_empty(), "files not 0600: {loose:?} (all: {files:?})");
+    let names: Vec<&str> = files.iter().map(|(name, _)| name.as_str()).collect();
+    for name in ["cherga.db", "cherga.db-wal", "cherga.db-shm", "cherga.db.lock"] {
+        assert!(names.contains(&name), "{name} is among the files checked: {names:?}");
+    }
+}
+
+/// A key file with private keys that other users can read, or one they can
+/// change, gets one warning at start; a private one, or public keys readable
+/// by all, none.
+#[test]
+fn a_key_file_open_to_other_users_is_warned_about() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let signing = dir.path().join("signing.json");
+    let status = Command::new(env!("CARGO_BIN_EXE_cherga"))
+        .args(["keygen", "--kid", "k1", "--out", path_arg(&signing)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("cherga keygen");
+    assert!(status.success());
+    let public = dir.path().join("verify.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_cherga"))
+        .args(["keygen", "--public-of", path_arg(&signing)])
+        .output()
+        .expect("cherga keygen --public-of");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(&public, &out.stdout).expect("write the public key file");
+
+    let start = |keys: &Path, mode: u32| {
+        std::fs::set_permissions(keys, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        let data_dir = dir.path().join(format!("data-{mode:o}"));
+        stderr_of_start(serve(&["--auth-keys", path_arg(keys), "--data-dir", path_arg(&data_dir)]))
+    };
+    let warning = "make it readable by cherga's user only (chmod 600)";
+    let stderr = start(&signing, 0o600);
+    assert!(!stderr.contains(warning), "a private key file: {stderr}");
+    let stderr = start(&signing, 0o640);
+    assert_said_once(&stderr, warning);
+    assert!(stderr.contains("can read its private keys"), "{stderr}");
+    let stderr = start(&public, 0o644);
+    assert!(!stderr.contains(warning), "public keys may be read by all: {stderr}");
+    let stderr = start(&public, 0o662);
+    assert_said_once(&stderr, warning);
+    assert!(stderr.contains("can change it"), "{stderr}");
+}

@@ -1,0 +1,75 @@
+"""The client's error classes match the server's list of error codes, and
+error answers map to them (no server needed)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+import cherga
+from cherga.errors import _STATUS_CLASSES, ERROR_CLASSES, ChergaError, error_from_response
+from tests.harness import PYTHON_DIR
+
+ERROR_RS = PYTHON_DIR.parent / "crates" / "cherga-api" / "src" / "error.rs"
+
+
+def server_codes() -> dict[str, int]:
+    """Each code of ``ErrorCode::as_str`` with the status ``ErrorCode::status``
+    gives it, read from the Rust source."""
+    assert ERROR_RS.is_file(), f"{ERROR_RS} not found: the test reads the server's error codes from it"
+    source = ERROR_RS.read_text()
+
+    def body_of(function: str) -> str:
+        match = re.search(rf"fn {function}\(self\)[^{{]*\{{(.*?)\n    \}}", source, re.S)
+        assert match, f"fn {function} not found in {ERROR_RS}"
+        return match.group(1)
+
+    names = dict(re.findall(r'ErrorCode::(\w+)\s*=>\s*"([a-z_]+)"', body_of("as_str")))
+    statuses = {}
+    for arm, status in re.findall(r"((?:\|?\s*ErrorCode::\w+\s*)+)=>\s*(\d{3})", body_of("status")):
+        for variant in re.findall(r"ErrorCode::(\w+)", arm):
+            statuses[variant] = int(status)
+    assert names and set(names) == set(statuses), (names, statuses)
+    return {code: statuses[variant] for variant, code in names.items()}
+
+
+def test_the_client_knows_every_error_code_of_the_server() -> None:
+    codes = server_codes()
+    assert sorted(ERROR_CLASSES) == sorted(codes)
+
+
+def test_each_error_class_sits_under_the_family_of_its_status() -> None:
+    for code, status in server_codes().items():
+        cls = ERROR_CLASSES[code]
+        family = _STATUS_CLASSES.get(status)
+        assert family is not None, f"no class for HTTP {status}"
+        assert issubclass(cls, family), f"{cls.__name__} ({code}, HTTP {status}) is not a {family.__name__}"
+        error = error_from_response(status, {"error": {"code": code, "message": "m"}})
+        assert type(error) is cls and error.code == code and error.status == status
+        # Exported from the package, for `except cherga.X`.
+        assert getattr(cherga, cls.__name__) is cls and cls.__name__ in cherga.__all__
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "cls"),
+    [
+        (401, "unauthorized", cherga.Unauthorized),
+        (403, "forbidden", cherga.Forbidden),
+        (408, "request_timeout", cherga.RequestTimeout),
+        (429, "too_many_requests", cherga.TooManyRequests),
+    ],
+)
+def test_auth_and_limit_errors(status: int, code: str, cls: type[ChergaError]) -> None:
+    error = error_from_response(status, {"error": {"code": code, "message": "m"}})
+    assert type(error) is cls and error.status == status
+    # A proxy's page without the API's body still maps by status.
+    assert type(error_from_response(status, None)) is cls
+
+
+def test_too_many_requests_carries_retry_after() -> None:
+    body = {"error": {"code": "too_many_requests", "message": "too many long polls"}}
+    error = error_from_response(429, body, {"retry-after": "7"})
+    assert isinstance(error, cherga.TooManyRequests) and error.retry_after == 7.0
+    assert error_from_response(429, body).retry_after is None
+    assert error_from_response(429, body, {"retry-after": "Wed, 21 Oct 2026 07:28:00 GMT"}).retry_after is None
