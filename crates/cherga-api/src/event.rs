@@ -119,6 +119,26 @@ pub struct EventsQuery {
     /// `0` starts from the oldest event kept; without either, the stream
     /// starts with the next event.
     pub after: Option<String>,
+    /// With `Accept: application/json`: most events in the page (1 to 1000,
+    /// default 100).
+    pub limit: Option<usize>,
+}
+
+/// A page of events, the answer to `GET /v1/events` with `Accept:
+/// application/json` (for scripts, and for catching up without a stream).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct EventList {
+    pub events: Vec<CloudEvent>,
+    /// Where the next page starts: pass it as `after`. Past every event this page
+    /// looked at, including those the filters or the token's scopes left out.
+    pub next: String,
+    /// The id of the last event that can be read now.
+    pub head: String,
+    /// Events up to this id were deleted by retention.
+    pub purged_through: String,
+    /// Events of transactions still running are held back and come later.
+    pub pending: bool,
 }
 
 #[cfg(test)]

@@ -18,12 +18,13 @@ use crate::error::ApiError;
 use crate::extract::QueryArgs;
 use crate::routes::task_id;
 use crate::{App, now_ms};
+use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as Frame, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use cherga_api::ErrorCode;
-use cherga_api::event::{CloudEvent, EventsQuery, TYPE_PREFIX};
+use cherga_api::event::{CloudEvent, EventList, EventsQuery, TYPE_PREFIX};
 use cherga_auth::{Access, QueuePattern};
 use cherga_core::{Change, TaskId, TaskState, Transition};
 use cherga_store::{Event, EventId, Store, StoreError};
@@ -107,9 +108,11 @@ fn event_id(text: &str, what: &str) -> Result<EventId, ApiError> {
 /// sends only what the token may read.
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(EventsQuery,
         ("Last-Event-ID" = Option<String>, Header, description = "resume after this event id")),
-    responses((status = 200, description = "a `text/event-stream`: each event's `id` is its position, \
-        `event` its change, `data` a CloudEvent; an `event: error` says when events were lost to \
-        retention, and the stream goes on from the oldest kept", body = CloudEvent, content_type = "text/event-stream")))]
+    responses((status = 200, description = "a `text/event-stream` (the default): each event's `id` is its \
+        position, `event` its change, `data` a CloudEvent; an `event: error` says when events were lost to \
+        retention, and the stream goes on from the oldest kept. With `Accept: application/json`, one page \
+        of events (`after` defaults to 0 then).",
+        content((CloudEvent = "text/event-stream"), (EventList = "application/json")))))]
 pub(crate) async fn stream<S: Store>(
     State(app): State<Arc<App<S>>>,
     caller: Caller,
@@ -128,6 +131,11 @@ pub(crate) async fn stream<S: Store>(
             Some(text) => Some(event_id(text, "after")?),
         },
     };
+    if wants_json(&headers) {
+        return page(&app, &caller, &filter, resume.unwrap_or(0), query.limit)
+            .await
+            .map(IntoResponse::into_response);
+    }
     // The first read answers whether there is a log at all, and where "now" is.
     let first = app.store.read_events(resume.unwrap_or(0), 1).await.map_err(events_error)?;
     let start = resume.unwrap_or(first.head);
@@ -140,6 +148,72 @@ pub(crate) async fn stream<S: Store>(
     // Proxies such as nginx buffer responses unless told not to.
     response.headers_mut().insert("x-accel-buffering", axum::http::HeaderValue::from_static("no"));
     Ok(response)
+}
+
+/// Whether the client asked for a JSON page rather than a stream.
+fn wants_json(headers: &HeaderMap) -> bool {
+    let accept = headers.get_all(axum::http::header::ACCEPT).iter().filter_map(|v| v.to_str().ok());
+    let mut json = false;
+    for value in accept {
+        for item in value.split(',') {
+            let media = item.split(';').next().unwrap_or("").trim();
+            if media.eq_ignore_ascii_case("text/event-stream") {
+                return false;
+            }
+            json |= media.eq_ignore_ascii_case("application/json");
+        }
+    }
+    json
+}
+
+/// Most events a JSON page holds, and its default.
+const MAX_JSON_PAGE: usize = 1000;
+const JSON_PAGE: usize = 100;
+
+/// One JSON page of events after `after`: reads the log until the page is full
+/// or the log's readable end, leaving out what the filters or the scopes do not
+/// let through (`next` is past those too).
+async fn page<S: Store>(
+    app: &App<S>,
+    caller: &Caller,
+    filter: &Filter,
+    after: EventId,
+    limit: Option<usize>,
+) -> Result<Json<EventList>, ApiError> {
+    let limit = limit.unwrap_or(JSON_PAGE);
+    if !(1..=MAX_JSON_PAGE).contains(&limit) {
+        return Err(ApiError::invalid(format!("limit must be between 1 and {MAX_JSON_PAGE}")));
+    }
+    let mut list = EventList {
+        events: Vec::new(),
+        next: after.to_string(),
+        head: String::new(),
+        purged_through: String::new(),
+        pending: false,
+    };
+    let mut next = after;
+    // A bounded number of reads: a page of a narrow filter may look far.
+    for _ in 0..16 {
+        let read = app.store.read_events(next, PAGE).await.map_err(events_error)?;
+        list.head = read.head.to_string();
+        list.purged_through = read.purged_through.to_string();
+        list.pending = read.pending;
+        let empty = read.events.is_empty();
+        for Event { id, transition } in read.events {
+            if list.events.len() == limit {
+                break;
+            }
+            next = id;
+            if filter.accepts(&transition) && caller.allows(Access::Read, &transition.queue) {
+                list.events.push(CloudEvent::new(id, &transition));
+            }
+        }
+        if empty || list.events.len() == limit {
+            break;
+        }
+    }
+    list.next = next.to_string();
+    Ok(Json(list))
 }
 
 fn events_error(error: StoreError) -> ApiError {

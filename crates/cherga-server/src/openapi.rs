@@ -172,8 +172,9 @@ mod tests {
     /// Every route the router has, as (method, path). Kept next to the test that
     /// compares it with the router, which fails when a route is added without
     /// being listed here and in the document.
-    const ROUTES: [(&str, &str); 18] = [
+    const ROUTES: [(&str, &str); 19] = [
         ("get", "/healthz"),
+        ("get", "/v1/events"),
         ("get", "/v1/openapi.json"),
         ("get", "/v1/queues"),
         ("get", "/v1/queues/{queue}"),
@@ -233,6 +234,8 @@ mod tests {
             let request = axum::http::Request::builder()
                 .method(method.to_uppercase().as_str())
                 .uri(&uri)
+                // A page, not an endless stream, from `GET /v1/events`.
+                .header("accept", "application/json")
                 .body(axum::body::Body::from("{}"))
                 .unwrap();
             let response = router.clone().oneshot(request).await.unwrap();
