@@ -189,3 +189,28 @@ fn rotation_two_kids_both_verify_until_one_is_removed() {
     assert_eq!(only_new.verify(&old_token, NOW).unwrap_err(), TokenError::UnknownKey);
     assert!(only_new.verify(&new_token_text, NOW).is_ok());
 }
+
+#[test]
+fn a_scope_item_with_whitespace_makes_the_token_malformed() {
+    let verifier = Verifier::new(set(vec![hs_entry("k", SECRET)]), policy());
+    let header = json!({"alg": "HS256", "kid": "k", "typ": "JWT"});
+    let with_scope = |scope: Value| {
+        let mut claims = good_claims();
+        claims["scope"] = scope;
+        verifier.verify(&hs_token(&header, &claims, SECRET), NOW)
+    };
+    // The string form is space-separated by definition (RFC 8693).
+    let scopes = with_scope(json!("produce:q1 consume:q2")).unwrap().scopes;
+    assert!(scopes.allows(Access::Produce, "q1") && scopes.allows(Access::Consume, "q2"));
+    // In the array form each item is one scope: one with whitespace inside is not
+    // read as several (it granted admin when it was).
+    for item in ["produce:q1 admin", "admin\tproduce:q1", " admin", "produce:q1\n"] {
+        assert_eq!(with_scope(json!(["consume:x", item])).unwrap_err(), TokenError::Malformed, "{item:?}");
+    }
+    assert!(with_scope(json!(["produce:q1", "admin"])).unwrap().scopes.is_admin());
+    // Nor can such a token be issued.
+    for bad in ["produce:q1 admin", "", "admin "] {
+        let err = issue(verifier.keys(), Some("k"), &new_token(&[bad])).unwrap_err();
+        assert!(matches!(err, IssueError::BadScope(_)), "{bad:?}: {err}");
+    }
+}

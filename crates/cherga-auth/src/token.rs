@@ -17,6 +17,8 @@ use ring::rand::{SecureRandom, SystemRandom};
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 /// Longest `jti`.
 pub const MAX_JTI_LEN: usize = 256;
+/// The clock skew `cherga serve` allows on a token's `exp` and `nbf`, in seconds.
+pub const LEEWAY_S: i64 = 30;
 
 /// Why a token was refused. The messages are safe to show the caller: they say
 /// what is wrong, never what the token holds.
@@ -177,6 +179,8 @@ pub enum IssueError {
     Signing(String),
     #[error("the random source failed")]
     Random,
+    #[error("scope {0:?} is empty or has whitespace inside: give each scope as an item of its own")]
+    BadScope(String),
 }
 
 /// What to put in a new token.
@@ -197,9 +201,14 @@ pub struct NewToken {
 /// token and its claims.
 ///
 /// # Errors
-/// [`IssueError`] when the key is missing or cannot sign.
+/// [`IssueError`] when the key is missing or cannot sign, or a scope is empty or
+/// has whitespace inside (the claim joins scopes with spaces, so such an item
+/// would be read back as several scopes).
 pub fn issue(keys: &KeySet, kid: Option<&str>, new: &NewToken) -> Result<(String, Claims), IssueError> {
     crate::provider::install();
+    if let Some(bad) = new.scopes.iter().find(|s| s.is_empty() || s.chars().any(char::is_whitespace)) {
+        return Err(IssueError::BadScope(bad.clone()));
+    }
     let kid = match kid {
         Some(kid) => kid.to_owned(),
         None => match keys.kids() {

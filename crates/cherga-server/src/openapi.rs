@@ -282,6 +282,33 @@ mod tests {
         assert_eq!(revoke["properties"]["jti"]["maxLength"], cherga_auth::MAX_JTI_LEN as u64);
     }
 
+    /// Every string of `alphabet` up to `max_len` characters long.
+    fn strings(alphabet: &[char], max_len: usize) -> Vec<String> {
+        let mut all = vec![String::new()];
+        let mut last = vec![String::new()];
+        for _ in 0..max_len {
+            last = last.iter().flat_map(|s| alphabet.iter().map(move |c| format!("{s}{c}"))).collect();
+            all.extend(last.iter().cloned());
+        }
+        all
+    }
+
+    #[test]
+    fn documented_patterns_are_the_checked_ones() {
+        let value: serde_json::Value = serde_json::from_str(document_json()).unwrap();
+        let parameters = value["paths"]["/v1/queues/{queue}"]["get"]["parameters"].as_array().unwrap();
+        let queue = parameters.iter().find(|p| p["name"] == "queue").unwrap();
+        let pattern = regex::Regex::new(queue["schema"]["pattern"].as_str().unwrap()).unwrap();
+        let mut names = strings(&['a', 'Z', '.', '-', '_', '/', ' ', '*'], 3);
+        for len in [126, 127, 128, 129] {
+            names.extend([".", "..", "a", "-"].map(|head| format!("{head}{}", "q".repeat(len - head.len()))));
+        }
+        for name in names {
+            let checked = cherga_core::QueueName::new(&name).is_ok();
+            assert_eq!(pattern.is_match(&name), checked, "queue name {name:?}: the code says {checked}");
+        }
+    }
+
     #[test]
     fn every_operation_declares_the_common_errors_and_bearer_security() {
         let value: serde_json::Value = serde_json::from_str(document_json()).unwrap();

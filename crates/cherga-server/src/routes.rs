@@ -718,8 +718,10 @@ pub(crate) async fn list_revocations<S: Store>(
 #[into_params(parameter_in = Path)]
 #[allow(dead_code)] // Read by the OpenAPI derive only.
 pub(crate) struct QueueParam {
-    /// The queue: `[A-Za-z0-9_.-]{1,128}`.
-    #[param(pattern = "^[A-Za-z0-9_.-]{1,128}$")]
+    /// The queue: `[A-Za-z0-9_.-]{1,128}`, but not `.` or `..`.
+    #[param(
+        pattern = "^([A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}|\\.[A-Za-z0-9_-][A-Za-z0-9_.-]{0,126}|\\.\\.[A-Za-z0-9_.-]{1,126})$"
+    )]
     queue: String,
 }
 

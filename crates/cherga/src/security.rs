@@ -14,9 +14,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Clock skew allowed on a token's `exp` and `nbf`.
-const TOKEN_LEEWAY_S: i64 = 30;
-
 #[derive(Args, Debug)]
 pub struct SecurityArgs {
     /// Key file of the keys tokens may be signed with (JSON, see `cherga keygen`).
@@ -90,7 +87,7 @@ impl SecurityArgs {
                 let policy = Policy {
                     issuer: self.auth_issuer.clone(),
                     audience: self.auth_audience.clone(),
-                    leeway_s: TOKEN_LEEWAY_S,
+                    leeway_s: cherga_auth::LEEWAY_S,
                 };
                 let keys = KeySet::from_file(path).context("--auth-keys")?;
                 let config = AuthConfig {

@@ -503,6 +503,36 @@ async fn issuer_and_audience_flags_are_enforced() {
     expect("configured iss/aud", s.call(Some(&right), "GET", "/v1/queues", Value::Null).await, 200);
 }
 
+/// One `--scope` is one scope: a value with whitespace inside is refused rather
+/// than split (a templated `--scope "$SCOPES"` must not grant what it names by
+/// accident), and so is a word that is not a scope.
+#[test]
+fn token_issue_takes_one_scope_per_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.json");
+    write_keys(&keys, &[cherga_auth::generate(Alg::EdDSA, "k1").unwrap()]);
+    let issue = |scopes: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_cherga"));
+        command.args(["token", "issue", "--keys"]).arg(&keys).args(["--sub", "s", "--ttl", "1h"]);
+        for scope in scopes {
+            command.args(["--scope", scope]);
+        }
+        command.output().unwrap()
+    };
+    let ok = issue(&["produce:q1", "admin"]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    for bad in ["produce:q1 admin", "admin\tconsume:*", "produce:", "read:*"] {
+        let refused = issue(&[bad]);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            !refused.status.success(),
+            "{bad:?} was issued: {}",
+            String::from_utf8_lossy(&refused.stdout)
+        );
+        assert!(stderr.contains("--scope"), "{bad:?}: {stderr}");
+    }
+}
+
 /// `cherga token revoke` writes the jti to the store: the token is refused at
 /// once, and still after a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

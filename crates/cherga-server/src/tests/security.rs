@@ -1,0 +1,145 @@
+//! The HTTP rules of SECURITY.md, through the router in process: what a browser
+//! on the same machine may not do, hostile JSON, names, revocations in the
+//! clock-skew leeway, and the OpenAPI document's security as served.
+
+use crate::{App, AuthConfig, ServerConfig, TokenKeys, router};
+use axum::Router;
+use axum::body::Body;
+use axum::http::Request;
+use axum::http::request::Builder;
+use cherga_api::auth::{KeyEntry, KeyFile};
+use cherga_auth::{Alg, KeySet, NewToken, Policy, Verifier};
+use cherga_store_sqlite::SqliteStore;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use tower::ServiceExt as _;
+
+/// A router over a fresh embedded store, with the app behind it.
+struct Server {
+    router: Router,
+    app: Arc<App<SqliteStore>>,
+    /// The key tokens are signed with, when auth is on.
+    key: Option<KeyEntry>,
+    _dir: tempfile::TempDir,
+}
+
+fn store(dir: &tempfile::TempDir) -> SqliteStore {
+    SqliteStore::open(cherga_store_sqlite::Options {
+        path: dir.path().join("db"),
+        durable: false,
+        limits: cherga_store_sqlite::Limits::STANDARD,
+    })
+    .unwrap()
+}
+
+fn policy() -> Policy {
+    Policy { issuer: "cherga".into(), audience: "cherga".into(), leeway_s: cherga_auth::LEEWAY_S }
+}
+
+impl Server {
+    /// Auth off, the defaults of `cherga serve`, as changed by `edit`.
+    async fn open(edit: impl FnOnce(&mut ServerConfig)) -> Self {
+        let mut config = ServerConfig::unauthenticated(1 << 20, 1 << 16);
+        edit(&mut config);
+        Self::with(config, None).await
+    }
+
+    /// Auth on with one EdDSA key.
+    async fn authenticated(edit: impl FnOnce(&mut ServerConfig)) -> Self {
+        let key = cherga_auth::generate(Alg::EdDSA, "k").unwrap();
+        let keys = KeySet::from_file_contents(&KeyFile { keys: vec![key.clone()] }).unwrap();
+        let mut config = ServerConfig::unauthenticated(1 << 20, 1 << 16);
+        config.auth = Some(AuthConfig {
+            keys: TokenKeys::new(Verifier::new(keys, policy())),
+            max_failures_per_minute: 0,
+        });
+        edit(&mut config);
+        Self::with(config, Some(key)).await
+    }
+
+    async fn with(config: ServerConfig, key: Option<KeyEntry>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, _shutdown) = App::new(Arc::new(store(&dir)), &config);
+        app.load_revocations().await.unwrap();
+        Self { router: router(app.clone(), &config), app, key, _dir: dir }
+    }
+
+    /// A token with `scopes`, valid from `now_s` for `ttl_s`.
+    fn token_at(&self, scopes: &[&str], now_s: i64, ttl_s: i64) -> String {
+        let key = self.key.clone().expect("auth is on");
+        let keys = KeySet::from_file_contents(&KeyFile { keys: vec![key] }).unwrap();
+        let new = NewToken {
+            subject: "test".into(),
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            issuer: "cherga".into(),
+            audience: "cherga".into(),
+            now_s,
+            ttl_s,
+            jti: None,
+        };
+        cherga_auth::issue(&keys, None, &new).unwrap().0
+    }
+
+    fn token(&self, scopes: &[&str]) -> String {
+        self.token_at(scopes, crate::now_ms() / 1000, 3600)
+    }
+
+    /// Sends `request`; the answer's status and JSON body.
+    async fn send(&self, request: Request<Body>) -> (u16, Value) {
+        let what = format!("{} {}", request.method(), request.uri());
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status().as_u16();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 24).await.unwrap();
+        let value = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            panic!("{what}: the answer is not JSON ({e}): {}", String::from_utf8_lossy(&bytes))
+        });
+        (status, value)
+    }
+
+    /// Sends a JSON `body` as the clients cherga ships do.
+    async fn json(&self, method: &str, uri: &str, body: &str) -> (u16, Value) {
+        self.send(
+            request(method, uri)
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_owned()))
+                .unwrap(),
+        )
+        .await
+    }
+}
+
+/// A request addressed as a local client addresses it.
+fn request(method: &str, uri: &str) -> Builder {
+    Request::builder().method(method).uri(uri).header("host", "127.0.0.1:7700")
+}
+
+#[track_caller]
+fn expect_error((status, body): (u16, Value), want_status: u16, want_code: &str) -> String {
+    assert_eq!(status, want_status, "{body}");
+    assert_eq!(body["error"]["code"], want_code, "{body}");
+    body["error"]["message"].as_str().unwrap().to_owned()
+}
+
+// ---------------------------------------------------------------------------
+// Names.
+// ---------------------------------------------------------------------------
+
+/// `.` and `..` are resolved away in a URL path: no queue may carry them.
+#[tokio::test]
+async fn dot_and_dot_dot_are_not_queue_names() {
+    let server = Server::open(|_| {}).await;
+    for queue in [".", "..", "%2E", "%2E%2E", ".%2E"] {
+        for (method, path) in [("POST", "tasks"), ("POST", "lease"), ("GET", "tasks")] {
+            let uri = format!("/v1/queues/{queue}/{path}");
+            let body = if path == "tasks" && method == "POST" { r#"{"kind":"k"}"# } else { "{}" };
+            expect_error(server.json(method, &uri, body).await, 400, "invalid_queue_name");
+        }
+        expect_error(
+            server.json("PUT", &format!("/v1/queues/{queue}"), "{}").await,
+            400,
+            "invalid_queue_name",
+        );
+    }
+    let (status, body) = server.json("POST", "/v1/queues/.../tasks", r#"{"kind":"k"}"#).await;
+    assert_eq!(status, 201, "three dots are a name: {body}");
+}
