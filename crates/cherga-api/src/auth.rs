@@ -221,13 +221,15 @@ pub struct RevokeRequest {
         schema(min_length = 1, max_length = 256, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")
     )]
     pub jti: String,
-    /// When the revocation may be forgotten: the token's `exp` (a revoked token
-    /// past its expiry is refused anyway). Absent: kept for ever.
+    /// The token's `exp`: the revocation is kept until then plus the server's
+    /// clock-skew leeway (30 s), for as long as the token could be accepted; a
+    /// token past that is refused anyway. Absent: kept for ever.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<Timestamp>,
 }
 
-/// A revoked token id and how long the revocation is kept.
+/// A revoked token id and until when the revocation is kept (its token's `exp`
+/// plus the clock-skew leeway).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RevocationView {

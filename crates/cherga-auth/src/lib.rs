@@ -18,7 +18,7 @@ pub use keys::{Alg, Key, KeyError, KeySet, MIN_SECRET_BYTES, generate, public_on
 pub use scope::{Access, QueuePattern, Scopes};
 pub use token::{
     IssueError, LEEWAY_S, MAX_JTI_LEN, MAX_TOKEN_LEN, NewToken, Policy, Principal, TokenError, Verifier,
-    issue, new_jti,
+    issue, new_jti, revocation_expiry_ms,
 };
 
 #[cfg(test)]

@@ -214,3 +214,19 @@ fn a_scope_item_with_whitespace_makes_the_token_malformed() {
         assert!(matches!(err, IssueError::BadScope(_)), "{bad:?}: {err}");
     }
 }
+
+#[test]
+fn a_revocation_outlives_every_moment_its_token_is_accepted() {
+    let verifier = Verifier::new(set(vec![hs_entry("k", SECRET)]), policy());
+    let header = json!({"alg": "HS256", "kid": "k", "typ": "JWT"});
+    let exp = NOW + 60;
+    let token = hs_token(&header, &json!({"iss": "cherga", "aud": "cherga", "exp": exp, "jti": "j"}), SECRET);
+    let kept_until_ms = revocation_expiry_ms(exp * 1000, policy().leeway_s);
+    // The last millisecond the token is accepted, and the first it is not.
+    let last_ms = (exp + policy().leeway_s) * 1000 - 1;
+    assert!(verifier.verify(&token, last_ms.div_euclid(1000)).is_ok());
+    assert_eq!(verifier.verify(&token, (last_ms + 1).div_euclid(1000)).unwrap_err(), TokenError::Expired);
+    assert!(kept_until_ms > last_ms, "a revocation kept until {kept_until_ms} lapses while the token works");
+    assert_eq!(kept_until_ms, last_ms + 1, "and it is kept no longer than needed");
+    assert_eq!(revocation_expiry_ms(i64::MAX - 5, 30), i64::MAX);
+}

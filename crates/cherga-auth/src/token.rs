@@ -162,6 +162,14 @@ impl Verifier {
     }
 }
 
+/// Until when the revocation of a token that expires at `exp_ms` (milliseconds
+/// since the Unix epoch) must be kept, with `leeway_s` of clock skew allowed on
+/// `exp`: the token is accepted until `exp` plus the leeway, so a revocation
+/// forgotten at `exp` would let it work again for the rest of the leeway.
+pub fn revocation_expiry_ms(exp_ms: i64, leeway_s: i64) -> i64 {
+    exp_ms.saturating_add(leeway_s.saturating_mul(1000))
+}
+
 fn acceptable_typ(typ: &str) -> bool {
     typ.eq_ignore_ascii_case("JWT") || typ.eq_ignore_ascii_case("at+jwt")
 }

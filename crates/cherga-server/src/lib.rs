@@ -158,7 +158,7 @@ impl<S: Store> App<S> {
     /// The store's error.
     pub async fn load_revocations(&self) -> Result<(), cherga_store::StoreError> {
         match &self.guard {
-            Some(guard) => guard.refresh_revocations(self.store.as_ref()).await.map(drop),
+            Some(guard) => guard.refresh_revocations(self.store.as_ref(), now_ms()).await.map(drop),
             None => Ok(()),
         }
     }
@@ -175,7 +175,7 @@ impl<S: Store> App<S> {
                 () = tokio::time::sleep(Duration::from_millis(REVOCATIONS_REFRESH_MS as u64)) => {}
                 _ = shutting_down.wait_for(|&s| s) => return,
             }
-            match guard.refresh_revocations(self.store.as_ref()).await {
+            match guard.refresh_revocations(self.store.as_ref(), now_ms()).await {
                 Ok(_) => failures = 0,
                 Err(error) => {
                     failures += 1;

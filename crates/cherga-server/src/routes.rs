@@ -23,7 +23,7 @@ use cherga_api::{ErrorBody, Timestamp};
 use cherga_auth::Access;
 use cherga_core::queue::MAX_LEASE_MS;
 use cherga_core::{NewTask, QueueName, Task, TaskId, TaskState};
-use cherga_store::{Ack, Claim, Enqueued, ListTasks, Nack, QueueInfo, Revocation, Store, StoreError};
+use cherga_store::{Ack, Claim, Enqueued, ListTasks, Nack, QueueInfo, Store, StoreError};
 use serde_json::value::RawValue;
 use std::sync::Arc;
 use std::time::Duration;
@@ -673,7 +673,8 @@ impl From<StoreError> for ApiError {
 }
 
 /// Revokes a token by its `jti`, on every node sharing the store (within about a
-/// second; at once on this one). Needs `admin`.
+/// second; at once on this one), until its `expires_at` plus the clock-skew
+/// leeway tokens are accepted for. Needs `admin`.
 #[utoipa::path(post, path = "/v1/revocations", tag = "auth",
     request_body = RevokeRequest,
     responses((status = 200, description = "the token is revoked", body = RevocationView)))]
@@ -692,10 +693,9 @@ pub(crate) async fn revoke<S: Store>(
             cherga_auth::MAX_JTI_LEN
         )));
     }
-    let expires_at = request.expires_at.map_or(cherga_api::time::MAX_MILLIS, |t| t.0);
-    app.revoke(Revocation { jti: jti.clone(), expires_at }).await?;
-    tracing::info!(jti = %jti, "token revoked");
-    Ok(Json(RevocationView { jti, expires_at: Timestamp(expires_at) }))
+    let revocation = app.revoke(jti, request.expires_at.map(|t| t.0)).await?;
+    tracing::info!(jti = %revocation.jti, "token revoked");
+    Ok(Json(RevocationView { jti: revocation.jti, expires_at: Timestamp(revocation.expires_at) }))
 }
 
 /// The revocations in force. Needs `admin`.

@@ -71,10 +71,12 @@ pub struct IssueArgs {
 #[derive(Args, Debug)]
 pub struct RevokeArgs {
     /// The token's `jti`, or the whole token (then its `jti` and `exp` are read
-    /// from it, and the revocation is kept until the token would expire).
+    /// from it, and the revocation is kept until the token would expire, with the
+    /// server's clock-skew leeway on top).
     jti_or_token: String,
-    /// Keep the revocation until this time (RFC 3339); default: the token's `exp`
-    /// when a whole token is given, else for ever.
+    /// The token's expiry, as an RFC 3339 time: the server keeps the revocation
+    /// until then plus its clock-skew leeway. Default: the token's `exp` when a
+    /// whole token is given, else for ever.
     #[arg(long)]
     until: Option<String>,
     #[command(flatten)]

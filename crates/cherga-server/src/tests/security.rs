@@ -64,8 +64,8 @@ impl Server {
         Self { router: router(app.clone(), &config), app, key, _dir: dir }
     }
 
-    /// A token with `scopes`, valid from `now_s` for `ttl_s`.
-    fn token_at(&self, scopes: &[&str], now_s: i64, ttl_s: i64) -> String {
+    /// A token with `scopes` and the id `jti`, valid from `now_s` for `ttl_s`.
+    fn token_at(&self, scopes: &[&str], jti: Option<&str>, now_s: i64, ttl_s: i64) -> String {
         let key = self.key.clone().expect("auth is on");
         let keys = KeySet::from_file_contents(&KeyFile { keys: vec![key] }).unwrap();
         let new = NewToken {
@@ -75,13 +75,13 @@ impl Server {
             audience: "cherga".into(),
             now_s,
             ttl_s,
-            jti: None,
+            jti: jti.map(str::to_owned),
         };
         cherga_auth::issue(&keys, None, &new).unwrap().0
     }
 
     fn token(&self, scopes: &[&str]) -> String {
-        self.token_at(scopes, crate::now_ms() / 1000, 3600)
+        self.token_at(scopes, None, crate::now_ms() / 1000, 3600)
     }
 
     /// Sends `request`; the answer's status and JSON body.
@@ -142,4 +142,48 @@ async fn dot_and_dot_dot_are_not_queue_names() {
     }
     let (status, body) = server.json("POST", "/v1/queues/.../tasks", r#"{"kind":"k"}"#).await;
     assert_eq!(status, 201, "three dots are a name: {body}");
+}
+
+// ---------------------------------------------------------------------------
+// Revocations.
+// ---------------------------------------------------------------------------
+
+/// A token is accepted until its `exp` plus the clock-skew leeway, so its
+/// revocation must be kept that long too: it was kept until `exp` only, and the
+/// revoked token worked again for the rest of the leeway.
+#[tokio::test]
+async fn a_revoked_token_stays_refused_through_the_leeway() {
+    let server = Server::authenticated(|_| {}).await;
+    let now_s = crate::now_ms() / 1000;
+    let victim = server.token_at(&["produce:q"], Some("victim"), now_s, 60);
+    let exp_ms = (now_s + 60) * 1000;
+    // As `cherga token revoke` sends it: until the token's own exp.
+    let (status, body) = server
+        .send(
+            request("POST", "/v1/revocations")
+                .header("authorization", format!("Bearer {}", server.token(&["admin"])))
+                .header("content-type", "application/json")
+                .body(Body::from(json!({"jti": "victim", "expires_at": exp_ms}).to_string()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let guard = server.app.guard.as_ref().unwrap();
+    let (parts, ()) = request("GET", "/v1/queues")
+        .header("authorization", format!("Bearer {victim}"))
+        .body(())
+        .unwrap()
+        .into_parts();
+    let leeway_ms = cherga_auth::LEEWAY_S * 1000;
+    // Every node reads the revocations from the store at `now`, then checks.
+    for now in [exp_ms - 1_000, exp_ms, exp_ms + 1, exp_ms + leeway_ms / 2, exp_ms + leeway_ms - 1] {
+        assert_eq!(guard.refresh_revocations(server.app.store.as_ref(), now).await.unwrap(), 1);
+        let refused = guard.authenticate(&parts, now).expect_err("a revoked token");
+        assert!(refused.message.contains("revoked"), "at exp + {} ms: {}", now - exp_ms, refused.message);
+    }
+    let now = exp_ms + leeway_ms;
+    let kept = guard.refresh_revocations(server.app.store.as_ref(), now).await.unwrap();
+    assert_eq!(kept, 0, "once the token is refused as expired, its revocation is forgotten");
+    let refused = guard.authenticate(&parts, now).expect_err("an expired token");
+    assert!(refused.message.contains("expired"), "{}", refused.message);
 }
