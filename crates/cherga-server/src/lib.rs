@@ -46,6 +46,9 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Largest payload or result in bytes.
     pub max_payload_bytes: usize,
+    /// Deepest nesting of arrays and objects in a request body, the body's own
+    /// braces included; deeper bodies are refused before they are parsed.
+    pub max_json_depth: usize,
     /// Connection and request limits.
     pub http: HttpLimits,
     /// Bearer-token authentication; `None` lets every request through (the binary
@@ -57,11 +60,24 @@ pub struct ServerConfig {
 
 impl ServerConfig {
     /// Settings for an embedded or test server: the given body and payload
-    /// limits, [`HttpLimits::DEFAULT`], no authentication, no TLS.
+    /// limits, [`DEFAULT_MAX_JSON_DEPTH`], [`HttpLimits::DEFAULT`], no
+    /// authentication, no TLS.
     pub fn unauthenticated(max_body_bytes: usize, max_payload_bytes: usize) -> Self {
-        Self { max_body_bytes, max_payload_bytes, http: HttpLimits::DEFAULT, auth: None, tls: None }
+        Self {
+            max_body_bytes,
+            max_payload_bytes,
+            max_json_depth: DEFAULT_MAX_JSON_DEPTH,
+            http: HttpLimits::DEFAULT,
+            auth: None,
+            tls: None,
+        }
     }
 }
+
+/// The default of [`ServerConfig::max_json_depth`]: deeper than any real task
+/// needs, shallow enough that no parser of a payload (in cherga or in a client)
+/// runs out of stack on it.
+pub const DEFAULT_MAX_JSON_DEPTH: usize = 64;
 
 /// Limits that keep slow or greedy clients from starving the others.
 #[derive(Clone, Debug)]
@@ -111,6 +127,8 @@ pub struct App<S> {
     lease_waits: Arc<tokio::sync::Semaphore>,
     /// Longest a long poll waits: below the request timeout.
     max_wait_ms: u64,
+    /// Deepest nesting a request body may have ([`ServerConfig::max_json_depth`]).
+    max_json_depth: usize,
 }
 
 /// Wakes the timer loop early when a timer earlier than its planned wake appears.
@@ -147,6 +165,7 @@ impl<S: Store> App<S> {
             guard: config.auth.as_ref().map(auth::Guard::new),
             lease_waits: Arc::new(tokio::sync::Semaphore::new(config.http.max_waiting_leases)),
             max_wait_ms: cherga_api::MAX_WAIT_MS.min(request_ms.saturating_sub(1_000)),
+            max_json_depth: config.max_json_depth,
         });
         (app, shutdown_tx)
     }

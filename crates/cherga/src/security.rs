@@ -62,13 +62,22 @@ pub struct SecurityArgs {
     /// Most long polls (leases with wait_ms) waiting at once; more get 429.
     #[arg(long, env = "CHERGA_MAX_WAITING_LEASES", default_value_t = HttpLimits::DEFAULT.max_waiting_leases)]
     max_waiting_leases: usize,
+    /// Deepest nesting of arrays and objects in a request body, its own braces
+    /// included (a payload may nest one level less); deeper bodies get 400.
+    #[arg(long, env = "CHERGA_MAX_JSON_DEPTH", default_value_t = cherga_server::DEFAULT_MAX_JSON_DEPTH)]
+    max_json_depth: usize,
 }
+
+/// The deepest `--max-json-depth`: serde_json, the Rust client's parser, refuses
+/// deeper JSON (its recursion limit is 128).
+const MAX_JSON_DEPTH: usize = 128;
 
 /// Validated security settings, and what SIGHUP reloads.
 pub struct Security {
     /// Auth is off on an address other hosts can reach (`--insecure`).
     insecure: bool,
     http: HttpLimits,
+    max_json_depth: usize,
     auth: Option<(AuthConfig, PathBuf, Policy)>,
     tls: Option<Arc<TlsCerts>>,
 }
@@ -121,6 +130,10 @@ impl SecurityArgs {
         if self.request_timeout < Duration::from_secs(2) {
             bail!("--request-timeout must be at least 2s");
         }
+        // Four: a lease's acks (body, list, ack) with a result that is an array.
+        if !(4..=MAX_JSON_DEPTH).contains(&self.max_json_depth) {
+            bail!("--max-json-depth must be between 4 and {MAX_JSON_DEPTH}");
+        }
         Ok(Security {
             insecure: auth.is_none() && !addr.ip().is_loopback(),
             http: HttpLimits {
@@ -131,6 +144,7 @@ impl SecurityArgs {
                 request_timeout: self.request_timeout,
                 max_waiting_leases: self.max_waiting_leases,
             },
+            max_json_depth: self.max_json_depth,
             auth,
             tls,
         })
@@ -143,6 +157,7 @@ impl Security {
         ServerConfig {
             max_body_bytes,
             max_payload_bytes,
+            max_json_depth: self.max_json_depth,
             http: self.http.clone(),
             auth: self.auth.as_ref().map(|(config, _, _)| config.clone()),
             tls: self.tls.clone(),

@@ -676,6 +676,41 @@ async fn key_rotation_with_two_kids() {
 }
 
 // ---------------------------------------------------------------------------
+// Hostile JSON.
+// ---------------------------------------------------------------------------
+
+/// `cherga serve` with `args` must refuse to start, saying `why`.
+fn refuses_to_start(args: &[&str], why: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_cherga"))
+        .args(["serve", "--addr", "127.0.0.1:0", "--log", "warn", "--data-dir"])
+        .arg(dir.path())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{args:?}: started");
+    assert!(stderr.contains(why), "{args:?}: {stderr}");
+}
+
+/// `--max-json-depth` sets how deep a request body may nest (64 by default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_depth_limit_is_a_flag() {
+    let server = Server::start_with(&Backend::sqlite(), &["--max-json-depth", "8"]).await;
+    let enqueue = |levels: usize| {
+        let payload = format!("{}{}", "[".repeat(levels), "]".repeat(levels));
+        format!(r#"{{"kind":"k","payload":{payload}}}"#)
+    };
+    let (status, body) = server.post_raw("/v1/queues/q/tasks", &enqueue(7)).await;
+    assert_eq!(status, 201, "eight levels with the body's own: {body}");
+    let (status, body) = server.post_raw("/v1/queues/q/tasks", &enqueue(8)).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_json")), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("8 levels"), "{body}");
+    refuses_to_start(&["--max-json-depth", "2"], "--max-json-depth");
+}
+
+// ---------------------------------------------------------------------------
 // Refusing to start unprotected.
 // ---------------------------------------------------------------------------
 

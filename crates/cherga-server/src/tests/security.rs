@@ -187,3 +187,84 @@ async fn a_revoked_token_stays_refused_through_the_leeway() {
     let refused = guard.authenticate(&parts, now).expect_err("an expired token");
     assert!(refused.message.contains("expired"), "{}", refused.message);
 }
+
+// ---------------------------------------------------------------------------
+// Hostile JSON.
+// ---------------------------------------------------------------------------
+
+/// JSON nested `levels` deep: arrays, with an object and a string of brackets
+/// (which must not count) on the way down.
+fn nested(levels: usize) -> String {
+    assert!(levels >= 2);
+    let mut text = String::with_capacity(levels * 2 + 32);
+    text.push_str(r#"{"s":"[[{{\"]]","a":"#);
+    text.push_str(&"[".repeat(levels - 1));
+    text.push_str(&"]".repeat(levels - 1));
+    text.push('}');
+    text
+}
+
+/// The default depth limit: 64 levels, counted from the body's own braces.
+#[tokio::test]
+async fn json_nested_deeper_than_the_limit_is_refused_before_anything_is_stored() {
+    assert_eq!(crate::DEFAULT_MAX_JSON_DEPTH, 64);
+    let server = Server::open(|_| {}).await;
+    // `{"kind":"k","payload":P}`: the body is one level, P the rest.
+    let enqueue = |payload_levels: usize| format!(r#"{{"kind":"k","payload":{}}}"#, nested(payload_levels));
+    let (status, body) = server.json("POST", "/v1/queues/q/tasks", &enqueue(63)).await;
+    assert_eq!(status, 201, "exactly at the limit: {body}");
+    for levels in [64, 65, 5_000, 100_000] {
+        let message = expect_error(
+            server.json("POST", "/v1/queues/q/tasks", &enqueue(levels)).await,
+            400,
+            "invalid_json",
+        );
+        assert!(message.contains("64"), "the message names the limit: {message}");
+        let batch = format!(r#"{{"tasks":[{{"kind":"k"}},{}]}}"#, enqueue(levels - 1));
+        expect_error(server.json("POST", "/v1/queues/q/tasks/batch", &batch).await, 400, "invalid_json");
+    }
+    // Results, in an ack and in a lease's acks: nothing stored, the task still held.
+    let (status, leased) = server.json("POST", "/v1/queues/q/lease", "{}").await;
+    assert_eq!(status, 200, "{leased}");
+    let task = &leased["tasks"][0];
+    let (id, lease) = (task["id"].as_str().unwrap(), task["lease"]["token"].as_str().unwrap());
+    for levels in [64, 100_000] {
+        let ack = format!(r#"{{"lease":"{lease}","result":{}}}"#, nested(levels));
+        expect_error(server.json("POST", &format!("/v1/tasks/{id}/ack"), &ack).await, 400, "invalid_json");
+        let acks =
+            format!(r#"{{"acks":[{{"id":"{id}","lease":"{lease}","result":{}}}]}}"#, nested(levels - 2));
+        expect_error(server.json("POST", "/v1/queues/q/lease", &acks).await, 400, "invalid_json");
+        expect_error(server.json("POST", "/v1/tasks/ack", &acks).await, 400, "invalid_json");
+    }
+    let (_, now) = server.json("GET", &format!("/v1/tasks/{id}"), "").await;
+    assert_eq!(now["state"], "running", "{now}");
+    // At the limit, in a lease's acks: body, acks, the ack, and 61 levels of result.
+    let acks = format!(r#"{{"acks":[{{"id":"{id}","lease":"{lease}","result":{}}}]}}"#, nested(61));
+    let (status, body) = server.json("POST", "/v1/queues/q/lease", &acks).await;
+    assert_eq!((status, body["acks"][0]["status"].as_u64()), (200, Some(200)), "{body}");
+    // And the server still serves.
+    let (status, body) = server.json("POST", "/v1/queues/q/tasks", r#"{"kind":"after"}"#).await;
+    assert_eq!(status, 201, "{body}");
+    let (_, list) = server.json("GET", "/v1/queues/q/tasks", "").await;
+    assert_eq!(list["tasks"].as_array().unwrap().len(), 2, "only the two shallow tasks were stored: {list}");
+}
+
+/// The limit is the server's setting (`--max-json-depth`), and strings and
+/// escapes do not count.
+#[tokio::test]
+async fn the_json_depth_limit_is_configured_and_counts_only_structure() {
+    let server = Server::open(|config| config.max_json_depth = 4).await;
+    let (status, body) =
+        server.json("POST", "/v1/queues/q/tasks", r#"{"kind":"k","payload":[[{"a":1}]]}"#).await;
+    assert_eq!(status, 201, "four levels: {body}");
+    let message = expect_error(
+        server.json("POST", "/v1/queues/q/tasks", r#"{"kind":"k","payload":[[[{}]]]}"#).await,
+        400,
+        "invalid_json",
+    );
+    assert!(message.contains('4'), "{message}");
+    // Brackets in strings, escaped quotes and backslashes before a quote.
+    let tricky = r#"{"kind":"[[[[[[","payload":["\"[[[[[[\\",{"k\"{{{{":"]]]]\\\"[[["}]}"#;
+    let (status, body) = server.json("POST", "/v1/queues/q/tasks", tricky).await;
+    assert_eq!(status, 201, "{body}");
+}
