@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 /// A JSON body. Its size and nesting depth are limited, and an empty body reads
 /// as `{}` for bodies whose fields are all optional. (The content type is
-/// checked for every request with a body, before routing: `browser`.)
+/// checked for every request with a body, before routing: [`crate::browser`].)
 pub struct JsonBody<T>(pub T);
 
 impl<T: DeserializeOwned, S: Store> FromRequest<Arc<App<S>>> for JsonBody<T> {

@@ -7,11 +7,13 @@
 //! The one entry point is [`serve`], which takes a listener, a store, a config and
 //! a shutdown future, so `main` and tests differ only in arguments.
 //!
-//! Security lives in [`auth`] (bearer tokens, scopes, revocations), [`listen`]
-//! (the accept loop and its limits, TLS) and [`tls`]; SECURITY.md has the threat
-//! model.
+//! Security lives in [`auth`] (bearer tokens, scopes, revocations), [`browser`]
+//! (what web pages may not make the server do: content types, hosts, origins),
+//! [`listen`] (the accept loop and its limits, TLS) and [`tls`]; SECURITY.md has
+//! the threat model.
 
 mod auth;
+mod browser;
 mod error;
 mod extract;
 mod listen;
@@ -34,6 +36,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
 pub use auth::{AuthConfig, ClientAddr, REVOCATIONS_REFRESH_MS, REVOCATIONS_STALE_MS, TokenKeys};
+pub use browser::{AllowedHosts, InvalidHost};
 pub use error::ApiError;
 pub use routes::router;
 pub use tls::{TlsCerts, TlsError};
@@ -54,6 +57,9 @@ pub struct ServerConfig {
     /// Bearer-token authentication; `None` lets every request through (the binary
     /// allows that on loopback addresses only, or with `--insecure`).
     pub auth: Option<AuthConfig>,
+    /// Hosts besides the loopback ones that requests may be addressed to with
+    /// auth off, and that web pages sending requests may come from.
+    pub allowed_hosts: AllowedHosts,
     /// TLS; `None` serves plain HTTP.
     pub tls: Option<Arc<TlsCerts>>,
 }
@@ -61,7 +67,7 @@ pub struct ServerConfig {
 impl ServerConfig {
     /// Settings for an embedded or test server: the given body and payload
     /// limits, [`DEFAULT_MAX_JSON_DEPTH`], [`HttpLimits::DEFAULT`], no
-    /// authentication, no TLS.
+    /// authentication (so requests only to loopback hosts), no TLS.
     pub fn unauthenticated(max_body_bytes: usize, max_payload_bytes: usize) -> Self {
         Self {
             max_body_bytes,
@@ -69,6 +75,7 @@ impl ServerConfig {
             max_json_depth: DEFAULT_MAX_JSON_DEPTH,
             http: HttpLimits::DEFAULT,
             auth: None,
+            allowed_hosts: AllowedHosts::default(),
             tls: None,
         }
     }
@@ -129,6 +136,8 @@ pub struct App<S> {
     max_wait_ms: u64,
     /// Deepest nesting a request body may have ([`ServerConfig::max_json_depth`]).
     max_json_depth: usize,
+    /// [`ServerConfig::allowed_hosts`].
+    allowed_hosts: AllowedHosts,
 }
 
 /// Wakes the timer loop early when a timer earlier than its planned wake appears.
@@ -166,6 +175,7 @@ impl<S: Store> App<S> {
             lease_waits: Arc::new(tokio::sync::Semaphore::new(config.http.max_waiting_leases)),
             max_wait_ms: cherga_api::MAX_WAIT_MS.min(request_ms.saturating_sub(1_000)),
             max_json_depth: config.max_json_depth,
+            allowed_hosts: config.allowed_hosts.clone(),
         });
         (app, shutdown_tx)
     }

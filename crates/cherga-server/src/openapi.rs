@@ -232,6 +232,7 @@ mod tests {
             let request = axum::http::Request::builder()
                 .method(method.to_uppercase().as_str())
                 .uri(&uri)
+                .header("content-type", "application/json")
                 .body(axum::body::Body::from("{}"))
                 .unwrap();
             let response = router.clone().oneshot(request).await.unwrap();

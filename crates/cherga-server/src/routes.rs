@@ -55,6 +55,7 @@ pub fn router<S: Store>(app: Arc<App<S>>, config: &ServerConfig) -> Router {
             ApiError::new(ErrorCode::MethodNotAllowed, "this route does not take this method")
         })
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), crate::browser::check::<S>))
         .with_state(app)
 }
 

@@ -3,11 +3,13 @@
 //! SIGHUP (the key file and the certificate) without a restart.
 //!
 //! **Invariant:** the server never runs without authentication on an address
-//! other clients can reach, unless told so with `--insecure`.
+//! other clients can reach, unless told so with `--insecure`; without
+//! authentication it answers only requests addressed to loopback hosts and
+//! those of `--allowed-hosts`.
 
 use anyhow::{Context, Result, bail};
 use cherga_auth::{KeySet, Policy, Verifier};
-use cherga_server::{AuthConfig, HttpLimits, ServerConfig, TlsCerts, TokenKeys};
+use cherga_server::{AllowedHosts, AuthConfig, HttpLimits, ServerConfig, TlsCerts, TokenKeys};
 use clap::Args;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -35,6 +37,13 @@ pub struct SecurityArgs {
     /// it, such a server refuses to start.
     #[arg(long, env = "CHERGA_INSECURE")]
     insecure: bool,
+    /// Host names and IP addresses (comma-separated, no ports) that requests may
+    /// be addressed to besides localhost and loopback addresses, when
+    /// authentication is off; also the hosts whose web pages (`Origin`) may send
+    /// requests. Other hosts get 403, so that no web page reaches the server
+    /// through a name of its own (DNS rebinding).
+    #[arg(long, env = "CHERGA_ALLOWED_HOSTS", value_name = "HOSTS", default_value = "")]
+    allowed_hosts: String,
     /// TLS certificate chain (PEM, leaf first). Reloaded on SIGHUP.
     #[arg(long, env = "CHERGA_TLS_CERT", value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -78,6 +87,7 @@ pub struct Security {
     insecure: bool,
     http: HttpLimits,
     max_json_depth: usize,
+    allowed_hosts: AllowedHosts,
     auth: Option<(AuthConfig, PathBuf, Policy)>,
     tls: Option<Arc<TlsCerts>>,
 }
@@ -130,6 +140,7 @@ impl SecurityArgs {
         if self.request_timeout < Duration::from_secs(2) {
             bail!("--request-timeout must be at least 2s");
         }
+        let allowed_hosts = AllowedHosts::parse(&self.allowed_hosts).context("--allowed-hosts")?;
         // Four: a lease's acks (body, list, ack) with a result that is an array.
         if !(4..=MAX_JSON_DEPTH).contains(&self.max_json_depth) {
             bail!("--max-json-depth must be between 4 and {MAX_JSON_DEPTH}");
@@ -145,6 +156,7 @@ impl SecurityArgs {
                 max_waiting_leases: self.max_waiting_leases,
             },
             max_json_depth: self.max_json_depth,
+            allowed_hosts,
             auth,
             tls,
         })
@@ -160,6 +172,7 @@ impl Security {
             max_json_depth: self.max_json_depth,
             http: self.http.clone(),
             auth: self.auth.as_ref().map(|(config, _, _)| config.clone()),
+            allowed_hosts: self.allowed_hosts.clone(),
             tls: self.tls.clone(),
         }
     }
@@ -179,12 +192,16 @@ impl Security {
                 max_auth_failures = config.max_failures_per_minute,
                 "authentication on"
             ),
-            None if self.insecure => {
-                tracing::warn!("authentication off (--insecure): every client may do everything")
-            }
-            None => {
-                tracing::info!("authentication off (loopback only): every local client may do everything")
-            }
+            None if self.insecure => tracing::warn!(
+                allowed_hosts = ?self.allowed_hosts.extra(),
+                "authentication off (--insecure): every client may do everything, in requests addressed \
+                 to localhost, a loopback address or an allowed host"
+            ),
+            None => tracing::info!(
+                allowed_hosts = ?self.allowed_hosts.extra(),
+                "authentication off (loopback only): every local client may do everything, in requests \
+                 addressed to localhost, a loopback address or an allowed host"
+            ),
         }
         if self.tls.is_some() {
             tracing::info!("TLS on");

@@ -711,6 +711,62 @@ async fn json_depth_limit_is_a_flag() {
 }
 
 // ---------------------------------------------------------------------------
+// Web pages in a browser on the same machine.
+// ---------------------------------------------------------------------------
+
+/// With auth off, the real binary answers only requests addressed to loopback
+/// hosts and those of `--allowed-hosts`, refuses pages of other origins, and
+/// takes bodies only as JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_rules_follow_the_allowed_hosts_flag() {
+    let server = Server::start_with(&Backend::sqlite(), &["--allowed-hosts", "cherga.test,10.9.8.7"]).await;
+    let port = server.base.rsplit(':').next().unwrap().to_owned();
+    let send = |host: String, origin: Option<&str>, content_type: &str| {
+        let mut request = http()
+            .post(server.url("/v1/queues/q/tasks"))
+            .header("host", host)
+            .header("content-type", content_type)
+            .body(r#"{"kind":"k"}"#);
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    let json = "application/json; charset=utf-8";
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("cherga.test:{port}"),
+        "10.9.8.7".into(),
+    ] {
+        let (status, body) = send(host.clone(), None, json).await;
+        assert_eq!(status, 201, "Host: {host}: {body}");
+    }
+    for host in [format!("evil.test:{port}"), format!("10.9.8.6:{port}")] {
+        let (status, body) = send(host.clone(), None, json).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (403, Some("forbidden")),
+            "Host: {host}: {body}"
+        );
+    }
+    let local = format!("127.0.0.1:{port}");
+    let (status, body) = send(local.clone(), Some("http://evil.test"), json).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("forbidden")), "{body}");
+    let (status, body) = send(local.clone(), Some("https://cherga.test"), json).await;
+    assert_eq!(status, 201, "an allowed origin: {body}");
+    let (status, body) = send(local, None, "text/plain").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (415, Some("unsupported_media_type")), "{body}");
+    let (_, list) = server.get("/v1/queues/q/tasks").await;
+    assert_eq!(list["tasks"].as_array().unwrap().len(), 5, "{list}");
+    refuses_to_start(&["--allowed-hosts", "cherga.test:80"], "--allowed-hosts");
+}
+
+// ---------------------------------------------------------------------------
 // Refusing to start unprotected.
 // ---------------------------------------------------------------------------
 
@@ -967,7 +1023,8 @@ async fn slow_clients_and_a_connection_flood_do_not_starve_healthy_clients() {
             let mut sent = 0usize;
             while Instant::now() < until {
                 let Ok(mut stream) = connect_from(&server, "127.0.0.4").await else { break };
-                let head = "POST /v1/queues/slow/tasks HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n";
+                let head = "POST /v1/queues/slow/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+                            Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n";
                 if stream.write_all(head.as_bytes()).await.is_err() {
                     continue;
                 }
@@ -1028,7 +1085,10 @@ async fn slow_clients_and_a_connection_flood_do_not_starve_healthy_clients() {
     assert!(closed_by_server(&mut slow_head), "a connection with a half-sent head stays open");
     let mut slow_body = tcp(&server);
     slow_body
-        .write_all(b"POST /v1/queues/q/tasks HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n{")
+        .write_all(
+            b"POST /v1/queues/q/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+              Content-Length: 50\r\n\r\n{",
+        )
         .unwrap();
     let mut answer = String::new();
     let _ = slow_body.read_to_string(&mut answer);

@@ -268,3 +268,190 @@ async fn the_json_depth_limit_is_configured_and_counts_only_structure() {
     let (status, body) = server.json("POST", "/v1/queues/q/tasks", tricky).await;
     assert_eq!(status, 201, "{body}");
 }
+
+// ---------------------------------------------------------------------------
+// Web pages in a browser on the same machine.
+// ---------------------------------------------------------------------------
+
+/// A browser lets any page POST a `text/plain` or form body anywhere without
+/// asking first; `application/json` it may only send after a CORS preflight,
+/// which cherga never grants. So every body must say it is JSON.
+#[tokio::test]
+async fn a_body_must_be_sent_as_application_json() {
+    let server = Server::open(|_| {}).await;
+    let enqueue = |content_type: Option<&str>| {
+        let mut builder = request("POST", "/v1/queues/q/tasks");
+        if let Some(content_type) = content_type {
+            builder = builder.header("content-type", content_type);
+        }
+        builder.body(Body::from(r#"{"kind":"k"}"#)).unwrap()
+    };
+    for refused in [
+        None,
+        Some("text/plain"),
+        Some("text/plain;charset=UTF-8"),
+        Some("application/x-www-form-urlencoded"),
+        Some("multipart/form-data; boundary=x"),
+        Some("application/jsonp"),
+        Some("application/json-seq"),
+        Some("application/problem+json"),
+        Some(""),
+    ] {
+        let message = expect_error(server.send(enqueue(refused)).await, 415, "unsupported_media_type");
+        assert!(message.contains("application/json"), "{refused:?}: {message}");
+    }
+    for accepted in [
+        "application/json",
+        "application/json; charset=utf-8",
+        "Application/JSON;Charset=UTF-8",
+        "application/json ;q=1",
+    ] {
+        let (status, body) = server.send(enqueue(Some(accepted))).await;
+        assert_eq!(status, 201, "{accepted:?}: {body}");
+    }
+    // Every route, before it looks at anything else; a lease with no body at all
+    // (`curl -X POST .../lease`) needs no content type.
+    for (method, uri) in [
+        ("POST", "/v1/queues/q/lease"),
+        ("POST", "/v1/queues/q/tasks/batch"),
+        ("PUT", "/v1/queues/q"),
+        ("POST", "/v1/tasks/ack"),
+        ("POST", "/v1/tasks/01a250a2-fa77-7000-8000-010000000002/retry"),
+        ("POST", "/v1/revocations"),
+        ("GET", "/v1/queues"),
+    ] {
+        let plain = request(method, uri).header("content-type", "text/plain").body(Body::from("{}")).unwrap();
+        expect_error(server.send(plain).await, 415, "unsupported_media_type");
+    }
+    let (status, body) =
+        server.send(request("POST", "/v1/queues/q/lease").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["tasks"].as_array().unwrap().len(), 1, "a task enqueued as JSON: {body}");
+}
+
+/// With auth off, a page on a name of its own that resolves to 127.0.0.1 (DNS
+/// rebinding) could read and change everything: only requests addressed to a
+/// loopback address, `localhost` or a host of `--allowed-hosts` are answered.
+#[tokio::test]
+async fn with_auth_off_only_local_and_allowed_hosts_are_answered() {
+    let hosts = crate::AllowedHosts::parse("cherga.internal, 10.0.0.5,[fd00::7]").unwrap();
+    let server = Server::open(|config| config.allowed_hosts = hosts).await;
+    let get = |host: &str| {
+        Request::builder().method("GET").uri("/v1/queues").header("host", host).body(Body::empty()).unwrap()
+    };
+    for allowed in [
+        "127.0.0.1:7700",
+        "127.0.0.1",
+        "127.1.2.3:80",
+        "localhost",
+        "LocalHost:9",
+        "[::1]:7700",
+        "[::1]",
+        "[0:0:0:0:0:0:0:1]:1",
+        "cherga.internal:7700",
+        "CHERGA.internal",
+        "10.0.0.5:7700",
+        "[fd00::7]:7700",
+    ] {
+        let (status, body) = server.send(get(allowed)).await;
+        assert_eq!(status, 200, "Host: {allowed}: {body}");
+    }
+    for refused in [
+        "evil.example",
+        "evil.example:7700",
+        "127.0.0.1.nip.io:7700",
+        "localhost.evil.example",
+        "localhost.",
+        "sub.cherga.internal",
+        "10.0.0.6:7700",
+        "[::2]:7700",
+        "[fd00::7",
+        "127.0.0.1:x",
+        "",
+    ] {
+        let message = expect_error(server.send(get(refused)).await, 403, "forbidden");
+        assert!(message.contains("--allowed-hosts"), "Host: {refused}: {message}");
+    }
+    // Not a way around: an absolute URI names the host too.
+    let absolute = Request::builder()
+        .uri("http://evil.example/v1/queues")
+        .header("host", "127.0.0.1")
+        .body(Body::empty())
+        .unwrap();
+    expect_error(server.send(absolute).await, 403, "forbidden");
+    // A refused enqueue stores nothing; /healthz answers everyone.
+    let enqueue = Request::builder()
+        .method("POST")
+        .uri("/v1/queues/q/tasks")
+        .header("host", "evil.example")
+        .header("content-type", "application/json")
+        .body(Body::from(r#"{"kind":"k"}"#))
+        .unwrap();
+    expect_error(server.send(enqueue).await, 403, "forbidden");
+    let (_, list) = server.json("GET", "/v1/queues", "").await;
+    assert_eq!(list["queues"], json!([]), "{list}");
+    let health =
+        Request::builder().uri("/healthz").header("host", "evil.example").body(Body::empty()).unwrap();
+    assert_eq!(server.send(health).await.0, 200);
+
+    // With auth on, a token is what a page does not have: the Host is not checked.
+    let authenticated = Server::authenticated(|_| {}).await;
+    let with_token = Request::builder()
+        .uri("/v1/queues")
+        .header("host", "cherga.example.com")
+        .header("authorization", format!("Bearer {}", authenticated.token(&["admin"])))
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(authenticated.send(with_token).await.0, 200);
+}
+
+/// A page of another site always sends its `Origin` with a POST: such requests
+/// are refused (with auth off, any other than a local or allowed host; with
+/// auth on, also any other than the request's own host).
+#[tokio::test]
+async fn requests_from_pages_of_other_origins_are_refused() {
+    let hosts = crate::AllowedHosts::parse("app.example").unwrap();
+    let open = Server::open(|config| config.allowed_hosts = hosts).await;
+    let from = |origin: &str, method: &str, uri: &str| {
+        let body = if method == "POST" { r#"{"kind":"k"}"# } else { "" };
+        request(method, uri)
+            .header("origin", origin)
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .unwrap()
+    };
+    for foreign in
+        ["http://evil.example", "https://evil.example:7700", "null", "http://127.0.0.1.evil.example", "junk"]
+    {
+        for (method, uri) in
+            [("POST", "/v1/queues/q/tasks"), ("POST", "/v1/queues/q/lease"), ("GET", "/v1/queues")]
+        {
+            let message = expect_error(open.send(from(foreign, method, uri)).await, 403, "forbidden");
+            assert!(message.contains("Origin"), "{foreign} {method} {uri}: {message}");
+        }
+    }
+    for local in
+        ["http://localhost:3000", "http://127.0.0.1:7700", "http://[::1]:8080", "https://app.example"]
+    {
+        let (status, body) = open.send(from(local, "POST", "/v1/queues/q/tasks")).await;
+        assert_eq!(status, 201, "{local}: {body}");
+    }
+    let (_, tasks) = open.json("GET", "/v1/queues/q/tasks", "").await;
+    assert_eq!(tasks["tasks"].as_array().unwrap().len(), 4, "only the local pages' tasks: {tasks}");
+
+    let secured = Server::authenticated(|_| {}).await;
+    let admin = secured.token(&["admin"]);
+    let from = |origin: &str| {
+        Request::builder()
+            .method("POST")
+            .uri("/v1/queues/q/tasks")
+            .header("host", "cherga.example.com:7700")
+            .header("origin", origin)
+            .header("authorization", format!("Bearer {admin}"))
+            .header("content-type", "application/json")
+            .body(Body::from(r#"{"kind":"k"}"#))
+            .unwrap()
+    };
+    expect_error(secured.send(from("https://evil.example")).await, 403, "forbidden");
+    assert_eq!(secured.send(from("https://cherga.example.com")).await.0, 201, "its own origin");
+}
