@@ -21,10 +21,11 @@
 //!   token to no request by itself), but a proxy in front of cherga might add
 //!   one from a cookie, and a page of another site has no business here anyway.
 //!
-//! `/healthz` is answered whatever the request says: it tells nothing.
+//! `/healthz` and `/v1/openapi.json` are answered whatever the request says:
+//! they tell nothing about tasks.
 //!
-//! **Invariant:** these checks run before routing, authentication and the body's
-//! reading, on every route but `/healthz`.
+//! **Invariant:** these checks run before authentication and the body's
+//! reading, on every route but the two open ones.
 
 use crate::App;
 use crate::error::ApiError;
@@ -162,13 +163,16 @@ fn quoted(text: &str) -> String {
     format!("{:?}", &text[..end])
 }
 
+/// The routes open to everyone, which tell nothing about tasks.
+const OPEN_PATHS: [&str; 2] = ["/healthz", "/v1/openapi.json"];
+
 /// The checks of this module, before routing.
 pub(crate) async fn check<S: Store>(
     State(app): State<Arc<App<S>>>,
     request: Request,
     next: Next,
 ) -> Response {
-    if request.uri().path() == "/healthz" {
+    if OPEN_PATHS.contains(&request.uri().path()) {
         return next.run(request).await;
     }
     match refusal(&app.allowed_hosts, app.guard.is_some(), &request) {

@@ -49,7 +49,7 @@ pub fn router<S: Store>(app: Arc<App<S>>, config: &ServerConfig) -> Router {
         .route("/v1/tasks/{id}/extend", post(extend::<S>))
         .route("/v1/tasks/{id}/retry", post(retry::<S>))
         .route("/v1/revocations", post(revoke::<S>).get(list_revocations::<S>))
-        .route("/v1/openapi.json", get(crate::openapi::serve_document))
+        .route("/v1/openapi.json", get(crate::openapi::serve_document::<S>))
         .fallback(|| async { ApiError::new(ErrorCode::RouteNotFound, "no such route; see the v1 API") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(ErrorCode::MethodNotAllowed, "this route does not take this method")

@@ -1,6 +1,8 @@
 //! Regressions found by fuzzing (`fuzz/`), through the real router; the
-//! security rules in `security`.
+//! security rules in `security`; the OpenAPI document against the server in
+//! `document`.
 
+mod document;
 mod security;
 
 use crate::{App, ServerConfig, router};

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use tower::ServiceExt as _;
 
 /// A router over a fresh embedded store, with the app behind it.
-struct Server {
+pub(super) struct Server {
     router: Router,
     app: Arc<App<SqliteStore>>,
     /// The key tokens are signed with, when auth is on.
@@ -38,14 +38,14 @@ fn policy() -> Policy {
 
 impl Server {
     /// Auth off, the defaults of `cherga serve`, as changed by `edit`.
-    async fn open(edit: impl FnOnce(&mut ServerConfig)) -> Self {
+    pub(super) async fn open(edit: impl FnOnce(&mut ServerConfig)) -> Self {
         let mut config = ServerConfig::unauthenticated(1 << 20, 1 << 16);
         edit(&mut config);
         Self::with(config, None).await
     }
 
     /// Auth on with one EdDSA key.
-    async fn authenticated(edit: impl FnOnce(&mut ServerConfig)) -> Self {
+    pub(super) async fn authenticated(edit: impl FnOnce(&mut ServerConfig)) -> Self {
         let key = cherga_auth::generate(Alg::EdDSA, "k").unwrap();
         let keys = KeySet::from_file_contents(&KeyFile { keys: vec![key.clone()] }).unwrap();
         let mut config = ServerConfig::unauthenticated(1 << 20, 1 << 16);
@@ -85,7 +85,7 @@ impl Server {
     }
 
     /// Sends `request`; the answer's status and JSON body.
-    async fn send(&self, request: Request<Body>) -> (u16, Value) {
+    pub(super) async fn send(&self, request: Request<Body>) -> (u16, Value) {
         let what = format!("{} {}", request.method(), request.uri());
         let response = self.router.clone().oneshot(request).await.unwrap();
         let status = response.status().as_u16();
@@ -97,7 +97,7 @@ impl Server {
     }
 
     /// Sends a JSON `body` as the clients cherga ships do.
-    async fn json(&self, method: &str, uri: &str, body: &str) -> (u16, Value) {
+    pub(super) async fn json(&self, method: &str, uri: &str, body: &str) -> (u16, Value) {
         self.send(
             request(method, uri)
                 .header("content-type", "application/json")
@@ -109,7 +109,7 @@ impl Server {
 }
 
 /// A request addressed as a local client addresses it.
-fn request(method: &str, uri: &str) -> Builder {
+pub(super) fn request(method: &str, uri: &str) -> Builder {
     Request::builder().method(method).uri(uri).header("host", "127.0.0.1:7700")
 }
 
