@@ -10,9 +10,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 
 import cherga
+import cherga.errors
 from cherga import (
     ChergaError,
     Client,
@@ -196,6 +198,21 @@ def test_errors_map_to_classes(client: Client) -> None:
     assert out_of_range.value.code == "invalid_request"
     with pytest.raises(cherga.PayloadTooLarge):
         client.enqueue(unique_queue(), "k", "x" * (2 << 20))
+
+
+def test_every_error_code_of_the_server_has_its_class(server: Server) -> None:
+    document = httpx.get(f"{server.url}/v1/openapi.json").json()
+    codes = document["components"]["schemas"]["WireError"]["properties"]["code"]["enum"]
+    assert "invalid_json" in codes
+    assert [code for code in codes if code not in cherga.errors.ERROR_CLASSES] == []
+
+
+def test_a_request_addressed_to_another_host_is_forbidden(server: Server, queue: str) -> None:
+    # What a web page reaching the server through a name of its own would send.
+    with Client(server.url, headers={"host": "evil.example"}, retries=0) as client:
+        with pytest.raises(cherga.Forbidden) as refused:
+            client.enqueue(queue, "k")
+    assert refused.value.status == 403 and "--allowed-hosts" in refused.value.message
 
 
 def test_retries_ride_out_a_server_restart(own_server: Server) -> None:

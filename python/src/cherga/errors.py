@@ -58,6 +58,21 @@ class InvalidTaskId(InvalidRequest):
     code = "invalid_task_id"
 
 
+class Unauthorized(ChergaError):
+    """401: no bearer token, or one that is malformed, expired, revoked or meant
+    for another server."""
+
+    code = "unauthorized"
+
+
+class Forbidden(ChergaError):
+    """403: the token's scopes do not allow this; or the request came from a web
+    page of another site, or (on a server without auth) was addressed to a host
+    other than a loopback one or one of its ``--allowed-hosts``."""
+
+    code = "forbidden"
+
+
 class NotFound(ChergaError):
     """404 of any kind."""
 
@@ -80,8 +95,23 @@ class MethodNotAllowed(ChergaError):
     code = "method_not_allowed"
 
 
+class RequestTimeout(ChergaError):
+    """408: the request took longer than the server's request timeout."""
+
+    code = "request_timeout"
+
+
 class UnsupportedMediaType(ChergaError):
+    """415: a request body not sent as ``Content-Type: application/json``."""
+
     code = "unsupported_media_type"
+
+
+class TooManyRequests(ChergaError):
+    """429: too many failed authentications from this client, or too many long
+    polls waiting on the server; the answer's ``Retry-After`` says when to retry."""
+
+    code = "too_many_requests"
 
 
 class Conflict(ChergaError):
@@ -145,11 +175,15 @@ ERROR_CLASSES: dict[str, type[ChergaError]] = {
         InvalidJson,
         InvalidQueueName,
         InvalidTaskId,
+        Unauthorized,
+        Forbidden,
         QueueNotFound,
         TaskNotFound,
         RouteNotFound,
         MethodNotAllowed,
+        RequestTimeout,
         UnsupportedMediaType,
+        TooManyRequests,
         LeaseLost,
         InvalidState,
         PayloadTooLarge,
@@ -164,12 +198,16 @@ ERROR_CLASSES: dict[str, type[ChergaError]] = {
 # still maps to the family its status implies.
 _STATUS_CLASSES: dict[int, type[ChergaError]] = {
     400: InvalidRequest,
+    401: Unauthorized,
+    403: Forbidden,
     404: NotFound,
     405: MethodNotAllowed,
+    408: RequestTimeout,
     409: Conflict,
     413: PayloadTooLarge,
     415: UnsupportedMediaType,
     422: IdempotencyKeyReused,
+    429: TooManyRequests,
     500: InternalError,
     502: Unavailable,
     503: Unavailable,
