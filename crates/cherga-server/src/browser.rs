@@ -5,9 +5,10 @@
 //! or form body. A page that gets a name of its own to resolve to 127.0.0.1 (DNS
 //! rebinding) may even read the answers, since the browser then takes the server
 //! for the page's own. With auth off, a loopback cherga would do what any such
-//! page asks: enqueue, lease, read tasks. So, before any route runs:
+//! page asks: enqueue, lease, read tasks. So, before a route's handler runs:
 //!
-//! - a request with a body must send it as `Content-Type: application/json`
+//! - a request with a body (one whose length is not known to be zero, so a
+//!   chunked one too) must send it as `Content-Type: application/json`
 //!   (parameters allowed), else 415 `unsupported_media_type`: a page cannot send
 //!   that type to another origin without a CORS preflight, which cherga never
 //!   grants;
@@ -36,7 +37,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use cherga_api::ErrorCode;
 use cherga_store::Store;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 /// Hosts besides the loopback ones (`localhost`, 127.0.0.0/8, `::1`) that requests
@@ -65,14 +66,13 @@ impl AllowedHosts {
         let mut extra = Vec::new();
         for item in list.split(',').map(str::trim).filter(|item| !item.is_empty()) {
             let bare = item.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(item);
-            let host = if bare.parse::<Ipv6Addr>().is_ok() || bare.parse::<Ipv4Addr>().is_ok() {
-                bare.to_owned()
-            } else if is_host_name(item) {
-                item.to_owned()
-            } else {
-                return Err(InvalidHost(item.to_owned()));
+            let host = match bare.parse::<IpAddr>() {
+                // In the form a browser writes it (`fd00::1`, not `fd00:0::1`).
+                Ok(ip) => ip.to_string(),
+                Err(_) if is_host_name(item) => item.to_ascii_lowercase(),
+                Err(_) => return Err(InvalidHost(item.to_owned())),
             };
-            extra.push(host.to_ascii_lowercase());
+            extra.push(host);
         }
         Ok(Self { extra })
     }
@@ -84,7 +84,13 @@ impl AllowedHosts {
 
     /// Whether `host` (no port; IPv6 without brackets) is loopback or listed.
     fn allows(&self, host: &str) -> bool {
-        is_loopback(host) || self.extra.iter().any(|h| h.eq_ignore_ascii_case(host))
+        if is_loopback(host) {
+            return true;
+        }
+        match host.parse::<IpAddr>() {
+            Ok(ip) => self.extra.contains(&ip.to_string()),
+            Err(_) => self.extra.iter().any(|h| h.eq_ignore_ascii_case(host)),
+        }
     }
 }
 
@@ -184,29 +190,30 @@ pub(crate) async fn check<S: Store>(
 /// Why `request` is refused, if it is.
 fn refusal(allowed: &AllowedHosts, auth: bool, request: &Request) -> Option<ApiError> {
     let headers = request.headers();
-    let own_host = headers.get(header::HOST).map(|v| v.to_str().ok().and_then(host_of));
+    let host_header = headers.get(header::HOST).map(|v| v.to_str().unwrap_or(""));
+    let own_host = host_header.and_then(host_of);
     if !auth {
-        let named = [own_host, request.uri().authority().map(|a| host_of(a.as_str()))];
-        for host in named.into_iter().flatten() {
-            if !host.is_some_and(|h| allowed.allows(h)) {
-                let sent = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
-                return Some(ApiError::new(
-                    ErrorCode::Forbidden,
-                    format!(
-                        "this server has authentication off and answers only requests addressed to \
-                         localhost, a loopback address or a host of --allowed-hosts, not {} (a web page \
-                         must not reach it through a name of its own)",
-                        quoted(request.uri().authority().map_or(sent, |a| a.as_str()))
-                    ),
-                ));
-            }
+        // Every name the request is addressed by: its Host, and the authority of
+        // an absolute URI.
+        let named = [host_header, request.uri().authority().map(|a| a.as_str())];
+        if let Some(refused) =
+            named.into_iter().flatten().find(|name| !host_of(name).is_some_and(|h| allowed.allows(h)))
+        {
+            return Some(ApiError::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "this server has authentication off and answers only requests addressed to \
+                     localhost, a loopback address or a host of --allowed-hosts, not {} (a web page \
+                     must not reach it through a name of its own)",
+                    quoted(refused)
+                ),
+            ));
         }
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin_text = origin.to_str().unwrap_or("");
         let ok = origin_host(origin_text).is_some_and(|host| {
-            allowed.allows(host)
-                || (auth && own_host.flatten().is_some_and(|own| own.eq_ignore_ascii_case(host)))
+            allowed.allows(host) || (auth && own_host.is_some_and(|own| own.eq_ignore_ascii_case(host)))
         });
         if !ok {
             return Some(ApiError::new(
@@ -256,8 +263,10 @@ mod tests {
 
     #[test]
     fn allowed_hosts_are_names_and_addresses_without_ports() {
-        let hosts = AllowedHosts::parse(" Cherga.Internal ,10.0.0.5,,[fd00::1], fd00::2").unwrap();
+        let hosts = AllowedHosts::parse(" Cherga.Internal ,10.0.0.5,,[fd00::1], FD00:0:0::2").unwrap();
         assert_eq!(hosts.extra(), ["cherga.internal", "10.0.0.5", "fd00::1", "fd00::2"]);
+        assert!(hosts.allows("fd00:0::2") && hosts.allows("CHERGA.internal") && hosts.allows("127.0.0.9"));
+        assert!(!hosts.allows("fd00::3") && !hosts.allows("internal"));
         for bad in ["a.example:80", "http://a.example", "a b", "*", "a..b", "-a.example", "[fd00::1]:80"] {
             assert_eq!(AllowedHosts::parse(bad), Err(InvalidHost(bad.to_owned())), "{bad:?}");
         }
