@@ -55,7 +55,9 @@ pub struct EnqueueRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<Value>))]
     pub payload: Option<Box<RawValue>>,
-    #[serde(deserialize_with = "number::whole", default)]
+    /// Higher runs first; `null` or left out: 0.
+    #[serde(deserialize_with = "number::or_default", default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<i32>))]
     pub priority: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_at: Option<Timestamp>,
