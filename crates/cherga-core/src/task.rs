@@ -5,6 +5,7 @@
 //! leaves the task exactly as it was.
 
 use crate::Millis;
+use crate::history::{AttemptOutcome, History};
 use crate::queue::QueueSettings;
 use std::fmt;
 
@@ -162,6 +163,8 @@ pub struct Lease {
     pub token: LeaseToken,
     pub expires_at: Millis,
     pub worker: Option<String>,
+    /// When the lease was made: the start of its attempt in the history.
+    pub leased_at: Millis,
 }
 
 /// A task to enqueue, as the producer describes it.
@@ -223,10 +226,16 @@ pub struct Task {
     /// lease that ended it is kept, so the same ack or nack sent again is answered
     /// as it was the first time; an expiry clears it.
     pub lease: Option<Lease>,
+    /// One entry per attempt, bounded. While the task is running its last entry
+    /// is the running attempt of the current lease.
+    pub history: History,
     pub created_at: Millis,
     pub updated_at: Millis,
     pub finished_at: Option<Millis>,
 }
+
+/// The `last_error` of an expired lease, and the error of its attempt.
+pub const EXPIRED_ERROR: &str = "lease expired";
 
 /// Why a transition was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -267,6 +276,7 @@ impl Task {
             result: None,
             last_error: None,
             lease: None,
+            history: History::default(),
             created_at: now,
             updated_at: now,
             finished_at: None,
@@ -307,10 +317,12 @@ impl Task {
         }
         self.attempts = self.attempts.saturating_add(1);
         self.state = TaskState::Running;
+        self.history.begin(self.attempts, worker.clone(), now);
         self.lease = Some(Lease {
             token: LeaseToken::new(self.attempts, token_random),
             expires_at: now.saturating_add(lease_ms),
             worker,
+            leased_at: now,
         });
         self.updated_at = now;
         Ok(())
@@ -331,6 +343,7 @@ impl Task {
             return Ok(AckOutcome::Replayed);
         }
         self.current_lease(token)?;
+        self.end_attempt(AttemptOutcome::Succeeded, now, None);
         self.state = TaskState::Succeeded;
         self.result = result;
         self.finish(now);
@@ -363,6 +376,7 @@ impl Task {
             return Ok(AckOutcome::Replayed);
         }
         self.current_lease(token)?;
+        self.end_attempt(AttemptOutcome::Failed, now, error.clone());
         self.last_error = error;
         self.fail(dead, retry_in_ms, settings, random, now);
         Ok(AckOutcome::Applied)
@@ -391,14 +405,16 @@ impl Task {
     /// Sends a running task whose lease has expired back to `scheduled` with backoff,
     /// or to `dead` when its attempts are used up. Returns whether it moved.
     pub fn expire(&mut self, settings: &QueueSettings, random: f64, now: Millis) -> bool {
-        let expired =
-            self.state == TaskState::Running && self.lease.as_ref().is_some_and(|l| l.expires_at <= now);
-        if expired {
-            self.lease = None;
-            self.last_error = Some("lease expired".to_owned());
-            self.fail(false, None, settings, random, now);
-        }
-        expired
+        let expires_at = match &self.lease {
+            Some(lease) if self.state == TaskState::Running && lease.expires_at <= now => lease.expires_at,
+            _ => return false,
+        };
+        // The attempt ended when its lease ran out, not when a timer noticed.
+        self.end_attempt(AttemptOutcome::Expired, expires_at, Some(EXPIRED_ERROR.to_owned()));
+        self.lease = None;
+        self.last_error = Some(EXPIRED_ERROR.to_owned());
+        self.fail(false, None, settings, random, now);
+        true
     }
 
     /// Moves the lease's expiry to `now + lease_ms` (a heartbeat).
@@ -445,6 +461,28 @@ impl Task {
         self.finished_at = None;
         self.updated_at = now;
         Ok(())
+    }
+
+    /// Gives a running task the history entry of its current lease when its
+    /// history does not end with it; does nothing otherwise. For a store that
+    /// restored the lease from a record that leaves the entry out (the embedded
+    /// store journals a lease by its fields alone), or from data stored before
+    /// tasks had a history.
+    pub fn restore_lease_entry(&mut self) {
+        let Some(lease) = self.lease.as_ref().filter(|_| self.state == TaskState::Running) else { return };
+        let has_entry = self
+            .history
+            .last()
+            .is_some_and(|last| last.attempt == self.attempts && last.outcome == AttemptOutcome::Running);
+        if !has_entry {
+            self.history.begin(self.attempts, lease.worker.clone(), lease.leased_at);
+        }
+    }
+
+    /// Ends the running entry of the current lease, which the task must hold.
+    fn end_attempt(&mut self, outcome: AttemptOutcome, at: Millis, error: Option<String>) {
+        self.restore_lease_entry();
+        self.history.end(outcome, at, error);
     }
 
     fn finish(&mut self, now: Millis) {
