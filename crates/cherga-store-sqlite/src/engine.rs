@@ -214,6 +214,9 @@ struct Memory {
 fn task_bytes(task: &Task) -> usize {
     let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
     let lease = task.lease.as_ref().map_or(0, |l| l.token.as_str().len() + opt(&l.worker));
+    let history = task.history.entries();
+    let history = std::mem::size_of_val(history)
+        + history.iter().map(|e| opt(&e.worker) + opt(&e.error)).sum::<usize>();
     std::mem::size_of::<(u64, Box<Dirty>)>()
         + std::mem::size_of::<Dirty>()
         + task.queue.len()
@@ -224,6 +227,7 @@ fn task_bytes(task: &Task) -> usize {
         + opt(&task.result)
         + opt(&task.last_error)
         + lease
+        + history
 }
 
 impl Memory {
