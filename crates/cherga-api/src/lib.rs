@@ -371,14 +371,14 @@ pub struct AttemptView {
 }
 
 impl AttemptView {
-    pub fn from_attempt(attempt: &cherga_core::Attempt) -> Self {
+    pub fn from_attempt(attempt: cherga_core::AttemptRef<'_>) -> Self {
         Self {
             attempt: attempt.attempt,
-            worker: attempt.worker.clone(),
+            worker: attempt.worker.map(str::to_owned),
             started_at: Timestamp(attempt.started_at),
             finished_at: attempt.finished_at.map(Timestamp),
             outcome: attempt.outcome.as_str().to_owned(),
-            error: attempt.error.clone(),
+            error: attempt.error.map(str::to_owned),
         }
     }
 }
@@ -418,7 +418,7 @@ impl TaskView {
             created_at: Timestamp(task.created_at),
             updated_at: Timestamp(task.updated_at),
             finished_at: task.finished_at.map(Timestamp),
-            history: task.history.entries().iter().map(AttemptView::from_attempt).collect(),
+            history: task.attempt_history().map(AttemptView::from_attempt).collect(),
             lease_expires_at: lease.map(|l| Timestamp(l.expires_at)),
             worker: lease.and_then(|l| l.worker.clone()),
             lease: None,

@@ -18,7 +18,7 @@
 //! [`BatchResponse`]: crate::BatchResponse
 
 use crate::{Timestamp, WireError};
-use cherga_core::{Attempt, Lease, Task, TaskId, TaskState};
+use cherga_core::{AttemptRef, Lease, Task, TaskId, TaskState};
 
 /// Which view of a task to write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,7 +73,7 @@ pub fn task(out: &mut Vec<u8>, task: &Task, view: View) {
     out.extend_from_slice(b",\"finished_at\":");
     optional_time(out, task.finished_at);
     out.extend_from_slice(b",\"history\":[");
-    for (i, entry) in task.history.entries().iter().enumerate() {
+    for (i, entry) in task.attempt_history().enumerate() {
         if i > 0 {
             out.push(b',');
         }
@@ -98,11 +98,11 @@ pub fn task(out: &mut Vec<u8>, task: &Task, view: View) {
 }
 
 /// A [`crate::AttemptView`].
-fn attempt(out: &mut Vec<u8>, entry: &Attempt) {
+fn attempt(out: &mut Vec<u8>, entry: AttemptRef<'_>) {
     out.extend_from_slice(b"{\"attempt\":");
     integer(out, entry.attempt);
     out.extend_from_slice(b",\"worker\":");
-    optional_string(out, entry.worker.as_deref());
+    optional_string(out, entry.worker);
     out.extend_from_slice(b",\"started_at\":");
     time(out, entry.started_at);
     out.extend_from_slice(b",\"finished_at\":");
@@ -110,7 +110,7 @@ fn attempt(out: &mut Vec<u8>, entry: &Attempt) {
     out.extend_from_slice(b",\"outcome\":\"");
     out.extend_from_slice(entry.outcome.as_str().as_bytes());
     out.extend_from_slice(b"\",\"error\":");
-    optional_string(out, entry.error.as_deref());
+    optional_string(out, entry.error);
     out.push(b'}');
 }
 

@@ -1,19 +1,26 @@
 //! The attempt history of a task: one entry per attempt (lease), saying who held
 //! it, when it began and ended, and how it ended.
 //!
-//! The transitions of [`Task`](crate::Task) keep it: `lease` adds a running
-//! entry; `ack`, `nack` and `expire` end it; `retry` of a dead task keeps it.
-//! Stores only keep it and give it back ([`History::from_entries`]).
+//! A task keeps its *finished* attempts in a [`History`]; the running attempt
+//! is its lease (worker, `leased_at`, the task's `attempts`), and
+//! [`Task::attempt_history`](crate::Task::attempt_history) shows it after the
+//! finished ones. So a lease changes no history and copies nothing: a task in
+//! memory carries no entry until its first attempt ends, and a store that
+//! restores a lease restores its attempt with it. The transitions of
+//! [`Task`](crate::Task) keep the history: `ack`, `nack` and `expire` add the
+//! entry of the attempt they end; `retry` of a dead task keeps it. Stores only
+//! keep it and give it back ([`History::from_entries`]).
 //!
 //! Invariants, kept by the methods here (the entries are private):
+//! - every entry is finished (not [`AttemptOutcome::Running`]) and has a
+//!   `finished_at`;
 //! - attempt numbers strictly increase along the entries;
-//! - only the last entry may be running, and a running entry has no
-//!   `finished_at` while every other has one;
 //! - the history is bounded, so that a task retried without end stays small: it
 //!   keeps its first entry and the most recent ones, at most
-//!   [`History::MAX_ENTRIES`] in all, and drops the oldest but the first while the
-//!   errors of the entries hold more than [`History::MAX_ERROR_BYTES`] and there
-//!   are more than two. The `attempt` numbers show where entries were dropped.
+//!   [`History::MAX_ENTRIES`] in all, and drops the oldest but the first while
+//!   the errors of the entries hold more than [`History::MAX_ERROR_BYTES`] and
+//!   there are more than two. The `attempt` numbers show where entries were
+//!   dropped.
 
 use crate::Millis;
 use std::fmt;
@@ -21,7 +28,9 @@ use std::fmt;
 /// How an attempt ended, or that it has not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum AttemptOutcome {
-    /// The current attempt: the task is running under its lease.
+    /// The current attempt: the task is running under its lease. Never in a
+    /// [`History`]; only [`Task::attempt_history`](crate::Task::attempt_history)
+    /// shows it.
     Running,
     /// Acknowledged.
     Succeeded,
@@ -64,7 +73,7 @@ impl fmt::Display for AttemptOutcome {
     }
 }
 
-/// One attempt of a task.
+/// One finished attempt of a task.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Attempt {
     /// The attempt's number: the task's `attempts` once it was leased (1 for the
@@ -75,20 +84,54 @@ pub struct Attempt {
     /// When the lease was made.
     pub started_at: Millis,
     /// When the attempt ended: at the ack or nack, or the lease's `expires_at` for
-    /// an expiry (when the lease ran out, not when a timer noticed). `None` while
-    /// running.
-    pub finished_at: Option<Millis>,
+    /// an expiry (when the lease ran out, not when a timer noticed).
+    pub finished_at: Millis,
     pub outcome: AttemptOutcome,
     /// The error a nack gave, or `lease expired` for an expiry: what the task's
     /// `last_error` became when the attempt ended.
     pub error: Option<String>,
 }
 
-/// A task's attempts, oldest first, within the bound (see the module's
-/// documentation).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+impl Attempt {
+    pub fn to_ref(&self) -> AttemptRef<'_> {
+        AttemptRef {
+            attempt: self.attempt,
+            worker: self.worker.as_deref(),
+            started_at: self.started_at,
+            finished_at: Some(self.finished_at),
+            outcome: self.outcome,
+            error: self.error.as_deref(),
+        }
+    }
+}
+
+/// An attempt as [`Task::attempt_history`](crate::Task::attempt_history) shows
+/// it: a finished one, or the running one of the current lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttemptRef<'a> {
+    pub attempt: u32,
+    pub worker: Option<&'a str>,
+    pub started_at: Millis,
+    /// `None` while running.
+    pub finished_at: Option<Millis>,
+    pub outcome: AttemptOutcome,
+    pub error: Option<&'a str>,
+}
+
+/// A task's finished attempts, oldest first, within the bound (see the
+/// module's documentation).
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct History {
     entries: Vec<Attempt>,
+}
+
+impl Clone for History {
+    /// Most tasks a store copies have no history yet (pending, or running for
+    /// the first time): for them, no call into `Vec`'s clone.
+    #[inline]
+    fn clone(&self) -> Self {
+        if self.entries.is_empty() { Self::default() } else { Self { entries: self.entries.clone() } }
+    }
 }
 
 /// Why stored entries are not a history.
@@ -96,14 +139,13 @@ pub struct History {
 pub enum HistoryError {
     #[error("attempt {attempt} of the history follows attempt {previous}")]
     OutOfOrder { previous: u32, attempt: u32 },
-    #[error("attempt {attempt} of the history is running but is not the last entry")]
-    RunningBeforeTheEnd { attempt: u32 },
-    #[error("attempt {attempt} of the history is {outcome} with finished_at {finished_at:?}")]
-    FinishedAt { attempt: u32, outcome: AttemptOutcome, finished_at: Option<Millis> },
+    #[error("attempt {attempt} of the history is running; a history holds finished attempts")]
+    Running { attempt: u32 },
 }
 
 impl History {
-    /// Most entries kept: the first and the 99 most recent.
+    /// Most entries shown, the running attempt's included: the first and the 99
+    /// most recent.
     pub const MAX_ENTRIES: usize = 100;
     /// Most bytes of error text the entries hold together: past it the oldest
     /// entries but the first are dropped, down to the first and the last.
@@ -134,21 +176,13 @@ impl History {
     /// A [`HistoryError`] when the entries break an invariant.
     pub fn from_entries(entries: Vec<Attempt>) -> Result<Self, HistoryError> {
         for (i, entry) in entries.iter().enumerate() {
+            if entry.outcome == AttemptOutcome::Running {
+                return Err(HistoryError::Running { attempt: entry.attempt });
+            }
             if let Some(previous) = i.checked_sub(1).map(|p| entries[p].attempt)
                 && previous >= entry.attempt
             {
                 return Err(HistoryError::OutOfOrder { previous, attempt: entry.attempt });
-            }
-            let running = entry.outcome == AttemptOutcome::Running;
-            if running && i + 1 < entries.len() {
-                return Err(HistoryError::RunningBeforeTheEnd { attempt: entry.attempt });
-            }
-            if running == entry.finished_at.is_some() {
-                return Err(HistoryError::FinishedAt {
-                    attempt: entry.attempt,
-                    outcome: entry.outcome,
-                    finished_at: entry.finished_at,
-                });
             }
         }
         let mut history = Self { entries };
@@ -156,60 +190,41 @@ impl History {
         Ok(history)
     }
 
-    /// Adds the running entry of attempt `attempt`, leased by `worker` at `at`.
-    /// Attempt numbers only grow; should the count ever stand still (it
-    /// saturates), the new entry takes the place of the last.
-    pub(crate) fn begin(&mut self, attempt: u32, worker: Option<String>, at: Millis) {
-        if self.entries.last().is_some_and(|last| last.attempt >= attempt) {
+    /// Adds an attempt that ended. Attempt numbers only grow; should the count
+    /// ever stand still (it saturates), the new entry takes the place of the last.
+    pub(crate) fn push(&mut self, attempt: Attempt) {
+        debug_assert_ne!(attempt.outcome, AttemptOutcome::Running, "a history holds finished attempts");
+        if self.entries.is_empty() {
+            // Most tasks have one attempt: room for one, not the four a first
+            // push makes, as every task kept in memory carries its history.
+            self.entries = Vec::with_capacity(1);
+            self.entries.push(attempt);
+            return;
+        }
+        if self.entries.last().is_some_and(|last| last.attempt >= attempt.attempt) {
             self.entries.pop();
         }
-        // Most tasks have one attempt: room for one, not the four a first push
-        // makes, as every task in memory carries its history.
-        if self.entries.capacity() == 0 {
-            self.entries.reserve_exact(1);
-        }
-        self.entries.push(Attempt {
-            attempt,
-            worker,
-            started_at: at,
-            finished_at: None,
-            outcome: AttemptOutcome::Running,
-            error: None,
-        });
+        self.entries.push(attempt);
         self.keep_bound();
-    }
-
-    /// Ends the running last entry as `outcome` at `at`; does nothing if the last
-    /// entry is not running.
-    pub(crate) fn end(&mut self, outcome: AttemptOutcome, at: Millis, error: Option<String>) {
-        let Some(last) = self.entries.last_mut().filter(|e| e.outcome == AttemptOutcome::Running) else {
-            return;
-        };
-        last.outcome = outcome;
-        last.finished_at = Some(at);
-        last.error = error;
-        if last.error.is_some() {
-            self.keep_bound();
-        }
     }
 
     /// Drops the oldest entries but the first until the bound holds.
     fn keep_bound(&mut self) {
+        if self.entries.len() <= 2 {
+            return;
+        }
         let over = self.entries.len().saturating_sub(Self::MAX_ENTRIES);
         if over > 0 {
             self.entries.drain(1..=over);
         }
-        if self.entries.len() > 2 {
-            let mut bytes: usize =
-                self.entries.iter().filter_map(|e| e.error.as_ref()).map(String::len).sum();
-            let mut drop = 0;
-            while bytes > Self::MAX_ERROR_BYTES && self.entries.len() - drop > 2 {
-                bytes -= self.entries[1 + drop].error.as_ref().map_or(0, String::len);
-                drop += 1;
-            }
-            if drop > 0 {
-                self.entries.drain(1..=drop);
-            }
+        let mut bytes: usize = self.entries.iter().filter_map(|e| e.error.as_ref()).map(String::len).sum();
+        let mut drop = 0;
+        while bytes > Self::MAX_ERROR_BYTES && self.entries.len() - drop > 2 {
+            bytes -= self.entries[1 + drop].error.as_ref().map_or(0, String::len);
+            drop += 1;
+        }
+        if drop > 0 {
+            self.entries.drain(1..=drop);
         }
     }
 }

@@ -11,7 +11,7 @@ pub mod queue;
 pub mod retry;
 pub mod task;
 
-pub use history::{Attempt, AttemptOutcome, History, HistoryError};
+pub use history::{Attempt, AttemptOutcome, AttemptRef, History, HistoryError};
 pub use index::{Index, Loader, SeqHash, TaskSlot};
 pub use queue::{QueueName, QueueSettings, QueueSettingsPatch};
 pub use retry::Backoff;

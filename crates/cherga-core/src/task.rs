@@ -5,7 +5,7 @@
 //! leaves the task exactly as it was.
 
 use crate::Millis;
-use crate::history::{AttemptOutcome, History};
+use crate::history::{Attempt, AttemptOutcome, AttemptRef, History};
 use crate::queue::QueueSettings;
 use std::fmt;
 
@@ -163,7 +163,7 @@ pub struct Lease {
     pub token: LeaseToken,
     pub expires_at: Millis,
     pub worker: Option<String>,
-    /// When the lease was made: the start of its attempt in the history.
+    /// When the lease was made: the start of its attempt.
     pub leased_at: Millis,
 }
 
@@ -226,8 +226,8 @@ pub struct Task {
     /// lease that ended it is kept, so the same ack or nack sent again is answered
     /// as it was the first time; an expiry clears it.
     pub lease: Option<Lease>,
-    /// One entry per attempt, bounded. While the task is running its last entry
-    /// is the running attempt of the current lease.
+    /// The finished attempts, bounded; the running one is the lease
+    /// ([`Task::attempt_history`] shows both).
     pub history: History,
     pub created_at: Millis,
     pub updated_at: Millis,
@@ -317,7 +317,6 @@ impl Task {
         }
         self.attempts = self.attempts.saturating_add(1);
         self.state = TaskState::Running;
-        self.history.begin(self.attempts, worker.clone(), now);
         self.lease = Some(Lease {
             token: LeaseToken::new(self.attempts, token_random),
             expires_at: now.saturating_add(lease_ms),
@@ -463,26 +462,37 @@ impl Task {
         Ok(())
     }
 
-    /// Gives a running task the history entry of its current lease when its
-    /// history does not end with it; does nothing otherwise. For a store that
-    /// restored the lease from a record that leaves the entry out (the embedded
-    /// store journals a lease by its fields alone), or from data stored before
-    /// tasks had a history.
-    pub fn restore_lease_entry(&mut self) {
-        let Some(lease) = self.lease.as_ref().filter(|_| self.state == TaskState::Running) else { return };
-        let has_entry = self
-            .history
-            .last()
-            .is_some_and(|last| last.attempt == self.attempts && last.outcome == AttemptOutcome::Running);
-        if !has_entry {
-            self.history.begin(self.attempts, lease.worker.clone(), lease.leased_at);
-        }
+    /// The attempt history as the API shows it: the finished attempts, then,
+    /// while the task runs, the attempt of its lease. At most
+    /// [`History::MAX_ENTRIES`]: with a running attempt, a full history leaves
+    /// out its oldest entry but the first, as ending the attempt will.
+    pub fn attempt_history(&self) -> impl Iterator<Item = AttemptRef<'_>> {
+        let running =
+            self.lease.as_ref().filter(|_| self.state == TaskState::Running).map(|lease| AttemptRef {
+                attempt: self.attempts,
+                worker: lease.worker.as_deref(),
+                started_at: lease.leased_at,
+                finished_at: None,
+                outcome: AttemptOutcome::Running,
+                error: None,
+            });
+        let entries = self.history.entries();
+        let skip = usize::from(running.is_some() && entries.len() >= History::MAX_ENTRIES);
+        entries.iter().take(1).chain(entries.iter().skip(1 + skip)).map(Attempt::to_ref).chain(running)
     }
 
-    /// Ends the running entry of the current lease, which the task must hold.
+    /// Adds the attempt of the current lease, which the task holds, to the
+    /// history as ended at `at`.
     fn end_attempt(&mut self, outcome: AttemptOutcome, at: Millis, error: Option<String>) {
-        self.restore_lease_entry();
-        self.history.end(outcome, at, error);
+        let Some(lease) = &self.lease else { return };
+        self.history.push(Attempt {
+            attempt: self.attempts,
+            worker: lease.worker.clone(),
+            started_at: lease.leased_at,
+            finished_at: at,
+            outcome,
+            error,
+        });
     }
 
     fn finish(&mut self, now: Millis) {

@@ -2,11 +2,12 @@
 //! (each connection prepares it once), so the column lists are macros that
 //! `concat!` can splice.
 //!
-//! A task's attempt history is one `jsonb` column, an array of objects in
-//! attempt order (`{"attempt", "worker", "started_at", "finished_at",
-//! "outcome", "error"}`, times in milliseconds as in every other column), so
-//! that SQL can look into it; it travels as text, written by [`history_json`]
-//! and read by [`history_from_json`].
+//! A task's attempt history, its finished attempts, is one `jsonb` column, an
+//! array of objects in attempt order (`{"attempt", "worker", "started_at",
+//! "finished_at", "outcome", "error"}`, times in milliseconds as in every other
+//! column), so that SQL can look into it; it travels as text, written by
+//! [`history_json`] and read by [`history_from_json`]. The running attempt is
+//! the lease's columns (`worker`, `leased_at`).
 
 use cherga_core::{
     Attempt, AttemptOutcome, Backoff, History, Lease, LeaseToken, QueueSettings, Task, TaskId, TaskState,
@@ -83,7 +84,7 @@ pub fn task_from_row_at(row: &Row, at: usize) -> Result<Task, StoreError> {
         }),
         None => None,
     };
-    let mut task = Task {
+    Ok(Task {
         id: TaskId::from_bytes(id),
         queue: get(row, at + 2)?,
         kind: get(row, at + 3)?,
@@ -102,14 +103,15 @@ pub fn task_from_row_at(row: &Row, at: usize) -> Result<Task, StoreError> {
         created_at: get(row, at + 17)?,
         updated_at,
         finished_at: get(row, at + 19)?,
-    };
-    // A task running since before schema version 3 gets the entry of its lease.
-    task.restore_lease_entry();
-    Ok(task)
+    })
 }
 
 /// The `history` column of `task`: JSON text, which the statements cast to `jsonb`.
 pub fn history_json(task: &Task) -> String {
+    // Every lease saves the task: most have no finished attempt yet.
+    if task.history.is_empty() {
+        return "[]".to_owned();
+    }
     let entries: Vec<serde_json::Value> = task
         .history
         .entries()
@@ -151,10 +153,7 @@ pub fn history_from_json(text: &str) -> Result<History, StoreError> {
             attempt: int("attempt").and_then(|a| u32::try_from(a).ok()).ok_or_else(|| bad("attempt"))?,
             worker: text("worker")?,
             started_at: int("started_at").ok_or_else(|| bad("started_at"))?,
-            finished_at: match item.get("finished_at") {
-                None | Some(serde_json::Value::Null) => None,
-                Some(at) => Some(at.as_i64().ok_or_else(|| bad("finished_at"))?),
-            },
+            finished_at: int("finished_at").ok_or_else(|| bad("finished_at"))?,
             outcome: outcome.and_then(AttemptOutcome::parse).ok_or_else(|| bad("outcome"))?,
             error: text("error")?,
         });

@@ -22,15 +22,15 @@
 //! `u32` length and UTF-8 bytes, options as a `0`/`1` byte before the value.
 //! Decoding checks every length and tag and fails with a message, never a panic.
 //!
-//! A task's attempt history follows its lease fields: a count, then each entry
-//! as a flags byte and the fields the flags say are there (`put_history`). The
-//! entry of the current lease (the last one, most often) names its attempt,
-//! worker and start by a flag instead of repeating the lease's: an acked task
-//! of one attempt costs 13 bytes of history, and a lease record names no entry
-//! at all, its replay adds it ([`LeaseFields::apply`]). Rows of format 1,
-//! written before tasks had a history, are still read: their tasks have no
-//! history of the attempts made before, and a lease of theirs started, as far
-//! as this build knows, at the task's `updated_at`.
+//! A task's attempt history (its finished attempts; the running one is its
+//! lease) follows its lease fields: a count, then each entry as a flags byte and
+//! the fields the flags say are there (`put_history`). The entry of the lease
+//! the task still holds (the attempt an ack or nack just ended) names its
+//! attempt, worker and start by a flag instead of repeating the lease's: an
+//! acked task of one attempt costs 13 bytes of history, besides the lease's
+//! start. Rows of format 1, written before tasks had a history, are still read:
+//! their tasks have no history of the attempts made before, and a lease of
+//! theirs started, as far as this build knows, at the task's `updated_at`.
 
 use cherga_core::{Attempt, AttemptOutcome, History, Lease, LeaseToken, Millis, Task, TaskId, TaskState};
 
@@ -44,8 +44,8 @@ const FORMAT_1: u8 = 1;
 /// The flags byte of a history entry: the outcome's code in the low two bits,
 /// then these.
 const ENTRY_OUTCOME: u8 = 0b11;
-/// The entry's attempt, worker and start are those of the task's lease and are
-/// not repeated.
+/// The entry's attempt, worker and start are those of the task's (last) lease
+/// and are not repeated.
 const ENTRY_OF_LEASE: u8 = 1 << 2;
 const ENTRY_WORKER: u8 = 1 << 3;
 const ENTRY_ERROR: u8 = 1 << 4;
@@ -75,14 +75,9 @@ pub struct LeaseFields {
 
 impl LeaseFields {
     /// Applies these fields to `task`, which must be the task they were taken from
-    /// (as its earlier records or its row left it), with what the lease added to
-    /// its history: the running entry of a new lease, which the record leaves out.
+    /// (as its earlier records or its row left it). A lease adds nothing to the
+    /// history: its attempt is the lease until it ends.
     pub fn apply(self, task: &mut Task) {
-        self.set(task);
-        task.restore_lease_entry();
-    }
-
-    fn set(self, task: &mut Task) {
         task.attempts = self.attempts;
         task.state = self.state;
         task.lease = self.lease;
@@ -181,8 +176,8 @@ fn put_task(b: &mut Vec<u8>, task: &Task) {
     put_history(b, task);
 }
 
-/// The history of `task`, written after its lease fields, which an entry may
-/// refer to.
+/// The history of `task`, written after its lease fields, which its last entry
+/// may refer to.
 fn put_history(b: &mut Vec<u8>, task: &Task) {
     let entries = task.history.entries();
     let count = u32::try_from(entries.len()).expect("a history is bounded");
@@ -210,9 +205,7 @@ fn put_history(b: &mut Vec<u8>, task: &Task) {
                 put_str(b, worker);
             }
         }
-        if let Some(at) = entry.finished_at {
-            b.extend_from_slice(&at.to_le_bytes());
-        }
+        b.extend_from_slice(&entry.finished_at.to_le_bytes());
         if let Some(error) = &entry.error {
             put_str(b, error);
         }
@@ -373,11 +366,7 @@ impl<'a> Reader<'a> {
             updated_at: 0,
             finished_at,
         };
-        match self.format {
-            // A task running when it was written gets the entry of its lease.
-            FORMAT_1 => fields.apply(&mut task),
-            _ => fields.set(&mut task),
-        }
+        fields.apply(&mut task);
         Ok(task)
     }
 
@@ -402,7 +391,7 @@ impl<'a> Reader<'a> {
                 let worker = if flags & ENTRY_WORKER != 0 { Some(self.string()?) } else { None };
                 (attempt, started_at, worker)
             };
-            let finished_at = if outcome == AttemptOutcome::Running { None } else { Some(self.i64()?) };
+            let finished_at = self.i64()?;
             let error = if flags & ENTRY_ERROR != 0 { Some(self.string()?) } else { None };
             entries.push(Attempt { attempt, worker, started_at, finished_at, outcome, error });
         }

@@ -896,10 +896,11 @@ mod random_operations {
                 assert!(task.attempts >= *seen, "attempts went from {seen} to {}: {task:?}", task.attempts);
                 *seen = task.attempts;
                 // One entry per attempt, in order, the running one the current lease's.
-                let numbers: Vec<u32> = task.history.entries().iter().map(|e| e.attempt).collect();
+                let entries: Vec<_> = task.attempt_history().collect();
+                let numbers: Vec<u32> = entries.iter().map(|e| e.attempt).collect();
                 assert_eq!(numbers, (1..=task.attempts).collect::<Vec<_>>(), "history of {task:?}");
-                let running = task.history.entries().iter().filter(|e| e.outcome == AttemptOutcome::Running);
-                let running: Vec<_> = running.collect();
+                let running: Vec<_> =
+                    entries.iter().filter(|e| e.outcome == AttemptOutcome::Running).collect();
                 match (&task.lease, running.as_slice()) {
                     (Some(lease), [entry]) if task.state == TaskState::Running => {
                         assert_eq!(Some(entry.attempt), numbers.last().copied(), "{task:?}");

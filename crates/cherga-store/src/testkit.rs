@@ -1676,18 +1676,16 @@ pub async fn reopen_honours_leases_and_rebuilds_index<H: Harness>(mut harness: H
 /// A task's history, one line per entry: `attempt worker +started..+finished
 /// outcome error`, times from `T0`.
 fn history_lines(task: &Task) -> Vec<String> {
-    task.history
-        .entries()
-        .iter()
+    task.attempt_history()
         .map(|e| {
             let finished = e.finished_at.map_or(String::new(), |at| format!("{:+}", at - T0));
             format!(
                 "{} {} {:+}..{finished} {} {}",
                 e.attempt,
-                e.worker.as_deref().unwrap_or("-"),
+                e.worker.unwrap_or("-"),
                 e.started_at - T0,
                 e.outcome,
-                e.error.as_deref().unwrap_or("-")
+                e.error.unwrap_or("-")
             )
         })
         .collect()

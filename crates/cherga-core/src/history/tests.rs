@@ -4,20 +4,13 @@
 use super::*;
 
 fn entry(attempt: u32, outcome: AttemptOutcome, error: Option<String>) -> Attempt {
-    let finished_at = (outcome != AttemptOutcome::Running).then_some(i64::from(attempt) * 10 + 5);
-    Attempt {
-        attempt,
-        worker: Some("w".into()),
-        started_at: i64::from(attempt) * 10,
-        finished_at,
-        outcome,
-        error,
-    }
+    let started_at = i64::from(attempt) * 10;
+    Attempt { attempt, worker: Some("w".into()), started_at, finished_at: started_at + 5, outcome, error }
 }
 
-/// Starts and ends attempts `1..=n`, attempt `i` failing with `error(i)` (or
-/// succeeding when that is `None`), and compares the attempt numbers kept and
-/// the bytes of error text they hold with `expected`.
+/// Ends attempts `1..=n`, attempt `i` failing with `error(i)` (or succeeding
+/// when that is `None`), and compares the attempt numbers kept and the bytes of
+/// error text they hold with `expected`.
 fn check(
     n: u32,
     error: impl Fn(u32) -> Option<String>,
@@ -26,9 +19,8 @@ fn check(
 ) {
     let mut history = History::default();
     for i in 1..=n {
-        history.begin(i, Some(format!("w-{i}")), i64::from(i) * 10);
         let outcome = if error(i).is_some() { AttemptOutcome::Failed } else { AttemptOutcome::Succeeded };
-        history.end(outcome, i64::from(i) * 10 + 5, error(i));
+        history.push(entry(i, outcome, error(i)));
     }
     let attempts: Vec<u32> = history.entries().iter().map(|e| e.attempt).collect();
     let bytes: usize = history.entries().iter().filter_map(|e| e.error.as_ref()).map(String::len).sum();
@@ -74,61 +66,26 @@ fn drops_the_oldest_but_the_first_while_errors_are_too_large() {
 }
 
 #[test]
-fn a_new_attempt_is_running_until_it_ends() {
+fn a_first_entry_takes_room_for_one() {
     let mut history = History::default();
-    history.begin(1, None, 100);
-    assert_eq!(history.entries(), [entry_at(1, None, 100, None, AttemptOutcome::Running, None)]);
+    history.push(entry(1, AttemptOutcome::Expired, Some("lease expired".into())));
     assert_eq!(history.entries.capacity(), 1, "room for the one attempt most tasks have");
-    history.end(AttemptOutcome::Expired, 130, Some("lease expired".into()));
-    history.end(AttemptOutcome::Succeeded, 140, None);
-    assert_eq!(
-        history.entries(),
-        [entry_at(1, None, 100, Some(130), AttemptOutcome::Expired, Some("lease expired"))],
-        "an ended attempt is not ended again"
-    );
     // A count that stands still (it saturates) replaces the last entry.
-    history.begin(1, Some("w".into()), 200);
-    assert_eq!(history.entries(), [entry_at(1, Some("w"), 200, None, AttemptOutcome::Running, None)]);
-}
-
-fn entry_at(
-    attempt: u32,
-    worker: Option<&str>,
-    started_at: Millis,
-    finished_at: Option<Millis>,
-    outcome: AttemptOutcome,
-    error: Option<&str>,
-) -> Attempt {
-    Attempt {
-        attempt,
-        worker: worker.map(str::to_owned),
-        started_at,
-        finished_at,
-        outcome,
-        error: error.map(str::to_owned),
-    }
+    history.push(entry(1, AttemptOutcome::Succeeded, None));
+    assert_eq!(history.entries(), [entry(1, AttemptOutcome::Succeeded, None)]);
 }
 
 #[test]
 fn stored_entries_are_checked_and_kept_within_the_bound() {
     use AttemptOutcome::*;
-    let good = vec![entry(1, Failed, Some("e".into())), entry(3, Expired, None), entry(4, Running, None)];
+    let good = vec![entry(1, Failed, Some("e".into())), entry(3, Expired, None), entry(4, Succeeded, None)];
     assert_eq!(History::from_entries(good.clone()).map(|h| h.entries().to_vec()), Ok(good));
     assert_eq!(
         History::from_entries(vec![entry(2, Failed, None), entry(2, Failed, None)]),
         Err(HistoryError::OutOfOrder { previous: 2, attempt: 2 })
     );
-    assert_eq!(
-        History::from_entries(vec![entry(1, Running, None), entry(2, Failed, None)]),
-        Err(HistoryError::RunningBeforeTheEnd { attempt: 1 })
-    );
-    let mut unfinished = entry(1, Failed, None);
-    unfinished.finished_at = None;
-    let error = History::from_entries(vec![unfinished]).unwrap_err();
-    assert_eq!(error.to_string(), "attempt 1 of the history is failed with finished_at None");
-    let mut finished_running = entry(1, Running, None);
-    finished_running.finished_at = Some(5);
-    assert!(matches!(History::from_entries(vec![finished_running]), Err(HistoryError::FinishedAt { .. })));
+    let error = History::from_entries(vec![entry(1, Running, None)]).unwrap_err();
+    assert_eq!(error.to_string(), "attempt 1 of the history is running; a history holds finished attempts");
     let long: Vec<Attempt> = (1..=120).map(|i| entry(i, Succeeded, None)).collect();
     let kept = History::from_entries(long).expect("in order");
     assert_eq!(kept.len(), History::MAX_ENTRIES);

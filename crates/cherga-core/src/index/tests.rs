@@ -359,14 +359,14 @@ proptest! {
 
 /// The invariants of a task's attempt history, as the transitions keep them.
 fn check_history(task: &Task) -> Result<(), String> {
-    let entries = task.history.entries();
-    if entries.len() > History::MAX_ENTRIES {
+    let entries: Vec<_> = task.attempt_history().collect();
+    if entries.len() > History::MAX_ENTRIES || task.history.len() > History::MAX_ENTRIES {
         return Err(format!("{} entries, above the bound", entries.len()));
     }
     if entries.windows(2).any(|w| w[0].attempt >= w[1].attempt) {
         return Err("attempt numbers do not increase".into());
     }
-    // Every lease made an entry, and these tasks' errors are far below the
+    // Every lease is an attempt, and these tasks' errors are far below the
     // bound of error text: the first and the most recent ones are there.
     let expected_len = (task.attempts as usize).min(History::MAX_ENTRIES);
     if entries.len() != expected_len || entries.first().is_some_and(|e| e.attempt != 1) {
@@ -381,7 +381,7 @@ fn check_history(task: &Task) -> Result<(), String> {
         (true, [entry]) => {
             let lease = task.lease.as_ref().ok_or("running without a lease")?;
             let is_last = std::ptr::eq(*entry, entries.last().expect("one entry"));
-            if !is_last || entry.started_at != lease.leased_at || entry.worker != lease.worker {
+            if !is_last || entry.started_at != lease.leased_at || entry.worker != lease.worker.as_deref() {
                 return Err("the running entry is not the current lease's".into());
             }
         }
@@ -395,7 +395,7 @@ fn check_history(task: &Task) -> Result<(), String> {
     // `last_error` is the error of the last attempt that failed or expired.
     let last_failure =
         entries.iter().rev().find(|e| matches!(e.outcome, AttemptOutcome::Failed | AttemptOutcome::Expired));
-    if task.last_error.as_deref() != last_failure.and_then(|e| e.error.as_deref()) {
+    if task.last_error.as_deref() != last_failure.and_then(|e| e.error) {
         return Err("last_error is not the last failure's error".into());
     }
     Ok(())

@@ -286,31 +286,32 @@ fn lease_tokens_are_the_attempt_and_sixteen_hex_digits() {
     }
 }
 
-/// Runs `steps` against a fresh ready task (3 attempts, backoff 1 s doubling)
-/// and compares its history after them, one line per entry: `attempt worker
+/// The attempt history of `task`, one line per entry: `attempt worker
 /// +started..+finished outcome error`, times from `T0`.
-fn check_history(steps: &[&dyn Fn(&mut Task)], expected: &[&str]) {
-    let mut task = ready_task();
-    for step in steps {
-        step(&mut task);
-    }
-    let lines: Vec<String> = task
-        .history
-        .entries()
-        .iter()
+fn history_lines(task: &Task) -> Vec<String> {
+    task.attempt_history()
         .map(|e| {
             let finished = e.finished_at.map_or("".to_owned(), |at| format!("+{}", at - T0));
             format!(
                 "{} {} +{}..{finished} {} {}",
                 e.attempt,
-                e.worker.as_deref().unwrap_or("-"),
+                e.worker.unwrap_or("-"),
                 e.started_at - T0,
                 e.outcome,
-                e.error.as_deref().unwrap_or("-")
+                e.error.unwrap_or("-")
             )
         })
-        .collect();
-    assert_eq!(lines, expected, "history of {task:#?}");
+        .collect()
+}
+
+/// Runs `steps` against a fresh ready task (3 attempts, backoff 1 s doubling)
+/// and compares its attempt history after them with `expected`.
+fn check_history(steps: &[&dyn Fn(&mut Task)], expected: &[&str]) {
+    let mut task = ready_task();
+    for step in steps {
+        step(&mut task);
+    }
+    assert_eq!(history_lines(&task), expected, "history of {task:#?}");
 }
 
 /// Leases the task at `at` (promoting it first) for 1 s, for `worker`.
@@ -375,10 +376,12 @@ fn history_of_nacks_expiries_and_a_retry() {
 #[test]
 fn history_keeps_the_first_attempt_and_the_most_recent() {
     let mut task = Task::create("q", NewTask { max_attempts: Some(1000), ..new_task() }, &settings(), 1, T0);
+    let mut running_lengths = Vec::new();
     for i in 0..150 {
         let at = T0 + i * 10;
         task.promote(at);
         task.lease(1, 1000, None, at).unwrap();
+        running_lengths.push(task.attempt_history().count());
         let tok = token_of(&task);
         task.nack(&tok, Some(format!("e{}", i + 1)), Some(0), false, &settings(), 0.0, at + 1).unwrap();
     }
@@ -393,34 +396,26 @@ fn history_keeps_the_first_attempt_and_the_most_recent() {
         entries[99].error.as_deref(),
         "the last one's error is last_error"
     );
+    assert_eq!(running_lengths[..3], [1, 2, 3]);
+    assert!(running_lengths[99..].iter().all(|&n| n == History::MAX_ENTRIES), "{running_lengths:?}");
+
+    // While the 151st attempt runs, the history shows it in place of the oldest but the first.
+    task.promote(T0 + 2000);
+    task.lease(1, 1000, None, T0 + 2000).unwrap();
+    let shown: Vec<u32> = task.attempt_history().map(|e| e.attempt).collect();
+    assert_eq!(shown.len(), History::MAX_ENTRIES);
+    assert_eq!((shown[..2].to_vec(), shown[98..].to_vec()), (vec![1, 53], vec![150, 151]));
 }
 
 #[test]
-fn a_restored_lease_gets_its_entry_back() {
-    let mut leased = ready_task();
-    leased.lease(1, 1000, Some("w".into()), T0 + 5).unwrap();
-    leased.extend(&token_of(&leased), 2000, T0 + 50).unwrap();
-    // A store that journals the lease by its fields: the task as it was before
-    // the lease, with the lease's fields set.
-    let mut restored = ready_task();
-    restored.attempts = leased.attempts;
-    restored.state = leased.state;
-    restored.lease = leased.lease.clone();
-    restored.updated_at = leased.updated_at;
-    restored.restore_lease_entry();
-    assert_eq!(restored, leased);
-    restored.restore_lease_entry();
-    assert_eq!(restored, leased, "an entry there already is kept");
-
-    let mut done = leased.clone();
-    done.ack(&token_of(&leased), None, T0 + 60).unwrap();
-    let before = done.clone();
-    done.restore_lease_entry();
-    assert_eq!(done, before, "a task that is not running is left alone");
-
-    // A task stored before histories were kept, running when it was.
-    let mut old = leased.clone();
-    old.history = History::default();
-    old.ack(&token_of(&leased), None, T0 + 60).unwrap();
-    assert_eq!(old.history, before.history, "ending the attempt adds its entry from the lease");
+fn the_running_attempt_is_the_lease() {
+    let mut t = ready_task();
+    t.lease(1, 1000, Some("w".into()), T0 + 5).unwrap();
+    assert!(t.history.is_empty(), "a lease stores no entry: {t:?}");
+    let tok = token_of(&t);
+    t.extend(&tok, 2000, T0 + 50).unwrap();
+    assert_eq!(history_lines(&t), ["1 w +5.. running -"], "an extension is the same attempt");
+    t.ack(&tok, None, T0 + 60).unwrap();
+    assert_eq!(history_lines(&t), ["1 w +5..+60 succeeded -"]);
+    assert_eq!(t.history.len(), 1);
 }

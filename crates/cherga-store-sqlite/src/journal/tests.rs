@@ -2,7 +2,7 @@ use super::*;
 use cherga_core::QueueSettings;
 use proptest::prelude::*;
 
-/// A task on its second attempt, the first having failed.
+/// A task on its third attempt, the first having failed and the second expired.
 fn task(seq: u64) -> Task {
     Task {
         id: TaskId::new(1_700_000_000_000, seq),
@@ -14,12 +14,12 @@ fn task(seq: u64) -> Task {
         idempotency_key: Some("order-42".into()),
         group: None,
         max_attempts: 25,
-        attempts: 2,
+        attempts: 3,
         state: TaskState::Running,
         result: None,
-        last_error: Some("timeout".into()),
+        last_error: Some("lease expired".into()),
         lease: Some(Lease {
-            token: LeaseToken::new(2, 0xfeed),
+            token: LeaseToken::new(3, 0xfeed),
             expires_at: 1_700_000_030_000,
             worker: Some("w-1".into()),
             leased_at: 1_700_000_000_900,
@@ -29,17 +29,17 @@ fn task(seq: u64) -> Task {
                 attempt: 1,
                 worker: None,
                 started_at: 1_700_000_000_100,
-                finished_at: Some(1_700_000_000_200),
+                finished_at: 1_700_000_000_200,
                 outcome: AttemptOutcome::Failed,
                 error: Some("timeout".into()),
             },
             Attempt {
                 attempt: 2,
-                worker: Some("w-1".into()),
-                started_at: 1_700_000_000_900,
-                finished_at: None,
-                outcome: AttemptOutcome::Running,
-                error: None,
+                worker: Some("w-0".into()),
+                started_at: 1_700_000_000_300,
+                finished_at: 1_700_000_000_400,
+                outcome: AttemptOutcome::Expired,
+                error: Some("lease expired".into()),
             },
         ])
         .expect("a history"),
@@ -143,7 +143,7 @@ fn lease_fields_apply_to_the_task_they_came_from() {
     let token = before.lease.as_ref().expect("leased").token.clone();
     before.nack(&token, Some("e".into()), Some(0), false, &settings, 0.0, before.updated_at + 1).unwrap();
     before.promote(before.run_at);
-    // A lease, then an extension: the history gains the lease's entry once.
+    // A lease, then an extension: the history is as it was, the attempt is the lease.
     let mut after = before.clone();
     after.lease(1, 5_000, None, after.updated_at + 10).unwrap();
     let mut batch = Batch::default();
@@ -154,25 +154,23 @@ fn lease_fields_apply_to_the_task_they_came_from() {
     let mut replayed = before.clone();
     replay(&mut batch, &mut replayed);
     assert_eq!(replayed, after);
-    assert_eq!(replayed.history.len(), 3);
+    assert_eq!(replayed.attempt_history().count(), 4);
 
-    // A lease record of format 1 starts its entry at the record's time.
+    // A lease record of format 1 starts its attempt at the record's time.
     let mut old = vec![FORMAT_1, LEASED];
     old.extend_from_slice(&after.id.seq().to_le_bytes());
     put_lease_fields_1(&mut old, &after);
     let Record::Leased(fields) = decode(&old).expect("decode").remove(0) else { panic!("not leased") };
     let mut replayed = before;
     fields.apply(&mut replayed);
-    let leased_at = after.lease.as_ref().map(|l| l.leased_at);
-    assert_eq!(leased_at, after.history.last().map(|e| e.started_at));
     assert_eq!(replayed.lease.as_ref().map(|l| l.leased_at), Some(after.updated_at));
-    assert_eq!(replayed.history.last().map(|e| e.started_at), Some(after.updated_at));
-    assert_eq!(replayed.history.entries()[..2], after.history.entries()[..2]);
+    assert_eq!(replayed.attempt_history().last().map(|e| e.started_at), Some(after.updated_at));
+    assert_eq!(replayed.history, after.history);
 }
 
 #[test]
 fn bodies_and_rows_of_format_1_are_read() {
-    // A task that finished has its history as it was then: none.
+    // A task stored then has no history, and its lease started at its last change.
     let mut done = task(5);
     let token = done.lease.as_ref().expect("leased").token.clone();
     done.ack(&token, Some("1".into()), done.updated_at + 5).unwrap();
@@ -180,13 +178,10 @@ fn bodies_and_rows_of_format_1_are_read() {
     expected.history = History::default();
     expected.lease.as_mut().expect("kept").leased_at = done.updated_at;
     assert_eq!(decode_task(&format_1(&done)), Ok(expected));
-    // A task running then gets the entry of its lease.
     let running = task(6);
     let decoded = decode_task(&format_1(&running)).expect("decode");
-    let entries = decoded.history.entries();
-    assert_eq!(entries.len(), 1, "{decoded:#?}");
-    assert_eq!((entries[0].attempt, entries[0].started_at), (2, running.updated_at));
-    assert_eq!(entries[0].worker.as_deref(), Some("w-1"));
+    let shown: Vec<_> = decoded.attempt_history().map(|e| (e.attempt, e.started_at, e.outcome)).collect();
+    assert_eq!(shown, [(3, running.updated_at, AttemptOutcome::Running)]);
     // A journal row of format 1 holds such tasks.
     let mut row = format_1(&running);
     row.insert(1, CREATED);
@@ -215,10 +210,10 @@ fn a_finished_task_of_one_attempt_costs_little_history() {
     };
     // A count of no entries.
     assert_eq!(added(&new), 4);
-    // The lease's start, the count, and the one entry's flags; its attempt,
-    // worker and start are the lease's.
-    assert_eq!(added(&leased), 8 + 4 + 1);
-    // And when it ended.
+    // The lease's start and the count: the running attempt is the lease.
+    assert_eq!(added(&leased), 8 + 4);
+    // The ended attempt's flags and end; its attempt, worker and start are the
+    // lease's.
     assert_eq!(added(&acked), 8 + 4 + 1 + 8);
     // A lease record is the lease's fields, its start among them: the entry
     // is left out.
@@ -277,29 +272,22 @@ fn any_state() -> impl Strategy<Value = TaskState> {
     proptest::sample::select(TaskState::ALL.to_vec())
 }
 
-/// Entries that make a history: increasing attempts, only the last maybe running.
+/// Entries that make a history: finished, with increasing attempts.
 fn any_history() -> impl Strategy<Value = History> {
     let entry = (
         1u32..4,
         proptest::option::of("\\PC{0,8}"),
         any::<i64>(),
         any::<i64>(),
-        proptest::sample::select(AttemptOutcome::ALL.to_vec()),
+        proptest::sample::select(AttemptOutcome::ALL[1..].to_vec()),
         proptest::option::of("\\PC{0,12}"),
     );
     proptest::collection::vec(entry, 0..5).prop_map(|entries| {
-        let len = entries.len();
         let mut attempt = 0;
         let entries = entries
             .into_iter()
-            .enumerate()
-            .map(|(i, (gap, worker, started_at, finished_at, outcome, error))| {
+            .map(|(gap, worker, started_at, finished_at, outcome, error)| {
                 attempt += gap;
-                let outcome = match outcome {
-                    AttemptOutcome::Running if i + 1 < len => AttemptOutcome::Failed,
-                    other => other,
-                };
-                let finished_at = (outcome != AttemptOutcome::Running).then_some(finished_at);
                 Attempt { attempt, worker, started_at, finished_at, outcome, error }
             })
             .collect();
@@ -338,7 +326,7 @@ prop_compose! {
             }),
             history, created_at, updated_at, finished_at,
         };
-        // Half the time the last entry is the lease's, as after a lease.
+        // Half the time the last entry is the lease's, as after an ack or a nack.
         if let (true, Some(last), Some(lease)) = (of_lease, task.history.last(), task.lease.as_mut()) {
             task.attempts = last.attempt;
             lease.leased_at = last.started_at;
@@ -368,7 +356,7 @@ proptest! {
 
 #[test]
 fn corrupt_histories_are_named() {
-    // `task(1)` has two entries: attempt 1 in full, then the lease's.
+    // `task(1)` has two entries, neither the lease's.
     let with = task(1);
     let mut without = with.clone();
     without.history = History::default();
@@ -391,6 +379,13 @@ fn corrupt_histories_are_named() {
     let mut bad = body.clone();
     bad[first_flags + 1..first_flags + 5].copy_from_slice(&5u32.to_le_bytes());
     assert_eq!(decode_task(&bad).unwrap_err(), "attempt 2 of the history follows attempt 5");
+
+    let mut bad = body.clone();
+    bad[first_flags] = AttemptOutcome::Running.code() | ENTRY_ERROR;
+    assert_eq!(
+        decode_task(&bad).unwrap_err(),
+        "attempt 1 of the history is running; a history holds finished attempts"
+    );
 
     let mut leaseless = with.clone();
     leaseless.lease = None;
