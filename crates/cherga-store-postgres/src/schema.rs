@@ -8,10 +8,10 @@
 use crate::pool::Conn;
 
 /// The newest schema version this build knows.
-pub const VERSION: i32 = 2;
+pub const VERSION: i32 = 3;
 
 /// Every migration in version order: index 0 makes version 1.
-pub const MIGRATIONS: [&str; 2] = [V1, V2];
+pub const MIGRATIONS: [&str; 3] = [V1, V2, V3];
 
 const V1: &str = "
 CREATE TABLE queues (
@@ -101,6 +101,17 @@ CREATE TABLE revoked_tokens (
     revoked_at bigint NOT NULL
 );
 CREATE INDEX revoked_tokens_expiry ON revoked_tokens (expires_at);
+";
+
+/// Version 3: each task's attempt history (`rows.rs`: a JSON array, one object
+/// per attempt) and the start of its lease. Columns with a constant default are
+/// added without rewriting the table. Tasks stored before have no history of
+/// their earlier attempts; a lease of theirs started, as far as this build
+/// knows, at the task's `updated_at`.
+const V3: &str = "
+ALTER TABLE tasks
+    ADD COLUMN leased_at bigint,
+    ADD COLUMN history   jsonb NOT NULL DEFAULT '[]';
 ";
 
 /// Brings the schema (in `schema`, created if missing, or the connection's

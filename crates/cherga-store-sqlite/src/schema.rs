@@ -5,7 +5,7 @@ use cherga_core::{Lease, LeaseToken, Task, TaskId, TaskState};
 use rusqlite::{Connection, OptionalExtension};
 
 /// The version this build writes; `PRAGMA user_version` holds the version on disk.
-pub const VERSION: i64 = 6;
+pub const VERSION: i64 = 7;
 
 const V1: &str = "
 CREATE TABLE queues (
@@ -182,6 +182,14 @@ fn v6_tasks(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Version 7: task bodies and journal rows of format 2 (`journal.rs`), which
+/// carry each task's attempt history and the start of its lease. No table
+/// changes and no row is rewritten: rows and journal rows of format 1 are read
+/// as they are, their tasks without a history of the attempts made before. The
+/// version is raised so that an older build, which cannot read format 2,
+/// refuses the database instead of calling its rows corrupt.
+const V7: &str = "";
+
 /// The counter that kept purged sequence numbers from being given again before
 /// version 6, when every queue shared one counter; each queue has its own now
 /// (`seqs::counter`), and the old numbers are below every queue's range.
@@ -239,11 +247,14 @@ fn v2_task(row: &rusqlite::Row<'_>) -> rusqlite::Result<Task> {
     let id = <[u8; 16]>::try_from(id.as_slice()).map_err(|_| corrupt("task id is not 16 bytes".into()))?;
     let code: u8 = row.get(10)?;
     let state = TaskState::from_code(code).ok_or_else(|| corrupt(format!("unknown task state {code}")))?;
+    let updated_at: i64 = row.get(17)?;
     let lease = row.get::<_, Option<String>>(13)?.map(|token| -> rusqlite::Result<Lease> {
         Ok(Lease {
             token: LeaseToken::from_string(token),
             expires_at: row.get::<_, Option<i64>>(14)?.unwrap_or(0),
             worker: row.get(15)?,
+            // Not stored then: the task's last change is the closest known time.
+            leased_at: updated_at,
         })
     });
     Ok(Task {
@@ -261,8 +272,9 @@ fn v2_task(row: &rusqlite::Row<'_>) -> rusqlite::Result<Task> {
         result: row.get(11)?,
         last_error: row.get(12)?,
         lease: lease.transpose()?,
+        history: cherga_core::History::default(),
         created_at: row.get(16)?,
-        updated_at: row.get(17)?,
+        updated_at,
         finished_at: row.get(18)?,
     })
 }
@@ -274,13 +286,14 @@ struct Migration {
 }
 
 /// Every migration in version order: index 0 makes version 1.
-const MIGRATIONS: [Migration; 6] = [
+const MIGRATIONS: [Migration; 7] = [
     Migration { sql: V1, then: None },
     Migration { sql: V2, then: None },
     Migration { sql: V3, then: Some(v3_tasks) },
     Migration { sql: V4, then: None },
     Migration { sql: V5, then: Some(v5_tasks) },
     Migration { sql: V6, then: Some(v6_tasks) },
+    Migration { sql: V7, then: None },
 ];
 
 /// The page cache, in KiB.
@@ -367,7 +380,9 @@ mod tests {
                 token: LeaseToken::new(1, seq),
                 expires_at: 1_700_000_030_000,
                 worker: Some("w".into()),
+                leased_at: 1_700_000_001_000,
             }),
+            history: cherga_core::History::default(),
             created_at: 1_700_000_000_000 + seq as i64,
             updated_at: 1_700_000_001_000,
             finished_at: finished.then_some(1_700_000_001_000),
@@ -423,6 +438,8 @@ mod tests {
             .expect("queue ids");
         assert_eq!(ids, [("alpha".to_owned(), 1), ("zeta".to_owned(), 2)]);
         for task in &tasks {
+            // Version 2 kept no history, nor the start of a lease: it is taken
+            // to be the task's last change.
             assert_eq!(&crate::rows::load_seq(&conn, task.id.seq()).expect("migrated task"), task);
         }
         let copies: Vec<(i64, i64, u8, Option<i64>)> = conn
