@@ -10,9 +10,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 
 import cherga
+import cherga.errors
 from cherga import (
     ChergaError,
     Client,
@@ -204,17 +206,30 @@ def test_ids_and_queue_names_are_sent_as_one_path_segment(client: Client, queue:
     for task_id in ("", ".", "..", "a/b", "../queues", "?state=ready", "#x", "%2E"):
         with pytest.raises(InvalidTaskId):
             client.get_task(task_id)
-    # "." and ".." are valid queue names; each is its own queue.
+    # "." and ".." reach the server as names (not as dot segments), which
+    # refuses them: they are no queue names.
     for name in (".", ".."):
-        client.configure_queue(name, max_attempts=7)
-        task = client.enqueue(name, "k", key=f"{queue}-{name}")
-        assert task.queue == name and client.get_task(task.id).queue == name
-        assert task.id in {t.id for t in client.list_tasks(name, limit=1000).tasks}
-        assert client.get_queue(name).settings.max_attempts == 7
+        with pytest.raises(InvalidQueueName):
+            client.enqueue(name, "k")
     with pytest.raises(InvalidQueueName):
         client.enqueue("", "k")
     with pytest.raises(InvalidQueueName):
         client.enqueue("a/b", "k")
+
+
+def test_every_error_code_of_the_server_has_its_class(server: Server) -> None:
+    document = httpx.get(f"{server.url}/v1/openapi.json").json()
+    codes = document["components"]["schemas"]["WireError"]["properties"]["code"]["enum"]
+    assert "invalid_json" in codes
+    assert [code for code in codes if code not in cherga.errors.ERROR_CLASSES] == []
+
+
+def test_a_request_addressed_to_another_host_is_forbidden(server: Server, queue: str) -> None:
+    # What a web page reaching the server through a name of its own would send.
+    with Client(server.url, headers={"host": "evil.example"}, retries=0) as client:
+        with pytest.raises(cherga.Forbidden) as refused:
+            client.enqueue(queue, "k")
+    assert refused.value.status == 403 and "--allowed-hosts" in refused.value.message
 
 
 def test_retries_ride_out_a_server_restart(own_server: Server) -> None:

@@ -57,12 +57,14 @@ impl Serialize for Audience {
 
 impl<'de> Deserialize<'de> for Audience {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        StringOrList::deserialize(d).map(|l| Audience(l.0))
+        StringOrList::deserialize(d).map(|l| Audience(l.into_vec()))
     }
 }
 
 /// A `scope` claim: `"produce:payments consume:payments"` or
-/// `["produce:payments", "consume:payments"]`, read as a list either way.
+/// `["produce:payments", "consume:payments"]`, read as a list either way. In the
+/// array form each item is one scope: an item with whitespace inside is refused,
+/// not split (`["produce:q admin"]` must not grant `admin`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ScopeList(pub Vec<String>);
 
@@ -80,13 +82,34 @@ impl Serialize for ScopeList {
 
 impl<'de> Deserialize<'de> for ScopeList {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let list = StringOrList::deserialize(d)?;
-        Ok(ScopeList(list.0.iter().flat_map(|s| s.split_ascii_whitespace()).map(str::to_owned).collect()))
+        match StringOrList::deserialize(d)? {
+            StringOrList::One(words) => {
+                Ok(ScopeList(words.split_ascii_whitespace().map(str::to_owned).collect()))
+            }
+            StringOrList::Many(items) => {
+                if items.iter().any(|item| item.chars().any(char::is_whitespace)) {
+                    return Err(de::Error::custom("a scope in an array must not contain whitespace"));
+                }
+                Ok(ScopeList(items))
+            }
+        }
     }
 }
 
 /// A JSON string or an array of strings.
-struct StringOrList(Vec<String>);
+enum StringOrList {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl StringOrList {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            StringOrList::One(one) => vec![one],
+            StringOrList::Many(many) => many,
+        }
+    }
+}
 
 impl<'de> Deserialize<'de> for StringOrList {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -97,7 +120,7 @@ impl<'de> Deserialize<'de> for StringOrList {
                 f.write_str("a string or an array of strings")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<StringOrList, E> {
-                Ok(StringOrList(vec![v.to_owned()]))
+                Ok(StringOrList::One(v.to_owned()))
             }
             fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<StringOrList, A::Error> {
                 let mut out = Vec::new();
@@ -107,7 +130,7 @@ impl<'de> Deserialize<'de> for StringOrList {
                     }
                     out.push(item);
                 }
-                Ok(StringOrList(out))
+                Ok(StringOrList::Many(out))
             }
         }
         d.deserialize_any(V)
@@ -198,13 +221,15 @@ pub struct RevokeRequest {
         schema(min_length = 1, max_length = 256, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")
     )]
     pub jti: String,
-    /// When the revocation may be forgotten: the token's `exp` (a revoked token
-    /// past its expiry is refused anyway). Absent: kept for ever.
+    /// The token's `exp`: the revocation is kept until then plus the server's
+    /// clock-skew leeway (30 s), for as long as the token could be accepted; a
+    /// token past that is refused anyway. Absent: kept for ever.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<Timestamp>,
 }
 
-/// A revoked token id and how long the revocation is kept.
+/// A revoked token id and until when the revocation is kept (its token's `exp`
+/// plus the clock-skew leeway).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RevocationView {

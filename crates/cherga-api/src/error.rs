@@ -2,94 +2,78 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The machine-readable codes of API errors.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ErrorCode {
-    /// The body is not JSON, or a field is missing or of the wrong type.
-    InvalidJson,
-    /// A field has a value out of range.
-    InvalidRequest,
-    InvalidQueueName,
-    InvalidTaskId,
-    PayloadTooLarge,
-    BodyTooLarge,
-    QueueNotFound,
-    TaskNotFound,
-    RouteNotFound,
-    MethodNotAllowed,
-    UnsupportedMediaType,
-    /// The lease token is not the task's current lease.
-    LeaseLost,
-    /// The task is not in a state the operation applies to.
-    InvalidState,
-    IdempotencyKeyReused,
-    /// No bearer token, or one that is malformed, expired, not yet valid, signed
-    /// by an unknown key, for another issuer or audience, or revoked.
-    Unauthorized,
-    /// The token is valid but its scopes do not cover this request.
-    Forbidden,
-    /// The request took longer than the server's request timeout.
-    RequestTimeout,
-    /// Too many failed authentications from this client, or too many long polls
-    /// waiting: retry after the `Retry-After` seconds.
-    TooManyRequests,
-    /// The store cannot take requests right now; retry.
-    Unavailable,
-    Internal,
+/// Defines [`ErrorCode`] from one table: each code once, with its text and its
+/// HTTP status, so that [`ErrorCode::ALL`] cannot miss one.
+macro_rules! error_codes {
+    ($($(#[$doc:meta])* $code:ident = $text:literal => $status:literal,)*) => {
+        /// The machine-readable codes of API errors.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum ErrorCode {
+            $($(#[$doc])* $code,)*
+        }
+
+        impl ErrorCode {
+            /// Every code, as declared: the `code`s an error body may carry (the
+            /// OpenAPI document lists them, so clients can be checked against it).
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$code),*];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$code => $text,)*
+                }
+            }
+
+            /// The HTTP status of this code.
+            pub fn status(self) -> u16 {
+                match self {
+                    $(ErrorCode::$code => $status,)*
+                }
+            }
+        }
+    };
 }
 
-impl ErrorCode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::InvalidJson => "invalid_json",
-            ErrorCode::InvalidRequest => "invalid_request",
-            ErrorCode::InvalidQueueName => "invalid_queue_name",
-            ErrorCode::InvalidTaskId => "invalid_task_id",
-            ErrorCode::PayloadTooLarge => "payload_too_large",
-            ErrorCode::BodyTooLarge => "body_too_large",
-            ErrorCode::QueueNotFound => "queue_not_found",
-            ErrorCode::TaskNotFound => "task_not_found",
-            ErrorCode::RouteNotFound => "route_not_found",
-            ErrorCode::MethodNotAllowed => "method_not_allowed",
-            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
-            ErrorCode::LeaseLost => "lease_lost",
-            ErrorCode::InvalidState => "invalid_state",
-            ErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
-            ErrorCode::Unauthorized => "unauthorized",
-            ErrorCode::Forbidden => "forbidden",
-            ErrorCode::RequestTimeout => "request_timeout",
-            ErrorCode::TooManyRequests => "too_many_requests",
-            ErrorCode::Unavailable => "unavailable",
-            ErrorCode::Internal => "internal",
-        }
-    }
-
-    /// The HTTP status of this code.
-    pub fn status(self) -> u16 {
-        match self {
-            ErrorCode::InvalidJson
-            | ErrorCode::InvalidRequest
-            | ErrorCode::InvalidQueueName
-            | ErrorCode::InvalidTaskId => 400,
-            ErrorCode::Unauthorized => 401,
-            ErrorCode::Forbidden => 403,
-            ErrorCode::QueueNotFound | ErrorCode::TaskNotFound | ErrorCode::RouteNotFound => 404,
-            ErrorCode::MethodNotAllowed => 405,
-            ErrorCode::RequestTimeout => 408,
-            ErrorCode::LeaseLost | ErrorCode::InvalidState => 409,
-            ErrorCode::PayloadTooLarge | ErrorCode::BodyTooLarge => 413,
-            ErrorCode::UnsupportedMediaType => 415,
-            ErrorCode::IdempotencyKeyReused => 422,
-            ErrorCode::TooManyRequests => 429,
-            ErrorCode::Internal => 500,
-            ErrorCode::Unavailable => 503,
-        }
-    }
+error_codes! {
+    /// The body is not JSON, or a field is missing or of the wrong type, or it is
+    /// nested deeper than the server's limit.
+    InvalidJson = "invalid_json" => 400,
+    /// A field has a value out of range.
+    InvalidRequest = "invalid_request" => 400,
+    InvalidQueueName = "invalid_queue_name" => 400,
+    InvalidTaskId = "invalid_task_id" => 400,
+    /// No bearer token, or one that is malformed, expired, not yet valid, signed
+    /// by an unknown key, for another issuer or audience, or revoked.
+    Unauthorized = "unauthorized" => 401,
+    /// The token is valid but its scopes do not cover this request; or the
+    /// request came from a web page of another site, or (auth off) was addressed
+    /// to a host that is not local or allowed.
+    Forbidden = "forbidden" => 403,
+    QueueNotFound = "queue_not_found" => 404,
+    TaskNotFound = "task_not_found" => 404,
+    RouteNotFound = "route_not_found" => 404,
+    MethodNotAllowed = "method_not_allowed" => 405,
+    /// The request took longer than the server's request timeout.
+    RequestTimeout = "request_timeout" => 408,
+    /// The lease token is not the task's current lease.
+    LeaseLost = "lease_lost" => 409,
+    /// The task is not in a state the operation applies to.
+    InvalidState = "invalid_state" => 409,
+    PayloadTooLarge = "payload_too_large" => 413,
+    BodyTooLarge = "body_too_large" => 413,
+    /// A request body not sent as `Content-Type: application/json`.
+    UnsupportedMediaType = "unsupported_media_type" => 415,
+    IdempotencyKeyReused = "idempotency_key_reused" => 422,
+    /// Too many failed authentications from this client, or too many long polls
+    /// waiting: retry after the `Retry-After` seconds.
+    TooManyRequests = "too_many_requests" => 429,
+    Internal = "internal" => 500,
+    /// The store cannot take requests right now; retry.
+    Unavailable = "unavailable" => 503,
 }
 
 /// `{"code": ..., "message": ...}`: what went wrong, for machines and for people.
+/// `code` is one of [`ErrorCode::ALL`] (a client must still expect new ones).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WireError {
     pub code: String,
     pub message: String,
@@ -116,4 +100,48 @@ impl std::fmt::Display for WireError {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     pub error: WireError,
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for WireError {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .property(
+                "code",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some(ErrorCode::ALL.iter().map(|code| code.as_str())))
+                    .description(Some("The stable machine code; each maps to one HTTP status")),
+            )
+            .required("code")
+            .property(
+                "message",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .description(Some("What went wrong, for people")),
+            )
+            .required("message")
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for WireError {}
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorCode;
+
+    #[test]
+    fn every_code_is_listed_once_with_the_status_of_its_family() {
+        let mut texts: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        texts.sort_unstable();
+        texts.dedup();
+        assert_eq!(texts.len(), ErrorCode::ALL.len(), "codes are unique");
+        for code in ErrorCode::ALL {
+            assert!((400..600).contains(&code.status()), "{code:?}");
+            assert!(code.as_str().bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{code:?}");
+        }
+    }
 }

@@ -56,7 +56,9 @@ pub struct EnqueueRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<Value>))]
     pub payload: Option<Box<RawValue>>,
-    #[serde(deserialize_with = "number::whole", default)]
+    /// Higher runs first; `null` or left out: 0.
+    #[serde(deserialize_with = "number::or_default", default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<i32>))]
     pub priority: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_at: Option<Timestamp>,
@@ -331,6 +333,13 @@ pub struct TaskView {
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
     pub finished_at: Option<Timestamp>,
+    /// The task's attempts, oldest first: the first and the most recent (at
+    /// most 100, fewer when their errors are long), so `attempt` numbers may
+    /// skip.
+    // Read as empty from the answers of servers that kept no history.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    pub history: Vec<AttemptView>,
     /// Present while the task is running: when its lease expires and who holds it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_expires_at: Option<Timestamp>,
@@ -339,6 +348,42 @@ pub struct TaskView {
     /// Only in lease answers: the lease the caller now holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<LeaseView>,
+}
+
+/// One attempt of a task: a lease, who held it, and how it ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AttemptView {
+    /// 1 for the first lease of the task, counting every lease.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
+    pub attempt: u32,
+    /// The `worker` the lease request named.
+    pub worker: Option<String>,
+    /// When the lease was made (the server's clock).
+    pub started_at: Timestamp,
+    /// When the attempt ended: at the ack or nack, or when the lease ran out
+    /// (its last `expires_at`) for `expired`. `null` while `running`.
+    pub finished_at: Option<Timestamp>,
+    /// `running` (the current attempt), `succeeded` (acked), `failed` (nacked;
+    /// the task's `state` says whether it will run again) or `expired` (the
+    /// lease ran out).
+    #[cfg_attr(feature = "openapi", schema(value_type = openapi::AttemptOutcome))]
+    pub outcome: String,
+    /// The nack's error, or `lease expired`.
+    pub error: Option<String>,
+}
+
+impl AttemptView {
+    pub fn from_attempt(attempt: cherga_core::AttemptRef<'_>) -> Self {
+        Self {
+            attempt: attempt.attempt,
+            worker: attempt.worker.map(str::to_owned),
+            started_at: Timestamp(attempt.started_at),
+            finished_at: attempt.finished_at.map(Timestamp),
+            outcome: attempt.outcome.as_str().to_owned(),
+            error: attempt.error.map(str::to_owned),
+        }
+    }
 }
 
 /// The lease a worker holds: present its token to ack, nack or extend.
@@ -376,6 +421,7 @@ impl TaskView {
             created_at: Timestamp(task.created_at),
             updated_at: Timestamp(task.updated_at),
             finished_at: task.finished_at.map(Timestamp),
+            history: task.attempt_history().map(AttemptView::from_attempt).collect(),
             lease_expires_at: lease.map(|l| Timestamp(l.expires_at)),
             worker: lease.and_then(|l| l.worker.clone()),
             lease: None,

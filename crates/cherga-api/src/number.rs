@@ -46,9 +46,9 @@ impl<'de, T: TryFrom<i128>> Deserialize<'de> for Whole<T> {
     }
 }
 
-/// For `#[serde(deserialize_with = "number::whole")]`.
-pub(crate) fn whole<'de, D: Deserializer<'de>, T: TryFrom<i128>>(d: D) -> Result<T, D::Error> {
-    Whole::deserialize(d).map(|w| w.0)
+/// For fields with a default: `null` is the default, as if the field were left out.
+pub(crate) fn or_default<'de, D: Deserializer<'de>, T: TryFrom<i128> + Default>(d: D) -> Result<T, D::Error> {
+    optional(d).map(Option::unwrap_or_default)
 }
 
 /// For `Option` fields: `null` is `None`.

@@ -22,3 +22,44 @@ pub struct BatchItemRequest {
     #[schema(value_type = Option<i64>, minimum = 0, maximum = 4294967295_i64)]
     max_attempts: Option<u32>,
 }
+
+/// How an attempt ended, or `running` for the current one.
+// A `String` in `AttemptView`, so that a client reads outcomes added later.
+#[derive(utoipa::ToSchema, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)] // Read by the OpenAPI derive only.
+pub enum AttemptOutcome {
+    Running,
+    Succeeded,
+    Failed,
+    Expired,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use utoipa::PartialSchema;
+
+    #[test]
+    fn attempt_outcomes_are_those_of_the_core() {
+        let schema = serde_json::to_value(AttemptOutcome::schema()).unwrap();
+        let names: Vec<&str> =
+            schema["enum"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        assert_eq!(names, cherga_core::AttemptOutcome::ALL.map(cherga_core::AttemptOutcome::as_str));
+    }
+
+    #[test]
+    fn a_task_has_a_history_of_attempts() {
+        let task = serde_json::to_value(crate::TaskView::schema()).unwrap();
+        assert_eq!(task["properties"]["history"]["items"]["$ref"], "#/components/schemas/AttemptView");
+        assert!(task["required"].as_array().unwrap().contains(&"history".into()), "{task:#}");
+        let attempt = serde_json::to_value(crate::AttemptView::schema()).unwrap();
+        assert_eq!(
+            attempt["properties"]["outcome"]["$ref"], "#/components/schemas/AttemptOutcome",
+            "{attempt:#}"
+        );
+        let mut names: Vec<&String> = attempt["properties"].as_object().unwrap().keys().collect();
+        names.sort();
+        assert_eq!(names, ["attempt", "error", "finished_at", "outcome", "started_at", "worker"]);
+    }
+}

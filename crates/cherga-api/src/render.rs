@@ -18,7 +18,7 @@
 //! [`BatchResponse`]: crate::BatchResponse
 
 use crate::{Timestamp, WireError};
-use cherga_core::{Lease, Task, TaskId, TaskState};
+use cherga_core::{AttemptRef, Lease, Task, TaskId, TaskState};
 
 /// Which view of a task to write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,10 +71,15 @@ pub fn task(out: &mut Vec<u8>, task: &Task, view: View) {
     out.extend_from_slice(b",\"updated_at\":");
     time(out, task.updated_at);
     out.extend_from_slice(b",\"finished_at\":");
-    match task.finished_at {
-        Some(at) => time(out, at),
-        None => out.extend_from_slice(b"null"),
+    optional_time(out, task.finished_at);
+    out.extend_from_slice(b",\"history\":[");
+    for (i, entry) in task.attempt_history().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        attempt(out, entry);
     }
+    out.push(b']');
     if let Some(lease) = running_lease {
         out.extend_from_slice(b",\"lease_expires_at\":");
         time(out, lease.expires_at);
@@ -89,6 +94,23 @@ pub fn task(out: &mut Vec<u8>, task: &Task, view: View) {
         out.extend_from_slice(b",\"lease\":");
         lease_object(out, lease);
     }
+    out.push(b'}');
+}
+
+/// A [`crate::AttemptView`].
+fn attempt(out: &mut Vec<u8>, entry: AttemptRef<'_>) {
+    out.extend_from_slice(b"{\"attempt\":");
+    integer(out, entry.attempt);
+    out.extend_from_slice(b",\"worker\":");
+    optional_string(out, entry.worker);
+    out.extend_from_slice(b",\"started_at\":");
+    time(out, entry.started_at);
+    out.extend_from_slice(b",\"finished_at\":");
+    optional_time(out, entry.finished_at);
+    out.extend_from_slice(b",\"outcome\":\"");
+    out.extend_from_slice(entry.outcome.as_str().as_bytes());
+    out.extend_from_slice(b"\",\"error\":");
+    optional_string(out, entry.error);
     out.push(b'}');
 }
 
@@ -227,6 +249,13 @@ fn time(out: &mut Vec<u8>, at: cherga_core::Millis) {
     out.push(b'"');
     Timestamp(at).write_rfc3339(out);
     out.push(b'"');
+}
+
+fn optional_time(out: &mut Vec<u8>, at: Option<cherga_core::Millis>) {
+    match at {
+        Some(at) => time(out, at),
+        None => out.extend_from_slice(b"null"),
+    }
 }
 
 fn integer(out: &mut Vec<u8>, n: impl itoa::Integer) {

@@ -91,3 +91,25 @@ fn timestamps_round_trip() {
     assert_eq!(t.to_rfc3339(), "2026-01-02T03:04:05.006Z");
     assert_eq!(Timestamp::parse(&t.to_rfc3339()), Ok(t));
 }
+
+/// RFC 3339 (and the OpenAPI `date-time` format) has a leap second only as
+/// 23:59:60 and no `.` without digits; the parser underneath takes both.
+#[test]
+fn timestamps_are_rfc_3339_to_the_letter() {
+    for good in [
+        "2026-01-02T03:04:05Z",
+        "2016-12-31T23:59:60Z",
+        "2016-12-31T23:59:60.5Z",
+        "2026-01-02T03:04:05.1+00:00",
+    ] {
+        assert!(Timestamp::parse(good).is_ok(), "{good}");
+    }
+    for bad in [
+        "2026-01-02T22:04:60Z",
+        "2026-01-02T23:58:60.1Z",
+        "2026-01-02T03:04:05.Z",
+        "2026-01-02T03:04:05.+00:00",
+    ] {
+        assert!(Timestamp::parse(bad).is_err(), "{bad}");
+    }
+}

@@ -55,6 +55,15 @@ impl Timestamp {
     /// # Errors
     /// When `text` is not an RFC 3339 UTC time.
     pub fn parse(text: &str) -> Result<Self, String> {
+        // humantime takes a leap second at any minute and a `.` without digits;
+        // RFC 3339 (and the OpenAPI document's `date-time`) does not.
+        let b = text.as_bytes();
+        if b.get(17..19) == Some(b"60") && b.get(11..16) != Some(b"23:59") {
+            return Err(format!("{text:?}: a leap second is 23:59:60 (UTC), at no other minute"));
+        }
+        if b.get(19) == Some(&b'.') && !b.get(20).is_some_and(u8::is_ascii_digit) {
+            return Err(format!("{text:?}: the fraction of a second needs a digit after the '.'"));
+        }
         let at = humantime::parse_rfc3339(text)
             .map_err(|e| format!("{text:?} is not an RFC 3339 UTC time such as 2026-01-02T03:04:05Z: {e}"))?;
         let ms = at.duration_since(SystemTime::UNIX_EPOCH).map_err(|_| "time before 1970".to_owned())?;
@@ -122,6 +131,21 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
     (yoe + era * 400 + i64::from(month <= 2), month, day)
 }
 
+/// The RFC 3339 times [`Timestamp::parse`] accepts, as a regular expression for
+/// the OpenAPI document: UTC only (`Z` or `+00:00`), `T` between date and time,
+/// years 1970 to 9999, real dates (February 29 in leap years only), a leap
+/// second only as 23:59:60, any number of fraction digits (at least one after a
+/// `.`). A test holds it to the parser.
+pub const RFC3339_PATTERN: &str = concat!(
+    "^(",
+    // Any year: days 1-28 of every month, 29-30 of all but February, 31 of the long months.
+    "(19[7-9][0-9]|[2-9][0-9]{3})-",
+    "((0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])|(0[13-9]|1[0-2])-(29|30)|(0[13578]|1[02])-31)",
+    // February 29 of a leap year: divisible by 4, and by 400 at a century.
+    "|(19([79][26]|8[048])|[2-9][0-9]([02468][48]|[2468]0|[13579][26])|([2468][048]|[3579][26])00)-02-29",
+    ")T(([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]|23:59:60)(\\.[0-9]+)?(Z|\\+00:00)$",
+);
+
 #[cfg(feature = "openapi")]
 impl utoipa::PartialSchema for Timestamp {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
@@ -130,18 +154,26 @@ impl utoipa::PartialSchema for Timestamp {
             .item(
                 ObjectBuilder::new()
                     .schema_type(Type::String)
-                    .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime))),
+                    .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
+                    .pattern(Some(RFC3339_PATTERN))
+                    .description(Some(
+                        "An RFC 3339 time in UTC (`Z`, or `+00:00` in requests), from 1970 to 9999, such as \
+                         2026-11-28T04:35:00.123Z; answers always write it this way, with milliseconds",
+                    )),
             )
             .item(
                 ObjectBuilder::new()
                     .schema_type(Type::Integer)
                     .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
                     .minimum(Some(0))
-                    .maximum(Some(MAX_MILLIS)),
+                    .maximum(Some(MAX_MILLIS))
+                    .description(Some(
+                        "Milliseconds since the Unix epoch, up to the end of 9999 (requests only)",
+                    )),
             )
             .description(Some(
-                "RFC 3339 UTC time (answers always use this form), or milliseconds since the Unix \
-                 epoch (accepted in requests); between 1970 and the end of 9999",
+                "A time between 1970 and the end of 9999, in UTC: RFC 3339 (answers always use this \
+                 form), or milliseconds since the Unix epoch (accepted in requests)",
             ))
             .into()
     }

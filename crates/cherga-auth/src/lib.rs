@@ -17,7 +17,8 @@ mod token;
 pub use keys::{Alg, Key, KeyError, KeySet, MIN_SECRET_BYTES, generate, public_only};
 pub use scope::{Access, QueuePattern, Scopes};
 pub use token::{
-    IssueError, MAX_JTI_LEN, MAX_TOKEN_LEN, NewToken, Policy, Principal, TokenError, Verifier, issue, new_jti,
+    IssueError, LEEWAY_S, MAX_JTI_LEN, MAX_TOKEN_LEN, NewToken, Policy, Principal, TokenError, Verifier,
+    issue, new_jti, revocation_expiry_ms,
 };
 
 #[cfg(test)]

@@ -189,3 +189,44 @@ fn rotation_two_kids_both_verify_until_one_is_removed() {
     assert_eq!(only_new.verify(&old_token, NOW).unwrap_err(), TokenError::UnknownKey);
     assert!(only_new.verify(&new_token_text, NOW).is_ok());
 }
+
+#[test]
+fn a_scope_item_with_whitespace_makes_the_token_malformed() {
+    let verifier = Verifier::new(set(vec![hs_entry("k", SECRET)]), policy());
+    let header = json!({"alg": "HS256", "kid": "k", "typ": "JWT"});
+    let with_scope = |scope: Value| {
+        let mut claims = good_claims();
+        claims["scope"] = scope;
+        verifier.verify(&hs_token(&header, &claims, SECRET), NOW)
+    };
+    // The string form is space-separated by definition (RFC 8693).
+    let scopes = with_scope(json!("produce:q1 consume:q2")).unwrap().scopes;
+    assert!(scopes.allows(Access::Produce, "q1") && scopes.allows(Access::Consume, "q2"));
+    // In the array form each item is one scope: one with whitespace inside is not
+    // read as several (it granted admin when it was).
+    for item in ["produce:q1 admin", "admin\tproduce:q1", " admin", "produce:q1\n"] {
+        assert_eq!(with_scope(json!(["consume:x", item])).unwrap_err(), TokenError::Malformed, "{item:?}");
+    }
+    assert!(with_scope(json!(["produce:q1", "admin"])).unwrap().scopes.is_admin());
+    // Nor can such a token be issued.
+    for bad in ["produce:q1 admin", "", "admin "] {
+        let err = issue(verifier.keys(), Some("k"), &new_token(&[bad])).unwrap_err();
+        assert!(matches!(err, IssueError::BadScope(_)), "{bad:?}: {err}");
+    }
+}
+
+#[test]
+fn a_revocation_outlives_every_moment_its_token_is_accepted() {
+    let verifier = Verifier::new(set(vec![hs_entry("k", SECRET)]), policy());
+    let header = json!({"alg": "HS256", "kid": "k", "typ": "JWT"});
+    let exp = NOW + 60;
+    let token = hs_token(&header, &json!({"iss": "cherga", "aud": "cherga", "exp": exp, "jti": "j"}), SECRET);
+    let kept_until_ms = revocation_expiry_ms(exp * 1000, policy().leeway_s);
+    // The last millisecond the token is accepted, and the first it is not.
+    let last_ms = (exp + policy().leeway_s) * 1000 - 1;
+    assert!(verifier.verify(&token, last_ms.div_euclid(1000)).is_ok());
+    assert_eq!(verifier.verify(&token, (last_ms + 1).div_euclid(1000)).unwrap_err(), TokenError::Expired);
+    assert!(kept_until_ms > last_ms, "a revocation kept until {kept_until_ms} lapses while the token works");
+    assert_eq!(kept_until_ms, last_ms + 1, "and it is kept no longer than needed");
+    assert_eq!(revocation_expiry_ms(i64::MAX - 5, 30), i64::MAX);
+}

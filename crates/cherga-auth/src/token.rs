@@ -17,6 +17,8 @@ use ring::rand::{SecureRandom, SystemRandom};
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 /// Longest `jti`.
 pub const MAX_JTI_LEN: usize = 256;
+/// The clock skew `cherga serve` allows on a token's `exp` and `nbf`, in seconds.
+pub const LEEWAY_S: i64 = 30;
 
 /// Why a token was refused. The messages are safe to show the caller: they say
 /// what is wrong, never what the token holds.
@@ -160,6 +162,14 @@ impl Verifier {
     }
 }
 
+/// Until when the revocation of a token that expires at `exp_ms` (milliseconds
+/// since the Unix epoch) must be kept, with `leeway_s` of clock skew allowed on
+/// `exp`: the token is accepted until `exp` plus the leeway, so a revocation
+/// forgotten at `exp` would let it work again for the rest of the leeway.
+pub fn revocation_expiry_ms(exp_ms: i64, leeway_s: i64) -> i64 {
+    exp_ms.saturating_add(leeway_s.saturating_mul(1000))
+}
+
 fn acceptable_typ(typ: &str) -> bool {
     typ.eq_ignore_ascii_case("JWT") || typ.eq_ignore_ascii_case("at+jwt")
 }
@@ -177,6 +187,8 @@ pub enum IssueError {
     Signing(String),
     #[error("the random source failed")]
     Random,
+    #[error("scope {0:?} is empty or has whitespace inside: give each scope as an item of its own")]
+    BadScope(String),
 }
 
 /// What to put in a new token.
@@ -197,9 +209,14 @@ pub struct NewToken {
 /// token and its claims.
 ///
 /// # Errors
-/// [`IssueError`] when the key is missing or cannot sign.
+/// [`IssueError`] when the key is missing or cannot sign, or a scope is empty or
+/// has whitespace inside (the claim joins scopes with spaces, so such an item
+/// would be read back as several scopes).
 pub fn issue(keys: &KeySet, kid: Option<&str>, new: &NewToken) -> Result<(String, Claims), IssueError> {
     crate::provider::install();
+    if let Some(bad) = new.scopes.iter().find(|s| s.is_empty() || s.chars().any(char::is_whitespace)) {
+        return Err(IssueError::BadScope(bad.clone()));
+    }
     let kid = match kid {
         Some(kid) => kid.to_owned(),
         None => match keys.kids() {

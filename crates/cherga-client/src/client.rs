@@ -353,7 +353,8 @@ pub(crate) fn build_url(base_url: &str, segments: &[&str]) -> String {
 
 fn push_segment(url: &mut String, segment: &str) {
     // `.` and `..` would be resolved away as relative paths; encoding their dots
-    // keeps them one segment. A queue may be named `.`: the name rule allows it.
+    // keeps them one segment, so the server refuses them as queue names (which
+    // they cannot be) instead of answering for another path.
     let only_dots = !segment.is_empty() && segment.bytes().all(|b| b == b'.');
     for byte in segment.bytes() {
         let unreserved = byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~');

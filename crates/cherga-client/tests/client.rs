@@ -283,6 +283,44 @@ async fn every_endpoint_round_trips() {
     server.stop().await;
 }
 
+/// Every answer with a whole task carries its attempts; the client reads them.
+#[tokio::test]
+async fn a_task_shows_each_attempt() {
+    let server = Server::start().await;
+    let client = &server.client;
+    let task = client.enqueue("hist", &request("a", json!(1)), None).await.unwrap().task;
+    assert!(task.history.is_empty(), "{task:?}");
+    let first = client.lease("hist", &lease(1)).await.unwrap().tasks.pop().unwrap();
+    let running = &first.history;
+    assert_eq!(running.len(), 1, "{first:?}");
+    assert_eq!((running[0].attempt, running[0].outcome.as_str()), (1, "running"));
+    assert_eq!((running[0].worker.as_deref(), running[0].finished_at), (Some("test"), None));
+    let nack = NackRequest {
+        lease: first.lease.as_ref().unwrap().token.clone(),
+        error: Some("boom".into()),
+        retry_in_ms: Some(0),
+        dead: false,
+    };
+    let failed = client.nack(&task.id, &nack).await.unwrap();
+    assert_eq!(failed.history[0].outcome, "failed");
+    assert_eq!(failed.history[0].error.as_deref(), Some("boom"));
+    assert!(failed.history[0].finished_at >= Some(failed.history[0].started_at), "{failed:?}");
+    // The timer makes the task ready again; a lease that waits gets it.
+    let again = LeaseRequest { wait_ms: Some(10_000), worker: Some("other".into()), ..lease(1) };
+    let second = client.lease("hist", &again).await.unwrap().tasks.pop().expect("the retry");
+    let ack = AckRequest { lease: second.lease.as_ref().unwrap().token.clone(), result: None };
+    client.ack(&task.id, &ack).await.unwrap();
+    let done = client.get_task(&task.id).await.unwrap();
+    let seen: Vec<(u32, Option<&str>, &str, Option<&str>)> = done
+        .history
+        .iter()
+        .map(|a| (a.attempt, a.worker.as_deref(), a.outcome.as_str(), a.error.as_deref()))
+        .collect();
+    assert_eq!(seen, [(1, Some("test"), "failed", Some("boom")), (2, Some("other"), "succeeded", None)]);
+    assert_eq!(done.history[1].started_at, second.history[1].started_at);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn drain_reports_each_outcome() {
     let server = Server::start().await;

@@ -6,12 +6,14 @@
 //! parameters, so every rule here can be tested exactly.
 
 pub mod change;
+pub mod history;
 pub mod index;
 pub mod queue;
 pub mod retry;
 pub mod task;
 
 pub use change::{Change, Transition};
+pub use history::{Attempt, AttemptOutcome, AttemptRef, History, HistoryError};
 pub use index::{Index, Loader, SeqHash, TaskSlot};
 pub use queue::{QueueName, QueueSettings, QueueSettingsPatch};
 pub use retry::Backoff;

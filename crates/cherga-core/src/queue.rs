@@ -4,13 +4,13 @@
 use crate::retry::Backoff;
 use std::fmt;
 
-/// A validated queue name: `[A-Za-z0-9_.-]{1,128}`.
+/// A validated queue name: `[A-Za-z0-9_.-]{1,128}`, but not `.` or `..`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct QueueName(String);
 
 /// Why a queue name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("queue name must be 1 to 128 characters of A-Z, a-z, 0-9, '_', '.', '-'")]
+#[error("queue name must be 1 to 128 characters of A-Z, a-z, 0-9, '_', '.', '-', and not `.` or `..`")]
 pub struct InvalidQueueName;
 
 impl QueueName {
@@ -18,10 +18,13 @@ impl QueueName {
     ///
     /// # Errors
     /// [`InvalidQueueName`] when the name is empty, longer than 128 bytes or has a
-    /// character outside `[A-Za-z0-9_.-]`.
+    /// character outside `[A-Za-z0-9_.-]`, and for `.` and `..`: a queue name is
+    /// a segment of a URL path, and those two segments are resolved away there.
     pub fn new(name: &str) -> Result<Self, InvalidQueueName> {
         let valid = !name.is_empty()
             && name.len() <= 128
+            && name != "."
+            && name != ".."
             && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
         if valid { Ok(Self(name.to_owned())) } else { Err(InvalidQueueName) }
     }
@@ -151,4 +154,22 @@ pub struct QueueSettingsPatch {
     pub paused: Option<bool>,
     pub retention_ms: Option<i64>,
     pub dedup_window_ms: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_names_are_path_segments_of_their_own() {
+        for good in
+            ["a", "payments", "billing.invoices", "...", ".hidden", "..x", "A-Z_0.9", &"q".repeat(128)]
+        {
+            assert!(QueueName::new(good).is_ok(), "{good:?}");
+        }
+        // `.` and `..` are not names a URL path can carry: they are resolved away.
+        for bad in ["", ".", "..", "a/b", "a b", "é", "a*", &"q".repeat(129)] {
+            assert_eq!(QueueName::new(bad), Err(InvalidQueueName), "{bad:?}");
+        }
+    }
 }

@@ -5,6 +5,7 @@
 //! leaves the task exactly as it was.
 
 use crate::Millis;
+use crate::history::{Attempt, AttemptOutcome, AttemptRef, History};
 use crate::queue::QueueSettings;
 use std::fmt;
 
@@ -164,6 +165,8 @@ pub struct Lease {
     pub token: LeaseToken,
     pub expires_at: Millis,
     pub worker: Option<String>,
+    /// When the lease was made: the start of its attempt.
+    pub leased_at: Millis,
 }
 
 /// A task to enqueue, as the producer describes it.
@@ -225,10 +228,16 @@ pub struct Task {
     /// lease that ended it is kept, so the same ack or nack sent again is answered
     /// as it was the first time; an expiry clears it.
     pub lease: Option<Lease>,
+    /// The finished attempts, bounded; the running one is the lease
+    /// ([`Task::attempt_history`] shows both).
+    pub history: History,
     pub created_at: Millis,
     pub updated_at: Millis,
     pub finished_at: Option<Millis>,
 }
+
+/// The `last_error` of an expired lease, and the error of its attempt.
+pub const EXPIRED_ERROR: &str = "lease expired";
 
 /// Why a transition was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -270,6 +279,7 @@ impl Task {
             result: None,
             last_error: None,
             lease: None,
+            history: History::default(),
             created_at: now,
             updated_at: now,
             finished_at: None,
@@ -322,6 +332,7 @@ impl Task {
             token: LeaseToken::new(self.attempts, token_random),
             expires_at: now.saturating_add(lease_ms),
             worker,
+            leased_at: now,
         });
         self.updated_at = now;
         Ok(())
@@ -343,6 +354,7 @@ impl Task {
             return Ok(AckOutcome::Replayed);
         }
         self.current_lease(token, now)?;
+        self.end_attempt(AttemptOutcome::Succeeded, now, None);
         self.state = TaskState::Succeeded;
         self.result = result;
         self.finish(now);
@@ -376,6 +388,7 @@ impl Task {
             return Ok(AckOutcome::Replayed);
         }
         self.current_lease(token, now)?;
+        self.end_attempt(AttemptOutcome::Failed, now, error.clone());
         self.last_error = error;
         self.fail(dead, retry_in_ms, settings, random, now);
         Ok(AckOutcome::Applied)
@@ -404,14 +417,16 @@ impl Task {
     /// Sends a running task whose lease has expired back to `scheduled` with backoff,
     /// or to `dead` when its attempts are used up. Returns whether it moved.
     pub fn expire(&mut self, settings: &QueueSettings, random: f64, now: Millis) -> bool {
-        let expired =
-            self.state == TaskState::Running && self.lease.as_ref().is_some_and(|l| l.expires_at <= now);
-        if expired {
-            self.lease = None;
-            self.last_error = Some("lease expired".to_owned());
-            self.fail(false, None, settings, random, now);
-        }
-        expired
+        let expires_at = match &self.lease {
+            Some(lease) if self.state == TaskState::Running && lease.expires_at <= now => lease.expires_at,
+            _ => return false,
+        };
+        // The attempt ended when its lease ran out, not when a timer noticed.
+        self.end_attempt(AttemptOutcome::Expired, expires_at, Some(EXPIRED_ERROR.to_owned()));
+        self.lease = None;
+        self.last_error = Some(EXPIRED_ERROR.to_owned());
+        self.fail(false, None, settings, random, now);
+        true
     }
 
     /// Moves the lease's expiry to `now + lease_ms` (a heartbeat).
@@ -459,6 +474,39 @@ impl Task {
         self.finished_at = None;
         self.updated_at = now;
         Ok(())
+    }
+
+    /// The attempt history as the API shows it: the finished attempts, then,
+    /// while the task runs, the attempt of its lease. At most
+    /// [`History::MAX_ENTRIES`]: with a running attempt, a full history leaves
+    /// out its oldest entry but the first, as ending the attempt will.
+    pub fn attempt_history(&self) -> impl Iterator<Item = AttemptRef<'_>> {
+        let running =
+            self.lease.as_ref().filter(|_| self.state == TaskState::Running).map(|lease| AttemptRef {
+                attempt: self.attempts,
+                worker: lease.worker.as_deref(),
+                started_at: lease.leased_at,
+                finished_at: None,
+                outcome: AttemptOutcome::Running,
+                error: None,
+            });
+        let entries = self.history.entries();
+        let skip = usize::from(running.is_some() && entries.len() >= History::MAX_ENTRIES);
+        entries.iter().take(1).chain(entries.iter().skip(1 + skip)).map(Attempt::to_ref).chain(running)
+    }
+
+    /// Adds the attempt of the current lease, which the task holds, to the
+    /// history as ended at `at`.
+    fn end_attempt(&mut self, outcome: AttemptOutcome, at: Millis, error: Option<String>) {
+        let Some(lease) = &self.lease else { return };
+        self.history.push(Attempt {
+            attempt: self.attempts,
+            worker: lease.worker.clone(),
+            started_at: lease.leased_at,
+            finished_at: at,
+            outcome,
+            error,
+        });
     }
 
     fn finish(&mut self, now: Millis) {

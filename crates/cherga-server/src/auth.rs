@@ -82,6 +82,11 @@ impl TokenKeys {
         state.verified.clear();
     }
 
+    /// The clock skew allowed on `exp` and `nbf`, in seconds.
+    fn leeway_s(&self) -> i64 {
+        self.state.read().expect("keys lock").verifier.policy().leeway_s
+    }
+
     fn verify(&self, token: &str, now_s: i64) -> Result<Arc<Principal>, TokenError> {
         let verifier = {
             let state = self.state.read().expect("keys lock");
@@ -142,12 +147,12 @@ impl Guard {
         }
     }
 
-    /// Replaces the revocation set with what the store holds now.
+    /// Replaces the revocation set with what the store holds at `now`.
     pub(crate) async fn refresh_revocations(
         &self,
         store: &impl Store,
+        now: Millis,
     ) -> Result<usize, cherga_store::StoreError> {
-        let now = now_ms();
         let list = store.revoked_tokens(now).await?;
         let n = list.len();
         let set: HashSet<String> = list.into_iter().map(|r| r.jti).collect();
@@ -165,7 +170,7 @@ impl Guard {
     }
 
     /// Checks the request's bearer token.
-    fn authenticate(&self, parts: &Parts, now: Millis) -> Result<Arc<Principal>, ApiError> {
+    pub(crate) fn authenticate(&self, parts: &Parts, now: Millis) -> Result<Arc<Principal>, ApiError> {
         let client = parts.extensions.get::<ClientAddr>().map(|c| client_key(c.0.ip()));
         if let Some(retry_after) = self.failures.blocked(client, now) {
             return Err(ApiError::too_many(
@@ -392,14 +397,28 @@ impl<S: Store> App<S> {
         caller.require(access, &queue)
     }
 
-    /// Records a revocation in the store and applies it on this node at once.
-    pub(crate) async fn revoke(&self, revocation: Revocation) -> Result<(), ApiError> {
-        let jti = revocation.jti.clone();
-        self.store.revoke_token(revocation, now_ms()).await.map_err(ApiError::from_queue_error)?;
+    /// Revokes the token `jti`, which expires at `token_exp` (`None`: keep the
+    /// revocation for ever), in the store and on this node at once. Returns the
+    /// revocation as kept: until the token's `exp` plus the clock-skew leeway
+    /// (tokens are accepted that long), at most [`cherga_api::time::MAX_MILLIS`].
+    pub(crate) async fn revoke(
+        &self,
+        jti: String,
+        token_exp: Option<Millis>,
+    ) -> Result<Revocation, ApiError> {
+        let expires_at = match token_exp {
+            None => cherga_api::time::MAX_MILLIS,
+            Some(exp) => {
+                let leeway_s = self.guard.as_ref().map_or(cherga_auth::LEEWAY_S, |g| g.keys.leeway_s());
+                cherga_auth::revocation_expiry_ms(exp, leeway_s).min(cherga_api::time::MAX_MILLIS)
+            }
+        };
+        let revocation = Revocation { jti, expires_at };
+        self.store.revoke_token(revocation.clone(), now_ms()).await.map_err(ApiError::from_queue_error)?;
         if let Some(guard) = &self.guard {
-            guard.revoked_here(&jti);
+            guard.revoked_here(&revocation.jti);
         }
-        Ok(())
+        Ok(revocation)
     }
 }
 

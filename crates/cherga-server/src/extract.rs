@@ -1,22 +1,30 @@
 //! Extractors that answer bad input with the API's JSON errors.
+//!
+//! **Invariant:** every request body is read through [`JsonBody`], which checks
+//! its nesting depth before anything parses it: no JSON deeper than the server's
+//! limit is parsed, stored or handed to a worker.
 
+use crate::App;
 use crate::error::ApiError;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use cherga_api::ErrorCode;
+use cherga_store::Store;
 use serde::de::DeserializeOwned;
+use std::sync::Arc;
 
-/// A JSON body. The content type is not insisted on (so `curl -d` works), the size
-/// limit is; an empty body reads as `{}` for bodies whose fields are all optional.
+/// A JSON body. Its size and nesting depth are limited, and an empty body reads
+/// as `{}` for bodies whose fields are all optional. (The content type is
+/// checked for every request with a body, before routing: [`crate::browser`].)
 pub struct JsonBody<T>(pub T);
 
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+impl<T: DeserializeOwned, S: Store> FromRequest<Arc<App<S>>> for JsonBody<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|e: BytesRejection| {
+    async fn from_request(req: Request, app: &Arc<App<S>>) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, app).await.map_err(|e: BytesRejection| {
             if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::new(ErrorCode::BodyTooLarge, "request body is larger than the server's limit")
             } else {
@@ -29,10 +37,56 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
         if text.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
             return Err(ApiError::new(ErrorCode::InvalidJson, "the request body must be a JSON object"));
         }
+        // Payloads and results pass through as raw JSON, which serde does not
+        // limit: without this, JSON nested 100,000 deep would be stored, and
+        // break the parser of whoever reads it back.
+        if !nested_at_most(text, app.max_json_depth) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidJson,
+                format!(
+                    "the JSON body is nested deeper than {} levels of arrays and objects, the server's limit",
+                    app.max_json_depth
+                ),
+            ));
+        }
         serde_json::from_slice(text)
             .map(JsonBody)
             .map_err(|e| ApiError::new(ErrorCode::InvalidJson, format!("invalid JSON body: {e}")))
     }
+}
+
+/// Whether arrays and objects in `json` nest at most `limit` deep (the outermost
+/// one is level 1). One pass, no allocation: strings are skipped whole, escapes
+/// included, so brackets inside them do not count. On text that is not JSON the
+/// answer means nothing, and the parser refuses the text anyway.
+fn nested_at_most(json: &[u8], limit: usize) -> bool {
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < json.len() {
+        match json[i] {
+            b'"' => {
+                // To the closing quote, stepping over each escaped character.
+                i += 1;
+                loop {
+                    match json.get(i..).and_then(|rest| memchr::memchr2(b'"', b'\\', rest)) {
+                        Some(at) if json[i + at] == b'"' => break i += at,
+                        Some(at) => i += at + 2,
+                        None => return true,
+                    }
+                }
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return false;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    true
 }
 
 /// A query string.
@@ -95,7 +149,23 @@ fn asks_minimal(preference: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::asks_minimal;
+    use super::{asks_minimal, nested_at_most};
+
+    #[test]
+    fn nesting_counts_arrays_and_objects_outside_strings() {
+        let check = |json: &str, depth: usize| {
+            assert!(nested_at_most(json.as_bytes(), depth), "{json} is at most {depth} deep");
+            assert!(!nested_at_most(json.as_bytes(), depth - 1), "{json} is deeper than {}", depth - 1);
+        };
+        check("{}", 1);
+        check(r#"{"a":[1,{"b":[]}]}"#, 4);
+        check(r#"[[],[],[[]]]"#, 3);
+        check(r#"{"[[[":"{{{","\"[[":["]\\"]}"#, 2);
+        check(r#"{"a":"\\",  "b":[["\u005b"]]}"#, 3);
+        assert!(nested_at_most(b"", 0));
+        assert!(nested_at_most(b"\"[[[[", 0), "an unclosed string: not JSON, left to the parser");
+        assert!(nested_at_most(b"]]]]{}", 1), "unbalanced: not JSON, left to the parser");
+    }
 
     #[test]
     fn reads_return_minimal_as_rfc_7240_writes_it() {

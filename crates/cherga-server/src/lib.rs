@@ -7,11 +7,13 @@
 //! The one entry point is [`serve`], which takes a listener, a store, a config and
 //! a shutdown future, so `main` and tests differ only in arguments.
 //!
-//! Security lives in [`auth`] (bearer tokens, scopes, revocations), [`listen`]
-//! (the accept loop and its limits, TLS) and [`tls`]; SECURITY.md has the threat
-//! model.
+//! Security lives in [`auth`] (bearer tokens, scopes, revocations), [`browser`]
+//! (what web pages may not make the server do: content types, hosts, origins),
+//! [`listen`] (the accept loop and its limits, TLS) and [`tls`]; SECURITY.md has
+//! the threat model.
 
 mod auth;
+mod browser;
 mod error;
 mod events;
 mod extract;
@@ -36,6 +38,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use auth::{AuthConfig, ClientAddr, REVOCATIONS_REFRESH_MS, REVOCATIONS_STALE_MS, TokenKeys};
+pub use browser::{AllowedHosts, InvalidHost};
 pub use error::ApiError;
 pub use routes::router;
 pub use tls::{TlsCerts, TlsError};
@@ -48,22 +51,42 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Largest payload or result in bytes.
     pub max_payload_bytes: usize,
+    /// Deepest nesting of arrays and objects in a request body, the body's own
+    /// braces included; deeper bodies are refused before they are parsed.
+    pub max_json_depth: usize,
     /// Connection and request limits.
     pub http: HttpLimits,
     /// Bearer-token authentication; `None` lets every request through (the binary
     /// allows that on loopback addresses only, or with `--insecure`).
     pub auth: Option<AuthConfig>,
+    /// Hosts besides the loopback ones that requests may be addressed to with
+    /// auth off, and that web pages sending requests may come from.
+    pub allowed_hosts: AllowedHosts,
     /// TLS; `None` serves plain HTTP.
     pub tls: Option<Arc<TlsCerts>>,
 }
 
 impl ServerConfig {
     /// Settings for an embedded or test server: the given body and payload
-    /// limits, [`HttpLimits::DEFAULT`], no authentication, no TLS.
+    /// limits, [`DEFAULT_MAX_JSON_DEPTH`], [`HttpLimits::DEFAULT`], no
+    /// authentication (so requests only to loopback hosts), no TLS.
     pub fn unauthenticated(max_body_bytes: usize, max_payload_bytes: usize) -> Self {
-        Self { max_body_bytes, max_payload_bytes, http: HttpLimits::DEFAULT, auth: None, tls: None }
+        Self {
+            max_body_bytes,
+            max_payload_bytes,
+            max_json_depth: DEFAULT_MAX_JSON_DEPTH,
+            http: HttpLimits::DEFAULT,
+            auth: None,
+            allowed_hosts: AllowedHosts::default(),
+            tls: None,
+        }
     }
 }
+
+/// The default of [`ServerConfig::max_json_depth`]: deeper than any real task
+/// needs, shallow enough that no parser of a payload (in cherga or in a client)
+/// runs out of stack on it.
+pub const DEFAULT_MAX_JSON_DEPTH: usize = 64;
 
 /// Limits that keep slow or greedy clients from starving the others.
 #[derive(Clone, Debug)]
@@ -116,6 +139,10 @@ pub struct App<S> {
     /// Raised whenever events may have been added to the log (by a change here,
     /// or another node's): event streams read the log again.
     events_signal: watch::Sender<u64>,
+    /// Deepest nesting a request body may have ([`ServerConfig::max_json_depth`]).
+    max_json_depth: usize,
+    /// [`ServerConfig::allowed_hosts`].
+    allowed_hosts: AllowedHosts,
 }
 
 impl<S: Store> App<S> {
@@ -172,6 +199,8 @@ impl<S: Store> App<S> {
             lease_waits: Arc::new(tokio::sync::Semaphore::new(config.http.max_waiting_leases)),
             max_wait_ms: cherga_api::MAX_WAIT_MS.min(request_ms.saturating_sub(1_000)),
             events_signal,
+            max_json_depth: config.max_json_depth,
+            allowed_hosts: config.allowed_hosts.clone(),
         });
         (app, shutdown_tx)
     }
@@ -183,7 +212,7 @@ impl<S: Store> App<S> {
     /// The store's error.
     pub async fn load_revocations(&self) -> Result<(), cherga_store::StoreError> {
         match &self.guard {
-            Some(guard) => guard.refresh_revocations(self.store.as_ref()).await.map(drop),
+            Some(guard) => guard.refresh_revocations(self.store.as_ref(), now_ms()).await.map(drop),
             None => Ok(()),
         }
     }
@@ -200,7 +229,7 @@ impl<S: Store> App<S> {
                 () = tokio::time::sleep(Duration::from_millis(REVOCATIONS_REFRESH_MS as u64)) => {}
                 _ = shutting_down.wait_for(|&s| s) => return,
             }
-            match guard.refresh_revocations(self.store.as_ref()).await {
+            match guard.refresh_revocations(self.store.as_ref(), now_ms()).await {
                 Ok(_) => failures = 0,
                 Err(error) => {
                     failures += 1;

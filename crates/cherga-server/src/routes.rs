@@ -25,7 +25,7 @@ use cherga_api::{ErrorBody, Timestamp};
 use cherga_auth::Access;
 use cherga_core::queue::MAX_LEASE_MS;
 use cherga_core::{NewTask, QueueName, Task, TaskId, TaskState};
-use cherga_store::{Ack, Claim, Enqueued, ListTasks, Nack, QueueInfo, Revocation, Store, StoreError};
+use cherga_store::{Ack, Claim, Enqueued, ListTasks, Nack, QueueInfo, Store, StoreError};
 use serde_json::value::RawValue;
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,12 +52,13 @@ pub fn router<S: Store>(app: Arc<App<S>>, config: &ServerConfig) -> Router {
         .route("/v1/tasks/{id}/retry", post(retry::<S>))
         .route("/v1/revocations", post(revoke::<S>).get(list_revocations::<S>))
         .route("/v1/events", get(crate::events::stream::<S>))
-        .route("/v1/openapi.json", get(crate::openapi::serve_document))
+        .route("/v1/openapi.json", get(crate::openapi::serve_document::<S>))
         .fallback(|| async { ApiError::new(ErrorCode::RouteNotFound, "no such route; see the v1 API") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(ErrorCode::MethodNotAllowed, "this route does not take this method")
         })
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), crate::browser::check::<S>))
         .with_state(app)
 }
 
@@ -617,7 +618,8 @@ impl From<StoreError> for ApiError {
 }
 
 /// Revokes a token by its `jti`, on every node sharing the store (within about a
-/// second; at once on this one). Needs `admin`.
+/// second; at once on this one), until its `expires_at` plus the clock-skew
+/// leeway tokens are accepted for. Needs `admin`.
 #[utoipa::path(post, path = "/v1/revocations", tag = "auth",
     request_body = RevokeRequest,
     responses((status = 200, description = "the token is revoked", body = RevocationView)))]
@@ -636,10 +638,9 @@ pub(crate) async fn revoke<S: Store>(
             cherga_auth::MAX_JTI_LEN
         )));
     }
-    let expires_at = request.expires_at.map_or(cherga_api::time::MAX_MILLIS, |t| t.0);
-    app.revoke(Revocation { jti: jti.clone(), expires_at }).await?;
-    tracing::info!(jti = %jti, "token revoked");
-    Ok(Json(RevocationView { jti, expires_at: Timestamp(expires_at) }))
+    let revocation = app.revoke(jti, request.expires_at.map(|t| t.0)).await?;
+    tracing::info!(jti = %revocation.jti, "token revoked");
+    Ok(Json(RevocationView { jti: revocation.jti, expires_at: Timestamp(revocation.expires_at) }))
 }
 
 /// The revocations in force. Needs `admin`.
@@ -662,8 +663,10 @@ pub(crate) async fn list_revocations<S: Store>(
 #[into_params(parameter_in = Path)]
 #[allow(dead_code)] // Read by the OpenAPI derive only.
 pub(crate) struct QueueParam {
-    /// The queue: `[A-Za-z0-9_.-]{1,128}`.
-    #[param(pattern = "^[A-Za-z0-9_.-]{1,128}$")]
+    /// The queue: `[A-Za-z0-9_.-]{1,128}`, but not `.` or `..`.
+    #[param(
+        pattern = "^([A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}|\\.[A-Za-z0-9_-][A-Za-z0-9_.-]{0,126}|\\.\\.[A-Za-z0-9_.-]{1,126})$"
+    )]
     queue: String,
 }
 

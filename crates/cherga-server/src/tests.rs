@@ -1,4 +1,9 @@
-//! Regressions found by fuzzing (`fuzz/`), through the real router.
+//! Regressions found by fuzzing (`fuzz/`), through the real router; the
+//! security rules in `security`; the OpenAPI document against the server in
+//! `document`.
+
+mod document;
+mod security;
 
 use crate::{App, ServerConfig, router};
 use axum::body::Body;
@@ -16,7 +21,12 @@ async fn answer(method: &str, uri: &str, body: &str) -> (u16, serde_json::Value)
     .unwrap();
     let config = ServerConfig::unauthenticated(1 << 20, 1 << 16);
     let (app, _shutdown) = App::new(Arc::new(store), &config);
-    let request = Request::builder().method(method).uri(uri).body(Body::from(body.to_owned())).unwrap();
+    let request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_owned()))
+        .unwrap();
     let response = router(app, &config).oneshot(request).await.unwrap();
     let status = response.status().as_u16();
     let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();

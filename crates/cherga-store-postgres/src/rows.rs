@@ -1,8 +1,17 @@
 //! Reading and writing task and queue rows. SQL text lives in `'static` strings
 //! (each connection prepares it once), so the column lists are macros that
 //! `concat!` can splice.
+//!
+//! A task's attempt history, its finished attempts, is one `jsonb` column, an
+//! array of objects in attempt order (`{"attempt", "worker", "started_at",
+//! "finished_at", "outcome", "error"}`, times in milliseconds as in every other
+//! column), so that SQL can look into it; it travels as text, written by
+//! [`history_json`] and read by [`history_from_json`]. The running attempt is
+//! the lease's columns (`worker`, `leased_at`).
 
-use cherga_core::{Backoff, Lease, LeaseToken, QueueSettings, Task, TaskId, TaskState};
+use cherga_core::{
+    Attempt, AttemptOutcome, Backoff, History, Lease, LeaseToken, QueueSettings, Task, TaskId, TaskState,
+};
 use cherga_store::StoreError;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
@@ -14,7 +23,8 @@ type Param<'a> = &'a (dyn ToSql + Sync);
 macro_rules! task_columns {
     () => {
         "seq, id, queue, kind, payload, priority, run_at, idem_key, grp, max_attempts, attempts, state, \
-         result, last_error, lease_token, lease_expires_at, worker, created_at, updated_at, finished_at"
+         result, last_error, lease_token, lease_expires_at, worker, created_at, updated_at, finished_at, \
+         leased_at, history::text"
     };
 }
 
@@ -61,11 +71,15 @@ pub fn task_from_row_at(row: &Row, at: usize) -> Result<Task, StoreError> {
         .and_then(TaskState::from_code)
         .ok_or_else(|| corrupt("task state", format!("unknown code {code}")))?;
     let token: Option<String> = get(row, at + 14)?;
+    let updated_at: i64 = get(row, at + 18)?;
     let lease = match token {
         Some(token) => Some(Lease {
             token: LeaseToken::from_string(token),
             expires_at: get::<Option<i64>>(row, at + 15)?.unwrap_or(0),
             worker: get(row, at + 16)?,
+            // Unknown for a lease stored before schema version 3: the task's last
+            // change is the closest known time.
+            leased_at: get::<Option<i64>>(row, at + 20)?.unwrap_or(updated_at),
         }),
         None => None,
     };
@@ -84,10 +98,66 @@ pub fn task_from_row_at(row: &Row, at: usize) -> Result<Task, StoreError> {
         result: get(row, at + 12)?,
         last_error: get(row, at + 13)?,
         lease,
+        history: history_from_json(get(row, at + 21)?)?,
         created_at: get(row, at + 17)?,
-        updated_at: get(row, at + 18)?,
+        updated_at,
         finished_at: get(row, at + 19)?,
     })
+}
+
+/// The `history` column of `task`: JSON text, which the statements cast to `jsonb`.
+pub fn history_json(task: &Task) -> String {
+    // Every lease saves the task: most have no finished attempt yet.
+    if task.history.is_empty() {
+        return "[]".to_owned();
+    }
+    let entries: Vec<serde_json::Value> = task
+        .history
+        .entries()
+        .iter()
+        .map(|e| {
+            serde_json::json!({
+                "attempt": e.attempt,
+                "worker": storable(e.worker.as_deref()),
+                "started_at": e.started_at,
+                "finished_at": e.finished_at,
+                "outcome": e.outcome.as_str(),
+                "error": storable(e.error.as_deref()),
+            })
+        })
+        .collect();
+    serde_json::Value::Array(entries).to_string()
+}
+
+/// Reads the `history` column as [`history_json`] wrote it.
+///
+/// # Errors
+/// [`StoreError::Corrupt`] when it is not such an array.
+pub fn history_from_json(text: &str) -> Result<History, StoreError> {
+    let bad = |what: &str| corrupt("task history", what);
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| corrupt("task history", e))?;
+    let items = value.as_array().ok_or_else(|| bad("not an array"))?;
+    let mut entries = Vec::with_capacity(items.len());
+    for item in items {
+        let int = |key: &str| item.get(key).and_then(serde_json::Value::as_i64);
+        let text = |key: &str| -> Result<Option<String>, StoreError> {
+            match item.get(key) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+                Some(_) => Err(bad(key)),
+            }
+        };
+        let outcome = item.get("outcome").and_then(serde_json::Value::as_str);
+        entries.push(Attempt {
+            attempt: int("attempt").and_then(|a| u32::try_from(a).ok()).ok_or_else(|| bad("attempt"))?,
+            worker: text("worker")?,
+            started_at: int("started_at").ok_or_else(|| bad("started_at"))?,
+            finished_at: int("finished_at").ok_or_else(|| bad("finished_at"))?,
+            outcome: outcome.and_then(AttemptOutcome::parse).ok_or_else(|| bad("outcome"))?,
+            error: text("error")?,
+        });
+    }
+    History::from_entries(entries).map_err(|e| corrupt("task history", e))
 }
 
 /// The sequence number of `id` as stored, or `None` when no task can have it.
@@ -238,6 +308,8 @@ pub struct ChangedRows {
     pub worker: Vec<Option<String>>,
     pub updated_at: Vec<i64>,
     pub finished_at: Vec<Option<i64>>,
+    pub leased_at: Vec<Option<i64>>,
+    pub history: Vec<String>,
 }
 
 impl ChangedRows {
@@ -255,6 +327,8 @@ impl ChangedRows {
         self.worker.push(lease.and_then(|l| l.worker.clone()));
         self.updated_at.push(task.updated_at);
         self.finished_at.push(task.finished_at);
+        self.leased_at.push(lease.map(|l| l.leased_at));
+        self.history.push(history_json(task));
     }
 
     pub fn is_empty(&self) -> bool {
@@ -262,7 +336,7 @@ impl ChangedRows {
     }
 
     /// The parameters of [`UPDATE_TASKS`].
-    pub fn params(&self) -> [Param<'_>; 12] {
+    pub fn params(&self) -> [Param<'_>; 14] {
         [
             &self.seq,
             &self.run_at,
@@ -276,6 +350,8 @@ impl ChangedRows {
             &self.worker,
             &self.updated_at,
             &self.finished_at,
+            &self.leased_at,
+            &self.history,
         ]
     }
 }
@@ -284,9 +360,11 @@ pub const UPDATE_TASKS: &str = "
     UPDATE tasks t SET run_at = u.run_at, max_attempts = u.max_attempts, attempts = u.attempts,
            state = u.state, result = u.result, last_error = u.last_error, lease_token = u.lease_token,
            lease_expires_at = u.lease_expires_at, worker = u.worker, updated_at = u.updated_at,
-           finished_at = u.finished_at, head = t.head AND u.state IN (0, 1, 2)
+           finished_at = u.finished_at, leased_at = u.leased_at, history = u.history::jsonb,
+           head = t.head AND u.state IN (0, 1, 2)
     FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::smallint[], $6::text[],
-                $7::text[], $8::text[], $9::bigint[], $10::text[], $11::bigint[], $12::bigint[])
+                $7::text[], $8::text[], $9::bigint[], $10::text[], $11::bigint[], $12::bigint[],
+                $13::bigint[], $14::text[])
          AS u(seq, run_at, max_attempts, attempts, state, result, last_error, lease_token,
-              lease_expires_at, worker, updated_at, finished_at)
+              lease_expires_at, worker, updated_at, finished_at, leased_at, history)
     WHERE t.seq = u.seq";

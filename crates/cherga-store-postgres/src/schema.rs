@@ -8,10 +8,10 @@
 use crate::pool::Conn;
 
 /// The newest schema version this build knows.
-pub const VERSION: i32 = 3;
+pub const VERSION: i32 = 4;
 
 /// Every migration in version order: index 0 makes version 1.
-pub const MIGRATIONS: [&str; 3] = [V1, V2, V3];
+pub const MIGRATIONS: [&str; 4] = [V1, V2, V3, V4];
 
 const V1: &str = "
 CREATE TABLE queues (
@@ -103,10 +103,21 @@ CREATE TABLE revoked_tokens (
 CREATE INDEX revoked_tokens_expiry ON revoked_tokens (expires_at);
 ";
 
-/// Version 3: the event log (`events.rs`). One row per transaction that
+/// Version 3: each task's attempt history (`rows.rs`: a JSON array, one object
+/// per attempt) and the start of its lease. Columns with a constant default are
+/// added without rewriting the table. Tasks stored before have no history of
+/// their earlier attempts; a lease of theirs started, as far as this build
+/// knows, at the task's `updated_at`.
+const V3: &str = "
+ALTER TABLE tasks
+    ADD COLUMN leased_at bigint,
+    ADD COLUMN history   jsonb NOT NULL DEFAULT '[]';
+";
+
+/// Version 4: the event log (`events.rs`). One row per transaction that
 /// changed tasks, keyed by the transaction's xid; `event_horizon` keeps the id
 /// of the last event retention deleted.
-const V3: &str = "
+const V4: &str = "
 CREATE TABLE events (
     tx      bigint PRIMARY KEY DEFAULT (pg_current_xact_id()::text::bigint),
     at      bigint NOT NULL,

@@ -458,6 +458,58 @@ async fn nodes_starting_at_once_migrate_once() {
     }
 }
 
+/// Tasks stored before schema version 3 have no history: the migration adds the
+/// columns, the attempt of a task running then started, as far as the store
+/// knows, at its last change, and the attempts that end are recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_stored_before_histories_get_one_from_then_on() {
+    let Some(schema) = Schema::fresh() else { return };
+    let store = schema.open("cherga_v2").await;
+    store
+        .enqueue(queue_name("old"), vec![new_task("a"), new_task("b")], T0)
+        .await
+        .map(cherga_store::Changed::into_value)
+        .expect("enqueue");
+    let claim = Claim { queue: queue_name("old"), max: 2, lease_ms: Some(60_000), worker: Some("w".into()) };
+    let leased = store.claim(claim, T0 + 5).await.map(cherga_store::Changed::into_value).expect("claim");
+    assert_eq!(leased.len(), 2);
+    let updated = store
+        .extend_lease(leased[1].id, token(&leased[1]), 60_000, T0 + 7)
+        .await
+        .map(cherga_store::Changed::into_value)
+        .expect("extend");
+    store.close().await;
+    // Back to version 2, as a store of that version left it.
+    let client = admin(&schema.url).await;
+    client
+        .batch_execute(&format!(
+            "ALTER TABLE {0}.tasks DROP COLUMN leased_at, DROP COLUMN history; \
+             DELETE FROM {0}.cherga_schema WHERE version = 3",
+            schema.name
+        ))
+        .await
+        .expect("make the schema version 2");
+
+    let store = schema.open("cherga_v3").await;
+    let a = store.get_task(leased[0].id).await.expect("a");
+    assert_eq!(a, leased[0], "a lease that was not extended started at the task's last change");
+    let b = store.get_task(leased[1].id).await.expect("b");
+    let entry = b.attempt_history().last().expect("the running attempt");
+    assert_eq!((entry.attempt, entry.started_at, entry.worker), (1, updated.updated_at, Some("w")));
+    let acked = store
+        .complete(vec![Ack { task_id: b.id, token: token(&b), result: None }], T0 + 10)
+        .await
+        .map(cherga_store::Changed::into_value)
+        .expect("ack")
+        .pop()
+        .expect("one")
+        .expect("acked");
+    assert_eq!(acked.history.len(), 1);
+    assert_eq!(acked.history.entries()[0].finished_at, T0 + 10);
+    assert_eq!(store.get_task(b.id).await.expect("b"), acked, "the history is stored from then on");
+    store.close().await;
+}
+
 // ---------------------------------------------------------------------------
 // Notifications and lost connections.
 // ---------------------------------------------------------------------------

@@ -234,6 +234,13 @@ struct Memory {
 fn task_bytes(task: &Task) -> usize {
     let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
     let lease = task.lease.as_ref().map_or(0, |l| l.token.as_str().len() + opt(&l.worker));
+    let history = match task.history.entries() {
+        [] => 0,
+        entries => {
+            std::mem::size_of_val(entries)
+                + entries.iter().map(|e| opt(&e.worker) + opt(&e.error)).sum::<usize>()
+        }
+    };
     std::mem::size_of::<(u64, Box<Dirty>)>()
         + std::mem::size_of::<Dirty>()
         + task.queue.len()
@@ -244,6 +251,7 @@ fn task_bytes(task: &Task) -> usize {
         + opt(&task.result)
         + opt(&task.last_error)
         + lease
+        + history
 }
 
 impl Memory {

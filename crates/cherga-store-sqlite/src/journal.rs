@@ -21,12 +21,34 @@
 //! records, each a tag byte and its fields; integers little-endian, strings as a
 //! `u32` length and UTF-8 bytes, options as a `0`/`1` byte before the value.
 //! Decoding checks every length and tag and fails with a message, never a panic.
+//!
+//! A task's attempt history (its finished attempts; the running one is its
+//! lease) follows its lease fields: a count, then each entry as a flags byte and
+//! the fields the flags say are there (`put_history`). The entry of the lease
+//! the task still holds (the attempt an ack or nack just ended) names its
+//! attempt, worker and start by a flag instead of repeating the lease's: an
+//! acked task of one attempt costs 13 bytes of history, besides the lease's
+//! start. Rows of format 1, written before tasks had a history, are still read:
+//! their tasks have no history of the attempts made before, and a lease of
+//! theirs started, as far as this build knows, at the task's `updated_at`.
 
-use cherga_core::{Lease, LeaseToken, Millis, Task, TaskId, TaskState};
+use cherga_core::{Attempt, AttemptOutcome, History, Lease, LeaseToken, Millis, Task, TaskId, TaskState};
 
-/// The first byte of every journal row. A different byte is a format this build
-/// does not know.
-const FORMAT: u8 = 1;
+/// The first byte of every journal row and task body this build writes. A
+/// byte other than it and [`FORMAT_1`] is a format this build does not know.
+const FORMAT: u8 = 2;
+/// The format before attempt histories: no history after the lease fields, no
+/// `leased_at` in a lease. Read, never written.
+const FORMAT_1: u8 = 1;
+
+/// The flags byte of a history entry: the outcome's code in the low two bits,
+/// then these.
+const ENTRY_OUTCOME: u8 = 0b11;
+/// The entry's attempt, worker and start are those of the task's (last) lease
+/// and are not repeated.
+const ENTRY_OF_LEASE: u8 = 1 << 2;
+const ENTRY_WORKER: u8 = 1 << 3;
+const ENTRY_ERROR: u8 = 1 << 4;
 
 const CREATED: u8 = 1;
 const LEASED: u8 = 2;
@@ -53,7 +75,8 @@ pub struct LeaseFields {
 
 impl LeaseFields {
     /// Applies these fields to `task`, which must be the task they were taken from
-    /// (as its earlier records or its row left it).
+    /// (as its earlier records or its row left it). A lease adds nothing to the
+    /// history: its attempt is the lease until it ends.
     pub fn apply(self, task: &mut Task) {
         task.attempts = self.attempts;
         task.state = self.state;
@@ -117,9 +140,9 @@ pub fn encode_task(out: &mut Vec<u8>, task: &Task) {
 /// # Errors
 /// A message naming what is wrong when the bytes are not a body this build wrote.
 pub fn decode_task(bytes: &[u8]) -> Result<Task, String> {
-    let mut r = Reader { bytes, at: 0 };
+    let mut r = Reader { bytes, at: 0, format: FORMAT };
     match r.u8()? {
-        FORMAT => {}
+        format @ (FORMAT | FORMAT_1) => r.format = format,
         other => return Err(format!("unknown task body format {other}")),
     }
     let task = r.task()?;
@@ -150,6 +173,43 @@ fn put_task(b: &mut Vec<u8>, task: &Task) {
         None => b.push(0),
     }
     put_lease_fields(b, task);
+    put_history(b, task);
+}
+
+/// The history of `task`, written after its lease fields, which its last entry
+/// may refer to.
+fn put_history(b: &mut Vec<u8>, task: &Task) {
+    let entries = task.history.entries();
+    let count = u32::try_from(entries.len()).expect("a history is bounded");
+    b.extend_from_slice(&count.to_le_bytes());
+    for entry in entries {
+        let of_lease = task.lease.as_ref().is_some_and(|lease| {
+            entry.attempt == task.attempts
+                && entry.started_at == lease.leased_at
+                && entry.worker == lease.worker
+        });
+        let mut flags = entry.outcome.code();
+        if of_lease {
+            flags |= ENTRY_OF_LEASE;
+        } else if entry.worker.is_some() {
+            flags |= ENTRY_WORKER;
+        }
+        if entry.error.is_some() {
+            flags |= ENTRY_ERROR;
+        }
+        b.push(flags);
+        if !of_lease {
+            b.extend_from_slice(&entry.attempt.to_le_bytes());
+            b.extend_from_slice(&entry.started_at.to_le_bytes());
+            if let Some(worker) = &entry.worker {
+                put_str(b, worker);
+            }
+        }
+        b.extend_from_slice(&entry.finished_at.to_le_bytes());
+        if let Some(error) = &entry.error {
+            put_str(b, error);
+        }
+    }
 }
 
 /// The fields [`LeaseFields`] carries, without the sequence number.
@@ -161,6 +221,7 @@ fn put_lease_fields(b: &mut Vec<u8>, task: &Task) {
             b.push(1);
             put_str(b, lease.token.as_str());
             b.extend_from_slice(&lease.expires_at.to_le_bytes());
+            b.extend_from_slice(&lease.leased_at.to_le_bytes());
             put_opt_str(b, lease.worker.as_deref());
         }
         None => b.push(0),
@@ -189,9 +250,9 @@ fn put_opt_str(b: &mut Vec<u8>, s: Option<&str>) {
 /// # Errors
 /// A message naming what is wrong when the bytes are not a row this build wrote.
 pub fn decode(bytes: &[u8]) -> Result<Vec<Record>, String> {
-    let mut r = Reader { bytes, at: 0 };
+    let mut r = Reader { bytes, at: 0, format: FORMAT };
     match r.u8()? {
-        FORMAT => {}
+        format @ (FORMAT | FORMAT_1) => r.format = format,
         other => return Err(format!("unknown journal format {other}")),
     }
     let mut records = Vec::new();
@@ -213,6 +274,8 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<Record>, String> {
 struct Reader<'a> {
     bytes: &'a [u8],
     at: usize,
+    /// The format byte the bytes began with.
+    format: u8,
 }
 
 impl<'a> Reader<'a> {
@@ -279,6 +342,10 @@ impl<'a> Reader<'a> {
         let created_at = self.i64()?;
         let finished_at = if self.flag()? { Some(self.i64()?) } else { None };
         let fields = self.lease_fields(id.seq())?;
+        let history = match self.format {
+            FORMAT_1 => History::default(),
+            _ => self.history(fields.attempts, fields.lease.as_ref())?,
+        };
         let mut task = Task {
             id,
             queue,
@@ -294,6 +361,7 @@ impl<'a> Reader<'a> {
             result,
             last_error,
             lease: None,
+            history,
             created_at,
             updated_at: 0,
             finished_at,
@@ -302,20 +370,53 @@ impl<'a> Reader<'a> {
         Ok(task)
     }
 
+    /// A history written by `put_history` for a task with `attempts` and `lease`.
+    fn history(&mut self, attempts: u32, lease: Option<&Lease>) -> Result<History, String> {
+        let count = self.u32()? as usize;
+        // A corrupt count must not reserve memory for itself.
+        let mut entries = Vec::with_capacity(count.min(History::MAX_ENTRIES));
+        for _ in 0..count {
+            let flags = self.u8()?;
+            if flags & !(ENTRY_OUTCOME | ENTRY_OF_LEASE | ENTRY_WORKER | ENTRY_ERROR) != 0 {
+                return Err(format!("history entry flags {flags:#04x} at byte {}", self.at - 1));
+            }
+            let outcome =
+                AttemptOutcome::from_code(flags & ENTRY_OUTCOME).expect("every two-bit code is one");
+            let (attempt, started_at, worker) = if flags & ENTRY_OF_LEASE != 0 {
+                let lease = lease.ok_or("a history entry of the lease of a task without one")?;
+                (attempts, lease.leased_at, lease.worker.clone())
+            } else {
+                let attempt = self.u32()?;
+                let started_at = self.i64()?;
+                let worker = if flags & ENTRY_WORKER != 0 { Some(self.string()?) } else { None };
+                (attempt, started_at, worker)
+            };
+            let finished_at = self.i64()?;
+            let error = if flags & ENTRY_ERROR != 0 { Some(self.string()?) } else { None };
+            entries.push(Attempt { attempt, worker, started_at, finished_at, outcome, error });
+        }
+        History::from_entries(entries).map_err(|e| e.to_string())
+    }
+
     fn lease_fields(&mut self, seq: u64) -> Result<LeaseFields, String> {
         let attempts = self.u32()?;
         let code = self.u8()?;
         let state =
             TaskState::from_code(code).ok_or_else(|| format!("unknown task state {code} in the journal"))?;
-        let lease = if self.flag()? {
+        let mut lease = if self.flag()? {
             let token = LeaseToken::from_string(self.string()?);
             let expires_at = self.i64()?;
+            let leased_at = if self.format == FORMAT_1 { 0 } else { self.i64()? };
             let worker = self.opt_string()?;
-            Some(Lease { token, expires_at, worker })
+            Some(Lease { token, expires_at, worker, leased_at })
         } else {
             None
         };
         let updated_at = self.i64()?;
+        if let (FORMAT_1, Some(lease)) = (self.format, &mut lease) {
+            // Not recorded: the task's last change is the closest known time.
+            lease.leased_at = updated_at;
+        }
         Ok(LeaseFields { seq, attempts, state, lease, updated_at })
     }
 }

@@ -5,7 +5,7 @@ use cherga_core::{Lease, LeaseToken, Task, TaskId, TaskState};
 use rusqlite::{Connection, OptionalExtension};
 
 /// The version this build writes; `PRAGMA user_version` holds the version on disk.
-pub const VERSION: i64 = 7;
+pub const VERSION: i64 = 8;
 
 const V1: &str = "
 CREATE TABLE queues (
@@ -182,12 +182,20 @@ fn v6_tasks(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Version 7: the event log. One row per batch that changed tasks, written in
+/// Version 7: task bodies and journal rows of format 2 (`journal.rs`), which
+/// carry each task's attempt history and the start of its lease. No table
+/// changes and no row is rewritten: rows and journal rows of format 1 are read
+/// as they are, their tasks without a history of the attempts made before. The
+/// version is raised so that an older build, which cannot read format 2,
+/// refuses the database instead of calling its rows corrupt.
+const V7: &str = "";
+
+/// Version 8: the event log. One row per batch that changed tasks, written in
 /// the batch's transaction: the number of its first event, how many it holds,
 /// the time of the first, and the events as one record (`cherga_store::events`).
 /// Rows are deleted by retention; the counter `events_purged` keeps the number
 /// of the last event deleted, so numbers are never given twice.
-const V7: &str = "
+const V8: &str = "
 CREATE TABLE events (
     first   INTEGER PRIMARY KEY,
     n       INTEGER NOT NULL,
@@ -253,11 +261,14 @@ fn v2_task(row: &rusqlite::Row<'_>) -> rusqlite::Result<Task> {
     let id = <[u8; 16]>::try_from(id.as_slice()).map_err(|_| corrupt("task id is not 16 bytes".into()))?;
     let code: u8 = row.get(10)?;
     let state = TaskState::from_code(code).ok_or_else(|| corrupt(format!("unknown task state {code}")))?;
+    let updated_at: i64 = row.get(17)?;
     let lease = row.get::<_, Option<String>>(13)?.map(|token| -> rusqlite::Result<Lease> {
         Ok(Lease {
             token: LeaseToken::from_string(token),
             expires_at: row.get::<_, Option<i64>>(14)?.unwrap_or(0),
             worker: row.get(15)?,
+            // Not stored then: the task's last change is the closest known time.
+            leased_at: updated_at,
         })
     });
     Ok(Task {
@@ -275,8 +286,9 @@ fn v2_task(row: &rusqlite::Row<'_>) -> rusqlite::Result<Task> {
         result: row.get(11)?,
         last_error: row.get(12)?,
         lease: lease.transpose()?,
+        history: cherga_core::History::default(),
         created_at: row.get(16)?,
-        updated_at: row.get(17)?,
+        updated_at,
         finished_at: row.get(18)?,
     })
 }
@@ -288,7 +300,7 @@ struct Migration {
 }
 
 /// Every migration in version order: index 0 makes version 1.
-const MIGRATIONS: [Migration; 7] = [
+const MIGRATIONS: [Migration; 8] = [
     Migration { sql: V1, then: None },
     Migration { sql: V2, then: None },
     Migration { sql: V3, then: Some(v3_tasks) },
@@ -296,6 +308,7 @@ const MIGRATIONS: [Migration; 7] = [
     Migration { sql: V5, then: Some(v5_tasks) },
     Migration { sql: V6, then: Some(v6_tasks) },
     Migration { sql: V7, then: None },
+    Migration { sql: V8, then: None },
 ];
 
 /// The page cache, in KiB.
@@ -382,7 +395,9 @@ mod tests {
                 token: LeaseToken::new(1, seq),
                 expires_at: 1_700_000_030_000,
                 worker: Some("w".into()),
+                leased_at: 1_700_000_001_000,
             }),
+            history: cherga_core::History::default(),
             created_at: 1_700_000_000_000 + seq as i64,
             updated_at: 1_700_000_001_000,
             finished_at: finished.then_some(1_700_000_001_000),
@@ -438,6 +453,8 @@ mod tests {
             .expect("queue ids");
         assert_eq!(ids, [("alpha".to_owned(), 1), ("zeta".to_owned(), 2)]);
         for task in &tasks {
+            // Version 2 kept no history, nor the start of a lease: it is taken
+            // to be the task's last change.
             assert_eq!(&crate::rows::load_seq(&conn, task.id.seq()).expect("migrated task"), task);
         }
         let copies: Vec<(i64, i64, u8, Option<i64>)> = conn

@@ -5,7 +5,8 @@
 //! checks the broker's invariants after every step.
 
 use cherga_core::{
-    Millis, NewTask, QueueName, QueueSettingsPatch, Refusal, Task, TaskId, TaskState, fingerprint,
+    AttemptOutcome, Millis, NewTask, QueueName, QueueSettingsPatch, Refusal, Task, TaskId, TaskState,
+    fingerprint,
 };
 use cherga_store::testkit::{self, Harness, T0};
 use cherga_store::{Ack, Claim, Enqueued, ListTasks, Nack, QueueInfo, Store, StoreError};
@@ -53,6 +54,16 @@ impl Harness for TempSqlite {
 
     async fn open(&mut self) -> SqliteStore {
         open_with(&self.path(), self.durable, self.limits)
+    }
+
+    /// A copy of the files taken while `store` runs: what it opens to was
+    /// replayed from the journal over the rows.
+    async fn crash(&mut self, store: SqliteStore) -> SqliteStore {
+        let copy = copy_of(self);
+        store.close().await;
+        drop(store);
+        *self = copy;
+        self.open().await
     }
 }
 
@@ -1081,6 +1092,20 @@ mod random_operations {
                 let seen = self.attempts.entry(task.id).or_default();
                 assert!(task.attempts >= *seen, "attempts went from {seen} to {}: {task:?}", task.attempts);
                 *seen = task.attempts;
+                // One entry per attempt, in order, the running one the current lease's.
+                let entries: Vec<_> = task.attempt_history().collect();
+                let numbers: Vec<u32> = entries.iter().map(|e| e.attempt).collect();
+                assert_eq!(numbers, (1..=task.attempts).collect::<Vec<_>>(), "history of {task:?}");
+                let running: Vec<_> =
+                    entries.iter().filter(|e| e.outcome == AttemptOutcome::Running).collect();
+                match (&task.lease, running.as_slice()) {
+                    (Some(lease), [entry]) if task.state == TaskState::Running => {
+                        assert_eq!(Some(entry.attempt), numbers.last().copied(), "{task:?}");
+                        assert_eq!(entry.started_at, lease.leased_at, "{task:?}");
+                    }
+                    (_, []) if task.state != TaskState::Running => {}
+                    _ => panic!("running entries {running:?} of {task:?}"),
+                }
                 if task.state == TaskState::Running {
                     if let Some(group) = &task.group {
                         assert!(running_groups.insert(group.clone()), "two tasks of group {group} running");

@@ -137,7 +137,8 @@ pub struct TickReport {
 pub struct Revocation {
     /// The token's `jti` claim.
     pub jti: String,
-    /// When the revocation may be forgotten (normally the token's own expiry).
+    /// When the revocation may be forgotten: normally the token's expiry plus
+    /// the clock-skew leeway it is accepted for (the server adds it).
     pub expires_at: Millis,
 }
 

@@ -37,8 +37,8 @@ use crate::{
     StoreError, TickReport,
 };
 use cherga_core::{
-    Backoff, Change, Millis, NewTask, QueueName, QueueSettings, QueueSettingsPatch, Refusal, Task, TaskId,
-    TaskState,
+    AttemptOutcome, Backoff, Change, History, Millis, NewTask, QueueName, QueueSettings, QueueSettingsPatch,
+    Refusal, Task, TaskId, TaskState,
 };
 use std::fmt::Debug;
 use std::future::Future;
@@ -55,6 +55,19 @@ pub trait Harness {
     /// data every later time. Before a later call the suite has closed and dropped
     /// the store it opened before.
     fn open(&mut self) -> impl Future<Output = Self::Store>;
+
+    /// Opens the store again over its data as a crash of `store` would leave it
+    /// (the power lost now, say), which every `Ok` the store answered survives.
+    /// By default a clean close and [`Harness::open`]; a store that recovers
+    /// from a crash differently from a close (the embedded store replays its
+    /// journal) should open a copy of its files taken while `store` runs.
+    fn crash(&mut self, store: Self::Store) -> impl Future<Output = Self::Store> {
+        async move {
+            store.close().await;
+            drop(store);
+            self.open().await
+        }
+    }
 }
 
 /// Expands to one `#[tokio::test]` per conformance case, each running the case
@@ -100,6 +113,11 @@ macro_rules! conformance_tests {
             a_purged_tasks_number_is_not_given_again,
             reopen_keeps_every_task_and_queue,
             reopen_honours_leases_and_rebuilds_index,
+            history_records_an_ack,
+            history_records_nacks_and_is_kept_by_a_retry,
+            history_ends_an_expired_attempt_when_its_lease_ran_out,
+            history_survives_a_reopen_and_a_crash,
+            history_keeps_the_first_attempt_and_the_latest,
             close_refuses_later_calls,
             revocations_are_listed_until_they_expire,
             revocations_survive_a_reopen,
@@ -1761,6 +1779,211 @@ pub async fn reopen_honours_leases_and_rebuilds_index<H: Harness>(mut harness: H
     assert_eq!(g1_again.attempts, 2);
     ack_ok(&store, &g1_again, None, T0 + 61_002).await;
     claim_one(&store, "grp", "g2", T0 + 61_003).await;
+}
+
+// ---------------------------------------------------------------------------
+// Attempt history.
+// ---------------------------------------------------------------------------
+
+/// A task's history, one line per entry: `attempt worker +started..+finished
+/// outcome error`, times from `T0`.
+fn history_lines(task: &Task) -> Vec<String> {
+    task.attempt_history()
+        .map(|e| {
+            let finished = e.finished_at.map_or(String::new(), |at| format!("{:+}", at - T0));
+            format!(
+                "{} {} {:+}..{finished} {} {}",
+                e.attempt,
+                e.worker.unwrap_or("-"),
+                e.started_at - T0,
+                e.outcome,
+                e.error.unwrap_or("-")
+            )
+        })
+        .collect()
+}
+
+#[track_caller]
+fn assert_history(task: &Task, expected: &[&str], what: &str) {
+    assert_eq!(history_lines(task), expected, "history of {:?} {what}: {task:?}", task.kind);
+}
+
+/// A lease starts a running attempt under the lease's worker; the ack ends it.
+pub async fn history_records_an_ack<H: Harness>(mut harness: H) {
+    let store = harness.open().await;
+    let created = create(&store, "h", task("a"), T0).await;
+    assert!(created.history.is_empty(), "a new task has no attempts: {created:?}");
+    let leased = claim_one(&store, "h", "a", T0 + 10).await;
+    assert_history(&leased, &["1 worker-1 +10.. running -"], "after a lease");
+    assert_eq!(leased.lease.as_ref().map(|l| l.leased_at), Some(T0 + 10), "the lease's start");
+    assert_eq!(get(&store, leased.id).await, leased);
+    let extended = store
+        .extend_lease(leased.id, token(&leased), 60_000, T0 + 20)
+        .await
+        .map(Changed::into_value)
+        .expect("extend");
+    assert_eq!(extended.history, leased.history, "an extension is the same attempt");
+    let acked = ack_ok(&store, &leased, Some("1"), T0 + 30).await;
+    assert_history(&acked, &["1 worker-1 +10..+30 succeeded -"], "after the ack");
+    assert_eq!(get(&store, acked.id).await, acked);
+    let replayed = ack_ok(&store, &leased, Some("1"), T0 + 40).await;
+    assert_eq!(replayed, acked, "a replayed ack changes nothing");
+
+    // Acked in the same call as the next lease.
+    create(&store, "h", task("b"), T0 + 50).await;
+    let claim = Claim { queue: queue_name("h"), max: 1, lease_ms: None, worker: None };
+    let b =
+        store.claim(claim.clone(), T0 + 51).await.map(Changed::into_value).expect("claim").pop().expect("b");
+    create(&store, "h", task("c"), T0 + 52).await;
+    let done = Ack { task_id: b.id, token: token(&b), result: None };
+    let (acked, leased) = store
+        .complete_and_claim(vec![done], claim, T0 + 53)
+        .await
+        .map(Changed::into_value)
+        .expect("complete_and_claim");
+    let b = acked.into_iter().next().expect("one").expect("b acked");
+    assert_history(&b, &["1 - +51..+53 succeeded -"], "acked with the next lease");
+    assert_history(&leased[0], &["1 - +53.. running -"], "leased with the ack");
+}
+
+/// Each nack ends its attempt as failed with its error, whether the task is
+/// scheduled again or dead; a retry of the dead task keeps them all.
+pub async fn history_records_nacks_and_is_kept_by_a_retry<H: Harness>(mut harness: H) {
+    let store = harness.open().await;
+    put(&store, "h", exact_backoff(100, 100), T0).await;
+    create(&store, "h", task("a"), T0).await;
+    let first = claim_one(&store, "h", "a", T0 + 1).await;
+    let nacked = nack_ok(&store, &first, None, false, T0 + 2).await;
+    assert_eq!(nacked.state, TaskState::Scheduled);
+    assert_history(&nacked, &["1 worker-1 +1..+2 failed boom"], "after a nack");
+    assert_eq!(nack(&store, first.id, &token(&first), None, false, T0 + 3).await.expect("replay"), nacked);
+    assert_eq!(tick(&store, T0 + 102).await.promoted, 1);
+    let second = claim_one(&store, "h", "a", T0 + 102).await;
+    let dead = nack_ok(&store, &second, None, true, T0 + 103).await;
+    assert_eq!(dead.state, TaskState::Dead);
+    let both = ["1 worker-1 +1..+2 failed boom", "2 worker-1 +102..+103 failed boom"];
+    assert_history(&dead, &both, "after a nack to dead");
+    let retried = store.retry_dead(dead.id, T0 + 200).await.map(Changed::into_value).expect("retry_dead");
+    assert_history(&retried, &both, "after a retry");
+    let third = claim_one(&store, "h", "a", T0 + 201).await;
+    let acked = ack_ok(&store, &third, None, T0 + 202).await;
+    assert_history(
+        &acked,
+        &[both[0], both[1], "3 worker-1 +201..+202 succeeded -"],
+        "after the retried task succeeded",
+    );
+    assert_eq!(acked.last_error.as_deref(), Some("boom"), "last_error is the last failure's");
+    assert_eq!(get(&store, acked.id).await, acked);
+}
+
+/// An expired attempt ends when its lease ran out (its last extension's expiry),
+/// not when the timer noticed.
+pub async fn history_ends_an_expired_attempt_when_its_lease_ran_out<H: Harness>(mut harness: H) {
+    let store = harness.open().await;
+    put(&store, "h", exact_backoff(1_000, 1_000), T0).await;
+    create(&store, "h", NewTask { max_attempts: Some(2), ..task("a") }, T0).await;
+    let leased = claim_with(&store, "h", 1, Some(10_000), T0).await.pop().expect("a");
+    store
+        .extend_lease(leased.id, token(&leased), 20_000, T0 + 5_000)
+        .await
+        .map(Changed::into_value)
+        .expect("extend");
+    assert_eq!(tick(&store, T0 + 40_000).await.expired, 1);
+    let expired = get(&store, leased.id).await;
+    assert_eq!(expired.state, TaskState::Scheduled);
+    assert_history(&expired, &["1 worker-1 +0..+25000 expired lease expired"], "after an expiry");
+    assert_eq!(tick(&store, T0 + 41_000).await.promoted, 1);
+    claim_with(&store, "h", 1, Some(1_000), T0 + 41_000).await;
+    assert_eq!(tick(&store, T0 + 42_500).await.expired, 1);
+    let dead = get(&store, leased.id).await;
+    assert_eq!(dead.state, TaskState::Dead, "the second expiry used the last attempt");
+    assert_history(
+        &dead,
+        &["1 worker-1 +0..+25000 expired lease expired", "2 worker-1 +41000..+42000 expired lease expired"],
+        "after the last attempt expired",
+    );
+}
+
+/// Histories are durable: a clean reopen and a crash give back every task with
+/// its history as it was, running attempts included, and the attempts go on.
+pub async fn history_survives_a_reopen_and_a_crash<H: Harness>(mut harness: H) {
+    let store = harness.open().await;
+    put(&store, "h", exact_backoff(100, 100), T0).await;
+    for kind in ["done", "failed", "running", "expired", "waiting"] {
+        create(&store, "h", task(kind), T0).await;
+    }
+    let done = claim_one(&store, "h", "done", T0 + 1).await;
+    ack_ok(&store, &done, None, T0 + 2).await;
+    let failed = claim_one(&store, "h", "failed", T0 + 3).await;
+    nack_ok(&store, &failed, None, false, T0 + 4).await;
+    let running = claim_with(&store, "h", 1, Some(600_000), T0 + 5).await.pop().expect("running");
+    let expired = claim_with(&store, "h", 1, Some(10), T0 + 6).await.pop().expect("expired");
+    assert_eq!((running.kind.as_str(), expired.kind.as_str()), ("running", "expired"));
+    assert_eq!(tick(&store, T0 + 20).await.expired, 1);
+    let before = list_all(&store, "h").await;
+    let lines: Vec<Vec<String>> = before.iter().map(history_lines).collect();
+    assert_eq!(
+        lines,
+        [
+            vec!["1 worker-1 +1..+2 succeeded -"],
+            vec!["1 worker-1 +3..+4 failed boom"],
+            vec!["1 worker-1 +5.. running -"],
+            vec!["1 worker-1 +6..+16 expired lease expired"],
+            vec![],
+        ],
+        "{before:?}"
+    );
+
+    let store = reopen(&mut harness, store).await;
+    assert_eq!(list_all(&store, "h").await, before, "histories across a reopen");
+    // The next attempts, then a crash right after them.
+    assert_eq!(tick(&store, T0 + 200).await.promoted, 2);
+    let again = claim_with(&store, "h", 3, Some(600_000), T0 + 201).await;
+    assert_eq!(kinds(&again), ["waiting", "failed", "expired"], "by run_at");
+    store
+        .extend_lease(again[0].id, token(&again[0]), 600_000, T0 + 202)
+        .await
+        .map(Changed::into_value)
+        .expect("extend");
+    ack_ok(&store, &again[2], None, T0 + 203).await;
+    let before = list_all(&store, "h").await;
+    let store = harness.crash(store).await;
+    let after = list_all(&store, "h").await;
+    assert_eq!(after, before, "histories across a crash");
+    assert_history(
+        &after[1],
+        &["1 worker-1 +3..+4 failed boom", "2 worker-1 +201.. running -"],
+        "after the crash",
+    );
+    let acked = ack_ok(&store, &running, None, T0 + 300).await;
+    assert_history(&acked, &["1 worker-1 +5..+300 succeeded -"], "a lease from before the crash, acked");
+    store.close().await;
+}
+
+/// A task with more attempts than the bound keeps the first and the latest.
+pub async fn history_keeps_the_first_attempt_and_the_latest<H: Harness>(mut harness: H) {
+    let store = harness.open().await;
+    put(&store, "h", exact_backoff(0, 0), T0).await;
+    let total = History::MAX_ENTRIES as u32 + 5;
+    create(&store, "h", NewTask { max_attempts: Some(total), ..task("a") }, T0).await;
+    let mut now = T0;
+    let mut last = None;
+    for _ in 0..total {
+        now += 10;
+        tick(&store, now).await;
+        let leased = claim_one(&store, "h", "a", now).await;
+        last = Some(nack_ok(&store, &leased, Some(0), false, now + 1).await);
+    }
+    let last = last.expect("nacked");
+    assert_eq!(last.state, TaskState::Dead, "{total} attempts used");
+    let numbers: Vec<u32> = last.history.entries().iter().map(|e| e.attempt).collect();
+    let expected: Vec<u32> = std::iter::once(1).chain(7..=total).collect();
+    assert_eq!(numbers, expected, "the first attempt and the {} latest", History::MAX_ENTRIES - 1);
+    assert!(last.history.entries().iter().all(|e| e.outcome == AttemptOutcome::Failed));
+    assert_eq!(last.history.entries()[0].started_at, T0 + 10, "the first attempt is the first lease");
+    assert_eq!(get(&store, last.id).await, last);
+    let store = reopen(&mut harness, store).await;
+    assert_eq!(get(&store, last.id).await, last, "the bounded history across a reopen");
 }
 
 /// After `close`, every call is refused with `Closed`, and closing again is harmless.

@@ -3,19 +3,18 @@
 //! SIGHUP (the key file and the certificate) without a restart.
 //!
 //! **Invariant:** the server never runs without authentication on an address
-//! other clients can reach, unless told so with `--insecure`.
+//! other clients can reach, unless told so with `--insecure`; without
+//! authentication it answers only requests addressed to loopback hosts and
+//! those of `--allowed-hosts`.
 
 use anyhow::{Context, Result, bail};
 use cherga_auth::{KeySet, Policy, Verifier};
-use cherga_server::{AuthConfig, HttpLimits, ServerConfig, TlsCerts, TokenKeys};
+use cherga_server::{AllowedHosts, AuthConfig, HttpLimits, ServerConfig, TlsCerts, TokenKeys};
 use clap::Args;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Clock skew allowed on a token's `exp` and `nbf`.
-const TOKEN_LEEWAY_S: i64 = 30;
 
 #[derive(Args, Debug)]
 pub struct SecurityArgs {
@@ -38,6 +37,13 @@ pub struct SecurityArgs {
     /// it, such a server refuses to start.
     #[arg(long, env = "CHERGA_INSECURE")]
     insecure: bool,
+    /// Host names and IP addresses (comma-separated, no ports) that requests may
+    /// be addressed to besides localhost and loopback addresses, when
+    /// authentication is off; also the hosts whose web pages (`Origin`) may send
+    /// requests. Other hosts get 403, so that no web page reaches the server
+    /// through a name of its own (DNS rebinding).
+    #[arg(long, env = "CHERGA_ALLOWED_HOSTS", value_name = "HOSTS", default_value = "")]
+    allowed_hosts: String,
     /// TLS certificate chain (PEM, leaf first). Reloaded on SIGHUP.
     #[arg(long, env = "CHERGA_TLS_CERT", value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -65,7 +71,15 @@ pub struct SecurityArgs {
     /// Most long polls (leases with wait_ms) waiting at once; more get 429.
     #[arg(long, env = "CHERGA_MAX_WAITING_LEASES", default_value_t = HttpLimits::DEFAULT.max_waiting_leases)]
     max_waiting_leases: usize,
+    /// Deepest nesting of arrays and objects in a request body, its own braces
+    /// included (a payload may nest one level less); deeper bodies get 400.
+    #[arg(long, env = "CHERGA_MAX_JSON_DEPTH", default_value_t = cherga_server::DEFAULT_MAX_JSON_DEPTH)]
+    max_json_depth: usize,
 }
+
+/// The deepest `--max-json-depth`: serde_json, the Rust client's parser, refuses
+/// deeper JSON (its recursion limit is 128).
+const MAX_JSON_DEPTH: usize = 128;
 
 /// Validated security settings, and what SIGHUP reloads.
 pub struct Security {
@@ -75,6 +89,8 @@ pub struct Security {
     /// should not (see [`exposure_of`]).
     key_file_exposure: Option<String>,
     http: HttpLimits,
+    max_json_depth: usize,
+    allowed_hosts: AllowedHosts,
     auth: Option<(AuthConfig, PathBuf, Policy)>,
     tls: Option<Arc<TlsCerts>>,
 }
@@ -94,7 +110,7 @@ impl SecurityArgs {
                 let policy = Policy {
                     issuer: self.auth_issuer.clone(),
                     audience: self.auth_audience.clone(),
-                    leeway_s: TOKEN_LEEWAY_S,
+                    leeway_s: cherga_auth::LEEWAY_S,
                 };
                 let keys = KeySet::from_file(path).context("--auth-keys")?;
                 let private = keys.kids().iter().any(|kid| keys.get(kid).is_some_and(|key| key.can_sign()));
@@ -130,6 +146,11 @@ impl SecurityArgs {
         if self.request_timeout < Duration::from_secs(2) {
             bail!("--request-timeout must be at least 2s");
         }
+        let allowed_hosts = AllowedHosts::parse(&self.allowed_hosts).context("--allowed-hosts")?;
+        // Four: a lease's acks (body, list, ack) with a result that is an array.
+        if !(4..=MAX_JSON_DEPTH).contains(&self.max_json_depth) {
+            bail!("--max-json-depth must be between 4 and {MAX_JSON_DEPTH}");
+        }
         Ok(Security {
             insecure: auth.is_none() && !addr.ip().is_loopback(),
             key_file_exposure,
@@ -141,6 +162,8 @@ impl SecurityArgs {
                 request_timeout: self.request_timeout,
                 max_waiting_leases: self.max_waiting_leases,
             },
+            max_json_depth: self.max_json_depth,
+            allowed_hosts,
             auth,
             tls,
         })
@@ -153,8 +176,10 @@ impl Security {
         ServerConfig {
             max_body_bytes,
             max_payload_bytes,
+            max_json_depth: self.max_json_depth,
             http: self.http.clone(),
             auth: self.auth.as_ref().map(|(config, _, _)| config.clone()),
+            allowed_hosts: self.allowed_hosts.clone(),
             tls: self.tls.clone(),
         }
     }
@@ -177,12 +202,16 @@ impl Security {
                 max_auth_failures = config.max_failures_per_minute,
                 "authentication on"
             ),
-            None if self.insecure => {
-                tracing::warn!("authentication off (--insecure): every client may do everything")
-            }
-            None => {
-                tracing::info!("authentication off (loopback only): every local client may do everything")
-            }
+            None if self.insecure => tracing::warn!(
+                allowed_hosts = ?self.allowed_hosts.extra(),
+                "authentication off (--insecure): every client may do everything, in requests addressed \
+                 to localhost, a loopback address or an allowed host"
+            ),
+            None => tracing::info!(
+                allowed_hosts = ?self.allowed_hosts.extra(),
+                "authentication off (loopback only): every local client may do everything, in requests \
+                 addressed to localhost, a loopback address or an allowed host"
+            ),
         }
         if self.tls.is_some() {
             tracing::info!("TLS on");

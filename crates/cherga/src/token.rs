@@ -51,7 +51,7 @@ pub struct IssueArgs {
     #[arg(long)]
     sub: String,
     /// A scope: `produce:<queue-pattern>`, `consume:<queue-pattern>` or `admin`;
-    /// `*` in a pattern matches any characters. Repeat for several.
+    /// `*` in a pattern matches any characters. One per flag: repeat for several.
     #[arg(long = "scope", required = true)]
     scopes: Vec<String>,
     /// How long the token is valid, e.g. `30d`, `12h`.
@@ -71,10 +71,12 @@ pub struct IssueArgs {
 #[derive(Args, Debug)]
 pub struct RevokeArgs {
     /// The token's `jti`, or the whole token (then its `jti` and `exp` are read
-    /// from it, and the revocation is kept until the token would expire).
+    /// from it, and the revocation is kept until the token would expire, with the
+    /// server's clock-skew leeway on top).
     jti_or_token: String,
-    /// Keep the revocation until this time (RFC 3339); default: the token's `exp`
-    /// when a whole token is given, else for ever.
+    /// The token's expiry, as an RFC 3339 time: the server keeps the revocation
+    /// until then plus its clock-skew leeway. Default: the token's `exp` when a
+    /// whole token is given, else for ever.
     #[arg(long)]
     until: Option<String>,
     #[command(flatten)]
@@ -139,8 +141,12 @@ pub async fn token(command: TokenCommand) -> Result<()> {
 
 fn issue(args: IssueArgs) -> Result<()> {
     let keys = KeySet::from_file(&args.keys).context("--keys")?;
-    let scopes: Vec<String> =
-        args.scopes.iter().flat_map(|s| s.split_ascii_whitespace()).map(str::to_owned).collect();
+    // One flag, one scope: a value with whitespace inside is refused, not split,
+    // so that a templated `--scope "$SCOPES"` grants nothing by accident.
+    let scopes = args.scopes;
+    if let Some(bad) = scopes.iter().find(|s| s.chars().any(char::is_whitespace)) {
+        bail!("--scope {bad:?}: give one scope per --scope (repeat the flag for several)");
+    }
     if let Some(bad) = scopes.iter().find(|s| cherga_auth::Scopes::parse([s.as_str()]) == Default::default())
     {
         bail!("--scope {bad:?}: a scope is produce:<queue-pattern>, consume:<queue-pattern> or admin");

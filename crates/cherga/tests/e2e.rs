@@ -1185,6 +1185,8 @@ async fn prefer_return_minimal_shortens_answers_but_not_errors(backend: Backend)
     assert_eq!(whole["payload"], json!({"n": 4}), "{whole}");
     let (_, got) = server.get(&format!("/v1/tasks/{}", id(&one))).await;
     assert_eq!(got["state"], "succeeded", "{got}");
+    assert_eq!(got["history"][0]["outcome"], "succeeded", "whole tasks carry their history: {got}");
+    assert!(whole["history"].as_array().is_some_and(Vec::is_empty), "{whole}");
 
     // A short lease: each task as a worker needs it, and its lease works.
     let answer = post("/v1/queues/brief/lease", json!({"max": 5})).await.unwrap();

@@ -503,6 +503,36 @@ async fn issuer_and_audience_flags_are_enforced() {
     expect("configured iss/aud", s.call(Some(&right), "GET", "/v1/queues", Value::Null).await, 200);
 }
 
+/// One `--scope` is one scope: a value with whitespace inside is refused rather
+/// than split (a templated `--scope "$SCOPES"` must not grant what it names by
+/// accident), and so is a word that is not a scope.
+#[test]
+fn token_issue_takes_one_scope_per_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.json");
+    write_keys(&keys, &[cherga_auth::generate(Alg::EdDSA, "k1").unwrap()]);
+    let issue = |scopes: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_cherga"));
+        command.args(["token", "issue", "--keys"]).arg(&keys).args(["--sub", "s", "--ttl", "1h"]);
+        for scope in scopes {
+            command.args(["--scope", scope]);
+        }
+        command.output().unwrap()
+    };
+    let ok = issue(&["produce:q1", "admin"]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    for bad in ["produce:q1 admin", "admin\tconsume:*", "produce:", "read:*"] {
+        let refused = issue(&[bad]);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            !refused.status.success(),
+            "{bad:?} was issued: {}",
+            String::from_utf8_lossy(&refused.stdout)
+        );
+        assert!(stderr.contains("--scope"), "{bad:?}: {stderr}");
+    }
+}
+
 /// `cherga token revoke` writes the jti to the store: the token is refused at
 /// once, and still after a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -643,6 +673,97 @@ async fn key_rotation_with_two_kids() {
         call(&server, Some(&new_token), "GET", "/v1/queues", Value::Null).await,
         200,
     );
+}
+
+// ---------------------------------------------------------------------------
+// Hostile JSON.
+// ---------------------------------------------------------------------------
+
+/// `cherga serve` with `args` must refuse to start, saying `why`.
+fn refuses_to_start(args: &[&str], why: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_cherga"))
+        .args(["serve", "--addr", "127.0.0.1:0", "--log", "warn", "--data-dir"])
+        .arg(dir.path())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{args:?}: started");
+    assert!(stderr.contains(why), "{args:?}: {stderr}");
+}
+
+/// `--max-json-depth` sets how deep a request body may nest (64 by default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_depth_limit_is_a_flag() {
+    let server = Server::start_with(&Backend::sqlite(), &["--max-json-depth", "8"]).await;
+    let enqueue = |levels: usize| {
+        let payload = format!("{}{}", "[".repeat(levels), "]".repeat(levels));
+        format!(r#"{{"kind":"k","payload":{payload}}}"#)
+    };
+    let (status, body) = server.post_raw("/v1/queues/q/tasks", &enqueue(7)).await;
+    assert_eq!(status, 201, "eight levels with the body's own: {body}");
+    let (status, body) = server.post_raw("/v1/queues/q/tasks", &enqueue(8)).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_json")), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("8 levels"), "{body}");
+    refuses_to_start(&["--max-json-depth", "2"], "--max-json-depth");
+}
+
+// ---------------------------------------------------------------------------
+// Web pages in a browser on the same machine.
+// ---------------------------------------------------------------------------
+
+/// With auth off, the real binary answers only requests addressed to loopback
+/// hosts and those of `--allowed-hosts`, refuses pages of other origins, and
+/// takes bodies only as JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_rules_follow_the_allowed_hosts_flag() {
+    let server = Server::start_with(&Backend::sqlite(), &["--allowed-hosts", "cherga.test,10.9.8.7"]).await;
+    let port = server.base.rsplit(':').next().unwrap().to_owned();
+    let send = |host: String, origin: Option<&str>, content_type: &str| {
+        let mut request = http()
+            .post(server.url("/v1/queues/q/tasks"))
+            .header("host", host)
+            .header("content-type", content_type)
+            .body(r#"{"kind":"k"}"#);
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    let json = "application/json; charset=utf-8";
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("cherga.test:{port}"),
+        "10.9.8.7".into(),
+    ] {
+        let (status, body) = send(host.clone(), None, json).await;
+        assert_eq!(status, 201, "Host: {host}: {body}");
+    }
+    for host in [format!("evil.test:{port}"), format!("10.9.8.6:{port}")] {
+        let (status, body) = send(host.clone(), None, json).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (403, Some("forbidden")),
+            "Host: {host}: {body}"
+        );
+    }
+    let local = format!("127.0.0.1:{port}");
+    let (status, body) = send(local.clone(), Some("http://evil.test"), json).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("forbidden")), "{body}");
+    let (status, body) = send(local.clone(), Some("https://cherga.test"), json).await;
+    assert_eq!(status, 201, "an allowed origin: {body}");
+    let (status, body) = send(local, None, "text/plain").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (415, Some("unsupported_media_type")), "{body}");
+    let (_, list) = server.get("/v1/queues/q/tasks").await;
+    assert_eq!(list["tasks"].as_array().unwrap().len(), 5, "{list}");
+    refuses_to_start(&["--allowed-hosts", "cherga.test:80"], "--allowed-hosts");
 }
 
 // ---------------------------------------------------------------------------
@@ -902,7 +1023,8 @@ async fn slow_clients_and_a_connection_flood_do_not_starve_healthy_clients() {
             let mut sent = 0usize;
             while Instant::now() < until {
                 let Ok(mut stream) = connect_from(&server, "127.0.0.4").await else { break };
-                let head = "POST /v1/queues/slow/tasks HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n";
+                let head = "POST /v1/queues/slow/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+                            Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n";
                 if stream.write_all(head.as_bytes()).await.is_err() {
                     continue;
                 }
@@ -963,7 +1085,10 @@ async fn slow_clients_and_a_connection_flood_do_not_starve_healthy_clients() {
     assert!(closed_by_server(&mut slow_head), "a connection with a half-sent head stays open");
     let mut slow_body = tcp(&server);
     slow_body
-        .write_all(b"POST /v1/queues/q/tasks HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n{")
+        .write_all(
+            b"POST /v1/queues/q/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+              Content-Length: 50\r\n\r\n{",
+        )
         .unwrap();
     let mut answer = String::new();
     let _ = slow_body.read_to_string(&mut answer);

@@ -1,6 +1,6 @@
 use super::*;
 use crate::{BatchItem, BatchResponse, LeaseResponse, TaskList, TaskView};
-use cherga_core::{Lease, LeaseToken};
+use cherga_core::{Attempt, AttemptOutcome, History, Lease, LeaseToken};
 use proptest::prelude::*;
 
 fn serde_bytes(value: &impl serde::Serialize) -> Vec<u8> {
@@ -18,15 +18,25 @@ fn sample() -> Task {
         idempotency_key: Some("order-42\u{1}".into()),
         group: None,
         max_attempts: 25,
-        attempts: 1,
+        attempts: 2,
         state: TaskState::Running,
         result: None,
         last_error: Some("tab\there".into()),
         lease: Some(Lease {
-            token: LeaseToken::new(1, 0xabc),
+            token: LeaseToken::new(2, 0xabc),
             expires_at: 1_764_567_920_123,
             worker: Some("w\u{7f}".into()),
+            leased_at: 1_764_567_890_150,
         }),
+        history: History::from_entries(vec![Attempt {
+            attempt: 1,
+            worker: None,
+            started_at: 1_764_567_890_124,
+            finished_at: 1_764_567_890_140,
+            outcome: AttemptOutcome::Failed,
+            error: Some("tab\there".into()),
+        }])
+        .expect("a history"),
         created_at: 1_764_567_890_123,
         updated_at: 1_764_567_890_200,
         finished_at: None,
@@ -48,6 +58,36 @@ fn a_task_is_written_as_serde_writes_its_view() {
         String::from_utf8(out).unwrap(),
         String::from_utf8(serde_bytes(&TaskView::leased(&task))).unwrap()
     );
+}
+
+/// The wire format of a history, which clients read field by field.
+#[test]
+fn a_history_is_an_array_of_attempts_in_order() {
+    let mut out = Vec::new();
+    super::task(&mut out, &sample(), View::Public);
+    let value: serde_json::Value = serde_json::from_slice(&out).expect("JSON");
+    assert_eq!(
+        value["history"],
+        serde_json::json!([
+            {"attempt": 1, "worker": null, "started_at": "2025-12-01T05:44:50.124Z",
+             "finished_at": "2025-12-01T05:44:50.140Z", "outcome": "failed", "error": "tab\there"},
+            {"attempt": 2, "worker": "w\u{7f}", "started_at": "2025-12-01T05:44:50.150Z",
+             "finished_at": null, "outcome": "running", "error": null},
+        ])
+    );
+    let mut new = sample();
+    new.history = History::default();
+    (new.state, new.lease) = (TaskState::Ready, None);
+    let mut out = Vec::new();
+    super::task(&mut out, &new, View::Public);
+    assert!(String::from_utf8(out).unwrap().contains(r#","history":[]"#), "an empty history is written");
+    let old: TaskView = serde_json::from_value({
+        let mut v = value.clone();
+        v.as_object_mut().unwrap().remove("history");
+        v
+    })
+    .expect("an answer without history");
+    assert!(old.history.is_empty(), "read as empty");
 }
 
 #[test]
@@ -149,6 +189,28 @@ fn any_text() -> impl Strategy<Value = String> {
     "(\\PC|[\"\\\\\u{0}-\u{1f}\u{7f}]){0,12}"
 }
 
+/// Histories of up to four finished attempts (a running task adds its lease's).
+fn any_history() -> impl Strategy<Value = History> {
+    let entry = (
+        1u32..1000,
+        proptest::option::of(any_text()),
+        proptest::array::uniform2(-10i64..300_000_000_000_000),
+        proptest::sample::select(AttemptOutcome::ALL[1..].to_vec()),
+        proptest::option::of(any_text()),
+    );
+    proptest::collection::vec(entry, 0..4).prop_map(|entries| {
+        let mut attempt = 0;
+        let entries = entries
+            .into_iter()
+            .map(|(gap, worker, times, outcome, error)| {
+                attempt += gap;
+                Attempt { attempt, worker, started_at: times[0], finished_at: times[1], outcome, error }
+            })
+            .collect();
+        History::from_entries(entries).expect("made to be valid")
+    })
+}
+
 prop_compose! {
     fn any_task()(
         seq in 0u64..(1 << 62),
@@ -167,6 +229,7 @@ prop_compose! {
         last_error in proptest::option::of(any_text()),
         lease in proptest::option::of((any::<u32>(), any::<u64>(), proptest::option::of(any_text()))),
         finished in any::<bool>(),
+        history in any_history(),
     ) -> Task {
         Task {
             id: TaskId::new(created_at, seq),
@@ -174,8 +237,9 @@ prop_compose! {
             run_at: times[0],
             idempotency_key, group, max_attempts, attempts, state, result, last_error,
             lease: lease.map(|(attempt, random, worker)| Lease {
-                token: LeaseToken::new(attempt, random), expires_at: times[1], worker,
+                token: LeaseToken::new(attempt, random), expires_at: times[1], worker, leased_at: times[3],
             }),
+            history,
             created_at, updated_at: times[2],
             finished_at: finished.then_some(times[3]),
         }

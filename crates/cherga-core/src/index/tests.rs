@@ -3,6 +3,7 @@
 //! broker's invariants after every step.
 
 use super::*;
+use crate::history::{AttemptOutcome, History};
 use crate::queue::QueueSettings;
 use crate::task::{AckOutcome, LeaseToken, NewTask, Refusal, Task};
 use proptest::prelude::*;
@@ -54,7 +55,8 @@ impl Sim {
             .map(|seq| {
                 let i = seq as usize - 1;
                 let task = &mut self.tasks[i];
-                task.lease(seq, 1000, None, self.now).expect("picked tasks are ready");
+                let worker = (seq % 2 == 0).then(|| format!("w-{seq}"));
+                task.lease(seq, 1000, worker, self.now).expect("picked tasks are ready");
                 self.index.upsert_task(Some(TaskState::Ready), task);
                 i
             })
@@ -323,6 +325,9 @@ proptest! {
             for (i, before) in attempts_before.iter().enumerate() {
                 prop_assert!(sim.tasks[i].attempts >= *before, "attempts went back for task {i}");
             }
+            for (i, task) in sim.tasks.iter().enumerate() {
+                check_history(task).map_err(|e| TestCaseError::fail(format!("task {i}: {e}\n{task:#?}")))?;
+            }
             let mut counts = [0u64; 6];
             for t in &sim.tasks {
                 counts[usize::from(t.state.code())] += 1;
@@ -350,6 +355,50 @@ proptest! {
             prop_assert_eq!(loaded.expired(Millis::MAX, usize::MAX), sim.index.expired(Millis::MAX, usize::MAX));
         }
     }
+}
+
+/// The invariants of a task's attempt history, as the transitions keep them.
+fn check_history(task: &Task) -> Result<(), String> {
+    let entries: Vec<_> = task.attempt_history().collect();
+    if entries.len() > History::MAX_ENTRIES || task.history.len() > History::MAX_ENTRIES {
+        return Err(format!("{} entries, above the bound", entries.len()));
+    }
+    if entries.windows(2).any(|w| w[0].attempt >= w[1].attempt) {
+        return Err("attempt numbers do not increase".into());
+    }
+    // Every lease is an attempt, and these tasks' errors are far below the
+    // bound of error text: the first and the most recent ones are there.
+    let expected_len = (task.attempts as usize).min(History::MAX_ENTRIES);
+    if entries.len() != expected_len || entries.first().is_some_and(|e| e.attempt != 1) {
+        return Err(format!("{} entries after {} attempts", entries.len(), task.attempts));
+    }
+    if entries.last().is_some_and(|e| e.attempt != task.attempts) {
+        return Err("the last entry is not the last attempt".into());
+    }
+    let running: Vec<_> = entries.iter().filter(|e| e.outcome == AttemptOutcome::Running).collect();
+    match (task.state == TaskState::Running, running.as_slice()) {
+        (false, []) => {}
+        (true, [entry]) => {
+            let lease = task.lease.as_ref().ok_or("running without a lease")?;
+            let is_last = std::ptr::eq(*entry, entries.last().expect("one entry"));
+            if !is_last || entry.started_at != lease.leased_at || entry.worker != lease.worker.as_deref() {
+                return Err("the running entry is not the current lease's".into());
+            }
+        }
+        (is_running, running) => {
+            return Err(format!("{} running entries while the task is running: {is_running}", running.len()));
+        }
+    }
+    if entries.iter().any(|e| (e.outcome == AttemptOutcome::Running) == e.finished_at.is_some()) {
+        return Err("finished_at does not match the outcome".into());
+    }
+    // `last_error` is the error of the last attempt that failed or expired.
+    let last_failure =
+        entries.iter().rev().find(|e| matches!(e.outcome, AttemptOutcome::Failed | AttemptOutcome::Expired));
+    if task.last_error.as_deref() != last_failure.and_then(|e| e.error) {
+        return Err("last_error is not the last failure's error".into());
+    }
+    Ok(())
 }
 
 #[test]

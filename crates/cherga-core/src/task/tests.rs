@@ -2,6 +2,7 @@
 //! trace of states on failure.
 
 use super::*;
+use crate::history::History;
 use crate::queue::QueueSettings;
 
 const T0: Millis = 1_700_000_000_000;
@@ -343,4 +344,138 @@ fn lease_tokens_are_the_attempt_and_sixteen_hex_digits() {
     {
         assert_eq!(LeaseToken::new(attempt, random).as_str(), format!("{attempt}.{random:016x}"));
     }
+}
+
+/// The attempt history of `task`, one line per entry: `attempt worker
+/// +started..+finished outcome error`, times from `T0`.
+fn history_lines(task: &Task) -> Vec<String> {
+    task.attempt_history()
+        .map(|e| {
+            let finished = e.finished_at.map_or("".to_owned(), |at| format!("+{}", at - T0));
+            format!(
+                "{} {} +{}..{finished} {} {}",
+                e.attempt,
+                e.worker.unwrap_or("-"),
+                e.started_at - T0,
+                e.outcome,
+                e.error.unwrap_or("-")
+            )
+        })
+        .collect()
+}
+
+/// Runs `steps` against a fresh ready task (3 attempts, backoff 1 s doubling)
+/// and compares its attempt history after them with `expected`.
+fn check_history(steps: &[&dyn Fn(&mut Task)], expected: &[&str]) {
+    let mut task = ready_task();
+    for step in steps {
+        step(&mut task);
+    }
+    assert_eq!(history_lines(&task), expected, "history of {task:#?}");
+}
+
+/// Leases the task at `at` (promoting it first) for 1 s, for `worker`.
+fn lease_at(worker: Option<&'static str>, at: i64) -> impl Fn(&mut Task) {
+    move |t| {
+        t.promote(T0 + at);
+        t.lease(at as u64, 1000, worker.map(str::to_owned), T0 + at).expect("ready to lease");
+    }
+}
+
+fn ack_at(at: i64) -> impl Fn(&mut Task) {
+    move |t| {
+        let tok = token_of(t);
+        assert_eq!(t.ack(&tok, Some("1".into()), T0 + at), Ok(AckOutcome::Applied));
+        assert_eq!(t.ack(&tok, None, T0 + at + 1), Ok(AckOutcome::Replayed));
+    }
+}
+
+fn nack_at(at: i64, error: &'static str, dead: bool) -> impl Fn(&mut Task) {
+    move |t| {
+        let tok = token_of(t);
+        let nack = |t: &mut Task| t.nack(&tok, Some(error.into()), Some(0), dead, &settings(), 0.0, T0 + at);
+        assert_eq!(nack(t), Ok(AckOutcome::Applied));
+        assert_eq!(nack(t), Ok(AckOutcome::Replayed));
+    }
+}
+
+fn expire_at(at: i64) -> impl Fn(&mut Task) {
+    move |t| assert!(t.expire(&settings(), 0.0, T0 + at), "expires at +{at}")
+}
+
+#[test]
+fn history_of_an_ack() {
+    check_history(&[&lease_at(Some("w-1"), 0)], &["1 w-1 +0.. running -"]);
+    check_history(&[&lease_at(Some("w-1"), 5), &ack_at(10)], &["1 w-1 +5..+10 succeeded -"]);
+}
+
+#[test]
+fn history_of_nacks_expiries_and_a_retry() {
+    check_history(
+        &[
+            &lease_at(Some("w-1"), 0),
+            &nack_at(10, "boom", false),
+            &lease_at(Some("w-2"), 20),
+            // The lease ran out at +1020; the timer noticed at +1500 and
+            // backed off 2 s.
+            &expire_at(1500),
+            &lease_at(None, 3500),
+            &nack_at(3600, "poison", true),
+            &|t| t.retry(2, T0 + 3700).expect("dead"),
+            &lease_at(Some("w-3"), 3800),
+        ],
+        &[
+            "1 w-1 +0..+10 failed boom",
+            "2 w-2 +20..+1020 expired lease expired",
+            "3 - +3500..+3600 failed poison",
+            "4 w-3 +3800.. running -",
+        ],
+    );
+}
+
+#[test]
+fn history_keeps_the_first_attempt_and_the_most_recent() {
+    let mut task = Task::create("q", NewTask { max_attempts: Some(1000), ..new_task() }, &settings(), 1, T0);
+    let mut running_lengths = Vec::new();
+    for i in 0..150 {
+        let at = T0 + i * 10;
+        task.promote(at);
+        task.lease(1, 1000, None, at).unwrap();
+        running_lengths.push(task.attempt_history().count());
+        let tok = token_of(&task);
+        task.nack(&tok, Some(format!("e{}", i + 1)), Some(0), false, &settings(), 0.0, at + 1).unwrap();
+    }
+    let entries = task.history.entries();
+    assert_eq!(entries.len(), History::MAX_ENTRIES);
+    let numbers: Vec<u32> = entries.iter().map(|e| e.attempt).collect();
+    assert_eq!(numbers[..3], [1, 52, 53]);
+    assert_eq!(numbers.last(), Some(&150));
+    assert_eq!(entries[0].error.as_deref(), Some("e1"), "the first attempt is kept");
+    assert_eq!(
+        task.last_error.as_deref(),
+        entries[99].error.as_deref(),
+        "the last one's error is last_error"
+    );
+    assert_eq!(running_lengths[..3], [1, 2, 3]);
+    assert!(running_lengths[99..].iter().all(|&n| n == History::MAX_ENTRIES), "{running_lengths:?}");
+
+    // While the 151st attempt runs, the history shows it in place of the oldest but the first.
+    task.promote(T0 + 2000);
+    task.lease(1, 1000, None, T0 + 2000).unwrap();
+    let shown: Vec<u32> = task.attempt_history().map(|e| e.attempt).collect();
+    assert_eq!(shown.len(), History::MAX_ENTRIES);
+    assert_eq!((shown[..2].to_vec(), shown[98..].to_vec()), (vec![1, 53], vec![150, 151]));
+}
+
+#[test]
+fn the_running_attempt_is_the_lease() {
+    let mut t = ready_task();
+    t.lease(1, 1000, Some("w".into()), T0 + 5).unwrap();
+    assert!(t.history.is_empty(), "a lease stores no entry: {t:?}");
+    let tok = token_of(&t);
+    t.extend(&tok, 2000, T0 + 50).unwrap();
+    assert_eq!(history_lines(&t), ["1 w +5.. running -"], "an extension is the same attempt");
+    t.ack(&tok, None, T0 + 60).unwrap();
+    assert_eq!(history_lines(&t), ["1 w +5..+60 succeeded -"]);
+    assert_eq!(t.history.len(), 1);
 }

@@ -68,7 +68,7 @@ from .. import types as cherga_types
 from ..client import Client, default_url
 from ..errors import InvalidRequest, NotFound
 
-QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+QUEUE_NAME = re.compile(r"^(?!\.{1,2}$)[A-Za-z0-9_.-]{1,128}$")
 OUTBOX_PREFIX = "outbox-"
 
 _STATUS: dict[str, TaskResultStatus] = {
