@@ -236,7 +236,8 @@ pub async fn a_reader_follows_every_change_through_a_kill(backend: Backend, n_no
         client.await.expect("client");
     }
 
-    let log = whole_log(&reader_base.lock().unwrap()).await;
+    let reader_url = reader_base.lock().unwrap().clone();
+    let log = whole_log(&reader_url).await;
     *until.lock().unwrap() = Some(log.last().expect("events").id);
     let followed = reader.await.expect("reader");
 
@@ -258,7 +259,7 @@ pub async fn a_reader_follows_every_change_through_a_kill(backend: Backend, n_no
         })
         .collect();
     let has = |task: &str, change: &str| logged.iter().any(|(t, c, _)| t == task && c == change);
-    let seen = seen.lock().unwrap();
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
     for task in &seen.enqueued {
         assert!(has(task, "enqueued"), "acknowledged enqueue of {task} has no event");
     }
