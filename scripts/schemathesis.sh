@@ -70,10 +70,13 @@ run() {
   echo "== auth $mode: cherga at $base; schemathesis $("$VENV/bin/schemathesis" --version | awk '{print $NF}')"
 
   local status=0
+  # /v1/events answers an endless event stream by default (its JSON pages are
+  # checked by the server's own tests); every other operation is fuzzed.
   "$VENV/bin/schemathesis" --config-file scripts/schemathesis.toml run "$base/v1/openapi.json" \
     "${auth_header[@]}" \
     --checks all \
     --exclude-checks use_after_free \
+    --exclude-path /v1/events \
     --max-response-time 10 \
     --max-examples "$EXAMPLES" \
     --workers 2 \

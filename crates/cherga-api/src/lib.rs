@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod event;
 mod number;
 mod object;
 #[cfg(feature = "openapi")]

@@ -13,7 +13,7 @@ use cherga_client::{Client, Error, HandlerError, Worker, testing};
 use cherga_core::{Millis, NewTask, QueueName, QueueSettingsPatch, Task, TaskId};
 use cherga_server::ServerConfig;
 use cherga_store::{
-    Ack, AckedAndLeased, Claim, Enqueued, ListTasks, Nack, QueueInfo, Store, StoreError, TickReport,
+    Ack, AckedAndLeased, Changed, Claim, Enqueued, ListTasks, Nack, QueueInfo, Store, StoreError, TickReport,
 };
 use cherga_store_sqlite::{Options, SqliteStore};
 use serde_json::json;
@@ -78,17 +78,17 @@ impl Store for Counting {
         queue: QueueName,
         tasks: Vec<NewTask>,
         now: Millis,
-    ) -> Result<Vec<Result<Enqueued, StoreError>>, StoreError> {
+    ) -> Result<Changed<Vec<Result<Enqueued, StoreError>>>, StoreError> {
         self.inner.enqueue(queue, tasks, now).await
     }
-    async fn claim(&self, claim: Claim, now: Millis) -> Result<Vec<Task>, StoreError> {
+    async fn claim(&self, claim: Claim, now: Millis) -> Result<Changed<Vec<Task>>, StoreError> {
         self.inner.claim(claim, now).await
     }
     async fn complete(
         &self,
         acks: Vec<Ack>,
         now: Millis,
-    ) -> Result<Vec<Result<Task, StoreError>>, StoreError> {
+    ) -> Result<Changed<Vec<Result<Task, StoreError>>>, StoreError> {
         self.counts.alone.fetch_add(acks.len(), Ordering::SeqCst);
         self.inner.complete(acks, now).await
     }
@@ -97,11 +97,11 @@ impl Store for Counting {
         acks: Vec<Ack>,
         claim: Claim,
         now: Millis,
-    ) -> Result<AckedAndLeased, StoreError> {
+    ) -> Result<Changed<AckedAndLeased>, StoreError> {
         self.counts.with_lease.fetch_add(acks.len(), Ordering::SeqCst);
         self.inner.complete_and_claim(acks, claim, now).await
     }
-    async fn fail(&self, nack: Nack, now: Millis) -> Result<Task, StoreError> {
+    async fn fail(&self, nack: Nack, now: Millis) -> Result<Changed<Task>, StoreError> {
         self.inner.fail(nack, now).await
     }
     async fn extend_lease(
@@ -110,13 +110,13 @@ impl Store for Counting {
         token: String,
         ms: i64,
         now: Millis,
-    ) -> Result<Task, StoreError> {
+    ) -> Result<Changed<Task>, StoreError> {
         self.inner.extend_lease(id, token, ms, now).await
     }
-    async fn cancel(&self, id: TaskId, now: Millis) -> Result<Task, StoreError> {
+    async fn cancel(&self, id: TaskId, now: Millis) -> Result<Changed<Task>, StoreError> {
         self.inner.cancel(id, now).await
     }
-    async fn retry_dead(&self, id: TaskId, now: Millis) -> Result<Task, StoreError> {
+    async fn retry_dead(&self, id: TaskId, now: Millis) -> Result<Changed<Task>, StoreError> {
         self.inner.retry_dead(id, now).await
     }
     async fn get_task(&self, id: TaskId) -> Result<Task, StoreError> {
@@ -130,7 +130,7 @@ impl Store for Counting {
         queue: QueueName,
         patch: QueueSettingsPatch,
         now: Millis,
-    ) -> Result<QueueInfo, StoreError> {
+    ) -> Result<Changed<QueueInfo>, StoreError> {
         self.inner.put_queue(queue, patch, now).await
     }
     async fn get_queue(&self, queue: QueueName) -> Result<QueueInfo, StoreError> {
@@ -139,7 +139,7 @@ impl Store for Counting {
     async fn list_queues(&self) -> Result<Vec<QueueInfo>, StoreError> {
         self.inner.list_queues().await
     }
-    async fn tick(&self, now: Millis) -> Result<TickReport, StoreError> {
+    async fn tick(&self, now: Millis) -> Result<Changed<TickReport>, StoreError> {
         self.inner.tick(now).await
     }
     async fn close(&self) {

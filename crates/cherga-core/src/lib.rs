@@ -5,12 +5,14 @@
 //! numbers: time (`now`, in milliseconds since the Unix epoch) and randomness are
 //! parameters, so every rule here can be tested exactly.
 
+pub mod change;
 pub mod history;
 pub mod index;
 pub mod queue;
 pub mod retry;
 pub mod task;
 
+pub use change::{Change, Transition};
 pub use history::{Attempt, AttemptOutcome, AttemptRef, History, HistoryError};
 pub use index::{Index, Loader, SeqHash, TaskSlot};
 pub use queue::{QueueName, QueueSettings, QueueSettingsPatch};

@@ -313,6 +313,15 @@ impl Caller {
         }
     }
 
+    /// Whether the caller's token is still within its lifetime at `now` (a
+    /// long-lived stream ends when its token expires).
+    pub(crate) fn still_valid(&self, now: Millis) -> bool {
+        match self {
+            Caller::Anyone => true,
+            Caller::Token(p) => now.div_euclid(1000) < p.expires_at,
+        }
+    }
+
     fn allows_everywhere(&self, access: Access) -> bool {
         match self {
             Caller::Anyone => true,

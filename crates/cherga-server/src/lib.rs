@@ -15,6 +15,7 @@
 mod auth;
 mod browser;
 mod error;
+mod events;
 mod extract;
 mod listen;
 pub mod openapi;
@@ -28,7 +29,7 @@ mod tests;
 
 use cherga_api::Limits;
 use cherga_core::Millis;
-use cherga_store::Store;
+use cherga_store::{Changed, Effects, Store, StoreError};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -135,6 +136,9 @@ pub struct App<S> {
     lease_waits: Arc<tokio::sync::Semaphore>,
     /// Longest a long poll waits: below the request timeout.
     max_wait_ms: u64,
+    /// Raised whenever events may have been added to the log (by a change here,
+    /// or another node's): event streams read the log again.
+    events_signal: watch::Sender<u64>,
     /// Deepest nesting a request body may have ([`ServerConfig::max_json_depth`]).
     max_json_depth: usize,
     /// [`ServerConfig::allowed_hosts`].
@@ -142,6 +146,38 @@ pub struct App<S> {
 }
 
 impl<S: Store> App<S> {
+    /// Applies what a store call changed, here: the one place that decides what a
+    /// change means for this server. Tasks that may have become leasable wake as
+    /// many waiting leases of their queue (every waiter of a queue whose settings
+    /// changed), and a timer earlier than the loop's plan wakes the loop.
+    pub(crate) fn apply(&self, effects: &Effects) {
+        for (queue, n) in effects.leasable() {
+            self.waiters.wake_some(queue, n);
+        }
+        for queue in &effects.queues_changed {
+            self.waiters.wake(queue);
+        }
+        if let Some(at) = effects.next_timer() {
+            self.timer.due_by(at);
+        }
+        if !effects.transitions.is_empty() {
+            self.events_signal.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    /// Awaits a state-changing store call, applies its effects and answers its value.
+    ///
+    /// # Errors
+    /// The store's error (which changed nothing).
+    pub(crate) async fn change<T>(
+        &self,
+        call: impl Future<Output = Result<Changed<T>, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let changed = call.await?;
+        self.apply(&changed.effects);
+        Ok(changed.value)
+    }
+
     /// The shared state for a router over `store`. The returned sender starts a
     /// shutdown when it sends `true`.
     pub fn new(store: Arc<S>, config: &ServerConfig) -> (Arc<Self>, watch::Sender<bool>) {
@@ -149,6 +185,9 @@ impl<S: Store> App<S> {
         let waiters = Arc::new(Waiters::default());
         let remote = waiters.clone();
         store.on_remote_work(Arc::new(move |queue: &str| remote.wake(queue)));
+        let (events_signal, _) = watch::channel(0u64);
+        let remote_events = events_signal.clone();
+        store.on_remote_events(Arc::new(move || remote_events.send_modify(|n| *n = n.wrapping_add(1))));
         let request_ms = u64::try_from(config.http.request_timeout.as_millis()).unwrap_or(u64::MAX);
         let app = Arc::new(Self {
             store,
@@ -159,6 +198,7 @@ impl<S: Store> App<S> {
             guard: config.auth.as_ref().map(auth::Guard::new),
             lease_waits: Arc::new(tokio::sync::Semaphore::new(config.http.max_waiting_leases)),
             max_wait_ms: cherga_api::MAX_WAIT_MS.min(request_ms.saturating_sub(1_000)),
+            events_signal,
             max_json_depth: config.max_json_depth,
             allowed_hosts: config.allowed_hosts.clone(),
         });
@@ -210,12 +250,9 @@ impl<S: Store> App<S> {
         loop {
             self.timer.tick_starts();
             let now = now_ms();
-            let next = match self.store.tick(now).await {
+            let next = match self.change(self.store.tick(now)).await {
                 Ok(report) => {
                     failures = 0;
-                    for queue in &report.woken_queues {
-                        self.waiters.wake(queue);
-                    }
                     if report.expired > 0 || report.purged > 0 {
                         tracing::debug!(
                             expired = report.expired,

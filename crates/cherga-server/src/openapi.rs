@@ -48,6 +48,7 @@ use utoipa::{Modify, OpenApi, PartialSchema};
         routes::retry,
         routes::revoke,
         routes::list_revocations,
+        crate::events::stream,
         openapi_path,
     )
 )]
@@ -194,8 +195,9 @@ mod tests {
     /// Every route the router has, as (method, path). Kept next to the test that
     /// compares it with the router, which fails when a route is added without
     /// being listed here and in the document.
-    const ROUTES: [(&str, &str); 18] = [
+    const ROUTES: [(&str, &str); 19] = [
         ("get", "/healthz"),
+        ("get", "/v1/events"),
         ("get", "/v1/openapi.json"),
         ("get", "/v1/queues"),
         ("get", "/v1/queues/{queue}"),
@@ -244,7 +246,7 @@ mod tests {
         let store = cherga_store_sqlite::SqliteStore::open(cherga_store_sqlite::Options {
             path: dir.path().join("db"),
             durable: false,
-            limits: cherga_store_sqlite::Limits::STANDARD,
+            ..cherga_store_sqlite::Options::in_dir(dir.path())
         })
         .unwrap();
         let config = crate::ServerConfig::unauthenticated(1 << 20, 1 << 16);
@@ -255,6 +257,8 @@ mod tests {
             let request = axum::http::Request::builder()
                 .method(method.to_uppercase().as_str())
                 .uri(&uri)
+                // A page, not an endless stream, from `GET /v1/events`.
+                .header("accept", "application/json")
                 .header("content-type", "application/json")
                 .body(axum::body::Body::from("{}"))
                 .unwrap();

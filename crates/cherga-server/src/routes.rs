@@ -1,5 +1,7 @@
-//! The v1 routes. Each handler validates its input, makes one store call, wakes
-//! whoever may now have work, and answers with the wire types of `cherga-api`.
+//! The v1 routes. Each handler validates its input, makes one store call (a call
+//! that changes state goes through `App::change`, which applies its effects), and
+//! answers with the wire types of `cherga-api`. No handler decides what a change
+//! means for waiting leases or timers.
 
 use crate::auth::{
     Admin, AdminQueue, Caller, ConsumeQueue, ConsumeTask, ProduceQueue, ProduceTask, ReadQueue, forbidden,
@@ -49,6 +51,7 @@ pub fn router<S: Store>(app: Arc<App<S>>, config: &ServerConfig) -> Router {
         .route("/v1/tasks/{id}/extend", post(extend::<S>))
         .route("/v1/tasks/{id}/retry", post(retry::<S>))
         .route("/v1/revocations", post(revoke::<S>).get(list_revocations::<S>))
+        .route("/v1/events", get(crate::events::stream::<S>))
         .route("/v1/openapi.json", get(crate::openapi::serve_document::<S>))
         .fallback(|| async { ApiError::new(ErrorCode::RouteNotFound, "no such route; see the v1 API") })
         .method_not_allowed_fallback(|| async {
@@ -104,25 +107,6 @@ fn check_lease_ms(lease_ms: Option<i64>) -> Result<(), ApiError> {
     }
 }
 
-impl<S: Store> App<S> {
-    /// Tells waiters and the timer what a changed task means for them.
-    fn after_change(&self, task: &Task) {
-        match task.state {
-            TaskState::Ready => self.waiters.wake_some(&task.queue, 1),
-            TaskState::Scheduled => self.timer.due_by(task.run_at),
-            TaskState::Running => {
-                if let Some(lease) = &task.lease {
-                    self.timer.due_by(lease.expires_at);
-                }
-            }
-            // A finished task frees its group and a concurrency slot: one more
-            // task may be leasable.
-            _ if task.group.is_some() || task.state.is_finished() => self.waiters.wake_some(&task.queue, 1),
-            _ => {}
-        }
-    }
-}
-
 /// Liveness: answers while the server runs. Open to everyone.
 #[utoipa::path(get, path = "/healthz", tag = "health", security(()),
     responses((status = 200, description = "the server is up", body = Health)))]
@@ -168,10 +152,10 @@ pub(crate) async fn put_queue<S: Store>(
     AdminQueue(name): AdminQueue,
     JsonBody(body): JsonBody<QueueSettingsBody>,
 ) -> Result<Json<QueueView>, ApiError> {
-    let info =
-        app.store.put_queue(name, body.to_patch(), now_ms()).await.map_err(ApiError::from_queue_error)?;
-    // A raised limit or an unpaused queue may let waiting workers lease.
-    app.waiters.wake(&info.name);
+    let info = app
+        .change(app.store.put_queue(name, body.to_patch(), now_ms()))
+        .await
+        .map_err(ApiError::from_queue_error)?;
     Ok(Json(queue_view(&info)))
 }
 
@@ -197,12 +181,12 @@ pub(crate) async fn enqueue<S: Store>(
     };
     let now = now_ms();
     let new = request.into_new_task(header_key, now, &app.limits)?;
-    let mut results = app.store.enqueue(queue, vec![new], now).await.map_err(ApiError::from_queue_error)?;
+    let mut results =
+        app.change(app.store.enqueue(queue, vec![new], now)).await.map_err(ApiError::from_queue_error)?;
     let result =
         results.pop().ok_or_else(|| ApiError::new(ErrorCode::Internal, "store returned no result"))?;
     match result.map_err(ApiError::from_task_error)? {
         Enqueued::Created(task) => {
-            app.after_change(&task);
             app.remember_queues([&task]);
             Ok(task_answer(StatusCode::CREATED, &task, prefer))
         }
@@ -318,28 +302,18 @@ pub(crate) async fn enqueue_batch<S: Store>(
             Err(e) => checked.push(Err(e.into())),
         }
     }
-    let queue_text = queue.as_str().to_owned();
     let stored = if valid.is_empty() {
         Vec::new()
     } else {
-        app.store.enqueue(queue, valid, now).await.map_err(ApiError::from_queue_error)?
+        app.change(app.store.enqueue(queue, valid, now)).await.map_err(ApiError::from_queue_error)?
     };
-    let mut ready = 0;
     let results = merge_batch(checked, stored, |enqueued| match enqueued {
         Enqueued::Created(task) => {
             app.remember_queues([&task]);
-            if task.state == TaskState::Ready {
-                ready += 1;
-            } else {
-                app.after_change(&task);
-            }
             Item::Done(201, task)
         }
         Enqueued::Replayed(task) => Item::Done(200, task),
     });
-    if ready > 0 {
-        app.waiters.wake_some(&queue_text, ready);
-    }
     Ok(batch_answer(results, prefer))
 }
 
@@ -433,19 +407,18 @@ pub(crate) async fn lease<S: Store>(
         let tasks = match pending.take() {
             Some((checked, acks)) => {
                 let (stored, tasks) = app
-                    .store
-                    .complete_and_claim(acks, claim.clone(), now_ms())
+                    .change(app.store.complete_and_claim(acks, claim.clone(), now_ms()))
                     .await
                     .map_err(ApiError::from_queue_error)?;
-                acked = Some(acked_items(&app, checked, stored));
+                acked = Some(merge_batch(checked, stored, |task| Item::Done(200, task)));
                 tasks
             }
-            None => app.store.claim(claim.clone(), now_ms()).await.map_err(ApiError::from_queue_error)?,
+            None => app
+                .change(app.store.claim(claim.clone(), now_ms()))
+                .await
+                .map_err(ApiError::from_queue_error)?,
         };
         if !tasks.is_empty() {
-            if let Some(first) = tasks.first() {
-                app.after_change(first);
-            }
             app.remember_queues(&tasks);
             return Ok(answer(&tasks, acked));
         }
@@ -481,12 +454,12 @@ pub(crate) async fn ack<S: Store>(
 ) -> Result<Response, ApiError> {
     let result = result_text(&app, request.result)?;
     let ack = Ack { task_id, token: request.lease, result };
-    let mut results = app.store.complete(vec![ack], now_ms()).await.map_err(ApiError::from_task_error)?;
+    let mut results =
+        app.change(app.store.complete(vec![ack], now_ms())).await.map_err(ApiError::from_task_error)?;
     let task = results
         .pop()
         .ok_or_else(|| ApiError::new(ErrorCode::Internal, "store returned no result"))?
         .map_err(ApiError::from_task_error)?;
-    app.after_change(&task);
     Ok(task_answer(StatusCode::OK, &task, prefer))
 }
 
@@ -505,9 +478,9 @@ pub(crate) async fn ack_batch<S: Store>(
     let stored = if acks.is_empty() {
         Vec::new()
     } else {
-        app.store.complete(acks, now_ms()).await.map_err(ApiError::from_task_error)?
+        app.change(app.store.complete(acks, now_ms())).await.map_err(ApiError::from_task_error)?
     };
-    Ok(batch_answer(acked_items(&app, checked, stored), prefer))
+    Ok(batch_answer(merge_batch(checked, stored, |task| Item::Done(200, task)), prefer))
 }
 
 /// The acks of a batch checked before the store sees them: each item's id, the
@@ -542,27 +515,6 @@ async fn checked_acks<S: Store>(
     Ok((checked, acks))
 }
 
-/// The items answering a batch of acks; wakes, per queue, a waiter for each
-/// task that finished there (each frees a slot: one more task may be leasable).
-fn acked_items<S: Store>(
-    app: &App<S>,
-    checked: Vec<Result<(), ApiError>>,
-    stored: Vec<Result<Task, StoreError>>,
-) -> Vec<Item> {
-    let mut woken: Vec<(String, usize)> = Vec::new();
-    let items = merge_batch(checked, stored, |task| {
-        match woken.iter_mut().find(|(queue, _)| *queue == task.queue) {
-            Some((_, n)) => *n += 1,
-            None => woken.push((task.queue.clone(), 1)),
-        }
-        Item::Done(200, task)
-    });
-    for (queue, n) in woken {
-        app.waiters.wake_some(&queue, n);
-    }
-    items
-}
-
 /// Reports a failed attempt: the task is retried after its backoff, or is dead.
 /// Needs `consume` on the task's queue.
 #[utoipa::path(post, path = "/v1/tasks/{id}/nack", tag = "workers", params(TaskIdParam),
@@ -585,13 +537,7 @@ pub(crate) async fn nack<S: Store>(
         retry_in_ms: request.retry_in_ms,
         dead: request.dead,
     };
-    let task = app.store.fail(nack, now_ms()).await.map_err(ApiError::from_task_error)?;
-    app.after_change(&task);
-    if task.state == TaskState::Scheduled {
-        // The nacked task's concurrency slot (and its group) is free now; a dead
-        // task's was counted by `after_change`.
-        app.waiters.wake_some(&task.queue, 1);
-    }
+    let task = app.change(app.store.fail(nack, now_ms())).await.map_err(ApiError::from_task_error)?;
     Ok(task_json(&task))
 }
 
@@ -616,8 +562,7 @@ pub(crate) async fn extend<S: Store>(
         }
     };
     let task = app
-        .store
-        .extend_lease(task_id, request.lease, lease_ms, now_ms())
+        .change(app.store.extend_lease(task_id, request.lease, lease_ms, now_ms()))
         .await
         .map_err(ApiError::from_task_error)?;
     Ok(task_json(&task))
@@ -648,8 +593,7 @@ pub(crate) async fn cancel<S: Store>(
     State(app): AppState<S>,
     ProduceTask(task_id): ProduceTask,
 ) -> Result<Response, ApiError> {
-    let task = app.store.cancel(task_id, now_ms()).await.map_err(ApiError::from_task_error)?;
-    app.after_change(&task);
+    let task = app.change(app.store.cancel(task_id, now_ms())).await.map_err(ApiError::from_task_error)?;
     Ok(task_json(&task))
 }
 
@@ -662,8 +606,8 @@ pub(crate) async fn retry<S: Store>(
     State(app): AppState<S>,
     ProduceTask(task_id): ProduceTask,
 ) -> Result<Response, ApiError> {
-    let task = app.store.retry_dead(task_id, now_ms()).await.map_err(ApiError::from_task_error)?;
-    app.after_change(&task);
+    let task =
+        app.change(app.store.retry_dead(task_id, now_ms())).await.map_err(ApiError::from_task_error)?;
     Ok(task_json(&task))
 }
 

@@ -16,7 +16,7 @@ async fn answer(method: &str, uri: &str, body: &str) -> (u16, serde_json::Value)
     let store = cherga_store_sqlite::SqliteStore::open(cherga_store_sqlite::Options {
         path: dir.path().join("db"),
         durable: false,
-        limits: cherga_store_sqlite::Limits::STANDARD,
+        ..cherga_store_sqlite::Options::in_dir(dir.path())
     })
     .unwrap();
     let config = ServerConfig::unauthenticated(1 << 20, 1 << 16);

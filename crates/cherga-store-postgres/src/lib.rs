@@ -23,15 +23,16 @@
 //!   commits on PostgreSQL's notify lock), and a dedicated connection listens and
 //!   calls the `on_remote_work` callback, reconnecting when lost.
 
+mod events;
 mod ops;
 mod pool;
 mod rows;
 mod schema;
 
-use cherga_core::{Millis, NewTask, QueueName, QueueSettingsPatch, Task, TaskId, TaskState};
+use cherga_core::{Millis, NewTask, QueueName, QueueSettingsPatch, Task, TaskId};
 use cherga_store::{
-    Ack, AckedAndLeased, Claim, Enqueued, ListTasks, Nack, QueueInfo, Revocation, Store, StoreError,
-    TickReport,
+    Ack, AckedAndLeased, Changed, Claim, Effects, Enqueued, EventId, EventPage, ListTasks, Nack, QueueInfo,
+    Revocation, Store, StoreError, TickReport,
 };
 use ops::{Keys, TxError};
 use pool::{OwnPids, Pool, PoolError};
@@ -73,11 +74,21 @@ pub struct Options {
     pub schema: Option<String>,
     /// Most connections open at once (the listener's is extra).
     pub pool_size: usize,
+    /// How long events are kept in the event log; `None` keeps no log.
+    pub event_retention_ms: Option<Millis>,
 }
+
+/// How long the event log keeps events unless told otherwise: a day.
+pub const DEFAULT_EVENT_RETENTION_MS: Millis = 24 * 3_600_000;
 
 impl Options {
     pub fn new(url: &str) -> Self {
-        Self { url: url.to_owned(), schema: None, pool_size: DEFAULT_POOL_SIZE }
+        Self {
+            url: url.to_owned(),
+            schema: None,
+            pool_size: DEFAULT_POOL_SIZE,
+            event_retention_ms: Some(DEFAULT_EVENT_RETENTION_MS),
+        }
     }
 
     /// Checks the URL and the schema name and builds the connection settings:
@@ -238,9 +249,16 @@ struct Inner {
     pending: Mutex<BTreeSet<String>>,
     kick: tokio::sync::Notify,
     last_purge: AtomicI64,
+    event_retention_ms: Option<Millis>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     listening: AtomicBool,
+    /// Called when another node announces new events (`on_remote_events`).
+    events_wake: Mutex<Option<Arc<dyn Fn() + Send + Sync>>>,
 }
+
+/// The payload that announces new events rather than a queue's work: queue
+/// names are never empty.
+const EVENTS_PAYLOAD: &str = "";
 
 impl Inner {
     /// Has the notifier tell other nodes that `queues` may have leasable work.
@@ -282,7 +300,7 @@ impl PgStore {
     /// cannot be reached or the schema cannot be migrated.
     pub async fn open(options: Options) -> Result<Self, StoreError> {
         let config = options.connection_config().map_err(|e| unavailable(PgError::Config(e)))?;
-        let keys = Keys::new(options.schema.as_deref());
+        let keys = Keys::new(options.schema.as_deref(), options.event_retention_ms.is_some());
         let channel = match &options.schema {
             Some(schema) => format!("cherga_work.{schema}"),
             None => "cherga_work".to_owned(),
@@ -317,8 +335,10 @@ impl PgStore {
             pending: Mutex::new(BTreeSet::new()),
             kick: tokio::sync::Notify::new(),
             last_purge: AtomicI64::new(Millis::MIN),
+            event_retention_ms: options.event_retention_ms,
             tasks: Mutex::new(Vec::new()),
             listening: AtomicBool::new(false),
+            events_wake: Mutex::new(None),
         });
         let notifier = tokio::spawn(run_notifier(inner.clone()));
         inner.tasks.lock().expect("tasks lock").push(notifier);
@@ -437,14 +457,23 @@ async fn listen_once(inner: &Inner, wake: &Wake, own_pids: &OwnPids) -> Result<(
         }
     };
     tracing::debug!(channel = %inner.channel, "listening for work from other nodes");
+    let events_wake = || {
+        if let Some(wake) = inner.events_wake.lock().expect("events wake lock").clone() {
+            wake();
+        }
+    };
     for row in &queues {
         wake(row.get::<_, &str>(0));
     }
+    events_wake();
     while let Some(notification) = notifications.recv().await {
         if own_pids.lock().expect("pids lock").contains(&notification.process_id()) {
             continue;
         }
-        wake(notification.payload());
+        match notification.payload() {
+            EVENTS_PAYLOAD => events_wake(),
+            queue => wake(queue),
+        }
     }
     drop(client);
     match driver.await {
@@ -454,26 +483,33 @@ async fn listen_once(inner: &Inner, wake: &Wake, own_pids: &OwnPids) -> Result<(
     }
 }
 
+impl PgStore {
+    /// Tells other nodes about what a committed call made leasable, and passes its
+    /// answer on.
+    fn announce<T>(&self, changed: Changed<T>) -> Changed<T> {
+        let effects = &changed.effects;
+        let leasable = effects.leasable().into_iter().map(|(queue, _)| queue);
+        let logged = self.inner.event_retention_ms.is_some() && !effects.transitions.is_empty();
+        let events = logged.then_some(EVENTS_PAYLOAD);
+        self.inner.notify(leasable.chain(effects.queues_changed.iter().map(String::as_str)).chain(events));
+        changed
+    }
+}
+
 impl Store for PgStore {
     async fn enqueue(
         &self,
         queue: QueueName,
         tasks: Vec<NewTask>,
         now: Millis,
-    ) -> Result<Vec<Result<Enqueued, StoreError>>, StoreError> {
+    ) -> Result<Changed<Vec<Result<Enqueued, StoreError>>>, StoreError> {
         let inner = &*self.inner;
-        let answers =
+        let changed =
             transact!(inner, conn => ops::enqueue(&mut conn, &inner.keys, queue.as_str(), &tasks, now))?;
-        let ready = answers
-            .iter()
-            .any(|a| matches!(a, Ok(Enqueued::Created(task)) if task.state == TaskState::Ready));
-        if ready {
-            inner.notify([queue.as_str()]);
-        }
-        Ok(answers)
+        Ok(self.announce(changed))
     }
 
-    async fn claim(&self, claim: Claim, now: Millis) -> Result<Vec<Task>, StoreError> {
+    async fn claim(&self, claim: Claim, now: Millis) -> Result<Changed<Vec<Task>>, StoreError> {
         let inner = &*self.inner;
         transact!(inner, conn => ops::claim(&mut conn, &inner.keys, &claim, now))
     }
@@ -482,12 +518,10 @@ impl Store for PgStore {
         &self,
         acks: Vec<Ack>,
         now: Millis,
-    ) -> Result<Vec<Result<Task, StoreError>>, StoreError> {
+    ) -> Result<Changed<Vec<Result<Task, StoreError>>>, StoreError> {
         let inner = &*self.inner;
-        let (answers, queues) = transact!(inner, conn => ops::complete(&mut conn, &inner.keys, &acks, now))?;
-        // A finished task frees a concurrency slot or its group's next task.
-        inner.notify(queues.iter().map(String::as_str));
-        Ok(answers)
+        let changed = transact!(inner, conn => ops::complete(&mut conn, &inner.keys, &acks, now))?;
+        Ok(self.announce(changed))
     }
 
     async fn complete_and_claim(
@@ -495,24 +529,20 @@ impl Store for PgStore {
         acks: Vec<Ack>,
         claim: Claim,
         now: Millis,
-    ) -> Result<AckedAndLeased, StoreError> {
+    ) -> Result<Changed<AckedAndLeased>, StoreError> {
         let inner = &*self.inner;
         if acks.is_empty() {
-            return Ok((Vec::new(), self.claim(claim, now).await?));
+            return Ok(self.claim(claim, now).await?.map(|leased| (Vec::new(), leased)));
         }
-        let ((answers, queues), leased) =
+        let changed =
             transact!(inner, conn => ops::complete_and_claim(&mut conn, &inner.keys, &acks, &claim, now))?;
-        inner.notify(queues.iter().map(String::as_str));
-        Ok((answers, leased))
+        Ok(self.announce(changed))
     }
 
-    async fn fail(&self, nack: Nack, now: Millis) -> Result<Task, StoreError> {
+    async fn fail(&self, nack: Nack, now: Millis) -> Result<Changed<Task>, StoreError> {
         let inner = &*self.inner;
-        let (task, applied) = transact!(inner, conn => ops::fail(&mut conn, &inner.keys, &nack, now))?;
-        if applied {
-            inner.notify([task.queue.as_str()]);
-        }
-        Ok(task)
+        let changed = transact!(inner, conn => ops::fail(&mut conn, &inner.keys, &nack, now))?;
+        Ok(self.announce(changed))
     }
 
     async fn extend_lease(
@@ -521,25 +551,21 @@ impl Store for PgStore {
         token: String,
         lease_ms: i64,
         now: Millis,
-    ) -> Result<Task, StoreError> {
+    ) -> Result<Changed<Task>, StoreError> {
         let inner = &*self.inner;
         transact!(inner, conn => ops::extend_lease(&mut conn, &inner.keys, task_id, &token, lease_ms, now))
     }
 
-    async fn cancel(&self, task_id: TaskId, now: Millis) -> Result<Task, StoreError> {
+    async fn cancel(&self, task_id: TaskId, now: Millis) -> Result<Changed<Task>, StoreError> {
         let inner = &*self.inner;
-        let (task, applied) = transact!(inner, conn => ops::cancel(&mut conn, &inner.keys, task_id, now))?;
-        if applied && task.group.is_some() {
-            inner.notify([task.queue.as_str()]);
-        }
-        Ok(task)
+        let changed = transact!(inner, conn => ops::cancel(&mut conn, &inner.keys, task_id, now))?;
+        Ok(self.announce(changed))
     }
 
-    async fn retry_dead(&self, task_id: TaskId, now: Millis) -> Result<Task, StoreError> {
+    async fn retry_dead(&self, task_id: TaskId, now: Millis) -> Result<Changed<Task>, StoreError> {
         let inner = &*self.inner;
-        let task = transact!(inner, conn => ops::retry_dead(&mut conn, &inner.keys, task_id, now))?;
-        inner.notify([task.queue.as_str()]);
-        Ok(task)
+        let changed = transact!(inner, conn => ops::retry_dead(&mut conn, &inner.keys, task_id, now))?;
+        Ok(self.announce(changed))
     }
 
     async fn get_task(&self, task_id: TaskId) -> Result<Task, StoreError> {
@@ -555,12 +581,10 @@ impl Store for PgStore {
         queue: QueueName,
         patch: QueueSettingsPatch,
         now: Millis,
-    ) -> Result<QueueInfo, StoreError> {
+    ) -> Result<Changed<QueueInfo>, StoreError> {
         let inner = &*self.inner;
-        let info = transact!(inner, conn => ops::put_queue(&mut conn, queue.as_str(), &patch, now))?;
-        // An unpaused queue or a raised limit may let waiting workers lease.
-        inner.notify([queue.as_str()]);
-        Ok(info)
+        let changed = transact!(inner, conn => ops::put_queue(&mut conn, queue.as_str(), &patch, now))?;
+        Ok(self.announce(changed))
     }
 
     async fn get_queue(&self, queue: QueueName) -> Result<QueueInfo, StoreError> {
@@ -571,22 +595,24 @@ impl Store for PgStore {
         transact!(&*self.inner, conn => ops::list_queues(&mut conn))
     }
 
-    async fn tick(&self, now: Millis) -> Result<TickReport, StoreError> {
+    async fn tick(&self, now: Millis) -> Result<Changed<TickReport>, StoreError> {
         let inner = &*self.inner;
-        let promoted = transact!(inner, conn => ops::promote(&mut conn, now))?;
+        // Each step commits on its own: what a later one fails to do, the next tick does.
+        let mut transitions = transact!(inner, conn => ops::promote(&mut conn, &inner.keys, now))?;
         let expired = transact!(inner, conn => ops::expire(&mut conn, &inner.keys, now))?;
         let mut report =
-            TickReport { promoted: promoted.len(), expired: expired.len(), ..TickReport::default() };
+            TickReport { promoted: transitions.len(), expired: expired.len(), ..TickReport::default() };
+        transitions.extend(expired);
         let last = inner.last_purge.load(Ordering::Relaxed);
         if now.saturating_sub(last) >= PURGE_EVERY_MS {
             inner.last_purge.store(now, Ordering::Relaxed);
-            report.purged = transact!(inner, conn => ops::purge(&mut conn, now))?;
+            let retention = inner.event_retention_ms;
+            let purged = transact!(inner, conn => ops::purge(&mut conn, &inner.keys, now, retention))?;
+            report.purged = purged.len();
+            transitions.extend(purged);
         }
         report.next_timer = transact!(inner, conn => ops::next_timer(&mut conn))?;
-        let woken: BTreeSet<String> = promoted.into_iter().chain(expired).collect();
-        inner.notify(woken.iter().map(String::as_str));
-        report.woken_queues = woken.into_iter().collect();
-        Ok(report)
+        Ok(self.announce(Changed::new(report, Effects { transitions, ..Effects::none() })))
     }
 
     async fn revoke_token(&self, revocation: Revocation, now: Millis) -> Result<(), StoreError> {
@@ -595,6 +621,18 @@ impl Store for PgStore {
 
     async fn revoked_tokens(&self, now: Millis) -> Result<Vec<Revocation>, StoreError> {
         transact!(&*self.inner, conn => ops::revoked_tokens(&mut conn, now))
+    }
+
+    async fn read_events(&self, after: EventId, limit: usize) -> Result<EventPage, StoreError> {
+        let inner = &*self.inner;
+        if inner.event_retention_ms.is_none() {
+            return Err(StoreError::Unavailable("the event log is off".into()));
+        }
+        transact!(inner, conn => events::read(&mut conn, after, limit))
+    }
+
+    fn on_remote_events(&self, wake: Arc<dyn Fn() + Send + Sync>) {
+        *self.inner.events_wake.lock().expect("events wake lock") = Some(wake);
     }
 
     fn on_remote_work(&self, wake: Wake) {

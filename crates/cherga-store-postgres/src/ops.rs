@@ -17,13 +17,16 @@
 //! leased under its row lock, so two claims racing on different nodes cannot both
 //! lease from one group.
 
+use crate::events::{EventRow, INSERT_EVENTS};
 use crate::pool::{CommitError, Conn, Params, Step};
 use crate::rows::{self, ChangedRows, INSERT_TASKS, NewRows, UPDATE_TASKS, queue_columns, task_columns};
 use cherga_core::{
-    AckOutcome, LeaseToken, Millis, NewTask, QueueSettings, QueueSettingsPatch, Refusal, Task, TaskId,
-    TaskState, fingerprint,
+    AckOutcome, Change, LeaseToken, Millis, NewTask, QueueSettings, QueueSettingsPatch, Refusal, Task,
+    TaskId, TaskState, Transition, fingerprint,
 };
-use cherga_store::{Ack, Claim, Enqueued, ListTasks, Nack, QueueInfo, Revocation, StoreError};
+use cherga_store::{
+    Ack, Changed, Claim, Effects, Enqueued, ListTasks, Nack, QueueInfo, Revocation, StoreError,
+};
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 /// Why a transaction did not return its value.
@@ -66,7 +69,7 @@ impl From<Refusal> for TxError {
     }
 }
 
-type Tx<T> = Result<T, TxError>;
+pub(crate) type Tx<T> = Result<T, TxError>;
 
 /// Most timer transitions (and purged rows) per tick; the rest wait for the next.
 pub const TICK_LIMIT: i64 = 10_000;
@@ -75,11 +78,13 @@ pub const TICK_LIMIT: i64 = 10_000;
 /// different schemas of one database do not serialise on each other.
 pub struct Keys {
     prefix: String,
+    /// Whether transactions write their events to the log.
+    pub log_events: bool,
 }
 
 impl Keys {
-    pub fn new(schema: Option<&str>) -> Self {
-        Self { prefix: format!("cherga:{}:", schema.unwrap_or("")) }
+    pub fn new(schema: Option<&str>, log_events: bool) -> Self {
+        Self { prefix: format!("cherga:{}:", schema.unwrap_or("")), log_events }
     }
 
     pub fn migration(&self) -> String {
@@ -162,14 +167,26 @@ fn settings_from(found: &[tokio_postgres::Row]) -> Tx<Option<QueueSettings>> {
     })
 }
 
-/// Saves `tasks`, moves the heads of `groups` and commits, in one round trip.
-async fn save_and_commit(c: &mut Conn, tasks: &[&Task], groups: &BTreeSet<(String, String)>) -> Tx<()> {
-    save(c, tasks, groups, true).await
+/// Saves `tasks`, moves the heads of `groups`, writes the transaction's events
+/// and commits, in one round trip.
+async fn save_and_commit(
+    c: &mut Conn,
+    tasks: &[&Task],
+    groups: &BTreeSet<(String, String)>,
+    events: Option<&EventRow>,
+) -> Tx<()> {
+    save(c, tasks, groups, Some(events)).await
 }
 
-/// Saves `tasks` and moves the heads of `groups` in one round trip, and commits
-/// with them when `commit`; otherwise the transaction stays open.
-async fn save(c: &mut Conn, tasks: &[&Task], groups: &BTreeSet<(String, String)>, commit: bool) -> Tx<()> {
+/// Saves `tasks` and moves the heads of `groups` in one round trip, and, when
+/// `commit` is given, writes its events (if any) and commits with them;
+/// otherwise the transaction stays open.
+async fn save(
+    c: &mut Conn,
+    tasks: &[&Task],
+    groups: &BTreeSet<(String, String)>,
+    commit: Option<Option<&EventRow>>,
+) -> Tx<()> {
     let mut changed = ChangedRows::default();
     for task in tasks {
         changed.push(task);
@@ -178,18 +195,32 @@ async fn save(c: &mut Conn, tasks: &[&Task], groups: &BTreeSet<(String, String)>
         groups.iter().map(|(q, g)| (q.as_str(), g.as_str())).unzip();
     let save = changed.params();
     let refresh: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&queues, &names];
-    let mut steps: Vec<Step<'_>> = Vec::with_capacity(2);
+    let mut steps: Vec<Step<'_>> = Vec::with_capacity(3);
     if !changed.is_empty() {
         steps.push((UPDATE_TASKS, &save));
     }
     if !groups.is_empty() {
         steps.push((REFRESH_HEADS, &refresh));
     }
-    if commit {
-        c.commit_with(&steps).await?;
-    } else if !steps.is_empty() {
-        c.run(&steps).await?;
+    match commit {
+        Some(events) => {
+            let event_params = events.map(EventRow::params);
+            steps.extend(event_params.as_ref().map(|p| (INSERT_EVENTS, &p[..])));
+            c.commit_with(&steps).await?;
+        }
+        None if !steps.is_empty() => {
+            c.run(&steps).await?;
+        }
+        None => {}
     }
+    Ok(())
+}
+
+/// Commits the open transaction, writing `events` first.
+async fn commit_events(c: &mut Conn, events: Option<&EventRow>) -> Tx<()> {
+    let event_params = events.map(EventRow::params);
+    let steps: Vec<Step<'_>> = event_params.as_ref().map(|p| (INSERT_EVENTS, &p[..])).into_iter().collect();
+    c.commit_with(&steps).await?;
     Ok(())
 }
 
@@ -275,7 +306,7 @@ pub async fn enqueue(
     queue: &str,
     tasks: &[NewTask],
     now: Millis,
-) -> Tx<Vec<Result<Enqueued, StoreError>>> {
+) -> Tx<Changed<Vec<Result<Enqueued, StoreError>>>> {
     c.begin();
     let group_locks: Vec<String> =
         tasks.iter().filter_map(|t| t.group.as_deref()).map(|g| keys.group(queue, g)).collect();
@@ -355,9 +386,11 @@ pub async fn enqueue(
     };
     let mut new_rows = NewRows::default();
     let mut groups = BTreeSet::new();
+    let mut effects = Effects::none();
     for (plan, new) in plans.iter().zip(tasks) {
         if let (Plan::Plain(task) | Plan::Keyed(task), true) = (plan, is_new(plan, new)) {
             new_rows.push(task);
+            effects.transitions.push(Transition::of(task, Change::Enqueued, None, now));
             if let Some(group) = &task.group {
                 groups.insert((queue.to_owned(), group.clone()));
             }
@@ -367,13 +400,16 @@ pub async fn enqueue(
     let (group_queues, group_names): (Vec<&str>, Vec<&str>) =
         groups.iter().map(|(q, g)| (q.as_str(), g.as_str())).unzip();
     let refresh: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&group_queues, &group_names];
-    let mut steps: Vec<Step<'_>> = Vec::with_capacity(2);
+    let mut steps: Vec<Step<'_>> = Vec::with_capacity(3);
     if !new_rows.is_empty() {
         steps.push((INSERT_TASKS, &insert));
     }
     if !groups.is_empty() {
         steps.push((REFRESH_HEADS, &refresh));
     }
+    let events = EventRow::of(&effects.transitions, keys.log_events)?;
+    let event_params = events.as_ref().map(EventRow::params);
+    steps.extend(event_params.as_ref().map(|p| (INSERT_EVENTS, &p[..])));
     c.commit_with(&steps).await?;
 
     // The answers, in item order. `stored` is what each key names after this
@@ -404,7 +440,7 @@ pub async fn enqueue(
         };
         answers.push(answer);
     }
-    Ok(answers)
+    Ok(Changed::new(answers, effects))
 }
 
 // ---------------------------------------------------------------------------
@@ -430,13 +466,22 @@ const SELECT_CLAIMABLE: &str = concat!(
 /// Leases the best claimable tasks: ready, and for a grouped task the group's
 /// head with no member of the group running. Rows another transaction holds are
 /// skipped, so claims on several nodes never hand out one task twice.
-pub async fn claim(c: &mut Conn, keys: &Keys, claim: &Claim, now: Millis) -> Tx<Vec<Task>> {
+pub async fn claim(c: &mut Conn, keys: &Keys, claim: &Claim, now: Millis) -> Tx<Changed<Vec<Task>>> {
     c.begin();
-    lease_and_commit(c, keys, claim, now).await
+    let (leased, transitions) = lease_and_commit(c, keys, claim, now, Vec::new()).await?;
+    Ok(Changed::new(leased, Effects { transitions, ..Effects::none() }))
 }
 
-/// The claim of [`claim`] inside the open transaction, which it commits.
-async fn lease_and_commit(c: &mut Conn, keys: &Keys, claim: &Claim, now: Millis) -> Tx<Vec<Task>> {
+/// The claim of [`claim`] inside the open transaction, which it commits with
+/// the events of `transitions` (made earlier in the transaction) and its own.
+/// Returns the leased tasks and every transition of the transaction.
+async fn lease_and_commit(
+    c: &mut Conn,
+    keys: &Keys,
+    claim: &Claim,
+    now: Millis,
+    mut transitions: Vec<Transition>,
+) -> Tx<(Vec<Task>, Vec<Transition>)> {
     let queue = claim.queue.as_str();
     let settings = match settings_from(&c.query(SELECT_QUEUE, &[&queue]).await?)? {
         Some(settings) => settings,
@@ -444,8 +489,8 @@ async fn lease_and_commit(c: &mut Conn, keys: &Keys, claim: &Claim, now: Millis)
     };
     let max = i64::try_from(claim.max).unwrap_or(i64::MAX);
     if settings.paused || max == 0 {
-        c.commit().await?;
-        return Ok(Vec::new());
+        commit_events(c, EventRow::of(&transitions, keys.log_events)?.as_ref()).await?;
+        return Ok((Vec::new(), transitions));
     }
     let concurrency = settings.concurrency.map(i64::from);
     let queue_lock = vec![keys.queue(queue)];
@@ -467,10 +512,12 @@ async fn lease_and_commit(c: &mut Conn, keys: &Keys, claim: &Claim, now: Millis)
             tracing::error!(task = %task.id, %refusal, "claim selected a task that is not ready");
             continue;
         }
+        transitions.push(Transition::of(&task, Change::Leased, Some(TaskState::Ready), now));
         leased.push(task);
     }
-    save_and_commit(c, &leased.iter().collect::<Vec<_>>(), &BTreeSet::new()).await?;
-    Ok(leased)
+    let events = EventRow::of(&transitions, keys.log_events)?;
+    save_and_commit(c, &leased.iter().collect::<Vec<_>>(), &BTreeSet::new(), events.as_ref()).await?;
+    Ok((leased, transitions))
 }
 
 // ---------------------------------------------------------------------------
@@ -479,20 +526,24 @@ async fn lease_and_commit(c: &mut Conn, keys: &Keys, claim: &Claim, now: Millis)
 
 /// Acknowledges a batch in one transaction and two round trips: the group locks
 /// and one row lock each (in `seq` order), then one `UPDATE` for all and the
-/// commit. Also returns the queues where a task finished.
-pub async fn complete(c: &mut Conn, keys: &Keys, acks: &[Ack], now: Millis) -> Tx<Completed> {
+/// commit.
+pub async fn complete(
+    c: &mut Conn,
+    keys: &Keys,
+    acks: &[Ack],
+    now: Millis,
+) -> Tx<Changed<Vec<Result<Task, StoreError>>>> {
     c.begin();
     let (answers, to_save, groups) = acknowledge(c, keys, acks, now).await?;
-    save_and_commit(c, &to_save.iter().collect::<Vec<_>>(), &groups).await?;
-    Ok(completed(answers, &to_save))
+    let transitions = acked(&to_save, now);
+    let events = EventRow::of(&transitions, keys.log_events)?;
+    save_and_commit(c, &to_save.iter().collect::<Vec<_>>(), &groups, events.as_ref()).await?;
+    Ok(Changed::new(answers, Effects { transitions, ..Effects::none() }))
 }
 
-/// What [`complete`] answers: an answer per ack, and the queues where a task
-/// finished.
-pub type Completed = (Vec<Result<Task, StoreError>>, BTreeSet<String>);
-
-fn completed(answers: Vec<Result<Task, StoreError>>, saved: &[Task]) -> Completed {
-    (answers, saved.iter().map(|t| t.queue.clone()).collect())
+/// The transitions of the tasks acks finished.
+fn acked(saved: &[Task], now: Millis) -> Vec<Transition> {
+    saved.iter().map(|task| Transition::of(task, Change::Acked, Some(TaskState::Running), now)).collect()
 }
 
 /// Acknowledges `acks` as [`complete`] does, then claims as [`claim`] does, in
@@ -507,13 +558,13 @@ pub async fn complete_and_claim(
     acks: &[Ack],
     claim: &Claim,
     now: Millis,
-) -> Tx<(Completed, Vec<Task>)> {
+) -> Tx<Changed<(Vec<Result<Task, StoreError>>, Vec<Task>)>> {
     c.begin();
     let (answers, to_save, groups) = acknowledge(c, keys, acks, now).await?;
     // Saved first, so that the claim sees the groups and slots the acks freed.
-    save(c, &to_save.iter().collect::<Vec<_>>(), &groups, false).await?;
-    let leased = lease_and_commit(c, keys, claim, now).await?;
-    Ok((completed(answers, &to_save), leased))
+    save(c, &to_save.iter().collect::<Vec<_>>(), &groups, None).await?;
+    let (leased, transitions) = lease_and_commit(c, keys, claim, now, acked(&to_save, now)).await?;
+    Ok(Changed::new((answers, leased), Effects { transitions, ..Effects::none() }))
 }
 
 /// The acknowledgements of [`complete`] inside the open transaction: an answer
@@ -583,21 +634,35 @@ async fn load_for_update(
     Ok((task, settings))
 }
 
-pub async fn fail(c: &mut Conn, keys: &Keys, nack: &Nack, now: Millis) -> Tx<(Task, bool)> {
+pub async fn fail(c: &mut Conn, keys: &Keys, nack: &Nack, now: Millis) -> Tx<Changed<Task>> {
     c.begin();
     let (mut task, settings) = load_for_update(c, keys, nack.task_id, true).await?;
     let token = LeaseToken::from_string(nack.token.clone());
     let error = rows::storable(nack.error.as_deref());
     let outcome = task.nack(&token, error, nack.retry_in_ms, nack.dead, &settings, fastrand::f64(), now)?;
-    let applied = outcome == AckOutcome::Applied;
-    if applied {
-        let mut groups = BTreeSet::new();
-        changed_group(TaskState::Running, &task, &mut groups);
-        save_and_commit(c, &[&task], &groups).await?;
-    } else {
+    settle_one(c, keys, task, outcome, (Change::Nacked, TaskState::Running), now).await
+}
+
+/// Saves `task`, moved by `change` out of `was`, and commits; a replayed change
+/// only commits (there is nothing to save).
+async fn settle_one(
+    c: &mut Conn,
+    keys: &Keys,
+    task: Task,
+    outcome: AckOutcome,
+    (change, was): (Change, TaskState),
+    now: Millis,
+) -> Tx<Changed<Task>> {
+    if outcome == AckOutcome::Replayed {
         c.commit().await?;
+        return Ok(Changed::nothing(task));
     }
-    Ok((task, applied))
+    let mut groups = BTreeSet::new();
+    changed_group(was, &task, &mut groups);
+    let transitions = vec![Transition::of(&task, change, Some(was), now)];
+    let events = EventRow::of(&transitions, keys.log_events)?;
+    save_and_commit(c, &[&task], &groups, events.as_ref()).await?;
+    Ok(Changed::new(task, Effects { transitions, ..Effects::none() }))
 }
 
 pub async fn extend_lease(
@@ -607,39 +672,36 @@ pub async fn extend_lease(
     token: &str,
     lease_ms: i64,
     now: Millis,
-) -> Tx<Task> {
+) -> Tx<Changed<Task>> {
     c.begin();
     // No group lock: a heartbeat does not change which tasks are unfinished.
     let (mut task, _) = load_for_update(c, keys, task_id, false).await?;
     task.extend(&LeaseToken::from_string(token.to_owned()), lease_ms, now)?;
-    save_and_commit(c, &[&task], &BTreeSet::new()).await?;
-    Ok(task)
+    save_and_commit(c, &[&task], &BTreeSet::new(), None).await?;
+    // A longer lease is no transition: the task stays running.
+    Ok(Changed::nothing(task))
 }
 
-pub async fn cancel(c: &mut Conn, keys: &Keys, task_id: TaskId, now: Millis) -> Tx<(Task, bool)> {
+pub async fn cancel(c: &mut Conn, keys: &Keys, task_id: TaskId, now: Millis) -> Tx<Changed<Task>> {
     c.begin();
     let (mut task, _) = load_for_update(c, keys, task_id, true).await?;
     let was = task.state;
-    let applied = task.cancel(now)? == AckOutcome::Applied;
-    if applied {
-        let mut groups = BTreeSet::new();
-        changed_group(was, &task, &mut groups);
-        save_and_commit(c, &[&task], &groups).await?;
-    } else {
-        c.commit().await?;
-    }
-    Ok((task, applied))
+    let outcome = task.cancel(now)?;
+    settle_one(c, keys, task, outcome, (Change::Cancelled, was), now).await
 }
 
 /// Sends a dead task back to ready. In a group it is older than the group's
 /// current head (or the group has none), so it becomes the head.
-pub async fn retry_dead(c: &mut Conn, keys: &Keys, task_id: TaskId, now: Millis) -> Tx<Task> {
+pub async fn retry_dead(c: &mut Conn, keys: &Keys, task_id: TaskId, now: Millis) -> Tx<Changed<Task>> {
     c.begin();
     let (mut task, settings) = load_for_update(c, keys, task_id, true).await?;
     task.retry(settings.max_attempts, now)?;
+    let transition = Transition::of(&task, Change::Retried, Some(TaskState::Dead), now);
+    let effects = Effects { transitions: vec![transition], ..Effects::none() };
+    let events = EventRow::of(&effects.transitions, keys.log_events)?;
     let Some(group) = task.group.clone() else {
-        save_and_commit(c, &[&task], &BTreeSet::new()).await?;
-        return Ok(task);
+        save_and_commit(c, &[&task], &BTreeSet::new(), events.as_ref()).await?;
+        return Ok(Changed::new(task, effects));
     };
     let mut changed = ChangedRows::default();
     changed.push(&task);
@@ -647,17 +709,21 @@ pub async fn retry_dead(c: &mut Conn, keys: &Keys, task_id: TaskId, now: Millis)
     let seq = task.id.seq() as i64;
     let (queues, groups) = ([task.queue.as_str()], [group.as_str()]);
     let (queues, groups) = (queues.as_slice(), groups.as_slice());
-    c.commit_with(&[
+    let unhead: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&task.queue, &group, &seq];
+    let refresh: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&queues, &groups];
+    let mut steps: Vec<Step<'_>> = vec![
         (UPDATE_TASKS, &save),
         (
             "UPDATE tasks SET head = false \
              WHERE queue = $1 AND grp = $2 AND grp IS NOT NULL AND state IN (0, 1, 2) AND head AND seq > $3",
-            &[&task.queue, &group, &seq],
+            &unhead,
         ),
-        (REFRESH_HEADS, &[&queues, &groups]),
-    ])
-    .await?;
-    Ok(task)
+        (REFRESH_HEADS, &refresh),
+    ];
+    let event_params = events.as_ref().map(EventRow::params);
+    steps.extend(event_params.as_ref().map(|p| (INSERT_EVENTS, &p[..])));
+    c.commit_with(&steps).await?;
+    Ok(Changed::new(task, effects))
 }
 
 // ---------------------------------------------------------------------------
@@ -741,7 +807,12 @@ pub async fn list_queues(c: &mut Conn) -> Tx<Vec<QueueInfo>> {
     Ok(queues)
 }
 
-pub async fn put_queue(c: &mut Conn, queue: &str, patch: &QueueSettingsPatch, now: Millis) -> Tx<QueueInfo> {
+pub async fn put_queue(
+    c: &mut Conn,
+    queue: &str,
+    patch: &QueueSettingsPatch,
+    now: Millis,
+) -> Tx<Changed<QueueInfo>> {
     c.begin();
     // Create first and then lock the row, so that concurrent patches of one queue
     // apply one after the other; a refused patch rolls the creation back.
@@ -777,7 +848,8 @@ pub async fn put_queue(c: &mut Conn, queue: &str, patch: &QueueSettingsPatch, no
         ])
         .await?;
     let counts = counts_from(&results.pop().expect("counts"));
-    Ok(QueueInfo { name: queue.to_owned(), settings: s, counts })
+    let effects = Effects { queues_changed: vec![queue.to_owned()], ..Effects::none() };
+    Ok(Changed::new(QueueInfo { name: queue.to_owned(), settings: s, counts }, effects))
 }
 
 // ---------------------------------------------------------------------------
@@ -786,24 +858,41 @@ pub async fn put_queue(c: &mut Conn, queue: &str, patch: &QueueSettingsPatch, no
 
 /// `scheduled → ready` for tasks whose `run_at` passed, as `Task::promote` does
 /// (state and `updated_at`, nothing else), in one statement: loading whole rows
-/// to flip two columns would only move payloads back and forth. Returns the
-/// queues of the promoted tasks.
-pub async fn promote(c: &mut Conn, now: Millis) -> Tx<Vec<String>> {
+/// to flip two columns would only move payloads back and forth. Returns their
+/// transitions.
+pub async fn promote(c: &mut Conn, keys: &Keys, now: Millis) -> Tx<Vec<Transition>> {
+    c.begin();
     let found = c
         .query(
             "UPDATE tasks SET state = 1, updated_at = $1 \
              WHERE seq IN (SELECT seq FROM tasks WHERE state = 0 AND run_at <= $1 \
                            ORDER BY run_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
-             RETURNING queue",
+             RETURNING id, queue, kind, attempts",
             &[&now, &TICK_LIMIT],
         )
         .await?;
-    Ok(found.iter().map(|row| row.get(0)).collect())
+    let transitions = found
+        .iter()
+        .map(|row| {
+            Ok(Transition {
+                task_id: rows::task_id_at(row, 0)?,
+                queue: row.get(1),
+                kind: row.get(2),
+                change: Change::Promoted,
+                from: Some(TaskState::Scheduled),
+                to: Some(TaskState::Ready),
+                attempt: rows::attempts_at(row, 3)?,
+                at: now,
+                due: None,
+            })
+        })
+        .collect::<Tx<Vec<_>>>()?;
+    commit_events(c, EventRow::of(&transitions, keys.log_events)?.as_ref()).await?;
+    Ok(transitions)
 }
 
-/// Ends leases past their expiry with `Task::expire`. Returns the queues of the
-/// expired tasks.
-pub async fn expire(c: &mut Conn, keys: &Keys, now: Millis) -> Tx<Vec<String>> {
+/// Ends leases past their expiry with `Task::expire`. Returns their transitions.
+pub async fn expire(c: &mut Conn, keys: &Keys, now: Millis) -> Tx<Vec<Transition>> {
     let due = c
         .query(
             "SELECT seq FROM tasks WHERE state = 2 AND lease_expires_at <= $1 ORDER BY lease_expires_at LIMIT $2",
@@ -856,13 +945,25 @@ pub async fn expire(c: &mut Conn, keys: &Keys, now: Millis) -> Tx<Vec<String>> {
             expired.push(&*task);
         }
     }
-    save_and_commit(c, &expired, &groups).await?;
-    Ok(expired.iter().map(|t| t.queue.clone()).collect())
+    let transitions: Vec<Transition> = expired
+        .iter()
+        .map(|task| Transition::of(task, Change::Expired, Some(TaskState::Running), now))
+        .collect();
+    let events = EventRow::of(&transitions, keys.log_events)?;
+    save_and_commit(c, &expired, &groups, events.as_ref()).await?;
+    Ok(transitions)
 }
 
 /// Deletes finished tasks past their queue's retention (unless an idempotency
-/// key inside its window names them), then forgets expired keys.
-pub async fn purge(c: &mut Conn, now: Millis) -> Tx<usize> {
+/// key inside its window names them), then forgets expired keys. Returns the
+/// transitions of the purged tasks.
+pub async fn purge(
+    c: &mut Conn,
+    keys: &Keys,
+    now: Millis,
+    event_retention_ms: Option<Millis>,
+) -> Tx<Vec<Transition>> {
+    c.begin();
     let results = c
         .run(&[
             (
@@ -875,7 +976,7 @@ pub async fn purge(c: &mut Conn, now: Millis) -> Tx<usize> {
                          SELECT 1 FROM idempotency_keys k WHERE k.queue = t.queue AND k.key = t.idem_key \
                          AND k.task_seq = t.seq AND k.expires_at > $1)) \
                      ORDER BY t.finished_at LIMIT $2 FOR UPDATE SKIP LOCKED) AS d) \
-                 RETURNING 1",
+                 RETURNING id, queue, kind, state, attempts",
                 &[&now, &TICK_LIMIT],
             ),
             (
@@ -887,7 +988,20 @@ pub async fn purge(c: &mut Conn, now: Millis) -> Tx<usize> {
             ("DELETE FROM revoked_tokens WHERE expires_at <= $1", &[&now]),
         ])
         .await?;
-    Ok(results.first().map_or(0, Vec::len))
+    let deleted = results.first().map_or(&[][..], Vec::as_slice);
+    let transitions = deleted
+        .iter()
+        .map(|row| {
+            let (queue, kind): (&str, &str) = (row.get(1), row.get(2));
+            let (state, attempts) = (rows::state_at(row, 3)?, rows::attempts_at(row, 4)?);
+            Ok(Transition::purged(rows::task_id_at(row, 0)?, queue, kind, state, attempts, now))
+        })
+        .collect::<Tx<Vec<_>>>()?;
+    if let Some(retention_ms) = event_retention_ms {
+        crate::events::purge(c, now, retention_ms, TICK_LIMIT).await?;
+    }
+    commit_events(c, EventRow::of(&transitions, keys.log_events)?.as_ref()).await?;
+    Ok(transitions)
 }
 
 /// When the next scheduled task is due or the next lease expires.

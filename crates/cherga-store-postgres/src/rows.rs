@@ -64,8 +64,7 @@ pub fn task_from_row(row: &Row) -> Result<Task, StoreError> {
 /// # Errors
 /// [`StoreError::Corrupt`] when a column cannot be read as a task.
 pub fn task_from_row_at(row: &Row, at: usize) -> Result<Task, StoreError> {
-    let id: &[u8] = get(row, at + 1)?;
-    let id = <[u8; 16]>::try_from(id).map_err(|_| corrupt("task id", "not 16 bytes"))?;
+    let id = task_id_at(row, at + 1)?;
     let code: i16 = get(row, at + 11)?;
     let state = u8::try_from(code)
         .ok()
@@ -85,7 +84,7 @@ pub fn task_from_row_at(row: &Row, at: usize) -> Result<Task, StoreError> {
         None => None,
     };
     Ok(Task {
-        id: TaskId::from_bytes(id),
+        id,
         queue: get(row, at + 2)?,
         kind: get(row, at + 3)?,
         payload: get(row, at + 4)?,
@@ -162,6 +161,36 @@ pub fn history_from_json(text: &str) -> Result<History, StoreError> {
 }
 
 /// The sequence number of `id` as stored, or `None` when no task can have it.
+/// The task id in column `at` (an `id` column).
+///
+/// # Errors
+/// [`StoreError::Corrupt`] when it is not 16 bytes.
+pub fn task_id_at(row: &Row, at: usize) -> Result<TaskId, StoreError> {
+    let id: &[u8] = get(row, at)?;
+    let id = <[u8; 16]>::try_from(id).map_err(|_| corrupt("task id", "not 16 bytes"))?;
+    Ok(TaskId::from_bytes(id))
+}
+
+/// A state column's value.
+///
+/// # Errors
+/// [`StoreError::Corrupt`] for an unknown code.
+pub fn state_at(row: &Row, at: usize) -> Result<TaskState, StoreError> {
+    let code: i16 = get(row, at)?;
+    u8::try_from(code)
+        .ok()
+        .and_then(TaskState::from_code)
+        .ok_or_else(|| corrupt("task state", format!("unknown code {code}")))
+}
+
+/// An attempts column's value.
+///
+/// # Errors
+/// [`StoreError::Corrupt`] when it is out of range.
+pub fn attempts_at(row: &Row, at: usize) -> Result<u32, StoreError> {
+    get_u32(row, at)
+}
+
 pub fn seq_of(id: TaskId) -> Option<i64> {
     i64::try_from(id.seq()).ok()
 }

@@ -8,10 +8,10 @@
 use crate::pool::Conn;
 
 /// The newest schema version this build knows.
-pub const VERSION: i32 = 3;
+pub const VERSION: i32 = 4;
 
 /// Every migration in version order: index 0 makes version 1.
-pub const MIGRATIONS: [&str; 3] = [V1, V2, V3];
+pub const MIGRATIONS: [&str; 4] = [V1, V2, V3, V4];
 
 const V1: &str = "
 CREATE TABLE queues (
@@ -112,6 +112,23 @@ const V3: &str = "
 ALTER TABLE tasks
     ADD COLUMN leased_at bigint,
     ADD COLUMN history   jsonb NOT NULL DEFAULT '[]';
+";
+
+/// Version 4: the event log (`events.rs`). One row per transaction that
+/// changed tasks, keyed by the transaction's xid; `event_horizon` keeps the id
+/// of the last event retention deleted.
+const V4: &str = "
+CREATE TABLE events (
+    tx      bigint PRIMARY KEY DEFAULT (pg_current_xact_id()::text::bigint),
+    at      bigint NOT NULL,
+    n       integer NOT NULL,
+    records bytea NOT NULL
+);
+CREATE INDEX events_at ON events (at);
+CREATE TABLE event_horizon (
+    id     boolean PRIMARY KEY DEFAULT true CHECK (id),
+    purged bigint NOT NULL
+);
 ";
 
 /// Brings the schema (in `schema`, created if missing, or the connection's

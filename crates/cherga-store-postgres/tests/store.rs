@@ -167,7 +167,11 @@ async fn racing_nodes_keep_groups_limits_and_single_delivery() {
     let stores = nodes(&schema, 3).await;
     let limit = 4;
     let patch = QueueSettingsPatch { concurrency: Some(Some(limit)), ..Default::default() };
-    stores[0].put_queue(queue_name("race"), patch, T0).await.expect("put_queue");
+    stores[0]
+        .put_queue(queue_name("race"), patch, T0)
+        .await
+        .map(cherga_store::Changed::into_value)
+        .expect("put_queue");
     let (n_groups, per_group, n_free) = (6, 20, 60);
     let mut batch = Vec::new();
     for i in 0..per_group {
@@ -186,7 +190,11 @@ async fn racing_nodes_keep_groups_limits_and_single_delivery() {
     // Enqueued through all three nodes, in three slices, so numbering interleaves.
     let third = total.div_ceil(3);
     for (node, slice) in batch.chunks(third).enumerate() {
-        let items = stores[node].enqueue(queue_name("race"), slice.to_vec(), T0).await.expect("enqueue");
+        let items = stores[node]
+            .enqueue(queue_name("race"), slice.to_vec(), T0)
+            .await
+            .map(cherga_store::Changed::into_value)
+            .expect("enqueue");
         assert!(items.iter().all(|i| matches!(i, Ok(Enqueued::Created(_)))), "{items:?}");
     }
 
@@ -213,7 +221,8 @@ async fn racing_nodes_keep_groups_limits_and_single_delivery() {
                     lease_ms: Some(3_600_000),
                     worker: Some(format!("w{w}")),
                 };
-                let leased = store.claim(claim, T0 + 1).await.expect("claim");
+                let leased =
+                    store.claim(claim, T0 + 1).await.map(cherga_store::Changed::into_value).expect("claim");
                 if leased.is_empty() {
                     if seen.lock().unwrap().acked == total {
                         return;
@@ -262,7 +271,8 @@ async fn racing_nodes_keep_groups_limits_and_single_delivery() {
                     .iter()
                     .map(|t| Ack { task_id: t.id, token: token(t), result: Some("1".into()) })
                     .collect();
-                let results = store.complete(acks, T0 + 2).await.expect("ack");
+                let results =
+                    store.complete(acks, T0 + 2).await.map(cherga_store::Changed::into_value).expect("ack");
                 for result in &results {
                     assert!(result.is_ok(), "ack refused: {result:?}");
                 }
@@ -314,11 +324,21 @@ async fn duplicates_through_several_nodes_make_one_task_per_key() {
             if p % 4 == 0 {
                 let mut out = Vec::new();
                 for task in batch {
-                    out.extend(store.enqueue(queue_name("pay"), vec![task], T0).await.expect("enqueue"));
+                    out.extend(
+                        store
+                            .enqueue(queue_name("pay"), vec![task], T0)
+                            .await
+                            .map(cherga_store::Changed::into_value)
+                            .expect("enqueue"),
+                    );
                 }
                 out
             } else {
-                store.enqueue(queue_name("pay"), batch, T0).await.expect("batch enqueue")
+                store
+                    .enqueue(queue_name("pay"), batch, T0)
+                    .await
+                    .map(cherga_store::Changed::into_value)
+                    .expect("batch enqueue")
             }
         }));
     }
@@ -342,7 +362,11 @@ async fn duplicates_through_several_nodes_make_one_task_per_key() {
     assert_eq!(stored.len(), keys.len());
     // One group: exactly one head, so exactly one task leasable.
     let claim = Claim { queue: queue_name("pay"), max: 100, lease_ms: None, worker: None };
-    assert_eq!(stores[0].claim(claim, T0).await.expect("claim").len(), 1, "one task of the group at a time");
+    assert_eq!(
+        stores[0].claim(claim, T0).await.map(cherga_store::Changed::into_value).expect("claim").len(),
+        1,
+        "one task of the group at a time"
+    );
 }
 
 /// Three nodes run the timers at once over many expired leases and due tasks:
@@ -352,22 +376,36 @@ async fn timers_running_on_several_nodes_move_each_task_once() {
     let Some(schema) = Schema::fresh() else { return };
     let stores = nodes(&schema, 3).await;
     let patch = QueueSettingsPatch { max_attempts: Some(5), ..Default::default() };
-    stores[0].put_queue(queue_name("t"), patch, T0).await.expect("put_queue");
+    stores[0]
+        .put_queue(queue_name("t"), patch, T0)
+        .await
+        .map(cherga_store::Changed::into_value)
+        .expect("put_queue");
     let n = 600;
     let batch: Vec<NewTask> = (0..n)
         .map(|i| NewTask { group: (i % 3 == 0).then(|| format!("g{}", i % 30)), ..new_task("x") })
         .collect();
-    stores[0].enqueue(queue_name("t"), batch, T0).await.expect("enqueue");
+    stores[0]
+        .enqueue(queue_name("t"), batch, T0)
+        .await
+        .map(cherga_store::Changed::into_value)
+        .expect("enqueue");
     let claim = Claim { queue: queue_name("t"), max: 1000, lease_ms: Some(1_000), worker: None };
-    let leased = stores[1].claim(claim, T0).await.expect("claim");
+    let leased = stores[1].claim(claim, T0).await.map(cherga_store::Changed::into_value).expect("claim");
     let delayed: Vec<NewTask> =
         (0..n).map(|_| NewTask { run_at: Some(T0 + 500), ..new_task("later") }).collect();
-    stores[2].enqueue(queue_name("t"), delayed, T0).await.expect("enqueue delayed");
+    stores[2]
+        .enqueue(queue_name("t"), delayed, T0)
+        .await
+        .map(cherga_store::Changed::into_value)
+        .expect("enqueue delayed");
 
     let mut tickers = Vec::new();
     for store in &stores {
         let store = store.clone();
-        tickers.push(tokio::spawn(async move { store.tick(T0 + 2_000).await.expect("tick") }));
+        tickers.push(tokio::spawn(async move {
+            store.tick(T0 + 2_000).await.map(cherga_store::Changed::into_value).expect("tick")
+        }));
     }
     let (mut promoted, mut expired) = (0, 0);
     for ticker in tickers {
@@ -409,7 +447,11 @@ async fn nodes_starting_at_once_migrate_once() {
         .collect();
     let expected: Vec<i32> = (1..=versions.len() as i32).collect();
     assert_eq!(versions, expected, "each version applied once, none skipped");
-    let created = stores[3].enqueue(queue_name("q"), vec![new_task("a")], T0).await.expect("enqueue");
+    let created = stores[3]
+        .enqueue(queue_name("q"), vec![new_task("a")], T0)
+        .await
+        .map(cherga_store::Changed::into_value)
+        .expect("enqueue");
     assert!(matches!(created[0], Ok(Enqueued::Created(_))));
     for store in stores {
         store.close().await;
@@ -423,18 +465,27 @@ async fn nodes_starting_at_once_migrate_once() {
 async fn tasks_stored_before_histories_get_one_from_then_on() {
     let Some(schema) = Schema::fresh() else { return };
     let store = schema.open("cherga_v2").await;
-    store.enqueue(queue_name("old"), vec![new_task("a"), new_task("b")], T0).await.expect("enqueue");
+    store
+        .enqueue(queue_name("old"), vec![new_task("a"), new_task("b")], T0)
+        .await
+        .map(cherga_store::Changed::into_value)
+        .expect("enqueue");
     let claim = Claim { queue: queue_name("old"), max: 2, lease_ms: Some(60_000), worker: Some("w".into()) };
-    let leased = store.claim(claim, T0 + 5).await.expect("claim");
+    let leased = store.claim(claim, T0 + 5).await.map(cherga_store::Changed::into_value).expect("claim");
     assert_eq!(leased.len(), 2);
-    let updated = store.extend_lease(leased[1].id, token(&leased[1]), 60_000, T0 + 7).await.expect("extend");
+    let updated = store
+        .extend_lease(leased[1].id, token(&leased[1]), 60_000, T0 + 7)
+        .await
+        .map(cherga_store::Changed::into_value)
+        .expect("extend");
     store.close().await;
     // Back to version 2, as a store of that version left it.
     let client = admin(&schema.url).await;
     client
         .batch_execute(&format!(
             "ALTER TABLE {0}.tasks DROP COLUMN leased_at, DROP COLUMN history; \
-             DELETE FROM {0}.cherga_schema WHERE version = 3",
+             DROP TABLE {0}.events, {0}.event_horizon; \
+             DELETE FROM {0}.cherga_schema WHERE version >= 3",
             schema.name
         ))
         .await
@@ -449,6 +500,7 @@ async fn tasks_stored_before_histories_get_one_from_then_on() {
     let acked = store
         .complete(vec![Ack { task_id: b.id, token: token(&b), result: None }], T0 + 10)
         .await
+        .map(cherga_store::Changed::into_value)
         .expect("ack")
         .pop()
         .expect("one")
@@ -500,28 +552,32 @@ async fn work_on_one_node_wakes_the_other() {
     stores[0]
         .enqueue(queue_name("n"), vec![NewTask { group: Some("g".into()), ..new_task("a") }], T0)
         .await
+        .map(cherga_store::Changed::into_value)
         .unwrap();
     woken(&mut wakes, "n", Duration::from_secs(2)).await;
 
     stores[0]
         .enqueue(queue_name("n"), vec![NewTask { group: Some("g".into()), ..new_task("b") }], T0)
         .await
+        .map(cherga_store::Changed::into_value)
         .unwrap();
     let claim = Claim { queue: queue_name("n"), max: 10, lease_ms: None, worker: None };
-    let leased = stores[0].claim(claim, T0).await.unwrap();
+    let leased = stores[0].claim(claim, T0).await.map(cherga_store::Changed::into_value).unwrap();
     assert_eq!(leased.len(), 1);
     while wakes.try_recv().is_ok() {}
     stores[0]
         .complete(vec![Ack { task_id: leased[0].id, token: token(&leased[0]), result: None }], T0)
         .await
+        .map(cherga_store::Changed::into_value)
         .unwrap();
     woken(&mut wakes, "n", Duration::from_secs(2)).await;
 
     stores[0]
         .enqueue(queue_name("later"), vec![NewTask { run_at: Some(T0 + 10), ..new_task("c") }], T0)
         .await
+        .map(cherga_store::Changed::into_value)
         .unwrap();
-    stores[0].tick(T0 + 10).await.unwrap();
+    stores[0].tick(T0 + 10).await.map(cherga_store::Changed::into_value).unwrap();
     woken(&mut wakes, "later", Duration::from_secs(2)).await;
 }
 
@@ -538,7 +594,11 @@ async fn a_node_recovers_when_its_connections_are_killed() {
     let mut wakes = listen(&victim);
     let client = admin(&schema.url).await;
 
-    let created = victim.enqueue(queue_name("k"), vec![new_task("before")], T0).await.unwrap();
+    let created = victim
+        .enqueue(queue_name("k"), vec![new_task("before")], T0)
+        .await
+        .map(cherga_store::Changed::into_value)
+        .unwrap();
     let before = created[0].as_ref().unwrap().task().clone();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // A producer keeps writing through the victim while its connections die.
@@ -549,7 +609,11 @@ async fn a_node_recovers_when_its_connections_are_killed() {
             let mut i = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 i += 1;
-                match victim.enqueue(queue_name("k"), vec![new_task(&format!("t{i}"))], T0).await {
+                match victim
+                    .enqueue(queue_name("k"), vec![new_task(&format!("t{i}"))], T0)
+                    .await
+                    .map(cherga_store::Changed::into_value)
+                {
                     Ok(items) => {
                         ok += 1;
                         acknowledged.push(items[0].as_ref().unwrap().task().id);
@@ -578,7 +642,11 @@ async fn a_node_recovers_when_its_connections_are_killed() {
     eprintln!("while connections were killed: {ok} enqueues succeeded, {unavailable} got Unavailable");
 
     // The node serves again without being reopened, and lost nothing it acknowledged.
-    let after = victim.enqueue(queue_name("k"), vec![new_task("after")], T0).await.expect("enqueue after");
+    let after = victim
+        .enqueue(queue_name("k"), vec![new_task("after")], T0)
+        .await
+        .map(cherga_store::Changed::into_value)
+        .expect("enqueue after");
     assert!(matches!(after[0], Ok(Enqueued::Created(_))));
     assert_eq!(victim.get_task(before.id).await.expect("get").id, before.id);
     let stored: HashSet<TaskId> = list_all(&other, "k").await.iter().map(|t| t.id).collect();
@@ -588,7 +656,11 @@ async fn a_node_recovers_when_its_connections_are_killed() {
     // The listener reconnected: work on the other node wakes the victim again.
     tokio::time::sleep(Duration::from_millis(500)).await;
     while wakes.try_recv().is_ok() {}
-    other.enqueue(queue_name("k2"), vec![new_task("x")], T0).await.unwrap();
+    other
+        .enqueue(queue_name("k2"), vec![new_task("x")], T0)
+        .await
+        .map(cherga_store::Changed::into_value)
+        .unwrap();
     woken(&mut wakes, "k2", Duration::from_secs(5)).await;
 }
 
@@ -610,4 +682,145 @@ async fn an_unreachable_database_is_unavailable() {
     assert!(started.elapsed() < Duration::from_secs(10));
     let bad = Options { schema: Some("Bad-Name".into()), ..Options::new("postgres://x@127.0.0.1/y") };
     assert!(matches!(PgStore::open(bad).await, Err(StoreError::Unavailable(_))));
+}
+
+// ---------------------------------------------------------------------------
+// The event log across nodes.
+// ---------------------------------------------------------------------------
+
+/// Reads every event after `after` from `store`, page by page, until nothing is
+/// left and nothing is pending (with a deadline).
+async fn read_all_events(store: &PgStore, mut after: u64) -> Vec<cherga_store::Event> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut events = Vec::new();
+    loop {
+        let page = store.read_events(after, 500).await.expect("read events");
+        if let Some(last) = page.events.last() {
+            after = last.id;
+        }
+        let empty = page.events.is_empty();
+        events.extend(page.events);
+        if empty && !page.pending {
+            return events;
+        }
+        if empty {
+            assert!(std::time::Instant::now() < deadline, "events stayed pending for 30 s");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// A transaction that began writing first but commits last: its events must
+/// not be skipped by a reader that saw a later transaction's events first. The
+/// later events stay unread (pending) until the earlier transaction ends; then
+/// both are read, the earlier first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_committed_late_is_read_before_later_ones() {
+    let Some(schema) = Schema::fresh() else { return };
+    let store = schema.open("cherga_events").await;
+    // Behind the store's back: a transaction that writes an event row and waits.
+    let slow = admin(&schema.url).await;
+    slow.batch_execute(&format!("SET search_path = {}", schema.name)).await.expect("search path");
+    let mut batch = cherga_store::events::EventBatch::default();
+    let early = cherga_core::Transition {
+        task_id: TaskId::new(T0, 1),
+        queue: "slow".into(),
+        kind: "early".into(),
+        change: cherga_core::Change::Enqueued,
+        from: None,
+        to: Some(TaskState::Ready),
+        attempt: 0,
+        at: T0,
+        due: None,
+    };
+    batch.push(&early);
+    let record = batch.take();
+    slow.batch_execute("BEGIN").await.expect("begin");
+    slow.execute("INSERT INTO events (at, n, records) VALUES ($1, 1, $2)", &[&T0, &record])
+        .await
+        .expect("insert the early event");
+
+    // The store commits a later transaction meanwhile.
+    store.enqueue(queue_name("fast"), vec![new_task("late")], T0 + 1).await.expect("enqueue");
+    let page = store.read_events(0, 100).await.expect("read");
+    assert!(page.events.is_empty(), "nothing after the running transaction is read: {page:?}");
+    assert!(page.pending, "the reader is told events are pending");
+
+    slow.batch_execute("COMMIT").await.expect("commit");
+    let kinds: Vec<String> =
+        read_all_events(&store, 0).await.into_iter().map(|e| e.transition.kind).collect();
+    assert_eq!(kinds, ["early", "late"], "the earlier transaction's event comes first");
+}
+
+/// Three nodes enqueue, lease and ack at once while a reader on one of them
+/// follows the log, resuming after the last event it got each time. The reader
+/// gets every event exactly once, in the order a fresh read from the start
+/// gives, and the log holds every transition the calls reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reader_following_three_busy_nodes_misses_no_event() {
+    let Some(schema) = Schema::fresh() else { return };
+    let stores = nodes(&schema, 3).await;
+    let reported = Arc::new(Mutex::new(Vec::new()));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (store, done) = (stores[0].clone(), done.clone());
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let mut after = 0;
+            loop {
+                let finished = done.load(std::sync::atomic::Ordering::Acquire);
+                let page = store.read_events(after, 64).await.expect("read");
+                if let Some(last) = page.events.last() {
+                    after = last.id;
+                }
+                let empty = page.events.is_empty();
+                seen.extend(page.events);
+                if finished && empty && !page.pending {
+                    return seen;
+                }
+                if empty {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+        })
+    };
+    let mut workers = Vec::new();
+    for (n, store) in stores.iter().enumerate() {
+        let (store, reported) = (store.clone(), reported.clone());
+        workers.push(tokio::spawn(async move {
+            for round in 0..40 {
+                let now = T0 + round;
+                let tasks = (0..5).map(|i| new_task(&format!("n{n}-r{round}-{i}"))).collect();
+                let enqueued = store.enqueue(queue_name("busy"), tasks, now).await.expect("enqueue");
+                reported.lock().unwrap().extend(enqueued.effects.transitions);
+                let claim = Claim { queue: queue_name("busy"), max: 5, lease_ms: Some(60_000), worker: None };
+                let leased = store.claim(claim, now).await.expect("claim");
+                reported.lock().unwrap().extend(leased.effects.transitions);
+                let acks = leased
+                    .value
+                    .iter()
+                    .map(|t| Ack { task_id: t.id, token: token(t), result: None })
+                    .collect();
+                let acked = store.complete(acks, now).await.expect("ack");
+                reported.lock().unwrap().extend(acked.effects.transitions);
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await.expect("worker");
+    }
+    done.store(true, std::sync::atomic::Ordering::Release);
+    let followed = reader.await.expect("reader");
+    let fresh = read_all_events(&stores[1], 0).await;
+
+    let ids: Vec<u64> = followed.iter().map(|e| e.id).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "the follower saw ids in growing order, none twice");
+    assert_eq!(followed, fresh, "the follower saw exactly what a read from the start sees");
+    let key = |t: &cherga_core::Transition| (t.task_id, t.change);
+    let mut logged: Vec<_> = fresh.iter().map(|e| key(&e.transition)).collect();
+    let mut expected: Vec<_> = reported.lock().unwrap().iter().map(key).collect();
+    logged.sort();
+    expected.sort();
+    assert_eq!(logged.len(), 3 * 40 * 5 * 3, "enqueued, leased and acked, for every task");
+    assert_eq!(logged, expected, "the log holds every transition the calls reported, once");
 }

@@ -63,7 +63,12 @@ async fn main() {
                 max_attempts: None,
             })
             .collect();
-        for result in store.enqueue(queue.clone(), batch, now).await.expect("enqueue") {
+        for result in store
+            .enqueue(queue.clone(), batch, now)
+            .await
+            .map(cherga_store::Changed::into_value)
+            .expect("enqueue")
+        {
             result.expect("enqueued");
         }
     }
@@ -82,7 +87,7 @@ async fn main() {
     loop {
         let claim =
             Claim { queue: queue.clone(), max: BATCH, lease_ms: Some(300_000), worker: Some("w".into()) };
-        let leased = store.claim(claim, now).await.expect("claim");
+        let leased = store.claim(claim, now).await.map(cherga_store::Changed::into_value).expect("claim");
         if leased.is_empty() {
             break;
         }
@@ -94,7 +99,9 @@ async fn main() {
                 result: None,
             })
             .collect();
-        for result in store.complete(acks, now).await.expect("complete") {
+        for result in
+            store.complete(acks, now).await.map(cherga_store::Changed::into_value).expect("complete")
+        {
             result.expect("acked");
         }
         drained += leased.len();

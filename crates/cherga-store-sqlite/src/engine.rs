@@ -26,14 +26,17 @@ use crate::rows::{self, Db, QUEUE_COLUMNS, RowWriter, task_columns};
 use crate::sync::{Pace, Syncer};
 use crate::{Job, Limits, Options, Reply, schema, seqs};
 use cherga_core::{
-    AckOutcome, Index, LeaseToken, Millis, NewTask, QueueName, QueueSettings, QueueSettingsPatch, Refusal,
-    SeqHash, Task, TaskId, TaskSlot, TaskState, fingerprint,
+    AckOutcome, Change, Index, LeaseToken, Millis, NewTask, QueueName, QueueSettings, QueueSettingsPatch,
+    Refusal, SeqHash, Task, TaskId, TaskSlot, TaskState, Transition, fingerprint,
 };
-use cherga_store::{Ack, Claim, Enqueued, ListTasks, Nack, QueueInfo, Revocation, StoreError, TickReport};
+use cherga_store::events::EventBatch;
+use cherga_store::{
+    Ack, Claim, Effects, Enqueued, EventId, ListTasks, Nack, QueueInfo, Revocation, StoreError, TickReport,
+};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, mpsc};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 
 /// Most jobs in one transaction: bounds the latency a single commit adds.
 const MAX_BATCH: usize = 2048;
@@ -58,6 +61,11 @@ pub struct Engine {
     last_purge: Millis,
     /// Set when a job failed in the backend: the batch must roll back.
     poisoned: bool,
+    /// How long the event log keeps events (`None`: there is no log).
+    event_retention_ms: Option<Millis>,
+    /// The number of the last event whose batch is durable: readers of the log
+    /// read no further. Raised when the batch's answers go out, after its sync.
+    events_durable: Arc<AtomicU64>,
 }
 
 /// What the writer lock guards: the connection and the index ([`Engine`]), the
@@ -205,6 +213,14 @@ struct Memory {
     limits: Limits,
     /// Each queue's number (`queues.id`, the tasks' `qid`).
     qids: HashMap<String, i64>,
+    /// What the job being run changed, handed to its caller when it ends
+    /// ([`Engine::take_effects`]).
+    effects: Effects,
+    /// The events of the batch being run, written with it as one row of the
+    /// event log; `None` when no log is kept.
+    events: Option<EventBatch>,
+    /// The number the batch's first event gets: one past every event on disk.
+    next_event: EventId,
     /// The finished tasks with rows, by queue number: `(finished_at, seq)` in the
     /// order they finished, which is the order retention purges them in. This
     /// replaces an index of finished rows, which was an eighth of the writer's
@@ -239,7 +255,7 @@ fn task_bytes(task: &Task) -> usize {
 }
 
 impl Memory {
-    fn new(limits: Limits) -> Self {
+    fn new(limits: Limits, log_events: bool) -> Self {
         Memory {
             index: Index::new(),
             dirty: HashMap::with_hasher(SeqHash),
@@ -252,6 +268,9 @@ impl Memory {
             limits,
             qids: HashMap::new(),
             finished: HashMap::new(),
+            effects: Effects::none(),
+            events: log_events.then(EventBatch::default),
+            next_event: 1,
         }
     }
 
@@ -329,6 +348,19 @@ impl Memory {
         self.put(task, since, has_row);
     }
 
+    /// Notes that `change` moved `task` (as it is now) out of `from`.
+    fn changed(&mut self, task: &Task, change: Change, from: Option<TaskState>, now: Millis) {
+        self.record(Transition::of(task, change, from, now));
+    }
+
+    /// Notes a transition: for the job's caller, and in the batch's events.
+    fn record(&mut self, transition: Transition) {
+        if let Some(events) = &mut self.events {
+            events.push(&transition);
+        }
+        self.effects.transitions.push(transition);
+    }
+
     /// Records the new task `task` in the journal and keeps it dirty.
     fn created(&mut self, task: Task) {
         self.batch.created(&task);
@@ -396,8 +428,10 @@ impl Memory {
 
     /// Ends the batch being run, inside its transaction: settles the oldest dirty
     /// tasks while a limit is passed, writes the batch's records as one journal
-    /// row, and deletes the journal rows no dirty task needs any more.
-    fn finish_batch(&mut self, conn: &Connection) -> Result<(), StoreError> {
+    /// row, deletes the journal rows no dirty task needs any more, and writes
+    /// the batch's events as one row of the event log. Returns the number of the
+    /// last event written, if any.
+    fn finish_batch(&mut self, conn: &Connection) -> Result<Option<EventId>, StoreError> {
         let mut rows = RowWriter::new(conn);
         let mut settled = 0;
         let mut delete_before = None;
@@ -438,7 +472,14 @@ impl Memory {
             self.journal_bytes += records.len();
         }
         self.txn += 1;
-        Ok(())
+        let Some(events) = self.events.as_mut().filter(|events| !events.is_empty()) else { return Ok(None) };
+        let (first, n, at) = (self.next_event, events.len(), events.first_at());
+        conn.prepare_cached("INSERT INTO events (first, n, at, records) VALUES (?1, ?2, ?3, ?4)")
+            .db()?
+            .execute(params![first as i64, n, at, events.take()])
+            .db()?;
+        self.next_event += u64::from(n);
+        Ok(Some(self.next_event - 1))
     }
 }
 
@@ -450,12 +491,14 @@ impl Engine {
         checkpoint::watch(&conn);
         let mut engine = Engine {
             conn,
-            mem: Memory::new(options.limits),
+            mem: Memory::new(options.limits, options.event_retention_ms.is_some()),
             queues: HashMap::new(),
             highest: HashMap::new(),
             legacy_rows: false,
             last_purge: 0,
             poisoned: false,
+            event_retention_ms: options.event_retention_ms,
+            events_durable: Arc::new(AtomicU64::new(0)),
         };
         engine.rebuild()?;
         Ok(engine)
@@ -588,16 +631,39 @@ impl Engine {
                 mem.finished.insert(qid, list.into());
             }
         }
+        // Events are numbered on past every row of the log and every number a
+        // retention purge deleted.
+        let written: i64 =
+            self.conn.query_row("SELECT coalesce(max(first + n), 1) FROM events", [], |r| r.get(0)).db()?;
+        let purged = self.events_purged()?;
+        mem.next_event = (written.max(1) as u64).max(purged + 1);
+        self.events_durable.fetch_max(mem.next_event - 1, Ordering::AcqRel);
         self.mem = mem;
         self.queues = queues;
         self.highest = highest;
         Ok(())
     }
 
+    /// The number of the last event a retention purge deleted (0 if none).
+    fn events_purged(&self) -> Result<EventId, StoreError> {
+        let value: Option<i64> = self
+            .conn
+            .query_row("SELECT value FROM counters WHERE name = 'events_purged'", [], |r| r.get(0))
+            .optional()
+            .db()?;
+        Ok(value.map_or(0, |v| v.max(0) as u64))
+    }
+
+    /// The watermark readers of the event log stop at: the number of the last
+    /// event whose batch is durable.
+    pub fn events_durable(&self) -> Arc<AtomicU64> {
+        self.events_durable.clone()
+    }
+
     /// The dirty tasks as of the last commit: the journal replayed, in order,
     /// over the rows it names. The index is left empty.
     fn replay(&self) -> Result<Memory, StoreError> {
-        let mut mem = Memory::new(self.mem.limits);
+        let mut mem = Memory::new(self.mem.limits, self.event_retention_ms.is_some());
         let mut stmt = self.conn.prepare("SELECT txn, records FROM journal ORDER BY txn").db()?;
         let mut journal = stmt.query([]).db()?;
         let mut reader = rows::Reader::new(&self.conn);
@@ -659,19 +725,28 @@ impl Engine {
         self.poisoned = true;
     }
 
+    /// What the job that just ran changed; the next job starts with none.
+    pub fn take_effects(&mut self) -> Effects {
+        std::mem::take(&mut self.mem.effects)
+    }
+
     /// Runs `batch` in one transaction; the answers, once it committed, are for
     /// `answer` (the syncer's or the writer's own sync). On failure the batch is
     /// rolled back, the index rebuilt from disk, and every caller answered at once.
     fn run_batch(&mut self, batch: Vec<Job>, answer: impl FnOnce(&mut Self, Vec<Reply>)) {
-        let replies: Vec<Reply>;
+        let mut replies: Vec<Reply>;
+        let mut last_event = None;
         let outcome = match self.statement("BEGIN IMMEDIATE") {
             Ok(()) => {
                 replies = batch.into_iter().map(|job| job(Some(&mut *self))).collect();
-                if !self.poisoned
-                    && let Err(e) = self.mem.finish_batch(&self.conn)
-                {
-                    tracing::error!(error = %e, "could not write the batch's journal");
-                    self.poisoned = true;
+                if !self.poisoned {
+                    match self.mem.finish_batch(&self.conn) {
+                        Ok(last) => last_event = last,
+                        Err(e) => {
+                            tracing::error!(error = %e, "could not write the batch's journal or events");
+                            self.poisoned = true;
+                        }
+                    }
                 }
                 if self.poisoned {
                     Err("a statement failed; the batch was rolled back".to_owned())
@@ -685,7 +760,22 @@ impl Engine {
             }
         };
         match outcome {
-            Ok(()) => answer(self, replies),
+            Ok(()) => {
+                if let Some(last) = last_event {
+                    // First of the batch's answers, so that a caller who hears of
+                    // its change can read the change's events.
+                    let durable = self.events_durable.clone();
+                    replies.insert(
+                        0,
+                        Box::new(move |commit: Result<(), String>| {
+                            if commit.is_ok() {
+                                durable.fetch_max(last, Ordering::AcqRel);
+                            }
+                        }),
+                    );
+                }
+                answer(self, replies)
+            }
             Err(message) => {
                 tracing::error!(error = %message, "batch failed; rolling back and rebuilding the index");
                 let _ = self.conn.execute_batch("ROLLBACK");
@@ -766,6 +856,8 @@ impl Engine {
     fn settle_change(
         &mut self,
         id: TaskId,
+        kind: Change,
+        now: Millis,
         change: impl FnOnce(&mut Task, &QueueSettings) -> Result<AckOutcome, Refusal>,
     ) -> Result<Task, StoreError> {
         let (mut task, origin) = self.mem.take(&self.conn, id)?;
@@ -775,6 +867,7 @@ impl Engine {
             Ok(AckOutcome::Applied) => {
                 self.mem.settle(&mut RowWriter::new(&self.conn), &task, origin)?;
                 self.mem.index.upsert_task(Some(was), &task);
+                self.mem.changed(&task, kind, Some(was), now);
                 Ok(task)
             }
             Ok(AckOutcome::Replayed) => {
@@ -841,6 +934,7 @@ impl Engine {
             }
             self.mem.index.upsert_task(Some(TaskState::Ready), &task);
             self.mem.leased(&mut rows, &task, origin)?;
+            self.mem.changed(&task, Change::Leased, Some(TaskState::Ready), now);
             leased.push(task);
         }
         Ok(leased)
@@ -866,6 +960,7 @@ impl Engine {
                 Ok(AckOutcome::Applied) => {
                     self.mem.settle(&mut rows, &task, origin)?;
                     self.mem.index.upsert_task(Some(TaskState::Running), &task);
+                    self.mem.changed(&task, Change::Acked, Some(TaskState::Running), now);
                     out.push(Ok(task));
                 }
                 Ok(AckOutcome::Replayed) => {
@@ -888,7 +983,7 @@ impl Engine {
     pub fn fail(&mut self, nack: Nack, now: Millis) -> Result<Task, StoreError> {
         let token = LeaseToken::from_string(nack.token);
         let (error, retry_in_ms, dead) = (nack.error, nack.retry_in_ms, nack.dead);
-        self.settle_change(nack.task_id, |task, settings| {
+        self.settle_change(nack.task_id, Change::Nacked, now, |task, settings| {
             task.nack(&token, error, retry_in_ms, dead, settings, fastrand::f64(), now)
         })
     }
@@ -913,11 +1008,11 @@ impl Engine {
     }
 
     pub fn cancel(&mut self, id: TaskId, now: Millis) -> Result<Task, StoreError> {
-        self.settle_change(id, |task, _| task.cancel(now))
+        self.settle_change(id, Change::Cancelled, now, |task, _| task.cancel(now))
     }
 
     pub fn retry_dead(&mut self, id: TaskId, now: Millis) -> Result<Task, StoreError> {
-        self.settle_change(id, |task, settings| {
+        self.settle_change(id, Change::Retried, now, |task, settings| {
             task.retry(settings.max_attempts, now).map(|()| AckOutcome::Applied)
         })
     }
@@ -996,6 +1091,7 @@ impl Engine {
         rows::save_queue(&self.conn, queue.as_str(), id, &settings, now)?;
         self.mem.index.configure_queue(queue.as_str(), settings.concurrency, settings.paused);
         self.queues.insert(queue.as_str().to_owned(), settings);
+        self.mem.effects.queues_changed.push(queue.as_str().to_owned());
         Ok(self.queue_info(queue.as_str()).expect("just stored"))
     }
 
@@ -1015,16 +1111,15 @@ impl Engine {
 
     pub fn tick(&mut self, now: Millis) -> Result<TickReport, StoreError> {
         let mut report = TickReport::default();
-        let mut woken = BTreeSet::new();
         let mut reader = rows::Reader::new(&self.conn);
         let mut rows = RowWriter::new(&self.conn);
         for seq in self.mem.index.due(now, TICK_LIMIT) {
             let (mut task, origin) = self.mem.take_seq(&mut reader, seq)?;
             if task.promote(now) {
                 report.promoted += 1;
-                woken.insert(task.queue.clone());
                 self.mem.settle(&mut rows, &task, origin)?;
                 self.mem.index.upsert_task(Some(TaskState::Scheduled), &task);
+                self.mem.changed(&task, Change::Promoted, Some(TaskState::Scheduled), now);
             } else {
                 self.mem.restore(task, origin);
             }
@@ -1034,9 +1129,9 @@ impl Engine {
             let settings = self.settings_of(&task.queue);
             if task.expire(&settings, fastrand::f64(), now) {
                 report.expired += 1;
-                woken.insert(task.queue.clone());
                 self.mem.settle(&mut rows, &task, origin)?;
                 self.mem.index.upsert_task(Some(TaskState::Running), &task);
+                self.mem.changed(&task, Change::Expired, Some(TaskState::Running), now);
             } else {
                 self.mem.restore(task, origin);
             }
@@ -1046,7 +1141,6 @@ impl Engine {
             self.last_purge = now;
             report.purged = self.purge(now)?;
         }
-        report.woken_queues = woken.into_iter().collect();
         report.next_timer = self.mem.index.next_timer();
         Ok(report)
     }
@@ -1057,6 +1151,7 @@ impl Engine {
     fn purge(&mut self, now: Millis) -> Result<usize, StoreError> {
         let mut purged = 0;
         let mut purged_queues = BTreeSet::new();
+        let mut moved = Vec::new();
         let mut delete = self
             .conn
             .prepare_cached(
@@ -1064,7 +1159,7 @@ impl Engine {
                  AND (idem_key IS NULL OR NOT EXISTS ( \
                    SELECT 1 FROM idempotency_keys k \
                    WHERE k.queue = ?3 AND k.key = tasks.idem_key AND k.task_seq = tasks.seq AND k.expires_at > ?4)) \
-                 RETURNING state",
+                 RETURNING body",
             )
             .db()?;
         let mut kept =
@@ -1078,11 +1173,20 @@ impl Engine {
                 let Some(&(at, seq)) = list.front().filter(|&&(at, _)| at <= cutoff) else { break };
                 list.pop_front();
                 let seq = seq as i64;
-                match delete.query_row(params![seq, at, queue, now], |r| r.get::<_, u8>(0)).optional().db()? {
-                    Some(code) => {
-                        if let Some(state) = TaskState::from_code(code) {
-                            self.mem.index.forget_finished(queue, state, 1);
-                        }
+                let body = delete.query_row(params![seq, at, queue, now], |r| r.get::<_, Vec<u8>>(0));
+                match body.optional().db()? {
+                    Some(body) => {
+                        let task = journal::decode_task(&body)
+                            .map_err(|e| StoreError::Corrupt(format!("purged task row: {e}")))?;
+                        self.mem.index.forget_finished(queue, task.state, 1);
+                        moved.push(Transition::purged(
+                            task.id,
+                            queue,
+                            &task.kind,
+                            task.state,
+                            task.attempts,
+                            now,
+                        ));
                         purged += 1;
                         purged_queues.insert(qid);
                     }
@@ -1096,6 +1200,9 @@ impl Engine {
             }
         }
         drop((delete, kept));
+        for transition in moved {
+            self.mem.record(transition);
+        }
         // The deleted rows may have held the highest numbers their queues gave;
         // each queue's counter keeps them from being given again after a restart
         // (the start-up scan sees only the rows that are left).
@@ -1120,7 +1227,39 @@ impl Engine {
             .db()?
             .execute(params![now])
             .db()?;
+        self.purge_events(now)?;
         Ok(purged)
+    }
+
+    /// Deletes the event log's rows older than its retention (at most
+    /// [`TICK_LIMIT`] rows a tick) and raises `events_purged` past them.
+    fn purge_events(&mut self, now: Millis) -> Result<(), StoreError> {
+        let Some(retention_ms) = self.event_retention_ms else { return Ok(()) };
+        let cutoff = now.saturating_sub(retention_ms);
+        let mut delete = self
+            .conn
+            .prepare_cached(
+                "DELETE FROM events WHERE first IN (SELECT first FROM events WHERE at < ?1 ORDER BY first LIMIT ?2) \
+                 RETURNING first + n - 1",
+            )
+            .db()?;
+        let last = delete
+            .query_map(params![cutoff, TICK_LIMIT as i64], |r| r.get::<_, i64>(0))
+            .db()?
+            .try_fold(0i64, |max, last| last.map(|last| max.max(last)))
+            .db()?;
+        drop(delete);
+        if last > 0 {
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO counters (name, value) VALUES ('events_purged', ?1) \
+                     ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)",
+                )
+                .db()?
+                .execute(params![last])
+                .db()?;
+        }
+        Ok(())
     }
 
     pub fn revoke_token(&mut self, revocation: &Revocation, now: Millis) -> Result<(), StoreError> {
@@ -1192,6 +1331,7 @@ fn enqueue_one(
         .db()?;
     }
     mem.index.upsert_task(None, &task);
+    mem.changed(&task, Change::Enqueued, None, now);
     if mem.room_for_new() {
         mem.created(task.clone());
     } else {

@@ -33,14 +33,15 @@ mod seqs;
 mod sync;
 
 use cherga_core::{Millis, NewTask, QueueName, QueueSettingsPatch, Task, TaskId};
+use cherga_store::events::{self, Event};
 use cherga_store::{
-    Ack, AckedAndLeased, Claim, Enqueued, ListTasks, Nack, QueueInfo, Revocation, Store, StoreError,
-    TickReport,
+    Ack, AckedAndLeased, Changed, Claim, Enqueued, EventId, EventPage, ListTasks, Nack, QueueInfo,
+    Revocation, Store, StoreError, TickReport,
 };
 pub use dir::DataDirInUse;
 use engine::{Engine, Writer};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use tokio::sync::oneshot;
 
@@ -57,12 +58,24 @@ pub struct Options {
     /// fsync every commit. Only tests that do not test durability turn it off.
     pub durable: bool,
     pub limits: Limits,
+    /// How long events are kept in the event log; `None` keeps no log (and
+    /// [`Store::read_events`] refuses).
+    pub event_retention_ms: Option<Millis>,
 }
 
+/// How long the event log keeps events unless told otherwise: a day.
+pub const DEFAULT_EVENT_RETENTION_MS: Millis = 24 * 3_600_000;
+
 impl Options {
-    /// Durable options for the database `cherga.db` in `dir`, with the standard limits.
+    /// Durable options for the database `cherga.db` in `dir`, with the standard
+    /// limits and an event log kept for [`DEFAULT_EVENT_RETENTION_MS`].
     pub fn in_dir(dir: &Path) -> Self {
-        Self { path: dir.join("cherga.db"), durable: true, limits: Limits::STANDARD }
+        Self {
+            path: dir.join("cherga.db"),
+            durable: true,
+            limits: Limits::STANDARD,
+            event_retention_ms: Some(DEFAULT_EVENT_RETENTION_MS),
+        }
     }
 }
 
@@ -93,6 +106,16 @@ pub struct SqliteStore {
     /// The database's lock (`dir.rs`), shared with the writer thread so that it
     /// is released only once both are done: at `close`, or at drop.
     lock: Mutex<Option<Arc<dir::DirLock>>>,
+    /// The event log's readers: their own connection (opened on first use, so
+    /// that reads never wait for the writer lock), and the last durable event.
+    events: Option<EventReader>,
+}
+
+/// What reading the event log needs.
+struct EventReader {
+    path: PathBuf,
+    connection: Arc<Mutex<Option<rusqlite::Connection>>>,
+    durable: Arc<AtomicU64>,
 }
 
 impl SqliteStore {
@@ -109,6 +132,11 @@ impl SqliteStore {
         let lock = Arc::new(dir::DirLock::acquire(&options.path)?);
         dir::prepare_files(&options.path)?;
         let engine = Engine::open(&options)?;
+        let events = options.event_retention_ms.map(|_| EventReader {
+            path: options.path.clone(),
+            connection: Arc::new(Mutex::new(None)),
+            durable: engine.events_durable(),
+        });
         let syncer = sync::Syncer::start(&options)?;
         let checkpointer = checkpoint::Checkpointer::start(&options)?;
         let writer = Arc::new(Mutex::new(Writer::new(engine, syncer, checkpointer)));
@@ -131,6 +159,7 @@ impl SqliteStore {
             writer,
             thread: Mutex::new(Some(thread)),
             lock: Mutex::new(Some(lock)),
+            events,
         })
     }
 
@@ -142,6 +171,15 @@ impl SqliteStore {
         work: impl FnOnce(&mut Engine) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         self.call_where(work, true).await
+    }
+
+    /// As [`SqliteStore::call`], for work that changes tasks: answers what it
+    /// changed with its value.
+    async fn change<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Engine) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<Changed<T>, StoreError> {
+        self.call_where(with_effects(work), true).await
     }
 
     /// As [`SqliteStore::call`], but always on the writer thread: for work that
@@ -202,6 +240,18 @@ impl SqliteStore {
     }
 }
 
+/// `work`, answering its value with the effects it left in the engine. A job that
+/// fails leaves none behind for the next.
+fn with_effects<T>(
+    work: impl FnOnce(&mut Engine) -> Result<T, StoreError>,
+) -> impl FnOnce(&mut Engine) -> Result<Changed<T>, StoreError> {
+    move |engine| {
+        let value = work(engine);
+        let effects = engine.take_effects();
+        value.map(|value| Changed::new(value, effects))
+    }
+}
+
 impl Drop for SqliteStore {
     fn drop(&mut self) {
         self.jobs.lock().expect("jobs lock").take();
@@ -217,20 +267,20 @@ impl Store for SqliteStore {
         queue: QueueName,
         tasks: Vec<NewTask>,
         now: Millis,
-    ) -> Result<Vec<Result<Enqueued, StoreError>>, StoreError> {
-        self.call(move |e| e.enqueue(&queue, tasks, now)).await
+    ) -> Result<Changed<Vec<Result<Enqueued, StoreError>>>, StoreError> {
+        self.change(move |e| e.enqueue(&queue, tasks, now)).await
     }
 
-    async fn claim(&self, claim: Claim, now: Millis) -> Result<Vec<Task>, StoreError> {
-        self.call(move |e| e.claim(claim, now)).await
+    async fn claim(&self, claim: Claim, now: Millis) -> Result<Changed<Vec<Task>>, StoreError> {
+        self.change(move |e| e.claim(claim, now)).await
     }
 
     async fn complete(
         &self,
         acks: Vec<Ack>,
         now: Millis,
-    ) -> Result<Vec<Result<Task, StoreError>>, StoreError> {
-        self.call(move |e| e.complete(acks, now)).await
+    ) -> Result<Changed<Vec<Result<Task, StoreError>>>, StoreError> {
+        self.change(move |e| e.complete(acks, now)).await
     }
 
     async fn complete_and_claim(
@@ -238,13 +288,13 @@ impl Store for SqliteStore {
         acks: Vec<Ack>,
         claim: Claim,
         now: Millis,
-    ) -> Result<AckedAndLeased, StoreError> {
+    ) -> Result<Changed<AckedAndLeased>, StoreError> {
         // One job: the acks and the lease are in one transaction, one fsync.
-        self.call(move |e| Ok((e.complete(acks, now)?, e.claim(claim, now)?))).await
+        self.change(move |e| Ok((e.complete(acks, now)?, e.claim(claim, now)?))).await
     }
 
-    async fn fail(&self, nack: Nack, now: Millis) -> Result<Task, StoreError> {
-        self.call(move |e| e.fail(nack, now)).await
+    async fn fail(&self, nack: Nack, now: Millis) -> Result<Changed<Task>, StoreError> {
+        self.change(move |e| e.fail(nack, now)).await
     }
 
     async fn extend_lease(
@@ -253,16 +303,16 @@ impl Store for SqliteStore {
         token: String,
         lease_ms: i64,
         now: Millis,
-    ) -> Result<Task, StoreError> {
-        self.call(move |e| e.extend_lease(task_id, &token, lease_ms, now)).await
+    ) -> Result<Changed<Task>, StoreError> {
+        self.change(move |e| e.extend_lease(task_id, &token, lease_ms, now)).await
     }
 
-    async fn cancel(&self, task_id: TaskId, now: Millis) -> Result<Task, StoreError> {
-        self.call(move |e| e.cancel(task_id, now)).await
+    async fn cancel(&self, task_id: TaskId, now: Millis) -> Result<Changed<Task>, StoreError> {
+        self.change(move |e| e.cancel(task_id, now)).await
     }
 
-    async fn retry_dead(&self, task_id: TaskId, now: Millis) -> Result<Task, StoreError> {
-        self.call(move |e| e.retry_dead(task_id, now)).await
+    async fn retry_dead(&self, task_id: TaskId, now: Millis) -> Result<Changed<Task>, StoreError> {
+        self.change(move |e| e.retry_dead(task_id, now)).await
     }
 
     async fn get_task(&self, task_id: TaskId) -> Result<Task, StoreError> {
@@ -278,8 +328,8 @@ impl Store for SqliteStore {
         queue: QueueName,
         patch: QueueSettingsPatch,
         now: Millis,
-    ) -> Result<QueueInfo, StoreError> {
-        self.call(move |e| e.put_queue(&queue, &patch, now)).await
+    ) -> Result<Changed<QueueInfo>, StoreError> {
+        self.change(move |e| e.put_queue(&queue, &patch, now)).await
     }
 
     async fn get_queue(&self, queue: QueueName) -> Result<QueueInfo, StoreError> {
@@ -290,8 +340,8 @@ impl Store for SqliteStore {
         self.call(move |e| Ok(e.list_queues())).await
     }
 
-    async fn tick(&self, now: Millis) -> Result<TickReport, StoreError> {
-        self.call_on_writer(move |e| e.tick(now)).await
+    async fn tick(&self, now: Millis) -> Result<Changed<TickReport>, StoreError> {
+        self.call_where(with_effects(move |e| e.tick(now)), false).await
     }
 
     async fn revoke_token(&self, revocation: Revocation, now: Millis) -> Result<(), StoreError> {
@@ -300,6 +350,29 @@ impl Store for SqliteStore {
 
     async fn revoked_tokens(&self, now: Millis) -> Result<Vec<Revocation>, StoreError> {
         self.call(move |e| e.revoked_tokens(now)).await
+    }
+
+    async fn read_events(&self, after: EventId, limit: usize) -> Result<EventPage, StoreError> {
+        let reader =
+            self.events.as_ref().ok_or_else(|| StoreError::Unavailable("the event log is off".into()))?;
+        let head = reader.durable.load(Ordering::Acquire);
+        let (path, connection) = (reader.path.clone(), reader.connection.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut connection = connection.lock().expect("event reader lock");
+            let conn = match &mut *connection {
+                Some(conn) => conn,
+                None => {
+                    let conn =
+                        rusqlite::Connection::open(&path).map_err(|e| StoreError::Unavailable(e.into()))?;
+                    conn.busy_timeout(std::time::Duration::from_secs(5))
+                        .map_err(|e| StoreError::Unavailable(e.into()))?;
+                    connection.insert(conn)
+                }
+            };
+            read_event_page(conn, after, limit, head)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(e.into()))?
     }
 
     async fn close(&self) {
@@ -313,6 +386,54 @@ impl Store for SqliteStore {
             self.lock.lock().expect("lock of the lock").take();
         }
     }
+}
+
+/// Up to `limit` events numbered after `after` and at most `head` (the last
+/// durable one), from the rows of the log that hold them.
+fn read_event_page(
+    conn: &rusqlite::Connection,
+    after: EventId,
+    limit: usize,
+    head: EventId,
+) -> Result<EventPage, StoreError> {
+    let unavailable = |e: rusqlite::Error| StoreError::Unavailable(e.into());
+    let purged: Option<i64> = conn
+        .query_row("SELECT value FROM counters WHERE name = 'events_purged'", [], |r| r.get(0))
+        .map(Some)
+        .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(e) })
+        .map_err(unavailable)?;
+    let mut page = EventPage {
+        events: Vec::new(),
+        head,
+        purged_through: purged.map_or(0, |v| v.max(0) as u64),
+        pending: false,
+    };
+    // The row holding event `after + 1`, and those after it.
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT first, at, records FROM events \
+             WHERE first >= coalesce((SELECT max(first) FROM events WHERE first <= ?1), 0) AND first <= ?2 \
+             ORDER BY first",
+        )
+        .map_err(unavailable)?;
+    let next = after.saturating_add(1).min(i64::MAX as u64) as i64;
+    let mut rows =
+        stmt.query(rusqlite::params![next, head.min(i64::MAX as u64) as i64]).map_err(unavailable)?;
+    while page.events.len() < limit {
+        let Some(row) = rows.next().map_err(unavailable)? else { break };
+        let (first, at): (i64, i64) = (row.get(0).map_err(unavailable)?, row.get(1).map_err(unavailable)?);
+        let record =
+            row.get_ref(2).map_err(unavailable)?.as_blob().map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let transitions =
+            events::decode(record, at).map_err(|e| StoreError::Corrupt(format!("event row {first}: {e}")))?;
+        for (offset, transition) in transitions.into_iter().enumerate() {
+            let id = first as u64 + offset as u64;
+            if id > after && id <= head && page.events.len() < limit {
+                page.events.push(Event { id, transition });
+            }
+        }
+    }
+    Ok(page)
 }
 
 #[cfg(test)]

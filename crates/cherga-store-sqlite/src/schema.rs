@@ -5,7 +5,7 @@ use cherga_core::{Lease, LeaseToken, Task, TaskId, TaskState};
 use rusqlite::{Connection, OptionalExtension};
 
 /// The version this build writes; `PRAGMA user_version` holds the version on disk.
-pub const VERSION: i64 = 7;
+pub const VERSION: i64 = 8;
 
 const V1: &str = "
 CREATE TABLE queues (
@@ -190,6 +190,20 @@ fn v6_tasks(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
 /// refuses the database instead of calling its rows corrupt.
 const V7: &str = "";
 
+/// Version 8: the event log. One row per batch that changed tasks, written in
+/// the batch's transaction: the number of its first event, how many it holds,
+/// the time of the first, and the events as one record (`cherga_store::events`).
+/// Rows are deleted by retention; the counter `events_purged` keeps the number
+/// of the last event deleted, so numbers are never given twice.
+const V8: &str = "
+CREATE TABLE events (
+    first   INTEGER PRIMARY KEY,
+    n       INTEGER NOT NULL,
+    at      INTEGER NOT NULL,
+    records BLOB NOT NULL
+);
+";
+
 /// The counter that kept purged sequence numbers from being given again before
 /// version 6, when every queue shared one counter; each queue has its own now
 /// (`seqs::counter`), and the old numbers are below every queue's range.
@@ -286,7 +300,7 @@ struct Migration {
 }
 
 /// Every migration in version order: index 0 makes version 1.
-const MIGRATIONS: [Migration; 7] = [
+const MIGRATIONS: [Migration; 8] = [
     Migration { sql: V1, then: None },
     Migration { sql: V2, then: None },
     Migration { sql: V3, then: Some(v3_tasks) },
@@ -294,6 +308,7 @@ const MIGRATIONS: [Migration; 7] = [
     Migration { sql: V5, then: Some(v5_tasks) },
     Migration { sql: V6, then: Some(v6_tasks) },
     Migration { sql: V7, then: None },
+    Migration { sql: V8, then: None },
 ];
 
 /// The page cache, in KiB.

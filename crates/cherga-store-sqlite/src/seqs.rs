@@ -85,7 +85,7 @@ mod tests {
     /// queue's range, before and after a reopen.
     #[tokio::test]
     async fn rows_numbered_before_version_6_are_listed_with_the_new_ones() {
-        use crate::{Limits, Options, SqliteStore, rows, schema};
+        use crate::{Options, SqliteStore, rows, schema};
         use cherga_core::{NewTask, QueueName, QueueSettings, Task, TaskState};
         use cherga_store::{ListTasks, Store};
 
@@ -100,8 +100,7 @@ mod tests {
             max_attempts: None,
         };
         let dir = tempfile::tempdir().expect("temp dir");
-        let options =
-            Options { path: dir.path().join("cherga.db"), durable: false, limits: Limits::STANDARD };
+        let options = Options { durable: false, ..Options::in_dir(dir.path()) };
         {
             let mut conn = rusqlite::Connection::open(&options.path).expect("open");
             schema::migrate_to(&mut conn, 5).expect("version 5");
@@ -140,12 +139,20 @@ mod tests {
         let store = SqliteStore::open(options.clone()).expect("migrate and open");
         let mut made = Vec::new();
         for kind in ["new1", "new2", "new3"] {
-            let done = store.enqueue(queue("a"), vec![new(kind)], T0 + 1).await.expect("enqueue");
+            let done = store
+                .enqueue(queue("a"), vec![new(kind)], T0 + 1)
+                .await
+                .map(cherga_store::Changed::into_value)
+                .expect("enqueue");
             let Ok(cherga_store::Enqueued::Created(task)) = &done[0] else { panic!("not created: {done:?}") };
             made.push(task.id.seq());
         }
         assert_eq!(made, [FIRST + 1, FIRST + 2, FIRST + 3], "queue a's range");
-        let b = store.enqueue(queue("b"), vec![new("newb")], T0 + 1).await.expect("enqueue b");
+        let b = store
+            .enqueue(queue("b"), vec![new("newb")], T0 + 1)
+            .await
+            .map(cherga_store::Changed::into_value)
+            .expect("enqueue b");
         let Ok(cherga_store::Enqueued::Created(b)) = &b[0] else { panic!("not created: {b:?}") };
         assert_eq!(b.id.seq(), range(2).0 + 1, "queue b's range");
 
@@ -167,7 +174,11 @@ mod tests {
 
         store.close().await;
         let store = SqliteStore::open(options).expect("reopen");
-        let next = store.enqueue(queue("a"), vec![new("new4")], T0 + 2).await.expect("enqueue");
+        let next = store
+            .enqueue(queue("a"), vec![new("new4")], T0 + 2)
+            .await
+            .map(cherga_store::Changed::into_value)
+            .expect("enqueue");
         let Ok(cherga_store::Enqueued::Created(next)) = &next[0] else { panic!("not created: {next:?}") };
         assert_eq!(next.id.seq(), FIRST + 4);
         assert_eq!(

@@ -72,7 +72,7 @@ fn open(path: &Path, durable: bool) -> SqliteStore {
 }
 
 fn open_with(path: &Path, durable: bool, limits: Limits) -> SqliteStore {
-    SqliteStore::open(Options { path: path.to_owned(), durable, limits })
+    SqliteStore::open(Options { path: path.to_owned(), durable, limits, ..Options::in_dir(Path::new("")) })
         .unwrap_or_else(|e| panic!("open {}: {e:?}", path.display()))
 }
 
@@ -161,26 +161,38 @@ fn token(task: &Task) -> String {
 async fn mixed_workload(store: &SqliteStore) {
     let patch =
         QueueSettingsPatch { concurrency: Some(Some(8)), max_attempts: Some(4), ..Default::default() };
-    store.put_queue(queue_name("jobs"), patch, T0).await.expect("put_queue");
+    store
+        .put_queue(queue_name("jobs"), patch, T0)
+        .await
+        .map(cherga_store::Changed::into_value)
+        .expect("put_queue");
     let batch: Vec<NewTask> = (0..50)
         .map(|i| new_task(&format!("batch-{i}"), None, Some(format!("g{}", i % 5)), i % 3, None))
         .collect();
-    let items = store.enqueue(queue_name("jobs"), batch, T0).await.expect("batch enqueue");
+    let items = store
+        .enqueue(queue_name("jobs"), batch, T0)
+        .await
+        .map(cherga_store::Changed::into_value)
+        .expect("batch enqueue");
     assert!(items.iter().all(|item| matches!(item, Ok(Enqueued::Created(_)))), "{items:?}");
     for i in 0..10 {
         let new =
             new_task(&format!("keyed-{i}"), Some(format!("key-{i}")), None, 0, Some(T0 + 60_000 * (i % 2)));
-        store.enqueue(queue_name("other"), vec![new], T0 + 1).await.expect("enqueue");
+        store
+            .enqueue(queue_name("other"), vec![new], T0 + 1)
+            .await
+            .map(cherga_store::Changed::into_value)
+            .expect("enqueue");
     }
     let claim =
         Claim { queue: queue_name("jobs"), max: 8, lease_ms: Some(3_600_000), worker: Some("w".into()) };
-    let leased = store.claim(claim, T0 + 2).await.expect("claim");
+    let leased = store.claim(claim, T0 + 2).await.map(cherga_store::Changed::into_value).expect("claim");
     assert_eq!(leased.len(), 5, "one per group: {leased:?}");
     let acks = leased[..2]
         .iter()
         .map(|t| Ack { task_id: t.id, token: token(t), result: Some("1".into()) })
         .collect();
-    let acked = store.complete(acks, T0 + 3).await.expect("ack");
+    let acked = store.complete(acks, T0 + 3).await.map(cherga_store::Changed::into_value).expect("ack");
     assert!(acked.iter().all(Result::is_ok), "{acked:?}");
     let nack = Nack {
         task_id: leased[2].id,
@@ -189,7 +201,7 @@ async fn mixed_workload(store: &SqliteStore) {
         retry_in_ms: None,
         dead: true,
     };
-    store.fail(nack, T0 + 4).await.expect("nack");
+    store.fail(nack, T0 + 4).await.map(cherga_store::Changed::into_value).expect("nack");
     let nack = Nack {
         task_id: leased[3].id,
         token: token(&leased[3]),
@@ -197,10 +209,10 @@ async fn mixed_workload(store: &SqliteStore) {
         retry_in_ms: Some(5),
         dead: false,
     };
-    store.fail(nack, T0 + 4).await.expect("nack");
+    store.fail(nack, T0 + 4).await.map(cherga_store::Changed::into_value).expect("nack");
     let others = list_all(store, "other").await;
-    store.cancel(others[0].id, T0 + 5).await.expect("cancel");
-    store.tick(T0 + 10).await.expect("tick");
+    store.cancel(others[0].id, T0 + 5).await.map(cherga_store::Changed::into_value).expect("cancel");
+    store.tick(T0 + 10).await.map(cherga_store::Changed::into_value).expect("tick");
 }
 
 async fn snapshot(store: &SqliteStore) -> (Vec<Task>, Vec<Task>, Vec<QueueInfo>) {
@@ -217,7 +229,11 @@ async fn snapshot(store: &SqliteStore) -> (Vec<Task>, Vec<Task>, Vec<QueueInfo>)
 /// Opens `path` expecting the refusal of a database another store holds.
 #[track_caller]
 fn assert_in_use(path: &Path) -> String {
-    match SqliteStore::open(Options { path: path.to_owned(), durable: false, limits: Limits::STANDARD }) {
+    match SqliteStore::open(Options {
+        path: path.to_owned(),
+        durable: false,
+        ..Options::in_dir(Path::new(""))
+    }) {
         Err(StoreError::Unavailable(source)) => {
             let Some(in_use) = source.downcast_ref::<DataDirInUse>() else {
                 panic!("open of a database in use: expected a DataDirInUse source, got {source:?}")
@@ -237,7 +253,10 @@ fn assert_in_use(path: &Path) -> String {
 async fn a_second_store_on_an_open_database_is_refused_until_the_first_closes() {
     let dir = TempSqlite::fast();
     let first = open(&dir.path(), false);
-    let created = first.enqueue(queue_name("q"), vec![new_task("a", None, None, 0, None)], T0).await;
+    let created = first
+        .enqueue(queue_name("q"), vec![new_task("a", None, None, 0, None)], T0)
+        .await
+        .map(cherga_store::Changed::into_value);
     let created = created.expect("enqueue").pop().expect("one answer").expect("created");
 
     let message = assert_in_use(&dir.path());
@@ -295,7 +314,11 @@ fn modes_in(dir: &Path) -> Vec<(String, u32)> {
 async fn an_open_makes_a_data_directory_open_to_other_users_private() {
     let dir = TempSqlite::durable();
     let store = open(&dir.path(), true);
-    store.enqueue(queue_name("q"), vec![new_task("a", None, None, 0, None)], T0).await.expect("enqueue");
+    store
+        .enqueue(queue_name("q"), vec![new_task("a", None, None, 0, None)], T0)
+        .await
+        .map(cherga_store::Changed::into_value)
+        .expect("enqueue");
     drop(store);
     chmod(dir.dir.path(), 0o755);
     let files = modes_in(dir.dir.path());
@@ -377,11 +400,19 @@ async fn copy_of_open_database_has_every_acknowledged_write() {
     let running: Vec<&Task> = after.0.iter().filter(|t| t.state == TaskState::Running).collect();
     assert_eq!(running.len(), 1, "{running:?}");
     let acks = running.iter().map(|t| Ack { task_id: t.id, token: token(t), result: None }).collect();
-    let acked = recovered.complete(acks, T0 + 100).await.expect("ack on the copy");
+    let acked = recovered
+        .complete(acks, T0 + 100)
+        .await
+        .map(cherga_store::Changed::into_value)
+        .expect("ack on the copy");
     assert!(acked.iter().all(Result::is_ok), "acks with leases from before the power loss: {acked:?}");
     // The rebuilt index leases the next task of each free group.
     let claim = Claim { queue: queue_name("jobs"), max: 100, lease_ms: None, worker: None };
-    let leased = recovered.claim(claim, T0 + 100).await.expect("claim on the copy");
+    let leased = recovered
+        .claim(claim, T0 + 100)
+        .await
+        .map(cherga_store::Changed::into_value)
+        .expect("claim on the copy");
     let groups: HashSet<_> = leased.iter().map(|t| t.group.clone()).collect();
     assert_eq!((groups.len(), leased.len()), (5, 5), "one task of each of the 5 groups: {leased:?}");
     recovered.close().await;
@@ -401,7 +432,11 @@ async fn wal_stays_bounded_under_writes_that_never_pause() {
         let tasks = (0..10)
             .map(|_| NewTask { payload: payload.clone(), ..new_task("k", None, None, 0, None) })
             .collect();
-        let created = store.enqueue(queue.clone(), tasks, T0).await.expect("enqueue");
+        let created = store
+            .enqueue(queue.clone(), tasks, T0)
+            .await
+            .map(cherga_store::Changed::into_value)
+            .expect("enqueue");
         assert!(created.iter().all(Result::is_ok));
     }
     let wal = std::fs::metadata(dir.dir.path().join("cherga.db-wal")).expect("the WAL").len();
@@ -475,7 +510,11 @@ fn kill_9_keeps_every_acknowledged_write() {
             assert_eq!(&task.queue, queue);
             if let Some(key) = key {
                 let again = new_task(&task.kind, Some(key.clone()), None, 0, None);
-                let mut items = store.enqueue(queue_name(queue), vec![again], now).await.expect("enqueue");
+                let mut items = store
+                    .enqueue(queue_name(queue), vec![again], now)
+                    .await
+                    .map(cherga_store::Changed::into_value)
+                    .expect("enqueue");
                 match items.pop() {
                     Some(Ok(Enqueued::Replayed(replayed))) => assert_eq!(replayed.id, *id, "key {key}"),
                     other => panic!("key {key} after the crash: expected Replayed of {id}, got {other:?}"),
@@ -501,7 +540,11 @@ fn kill_9_keeps_every_acknowledged_write() {
             }
         }
         assert!(acked.iter().all(|id| leased.contains_key(id)), "every acked task was leased first");
-        let results = store.complete(still_running, now).await.expect("ack after restart");
+        let results = store
+            .complete(still_running, now)
+            .await
+            .map(cherga_store::Changed::into_value)
+            .expect("ack after restart");
         assert!(results.iter().all(Result::is_ok), "leases taken before the crash still hold: {results:?}");
         for queue in ["crash", "background"] {
             let (_, tasks) = assert_counts_agree(&store, queue).await;
@@ -532,8 +575,11 @@ fn child_workload(dir: PathBuf) {
             tokio::spawn(async move {
                 for i in 0..CHILD_MAX_STEPS {
                     let new = new_task(&format!("bg-{worker}-{i}"), None, None, 0, None);
-                    let mut items =
-                        store.enqueue(queue_name("background"), vec![new], T0 + i).await.expect("enqueue");
+                    let mut items = store
+                        .enqueue(queue_name("background"), vec![new], T0 + i)
+                        .await
+                        .map(cherga_store::Changed::into_value)
+                        .expect("enqueue");
                     if let Some(Ok(Enqueued::Created(task))) = items.pop() {
                         say(format!("CREATED background {}", task.id));
                     }
@@ -544,18 +590,28 @@ fn child_workload(dir: PathBuf) {
             let now = T0 + i;
             let key = format!("key-{i}");
             let new = new_task(&format!("t{i}"), Some(key.clone()), None, 0, None);
-            let mut items = store.enqueue(queue_name("crash"), vec![new], now).await.expect("enqueue");
+            let mut items = store
+                .enqueue(queue_name("crash"), vec![new], now)
+                .await
+                .map(cherga_store::Changed::into_value)
+                .expect("enqueue");
             if let Some(Ok(Enqueued::Created(task))) = items.pop() {
                 say(format!("CREATED crash {} {key}", task.id));
             }
             if i % 2 == 1 {
                 let claim =
                     Claim { queue: queue_name("crash"), max: 1, lease_ms: Some(3_600_000), worker: None };
-                for task in store.claim(claim, now).await.expect("claim") {
+                for task in
+                    store.claim(claim, now).await.map(cherga_store::Changed::into_value).expect("claim")
+                {
                     say(format!("LEASED {} {}", task.id, token(&task)));
                     if i % 4 == 3 {
                         let ack = Ack { task_id: task.id, token: token(&task), result: Some("1".into()) };
-                        let mut results = store.complete(vec![ack], now).await.expect("ack");
+                        let mut results = store
+                            .complete(vec![ack], now)
+                            .await
+                            .map(cherga_store::Changed::into_value)
+                            .expect("ack");
                         if let Some(Ok(_)) = results.pop() {
                             say(format!("ACKED {}", task.id));
                         }
@@ -684,7 +740,11 @@ mod random_operations {
                 backoff_jitter: Some(0.5),
                 ..Default::default()
             };
-            store.put_queue(queue_name(QUEUE), patch, T0).await.expect("put_queue");
+            store
+                .put_queue(queue_name(QUEUE), patch, T0)
+                .await
+                .map(cherga_store::Changed::into_value)
+                .expect("put_queue");
             Self {
                 harness,
                 store: Some(store),
@@ -748,6 +808,7 @@ mod random_operations {
                         .store()
                         .enqueue(queue_name(QUEUE), vec![new.clone()], self.now)
                         .await
+                        .map(cherga_store::Changed::into_value)
                         .expect("enqueue");
                     let item = items.pop().expect("one answer");
                     let seen = new.idempotency_key.as_ref().and_then(|k| self.keys.get(k));
@@ -774,8 +835,14 @@ mod random_operations {
                     let Some(before) = self.pick_task(pick, stale.is_none()).await else { return };
                     let token = self.pick_token(&before, stale.as_ref());
                     let ack = Ack { task_id: before.id, token: token.clone(), result: Some("\"r\"".into()) };
-                    let result =
-                        self.store().complete(vec![ack], self.now).await.expect("ack").pop().expect("one");
+                    let result = self
+                        .store()
+                        .complete(vec![ack], self.now)
+                        .await
+                        .map(cherga_store::Changed::into_value)
+                        .expect("ack")
+                        .pop()
+                        .expect("one");
                     let after = self.get(before.id).await;
                     if holds_lease(&before, &token) {
                         let task = result.unwrap_or_else(|e| panic!("ack with the current lease: {e:?}"));
@@ -794,7 +861,8 @@ mod random_operations {
                         retry_in_ms: retry_in_ms.map(i64::from),
                         dead: *dead,
                     };
-                    let result = self.store().fail(nack, self.now).await;
+                    let result =
+                        self.store().fail(nack, self.now).await.map(cherga_store::Changed::into_value);
                     let after = self.get(before.id).await;
                     if holds_lease(&before, &token) {
                         let task = result.unwrap_or_else(|e| panic!("nack with the current lease: {e:?}"));
@@ -815,8 +883,11 @@ mod random_operations {
                 Op::Extend { pick, stale } => {
                     let Some(before) = self.pick_task(pick, stale.is_none()).await else { return };
                     let token = self.pick_token(&before, stale.as_ref());
-                    let result =
-                        self.store().extend_lease(before.id, token.clone(), LEASE_MS, self.now).await;
+                    let result = self
+                        .store()
+                        .extend_lease(before.id, token.clone(), LEASE_MS, self.now)
+                        .await
+                        .map(cherga_store::Changed::into_value);
                     let after = self.get(before.id).await;
                     if holds_lease(&before, &token) {
                         let task = result.unwrap_or_else(|e| panic!("extend with the current lease: {e:?}"));
@@ -828,7 +899,8 @@ mod random_operations {
                 }
                 Op::Cancel { pick } => {
                     let Some(before) = self.pick_task(pick, false).await else { return };
-                    let result = self.store().cancel(before.id, self.now).await;
+                    let result =
+                        self.store().cancel(before.id, self.now).await.map(cherga_store::Changed::into_value);
                     let after = self.get(before.id).await;
                     match before.state {
                         TaskState::Scheduled | TaskState::Ready => {
@@ -847,7 +919,11 @@ mod random_operations {
                 }
                 Op::RetryDead { pick } => {
                     let Some(before) = self.pick_task(pick, false).await else { return };
-                    let result = self.store().retry_dead(before.id, self.now).await;
+                    let result = self
+                        .store()
+                        .retry_dead(before.id, self.now)
+                        .await
+                        .map(cherga_store::Changed::into_value);
                     let after = self.get(before.id).await;
                     if before.state == TaskState::Dead {
                         assert_eq!(result.expect("retry_dead").state, TaskState::Ready);
@@ -873,7 +949,8 @@ mod random_operations {
                                 && t.lease.as_ref().is_some_and(|l| l.expires_at <= now)
                         })
                         .count();
-                    let report = self.store().tick(now).await.expect("tick");
+                    let report =
+                        self.store().tick(now).await.map(cherga_store::Changed::into_value).expect("tick");
                     assert_eq!((report.promoted, report.expired), (due, expiring), "{report:?}");
                     for task in list_all(self.store(), QUEUE).await {
                         let overdue = match task.state {
@@ -890,8 +967,12 @@ mod random_operations {
                         paused: Some(*paused),
                         ..Default::default()
                     };
-                    let info =
-                        self.store().put_queue(queue_name(QUEUE), patch, self.now).await.expect("put_queue");
+                    let info = self
+                        .store()
+                        .put_queue(queue_name(QUEUE), patch, self.now)
+                        .await
+                        .map(cherga_store::Changed::into_value)
+                        .expect("put_queue");
                     self.concurrency = concurrency.map(u32::from);
                     self.paused = *paused;
                     assert_eq!(
@@ -978,7 +1059,12 @@ mod random_operations {
             let expected: Vec<TaskId> = eligible.iter().take(max.min(room)).map(|(_, t)| t.id).collect();
 
             let claim = Claim { queue: queue_name(QUEUE), max, lease_ms: None, worker: None };
-            let leased = self.store().claim(claim, self.now).await.expect("claim");
+            let leased = self
+                .store()
+                .claim(claim, self.now)
+                .await
+                .map(cherga_store::Changed::into_value)
+                .expect("claim");
             let got: Vec<TaskId> = leased.iter().map(|t| t.id).collect();
             assert_eq!(got, expected, "claim {max} (running {running}, room {room}) from {before:#?}");
             if let Some(limit) = self.concurrency {

@@ -3,8 +3,9 @@
 //! implements it and runs the shared conformance suite in [`testkit`].
 //!
 //! **Contract:** when a method that changes state returns `Ok`, the change is
-//! durable (on disk, fsynced). A method that returns `Err` for the whole call
-//! changed nothing that a later read can see.
+//! durable (on disk, fsynced), and its answer ([`Changed`]) carries the
+//! [`Effects`] of the call: a transition for every task it changed. A method that
+//! returns `Err` for the whole call changed nothing that a later read can see.
 //!
 //! **Boundary:** no HTTP and no SQL types cross this trait.
 
@@ -13,8 +14,13 @@ use cherga_core::{
 };
 use std::future::Future;
 
+mod effects;
+pub mod events;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+
+pub use effects::{Changed, Effects};
+pub use events::{Event, EventId, EventPage};
 
 /// What went wrong with a store call or with one item of a batch.
 #[derive(Debug, thiserror::Error)]
@@ -114,15 +120,15 @@ pub struct ListTasks {
     pub limit: usize,
 }
 
-/// What a run of the timers did.
+/// What a run of the timers did (each task it moved is also a transition in the
+/// call's [`Effects`]).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TickReport {
-    /// Queues in which a task became ready or a lease ended: their waiters should look.
-    pub woken_queues: Vec<String>,
     pub promoted: usize,
     pub expired: usize,
     pub purged: usize,
-    /// When the next scheduled task is due or the next lease expires, if any.
+    /// When the next scheduled task is due or the next lease expires, if any
+    /// (of every task, not only those this tick moved).
     pub next_timer: Option<Millis>,
 }
 
@@ -155,14 +161,18 @@ pub trait Store: Send + Sync + 'static {
         queue: QueueName,
         tasks: Vec<NewTask>,
         now: Millis,
-    ) -> impl Future<Output = Result<Vec<Result<Enqueued, StoreError>>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Changed<Vec<Result<Enqueued, StoreError>>>, StoreError>> + Send;
 
     /// Leases up to `claim.max` ready tasks of the queue (creating the queue on first
     /// use), best first, honouring groups, the concurrency limit and pauses.
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] when the backend fails.
-    fn claim(&self, claim: Claim, now: Millis) -> impl Future<Output = Result<Vec<Task>, StoreError>> + Send;
+    fn claim(
+        &self,
+        claim: Claim,
+        now: Millis,
+    ) -> impl Future<Output = Result<Changed<Vec<Task>>, StoreError>> + Send;
 
     /// Acknowledges tasks: each moves to `succeeded` with its result, or is refused.
     ///
@@ -172,7 +182,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         acks: Vec<Ack>,
         now: Millis,
-    ) -> impl Future<Output = Result<Vec<Result<Task, StoreError>>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Changed<Vec<Result<Task, StoreError>>>, StoreError>> + Send;
 
     /// Acknowledges `acks` as [`Store::complete`] does, then leases as
     /// [`Store::claim`] does: a worker's "done with these, give me more" in one
@@ -188,11 +198,14 @@ pub trait Store: Send + Sync + 'static {
         acks: Vec<Ack>,
         claim: Claim,
         now: Millis,
-    ) -> impl Future<Output = Result<AckedAndLeased, StoreError>> + Send {
+    ) -> impl Future<Output = Result<Changed<AckedAndLeased>, StoreError>> + Send {
         async move {
-            let acked = if acks.is_empty() { Vec::new() } else { self.complete(acks, now).await? };
+            let acked =
+                if acks.is_empty() { Changed::nothing(Vec::new()) } else { self.complete(acks, now).await? };
             let leased = self.claim(claim, now).await?;
-            Ok((acked, leased))
+            let mut effects = acked.effects;
+            effects.extend(leased.effects);
+            Ok(Changed::new((acked.value, leased.value), effects))
         }
     }
 
@@ -200,7 +213,8 @@ pub trait Store: Send + Sync + 'static {
     ///
     /// # Errors
     /// [`StoreError::NotFound`], [`StoreError::Refused`].
-    fn fail(&self, nack: Nack, now: Millis) -> impl Future<Output = Result<Task, StoreError>> + Send;
+    fn fail(&self, nack: Nack, now: Millis)
+    -> impl Future<Output = Result<Changed<Task>, StoreError>> + Send;
 
     /// Extends the current lease of a task to `now + lease_ms`.
     ///
@@ -212,13 +226,17 @@ pub trait Store: Send + Sync + 'static {
         token: String,
         lease_ms: i64,
         now: Millis,
-    ) -> impl Future<Output = Result<Task, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Changed<Task>, StoreError>> + Send;
 
     /// Cancels a scheduled or ready task (a cancelled one is returned as it is).
     ///
     /// # Errors
     /// [`StoreError::NotFound`], [`StoreError::Refused`].
-    fn cancel(&self, task_id: TaskId, now: Millis) -> impl Future<Output = Result<Task, StoreError>> + Send;
+    fn cancel(
+        &self,
+        task_id: TaskId,
+        now: Millis,
+    ) -> impl Future<Output = Result<Changed<Task>, StoreError>> + Send;
 
     /// Sends a dead task back to ready with the queue's `max_attempts` more attempts.
     ///
@@ -228,7 +246,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         task_id: TaskId,
         now: Millis,
-    ) -> impl Future<Output = Result<Task, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Changed<Task>, StoreError>> + Send;
 
     /// # Errors
     /// [`StoreError::NotFound`] when no such task exists (or it was purged).
@@ -247,7 +265,7 @@ pub trait Store: Send + Sync + 'static {
         queue: QueueName,
         patch: QueueSettingsPatch,
         now: Millis,
-    ) -> impl Future<Output = Result<QueueInfo, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Changed<QueueInfo>, StoreError>> + Send;
 
     /// # Errors
     /// [`StoreError::NotFound`] when the queue does not exist.
@@ -262,7 +280,7 @@ pub trait Store: Send + Sync + 'static {
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] when the backend fails.
-    fn tick(&self, now: Millis) -> impl Future<Output = Result<TickReport, StoreError>> + Send;
+    fn tick(&self, now: Millis) -> impl Future<Output = Result<Changed<TickReport>, StoreError>> + Send;
 
     /// Records that the token `jti` is revoked until `expires_at`. Revoking a
     /// token again keeps the later of the two expiries (a revocation is never
@@ -294,6 +312,30 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<Revocation>, StoreError>> + Send {
         let _ = now;
         async { Err(StoreError::Unavailable("this store does not keep token revocations".into())) }
+    }
+
+    /// Reads up to `limit` events of the log after position `after` (0 reads
+    /// from the oldest kept), in order. Only events whose transaction is durable
+    /// are read, and no later read finds an event before the last one returned.
+    ///
+    /// The default refuses: a store without an event log serves no event stream.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the backend fails or keeps no event log.
+    fn read_events(
+        &self,
+        after: EventId,
+        limit: usize,
+    ) -> impl Future<Output = Result<EventPage, StoreError>> + Send {
+        let _ = (after, limit);
+        async { Err(StoreError::Unavailable("this store keeps no event log".into())) }
+    }
+
+    /// Registers `wake`, which the store calls when another node sharing the same
+    /// backend may have committed events. A store that serves one node only
+    /// ignores it.
+    fn on_remote_events(&self, wake: std::sync::Arc<dyn Fn() + Send + Sync>) {
+        let _ = wake;
     }
 
     /// Registers `wake`, which the store calls with a queue name when another node

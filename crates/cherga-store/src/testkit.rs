@@ -32,10 +32,13 @@
 //! - payloads, results and errors are stored verbatim, byte for byte;
 //! - task ids sort in enqueue order, within one millisecond too.
 
-use crate::{Ack, Claim, Enqueued, ListTasks, Nack, QueueInfo, Revocation, Store, StoreError, TickReport};
+use crate::{
+    Ack, Changed, Claim, Enqueued, EventId, EventPage, ListTasks, Nack, QueueInfo, Revocation, Store,
+    StoreError, TickReport,
+};
 use cherga_core::{
-    AttemptOutcome, Backoff, History, Millis, NewTask, QueueName, QueueSettings, QueueSettingsPatch, Refusal,
-    Task, TaskId, TaskState,
+    AttemptOutcome, Backoff, Change, History, Millis, NewTask, QueueName, QueueSettings, QueueSettingsPatch,
+    Refusal, Task, TaskId, TaskState,
 };
 use std::fmt::Debug;
 use std::future::Future;
@@ -118,6 +121,9 @@ macro_rules! conformance_tests {
             close_refuses_later_calls,
             revocations_are_listed_until_they_expire,
             revocations_survive_a_reopen,
+            every_change_reports_its_transitions,
+            the_event_log_holds_every_transition_in_order,
+            the_event_log_forgets_events_past_its_retention,
         );
     };
     (@cases $harness:expr; $($case:ident),* $(,)?) => {
@@ -259,10 +265,10 @@ async fn enqueue<S: Store>(
     now: Millis,
 ) -> Result<Enqueued, StoreError> {
     let kind = new.kind.clone();
-    let mut items = store
-        .enqueue(queue_name(queue), vec![new], now)
-        .await
-        .unwrap_or_else(|e| panic!("enqueue {kind:?} into {queue} at {}: the call failed: {e:?}", at(now)));
+    let mut items =
+        store.enqueue(queue_name(queue), vec![new], now).await.map(Changed::into_value).unwrap_or_else(|e| {
+            panic!("enqueue {kind:?} into {queue} at {}: the call failed: {e:?}", at(now))
+        });
     assert_eq!(items.len(), 1, "enqueue {kind:?} into {queue}: one task in, {} answers out", items.len());
     items.pop().expect("length checked")
 }
@@ -283,7 +289,11 @@ async fn claim_with<S: Store>(
     now: Millis,
 ) -> Vec<Task> {
     let claim = Claim { queue: queue_name(queue), max, lease_ms, worker: Some("worker-1".to_owned()) };
-    store.claim(claim, now).await.unwrap_or_else(|e| panic!("claim {max} from {queue} at {}: {e:?}", at(now)))
+    store
+        .claim(claim, now)
+        .await
+        .map(Changed::into_value)
+        .unwrap_or_else(|e| panic!("claim {max} from {queue} at {}: {e:?}", at(now)))
 }
 
 async fn claim<S: Store>(store: &S, queue: &str, max: usize, now: Millis) -> Vec<Task> {
@@ -308,6 +318,7 @@ async fn ack<S: Store>(
     let mut items = store
         .complete(acks, now)
         .await
+        .map(Changed::into_value)
         .unwrap_or_else(|e| panic!("ack {task_id} at {}: the call failed: {e:?}", at(now)));
     assert_eq!(items.len(), 1, "ack of one task answered {} items", items.len());
     items.pop().expect("length checked")
@@ -329,7 +340,7 @@ async fn nack<S: Store>(
     now: Millis,
 ) -> Result<Task, StoreError> {
     let nack = Nack { task_id, token: token.to_owned(), error: Some("boom".to_owned()), retry_in_ms, dead };
-    store.fail(nack, now).await
+    store.fail(nack, now).await.map(Changed::into_value)
 }
 
 /// Nacks `task` with its current lease, expecting success.
@@ -354,13 +365,14 @@ async fn info<S: Store>(store: &S, queue: &str) -> QueueInfo {
 }
 
 async fn tick<S: Store>(store: &S, now: Millis) -> TickReport {
-    store.tick(now).await.unwrap_or_else(|e| panic!("tick at {}: {e:?}", at(now)))
+    store.tick(now).await.map(Changed::into_value).unwrap_or_else(|e| panic!("tick at {}: {e:?}", at(now)))
 }
 
 async fn put<S: Store>(store: &S, queue: &str, patch: QueueSettingsPatch, now: Millis) -> QueueInfo {
     store
         .put_queue(queue_name(queue), patch.clone(), now)
         .await
+        .map(Changed::into_value)
         .unwrap_or_else(|e| panic!("put_queue {queue} {patch:?}: {e:?}"))
 }
 
@@ -433,7 +445,11 @@ pub async fn enqueue_round_trips_every_field<H: Harness>(mut harness: H) {
     assert_eq!(get(&store, overdue.id).await, overdue);
     assert!(created.id < later.id && later.id < overdue.id, "ids sort in enqueue order across milliseconds");
     let same_ms: Vec<NewTask> = (0..20).map(|i| task(&format!("same-{i}"))).collect();
-    let items = store.enqueue(queue_name("same"), same_ms, T0 + 3).await.expect("batch enqueue");
+    let items = store
+        .enqueue(queue_name("same"), same_ms, T0 + 3)
+        .await
+        .map(Changed::into_value)
+        .expect("batch enqueue");
     let ids: Vec<TaskId> = items.iter().map(|item| item.as_ref().expect("created").task().id).collect();
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids of one millisecond sort in enqueue order: {ids:#?}");
 
@@ -561,7 +577,8 @@ pub async fn idempotency_duplicates_in_one_batch_create_one_task<H: Harness>(mut
         NewTask { payload: r#"{"x":1}"#.to_owned(), ..keyed("a", "k1") },
         keyed("d", "k2"),
     ];
-    let items = store.enqueue(queue_name("batch"), batch, T0).await.expect("batch enqueue");
+    let items =
+        store.enqueue(queue_name("batch"), batch, T0).await.map(Changed::into_value).expect("batch enqueue");
     assert_eq!(items.len(), 5, "one answer per item: {items:?}");
     let first = match &items[0] {
         Ok(Enqueued::Created(task)) => task.clone(),
@@ -620,8 +637,9 @@ pub async fn concurrent_duplicate_enqueues_create_one_task<H: Harness>(mut harne
     for i in 0..50 {
         let store = Arc::clone(&store);
         let request = request.clone();
-        handles
-            .push(tokio::spawn(async move { store.enqueue(queue_name("pay"), vec![request], T0 + i).await }));
+        handles.push(tokio::spawn(async move {
+            store.enqueue(queue_name("pay"), vec![request], T0 + i).await.map(Changed::into_value)
+        }));
     }
     let mut created = Vec::new();
     let mut replayed = Vec::new();
@@ -672,9 +690,14 @@ pub async fn delayed_task_is_claimable_only_after_tick_promotes_it<H: Harness>(m
     assert_eq!(report.next_timer, Some(T0 + 5_000), "the next timer is the task's run_at: {report:?}");
     assert!(claim(&store, "later", 1, T0 + 4_999).await.is_empty());
 
-    let report = tick(&store, T0 + 5_000).await;
+    let ticked = store.tick(T0 + 5_000).await.expect("tick");
+    let report = &ticked.value;
     assert_eq!(report.promoted, 1, "{report:?}");
-    assert_eq!(report.woken_queues, ["later"], "the queue with a newly ready task is woken: {report:?}");
+    assert_eq!(
+        ticked.effects.leasable(),
+        [("later", 1)],
+        "one task of the queue became leasable: {ticked:?}"
+    );
     let promoted = get(&store, later.id).await;
     assert_eq!((promoted.state, promoted.run_at), (TaskState::Ready, T0 + 5_000), "{promoted:?}");
     assert_counts(&info(&store, "later").await, &[(TaskState::Ready, 1)]);
@@ -765,7 +788,8 @@ pub async fn ack_refuses_wrong_token_and_unknown_task<H: Harness>(mut harness: H
         Ack { task_id: z.id, token: token(x), result: None },
         Ack { task_id: unknown_id(), token: token(x), result: None },
     ];
-    let mut items = store.complete(acks, T0 + 2).await.expect("batch ack").into_iter();
+    let mut items =
+        store.complete(acks, T0 + 2).await.map(Changed::into_value).expect("batch ack").into_iter();
     assert_eq!(items.len(), 4);
     match items.next().expect("4 items") {
         Ok(task) => assert_eq!((task.state, task.result.as_deref()), (TaskState::Succeeded, Some("1"))),
@@ -869,7 +893,11 @@ pub async fn nack_dead_then_retry_dead<H: Harness>(mut harness: H) {
     tick(&store, T0 + 100_000).await;
     assert!(claim(&store, "dlq", 1, T0 + 100_000).await.is_empty(), "a dead task is never leased");
 
-    let retried = store.retry_dead(leased.id, T0 + 100_001).await.expect("retry_dead of a dead task");
+    let retried = store
+        .retry_dead(leased.id, T0 + 100_001)
+        .await
+        .map(Changed::into_value)
+        .expect("retry_dead of a dead task");
     assert_eq!((retried.state, retried.run_at, retried.finished_at), (TaskState::Ready, T0 + 100_001, None));
     assert_eq!(retried.attempts, 1, "attempts never go back");
     assert_eq!(
@@ -887,11 +915,14 @@ pub async fn nack_dead_then_retry_dead<H: Harness>(mut harness: H) {
         "ack with the dead lease",
     );
     assert_invalid_state(
-        store.retry_dead(leased.id, T0 + 100_003).await,
+        store.retry_dead(leased.id, T0 + 100_003).await.map(Changed::into_value),
         TaskState::Running,
         "retry_dead of a running task",
     );
-    assert_not_found(store.retry_dead(unknown_id(), T0).await, "retry_dead of an unknown id");
+    assert_not_found(
+        store.retry_dead(unknown_id(), T0).await.map(Changed::into_value),
+        "retry_dead of an unknown id",
+    );
     ack_ok(&store, &again, None, T0 + 100_004).await;
 }
 
@@ -943,9 +974,9 @@ pub async fn expired_lease_returns_task_and_fences_old_token<H: Harness>(mut har
     assert_eq!(report.expired, 0, "not expired before its expiry: {report:?}");
     assert_eq!(get(&store, first.id).await.state, TaskState::Running);
 
-    let report = tick(&store, T0 + 10_001).await;
-    assert_eq!(report.expired, 1, "{report:?}");
-    assert_eq!(report.woken_queues, ["lease"], "{report:?}");
+    let ticked = store.tick(T0 + 10_001).await.expect("tick");
+    assert_eq!(ticked.value.expired, 1, "{ticked:?}");
+    assert_eq!(ticked.effects.leasable(), [("lease", 1)], "the expiry freed a slot: {ticked:?}");
     let expired = get(&store, first.id).await;
     assert_eq!(expired.state, TaskState::Scheduled, "{expired:?}");
     assert_eq!(expired.run_at, T0 + 10_001 + 1_000, "an expiry backs off like a nack");
@@ -959,7 +990,7 @@ pub async fn expired_lease_returns_task_and_fences_old_token<H: Harness>(mut har
         "nack with the expired token",
     );
     assert_lease_lost(
-        store.extend_lease(first.id, old.clone(), 10_000, T0 + 10_002).await,
+        store.extend_lease(first.id, old.clone(), 10_000, T0 + 10_002).await.map(Changed::into_value),
         "extend with the expired token",
     );
     assert_eq!(get(&store, first.id).await, expired, "refusals change nothing");
@@ -985,6 +1016,7 @@ pub async fn extend_lease_moves_expiry<H: Harness>(mut harness: H) {
     let extended = store
         .extend_lease(leased.id, token(&leased), 20_000, T0 + 5_000)
         .await
+        .map(Changed::into_value)
         .expect("extend with the current lease");
     let lease = extended.lease.as_ref().expect("still leased");
     assert_eq!(lease.expires_at, T0 + 25_000, "now + lease_ms");
@@ -993,11 +1025,11 @@ pub async fn extend_lease_moves_expiry<H: Harness>(mut harness: H) {
     assert_eq!(get(&store, leased.id).await, extended);
 
     assert_lease_lost(
-        store.extend_lease(leased.id, "1.bogus".to_owned(), 1, T0 + 5_001).await,
+        store.extend_lease(leased.id, "1.bogus".to_owned(), 1, T0 + 5_001).await.map(Changed::into_value),
         "extend with a bogus token",
     );
     assert_not_found(
-        store.extend_lease(unknown_id(), token(&leased), 1, T0 + 5_001).await,
+        store.extend_lease(unknown_id(), token(&leased), 1, T0 + 5_001).await.map(Changed::into_value),
         "extend of an unknown id",
     );
     assert_eq!(get(&store, leased.id).await, extended, "refused extends change nothing");
@@ -1032,12 +1064,16 @@ pub async fn a_lease_ends_at_its_expiry_before_any_tick<H: Harness>(mut harness:
     // From the expiry on, with no tick in between, it holds no more.
     assert_lease_lost(ack(&store, c.id, &token(c), Some("2"), expiry).await, "ack at expires_at");
     assert_lease_lost(nack(&store, c.id, &token(c), None, false, expiry).await, "nack at expires_at");
-    assert_lease_lost(store.extend_lease(c.id, token(c), 10_000, expiry).await, "extend at expires_at");
+    assert_lease_lost(
+        store.extend_lease(c.id, token(c), 10_000, expiry).await.map(Changed::into_value),
+        "extend at expires_at",
+    );
     let batch = vec![
         Ack { task_id: d.id, token: token(d), result: Some("3".to_owned()) },
         Ack { task_id: a.id, token: token(a), result: Some("1".to_owned()) },
     ];
-    let mut items = store.complete(batch, expiry + 460).await.expect("batch ack").into_iter();
+    let mut items =
+        store.complete(batch, expiry + 460).await.map(Changed::into_value).expect("batch ack").into_iter();
     assert_lease_lost(items.next().expect("two items"), "batch ack 460 ms after expires_at");
     match items.next().expect("two items") {
         Ok(task) => assert_eq!(task, acked, "an ack applied in time, replayed late, answers as before"),
@@ -1045,8 +1081,11 @@ pub async fn a_lease_ends_at_its_expiry_before_any_tick<H: Harness>(mut harness:
     }
     let claim = Claim { queue: queue_name("late"), max: 5, lease_ms: None, worker: None };
     let late_ack = Ack { task_id: e.id, token: token(e), result: Some("4".to_owned()) };
-    let (mut acks, more) =
-        store.complete_and_claim(vec![late_ack], claim, expiry + 200).await.expect("complete_and_claim");
+    let (mut acks, more) = store
+        .complete_and_claim(vec![late_ack], claim, expiry + 200)
+        .await
+        .map(Changed::into_value)
+        .expect("complete_and_claim");
     assert_lease_lost(acks.pop().expect("one item"), "ack with a claim 200 ms after expires_at");
     assert!(more.is_empty(), "no task was ready: {more:?}");
     match nack(&store, b.id, &token(b), None, false, expiry + 460).await {
@@ -1108,7 +1147,7 @@ pub async fn group_runs_one_task_at_a_time_in_enqueue_order<H: Harness>(mut harn
     let k1 = claim_one(&store, "orders", "k1", T0 + 2_001).await;
     nack_ok(&store, &k1, None, true, T0 + 2_002).await;
     let k2 = claim_one(&store, "orders", "k2", T0 + 2_003).await;
-    store.retry_dead(k1.id, T0 + 2_004).await.expect("retry_dead k1");
+    store.retry_dead(k1.id, T0 + 2_004).await.map(Changed::into_value).expect("retry_dead k1");
     assert!(
         claim(&store, "orders", 10, T0 + 2_005).await.is_empty(),
         "k1 must wait while k2 of its group runs"
@@ -1163,6 +1202,7 @@ pub async fn complete_and_claim_acks_first_then_leases<H: Harness>(mut harness: 
     let (acked, leased) = store
         .complete_and_claim(vec![done(&a, "not-the-lease".to_owned()), done(&a, token(&a))], claim(5), T0 + 2)
         .await
+        .map(Changed::into_value)
         .expect("complete_and_claim");
     assert_eq!(acked.len(), 2, "one result per ack");
     let mut acked = acked.into_iter();
@@ -1179,6 +1219,7 @@ pub async fn complete_and_claim_acks_first_then_leases<H: Harness>(mut harness: 
             T0 + 3,
         )
         .await
+        .map(Changed::into_value)
         .expect("complete_and_claim");
     assert_not_found(acked.into_iter().next().expect("one"), "an ack of an unknown task");
     assert!(leased.is_empty(), "b still runs: the limit holds, nothing is leased");
@@ -1188,12 +1229,14 @@ pub async fn complete_and_claim_acks_first_then_leases<H: Harness>(mut harness: 
     let (acked, leased) = store
         .complete_and_claim(vec![done(b, token(b))], claim(5), T0 + 4)
         .await
+        .map(Changed::into_value)
         .expect("complete_and_claim");
     assert_eq!(acked[0].as_ref().expect("b's ack").state, TaskState::Succeeded);
     assert_eq!(kinds(&leased), ["c"]);
     let (acked, leased) = store
         .complete_and_claim(vec![done(b, token(b))], claim(5), T0 + 5)
         .await
+        .map(Changed::into_value)
         .expect("complete_and_claim");
     assert_eq!(acked[0].as_ref().expect("b's ack, replayed").state, TaskState::Succeeded);
     assert!(leased.is_empty(), "c runs under the limit of 1");
@@ -1209,6 +1252,7 @@ pub async fn complete_and_claim_acks_first_then_leases<H: Harness>(mut harness: 
     let (acked, leased) = store
         .complete_and_claim(vec![done(&g1, token(&g1))], grouped_claim.clone(), T0 + 8)
         .await
+        .map(Changed::into_value)
         .expect("complete_and_claim");
     assert!(acked[0].is_ok(), "g1's ack: {acked:?}");
     assert_eq!(kinds(&leased), ["g2"], "g1 finished, so g2 heads its group and is leased at once");
@@ -1219,6 +1263,7 @@ pub async fn complete_and_claim_acks_first_then_leases<H: Harness>(mut harness: 
     let (acked, leased) = store
         .complete_and_claim(vec![done(g2, token(g2))], grouped_claim, T0 + 10)
         .await
+        .map(Changed::into_value)
         .expect("complete_and_claim");
     assert!(acked[0].is_ok() && leased.is_empty(), "{acked:?} {leased:?}");
     assert_eq!(get(&store, g2.id).await.state, TaskState::Succeeded, "the ack on a paused queue is stored");
@@ -1251,17 +1296,20 @@ pub async fn cancel_scheduled_and_ready_is_idempotent<H: Harness>(mut harness: H
     let ready = create(&store, "cancel", task("r"), T0).await;
     let scheduled = create(&store, "cancel", delayed("s", T0 + 10_000), T0).await;
 
-    let cancelled = store.cancel(ready.id, T0 + 1).await.expect("cancel a ready task");
+    let cancelled =
+        store.cancel(ready.id, T0 + 1).await.map(Changed::into_value).expect("cancel a ready task");
     assert_eq!(
         (cancelled.state, cancelled.finished_at),
         (TaskState::Cancelled, Some(T0 + 1)),
         "{cancelled:?}"
     );
-    let again = store.cancel(ready.id, T0 + 2).await.expect("cancelling twice succeeds");
+    let again =
+        store.cancel(ready.id, T0 + 2).await.map(Changed::into_value).expect("cancelling twice succeeds");
     assert_eq!(again, cancelled, "a second cancel changes nothing");
     assert_eq!(get(&store, ready.id).await, cancelled);
 
-    let cancelled = store.cancel(scheduled.id, T0 + 3).await.expect("cancel a scheduled task");
+    let cancelled =
+        store.cancel(scheduled.id, T0 + 3).await.map(Changed::into_value).expect("cancel a scheduled task");
     assert_eq!(cancelled.state, TaskState::Cancelled);
     let report = tick(&store, T0 + 10_000).await;
     assert_eq!(report.promoted, 0, "a cancelled task is not promoted: {report:?}");
@@ -1271,9 +1319,12 @@ pub async fn cancel_scheduled_and_ready_is_idempotent<H: Harness>(mut harness: H
     // Cancelling the head of a group lets the next one run.
     let head = create(&store, "cancel", grouped("g1", "g", 0), T0 + 10_001).await;
     create(&store, "cancel", grouped("g2", "g", 0), T0 + 10_001).await;
-    store.cancel(head.id, T0 + 10_002).await.expect("cancel the group's head");
+    store.cancel(head.id, T0 + 10_002).await.map(Changed::into_value).expect("cancel the group's head");
     assert_eq!(kinds(&claim(&store, "cancel", 10, T0 + 10_003).await), ["g2"]);
-    assert_not_found(store.cancel(unknown_id(), T0).await, "cancel of an unknown id");
+    assert_not_found(
+        store.cancel(unknown_id(), T0).await.map(Changed::into_value),
+        "cancel of an unknown id",
+    );
 }
 
 /// Running and finished tasks cannot be cancelled, and a refusal changes nothing.
@@ -1285,7 +1336,7 @@ pub async fn cancel_running_or_finished_is_refused<H: Harness>(mut harness: H) {
     let leased = claim(&store, "cancel", 3, T0).await;
     assert_eq!(kinds(&leased), ["a", "b", "c"]);
     assert_invalid_state(
-        store.cancel(leased[0].id, T0 + 1).await,
+        store.cancel(leased[0].id, T0 + 1).await.map(Changed::into_value),
         TaskState::Running,
         "cancel a running task",
     );
@@ -1293,12 +1344,16 @@ pub async fn cancel_running_or_finished_is_refused<H: Harness>(mut harness: H) {
 
     ack_ok(&store, &leased[1], None, T0 + 2).await;
     assert_invalid_state(
-        store.cancel(leased[1].id, T0 + 3).await,
+        store.cancel(leased[1].id, T0 + 3).await.map(Changed::into_value),
         TaskState::Succeeded,
         "cancel a succeeded task",
     );
     nack_ok(&store, &leased[2], None, true, T0 + 4).await;
-    assert_invalid_state(store.cancel(leased[2].id, T0 + 5).await, TaskState::Dead, "cancel a dead task");
+    assert_invalid_state(
+        store.cancel(leased[2].id, T0 + 5).await.map(Changed::into_value),
+        TaskState::Dead,
+        "cancel a dead task",
+    );
     assert_counts(
         &info(&store, "cancel").await,
         &[(TaskState::Running, 1), (TaskState::Succeeded, 1), (TaskState::Dead, 1)],
@@ -1378,7 +1433,7 @@ pub async fn put_queue_validates_and_keeps_settings<H: Harness>(mut harness: H) 
         ("initial -1", QueueSettingsPatch { backoff_initial_ms: Some(-1), ..Default::default() }),
     ];
     for (what, patch) in &invalid {
-        match store.put_queue(queue_name("cfg"), patch.clone(), T0).await {
+        match store.put_queue(queue_name("cfg"), patch.clone(), T0).await.map(Changed::into_value) {
             Err(StoreError::InvalidSettings(message)) => {
                 assert!(!message.is_empty(), "{what}: empty message")
             }
@@ -1429,7 +1484,7 @@ pub async fn put_queue_validates_and_keeps_settings<H: Harness>(mut harness: H) 
     for (what, patch) in invalid {
         assert!(
             matches!(
-                store.put_queue(queue_name("cfg"), patch, T0 + 4).await,
+                store.put_queue(queue_name("cfg"), patch, T0 + 4).await.map(Changed::into_value),
                 Err(StoreError::InvalidSettings(_))
             ),
             "put_queue with {what} on an existing queue"
@@ -1474,7 +1529,7 @@ pub async fn retention_purges_finished_tasks<H: Harness>(mut harness: H) {
     assert_eq!(kinds(&leased), ["a", "b"]);
     let a = ack_ok(&store, &leased[0], None, T0 + 10).await;
     let b = nack_ok(&store, &leased[1], None, true, T0 + 20).await;
-    let c = store.cancel(c.id, T0 + 30).await.expect("cancel c");
+    let c = store.cancel(c.id, T0 + 30).await.map(Changed::into_value).expect("cancel c");
     assert_counts(
         &info(&store, "ret").await,
         &[
@@ -1495,6 +1550,7 @@ pub async fn retention_purges_finished_tasks<H: Harness>(mut harness: H) {
         store
             .complete(vec![Ack { task_id: a.id, token: token(&leased[0]), result: None }], T0 + 60_016)
             .await
+            .map(Changed::into_value)
             .expect("ack call")
             .pop()
             .expect("one item"),
@@ -1567,7 +1623,7 @@ pub async fn retention_holds_across_a_reopen_and_a_retry<H: Harness>(mut harness
     let retried = nack_ok(&store, &leased[0], None, true, T0 + 10).await;
     let plain = ack_ok(&store, &leased[1], None, T0 + 20).await;
     let keyed_done = ack_ok(&store, &leased[2], None, T0 + 30).await;
-    store.retry_dead(retried.id, T0 + 5_000).await.expect("retry_dead");
+    store.retry_dead(retried.id, T0 + 5_000).await.map(Changed::into_value).expect("retry_dead");
     let again = claim_one(&store, "ret", "retried", T0 + 5_000).await;
     let retried = ack_ok(&store, &again, None, T0 + 8_000).await;
 
@@ -1643,7 +1699,7 @@ pub async fn reopen_keeps_every_task_and_queue<H: Harness>(mut harness: H) {
     create(&store, "keep", task("running"), T0 + 7).await;
     claim_with(&store, "keep", 1, Some(60_000), T0 + 7).await;
     let cancelled = create(&store, "keep", task("cancelled"), T0 + 8).await;
-    store.cancel(cancelled.id, T0 + 8).await.expect("cancel");
+    store.cancel(cancelled.id, T0 + 8).await.map(Changed::into_value).expect("cancel");
     create(&store, "keep", grouped("ready", "g", 3), T0 + 9).await;
     create(&store, "keep", delayed("scheduled", T0 + 600_000), T0 + 10).await;
 
@@ -1761,7 +1817,11 @@ pub async fn history_records_an_ack<H: Harness>(mut harness: H) {
     assert_history(&leased, &["1 worker-1 +10.. running -"], "after a lease");
     assert_eq!(leased.lease.as_ref().map(|l| l.leased_at), Some(T0 + 10), "the lease's start");
     assert_eq!(get(&store, leased.id).await, leased);
-    let extended = store.extend_lease(leased.id, token(&leased), 60_000, T0 + 20).await.expect("extend");
+    let extended = store
+        .extend_lease(leased.id, token(&leased), 60_000, T0 + 20)
+        .await
+        .map(Changed::into_value)
+        .expect("extend");
     assert_eq!(extended.history, leased.history, "an extension is the same attempt");
     let acked = ack_ok(&store, &leased, Some("1"), T0 + 30).await;
     assert_history(&acked, &["1 worker-1 +10..+30 succeeded -"], "after the ack");
@@ -1772,11 +1832,15 @@ pub async fn history_records_an_ack<H: Harness>(mut harness: H) {
     // Acked in the same call as the next lease.
     create(&store, "h", task("b"), T0 + 50).await;
     let claim = Claim { queue: queue_name("h"), max: 1, lease_ms: None, worker: None };
-    let b = store.claim(claim.clone(), T0 + 51).await.expect("claim").pop().expect("b");
+    let b =
+        store.claim(claim.clone(), T0 + 51).await.map(Changed::into_value).expect("claim").pop().expect("b");
     create(&store, "h", task("c"), T0 + 52).await;
     let done = Ack { task_id: b.id, token: token(&b), result: None };
-    let (acked, leased) =
-        store.complete_and_claim(vec![done], claim, T0 + 53).await.expect("complete_and_claim");
+    let (acked, leased) = store
+        .complete_and_claim(vec![done], claim, T0 + 53)
+        .await
+        .map(Changed::into_value)
+        .expect("complete_and_claim");
     let b = acked.into_iter().next().expect("one").expect("b acked");
     assert_history(&b, &["1 - +51..+53 succeeded -"], "acked with the next lease");
     assert_history(&leased[0], &["1 - +53.. running -"], "leased with the ack");
@@ -1799,7 +1863,7 @@ pub async fn history_records_nacks_and_is_kept_by_a_retry<H: Harness>(mut harnes
     assert_eq!(dead.state, TaskState::Dead);
     let both = ["1 worker-1 +1..+2 failed boom", "2 worker-1 +102..+103 failed boom"];
     assert_history(&dead, &both, "after a nack to dead");
-    let retried = store.retry_dead(dead.id, T0 + 200).await.expect("retry_dead");
+    let retried = store.retry_dead(dead.id, T0 + 200).await.map(Changed::into_value).expect("retry_dead");
     assert_history(&retried, &both, "after a retry");
     let third = claim_one(&store, "h", "a", T0 + 201).await;
     let acked = ack_ok(&store, &third, None, T0 + 202).await;
@@ -1819,7 +1883,11 @@ pub async fn history_ends_an_expired_attempt_when_its_lease_ran_out<H: Harness>(
     put(&store, "h", exact_backoff(1_000, 1_000), T0).await;
     create(&store, "h", NewTask { max_attempts: Some(2), ..task("a") }, T0).await;
     let leased = claim_with(&store, "h", 1, Some(10_000), T0).await.pop().expect("a");
-    store.extend_lease(leased.id, token(&leased), 20_000, T0 + 5_000).await.expect("extend");
+    store
+        .extend_lease(leased.id, token(&leased), 20_000, T0 + 5_000)
+        .await
+        .map(Changed::into_value)
+        .expect("extend");
     assert_eq!(tick(&store, T0 + 40_000).await.expired, 1);
     let expired = get(&store, leased.id).await;
     assert_eq!(expired.state, TaskState::Scheduled);
@@ -1872,7 +1940,11 @@ pub async fn history_survives_a_reopen_and_a_crash<H: Harness>(mut harness: H) {
     assert_eq!(tick(&store, T0 + 200).await.promoted, 2);
     let again = claim_with(&store, "h", 3, Some(600_000), T0 + 201).await;
     assert_eq!(kinds(&again), ["waiting", "failed", "expired"], "by run_at");
-    store.extend_lease(again[0].id, token(&again[0]), 600_000, T0 + 202).await.expect("extend");
+    store
+        .extend_lease(again[0].id, token(&again[0]), 600_000, T0 + 202)
+        .await
+        .map(Changed::into_value)
+        .expect("extend");
     ack_ok(&store, &again[2], None, T0 + 203).await;
     let before = list_all(&store, "h").await;
     let store = harness.crash(store).await;
@@ -1921,13 +1993,16 @@ pub async fn close_refuses_later_calls<H: Harness>(mut harness: H) {
     store.close().await;
     assert!(
         matches!(
-            store.enqueue(queue_name("closing"), vec![task("b")], T0 + 1).await,
+            store.enqueue(queue_name("closing"), vec![task("b")], T0 + 1).await.map(Changed::into_value),
             Err(StoreError::Closed)
         ),
         "enqueue after close"
     );
     assert!(matches!(store.get_task(created.id).await, Err(StoreError::Closed)), "get_task after close");
-    assert!(matches!(store.tick(T0 + 2).await, Err(StoreError::Closed)), "tick after close");
+    assert!(
+        matches!(store.tick(T0 + 2).await.map(Changed::into_value), Err(StoreError::Closed)),
+        "tick after close"
+    );
     store.close().await;
     drop(store);
     let store = harness.open().await;
@@ -2005,4 +2080,256 @@ pub async fn revocations_survive_a_reopen<H: Harness>(mut harness: H) {
         [("forever".to_owned(), Millis::MAX), ("kept".to_owned(), T0 + 60_000)],
         "revocations after a reopen"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Effects.
+// ---------------------------------------------------------------------------
+
+/// `(kind, change, from, to)` of each transition, in order.
+fn moves(effects: &crate::Effects) -> Vec<(String, Change, Option<TaskState>, Option<TaskState>)> {
+    effects.transitions.iter().map(|t| (t.kind.clone(), t.change, t.from, t.to)).collect()
+}
+
+fn mv(
+    kind: &str,
+    change: Change,
+    from: Option<TaskState>,
+    to: Option<TaskState>,
+) -> (String, Change, Option<TaskState>, Option<TaskState>) {
+    (kind.to_owned(), change, from, to)
+}
+
+/// Every call that changes tasks answers a transition per task it changed, in
+/// order, with the queue, kind, attempt and the time the task next needs the
+/// timer; refused and replayed changes, heartbeats and reads report none; a
+/// settings change names its queue.
+pub async fn every_change_reports_its_transitions<H: Harness>(mut harness: H) {
+    use TaskState::*;
+    let store = harness.open().await;
+    let q = "fx";
+    let patch = QueueSettingsPatch {
+        max_attempts: Some(2),
+        dedup_window_ms: Some(1_000),
+        ..exact_backoff(1_000, 1_000)
+    };
+    let changed = store.put_queue(queue_name(q), patch, T0).await.expect("put queue");
+    assert!(changed.effects.transitions.is_empty(), "{changed:?}");
+    assert_eq!(changed.effects.queues_changed, [q], "a settings change names its queue");
+
+    // Enqueue: one ready, one delayed; a replay of a key adds nothing.
+    let batch = vec![keyed("a", "key-a"), delayed("b", T0 + 5_000)];
+    let changed = store.enqueue(queue_name(q), batch, T0).await.expect("enqueue");
+    assert_eq!(
+        moves(&changed.effects),
+        [mv("a", Change::Enqueued, None, Some(Ready)), mv("b", Change::Enqueued, None, Some(Scheduled))]
+    );
+    assert_eq!(changed.effects.leasable(), [(q, 1)], "the ready task is leasable");
+    assert_eq!(changed.effects.next_timer(), Some(T0 + 5_000), "the delayed task's run_at");
+    let t = &changed.effects.transitions[0];
+    assert_eq!((t.queue.as_str(), t.attempt, t.at), (q, 0, T0), "{t:?}");
+    let replay = store.enqueue(queue_name(q), vec![keyed("a", "key-a")], T0 + 1).await.expect("replay");
+    assert!(replay.effects.is_empty(), "a replayed enqueue changes nothing: {replay:?}");
+
+    // Lease, heartbeat, ack; a replayed ack and a stale token add nothing.
+    let leased = store
+        .claim(Claim { queue: queue_name(q), max: 5, lease_ms: Some(10_000), worker: None }, T0 + 10)
+        .await
+        .expect("claim");
+    assert_eq!(moves(&leased.effects), [mv("a", Change::Leased, Some(Ready), Some(Running))]);
+    assert_eq!(
+        (leased.effects.transitions[0].attempt, leased.effects.next_timer()),
+        (1, Some(T0 + 10_010)),
+        "the lease's expiry"
+    );
+    assert!(leased.effects.leasable().is_empty());
+    let a = leased.value[0].clone();
+    let extended = store.extend_lease(a.id, token(&a), 20_000, T0 + 20).await.expect("extend");
+    assert!(extended.effects.is_empty(), "a heartbeat is no transition: {extended:?}");
+    let ack = Ack { task_id: a.id, token: token(&a), result: None };
+    let acked = store.complete(vec![ack.clone()], T0 + 30).await.expect("ack");
+    assert_eq!(moves(&acked.effects), [mv("a", Change::Acked, Some(Running), Some(Succeeded))]);
+    assert_eq!(acked.effects.leasable(), [(q, 1)], "a finished task frees a slot");
+    let again = store
+        .complete(vec![ack, Ack { task_id: a.id, token: "1.0".into(), result: None }], T0 + 31)
+        .await
+        .expect("ack again");
+    assert!(again.effects.is_empty(), "replayed and refused acks change nothing: {again:?}");
+
+    // Promotion by the timer, a nack with backoff, an expiry that uses the last attempt.
+    let ticked = store.tick(T0 + 5_000).await.expect("tick");
+    assert_eq!(moves(&ticked.effects), [mv("b", Change::Promoted, Some(Scheduled), Some(Ready))]);
+    let b = claim_with(&store, q, 1, Some(1_000), T0 + 5_000).await.pop().expect("b");
+    let nacked = store
+        .fail(
+            Nack { task_id: b.id, token: token(&b), error: None, retry_in_ms: None, dead: false },
+            T0 + 5_001,
+        )
+        .await
+        .expect("nack");
+    assert_eq!(moves(&nacked.effects), [mv("b", Change::Nacked, Some(Running), Some(Scheduled))]);
+    assert_eq!(nacked.effects.next_timer(), Some(T0 + 6_001), "the retry's run_at");
+    store.tick(T0 + 6_001).await.expect("tick");
+    let b = claim_with(&store, q, 1, Some(1_000), T0 + 6_001).await.pop().expect("b again");
+    let expired = store.tick(T0 + 7_001).await.expect("tick");
+    assert_eq!(
+        moves(&expired.effects),
+        [mv("b", Change::Expired, Some(Running), Some(Dead))],
+        "out of attempts: dead"
+    );
+    assert_eq!(expired.effects.transitions[0].attempt, b.attempts);
+
+    // A retry by hand, a cancel; cancelling again adds nothing.
+    let retried = store.retry_dead(b.id, T0 + 8_000).await.expect("retry");
+    assert_eq!(moves(&retried.effects), [mv("b", Change::Retried, Some(Dead), Some(Ready))]);
+    let cancelled = store.cancel(b.id, T0 + 8_001).await.expect("cancel");
+    assert_eq!(moves(&cancelled.effects), [mv("b", Change::Cancelled, Some(Ready), Some(Cancelled))]);
+    let again = store.cancel(b.id, T0 + 8_002).await.expect("cancel again");
+    assert!(again.effects.is_empty(), "{again:?}");
+
+    // Retention 0: the next purge deletes both finished tasks (a is succeeded, b cancelled).
+    let retention = QueueSettingsPatch { retention_ms: Some(0), ..QueueSettingsPatch::default() };
+    store.put_queue(queue_name(q), retention, T0 + 9_000).await.expect("put queue");
+    let mut purged = Vec::new();
+    for second in 10..13 {
+        let ticked = store.tick(T0 + second * 1_000).await.expect("tick");
+        purged.extend(moves(&ticked.effects));
+    }
+    purged.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(
+        purged,
+        [mv("a", Change::Purged, Some(Succeeded), None), mv("b", Change::Purged, Some(Cancelled), None)],
+        "a purge is a transition to nothing"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The event log.
+// ---------------------------------------------------------------------------
+
+/// Every event after `after`, read in pages of `page` until the log has nothing
+/// more to give (waiting, with a deadline, while events of other transactions
+/// are pending: on a shared database, other tests' transactions hold them back).
+async fn read_log<S: Store>(store: &S, after: EventId, page: usize) -> EventPage {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut all = EventPage::default();
+    let mut after = after;
+    loop {
+        let read = store.read_events(after, page).await.expect("read events");
+        if let Some(last) = read.events.last() {
+            after = last.id;
+        }
+        let (got, pending) = (read.events.len(), read.pending);
+        all.events.extend(read.events);
+        all.head = read.head;
+        all.purged_through = read.purged_through;
+        if got == 0 && !pending {
+            return all;
+        }
+        if got == 0 {
+            assert!(std::time::Instant::now() < deadline, "events stayed pending for 30 s");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Transitions as the log gives them back: without `due`.
+fn logged(transitions: &[cherga_core::Transition]) -> Vec<cherga_core::Transition> {
+    transitions.iter().cloned().map(|t| cherga_core::Transition { due: None, ..t }).collect()
+}
+
+/// The event log holds every transition of every call, in commit order, with
+/// ids that only grow; a reader resumes after any id and misses nothing; the
+/// log and its numbering survive a reopen.
+pub async fn the_event_log_holds_every_transition_in_order<H: Harness>(mut harness: H) {
+    let store = harness.open().await;
+    let q = "log";
+    let mut expected = Vec::new();
+    let patch = QueueSettingsPatch { max_attempts: Some(3), ..exact_backoff(1_000, 1_000) };
+    store.put_queue(queue_name(q), patch, T0).await.expect("put queue");
+    let enqueued =
+        store.enqueue(queue_name(q), vec![task("a"), delayed("b", T0 + 2_000)], T0).await.expect("enqueue");
+    expected.extend(logged(&enqueued.effects.transitions));
+    let leased = store
+        .claim(Claim { queue: queue_name(q), max: 1, lease_ms: None, worker: None }, T0 + 1)
+        .await
+        .expect("claim");
+    expected.extend(logged(&leased.effects.transitions));
+    let a = leased.value[0].clone();
+    let acked = store
+        .complete(vec![Ack { task_id: a.id, token: token(&a), result: Some("1".into()) }], T0 + 2)
+        .await
+        .expect("ack");
+    expected.extend(logged(&acked.effects.transitions));
+    let ticked = store.tick(T0 + 2_000).await.expect("tick");
+    expected.extend(logged(&ticked.effects.transitions));
+    let leased = store
+        .claim(Claim { queue: queue_name(q), max: 1, lease_ms: None, worker: None }, T0 + 2_001)
+        .await
+        .expect("claim");
+    expected.extend(logged(&leased.effects.transitions));
+    let b = leased.value[0].clone();
+    let nacked = store
+        .fail(
+            Nack { task_id: b.id, token: token(&b), error: None, retry_in_ms: None, dead: false },
+            T0 + 2_002,
+        )
+        .await
+        .expect("nack");
+    expected.extend(logged(&nacked.effects.transitions));
+    let cancelled = store.cancel(b.id, T0 + 2_003).await.expect("cancel");
+    expected.extend(logged(&cancelled.effects.transitions));
+    assert_eq!(expected.len(), 8, "{expected:?}");
+
+    let log = read_log(&store, 0, 1_000).await;
+    let ids: Vec<EventId> = log.events.iter().map(|e| e.id).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids grow: {ids:?}");
+    let got: Vec<_> = log.events.iter().map(|e| e.transition.clone()).collect();
+    assert_eq!(got, expected, "every transition, in order");
+    assert_eq!(log.head, *ids.last().expect("events"), "the head is the last event");
+    assert_eq!(log.purged_through, 0);
+
+    // Resuming after any event gives exactly the rest, in pages of any size.
+    for (i, &id) in ids.iter().enumerate() {
+        let rest = read_log(&store, id, 2).await;
+        assert_eq!(rest.events.iter().map(|e| e.id).collect::<Vec<_>>(), ids[i + 1..], "after event {i}");
+    }
+
+    // Closed and opened again: the same log, and new events come after it.
+    let store = reopen(&mut harness, store).await;
+    let again = read_log(&store, 0, 1_000).await;
+    assert_eq!(again.events, log.events, "the log survives a reopen");
+    store.enqueue(queue_name(q), vec![task("c")], T0 + 3_000).await.expect("enqueue");
+    let newer = read_log(&store, log.head, 1_000).await;
+    assert_eq!(newer.events.len(), 1, "{newer:?}");
+    assert!(newer.events[0].id > log.head, "numbering goes on past the old head");
+    assert_eq!(
+        (newer.events[0].transition.kind.as_str(), newer.events[0].transition.change),
+        ("c", Change::Enqueued)
+    );
+}
+
+/// Events older than the log's retention (a day by default) are deleted by the
+/// timer; the log then says up to which id it forgot, and numbering goes on.
+pub async fn the_event_log_forgets_events_past_its_retention<H: Harness>(mut harness: H) {
+    const DAY: Millis = 24 * 3_600_000;
+    let store = harness.open().await;
+    store.enqueue(queue_name("old"), vec![task("a"), task("b")], T0).await.expect("enqueue");
+    let before = read_log(&store, 0, 100).await;
+    assert_eq!(before.events.len(), 2);
+    let old_head = before.head;
+
+    store.enqueue(queue_name("old"), vec![task("c")], T0 + DAY).await.expect("enqueue");
+    store.tick(T0 + DAY + 2_000).await.expect("tick");
+    let after = read_log(&store, 0, 100).await;
+    assert!(after.purged_through >= old_head, "the log says it forgot the old events: {after:?}");
+    let kinds: Vec<&str> = after.events.iter().map(|e| e.transition.kind.as_str()).collect();
+    assert_eq!(kinds, ["c"], "only the event inside the retention is left");
+    assert!(after.events[0].id > after.purged_through);
+
+    let store = reopen(&mut harness, store).await;
+    store.enqueue(queue_name("old"), vec![task("d")], T0 + DAY + 3_000).await.expect("enqueue");
+    let last = read_log(&store, 0, 100).await;
+    assert!(last.events.iter().all(|e| e.id > old_head), "no id is given twice after a purge and a reopen");
+    assert_eq!(last.events.len(), 2, "{last:?}");
 }

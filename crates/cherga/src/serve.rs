@@ -38,6 +38,10 @@ pub struct ServeArgs {
     /// Largest task payload or result, in bytes.
     #[arg(long, env = "CHERGA_MAX_PAYLOAD_BYTES", default_value_t = 1024 * 1024)]
     max_payload_bytes: usize,
+    /// How long the event log (`GET /v1/events`) keeps events, e.g. `24h` or
+    /// `7d`; `off` keeps no log and serves no event stream.
+    #[arg(long, env = "CHERGA_EVENT_RETENTION", default_value = "24h")]
+    event_retention: String,
     /// Log filter, e.g. `info` or `cherga_server=debug`.
     #[arg(long, env = "CHERGA_LOG", default_value = "info")]
     log: String,
@@ -47,7 +51,7 @@ pub struct ServeArgs {
 
 /// Which store to open.
 enum StoreConfig {
-    Sqlite { data_dir: PathBuf },
+    Sqlite { data_dir: PathBuf, event_retention_ms: Option<i64> },
     Postgres(cherga_store_postgres::Options),
 }
 
@@ -71,17 +75,31 @@ impl ServeArgs {
         if self.max_payload_bytes > self.max_body_bytes {
             bail!("--max-payload-bytes must not exceed --max-body-bytes");
         }
+        let event_retention_ms = match self.event_retention.trim() {
+            "off" => None,
+            text => {
+                let retention = humantime::parse_duration(text).with_context(|| {
+                    format!("--event-retention {text:?} is not a duration such as 24h or 7d, nor `off`")
+                })?;
+                let ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+                if ms < 1_000 {
+                    bail!("--event-retention must be at least 1s (or `off`)");
+                }
+                Some(ms)
+            }
+        };
         let store = match self.store.as_str() {
             "sqlite" => {
                 if self.pg_schema.is_some() {
                     bail!("--pg-schema applies to a PostgreSQL --store only");
                 }
-                StoreConfig::Sqlite { data_dir: self.data_dir }
+                StoreConfig::Sqlite { data_dir: self.data_dir, event_retention_ms }
             }
             url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
                 let options = cherga_store_postgres::Options {
                     schema: self.pg_schema,
                     pool_size: self.pg_pool_size,
+                    event_retention_ms,
                     ..cherga_store_postgres::Options::new(url)
                 };
                 // Checked now, so a bad URL or schema fails before anything opens.
@@ -115,8 +133,9 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         .await
         .with_context(|| format!("binding {}", config.addr))?;
     match &config.store {
-        StoreConfig::Sqlite { data_dir } => {
-            let store = SqliteStore::open(Options::in_dir(data_dir))
+        StoreConfig::Sqlite { data_dir, event_retention_ms } => {
+            let options = Options { event_retention_ms: *event_retention_ms, ..Options::in_dir(data_dir) };
+            let store = SqliteStore::open(options)
                 .with_context(|| format!("opening the store in {}", data_dir.display()))?;
             tracing::info!(data_dir = %data_dir.display(), "embedded store open");
             serve_on(listener, store, config).await

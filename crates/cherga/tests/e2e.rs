@@ -9,6 +9,7 @@
 //! on one database are in `multi_node`, PostgreSQL only. Tests of start-up (what
 //! `serve` refuses, the data directory's lock and modes) are in `startup`.
 
+mod events;
 mod harness;
 mod startup;
 
@@ -64,7 +65,12 @@ on_both_stores!(
     sigterm_drains_and_the_store_reopens,
     prefer_return_minimal_shortens_answers_but_not_errors,
     long_polls_are_woken_one_per_leasable_task,
+    an_event_reader_follows_every_change_through_a_kill,
 );
+
+async fn an_event_reader_follows_every_change_through_a_kill(backend: Backend) {
+    events::a_reader_follows_every_change_through_a_kill(backend, 1).await;
+}
 
 async fn walkthrough_enqueue_lease_ack_get(backend: Backend) {
     let server = Server::start(&backend).await;
@@ -652,6 +658,15 @@ async fn sigterm_drains_and_the_store_reopens(backend: Backend) {
 /// Several `cherga` nodes on one PostgreSQL database.
 mod multi_node {
     use super::harness::{Backend, Proxy, Server, admin, http, upstream_of, via_port};
+
+    /// Three nodes commit at once, one is killed and started again, and a reader
+    /// on another follows the stream: it misses no event and sees none twice.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn an_event_reader_follows_three_nodes_through_a_kill() {
+        let Some(backend) = Backend::postgres() else { return };
+        super::events::a_reader_follows_every_change_through_a_kill(backend, 3).await;
+    }
+
     use super::{id, token};
     use serde_json::{Value, json};
     use std::collections::{HashMap, HashSet};

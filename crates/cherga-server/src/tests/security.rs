@@ -27,7 +27,7 @@ fn store(dir: &tempfile::TempDir) -> SqliteStore {
     SqliteStore::open(cherga_store_sqlite::Options {
         path: dir.path().join("db"),
         durable: false,
-        limits: cherga_store_sqlite::Limits::STANDARD,
+        ..cherga_store_sqlite::Options::in_dir(dir.path())
     })
     .unwrap()
 }
