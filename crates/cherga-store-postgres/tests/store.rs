@@ -5,8 +5,9 @@
 //! connections.
 //!
 //! The database comes from `CHERGA_TEST_POSTGRES_URL` (for example
-//! `postgres://root@127.0.0.1:5432/test`). Without it every test prints
-//! "skipped: CHERGA_TEST_POSTGRES_URL not set" and passes; CI always sets it.
+//! `postgres://root@127.0.0.1:5432/test`). Without it every test skips
+//! ([`cherga_store::testkit::postgres_url`]: it returns at once, and the skip is
+//! counted as one by `test.sh`); CI sets it, and makes a skip a failure.
 
 use cherga_core::{NewTask, QueueName, QueueSettingsPatch, Task, TaskId, TaskState};
 use cherga_store::testkit::{Harness, T0};
@@ -15,19 +16,6 @@ use cherga_store_postgres::{Options, PgStore};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-const URL_VAR: &str = "CHERGA_TEST_POSTGRES_URL";
-
-/// The test database's URL, or `None` (with the skip message) when unset.
-fn database_url() -> Option<String> {
-    match std::env::var(URL_VAR) {
-        Ok(url) if !url.trim().is_empty() => Some(url),
-        _ => {
-            eprintln!("skipped: {URL_VAR} not set");
-            None
-        }
-    }
-}
 
 /// `url` with one more query parameter.
 fn with_param(url: &str, key: &str, value: &str) -> String {
@@ -48,7 +36,7 @@ struct Schema {
 
 impl Schema {
     fn fresh() -> Option<Self> {
-        Some(Self { url: database_url()?, name: fresh_schema() })
+        Some(Self { url: cherga_store::testkit::postgres_url()?, name: fresh_schema() })
     }
 
     /// Options for a store (a node) in this schema; `app` names its connections.

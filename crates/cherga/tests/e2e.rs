@@ -4,9 +4,9 @@
 //! Every test of the broker's behaviour is written once, as an `async fn` taking
 //! a [`Backend`], and [`on_both_stores!`] makes two tests of it: `sqlite::name`
 //! on the embedded store in a temporary directory, and `postgres::name` on
-//! PostgreSQL in a fresh schema of `CHERGA_TEST_POSTGRES_URL` (which prints
-//! "skipped: ..." and passes when the variable is unset). Tests of several nodes
-//! on one database are in `multi_node`, PostgreSQL only.
+//! PostgreSQL in a fresh schema of `CHERGA_TEST_POSTGRES_URL` (which skips, and
+//! records the skip, when the variable is unset: see `Backend::postgres`). Tests
+//! of several nodes on one database are in `multi_node`, PostgreSQL only.
 
 mod harness;
 

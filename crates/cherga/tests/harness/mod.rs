@@ -11,8 +11,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-pub const POSTGRES_URL_VAR: &str = "CHERGA_TEST_POSTGRES_URL";
-
 pub fn http() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("http client")
 }
@@ -46,16 +44,12 @@ impl Backend {
         Backend::Sqlite
     }
 
-    /// A fresh schema in the test database, or `None` (saying so) when
-    /// `CHERGA_TEST_POSTGRES_URL` is unset: the caller then skips its test.
+    /// A fresh schema in the test database, or `None` when
+    /// `CHERGA_TEST_POSTGRES_URL` is unset: the caller then skips its test, and
+    /// the skip is recorded (or is a failure in CI; see
+    /// [`cherga_store::testkit::postgres_url`]).
     pub fn postgres() -> Option<Self> {
-        let url = match std::env::var(POSTGRES_URL_VAR) {
-            Ok(url) if !url.trim().is_empty() => url,
-            _ => {
-                eprintln!("skipped: {POSTGRES_URL_VAR} not set");
-                return None;
-            }
-        };
+        let url = cherga_store::testkit::postgres_url()?;
         let name = format!("cherga_e2e_{:016x}", fastrand::u64(..));
         let schema = Arc::new(PgSchema { admin_url: url.clone(), name, nodes: AtomicUsize::new(0) });
         Some(Backend::Postgres(PgBackend { url, schema }))
