@@ -3,12 +3,17 @@
 //! database named by `CHERGA_TEST_POSTGRES_URL` (`--store <url> --pg-schema
 //! <schema>`; the schema is dropped when the test ends). Several servers started
 //! on one [`Backend`] are several nodes on one database.
+//!
+//! A server's log (its stderr) is kept in memory, not printed: tests that cut
+//! connections or refuse clients on purpose make it log errors and warnings, which
+//! in a passing run would only hide real failures. A test that fails prints the
+//! logs of its servers (when a [`Server`] is dropped while the test panics).
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub fn http() -> reqwest::Client {
@@ -101,6 +106,35 @@ fn with_param(url: &str, key: &str, value: &str) -> String {
     format!("{url}{separator}{key}={value}")
 }
 
+/// What a server process wrote to stderr, every start of it, line by line.
+#[derive(Clone, Default)]
+pub struct Log(Arc<Mutex<String>>);
+
+impl Log {
+    /// Collects `stderr` on a thread of its own until the process closes it.
+    fn collect(&self, stderr: std::process::ChildStderr) {
+        let log = self.0.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+    }
+
+    fn note(&self, line: &str) {
+        let mut log = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        log.push_str(line);
+        log.push('\n');
+    }
+
+    pub fn text(&self) -> String {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
 pub struct Server {
     child: Option<Child>,
     pub base: String,
@@ -114,6 +148,8 @@ pub struct Server {
     /// Keeps the schema alive while the server runs.
     _backend: Backend,
     client: reqwest::Client,
+    /// Printed only if the test fails.
+    pub log: Log,
 }
 
 impl Server {
@@ -149,6 +185,7 @@ impl Server {
             application_name,
             _backend: backend.clone(),
             client: http(),
+            log: Log::default(),
         };
         server.restart().await;
         server
@@ -161,10 +198,14 @@ impl Server {
             .arg(self.dir.path())
             .args(&self.store_args)
             .args(&self.extra)
+            // Plain text: the log is read by tests and people, not a terminal.
+            .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("start cherga");
+        self.log.note(&format!("[harness] cherga started, pid {}", child.id()));
+        self.log.collect(child.stderr.take().expect("stderr"));
         let stdout = child.stdout.take().expect("stdout");
         let line = tokio::task::spawn_blocking(move || {
             let mut line = String::new();
@@ -253,6 +294,13 @@ impl Drop for Server {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "---- log of the cherga server at {} ----\n{}---- end of log ----",
+                self.base,
+                self.log.text()
+            );
         }
     }
 }
