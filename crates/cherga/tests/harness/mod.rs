@@ -7,14 +7,15 @@
 //! A server's log (its stderr) is kept in memory, not printed: tests that cut
 //! connections or refuse clients on purpose make it log errors and warnings, which
 //! in a passing run would only hide real failures. A test that fails prints the
-//! logs of its servers (when a [`Server`] is dropped while the test panics).
+//! logs of its servers (when a [`Server`] is dropped while the test panics), and a
+//! test may wait for a line to appear ([`Server::wait_for_log`]).
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub fn http() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("http client")
@@ -130,6 +131,11 @@ impl Log {
         log.push('\n');
     }
 
+    /// How many lines so far contain `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).lines().filter(|l| l.contains(needle)).count()
+    }
+
     pub fn text(&self) -> String {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -224,6 +230,21 @@ impl Server {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// Waits until a line of the server's log contains `needle` `times` times in
+    /// all (a count, so a test can wait for the next of several such lines).
+    #[allow(dead_code)] // Used by tests/security.rs, not by every test binary.
+    pub async fn wait_for_log(&self, needle: &str, times: usize) {
+        let started = Instant::now();
+        while self.log.count(needle) < times {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "waited 10 s for {times} log line(s) with {needle:?}; log:\n{}",
+                self.log.text()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// The process id of the running server, to send it signals.
