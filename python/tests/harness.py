@@ -12,6 +12,8 @@ imports), a test that passes prints nothing.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import re
 import select
@@ -126,6 +128,22 @@ def wait_until(check: Callable[[], T], *, timeout: float = 10.0, interval: float
         time.sleep(interval)
         last = check()
     return last
+
+
+async def wait_until_async(
+    check: Callable[[], Any], *, timeout: float = 10.0, interval: float = 0.05, what: str = ""
+) -> Any:
+    """``wait_until`` in a coroutine: ``check`` may return an awaitable."""
+    deadline = time.monotonic() + timeout
+    while True:
+        last = check()
+        if inspect.isawaitable(last):
+            last = await last
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or check}; last value {last!r}")
+        await asyncio.sleep(interval)
 
 
 _LOGS_BEFORE = pytest.StashKey[dict[Path, int]]()

@@ -11,14 +11,38 @@
 //! test may wait for a line to appear ([`Server::wait_for_log`]).
 
 use serde_json::Value;
+use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Warnings and errors, and the debug lines tests wait for: a long poll that
+/// waits (`cherga_server::routes`), a PostgreSQL listener that listens.
+const LOG_FILTER: &str = "warn,cherga_server::routes=debug,cherga_store_postgres=debug";
+
+/// What the server logs (at debug, which [`LOG_FILTER`] turns on) when a long
+/// poll starts to wait: from then on a wake-up reaches it.
+pub const LONG_POLL_WAITING: &str = "long poll waiting";
+
 pub fn http() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("http client")
+}
+
+/// Waits until `condition` holds, looking every 10 ms; panics naming `what` when it
+/// still does not hold after `within`. Tests wait for what they need this way,
+/// never for a fixed time.
+pub async fn wait_until<F, Fut>(within: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !condition().await {
+        assert!(started.elapsed() < within, "waited {within:?} for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// The store the servers of one test run on.
@@ -200,7 +224,7 @@ impl Server {
     /// Starts the binary on the same store (after a kill or a stop).
     pub async fn restart(&mut self) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_cherga"))
-            .args(["serve", "--addr", "127.0.0.1:0", "--log", "warn", "--data-dir"])
+            .args(["serve", "--addr", "127.0.0.1:0", "--log", LOG_FILTER, "--data-dir"])
             .arg(self.dir.path())
             .args(&self.store_args)
             .args(&self.extra)
@@ -234,7 +258,6 @@ impl Server {
 
     /// Waits until a line of the server's log contains `needle` `times` times in
     /// all (a count, so a test can wait for the next of several such lines).
-    #[allow(dead_code)] // Used by tests/security.rs, not by every test binary.
     pub async fn wait_for_log(&self, needle: &str, times: usize) {
         let started = Instant::now();
         while self.log.count(needle) < times {
