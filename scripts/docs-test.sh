@@ -14,9 +14,12 @@
 #
 # Commands are read from README.md, never copied here, so the README is tested
 # as it reads; a section that gains or loses a command fails here until the
-# checks below follow it. The clone's target/ is a link to this checkout's, so
-# cargo builds what it must (a release build: minutes on two cores the first
-# time) and later runs and bench/run.sh reuse it.
+# checks below follow it. The clone's target/ is a link to target/docs-test/ of
+# this checkout, so a later run rebuilds only the workspace's own crates, not
+# their dependencies (the first run is a whole release build: minutes on two
+# cores). Not this checkout's target/ itself: cargo judges a workspace crate
+# fresh by the times of its files, and a build from the clone's newer copies
+# would then pass for a build of this checkout's uncommitted changes.
 #
 # Needs git, curl, jq and port 7700 free.
 set -euo pipefail
@@ -49,8 +52,8 @@ fail() {
 }
 
 git clone --quiet "$root" "$clone"
-mkdir -p "$root/target"
-ln -s "$root/target" "$clone/target"
+mkdir -p "$root/target/docs-test"
+ln -s "$root/target/docs-test" "$clone/target"
 cd "$clone"
 echo "== docs test in a fresh clone of $(git rev-parse --short HEAD)"
 
