@@ -48,7 +48,7 @@ summary=$(awk -v recorded="$(wc -l < "$skips")" '
   END { printf "tests: %d passed, %d failed, %d skipped\n", p - recorded, f, s + recorded }' "$log")
 if [ -s "$skips" ]; then
   echo "skipped at run time, by reason:"
-  sed 's/^[^:]*: //' "$skips" | sort | uniq -c
+  sed 's/.*: //' "$skips" | sort | uniq -c
 fi
 echo "$summary"
 if [[ ${CHERGA_TEST_NO_SKIP:-0} != 0 && $summary != *", 0 skipped" ]]; then
