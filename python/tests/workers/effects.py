@@ -3,7 +3,7 @@ TEST_QUEUE, TEST_MARKS (a directory for markers), TEST_LEASE_MS.
 
 Handlers leave a marker when they start and append one line per completed
 effect to TEST_MARKS/effects.log, so a test can count side effects exactly;
-a first attempt may be held until the test releases it."""
+a first attempt may be held until the worker is told to stop."""
 
 import os
 import time
@@ -23,13 +23,12 @@ marks = Path(os.environ.get("TEST_MARKS", "."))
 def charge(task):
     (marks / f"started-{task.id}-{task.attempts}").touch()
     # With "hold_first_attempt", the first attempt (the one a test kills or
-    # stops) runs until the test writes TEST_MARKS/release-<task id>.
+    # stops) runs until its worker is told to stop.
     if task.attempts == 1 and task.payload.get("hold_first_attempt"):
-        release = marks / f"release-{task.id}"
         deadline = time.monotonic() + 60
-        while not release.exists():
+        while not worker.stopping:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{release} never appeared")
+                raise RuntimeError("the worker was never told to stop")
             time.sleep(0.01)
     with open(marks / "effects.log", "a") as log:
         log.write(f"{task.id} {task.attempts}\n")
