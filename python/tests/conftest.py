@@ -17,6 +17,9 @@ import pytest
 from cherga import Client
 from tests.harness import Server, unique_queue
 
+# A failed test's report shows what the servers logged meanwhile (tests/harness.py).
+from tests.harness import pytest_runtest_makereport, pytest_runtest_protocol  # noqa: F401
+
 _state: dict[str, object] = {}
 
 

@@ -3,10 +3,17 @@
 The binary is ``$CHERGA_BIN`` or ``../target/debug/cherga`` relative to
 ``python/``; building it is the caller's job. A missing binary fails the run
 (it never skips).
+
+A server's log (its stderr) goes to a file beside its data directory, not to
+the terminal: a test that fails gets what every server wrote while it ran as a
+section of its report (``pytest_runtest_makereport``, which conftest.py
+imports), a test that passes prints nothing.
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import re
 import select
@@ -15,9 +22,11 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import pytest
 
 PYTHON_DIR = Path(__file__).resolve().parent.parent
 EXAMPLE_DIR = PYTHON_DIR / "examples" / "payshop"
@@ -34,6 +43,10 @@ def cherga_bin() -> Path:
     return path
 
 
+# The log file of every server started in this process.
+_logs: set[Path] = set()
+
+
 class Server:
     """One ``cherga serve`` process on 127.0.0.1 with its own data directory."""
 
@@ -42,6 +55,7 @@ class Server:
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.log = data_dir.parent / f"{data_dir.name}.log"
+        _logs.add(self.log)
 
     @property
     def url(self) -> str:
@@ -66,6 +80,8 @@ class Server:
                 ],
                 stdout=subprocess.PIPE,
                 stderr=log,
+                # Plain text: the log is read by people, not a terminal.
+                env={**os.environ, "NO_COLOR": "1"},
             )
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], 15)
@@ -112,6 +128,52 @@ def wait_until(check: Callable[[], T], *, timeout: float = 10.0, interval: float
         time.sleep(interval)
         last = check()
     return last
+
+
+async def wait_until_async(
+    check: Callable[[], Any], *, timeout: float = 10.0, interval: float = 0.05, what: str = ""
+) -> Any:
+    """``wait_until`` in a coroutine: ``check`` may return an awaitable."""
+    deadline = time.monotonic() + timeout
+    while True:
+        last = check()
+        if inspect.isawaitable(last):
+            last = await last
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or check}; last value {last!r}")
+        await asyncio.sleep(interval)
+
+
+_LOGS_BEFORE = pytest.StashKey[dict[Path, int]]()
+
+
+def _log_sizes() -> dict[Path, int]:
+    return {log: log.stat().st_size for log in _logs if log.exists()}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, None, None]:
+    """Notes how long each server log is before the test runs."""
+    item.stash[_LOGS_BEFORE] = _log_sizes()
+    yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
+    """Adds to a failed test's report what the servers logged while it ran."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed:
+        return
+    before = item.stash.get(_LOGS_BEFORE, {})
+    for log, size in sorted(_log_sizes().items()):
+        with open(log, "rb") as file:
+            file.seek(before.get(log, 0))
+            text = file.read().decode(errors="replace")
+        if text:
+            report.sections.append((f"cherga server log {log.name}", text))
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:

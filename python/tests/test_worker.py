@@ -12,6 +12,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -29,12 +30,24 @@ from cherga import (
     Unavailable,
     Worker,
 )
-from tests.harness import PYTHON, Server, subprocess_env, wait_until
+from tests.harness import PYTHON, Server, subprocess_env, wait_until, wait_until_async
 
 
 def finished(client: Client, task_id: str) -> Task | None:
     task = client.get_task(task_id)
     return task if task.finished else None
+
+
+def renewed(client: Client, task_id: str, times: int) -> Callable[[], bool]:
+    """A check for ``wait_until``: whether the task's lease has been renewed
+    ``times`` times since the first call (its expiry seen to move that often)."""
+    expiries: set[object] = set()
+
+    def check() -> bool:
+        expiries.add(client.get_task(task_id).lease_expires_at)
+        return len(expiries) > times
+
+    return check
 
 
 def run_worker_until(worker: Worker, condition, timeout: float = 15.0) -> None:  # noqa: ANN001
@@ -234,17 +247,16 @@ def test_worker_runs_concurrency_handlers_at_once(client: Client, queue: str) ->
         with lock:
             running += 1
             most = max(most, running)
-        time.sleep(0.4)
+        # Held until four run at once (the most the worker may run), which the
+        # test must then see, and never more.
+        wait_until(lambda: most >= 4, what="four handlers running at once")
         with lock:
             running -= 1
         return task.payload
 
     ids = [client.enqueue(queue, "work", i).id for i in range(8)]
-    started = time.monotonic()
     run_worker_until(worker, lambda: all(finished(client, i) for i in ids))
-    elapsed = time.monotonic() - started
     assert most == 4
-    assert elapsed < 2.5  # two rounds of 0.4 s, not eight
     assert [client.get_task(i).result for i in ids] == list(range(8))
 
 
@@ -276,7 +288,8 @@ def test_a_busy_worker_acks_each_task_with_its_next_lease(client: Client, queue:
 
     @worker.task("work")
     def work(task: Task) -> dict:
-        time.sleep(0.05)  # the poller is waiting for this slot meanwhile
+        # Done once the poller waits for this slot, so the ack goes with its lease.
+        wait_until(lambda: worker._poller_waiting, what="the poller to wait for this slot")
         return {"n": task.payload}
 
     ids = [client.enqueue(queue, "work", i).id for i in range(10)]
@@ -293,7 +306,9 @@ def test_worker_extends_leases_while_a_handler_runs(client: Client, queue: str) 
 
     @worker.task("slow")
     def slow(task: Task) -> str:
-        time.sleep(2.0)  # more than three leases long
+        # Runs until its lease (600 ms, renewed every 200 ms) was renewed four
+        # times: past its first lease, which would have expired without them.
+        wait_until(renewed(client, task.id, 4), what="four renewals of the lease")
         return "done"
 
     task_id = client.enqueue(queue, "slow").id
@@ -333,12 +348,13 @@ def test_killed_worker_task_is_redelivered_after_lease_expiry_and_done_once(
     client: Client, queue: str, tmp_path: Path
 ) -> None:
     client.configure_queue(queue, backoff={"initial_ms": 50, "jitter": 0.0})
-    task_id = client.enqueue(queue, "charge", {"first_attempt_sleep": 30}).id
+    task_id = client.enqueue(queue, "charge", {"hold_first_attempt": True}).id
 
     first = start_worker(queue, tmp_path, lease_ms=1000)
     try:
         wait_until(lambda: (tmp_path / f"started-{task_id}-1").exists(), what="the first attempt to start")
-        time.sleep(1.2)  # past the first lease: only the heartbeat keeps it alive
+        # Past the first lease (renewed every third of it): only the heartbeat keeps it alive.
+        wait_until(renewed(client, task_id, 4), what="four renewals of the lease")
         assert client.get_task(task_id).state == State.RUNNING
         first.send_signal(signal.SIGKILL)
         first.wait(5)
@@ -366,7 +382,7 @@ def test_sigterm_finishes_running_tasks_and_hands_back_unstarted_ones(
     client: Client, queue: str, tmp_path: Path
 ) -> None:
     client.configure_queue(queue, backoff={"initial_ms": 60_000})
-    ids = [client.enqueue(queue, "charge", {"first_attempt_sleep": 1.5}).id for _ in range(3)]
+    ids = [client.enqueue(queue, "charge", {"hold_first_attempt": True}).id for _ in range(3)]
     proc = start_worker(queue, tmp_path, "--concurrency", "1", "--prefetch", "2", lease_ms=5000)
     try:
         # One task running, two leased ahead and waiting for the thread.
@@ -375,6 +391,7 @@ def test_sigterm_finishes_running_tasks_and_hands_back_unstarted_ones(
             lambda: [i for i in ids if (tmp_path / f"started-{i}-1").exists()], what="one started task"
         )
         assert len(started) == 1
+        # The running task finishes only once the worker was told to stop.
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
     finally:
@@ -462,7 +479,8 @@ def test_lease_context_heartbeats_and_reports_a_lost_lease(client: Client, queue
     client.configure_queue(queue, backoff={"initial_ms": 60_000})
     task_id = client.enqueue(queue, "k").id
     with client.lease(queue, wait_ms=2_000, lease_ms=400) as task:
-        time.sleep(1.0)  # the heartbeat keeps it
+        # Past the first lease (renewed every third of it): the heartbeat keeps it.
+        wait_until(renewed(client, task_id, 4), what="four renewals of the lease")
     assert client.get_task(task_id).attempts == 1 and client.get_task(task_id).state == State.SUCCEEDED
 
     lost_id = client.enqueue(queue, "k").id
@@ -550,13 +568,16 @@ def test_async_worker_runs_async_and_sync_handlers(server: Server, queue: str) -
                 nonlocal active, most
                 active += 1
                 most = max(most, active)
-                await asyncio.sleep(0.3)
+                # Held until three run at once (the most the worker may run).
+                await wait_until_async(lambda: most >= 3, what="three handlers running at once")
                 active -= 1
                 return task.payload
 
             @worker.task("blocking")
             def blocking(task: Task) -> str:
-                time.sleep(1.0)  # in a thread; its lease (600 ms) is extended meanwhile
+                # In a thread, until its lease (600 ms) was renewed four times.
+                with Client(server.url) as own:
+                    wait_until(renewed(own, task.id, 4), what="four renewals of the lease")
                 return threading.current_thread().name
 
             @worker.task("broken")
@@ -572,13 +593,12 @@ def test_async_worker_runs_async_and_sync_handlers(server: Server, queue: str) -
             ids.append((await client.enqueue(queue, "broken")).id)
             ids.append((await client.enqueue(queue, "nan")).id)
             serving = asyncio.create_task(worker.serve())
-            deadline = time.monotonic() + 15
-            while True:
+
+            async def all_done() -> list[Task] | None:
                 tasks = [await client.get_task(i) for i in ids]
-                if all(t.state != State.RUNNING and t.attempts == 1 for t in tasks):
-                    break
-                assert time.monotonic() < deadline, tasks
-                await asyncio.sleep(0.05)
+                return tasks if all(t.state != State.RUNNING and t.attempts == 1 for t in tasks) else None
+
+            tasks = await wait_until_async(all_done, timeout=15, what="every task run once")
             worker.stop()
             await asyncio.wait_for(serving, 10)
             assert most == 3
@@ -600,15 +620,16 @@ def test_a_busy_async_worker_acks_each_task_with_its_next_lease(server: Server, 
 
             @worker.task("work")
             async def work(task: Task) -> dict:
-                await asyncio.sleep(0.05)
+                # Done once the poller waits for this slot, so the ack goes with its lease.
+                await wait_until_async(lambda: worker._poller_waiting, what="the poller to wait for this slot")
                 return {"n": task.payload}
+
+            async def all_finished() -> bool:
+                return all([(await client.get_task(i)).finished for i in ids])
 
             ids = [(await client.enqueue(queue, "work", i)).id for i in range(10)]
             serving = asyncio.create_task(worker.serve())
-            deadline = time.monotonic() + 15
-            while not all([(await client.get_task(i)).finished for i in ids]):
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.05)
+            await wait_until_async(all_finished, timeout=15, what="every task finished")
             worker.stop()
             await asyncio.wait_for(serving, 10)
             return [await client.get_task(i) for i in ids], calls

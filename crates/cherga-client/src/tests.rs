@@ -188,6 +188,7 @@ async fn worker_retries_an_unreachable_server_until_shutdown() {
     let client = Client::new(&format!("http://127.0.0.1:{port}")).unwrap();
     let worker = Worker::builder(client, "q").handler("k", |_task| async { Ok(()) }).build();
     let started = tokio::time::Instant::now();
+    // Shutdown after 30 s of the test's paused clock, which tokio advances at once.
     worker.run(tokio::time::sleep(Duration::from_secs(30))).await.unwrap();
     assert!(started.elapsed() >= Duration::from_secs(30));
 }

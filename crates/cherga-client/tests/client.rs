@@ -386,6 +386,20 @@ async fn drain_reports_each_outcome() {
     server.stop().await;
 }
 
+/// Waits until `condition` holds, looking every 10 ms; panics naming `what` when
+/// it still does not hold after `within`.
+async fn wait_until<F, Fut>(within: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = std::time::Instant::now();
+    while !condition().await {
+        assert!(started.elapsed() < within, "waited {within:?} for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Runs `worker` until `done` is notified, and returns what `run` returned.
 async fn run_until(worker: &Worker, done: Arc<Notify>) -> Result<(), Error> {
     worker.run(async move { done.notified().await }).await
@@ -413,7 +427,12 @@ async fn worker_keeps_to_its_concurrency_and_finishes_everything() {
                 async move {
                     let now_running = running.fetch_add(1, Ordering::SeqCst) + 1;
                     most_running.fetch_max(now_running, Ordering::SeqCst);
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    // Held until three run at once (the most the worker may run),
+                    // which this test must then see, and never more.
+                    wait_until(Duration::from_secs(10), "three handlers running at once", || async {
+                        most_running.load(Ordering::SeqCst) >= 3
+                    })
+                    .await;
                     running.fetch_sub(1, Ordering::SeqCst);
                     if finished.fetch_add(1, Ordering::SeqCst) + 1 == 12 {
                         done.notify_one();
@@ -449,8 +468,9 @@ async fn a_busy_worker_acks_each_task_with_its_next_lease() {
             .handler("step", move |task| {
                 let (finished, done) = (finished.clone(), done.clone());
                 async move {
-                    // The lease loop waits for this one slot meanwhile.
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    // The lease loop already waits for this one slot: this test's
+                    // runtime has one thread, and the loop runs up to that wait
+                    // before a handler it spawned gets to run.
                     if finished.fetch_add(1, Ordering::SeqCst) + 1 == 10 {
                         done.notify_one();
                     }
@@ -479,14 +499,24 @@ async fn worker_extends_the_lease_of_a_long_handler() {
     let task = client.enqueue("long", &request("nap", json!(null)), None).await.unwrap().task;
     let done = Arc::new(Notify::new());
     let worker = {
-        let done = done.clone();
+        let (done, client) = (done.clone(), client.clone());
         Worker::builder(client.clone(), "long")
             .lease_duration(Duration::from_millis(300))
-            .handler("nap", move |_task| {
-                let done = done.clone();
+            .handler("nap", move |task| {
+                let (done, client) = (done.clone(), client.clone());
                 async move {
-                    // Three leases long: without heartbeats the lease would expire.
-                    tokio::time::sleep(Duration::from_millis(900)).await;
+                    // Runs until its lease was renewed three times (every 100 ms),
+                    // so past its first lease, which would have expired by then
+                    // without the renewals.
+                    let expiries = std::sync::Mutex::new(std::collections::HashSet::new());
+                    wait_until(Duration::from_secs(10), "three renewals of the lease", || async {
+                        let now = client.get_task(&task.id).await.expect("get the running task");
+                        let expiry = now.lease_expires_at.expect("a running task has a lease");
+                        let mut expiries = expiries.lock().unwrap();
+                        expiries.insert(expiry.to_rfc3339());
+                        expiries.len() >= 4
+                    })
+                    .await;
                     done.notify_one();
                     Ok("rested")
                 }

@@ -430,6 +430,8 @@ pub(crate) async fn lease<S: Store>(
                 ApiError::too_many("too many long polls are waiting on this server; retry shortly", 1)
             })?;
             wait_slot = Some(slot);
+            // Once per long poll; from here on a wake-up reaches it (tests wait for this line).
+            tracing::debug!(queue = %queue, wait_ms, "long poll waiting");
         }
         tokio::select! {
             () = &mut notified => {}

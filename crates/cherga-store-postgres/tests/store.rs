@@ -5,8 +5,9 @@
 //! connections.
 //!
 //! The database comes from `CHERGA_TEST_POSTGRES_URL` (for example
-//! `postgres://root@127.0.0.1:5432/test`). Without it every test prints
-//! "skipped: CHERGA_TEST_POSTGRES_URL not set" and passes; CI always sets it.
+//! `postgres://root@127.0.0.1:5432/test`). Without it every test skips
+//! ([`cherga_store::testkit::postgres_url`]: it returns at once, and the skip is
+//! counted as one by `test.sh`); CI sets it, and makes a skip a failure.
 
 use cherga_core::{NewTask, QueueName, QueueSettingsPatch, Task, TaskId, TaskState};
 use cherga_store::testkit::{Harness, T0};
@@ -15,19 +16,6 @@ use cherga_store_postgres::{Options, PgStore};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-const URL_VAR: &str = "CHERGA_TEST_POSTGRES_URL";
-
-/// The test database's URL, or `None` (with the skip message) when unset.
-fn database_url() -> Option<String> {
-    match std::env::var(URL_VAR) {
-        Ok(url) if !url.trim().is_empty() => Some(url),
-        _ => {
-            eprintln!("skipped: {URL_VAR} not set");
-            None
-        }
-    }
-}
 
 /// `url` with one more query parameter.
 fn with_param(url: &str, key: &str, value: &str) -> String {
@@ -48,7 +36,7 @@ struct Schema {
 
 impl Schema {
     fn fresh() -> Option<Self> {
-        Some(Self { url: database_url()?, name: fresh_schema() })
+        Some(Self { url: cherga_store::testkit::postgres_url()?, name: fresh_schema() })
     }
 
     /// Options for a store (a node) in this schema; `app` names its connections.
@@ -144,6 +132,20 @@ async fn list_all<S: Store>(store: &S, queue: &str) -> Vec<Task> {
     store.list_tasks(request).await.unwrap_or_else(|e| panic!("list_tasks {queue}: {e:?}"))
 }
 
+/// Waits until `condition` holds, looking every 10 ms; panics naming `what` when
+/// it still does not hold after `within`.
+async fn wait_until<F, Fut>(within: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = std::time::Instant::now();
+    while !condition().await {
+        assert!(started.elapsed() < within, "waited {within:?} for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Opens `n` stores (nodes) on one schema.
 async fn nodes(schema: &Schema, n: usize) -> Vec<Arc<PgStore>> {
     let mut stores = Vec::new();
@@ -229,6 +231,7 @@ async fn racing_nodes_keep_groups_limits_and_single_delivery() {
                     }
                     idle_rounds += 1;
                     assert!(idle_rounds < 20_000, "worker {w} starved while tasks remain");
+                    // A worker's poll interval: the tasks left are held by other workers.
                     tokio::time::sleep(Duration::from_millis(1)).await;
                     continue;
                 }
@@ -254,7 +257,8 @@ async fn racing_nodes_keep_groups_limits_and_single_delivery() {
                         }
                     }
                 }
-                // Work a little, so that leases overlap and the limit is tested.
+                // Work a little (the work itself, 1-5 ms), so that leases overlap and
+                // the limit is tested.
                 tokio::time::sleep(Duration::from_millis(fastrand::u64(1..6))).await;
                 {
                     // Marked finished before the ack lands: the store frees the
@@ -544,9 +548,11 @@ async fn woken(receiver: &mut tokio::sync::mpsc::UnboundedReceiver<String>, queu
 async fn work_on_one_node_wakes_the_other() {
     let Some(schema) = Schema::fresh() else { return };
     let stores = nodes(&schema, 2).await;
+    // The listener wakes every queue when it connects: once it has woken this
+    // one, it listens, and what follows can only reach it as a notification.
+    stores[0].enqueue(queue_name("connected"), vec![new_task("x")], T0).await.unwrap();
     let mut wakes = listen(&stores[1]);
-    // The listener wakes every queue when it connects; let that pass.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    woken(&mut wakes, "connected", Duration::from_secs(5)).await;
     while wakes.try_recv().is_ok() {}
 
     stores[0]
@@ -601,9 +607,12 @@ async fn a_node_recovers_when_its_connections_are_killed() {
         .unwrap();
     let before = created[0].as_ref().unwrap().task().clone();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Enqueues the producer had acknowledged so far.
+    let progress = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let acknowledged_so_far = || progress.load(std::sync::atomic::Ordering::Relaxed);
     // A producer keeps writing through the victim while its connections die.
     let producer = {
-        let (victim, stop) = (victim.clone(), stop.clone());
+        let (victim, stop, progress) = (victim.clone(), stop.clone(), progress.clone());
         tokio::spawn(async move {
             let (mut ok, mut unavailable, mut acknowledged) = (0, 0, Vec::new());
             let mut i = 0;
@@ -616,6 +625,7 @@ async fn a_node_recovers_when_its_connections_are_killed() {
                 {
                     Ok(items) => {
                         ok += 1;
+                        progress.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         acknowledged.push(items[0].as_ref().unwrap().task().id);
                     }
                     Err(StoreError::Unavailable(_)) => unavailable += 1,
@@ -625,17 +635,29 @@ async fn a_node_recovers_when_its_connections_are_killed() {
             (ok, unavailable, acknowledged)
         })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    for _ in 0..3 {
-        let killed = client
-            .query(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
-                &[&app],
-            )
-            .await
-            .expect("terminate");
-        assert!(!killed.is_empty(), "the node had connections to kill");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_until(Duration::from_secs(10), "the producer's first enqueues", || async {
+        acknowledged_so_far() >= 10
+    })
+    .await;
+    for round in 0..3 {
+        // Each round once the node has connected again and serves.
+        let what = format!("connections of the node to kill (round {round})");
+        wait_until(Duration::from_secs(10), &what, || async {
+            let killed = client
+                .query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+                    &[&app],
+                )
+                .await
+                .expect("terminate");
+            !killed.is_empty()
+        })
+        .await;
+        let from = acknowledged_so_far();
+        wait_until(Duration::from_secs(10), "an enqueue after the kill", || async {
+            acknowledged_so_far() > from
+        })
+        .await;
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (ok, unavailable, acknowledged) = producer.await.unwrap();
@@ -653,14 +675,10 @@ async fn a_node_recovers_when_its_connections_are_killed() {
     for id in &acknowledged {
         assert!(stored.contains(id), "acknowledged enqueue {id} lost");
     }
-    // The listener reconnected: work on the other node wakes the victim again.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    while wakes.try_recv().is_ok() {}
-    other
-        .enqueue(queue_name("k2"), vec![new_task("x")], T0)
-        .await
-        .map(cherga_store::Changed::into_value)
-        .unwrap();
+    // The listener reconnected: work on the other node wakes the victim again. (A
+    // new queue: only a notification, or the wake-up of every queue when the
+    // listener connects again, can wake it.)
+    other.enqueue(queue_name("k2"), vec![new_task("x")], T0).await.unwrap();
     woken(&mut wakes, "k2", Duration::from_secs(5)).await;
 }
 

@@ -1,4 +1,4 @@
-//! Checkpoints off the writer thread.
+//! Checkpoints beside the writer, on a thread and a connection of their own.
 //!
 //! At a checkpoint SQLite copies the pages in the WAL back into the database file
 //! and fsyncs it. Left to itself (auto-checkpoint), the connection that commits

@@ -1,6 +1,7 @@
-//! The writer thread: owns the connection and the in-memory index, and applies
-//! every operation as core transitions on tasks held in memory or loaded from
-//! their rows.
+//! The writer: owns the connection and the in-memory index, and applies every
+//! operation as core transitions on tasks held in memory or loaded from their
+//! rows. It runs on whichever thread holds the writer lock: the writer thread
+//! (`run_writer`), or a caller that found the writer idle ([`Writer`]).
 //!
 //! A task's current state is in one of two places. Most tasks are *settled*: their
 //! row holds their state. A task the writer changed without writing its row is
@@ -188,8 +189,10 @@ enum Origin {
 /// across a loop that updates it.
 struct Memory {
     index: Index,
-    /// Dirty tasks by sequence number. Only the writer thread changes tasks, and
-    /// every change to one of these is also a record in [`Memory::batch`].
+    /// Dirty tasks by sequence number. Only the holder of the writer lock (the
+    /// writer thread, or a caller running its job as a batch of one) changes
+    /// tasks, and every change to one of these is also a record in
+    /// [`Memory::batch`].
     /// Boxed, so that the table holds 16 bytes per task: when it grows, every
     /// entry is copied into new memory that the kernel zeroes first, and with
     /// whole tasks in it that stalled the writer for up to 60 ms at about

@@ -457,7 +457,9 @@ mod tests {
         let held = store.writer.lock().expect("writer lock");
         let ran_on = std::thread::scope(|scope| {
             let call = scope.spawn(|| thread_of_call(&store));
+            let started = std::time::Instant::now();
             while store.queued.load(Ordering::Acquire) == 0 {
+                assert!(started.elapsed() < std::time::Duration::from_secs(10), "the call was never queued");
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
             drop(held);

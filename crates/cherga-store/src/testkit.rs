@@ -137,6 +137,69 @@ macro_rules! conformance_tests {
 }
 
 // ---------------------------------------------------------------------------
+// PostgreSQL tests without a database: skipped, and counted as skipped.
+// ---------------------------------------------------------------------------
+
+/// Names the PostgreSQL database where tests may create schemas of their own,
+/// e.g. `postgres://root@127.0.0.1:5432/test`.
+pub const POSTGRES_URL_VAR: &str = "CHERGA_TEST_POSTGRES_URL";
+/// Set (to anything but `0`), no test may skip: one that would skip for want of
+/// [`POSTGRES_URL_VAR`] fails instead (and `test.sh` fails when it counts a
+/// skipped test). CI sets it.
+pub const NO_SKIP_VAR: &str = "CHERGA_TEST_NO_SKIP";
+/// Names a file each skipped test appends one line to (`test.sh` sets it, and
+/// counts the lines as skipped rather than passed).
+pub const SKIPS_FILE_VAR: &str = "CHERGA_TEST_SKIPS_FILE";
+
+/// The test database's URL, or `None` when [`POSTGRES_URL_VAR`] is unset or
+/// empty: the calling test then returns at once. libtest has no outcome for a
+/// test that decides at run time to skip (it reports it as passed), so the skip
+/// is also written to the file [`SKIPS_FILE_VAR`] names, with the test's name;
+/// with [`NO_SKIP_VAR`] set this panics instead.
+pub fn postgres_url() -> Option<String> {
+    postgres_url_in(&|name| std::env::var(name).ok())
+}
+
+/// [`postgres_url`] with the environment as a parameter.
+fn postgres_url_in(env: &dyn Fn(&str) -> Option<String>) -> Option<String> {
+    if let Some(url) = env(POSTGRES_URL_VAR).filter(|url| !url.trim().is_empty()) {
+        return Some(url);
+    }
+    // libtest runs each test on a thread named after it.
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("(unnamed test)");
+    // The test binary, without the hash cargo appends (`e2e-0123456789abcdef`).
+    let binary = std::env::current_exe()
+        .ok()
+        .and_then(|path| path.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .map(|stem| match stem.rsplit_once('-') {
+            Some((name, hash)) if hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                name.to_owned()
+            }
+            _ => stem,
+        })
+        .unwrap_or_default();
+    let reason = format!("{POSTGRES_URL_VAR} not set");
+    if env(NO_SKIP_VAR).is_some_and(|v| !v.is_empty() && v != "0") {
+        panic!("{test}: {reason}, and {NO_SKIP_VAR} is set: this test must run, not skip");
+    }
+    eprintln!("skipped: {reason}");
+    if let Some(path) = env(SKIPS_FILE_VAR).filter(|path| !path.is_empty()) {
+        use std::io::Write as _;
+        // One write of one line in append mode: the tests of every thread and
+        // test binary of a run share the file.
+        let line = format!("{binary} {test}: {reason}\n");
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut file| file.write_all(line.as_bytes()))
+            .unwrap_or_else(|e| panic!("recording the skip of {test} in {path}: {e}"));
+    }
+    None
+}
+
+// ---------------------------------------------------------------------------
 // Helpers. Each panics with the operation, the queue and the time when the store
 // fails where the case expects success, so a failure diagnoses itself.
 // ---------------------------------------------------------------------------
@@ -2332,4 +2395,58 @@ pub async fn the_event_log_forgets_events_past_its_retention<H: Harness>(mut har
     let last = read_log(&store, 0, 100).await;
     assert!(last.events.iter().all(|e| e.id > old_head), "no id is given twice after a purge and a reopen");
     assert_eq!(last.events.len(), 2, "{last:?}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{NO_SKIP_VAR, POSTGRES_URL_VAR, SKIPS_FILE_VAR, postgres_url_in};
+    use std::collections::HashMap;
+
+    /// Runs `postgres_url_in` with `vars` as the whole environment and a fresh
+    /// skips file; returns its answer (`Err` if it panicked) and the file's lines.
+    fn check(vars: &[(&str, &str)]) -> (Result<Option<String>, String>, Vec<String>) {
+        let file = std::env::temp_dir().join(format!("cherga-skips-{:016x}", fastrand_u64()));
+        let mut env: HashMap<String, String> =
+            vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        env.insert(SKIPS_FILE_VAR.to_owned(), file.to_string_lossy().into_owned());
+        let answer = std::panic::catch_unwind(|| postgres_url_in(&|name| env.get(name).cloned()))
+            .map_err(|panic| panic.downcast_ref::<String>().cloned().unwrap_or_default());
+        let lines = std::fs::read_to_string(&file).unwrap_or_default().lines().map(str::to_owned).collect();
+        let _ = std::fs::remove_file(&file);
+        (answer, lines)
+    }
+
+    /// Unique enough for file names, without a dependency.
+    fn fastrand_u64() -> u64 {
+        use std::hash::{BuildHasher as _, RandomState};
+        RandomState::new().hash_one(std::time::SystemTime::now())
+    }
+
+    #[test]
+    fn a_skip_is_recorded_with_the_tests_name() {
+        let (answer, lines) = check(&[]);
+        assert_eq!(answer, Ok(None));
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].contains("a_skip_is_recorded_with_the_tests_name"), "{lines:?}");
+        assert!(lines[0].ends_with(&format!("{POSTGRES_URL_VAR} not set")), "{lines:?}");
+
+        let (answer, lines) = check(&[(POSTGRES_URL_VAR, " "), (NO_SKIP_VAR, "0")]);
+        assert_eq!((answer, lines.len()), (Ok(None), 1), "a blank URL is no URL; 0 requires nothing");
+    }
+
+    #[test]
+    fn a_database_means_no_skip() {
+        let url = "postgres://root@127.0.0.1:5432/test";
+        let (answer, lines) = check(&[(POSTGRES_URL_VAR, url), (NO_SKIP_VAR, "1")]);
+        assert_eq!((answer, lines), (Ok(Some(url.to_owned())), Vec::new()));
+    }
+
+    #[test]
+    fn a_required_database_turns_the_skip_into_a_failure() {
+        let (answer, lines) = check(&[(NO_SKIP_VAR, "1")]);
+        let message = answer.expect_err("no skip when the database is required");
+        assert!(message.contains("must run, not skip"), "{message}");
+        assert!(message.contains("a_required_database_turns_the_skip_into_a_failure"), "{message}");
+        assert_eq!(lines, Vec::<String>::new(), "a failure is not recorded as a skip");
+    }
 }

@@ -4,16 +4,17 @@
 //! Every test of the broker's behaviour is written once, as an `async fn` taking
 //! a [`Backend`], and [`on_both_stores!`] makes two tests of it: `sqlite::name`
 //! on the embedded store in a temporary directory, and `postgres::name` on
-//! PostgreSQL in a fresh schema of `CHERGA_TEST_POSTGRES_URL` (which prints
-//! "skipped: ..." and passes when the variable is unset). Tests of several nodes
-//! on one database are in `multi_node`, PostgreSQL only. Tests of start-up (what
-//! `serve` refuses, the data directory's lock and modes) are in `startup`.
+//! PostgreSQL in a fresh schema of `CHERGA_TEST_POSTGRES_URL` (which skips, and
+//! records the skip, when the variable is unset: see `Backend::postgres`). Tests
+//! of several nodes on one database are in `multi_node`, PostgreSQL only. Tests
+//! of start-up (what `serve` refuses, the data directory's lock and modes) are in
+//! `startup`; the event stream's are in `events`.
 
 mod events;
 mod harness;
 mod startup;
 
-use harness::{Backend, Server, http};
+use harness::{Backend, LONG_POLL_WAITING, Server, http, wait_until};
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -572,12 +573,10 @@ async fn kill_9_under_load_loses_nothing_acknowledged(backend: Backend) {
         }));
     }
     // Let load build up, then pull the plug.
-    loop {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        if enqueued.lock().unwrap().len() >= 1500 && acked.lock().unwrap().len() >= 300 {
-            break;
-        }
-    }
+    wait_until(Duration::from_secs(120), "1500 enqueues and 300 acks before the kill", || async {
+        enqueued.lock().unwrap().len() >= 1500 && acked.lock().unwrap().len() >= 300
+    })
+    .await;
     server.kill9().await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for c in clients {
@@ -643,7 +642,7 @@ async fn sigterm_drains_and_the_store_reopens(backend: Backend) {
     // A long poll in flight when SIGTERM arrives returns promptly with an answer.
     let url = server.url("/v1/queues/empty/lease");
     let poll = tokio::spawn(async move { http().post(url).json(&json!({"wait_ms": 30000})).send().await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.wait_for_log(LONG_POLL_WAITING, 1).await;
     let started = std::time::Instant::now();
     let status = server.sigterm().await;
     assert!(status.success(), "clean exit on SIGTERM: {status:?}");
@@ -657,7 +656,8 @@ async fn sigterm_drains_and_the_store_reopens(backend: Backend) {
 
 /// Several `cherga` nodes on one PostgreSQL database.
 mod multi_node {
-    use super::harness::{Backend, Proxy, Server, admin, http, upstream_of, via_port};
+    use super::harness::{Backend, Proxy, Server, admin, http, upstream_of, via_port, wait_until};
+    use super::{LONG_POLL_WAITING, id, token};
 
     /// Three nodes commit at once, one is killed and started again, and a reader
     /// on another follows the stream: it misses no event and sees none twice.
@@ -667,7 +667,6 @@ mod multi_node {
         super::events::a_reader_follows_every_change_through_a_kill(backend, 3).await;
     }
 
-    use super::{id, token};
     use serde_json::{Value, json};
     use std::collections::{HashMap, HashSet};
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -769,6 +768,7 @@ mod multi_node {
                             }
                             Some((_, status, body)) => {
                                 assert_eq!(status, 503, "enqueue {key}: {body}");
+                                // The retry interval while the database is unavailable.
                                 tokio::time::sleep(Duration::from_millis(20)).await;
                             }
                             None => panic!("no node answers"),
@@ -791,6 +791,7 @@ mod multi_node {
                     };
                     home = node;
                     if status != 200 {
+                        // The retry interval while the database is unavailable.
                         tokio::time::sleep(Duration::from_millis(20)).await;
                         continue;
                     }
@@ -809,6 +810,7 @@ mod multi_node {
                             }
                         }
                     }
+                    // The work itself: 0-3 ms, so that leases overlap and the limit is tested.
                     tokio::time::sleep(Duration::from_millis(fastrand::u64(0..4))).await;
                     for t in &leased {
                         let g = t["payload"]["g"].as_i64().unwrap();
@@ -842,6 +844,7 @@ mod multi_node {
                                     break;
                                 }
                                 409 => break, // the lease expired meanwhile; the task comes back
+                                // The retry interval while the database is unavailable.
                                 503 => tokio::time::sleep(Duration::from_millis(20)).await,
                                 other => panic!("ack: {other} {body}"),
                             }
@@ -852,28 +855,19 @@ mod multi_node {
         }
 
         // Halfway through, kill node 1 outright.
-        let started = Instant::now();
-        while done.load(Ordering::Relaxed) < total / 2 {
-            assert!(
-                started.elapsed() < Duration::from_secs(120),
-                "no progress: {}",
-                done.load(Ordering::Relaxed)
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_until(Duration::from_secs(120), "half of the tasks acked", || async {
+            done.load(Ordering::Relaxed) >= total / 2
+        })
+        .await;
         nodes[1].kill9().await;
         let at_kill = done.load(Ordering::Relaxed);
         for p in producers {
             p.await.unwrap();
         }
-        while done.load(Ordering::Relaxed) < total {
-            assert!(
-                started.elapsed() < Duration::from_secs(180),
-                "only {} of {total} tasks acked",
-                done.load(Ordering::Relaxed)
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_until(Duration::from_secs(120), "every task acked", || async {
+            done.load(Ordering::Relaxed) >= total
+        })
+        .await;
         stop.store(true, Ordering::Relaxed);
         for w in workers {
             w.await.unwrap();
@@ -921,16 +915,16 @@ mod multi_node {
         let Some(backend) = Backend::postgres() else { return };
         let a = Server::start(&backend).await;
         let b = Server::start(&backend).await;
-        // Create the queue, and give B's listener time to connect.
+        // Create the queue, and wait for B's listener (it logs at debug once it listens).
         assert_eq!(b.put("/v1/queues/lp", json!({})).await.0, 200);
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        b.wait_for_log("listening for work from other nodes", 1).await;
         for round in 0..3 {
             let url = b.url("/v1/queues/lp/lease");
             let waiting = tokio::spawn(async move {
                 let response = http().post(url).json(&json!({"wait_ms": 20000})).send().await.expect("lease");
                 (Instant::now(), response.json::<Value>().await.expect("json"))
             });
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            b.wait_for_log(LONG_POLL_WAITING, round + 1).await;
             let enqueued_at = Instant::now();
             let (status, task) = a.post("/v1/queues/lp/tasks", json!({"kind": "k", "payload": round})).await;
             assert_eq!(status, 201, "{task}");
@@ -983,6 +977,7 @@ mod multi_node {
                         }
                         503 => {
                             assert_eq!(body["error"]["code"], "unavailable", "{body}");
+                            // The retry interval while the database is unreachable.
                             tokio::time::sleep(Duration::from_millis(10)).await;
                         }
                         other => panic!("enqueue: {other} {body}"),
@@ -1009,6 +1004,7 @@ mod multi_node {
                             (503, Some("unavailable")),
                             "{body}"
                         );
+                        // The retry interval while the database is unreachable.
                         tokio::time::sleep(Duration::from_millis(10)).await;
                         continue;
                     }
@@ -1043,25 +1039,24 @@ mod multi_node {
             }));
         }
         let count = |map: &Mutex<HashMap<String, String>>| map.lock().unwrap().len();
-        let wait_for_progress = |from: usize, what: &'static str| {
+        let unavailable = || statuses.lock().unwrap().get(&503).copied().unwrap_or(0);
+        // Waits for `n` more acknowledged enqueues than `from`.
+        let wait_for_progress = |from: usize, n: usize, what: &'static str| {
             let enqueued = enqueued.clone();
             async move {
-                let started = Instant::now();
-                while count(&enqueued) < from + 50 {
-                    assert!(started.elapsed() < Duration::from_secs(30), "no progress {what}");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
+                let what = format!("{n} more enqueues {what}");
+                wait_until(Duration::from_secs(30), &what, || async { count(&enqueued) >= from + n }).await;
             }
         };
-        wait_for_progress(0, "before the outage").await;
+        wait_for_progress(0, 50, "before the outage").await;
 
         // 1. Every connection of the node is killed, three times over: each time
         // once the node has connected again (it does so when a request needs
-        // a connection, which on a busy machine may take a while).
+        // a connection, which on a busy machine may take a while) and served.
         let client = admin(&direct.pg().schema.admin_url).await;
         for round in 0..3 {
-            let started = Instant::now();
-            loop {
+            let what = format!("connections of the node to kill (round {round})");
+            wait_until(Duration::from_secs(30), &what, || async {
                 let killed = client
                     .query(
                         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
@@ -1069,26 +1064,24 @@ mod multi_node {
                     )
                     .await
                     .expect("pg_terminate_backend");
-                if !killed.is_empty() {
-                    break;
-                }
-                assert!(
-                    started.elapsed() < Duration::from_secs(30),
-                    "the node did not connect again within 30 s after kill {round}"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            tokio::time::sleep(Duration::from_millis(150)).await;
+                !killed.is_empty()
+            })
+            .await;
+            wait_for_progress(count(&enqueued), 1, "after a kill").await;
         }
-        wait_for_progress(count(&enqueued), "after pg_terminate_backend").await;
+        wait_for_progress(count(&enqueued), 50, "after pg_terminate_backend").await;
 
-        // 2. The database is unreachable for 1.5 s.
+        // 2. The database is unreachable until requests have had 503s for it.
+        let before_cut = unavailable();
         proxy.cut();
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        let in_gap = statuses.lock().unwrap().get(&503).copied().unwrap_or(0);
+        wait_until(Duration::from_secs(30), "503s while the database is unreachable", || async {
+            unavailable() >= before_cut + 10
+        })
+        .await;
+        let in_gap = unavailable() - before_cut;
         proxy.restore();
         let restored = Instant::now();
-        wait_for_progress(count(&enqueued), "after the database came back").await;
+        wait_for_progress(count(&enqueued), 50, "after the database came back").await;
         let recovery = restored.elapsed();
         stop.store(true, Ordering::Relaxed);
         for c in clients {
@@ -1225,7 +1218,8 @@ async fn one_task_each(polls: Vec<tokio::task::JoinHandle<Vec<Value>>>) -> Vec<S
 /// three waiting leases; a single enqueue reaches one of two and the next the
 /// other; an ack that frees the only concurrency slot reaches the waiting lease.
 /// A lease left asleep would only claim again at its deadline, 30 s on; one
-/// that answers after 20 s fails here (the wake-ups take milliseconds).
+/// that answers after 20 s fails here (the wake-ups take milliseconds). Each
+/// change is made once the server says its leases are waiting (its log).
 async fn long_polls_are_woken_one_per_leasable_task(backend: Backend) {
     let server = Server::start(&backend).await;
     let poll = |queue: &str| {
@@ -1240,17 +1234,16 @@ async fn long_polls_are_woken_one_per_leasable_task(backend: Backend) {
             body["tasks"].as_array().expect("tasks").clone()
         })
     };
-    let waiting = Duration::from_millis(300);
 
     let polls: Vec<_> = (0..3).map(|_| poll("wake")).collect();
-    tokio::time::sleep(waiting).await;
+    server.wait_for_log(LONG_POLL_WAITING, 3).await;
     let batch = json!({"tasks": [{"kind": "a"}, {"kind": "b"}, {"kind": "c"}]});
     let (status, _) = server.post("/v1/queues/wake/tasks/batch", batch).await;
     assert_eq!(status, 200);
     assert_eq!(one_task_each(polls).await, ["a", "b", "c"], "each waiting lease gets one task of the batch");
 
     let polls: Vec<_> = (0..2).map(|_| poll("one")).collect();
-    tokio::time::sleep(waiting).await;
+    server.wait_for_log(LONG_POLL_WAITING, 5).await;
     for kind in ["x", "y"] {
         assert_eq!(server.post("/v1/queues/one/tasks", json!({"kind": kind})).await.0, 201);
     }
@@ -1265,7 +1258,7 @@ async fn long_polls_are_woken_one_per_leasable_task(backend: Backend) {
     let leased = leased["tasks"].as_array().expect("tasks").clone();
     assert_eq!(leased.len(), 1, "the slot holds one: {leased:?}");
     let waiter = poll("slot");
-    tokio::time::sleep(waiting).await;
+    server.wait_for_log(LONG_POLL_WAITING, 6).await;
     let ack = format!("/v1/tasks/{}/ack", id(&leased[0]));
     assert_eq!(server.post(&ack, json!({"lease": token(&leased[0])})).await.0, 200);
     let tasks = waiter.await.expect("poll");

@@ -8,12 +8,13 @@ mod harness;
 
 use cherga_api::auth::{KeyEntry, KeyFile};
 use cherga_auth::{Alg, KeySet, NewToken};
-use harness::{Backend, Server, http};
+use harness::{Backend, LONG_POLL_WAITING, Server, http, wait_until};
 use serde_json::{Value, json};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 fn now_s() -> i64 {
@@ -613,14 +614,10 @@ async fn revocation_reaches_every_node_sharing_the_store() {
     assert_eq!(revoked["jti"], jti_of(&victim));
     expect("node a at once", a.call(Some(&victim), "GET", "/v1/queues", Value::Null).await, 401);
     let started = Instant::now();
-    loop {
-        let (status, _) = call(&b_server, Some(&victim), "GET", "/v1/queues", Value::Null).await;
-        if status == 401 {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(5), "node b still accepts the revoked token");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(Duration::from_secs(5), "node b to refuse the revoked token", || async {
+        call(&b_server, Some(&victim), "GET", "/v1/queues", Value::Null).await.0 == 401
+    })
+    .await;
     eprintln!("node b refused the revoked token after {:?}", started.elapsed());
 }
 
@@ -653,21 +650,21 @@ async fn key_rotation_with_two_kids() {
     // Retire the old key: rewrite the file and send SIGHUP; no restart.
     write_keys(&keys_path, std::slice::from_ref(&new));
     send_signal(&server, libc::SIGHUP);
-    let started = Instant::now();
-    while call(&server, Some(&old_token), "GET", "/v1/queues", Value::Null).await.0 != 401 {
-        assert!(started.elapsed() < Duration::from_secs(5), "the old key still works after SIGHUP");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(Duration::from_secs(5), "the old key to be refused after SIGHUP", || async {
+        call(&server, Some(&old_token), "GET", "/v1/queues", Value::Null).await.0 == 401
+    })
+    .await;
     expect(
         "new kid after reload",
         call(&server, Some(&new_token), "GET", "/v1/queues", Value::Null).await,
         200,
     );
 
-    // A broken key file is not loaded: the keys in force stay.
+    // A broken key file is not loaded: the keys in force stay. The server says so
+    // once it has tried.
     std::fs::write(&keys_path, "{ broken").unwrap();
     send_signal(&server, libc::SIGHUP);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.wait_for_log("key file not reloaded; keeping the old keys", 1).await;
     expect(
         "after a bad reload",
         call(&server, Some(&new_token), "GET", "/v1/queues", Value::Null).await,
@@ -789,6 +786,9 @@ async fn no_auth_on_a_public_address_needs_insecure() {
         .args(["serve", "--addr", "0.0.0.0:0", "--insecure", "--log", "warn", "--data-dir"])
         .arg(dir.path())
         .stdout(Stdio::piped())
+        // Its one line of log, the warning that --insecure lets every client do
+        // everything, is expected; the test's output stays for failures.
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let mut line = String::new();
@@ -891,21 +891,17 @@ async fn tls_with_a_self_signed_certificate_reloads_on_sighup() {
     std::fs::copy(&cert_b, &cert_path).unwrap();
     std::fs::copy(&key_b, &key_path).unwrap();
     send_signal(&server, libc::SIGHUP);
-    let started = Instant::now();
-    loop {
-        if let Ok(answer) = trusting(&root_b).get(format!("{https}/healthz")).send().await {
-            assert_eq!(answer.status(), 200);
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(5), "certificate b not served after SIGHUP");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(Duration::from_secs(5), "certificate b to be served after SIGHUP", || async {
+        trusting(&root_b).get(format!("{https}/healthz")).send().await.is_ok_and(|a| a.status() == 200)
+    })
+    .await;
     assert!(trusting(&root_a).get(format!("{https}/healthz")).send().await.is_err(), "a is still served");
 
-    // A key that does not fit the certificate is not loaded: b stays.
+    // A key that does not fit the certificate is not loaded: b stays. The server
+    // says so once it has tried.
     std::fs::copy(&key_a, &key_path).unwrap();
     send_signal(&server, libc::SIGHUP);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.wait_for_log("TLS certificate not reloaded; keeping the old one", 1).await;
     let answer = trusting(&root_b).get(format!("{https}/healthz")).send().await.unwrap();
     assert_eq!(answer.status(), 200);
 }
@@ -969,10 +965,16 @@ async fn slow_clients_and_a_connection_flood_do_not_starve_healthy_clients() {
     let attack = Duration::from_secs(6);
     let until = Instant::now() + attack;
     let mut attackers = tokio::task::JoinSet::new();
+    // Connections the flood opened, and bytes the slow heads and bodies sent.
+    let (flooded, slow_heads, slow_bodies) = (
+        std::sync::Arc::new(AtomicUsize::new(0)),
+        std::sync::Arc::new(AtomicUsize::new(0)),
+        std::sync::Arc::new(AtomicUsize::new(0)),
+    );
 
     // 127.0.0.2 floods: it keeps 300 connections open that never send a byte.
     let flood = {
-        let server = server.clone();
+        let (server, flooded) = (server.clone(), flooded.clone());
         tokio::spawn(async move {
             let mut opened = 0usize;
             let mut idle = Vec::new();
@@ -981,11 +983,13 @@ async fn slow_clients_and_a_connection_flood_do_not_starve_healthy_clients() {
                     match connect_from(&server, "127.0.0.2").await {
                         Ok(stream) => {
                             opened += 1;
+                            flooded.fetch_add(1, Ordering::Relaxed);
                             idle.push(stream);
                         }
                         Err(_) => break,
                     }
                 }
+                // The flood's pace: it looks for closed connections every 100 ms.
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 // Forget the ones the server closed, and open new ones.
                 idle.retain(|s: &tokio::net::TcpStream| {
@@ -998,7 +1002,7 @@ async fn slow_clients_and_a_connection_flood_do_not_starve_healthy_clients() {
     };
     // 127.0.0.3 sends request heads a byte every 100 ms (slowloris), 20 at a time.
     for _ in 0..20 {
-        let server = server.clone();
+        let (server, slow_heads) = (server.clone(), slow_heads.clone());
         attackers.spawn(async move {
             let head =
                 b"POST /v1/queues/slow/tasks HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n";
@@ -1010,6 +1014,8 @@ async fn slow_clients_and_a_connection_flood_do_not_starve_healthy_clients() {
                         break;
                     }
                     sent += 1;
+                    slow_heads.fetch_add(1, Ordering::Relaxed);
+                    // The attack itself: a byte every 100 ms.
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
@@ -1018,7 +1024,7 @@ async fn slow_clients_and_a_connection_flood_do_not_starve_healthy_clients() {
     }
     // 127.0.0.4 sends whole heads, then bodies a byte every 200 ms.
     for _ in 0..5 {
-        let server = server.clone();
+        let (server, slow_bodies) = (server.clone(), slow_bodies.clone());
         attackers.spawn(async move {
             let mut sent = 0usize;
             while Instant::now() < until {
@@ -1030,6 +1036,8 @@ async fn slow_clients_and_a_connection_flood_do_not_starve_healthy_clients() {
                 }
                 while Instant::now() < until && stream.write_all(b"{").await.is_ok() {
                     sent += 1;
+                    slow_bodies.fetch_add(1, Ordering::Relaxed);
+                    // The attack itself: a byte every 200 ms.
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
@@ -1037,8 +1045,15 @@ async fn slow_clients_and_a_connection_flood_do_not_starve_healthy_clients() {
         });
     }
 
-    // Meanwhile an honest client on 127.0.0.1, a new connection per request.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Meanwhile, once every attacker is at work (the flood enough to take every
+    // connection the server allows), an honest client on 127.0.0.1, a new
+    // connection per request.
+    wait_until(Duration::from_secs(5), "100 flood connections and the first slow bytes", || async {
+        flooded.load(Ordering::Relaxed) >= 100
+            && slow_heads.load(Ordering::Relaxed) > 0
+            && slow_bodies.load(Ordering::Relaxed) > 0
+    })
+    .await;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(15))
         .pool_max_idle_per_host(0)
@@ -1057,6 +1072,7 @@ async fn slow_clients_and_a_connection_flood_do_not_starve_healthy_clients() {
         assert_eq!(response.status(), 201);
         slowest = slowest.max(started.elapsed());
         answered += 1;
+        // The honest client's pace: a request every 100 ms or so, all through the attack.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     while let Some(done) = attackers.join_next().await {
@@ -1095,11 +1111,24 @@ async fn slow_clients_and_a_connection_flood_do_not_starve_healthy_clients() {
     assert!(answer.starts_with("HTTP/1.1 408"), "a trickling body: {answer:?}");
     assert!(answer.contains("request_timeout"), "{answer}");
     // The per-client limit: 127.0.0.5 gets 32 connections, the 33rd is closed.
+    // Each of the 32 is answered a request first: the server has accepted (and
+    // counted) it before the 33rd arrives.
     let mut held = Vec::new();
+    let healthz =
+        format!("GET /healthz HTTP/1.1\r\nHost: {}\r\n\r\n", server.base.trim_start_matches("http://"));
     for _ in 0..32 {
-        held.push(connect_from(&server, "127.0.0.5").await.unwrap());
+        use tokio::io::AsyncReadExt as _;
+        let mut connection = connect_from(&server, "127.0.0.5").await.unwrap();
+        connection.write_all(healthz.as_bytes()).await.unwrap();
+        let mut answer = [0u8; 64];
+        let read = connection.read(&mut answer).await.unwrap();
+        assert!(
+            answer[..read].starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            String::from_utf8_lossy(&answer[..read])
+        );
+        held.push(connection);
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let extra = connect_from(&server, "127.0.0.5").await.unwrap();
     let mut byte = [0u8; 1];
     let read = tokio::time::timeout(Duration::from_secs(2), async {
@@ -1164,7 +1193,7 @@ async fn waiting_long_polls_are_capped() {
             server.post("/v1/queues/idle/lease", json!({"wait_ms": 3000})).await
         }));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    server.wait_for_log(LONG_POLL_WAITING, 2).await;
     let (status, body) = server.post("/v1/queues/idle/lease", json!({"wait_ms": 3000})).await;
     assert_eq!(status, 429, "a third long poll: {body}");
     // A lease that does not wait is still served.

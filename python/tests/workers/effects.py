@@ -2,7 +2,8 @@
 TEST_QUEUE, TEST_MARKS (a directory for markers), TEST_LEASE_MS.
 
 Handlers leave a marker when they start and append one line per completed
-effect to TEST_MARKS/effects.log, so a test can count side effects exactly."""
+effect to TEST_MARKS/effects.log, so a test can count side effects exactly;
+a first attempt may be held until the worker is told to stop."""
 
 import os
 import time
@@ -21,11 +22,14 @@ marks = Path(os.environ.get("TEST_MARKS", "."))
 @worker.task("charge")
 def charge(task):
     (marks / f"started-{task.id}-{task.attempts}").touch()
-    # Slow on the first attempt only: that is the one the test kills.
-    if task.attempts == 1:
-        time.sleep(float(task.payload.get("first_attempt_sleep", 0)))
-    else:
-        time.sleep(float(task.payload.get("sleep", 0)))
+    # With "hold_first_attempt", the first attempt (the one a test kills or
+    # stops) runs until its worker is told to stop.
+    if task.attempts == 1 and task.payload.get("hold_first_attempt"):
+        deadline = time.monotonic() + 60
+        while not worker.stopping:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the worker was never told to stop")
+            time.sleep(0.01)
     with open(marks / "effects.log", "a") as log:
         log.write(f"{task.id} {task.attempts}\n")
     return {"attempt": task.attempts}

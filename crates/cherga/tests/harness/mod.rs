@@ -3,18 +3,46 @@
 //! database named by `CHERGA_TEST_POSTGRES_URL` (`--store <url> --pg-schema
 //! <schema>`; the schema is dropped when the test ends). Several servers started
 //! on one [`Backend`] are several nodes on one database.
+//!
+//! A server's log (its stderr) is kept in memory, not printed: tests that cut
+//! connections or refuse clients on purpose make it log errors and warnings, which
+//! in a passing run would only hide real failures. A test that fails prints the
+//! logs of its servers (when a [`Server`] is dropped while the test panics), and a
+//! test may wait for a line to appear ([`Server::wait_for_log`]).
 
 use serde_json::Value;
+use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-pub const POSTGRES_URL_VAR: &str = "CHERGA_TEST_POSTGRES_URL";
+/// Warnings and errors, and the debug lines tests wait for: a long poll that
+/// waits (`cherga_server::routes`), a PostgreSQL listener that listens.
+const LOG_FILTER: &str = "warn,cherga_server::routes=debug,cherga_store_postgres=debug";
+
+/// What the server logs (at debug, which [`LOG_FILTER`] turns on) when a long
+/// poll starts to wait: from then on a wake-up reaches it.
+pub const LONG_POLL_WAITING: &str = "long poll waiting";
 
 pub fn http() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("http client")
+}
+
+/// Waits until `condition` holds, looking every 10 ms; panics naming `what` when it
+/// still does not hold after `within`. Tests wait for what they need this way,
+/// never for a fixed time.
+pub async fn wait_until<F, Fut>(within: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !condition().await {
+        assert!(started.elapsed() < within, "waited {within:?} for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// The store the servers of one test run on.
@@ -46,16 +74,12 @@ impl Backend {
         Backend::Sqlite
     }
 
-    /// A fresh schema in the test database, or `None` (saying so) when
-    /// `CHERGA_TEST_POSTGRES_URL` is unset: the caller then skips its test.
+    /// A fresh schema in the test database, or `None` when
+    /// `CHERGA_TEST_POSTGRES_URL` is unset: the caller then skips its test, and
+    /// the skip is recorded (or is a failure in CI; see
+    /// [`cherga_store::testkit::postgres_url`]).
     pub fn postgres() -> Option<Self> {
-        let url = match std::env::var(POSTGRES_URL_VAR) {
-            Ok(url) if !url.trim().is_empty() => url,
-            _ => {
-                eprintln!("skipped: {POSTGRES_URL_VAR} not set");
-                return None;
-            }
-        };
+        let url = cherga_store::testkit::postgres_url()?;
         let name = format!("cherga_e2e_{:016x}", fastrand::u64(..));
         let schema = Arc::new(PgSchema { admin_url: url.clone(), name, nodes: AtomicUsize::new(0) });
         Some(Backend::Postgres(PgBackend { url, schema }))
@@ -107,6 +131,40 @@ fn with_param(url: &str, key: &str, value: &str) -> String {
     format!("{url}{separator}{key}={value}")
 }
 
+/// What a server process wrote to stderr, every start of it, line by line.
+#[derive(Clone, Default)]
+pub struct Log(Arc<Mutex<String>>);
+
+impl Log {
+    /// Collects `stderr` on a thread of its own until the process closes it.
+    fn collect(&self, stderr: std::process::ChildStderr) {
+        let log = self.0.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+    }
+
+    fn note(&self, line: &str) {
+        let mut log = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        log.push_str(line);
+        log.push('\n');
+    }
+
+    /// How many lines so far contain `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).lines().filter(|l| l.contains(needle)).count()
+    }
+
+    pub fn text(&self) -> String {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
 pub struct Server {
     child: Option<Child>,
     pub base: String,
@@ -120,6 +178,8 @@ pub struct Server {
     /// Keeps the schema alive while the server runs.
     _backend: Backend,
     client: reqwest::Client,
+    /// Printed only if the test fails.
+    pub log: Log,
 }
 
 impl Server {
@@ -155,6 +215,7 @@ impl Server {
             application_name,
             _backend: backend.clone(),
             client: http(),
+            log: Log::default(),
         };
         server.restart().await;
         server
@@ -163,14 +224,18 @@ impl Server {
     /// Starts the binary on the same store (after a kill or a stop).
     pub async fn restart(&mut self) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_cherga"))
-            .args(["serve", "--addr", "127.0.0.1:0", "--log", "warn", "--data-dir"])
+            .args(["serve", "--addr", "127.0.0.1:0", "--log", LOG_FILTER, "--data-dir"])
             .arg(self.dir.path())
             .args(&self.store_args)
             .args(&self.extra)
+            // Plain text: the log is read by tests and people, not a terminal.
+            .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("start cherga");
+        self.log.note(&format!("[harness] cherga started, pid {}", child.id()));
+        self.log.collect(child.stderr.take().expect("stderr"));
         let stdout = child.stdout.take().expect("stdout");
         let line = tokio::task::spawn_blocking(move || {
             let mut line = String::new();
@@ -189,6 +254,20 @@ impl Server {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// Waits until a line of the server's log contains `needle` `times` times in
+    /// all (a count, so a test can wait for the next of several such lines).
+    pub async fn wait_for_log(&self, needle: &str, times: usize) {
+        let started = Instant::now();
+        while self.log.count(needle) < times {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "waited 10 s for {times} log line(s) with {needle:?}; log:\n{}",
+                self.log.text()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// The process id of the running server, to send it signals.
@@ -259,6 +338,13 @@ impl Drop for Server {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "---- log of the cherga server at {} ----\n{}---- end of log ----",
+                self.base,
+                self.log.text()
+            );
         }
     }
 }
