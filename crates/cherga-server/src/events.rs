@@ -16,7 +16,7 @@
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::QueryArgs;
-use crate::routes::task_id;
+use crate::routes::{state_filter, task_id};
 use crate::{App, now_ms};
 use axum::Json;
 use axum::extract::State;
@@ -63,14 +63,7 @@ impl Filter {
                 ApiError::invalid(format!("queue {text:?} is not a queue pattern ([A-Za-z0-9_.-] and *)"))
             })?),
         };
-        let state = match query.state.as_deref() {
-            None | Some("") => None,
-            Some(text) => Some(TaskState::parse(text).ok_or_else(|| {
-                ApiError::invalid(format!(
-                    "state must be one of scheduled, ready, running, succeeded, dead, cancelled; got {text:?}"
-                ))
-            })?),
-        };
+        let state = state_filter(query.state.as_deref())?;
         let change = match query.event_type.as_deref() {
             None | Some("") => None,
             Some(text) => {

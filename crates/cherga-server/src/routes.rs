@@ -66,6 +66,17 @@ pub(crate) fn queue_name(name: &str) -> Result<QueueName, ApiError> {
     QueueName::new(name).map_err(|e| ApiError::new(ErrorCode::InvalidQueueName, e.to_string()))
 }
 
+/// A `state` query parameter: none when absent or empty.
+pub(crate) fn state_filter(text: Option<&str>) -> Result<Option<TaskState>, ApiError> {
+    match text {
+        None | Some("") => Ok(None),
+        Some(text) => TaskState::parse(text).map(Some).ok_or_else(|| {
+            let all: Vec<&str> = TaskState::ALL.iter().map(|s| s.as_str()).collect();
+            ApiError::invalid(format!("state must be one of {}; got {text:?}", all.join(", ")))
+        }),
+    }
+}
+
 pub(crate) fn task_id(text: &str) -> Result<TaskId, ApiError> {
     TaskId::parse(text)
         .ok_or_else(|| ApiError::new(ErrorCode::InvalidTaskId, format!("{text:?} is not a task id")))
@@ -327,14 +338,7 @@ pub(crate) async fn list_tasks<S: Store>(
     ReadQueue(queue): ReadQueue,
     QueryArgs(query): QueryArgs<ListQuery>,
 ) -> Result<Response, ApiError> {
-    let state = match query.state.as_deref() {
-        None | Some("") => None,
-        Some(s) => Some(TaskState::parse(s).ok_or_else(|| {
-            ApiError::invalid(format!(
-                "state must be one of scheduled, ready, running, succeeded, dead, cancelled; got {s:?}"
-            ))
-        })?),
-    };
+    let state = state_filter(query.state.as_deref())?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=MAX_BATCH).contains(&limit) {
         return Err(ApiError::invalid(format!("limit must be between 1 and {MAX_BATCH}")));
