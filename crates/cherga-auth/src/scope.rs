@@ -18,7 +18,8 @@ pub enum Access {
     Produce,
     /// Lease, ack, nack, extend (`consume:<queue>`).
     Consume,
-    /// Read tasks and queue counts: `produce` or `consume` on the queue.
+    /// Read tasks, queue counts and events: `read`, `produce` or `consume` on
+    /// the queue.
     Read,
     /// Change queue settings, revoke tokens (`admin`).
     Admin,
@@ -85,6 +86,9 @@ pub struct Scopes {
     admin: bool,
     produce: Vec<QueuePattern>,
     consume: Vec<QueuePattern>,
+    /// `read:<pattern>`: only reading (tasks, counts, events), for dashboards
+    /// and monitoring that must not change anything.
+    read: Vec<QueuePattern>,
 }
 
 impl Scopes {
@@ -98,6 +102,8 @@ impl Scopes {
                 scopes.produce.push(pattern);
             } else if let Some(pattern) = word.strip_prefix("consume:").and_then(QueuePattern::parse) {
                 scopes.consume.push(pattern);
+            } else if let Some(pattern) = word.strip_prefix("read:").and_then(QueuePattern::parse) {
+                scopes.read.push(pattern);
             }
         }
         scopes
@@ -105,7 +111,7 @@ impl Scopes {
 
     /// Scopes that allow everything: what every caller has when auth is off.
     pub fn everything() -> Self {
-        Self { admin: true, produce: Vec::new(), consume: Vec::new() }
+        Self { admin: true, ..Self::default() }
     }
 
     /// Whether these scopes allow `access` on `queue`. `admin` allows everything.
@@ -117,7 +123,7 @@ impl Scopes {
         match access {
             Access::Produce => any(&self.produce),
             Access::Consume => any(&self.consume),
-            Access::Read => any(&self.produce) || any(&self.consume),
+            Access::Read => any(&self.produce) || any(&self.consume) || any(&self.read),
             Access::Admin => false,
         }
     }
@@ -130,7 +136,7 @@ impl Scopes {
             || match access {
                 Access::Produce => all(&self.produce),
                 Access::Consume => all(&self.consume),
-                Access::Read => all(&self.produce) || all(&self.consume),
+                Access::Read => all(&self.produce) || all(&self.consume) || all(&self.read),
                 Access::Admin => false,
             }
     }
@@ -147,6 +153,7 @@ impl Scopes {
         }
         out.extend(self.produce.iter().map(|p| format!("produce:{}", p.as_str())));
         out.extend(self.consume.iter().map(|p| format!("consume:{}", p.as_str())));
+        out.extend(self.read.iter().map(|p| format!("read:{}", p.as_str())));
         out
     }
 }
@@ -154,6 +161,19 @@ impl Scopes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_read_scope_reads_and_does_nothing_else() {
+        let scopes = Scopes::parse(["read:billing.*"]);
+        assert!(scopes.allows(Access::Read, "billing.eu"));
+        assert!(!scopes.allows(Access::Read, "emails"));
+        for access in [Access::Produce, Access::Consume, Access::Admin] {
+            assert!(!scopes.allows(access, "billing.eu"), "{access:?}");
+        }
+        assert!(Scopes::parse(["read:*"]).allows_everywhere(Access::Read));
+        assert!(!Scopes::parse(["read:*"]).allows_everywhere(Access::Consume));
+        assert_eq!(scopes.words(), ["read:billing.*"]);
+    }
 
     #[test]
     fn patterns_match_names_and_wildcards() {
@@ -184,7 +204,7 @@ mod tests {
         for bad in ["", "pay ments", "pay/ments", "é", &"a".repeat(MAX_PATTERN_LEN + 1)] {
             assert!(QueuePattern::parse(bad).is_none(), "{bad:?}");
         }
-        let scopes = Scopes::parse(["produce:", "consume:a/b", "produe:x", "Admin", "read:*"]);
+        let scopes = Scopes::parse(["produce:", "consume:a/b", "produe:x", "Admin", "reads:*", "read:"]);
         assert_eq!(scopes, Scopes::default());
         assert!(!scopes.allows(Access::Read, "x"));
     }

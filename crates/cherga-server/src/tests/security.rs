@@ -455,3 +455,55 @@ async fn requests_from_pages_of_other_origins_are_refused() {
     expect_error(secured.send(from("https://evil.example")).await, 403, "forbidden");
     assert_eq!(secured.send(from("https://cherga.example.com")).await.0, 201, "its own origin");
 }
+
+// ---------------------------------------------------------------------------
+// Read-only tokens and the event stream.
+// ---------------------------------------------------------------------------
+
+/// A `read:` token reads tasks and events of its queues and changes nothing;
+/// the event stream gives any token only the events of queues it may read.
+#[tokio::test]
+async fn a_read_token_reads_its_queues_and_their_events_only() {
+    let server = Server::authenticated(|_| {}).await;
+    let admin = format!("Bearer {}", server.token(&["admin"]));
+    let reader = format!("Bearer {}", server.token(&["read:billing.*"]));
+    let send = |method: &str, uri: &str, auth: &str, body: &str| {
+        request(method, uri)
+            .header("authorization", auth)
+            .header("content-type", "application/json")
+            .header("accept", "application/json")
+            .body(Body::from(body.to_owned()))
+            .unwrap()
+    };
+    let task = r#"{"kind": "k"}"#;
+    let (status, billed) = server.send(send("POST", "/v1/queues/billing.eu/tasks", &admin, task)).await;
+    assert_eq!(status, 201, "{billed}");
+    let (status, _) = server.send(send("POST", "/v1/queues/emails/tasks", &admin, task)).await;
+    assert_eq!(status, 201);
+
+    let id = billed["id"].as_str().unwrap();
+    let (status, body) = server.send(send("GET", &format!("/v1/tasks/{id}"), &reader, "")).await;
+    assert_eq!(status, 200, "a read token reads a task of its queues: {body}");
+    let (status, body) = server.send(send("GET", "/v1/queues/billing.eu/tasks", &reader, "")).await;
+    assert_eq!(status, 200, "{body}");
+    expect_error(server.send(send("GET", "/v1/queues/emails/tasks", &reader, "")).await, 403, "forbidden");
+    expect_error(
+        server.send(send("POST", "/v1/queues/billing.eu/tasks", &reader, task)).await,
+        403,
+        "forbidden",
+    );
+    let lease = r#"{"max": 1}"#;
+    expect_error(
+        server.send(send("POST", "/v1/queues/billing.eu/lease", &reader, lease)).await,
+        403,
+        "forbidden",
+    );
+
+    let (status, page) = server.send(send("GET", "/v1/events?after=0", &reader, "")).await;
+    assert_eq!(status, 200, "{page}");
+    let queues: Vec<&str> =
+        page["events"].as_array().unwrap().iter().map(|e| e["data"]["queue"].as_str().unwrap()).collect();
+    assert_eq!(queues, ["billing.eu"], "only the events of the token's queues: {page}");
+    let (status, page) = server.send(send("GET", "/v1/events?after=0", &admin, "")).await;
+    assert_eq!((status, page["events"].as_array().unwrap().len()), (200, 2), "{page}");
+}
