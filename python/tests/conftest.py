@@ -15,10 +15,13 @@ from pathlib import Path
 import pytest
 
 from cherga import Client
-from tests.harness import Server, unique_queue
-
-# A failed test's report shows what the servers logged meanwhile (tests/harness.py).
-from tests.harness import pytest_runtest_makereport, pytest_runtest_protocol  # noqa: F401
+from tests.harness import (
+    Server,
+    # Hooks: a failed test's report shows what the servers logged meanwhile.
+    pytest_runtest_makereport,  # noqa: F401
+    pytest_runtest_protocol,  # noqa: F401
+    unique_queue,
+)
 
 _state: dict[str, object] = {}
 

@@ -168,7 +168,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if not report.failed:
         return
     before = item.stash.get(_LOGS_BEFORE, {})
-    for log, size in sorted(_log_sizes().items()):
+    for log in sorted(_log_sizes()):
         with open(log, "rb") as file:
             file.seek(before.get(log, 0))
             text = file.read().decode(errors="replace")

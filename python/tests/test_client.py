@@ -201,20 +201,57 @@ def test_errors_map_to_classes(client: Client) -> None:
 
 
 def test_ids_and_queue_names_are_sent_as_one_path_segment(client: Client, queue: str) -> None:
-    # Dot segments would be resolved away ("/v1/tasks/.." is "/v1"), an empty
-    # one would name another route, and "/" or "?" would end the segment.
-    for task_id in ("", ".", "..", "a/b", "../queues", "?state=ready", "#x", "%2E"):
-        with pytest.raises(InvalidTaskId):
+    # "/" or "?" would end the segment: they are escaped, and the server
+    # refuses what arrives.
+    for task_id in ("a/b", "../queues", "?state=ready", "#x", "%2E"):
+        with pytest.raises(InvalidTaskId) as refused:
             client.get_task(task_id)
-    # "." and ".." reach the server as names (not as dot segments), which
-    # refuses them: they are no queue names.
-    for name in (".", ".."):
-        with pytest.raises(InvalidQueueName):
-            client.enqueue(name, "k")
-    with pytest.raises(InvalidQueueName):
-        client.enqueue("", "k")
-    with pytest.raises(InvalidQueueName):
+        assert refused.value.status == 400
+    with pytest.raises(InvalidQueueName) as refused:
         client.enqueue("a/b", "k")
+    assert refused.value.status == 400
+
+
+def test_empty_dot_and_dot_dot_are_refused_before_sending() -> None:
+    # An empty segment would name another route, and a URL resolves "." and
+    # ".." away ("/v1/tasks/.." is "/v1"): no queue name or task id is one of
+    # them, so nothing is sent.
+    sent: list[httpx.Request] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(500)
+
+    with Client("http://cherga.test", transport=httpx.MockTransport(record), retries=0) as client:
+        for name in ("", ".", ".."):
+            for method, args, kwargs in (
+                (client.enqueue, (name, "k"), {}),
+                (client.enqueue_many, (name, [NewTask("k")]), {}),
+                (client.lease_tasks, (name,), {}),
+                (client.list_tasks, (name,), {}),
+                (client.get_queue, (name,), {}),
+                (client.configure_queue, (name,), {"paused": True}),
+            ):
+                with pytest.raises(InvalidQueueName) as refused:
+                    method(*args, **kwargs)
+                assert refused.value.status is None and refused.value.code == "invalid_queue_name"
+            for method, args, kwargs in (
+                (client.get_task, (name,), {}),
+                (client.cancel, (name,), {}),
+                (client.retry, (name,), {}),
+                (client.ack, (name,), {"lease": "t"}),
+                (client.nack, (name,), {"lease": "t"}),
+                (client.extend, (name,), {"lease": "t"}),
+            ):
+                with pytest.raises(InvalidTaskId) as refused:
+                    method(*args, **kwargs)
+                assert refused.value.status is None and refused.value.code == "invalid_task_id"
+    assert sent == []
+    # Three dots are a name like any other.
+    with Client("http://cherga.test", transport=httpx.MockTransport(record), retries=0) as client:
+        with pytest.raises(cherga.InternalError):
+            client.enqueue("...", "k")
+    assert [r.url.path for r in sent] == ["/v1/queues/.../tasks"]
 
 
 def test_every_error_code_of_the_server_has_its_class(server: Server) -> None:

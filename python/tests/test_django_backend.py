@@ -10,13 +10,14 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from django.tasks import TaskResultStatus, task_backends
+from django.tasks import TaskResult, TaskResultStatus, task_backends
 from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
+from django.tasks.signals import task_finished
 from django.utils import timezone
 
 from cherga import Client, State
 from tests.djapp.models import Note
-from tests.djapp.tasks import add, async_double, attempt_info, exit_now, fail, write_note
+from tests.djapp.tasks import add, async_double, attempt_info, exit_now, fail, flaky, write_note
 from tests.djhelpers import WORKER_ID, SignalLog, django_worker, result_when_finished
 from tests.harness import PYTHON, subprocess_env, wait_until
 
@@ -84,8 +85,92 @@ def test_failed_task_is_retried_until_its_attempts_run_out(client: Client, queue
     with django_worker("direct", queue):
         failed = result_when_finished(task, result.id)
     assert failed.status == TaskResultStatus.FAILED
-    assert failed.attempts == 3 and failed.worker_ids[-1] == WORKER_ID
-    assert client.get_task(result.id).attempts == 3
+    assert failed.attempts == 3 and failed.worker_ids == [WORKER_ID] * 3
+    # One error per attempt, each the exception as Django records it.
+    assert len(failed.errors) == 3
+    for error in failed.errors:
+        assert error.exception_class is ValueError and error.exception_class_path == "builtins.ValueError"
+        assert error.traceback.startswith("Traceback (most recent call last):")
+        assert error.traceback.endswith("ValueError: flaky\n")
+    cherga_task = client.get_task(result.id)
+    assert cherga_task.attempts == 3 and [a.outcome for a in cherga_task.history] == ["failed"] * 3
+    assert failed.started_at == cherga_task.history[0].started_at
+    assert failed.last_attempted_at == cherga_task.history[-1].started_at
+    assert failed.finished_at == cherga_task.finished_at >= failed.last_attempted_at
+
+
+def finished_attempts(client: Client, task_id: str) -> int:
+    return sum(a.outcome != "running" for a in client.get_task(task_id).history)
+
+
+def test_each_attempt_is_in_the_result(client: Client, queue: str) -> None:
+    """Two failures, then a success, each on another worker: the result has
+    both errors, every worker in order, and the server's times."""
+    client.configure_queue(queue, max_attempts=5, backoff={"initial_ms": 10, "jitter": 0.0}, paused=True)
+    task = flaky.using(backend="direct", queue_name=queue)
+    result = task.enqueue(2)
+
+    def pause(sender: object, task_result: TaskResult, **kwargs: object) -> None:
+        # Sent before the attempt is reported: the next one waits for the next worker.
+        if task_result.id == result.id:
+            client.configure_queue(queue, paused=True)
+
+    workers = ["alpha", "beta", "gamma"]
+    task_finished.connect(pause, weak=False)
+    try:
+        with SignalLog() as log:
+            for n, name in enumerate(workers, start=1):
+                with django_worker("direct", queue, name=name):
+                    client.configure_queue(queue, paused=False)
+                    wait_until(lambda n=n: finished_attempts(client, result.id) == n, what=f"attempt {n}")
+    finally:
+        task_finished.disconnect(pause)
+
+    done = task.get_result(result.id)
+    cherga_task = client.get_task(result.id)
+    history = cherga_task.history
+    assert [(a.attempt, a.worker, a.outcome) for a in history] == [
+        (1, "alpha", "failed"),
+        (2, "beta", "failed"),
+        (3, "gamma", "succeeded"),
+    ]
+    assert done.status == TaskResultStatus.SUCCESSFUL and done.return_value == 3
+    assert done.worker_ids == workers and done.attempts == 3
+    assert len(done.errors) == 2
+    for n, error in enumerate(done.errors, start=1):
+        assert error.exception_class is ValueError and error.exception_class_path == "builtins.ValueError"
+        assert error.traceback.startswith("Traceback (most recent call last):")
+        assert error.traceback.endswith(f"ValueError: attempt {n} failed\n")
+        assert "in flaky" in error.traceback
+    # The server's clock: when each attempt was leased, and when the ack came.
+    assert done.enqueued_at == cherga_task.created_at
+    assert done.started_at == history[0].started_at
+    assert done.last_attempted_at == history[2].started_at
+    assert done.finished_at == cherga_task.finished_at == history[2].finished_at
+    assert done.enqueued_at <= done.started_at < done.last_attempted_at <= done.finished_at
+
+    # The signals carry the same, as far as each attempt knows it.
+    signals = log.results(result.id)
+    assert [(name, str(r.status)) for name, r in signals] == [
+        ("started", "RUNNING"),
+        ("finished", "FAILED"),
+        ("started", "RUNNING"),
+        ("finished", "FAILED"),
+        ("started", "RUNNING"),
+        ("finished", "SUCCESSFUL"),
+    ]
+    for n in (1, 2, 3):
+        started, finished = signals[2 * n - 2][1], signals[2 * n - 1][1]
+        for seen in (started, finished):
+            assert seen.enqueued_at == cherga_task.created_at
+            assert seen.started_at == history[0].started_at
+            assert seen.last_attempted_at == history[n - 1].started_at
+            assert seen.worker_ids == workers[:n]
+        assert [e.traceback for e in started.errors] == [e.traceback for e in done.errors[: n - 1]]
+        assert started.finished_at is None
+        assert finished.finished_at >= finished.last_attempted_at
+    assert [e.traceback for e in signals[3][1].errors] == [e.traceback for e in done.errors]
+    assert signals[5][1].return_value == 3
 
 
 def test_context_and_async_tasks(queue: str) -> None:

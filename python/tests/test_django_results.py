@@ -132,6 +132,41 @@ def test_summarize_history() -> None:
     assert [e.traceback for e in expired.errors] == ["attempt 1: the lease expired"]
 
 
+def test_summarize_history_counts_the_attempts_cherga_dropped() -> None:
+    # cherga keeps the first attempt and the latest 99: here 2 to 50 are gone.
+    kept = [attempt(1, "failed", "2026-11-28T04:51:33.000Z", "2026-11-28T04:51:33.500Z", DJANGO_FAILURE)]
+    kept += [
+        attempt(n, "expired", "2026-11-28T04:52:00.000Z", "2026-11-28T04:52:30.000Z", "lease expired", worker=f"w{n}")
+        for n in range(51, 150)
+    ]
+    kept.append(attempt(150, "running", "2026-11-28T05:00:00.000Z", None, worker="last"))
+    summary = summarize_history([Attempt.from_wire(a) for a in kept])
+    assert len(summary.worker_ids) == 150  # Django's attempts: every one, kept or not
+    assert summary.worker_ids[:2] == ["w1", "unknown"] and summary.worker_ids[49:52] == ["unknown", "w51", "w52"]
+    assert summary.worker_ids[-1] == "last"
+    assert [e.traceback for e in summary.errors[:3]] == [
+        "Traceback ...\nValueError: declined",
+        "attempts 2 to 50 failed or expired; cherga keeps no record of them",
+        "lease expired",
+    ]
+    assert len(summary.errors) == 1 + 1 + 99 and summary.errors[1].exception_class is RemoteTaskError
+    assert summary.started_at == at("2026-11-28T04:51:33.000Z")
+    assert summary.last_attempted_at == at("2026-11-28T05:00:00.000Z")
+
+    one_gap = summarize_history(
+        [
+            Attempt.from_wire(attempt(n, "failed", "2026-11-28T04:51:33.000Z", "2026-11-28T04:51:34.000Z"))
+            for n in (1, 3)
+        ]
+    )
+    assert one_gap.worker_ids == ["w1", "unknown", "w1"]
+    assert [e.traceback for e in one_gap.errors] == [
+        "attempt 1 failed",
+        "attempt 2 failed or expired; cherga keeps no record of them",
+        "attempt 3 failed",
+    ]
+
+
 def test_the_history_fills_the_result_when_the_server_sends_it() -> None:
     report = {"return_value": 3, "started_at": "2026-11-28T04:53:00.000100+00:00", "worker_id": "w3"}
     done = result_of(

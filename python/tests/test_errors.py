@@ -16,12 +16,18 @@ ERROR_RS = PYTHON_DIR.parent / "crates" / "cherga-api" / "src" / "error.rs"
 
 def server_codes() -> dict[str, int]:
     """Each code of the server's ``ErrorCode`` with its HTTP status, read from
-    the one table that defines both in the Rust source
-    (``Variant = "code" => status`` in ``error_codes!``)."""
+    the Rust source: the ``error_codes!`` table, one ``Variant = "code" =>
+    status,`` line per code."""
     assert ERROR_RS.is_file(), f"{ERROR_RS} not found: the test reads the server's error codes from it"
-    rows = re.findall(r'^\s*(\w+)\s*=\s*"([a-z_]+)"\s*=>\s*(\d{3})\s*,', ERROR_RS.read_text(), re.M)
-    assert rows, f"no `Variant = \"code\" => status` rows in {ERROR_RS}"
-    return {code: int(status) for _variant, code, status in rows}
+    source = ERROR_RS.read_text()
+    table = re.search(r"^error_codes! \{\n(.*?)^\}", source, re.S | re.M)
+    assert table, f"no `error_codes! {{ ... }}` table in {ERROR_RS}"
+    rows = re.findall(r'^\s*(\w+) = "([a-z_]+)" => (\d{3}),$', table.group(1), re.M)
+    # Every line is a doc comment or a row: a row this pattern misses is a failure, not a skip.
+    lines = [line.strip() for line in table.group(1).splitlines()]
+    assert len(rows) == sum(1 for line in lines if line and not line.startswith("///")), table.group(1)
+    assert rows, table.group(1)
+    return {code: int(status) for _, code, status in rows}
 
 
 def test_the_client_knows_every_error_code_of_the_server() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import inspect
+import json
 import os
 import signal
 import subprocess
@@ -298,6 +299,89 @@ def test_a_busy_worker_acks_each_task_with_its_next_lease(client: Client, queue:
     # While the only slot is taken the poller waits, so every ack goes with the
     # lease request its slot allows; none needs a request of its own.
     assert calls["lease_and_ack"] >= 9 and calls["ack"] <= 1, calls
+
+
+# cherga's default --max-payload-bytes is 1 MiB.
+TOO_LARGE = "x" * (1024 * 1024 + 1)
+
+
+@pytest.mark.parametrize("with_next_lease", [True, False], ids=["acked-with-the-next-lease", "acked-alone"])
+def test_a_result_the_server_refuses_nacks_the_task(client: Client, queue: str, with_next_lease: bool) -> None:
+    # Sending it again cannot help: the task fails now, with the server's
+    # reason, rather than waiting for its lease to run out (30 s) to run again.
+    worker = Worker(queue, client=client, concurrency=1 if with_next_lease else 2, wait_ms=200)
+    calls = count_calls(client, ("ack", "lease_and_ack", "nack"))
+
+    @worker.task("big")
+    def big(task: Task) -> str:
+        if with_next_lease:
+            wait_until(lambda: worker._poller_waiting, what="the poller to wait for this slot")
+        return TOO_LARGE
+
+    @worker.task("echo")
+    def echo(task: Task) -> object:
+        return task.payload
+
+    refused = client.enqueue(queue, "big", max_attempts=1).id
+    worker.start()
+    try:
+        dead = wait_until(lambda: finished(client, refused), what="the task whose result was refused")
+        # The worker goes on.
+        after = client.enqueue(queue, "echo", {"n": 1}).id
+        assert wait_until(lambda: finished(client, after), what="the next task").result == {"n": 1}
+    finally:
+        worker.stop()
+        assert worker.join(15), "worker did not stop"
+    assert worker.crashed is None
+    assert dead.state == State.DEAD and dead.attempts == 1, dead
+    assert dead.last_error is not None and dead.last_error.startswith("the server refused the handler's result: ")
+    assert "payload_too_large: result is" in dead.last_error, dead.last_error
+    assert calls["lease_and_ack" if with_next_lease else "ack"] >= 1 and calls["nack"] == 1, calls
+
+
+@pytest.mark.parametrize(
+    ("result", "why", "with_next_lease"),
+    [(TOO_LARGE, "payload_too_large: result is", True), (json.loads("[" * 200 + "]" * 200), "invalid_json: ", False)],
+    # Too deep: the whole lease request carrying the ack is refused, when the
+    # ack went with one; the ack is then sent alone, and refused again.
+    ids=["too-large-acked-with-the-next-lease", "too-deep"],
+)
+def test_an_async_worker_nacks_a_result_the_server_refuses(
+    server: Server, queue: str, result: object, why: str, with_next_lease: bool
+) -> None:
+    async def main() -> tuple[Task, Task, collections.Counter[str]]:
+        async with AsyncClient(server.url) as client:
+            worker = AsyncWorker(queue, client=client, concurrency=1 if with_next_lease else 2, wait_ms=200)
+            calls = count_calls(client, ("ack", "lease_and_ack", "nack"))
+
+            @worker.task("refused")
+            async def refused(task: Task) -> object:
+                if with_next_lease:
+                    await wait_until_async(lambda: worker._poller_waiting, what="the poller to wait for this slot")
+                return result
+
+            @worker.task("echo")
+            async def echo(task: Task) -> object:
+                return task.payload
+
+            async def finished_async(task_id: str) -> Task | None:
+                task = await client.get_task(task_id)
+                return task if task.finished else None
+
+            refused_id = (await client.enqueue(queue, "refused", max_attempts=1)).id
+            serving = asyncio.create_task(worker.serve())
+            dead = await wait_until_async(lambda: finished_async(refused_id), what="the refused task")
+            after_id = (await client.enqueue(queue, "echo", {"n": 1})).id
+            after = await wait_until_async(lambda: finished_async(after_id), what="the next task")
+            worker.stop()
+            await asyncio.wait_for(serving, 10)
+            return dead, after, calls
+
+    dead, after, calls = asyncio.run(main())
+    assert dead.state == State.DEAD and dead.attempts == 1, dead
+    assert dead.last_error is not None and dead.last_error.startswith(f"the server refused the handler's result: {why}")
+    assert calls["lease_and_ack" if with_next_lease else "ack"] >= 1 and calls["nack"] == 1, calls
+    assert after.result == {"n": 1}
 
 
 def test_worker_extends_leases_while_a_handler_runs(client: Client, queue: str) -> None:

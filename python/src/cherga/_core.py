@@ -147,14 +147,16 @@ def queue_path(queue: str) -> str:
 
 
 def _segment(value: str, error: type[ChergaError], what: str) -> str:
-    """``value`` as exactly one path segment, whatever it holds. ``quote``
-    leaves dots alone, and a URL's "." and ".." segments are resolved away
-    (``/v1/tasks/..`` is ``/v1``), so those are percent-encoded too. An empty
-    segment cannot be sent: it is refused as the server would refuse it."""
+    """``value`` as exactly one path segment, whatever it holds (``/`` and
+    ``?`` are percent-encoded). An empty segment, ``.`` and ``..`` cannot be
+    sent as one (an empty segment names another route, and a URL's ``.`` and
+    ``..`` segments are resolved away: ``/v1/tasks/..`` is ``/v1``); none of
+    them is a queue name or a task id, so they are refused before anything is
+    sent, with the error the server answers for them (``status`` ``None``)."""
     if not value:
         raise error(f"the {what} is empty", status=None)
     if value in (".", ".."):
-        return value.replace(".", "%2E")
+        raise error(f"{value!r} is not a {what}: a URL path resolves '.' and '..' away", status=None)
     return quote(value, safe="")
 
 

@@ -33,6 +33,10 @@ Invariants:
   is sent again on its own (acks are idempotent).
 - Every leased task is reported (ack or nack) with the token it was delivered
   under. ``LeaseLost`` is never retried: the task belongs to someone else now.
+- A result that cannot be acked — not JSON, or refused by the server (nested
+  deeper than its ``--max-json-depth``, larger than its payload limit) — is
+  not sent again: the task is nacked with the reason, at once, and retried
+  after the queue's backoff like any failure.
 - A task that ran is never handed back for an immediate retry: whatever its
   handler raised (``SystemExit`` and ``KeyboardInterrupt`` included, which only
   the handler's own code can raise in a handler thread) is a failure, retried
@@ -66,7 +70,7 @@ from typing import Any
 
 from ._outcome import Dead, Nack, Retry, failure, hand_back, outcome_name, undecodable
 from .client import AsyncClient, Client
-from .errors import ChergaError, TooManyRequests
+from .errors import ChergaError, InvalidJson, PayloadTooLarge, TooManyRequests
 from .lease import AsyncHeartbeat, Heartbeat, log_settle_failure
 from .types import Task
 
@@ -261,7 +265,8 @@ class Worker(_Registry):
                         tasks, results = self.client.lease_and_ack(
                             self.queue, acks, max=free, wait_ms=self.wait_ms, lease_ms=self.lease_ms, worker=self.name
                         )
-                        _log_refused_acks(acks, results)
+                        for task, nack in _refused_acks(acks, results):
+                            self._send_report(task, nack)
                     else:
                         tasks = self.client.lease_tasks(
                             self.queue, max=free, wait_ms=self.wait_ms, lease_ms=self.lease_ms, worker=self.name
@@ -355,8 +360,8 @@ class Worker(_Registry):
             if nack is None:
                 try:
                     self.client.ack(task, result)
-                except NOT_JSON as error:
-                    not_json = f"the handler's result is not JSON: {error}"
+                except RESULT_REFUSED as error:
+                    not_json = _why_refused(error)
                     self.client.nack(task, error=not_json)
             else:
                 self.client.nack(task, **nack.kwargs())
@@ -371,6 +376,20 @@ class Worker(_Registry):
 # encode, NaN or an infinity (httpx refuses them, as JSON has none), nesting
 # deeper than the encoder recurses.
 NOT_JSON = (TypeError, ValueError, RecursionError)
+# What an ack raises when the server refuses the result itself: nested deeper
+# than its --max-json-depth (or JSON it cannot read, such as a lone
+# surrogate), or larger than its payload limit. Sending it again cannot help:
+# the task is nacked, as for a result that is not JSON, rather than left
+# running until its lease expires and run again to the same end.
+REFUSED_BY_SERVER = (InvalidJson, PayloadTooLarge)
+RESULT_REFUSED = (*NOT_JSON, *REFUSED_BY_SERVER)
+
+
+def _why_refused(error: BaseException) -> str:
+    """The nack's error for a result that could not be acked (``RESULT_REFUSED``)."""
+    if isinstance(error, REFUSED_BY_SERVER):
+        return f"the server refused the handler's result: {error}"
+    return f"the handler's result is not JSON: {error}"
 
 
 def _json_ok(result: Any) -> bool:
@@ -411,10 +430,18 @@ def _pause(error: ChergaError, delay: float) -> float:
     return delay
 
 
-def _log_refused_acks(acks: list[tuple[Task, Any]], results: list[Any]) -> None:
+def _refused_acks(acks: list[tuple[Task, Any]], results: list[Any]) -> list[tuple[Task, Nack]]:
+    """Logs the acks a lease request refused, and returns the nacks to send
+    for those refused for their result (``REFUSED_BY_SERVER``)."""
+    nacks = []
     for (task, _), outcome in zip(acks, results, strict=False):
-        if outcome.error is not None:
+        if isinstance(outcome.error, REFUSED_BY_SERVER):
+            reason = _why_refused(outcome.error)
+            log.warning("task %s: %s; nacking it", task.id, reason)
+            nacks.append((task, Nack(error=reason)))
+        elif outcome.error is not None:
             log_settle_failure(task, outcome.error, "ack")
+    return nacks
 
 
 def run_workers(workers: Iterable[Worker], *, install_signal_handlers: bool = True) -> None:
@@ -579,7 +606,8 @@ class AsyncWorker(_Registry):
                     tasks, results = await client.lease_and_ack(
                         self.queue, acks, max=free, wait_ms=self.wait_ms, lease_ms=self.lease_ms, worker=self.name
                     )
-                    _log_refused_acks(acks, results)
+                    for task, nack in _refused_acks(acks, results):
+                        await self._send_report(client, task, nack)
                 else:
                     tasks = await client.lease_tasks(
                         self.queue, max=free, wait_ms=self.wait_ms, lease_ms=self.lease_ms, worker=self.name
@@ -668,8 +696,8 @@ class AsyncWorker(_Registry):
             if nack is None:
                 try:
                     await client.ack(task, result)
-                except NOT_JSON as error:
-                    not_json = f"the handler's result is not JSON: {error}"
+                except RESULT_REFUSED as error:
+                    not_json = _why_refused(error)
                     await client.nack(task, error=not_json)
             else:
                 await client.nack(task, **nack.kwargs())

@@ -23,6 +23,14 @@ def attempt_info(context, tag: str) -> dict:
     return {"tag": tag, "attempt": context.attempt, "result_id": context.task_result.id}
 
 
+@task(takes_context=True)
+def flaky(context, failures: int) -> int:
+    """Fails its first ``failures`` attempts; returns the attempt it succeeded on."""
+    if context.attempt <= failures:
+        raise ValueError(f"attempt {context.attempt} failed")
+    return context.attempt
+
+
 @task
 async def async_double(x: int) -> int:
     await asyncio.sleep(0)

@@ -38,10 +38,11 @@ is no task at all, raises ``TaskResultDoesNotExist``.
 Attempts: on a server that keeps each task's attempt history, ``errors`` has
 one entry per failed or expired attempt, ``worker_ids`` one per attempt,
 ``started_at`` is the first attempt's start and ``last_attempted_at`` the
-last one's, all of the server's clock. Without it, the last attempt's error,
-worker and times are all there is, the times from the Django worker's clock.
-Either way the times are in order: ``enqueued_at <= started_at <=
-last_attempted_at <= finished_at``.
+last one's, all of the server's clock (``summarize_history``; the signals
+see the same, ``runner``). Without it, the last attempt's error, worker and
+times are all there is, the times from the Django worker's clock. Either way
+the times are in order: ``enqueued_at <= started_at <= last_attempted_at <=
+finished_at``.
 """
 
 from __future__ import annotations
@@ -399,21 +400,35 @@ def summarize_history(history: Sequence[cherga_types.Attempt]) -> Attempts:
     """The attempts from cherga's history of them (``Task.history``): one
     ``TaskError`` per attempt that failed or expired (the exception a Django
     worker recorded, else ``RemoteTaskError`` with cherga's text), one worker
-    id per attempt, the first attempt's start and the last one's."""
+    id per attempt, the first attempt's start and the last one's.
+
+    cherga keeps the first attempt and the latest 99: the attempts it dropped
+    in between (their numbers are missing) each count as a worker id
+    ``"unknown"``, so that ``attempts`` stays the number of attempts, and
+    together as one ``RemoteTaskError`` that names them. Every attempt but the
+    last failed or expired: an ack ends the task."""
     attempts = sorted(history, key=lambda attempt: attempt.attempt)
     errors = []
+    worker_ids = []
+    previous = 0
     for attempt in attempts:
+        if attempt.attempt > previous + 1:
+            dropped = range(previous + 1, attempt.attempt)
+            worker_ids += ["unknown"] * len(dropped)
+            which = f"attempt {dropped[0]}" if len(dropped) == 1 else f"attempts {dropped[0]} to {dropped[-1]}"
+            errors.append(_task_error(error_report(f"{which} failed or expired; cherga keeps no record of them")))
+        previous = attempt.attempt
+        worker_ids.append(attempt.worker or "unknown")
         if attempt.outcome == cherga_types.AttemptOutcome.FAILED:
             failure = error_report(attempt.error or f"attempt {attempt.attempt} failed")
         elif attempt.outcome == cherga_types.AttemptOutcome.EXPIRED:
             failure = error_report(attempt.error or f"attempt {attempt.attempt}: the lease expired")
         else:
             continue
-        assert failure is not None
         errors.append(_task_error(failure))
     return Attempts(
         errors=errors,
-        worker_ids=[attempt.worker or "unknown" for attempt in attempts],
+        worker_ids=worker_ids,
         started_at=attempts[0].started_at if attempts else None,
         last_attempted_at=attempts[-1].started_at if attempts else None,
     )
@@ -451,7 +466,8 @@ def _last_attempt(
     return Attempts(errors, worker_ids, started_at, started_at), finished_at
 
 
-def _task_error(failure: dict[str, Any]) -> TaskError:
+def _task_error(failure: dict[str, Any] | None) -> TaskError:
+    assert failure is not None
     return TaskError(exception_class_path=failure["exception_class_path"], traceback=failure.get("traceback", ""))
 
 
