@@ -522,7 +522,7 @@ fn token_issue_takes_one_scope_per_flag() {
     };
     let ok = issue(&["produce:q1", "admin"]);
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
-    for bad in ["produce:q1 admin", "admin\tconsume:*", "produce:", "read:*"] {
+    for bad in ["produce:q1 admin", "admin\tconsume:*", "produce:", "read", "write:*"] {
         let refused = issue(&[bad]);
         let stderr = String::from_utf8_lossy(&refused.stderr);
         assert!(
