@@ -1,0 +1,207 @@
+//! The writer lock and batches: whoever holds the lock runs jobs as one
+//! transaction, commits it, and has the answers sent after the sync; a batch
+//! that fails is rolled back and memory rebuilt from disk.
+
+use super::Engine;
+use crate::checkpoint::Checkpointer;
+use crate::rows::{Db, RowWriter};
+use crate::sync::{Pace, Syncer};
+use crate::{Job, Reply};
+use cherga_store::{Effects, StoreError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, mpsc};
+
+/// Most jobs in one transaction: bounds the latency a single commit adds.
+const MAX_BATCH: usize = 2048;
+
+/// What the writer lock guards: the connection and the index ([`Engine`]), the
+/// syncer, the checkpointer and the pace of batches. Whoever holds it is the
+/// only user of the connection: the writer thread, which takes every job waiting
+/// and runs them as one batch, or a caller that found the writer idle and runs
+/// its own job as a batch of one, syncing and answering itself (no hand-over to
+/// the writer thread and back).
+///
+/// Batches are group-committed: the syncer fdatasyncs the WAL for every batch
+/// committed since its last sync and only then answers, while the next batch
+/// runs. While batches rarely collide with the fsync before them ([`Pace`]), a
+/// batch that nothing waits behind is synced and answered by whoever ran it.
+pub struct Writer {
+    engine: Engine,
+    syncer: Syncer,
+    checkpointer: Checkpointer,
+    pace: Pace,
+    /// Jobs were waiting when the last batch was answered: the next batch
+    /// collides with it.
+    collided: bool,
+    /// Set by [`Writer::finish`]: no batch runs any more.
+    closed: bool,
+}
+
+impl Writer {
+    pub fn new(engine: Engine, syncer: Syncer, checkpointer: Checkpointer) -> Self {
+        Self { engine, syncer, checkpointer, pace: Pace::default(), collided: false, closed: false }
+    }
+
+    /// Whether a caller may run its job now instead of queueing it for the
+    /// writer thread: nothing is being synced and batches have been quiet.
+    /// (The caller also checks that no job waits.)
+    pub fn idle(&self) -> bool {
+        !self.closed && !self.collided && self.pace.quiet() && !self.syncer.busy()
+    }
+
+    /// Runs `batch`, commits it and has it answered; `queued` counts jobs sent to
+    /// the writer thread and not yet taken. Only before [`Writer::finish`]: the
+    /// writer thread finishes after its last batch, and callers run theirs only
+    /// while [`Writer::idle`].
+    pub fn run(&mut self, batch: Vec<Job>, queued: &AtomicUsize) {
+        // A batch that starts while the last one is still being synced, or right
+        // behind jobs that waited for it, is a collision.
+        let collided = std::mem::take(&mut self.collided) || self.syncer.busy();
+        self.pace.batch(collided);
+        let Self { engine, syncer, checkpointer, pace, .. } = self;
+        engine.run_batch(batch, |engine, replies| {
+            syncer.after_commit(replies, queued.load(Ordering::Acquire) > 0, pace);
+            checkpointer.after_commit(&engine.conn);
+        });
+        self.collided = queued.load(Ordering::Acquire) > 0;
+    }
+
+    /// Answers what is in flight, settles the dirty tasks and checkpoints the WAL;
+    /// later batches are refused.
+    pub fn finish(&mut self) {
+        self.closed = true;
+        // Every answer is sent before the connection closes.
+        self.syncer.finish();
+        if let Err(e) = self.engine.settle_all() {
+            let error = &e as &dyn std::error::Error;
+            tracing::warn!(
+                error,
+                "could not settle the dirty tasks at close; the journal will be replayed at next open"
+            );
+        }
+        self.checkpointer.finish();
+        if let Err(e) = self.engine.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+            tracing::warn!(error = %e, "checkpoint at close failed; the WAL will be replayed at next open");
+        }
+    }
+}
+
+/// The writer thread: takes every job waiting (at most [`MAX_BATCH`]) and runs
+/// them as one batch under the writer lock, until the channel closes.
+pub fn run_writer(writer: &Mutex<Writer>, jobs: &mpsc::Receiver<Job>, queued: &AtomicUsize) {
+    while let Ok(first) = jobs.recv() {
+        let mut writer = writer.lock().expect("writer lock");
+        let mut batch = Vec::with_capacity(64);
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        queued.fetch_sub(batch.len(), Ordering::AcqRel);
+        writer.run(batch, queued);
+    }
+    writer.lock().expect("writer lock").finish();
+}
+
+impl Engine {
+    /// Runs a statement without parameters, prepared once.
+    pub(super) fn statement(&self, sql: &str) -> rusqlite::Result<()> {
+        self.conn.prepare_cached(sql)?.execute([]).map(drop)
+    }
+
+    pub fn poison(&mut self) {
+        self.poisoned = true;
+    }
+
+    /// What the job that just ran changed; the next job starts with none.
+    pub fn take_effects(&mut self) -> Effects {
+        std::mem::take(&mut self.mem.effects)
+    }
+
+    /// Runs `batch` in one transaction; the answers, once it committed, are for
+    /// `answer` (the syncer's or the writer's own sync). On failure the batch is
+    /// rolled back, the index rebuilt from disk, and every caller answered at once.
+    pub(super) fn run_batch(&mut self, batch: Vec<Job>, answer: impl FnOnce(&mut Self, Vec<Reply>)) {
+        let mut replies: Vec<Reply>;
+        let mut last_event = None;
+        let outcome = match self.statement("BEGIN IMMEDIATE") {
+            Ok(()) => {
+                replies = batch.into_iter().map(|job| job(Some(&mut *self))).collect();
+                if !self.poisoned {
+                    match self.mem.finish_batch(&self.conn) {
+                        Ok(last) => last_event = last,
+                        Err(e) => {
+                            tracing::error!(error = %e, "could not write the batch's journal or events");
+                            self.poisoned = true;
+                        }
+                    }
+                }
+                if self.poisoned {
+                    Err("a statement failed; the batch was rolled back".to_owned())
+                } else {
+                    self.statement("COMMIT").map_err(|e| e.to_string())
+                }
+            }
+            Err(e) => {
+                replies = batch.into_iter().map(|job| job(None)).collect();
+                Err(e.to_string())
+            }
+        };
+        match outcome {
+            Ok(()) => {
+                if let Some(last) = last_event {
+                    // First of the batch's answers, so that a caller who hears of
+                    // its change can read the change's events.
+                    let durable = self.events_durable.clone();
+                    replies.insert(
+                        0,
+                        Box::new(move |commit: Result<(), String>| {
+                            if commit.is_ok() {
+                                durable.fetch_max(last, Ordering::AcqRel);
+                            }
+                        }),
+                    );
+                }
+                answer(self, replies)
+            }
+            Err(message) => {
+                tracing::error!(error = %message, "batch failed; rolling back and rebuilding the index");
+                let _ = self.conn.execute_batch("ROLLBACK");
+                self.poisoned = false;
+                if let Err(e) = self.rebuild() {
+                    tracing::error!(error = %e, "could not rebuild the index after a failed batch");
+                }
+                // Nothing of a rolled-back batch needs the disk: answer now.
+                for reply in replies {
+                    reply(Err(message.clone()));
+                }
+            }
+        }
+    }
+
+    /// Writes every dirty task to its row and empties the journal, in one
+    /// transaction, so that the next open has nothing to replay. Nothing waits
+    /// for it: the same state is durable in the journal already.
+    pub(super) fn settle_all(&mut self) -> Result<(), StoreError> {
+        if self.mem.dirty.is_empty() && self.mem.retained.is_empty() {
+            return Ok(());
+        }
+        let tx = self.conn.unchecked_transaction().db()?;
+        {
+            let mut rows = RowWriter::new(&tx);
+            for dirty in self.mem.dirty.values() {
+                rows.write(&dirty.task, self.mem.qid(&dirty.task.queue), dirty.has_row)?;
+            }
+        }
+        tx.execute("DELETE FROM journal", []).db()?;
+        tx.commit().db()?;
+        self.mem.dirty.clear();
+        self.mem.order.clear();
+        self.mem.retained.clear();
+        self.mem.dirty_bytes = 0;
+        self.mem.journal_bytes = 0;
+        Ok(())
+    }
+}
