@@ -17,7 +17,10 @@ pub use history::{Attempt, AttemptOutcome, AttemptRef, History, HistoryError};
 pub use index::{Index, Loader, SeqHash, TaskSlot};
 pub use queue::{QueueName, QueueSettings, QueueSettingsPatch};
 pub use retry::Backoff;
-pub use task::{AckOutcome, Lease, LeaseToken, NewTask, Refusal, Task, TaskId, TaskState, fingerprint};
+pub use task::{
+    AckOutcome, KeyResolution, Lease, LeaseToken, NewTask, Refusal, Task, TaskId, TaskState, fingerprint,
+    resolve_key,
+};
 
 /// Milliseconds since the Unix epoch. All times in cherga are of this unit.
 pub type Millis = i64;

@@ -206,6 +206,23 @@ pub fn fingerprint(task: &NewTask) -> u64 {
     hash
 }
 
+/// What an enqueue under an idempotency key that a task already holds (within the
+/// key's window) comes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyResolution {
+    /// The same request again: answered with the task that holds the key, as it is now.
+    Replay,
+    /// Another request under the same key: refused, naming the task that holds it.
+    Reused,
+}
+
+/// Resolves an enqueue of `new` under an idempotency key taken by a request whose
+/// [`fingerprint`] was `held_print`. Every store answers a held key through this
+/// function, so that they agree on what counts as the same request.
+pub fn resolve_key(held_print: u64, new: &NewTask) -> KeyResolution {
+    if held_print == fingerprint(new) { KeyResolution::Replay } else { KeyResolution::Reused }
+}
+
 /// A task as stored.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Task {

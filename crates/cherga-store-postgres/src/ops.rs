@@ -430,10 +430,9 @@ pub async fn enqueue(
                     stored.insert(key, held.remove(key).unwrap_or((0, None)));
                 }
                 match stored.get(key) {
-                    Some((print, Some(task))) if *print == fingerprint(new) as i64 => {
-                        Ok(Enqueued::Replayed(task.clone()))
+                    Some((print, Some(holder))) => {
+                        Enqueued::under_held_key(*print as u64, holder.clone(), new)
                     }
-                    Some((_, Some(task))) => Err(StoreError::KeyReused(task.id)),
                     _ => Err(StoreError::Corrupt(format!("idempotency key {key:?} names a missing task"))),
                 }
             }

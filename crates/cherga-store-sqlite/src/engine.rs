@@ -422,8 +422,6 @@ fn enqueue_one(
     settings: &QueueSettings,
     now: Millis,
 ) -> Result<Result<Enqueued, StoreError>, StoreError> {
-    // Only a keyed request needs its fingerprint (hashing the payload byte by byte).
-    let print = new.idempotency_key.as_ref().map_or(0, |_| fingerprint(&new) as i64);
     if let Some(key) = &new.idempotency_key {
         let seen: Option<(i64, i64)> = conn
             .prepare_cached(
@@ -434,15 +432,13 @@ fn enqueue_one(
             .query_row(params![queue, key, now], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()
             .db()?;
-        if let Some((seen_print, seq)) = seen {
-            let task = mem.task(conn, seq as u64)?;
-            return Ok(if seen_print == print {
-                Ok(Enqueued::Replayed(task))
-            } else {
-                Err(StoreError::KeyReused(task.id))
-            });
+        if let Some((held_print, seq)) = seen {
+            let holder = mem.task(conn, seq as u64)?;
+            return Ok(Enqueued::under_held_key(held_print as u64, holder, &new));
         }
     }
+    // Only a keyed request needs its fingerprint (hashing the payload byte by byte).
+    let print = new.idempotency_key.as_ref().map_or(0, |_| fingerprint(&new) as i64);
     let task = Task::create(queue, new, settings, seq, now);
     if let Some(key) = &task.idempotency_key {
         conn.prepare_cached(

@@ -10,7 +10,8 @@
 //! **Boundary:** no HTTP and no SQL types cross this trait.
 
 use cherga_core::{
-    Millis, NewTask, QueueName, QueueSettings, QueueSettingsPatch, Refusal, Task, TaskId, TaskState,
+    KeyResolution, Millis, NewTask, QueueName, QueueSettings, QueueSettingsPatch, Refusal, Task, TaskId,
+    TaskState,
 };
 use std::future::Future;
 
@@ -60,6 +61,20 @@ pub enum Enqueued {
 }
 
 impl Enqueued {
+    /// The answer to an enqueue of `new` under an idempotency key that `holder`
+    /// holds, taken by a request whose fingerprint was `held_print`
+    /// ([`cherga_core::resolve_key`]): a replay, or [`StoreError::KeyReused`].
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::KeyReused`] when `new` is not the request that took the key.
+    pub fn under_held_key(held_print: u64, holder: Task, new: &NewTask) -> Result<Enqueued, StoreError> {
+        match cherga_core::resolve_key(held_print, new) {
+            KeyResolution::Replay => Ok(Enqueued::Replayed(holder)),
+            KeyResolution::Reused => Err(StoreError::KeyReused(holder.id)),
+        }
+    }
+
     pub fn task(&self) -> &Task {
         match self {
             Enqueued::Created(t) | Enqueued::Replayed(t) => t,

@@ -328,6 +328,17 @@ fn fingerprint_sees_every_requested_field_but_run_at() {
 }
 
 #[test]
+fn a_held_key_replays_the_same_request_and_refuses_another() {
+    let first = NewTask { idempotency_key: Some("k".into()), ..new_task() };
+    let print = fingerprint(&first);
+    assert_eq!(resolve_key(print, &first), KeyResolution::Replay);
+    // A retry may come with a new `run_at` and is still the same request.
+    assert_eq!(resolve_key(print, &NewTask { run_at: Some(T0 + 5), ..first.clone() }), KeyResolution::Replay);
+    let other = NewTask { payload: r#"{"order":2}"#.into(), ..first };
+    assert_eq!(resolve_key(print, &other), KeyResolution::Reused);
+}
+
+#[test]
 fn states_round_trip_through_codes_and_names() {
     for s in TaskState::ALL {
         assert_eq!(TaskState::from_code(s.code()), Some(s));
