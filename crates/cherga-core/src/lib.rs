@@ -7,14 +7,12 @@
 
 pub mod change;
 pub mod history;
-pub mod index;
 pub mod queue;
 pub mod retry;
 pub mod task;
 
 pub use change::{Change, Transition};
 pub use history::{Attempt, AttemptOutcome, AttemptRef, History, HistoryError};
-pub use index::{Index, Loader, SeqHash, TaskSlot};
 pub use queue::{QueueName, QueueSettings, QueueSettingsPatch};
 pub use retry::Backoff;
 pub use task::{

@@ -17,7 +17,7 @@
 //! Invariants:
 //! - the holder of the writer lock (the writer thread, or a caller running its
 //!   own batch) is the only user of the connection and of the in-memory
-//!   [`Index`], so index and rows change together, in one order;
+//!   [`Index`](index::Index), so index and rows change together, in one order;
 //! - no caller hears `Ok` before the commit that holds its change returned and an
 //!   fdatasync of the WAL begun after that commit completed;
 //! - when a batch fails, it is rolled back whole, every caller in it gets
@@ -26,6 +26,7 @@
 mod checkpoint;
 mod dir;
 mod engine;
+mod index;
 mod journal;
 mod rows;
 mod schema;

@@ -19,9 +19,10 @@
 //!   tasks are settled.
 
 use crate::Limits;
+use crate::index::{Index, SeqHash};
 use crate::journal;
 use crate::rows::{self, Db, RowWriter};
-use cherga_core::{Change, Index, Millis, SeqHash, Task, TaskId, TaskState, Transition};
+use cherga_core::{Change, Millis, Task, TaskId, TaskState, Transition};
 use cherga_store::events::EventBatch;
 use cherga_store::{Effects, EventId, StoreError};
 use rusqlite::{Connection, params};

@@ -6,10 +6,11 @@
 use super::Engine;
 use super::memory::{Dirty, Memory, task_bytes};
 use crate::checkpoint;
+use crate::index::TaskSlot;
 use crate::journal::{self, Record};
 use crate::rows::{self, Db, QUEUE_COLUMNS};
 use crate::{Options, schema, seqs};
-use cherga_core::{Millis, TaskSlot, TaskState};
+use cherga_core::{Millis, TaskState};
 use cherga_store::{EventId, StoreError};
 use rusqlite::{Connection, OptionalExtension};
 use std::collections::HashMap;
@@ -87,7 +88,7 @@ impl Engine {
             )
             .db()?;
         // The index's table makes each chunk that follows another at its full
-        // size (see `cherga_core::index`), so the scan needs no room reserved;
+        // size (see `index.rs`), so the scan needs no room reserved;
         // the loader shrinks the chunks it filled only in part.
         {
             let mut stmt = self

@@ -1,8 +1,9 @@
 //! The index of unfinished tasks that decides which task is leased next.
 //!
-//! A store that keeps its rows elsewhere (the embedded store keeps them in SQLite)
-//! keeps this index in memory beside them and rebuilds it at start-up. It holds no
-//! payloads: only what ordering, the group rule and the concurrency limit need.
+//! The embedded store keeps its rows in SQLite and this index in memory beside
+//! them, and rebuilds it at start-up. It holds no payloads: only what ordering,
+//! the group rule and the concurrency limit need. It knows nothing of SQL: the
+//! engine tells it of every change.
 //!
 //! Invariants the index keeps, whatever sequence of [`Index::upsert`] calls it sees:
 //! - a task is offered by [`Index::pick`] only when it is ready, its queue is not
@@ -12,8 +13,7 @@
 //!   enqueue order (`seq`);
 //! - counts per state are those of the tasks the index was told about.
 
-use crate::Millis;
-use crate::task::{Task, TaskState};
+use cherga_core::{Millis, Task, TaskState};
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -381,11 +381,6 @@ impl Index {
         self.tasks.get(seq).map(|slot| slot.state)
     }
 
-    /// Whether `queue` has a task that [`Index::pick`] would offer now.
-    pub fn has_ready(&self, queue: &str) -> bool {
-        !self.pick(queue, 1).is_empty()
-    }
-
     /// Counts per state of `queue`, in the order of [`TaskState::ALL`].
     pub fn counts(&self, queue: &str) -> [u64; 6] {
         self.queue(queue).map_or([0; 6], |q| q.counts)
@@ -410,17 +405,15 @@ impl Index {
         *count = count.saturating_sub(n);
     }
 
-    /// Number of running tasks in `queue` and in its busiest group (for checks).
+    /// Number of running tasks in `queue` and in its busiest group (for tests).
+    #[cfg(test)]
     pub fn running(&self, queue: &str) -> u32 {
         self.queue(queue).map_or(0, |q| q.running)
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.tasks.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.tasks.len() == 0
     }
 }
 

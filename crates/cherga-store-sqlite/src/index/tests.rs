@@ -3,9 +3,7 @@
 //! broker's invariants after every step.
 
 use super::*;
-use crate::history::{AttemptOutcome, History};
-use crate::queue::QueueSettings;
-use crate::task::{AckOutcome, LeaseToken, NewTask, Refusal, Task};
+use cherga_core::{AckOutcome, AttemptOutcome, History, LeaseToken, NewTask, QueueSettings, Refusal, Task};
 use proptest::prelude::*;
 
 const T0: Millis = 1_700_000_000_000;

@@ -110,6 +110,7 @@ impl<V> Slots<V> {
         self.chunks.shrink_to_fit();
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.len
     }
