@@ -24,7 +24,6 @@ use cherga_core::{
 };
 use cherga_store::{Ack, Claim, Enqueued, ListTasks, Nack, QueueInfo, Revocation, StoreError, TickReport};
 use memory::{Memory, Origin};
-use retention::PURGE_EVERY_MS;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -377,10 +376,7 @@ impl Engine {
             }
         }
         drop((reader, rows));
-        if now - self.last_purge >= PURGE_EVERY_MS {
-            self.last_purge = now;
-            report.purged = self.purge(now)?;
-        }
+        report.purged = self.purge_if_due(now)?;
         report.next_timer = self.mem.index.next_timer();
         Ok(report)
     }

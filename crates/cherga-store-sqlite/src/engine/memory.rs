@@ -82,7 +82,7 @@ pub(super) struct Memory {
     /// The sum of the sizes in [`Memory::retained`].
     pub(super) journal_bytes: usize,
     /// The records of the batch being run, written at its end.
-    pub(super) batch: journal::Batch,
+    batch: journal::Batch,
     /// The journal `txn` of the batch being run.
     pub(super) txn: u64,
     pub(super) limits: Limits,
@@ -93,7 +93,7 @@ pub(super) struct Memory {
     pub(super) effects: Effects,
     /// The events of the batch being run, written with it as one row of the
     /// event log; `None` when no log is kept.
-    pub(super) events: Option<EventBatch>,
+    events: Option<EventBatch>,
     /// The number the batch's first event gets: one past every event on disk.
     pub(super) next_event: EventId,
     /// The finished tasks with rows, by queue number: `(finished_at, seq)` in the
@@ -160,7 +160,7 @@ impl Memory {
         self.dirty_bytes < self.limits.dirty_bytes / 2
     }
 
-    pub(super) fn room_for_running(&self) -> bool {
+    fn room_for_running(&self) -> bool {
         self.dirty_bytes < self.limits.dirty_bytes
     }
 
@@ -208,7 +208,7 @@ impl Memory {
         }
     }
 
-    pub(super) fn put(&mut self, task: Task, since: u64, has_row: bool) {
+    fn put(&mut self, task: Task, since: u64, has_row: bool) {
         let bytes = task_bytes(&task);
         self.dirty_bytes += bytes;
         self.dirty.insert(task.id.seq(), Box::new(Dirty { task, since, has_row, bytes }));
@@ -216,7 +216,7 @@ impl Memory {
 
     /// Keeps `task`, changed by a transition from `origin`, dirty: from now on
     /// the journal is needed to replay it.
-    pub(super) fn keep(&mut self, task: Task, origin: Origin) {
+    fn keep(&mut self, task: Task, origin: Origin) {
         let (since, has_row) = match origin {
             Origin::Dirty { since, has_row } => (since, has_row),
             Origin::New | Origin::Row => {
@@ -289,20 +289,20 @@ impl Memory {
 
     /// Settles the dirty task `seq` as it is (its state does not change, so the
     /// index is not told).
-    pub(super) fn settle_seq(&mut self, rows: &mut RowWriter<'_>, seq: u64) -> Result<(), StoreError> {
+    fn settle_seq(&mut self, rows: &mut RowWriter<'_>, seq: u64) -> Result<(), StoreError> {
         let Some(dirty) = self.dirty.remove(&seq) else { return Ok(()) };
         self.dirty_bytes -= dirty.bytes;
         let origin = Origin::Dirty { since: dirty.since, has_row: dirty.has_row };
         self.settle(rows, &dirty.task, origin)
     }
 
-    pub(super) fn is_live(&self, (since, seq): (u64, u64)) -> bool {
+    fn is_live(&self, (since, seq): (u64, u64)) -> bool {
         self.dirty.get(&seq).is_some_and(|d| d.since == since)
     }
 
     /// Drops stale entries of [`Memory::order`]: at the front always, and all of
     /// them once they are most of it.
-    pub(super) fn prune_order(&mut self) {
+    fn prune_order(&mut self) {
         while let Some(&front) = self.order.front() {
             if self.is_live(front) {
                 break;
@@ -313,6 +313,30 @@ impl Memory {
             let dirty = &self.dirty;
             self.order.retain(|&(since, seq)| dirty.get(&seq).is_some_and(|d| d.since == since));
         }
+    }
+
+    /// Writes every dirty task to its row and empties the journal, in one
+    /// transaction, so that the next open has nothing to replay. Nothing waits
+    /// for it: the same state is durable in the journal already.
+    pub(super) fn settle_all(&mut self, conn: &Connection) -> Result<(), StoreError> {
+        if self.dirty.is_empty() && self.retained.is_empty() {
+            return Ok(());
+        }
+        let tx = conn.unchecked_transaction().db()?;
+        {
+            let mut rows = RowWriter::new(&tx);
+            for dirty in self.dirty.values() {
+                rows.write(&dirty.task, self.qid(&dirty.task.queue), dirty.has_row)?;
+            }
+        }
+        tx.execute("DELETE FROM journal", []).db()?;
+        tx.commit().db()?;
+        self.dirty.clear();
+        self.order.clear();
+        self.retained.clear();
+        self.dirty_bytes = 0;
+        self.journal_bytes = 0;
+        Ok(())
     }
 
     /// Ends the batch being run, inside its transaction: settles the oldest dirty

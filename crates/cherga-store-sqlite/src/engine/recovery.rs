@@ -179,7 +179,7 @@ impl Engine {
     }
 
     /// The number of the last event a retention purge deleted (0 if none).
-    pub(super) fn events_purged(&self) -> Result<EventId, StoreError> {
+    fn events_purged(&self) -> Result<EventId, StoreError> {
         let value: Option<i64> = self
             .conn
             .query_row("SELECT value FROM counters WHERE name = 'events_purged'", [], |r| r.get(0))
@@ -196,7 +196,7 @@ impl Engine {
 
     /// The dirty tasks as of the last commit: the journal replayed, in order,
     /// over the rows it names. The index is left empty.
-    pub(super) fn replay(&self) -> Result<Memory, StoreError> {
+    fn replay(&self) -> Result<Memory, StoreError> {
         let mut mem = Memory::new(self.mem.limits, self.event_retention_ms.is_some());
         let mut stmt = self.conn.prepare("SELECT txn, records FROM journal ORDER BY txn").db()?;
         let mut journal = stmt.query([]).db()?;

@@ -12,13 +12,23 @@ use rusqlite::{OptionalExtension, params};
 use std::collections::BTreeSet;
 
 /// Purge and key expiry run at most this often.
-pub(super) const PURGE_EVERY_MS: Millis = 1_000;
+const PURGE_EVERY_MS: Millis = 1_000;
 
 impl Engine {
+    /// Purges (see [`Engine::purge`]) if the last purge was at least
+    /// [`PURGE_EVERY_MS`] ago; returns the number of tasks purged.
+    pub(super) fn purge_if_due(&mut self, now: Millis) -> Result<usize, StoreError> {
+        if now - self.last_purge < PURGE_EVERY_MS {
+            return Ok(0);
+        }
+        self.last_purge = now;
+        self.purge(now)
+    }
+
     /// Deletes finished tasks past their queue's retention, oldest first, unless
     /// an idempotency key still inside its window points at them (those go to the
     /// back of the list, to be tried again); then forgets expired keys.
-    pub(super) fn purge(&mut self, now: Millis) -> Result<usize, StoreError> {
+    fn purge(&mut self, now: Millis) -> Result<usize, StoreError> {
         let mut purged = 0;
         let mut purged_queues = BTreeSet::new();
         let mut moved = Vec::new();
@@ -103,7 +113,7 @@ impl Engine {
 
     /// Deletes the event log's rows older than its retention (at most
     /// [`TICK_LIMIT`] rows a tick) and raises `events_purged` past them.
-    pub(super) fn purge_events(&mut self, now: Millis) -> Result<(), StoreError> {
+    fn purge_events(&mut self, now: Millis) -> Result<(), StoreError> {
         let Some(retention_ms) = self.event_retention_ms else { return Ok(()) };
         let cutoff = now.saturating_sub(retention_ms);
         let mut delete = self

@@ -4,10 +4,9 @@
 
 use super::Engine;
 use crate::checkpoint::Checkpointer;
-use crate::rows::{Db, RowWriter};
 use crate::sync::{Pace, Syncer};
 use crate::{Job, Reply};
-use cherga_store::{Effects, StoreError};
+use cherga_store::Effects;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, mpsc};
 
@@ -72,7 +71,7 @@ impl Writer {
         self.closed = true;
         // Every answer is sent before the connection closes.
         self.syncer.finish();
-        if let Err(e) = self.engine.settle_all() {
+        if let Err(e) = self.engine.mem.settle_all(&self.engine.conn) {
             let error = &e as &dyn std::error::Error;
             tracing::warn!(
                 error,
@@ -107,7 +106,7 @@ pub fn run_writer(writer: &Mutex<Writer>, jobs: &mpsc::Receiver<Job>, queued: &A
 
 impl Engine {
     /// Runs a statement without parameters, prepared once.
-    pub(super) fn statement(&self, sql: &str) -> rusqlite::Result<()> {
+    fn statement(&self, sql: &str) -> rusqlite::Result<()> {
         self.conn.prepare_cached(sql)?.execute([]).map(drop)
     }
 
@@ -123,7 +122,7 @@ impl Engine {
     /// Runs `batch` in one transaction; the answers, once it committed, are for
     /// `answer` (the syncer's or the writer's own sync). On failure the batch is
     /// rolled back, the index rebuilt from disk, and every caller answered at once.
-    pub(super) fn run_batch(&mut self, batch: Vec<Job>, answer: impl FnOnce(&mut Self, Vec<Reply>)) {
+    fn run_batch(&mut self, batch: Vec<Job>, answer: impl FnOnce(&mut Self, Vec<Reply>)) {
         let mut replies: Vec<Reply>;
         let mut last_event = None;
         let outcome = match self.statement("BEGIN IMMEDIATE") {
@@ -179,29 +178,5 @@ impl Engine {
                 }
             }
         }
-    }
-
-    /// Writes every dirty task to its row and empties the journal, in one
-    /// transaction, so that the next open has nothing to replay. Nothing waits
-    /// for it: the same state is durable in the journal already.
-    pub(super) fn settle_all(&mut self) -> Result<(), StoreError> {
-        if self.mem.dirty.is_empty() && self.mem.retained.is_empty() {
-            return Ok(());
-        }
-        let tx = self.conn.unchecked_transaction().db()?;
-        {
-            let mut rows = RowWriter::new(&tx);
-            for dirty in self.mem.dirty.values() {
-                rows.write(&dirty.task, self.mem.qid(&dirty.task.queue), dirty.has_row)?;
-            }
-        }
-        tx.execute("DELETE FROM journal", []).db()?;
-        tx.commit().db()?;
-        self.mem.dirty.clear();
-        self.mem.order.clear();
-        self.mem.retained.clear();
-        self.mem.dirty_bytes = 0;
-        self.mem.journal_bytes = 0;
-        Ok(())
     }
 }
