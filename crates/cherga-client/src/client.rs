@@ -293,8 +293,14 @@ impl Client {
         self.http.request(method, build_url(&self.base_url, segments)).timeout(self.timeout)
     }
 
+    /// Starts a request without the per-request timeout, for answers that last
+    /// as long as the caller reads them (the event stream).
+    pub(crate) fn stream_request(&self, segments: &[&str]) -> RequestBuilder {
+        self.http.get(build_url(&self.base_url, segments))
+    }
+
     /// Sends a request and decodes the answer's body as `T`.
-    async fn call<T: DeserializeOwned>(&self, builder: RequestBuilder) -> Result<T, Error> {
+    pub(crate) async fn call<T: DeserializeOwned>(&self, builder: RequestBuilder) -> Result<T, Error> {
         self.send(builder).await.map(|answer| answer.value)
     }
 

@@ -5,6 +5,8 @@
 //! - [`Worker`]: leases the tasks of a queue, runs a handler per task kind with a
 //!   concurrency limit, renews leases while handlers run, acks or nacks the
 //!   outcome, and shuts down gracefully.
+//! - [`EventStream`]: follows the event stream (`GET /v1/events`), resuming
+//!   with `Last-Event-ID` when the connection drops.
 //! - [`testing`]: helpers for tests of code that enqueues or handles tasks.
 //!
 //! **Invariant:** this crate speaks only the HTTP contract; it shares no code with
@@ -33,12 +35,16 @@
 
 mod client;
 mod error;
+mod events;
+mod sse;
 pub mod testing;
 mod worker;
 
 pub use cherga_api as api;
 pub use client::{Client, DEFAULT_TIMEOUT, Enqueued};
 pub use error::Error;
+pub use events::{EventStream, StreamItem};
+pub use sse::{SseEvent, SseParser};
 pub use worker::{DEFAULT_LEASE, DEFAULT_WAIT, HandlerError, Worker, WorkerBuilder};
 
 #[cfg(test)]

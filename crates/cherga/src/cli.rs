@@ -1,5 +1,14 @@
-//! The client subcommands: `enqueue`, `queues`, `task get`. Each prints readable
-//! text, or the API's JSON with `--json` for scripts.
+//! The client subcommands. Each prints readable text, or JSON with `--json` for
+//! scripts. This file holds what they share (the server options) and the
+//! one-task commands (`enqueue`, `queues`, `task get`); the others have a module
+//! each: `queue` (settings), `tail` (the event stream), `script` (`lease`, `ack`,
+//! `nack`), `transfer` (`import`, `export`).
+
+pub mod progress;
+pub mod queue;
+pub mod script;
+pub mod tail;
+pub mod transfer;
 
 use anyhow::{Context, Result};
 use cherga_client::Client;
@@ -44,6 +53,22 @@ impl ServerArgs {
         Client::with_http_client(&self.server, http).with_context(|| format!("--server {:?}", self.server))
     }
 }
+
+/// An error that ends the command with its own exit status (not the usual 1),
+/// such as `cherga lease` finding nothing to lease.
+#[derive(Debug)]
+pub struct Exit {
+    pub status: u8,
+    pub message: String,
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Exit {}
 
 #[derive(Args, Debug)]
 pub struct EnqueueArgs {

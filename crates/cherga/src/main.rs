@@ -34,6 +34,23 @@ enum Command {
         #[command(subcommand)]
         command: cli::TaskCommand,
     },
+    /// Shows a queue, pauses or resumes it, changes its settings.
+    Queue {
+        #[command(subcommand)]
+        command: cli::queue::QueueCommand,
+    },
+    /// Follows the event stream: one line per task transition.
+    Tail(cli::tail::TailArgs),
+    /// Leases one task and prints it with its lease token (for scripts).
+    Lease(cli::script::LeaseArgs),
+    /// Acknowledges a leased task: it succeeded.
+    Ack(cli::script::AckArgs),
+    /// Gives a leased task back as failed: retried later, or dead.
+    Nack(cli::script::NackArgs),
+    /// Enqueues the tasks of an NDJSON file in batches; running it again creates nothing new.
+    Import(cli::transfer::ImportArgs),
+    /// Writes a queue's tasks as NDJSON.
+    Export(cli::transfer::ExportArgs),
     /// Makes a signing key for tokens (prints a key file, or adds to one).
     Keygen(token::KeygenArgs),
     /// Issues or revokes bearer tokens.
@@ -50,6 +67,10 @@ fn main() -> std::process::ExitCode {
     match run(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
+            if let Some(exit) = error.downcast_ref::<cli::Exit>() {
+                eprintln!("{exit}");
+                return std::process::ExitCode::from(exit.status);
+            }
             // The chain of causes, one line, without a backtrace: these are
             // user-facing errors.
             eprintln!("error: {error:#}");
@@ -69,6 +90,13 @@ fn run(args: Args) -> Result<()> {
             Command::Enqueue(a) => cli::enqueue(a).await,
             Command::Queues(a) => cli::queues(a).await,
             Command::Task { command } => cli::task(command).await,
+            Command::Queue { command } => cli::queue::run(command).await,
+            Command::Tail(a) => cli::tail::run(a).await,
+            Command::Lease(a) => cli::script::lease(a).await,
+            Command::Ack(a) => cli::script::ack(a).await,
+            Command::Nack(a) => cli::script::nack(a).await,
+            Command::Import(a) => cli::transfer::import(a).await,
+            Command::Export(a) => cli::transfer::export(a).await,
             Command::Bench(a) => bench::run(a).await,
             Command::Keygen(a) => token::keygen(a),
             Command::Token { command } => token::token(command).await,

@@ -8,8 +8,9 @@
 //! records the skip, when the variable is unset: see `Backend::postgres`). Tests
 //! of several nodes on one database are in `multi_node`, PostgreSQL only. Tests
 //! of start-up (what `serve` refuses, the data directory's lock and modes) are in
-//! `startup`; the event stream's are in `events`.
+//! `startup`; the event stream's are in `events`; the client subcommands' in `cli`.
 
+mod cli;
 mod events;
 mod harness;
 mod startup;
