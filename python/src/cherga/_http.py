@@ -1,14 +1,18 @@
 """Sending one ``Call`` over HTTP: the transports behind ``Client`` and ``AsyncClient``.
 
-``Client`` sends through the standard library's ``http.client`` on one
-keep-alive connection per thread (``ConnectionPerThread``): no pool, so no
-lock shared by the threads of a worker, and no per-request URL parsing or
-cookie handling. A profile of the httpx path showed most of a single enqueue's
-CPU time inside httpx/httpcore/h11; this path spends a fraction of it.
+``Client`` sends on one keep-alive connection per thread
+(``ConnectionPerThread``): no pool, so no lock shared by the threads of a
+worker, and no per-request URL parsing or cookie handling. A profile of the
+httpx path showed most of a single enqueue's CPU time inside
+httpx/httpcore/h11; this path spends a fraction of it.
 
 ``HttpxTransport`` sends through an ``httpx.Client`` instead; ``Client`` uses it
 when given an httpx ``transport=`` (tests pass ``httpx.MockTransport``).
 ``AsyncClient`` sends through ``httpx.AsyncClient``.
+
+``Client`` writes each request in one piece and reads the answer itself
+(``_Wire``): ``http.client`` writes headers and body apart and parses headers
+with the ``email`` package, which cost more than the rest of an enqueue.
 
 Every transport returns its failures rather than raising them, sorted the same
 way (see ``_core``): ``NotSent`` when the request cannot have reached the
@@ -67,8 +71,67 @@ class Transport(Protocol):
     def stream(self, path: str, headers: dict[str, str]) -> Iterator[str]: ...
 
 
+class _Wire:
+    """One keep-alive HTTP/1.1 connection, as lean as cherga's answers allow:
+    a request is one write; an answer is a status line, headers and a body of
+    ``content-length`` bytes (or chunked, or up to the close)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.reader = sock.makefile("rb")
+
+    def exchange(self, request: bytes) -> tuple[int, dict[str, str], bytes, bool]:
+        """Sends ``request``; → status, headers (lower-case names), body, and
+        whether the server closes the connection after it."""
+        self.sock.sendall(request)
+        reader = self.reader
+        status_line = reader.readline(65537)
+        if not status_line:
+            raise ConnectionError("the server closed the connection before answering")
+        parts = status_line.split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/"):
+            raise ConnectionError(f"not an HTTP answer: {status_line[:80]!r}")
+        status = int(parts[1])
+        headers: dict[str, str] = {}
+        while True:
+            line = reader.readline(65537)
+            if line in (b"\r\n", b"\n", b""):
+                break
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        closes = headers.get("connection", "").lower() == "close" or parts[0] == b"HTTP/1.0"
+        if status in (204, 304) or 100 <= status < 200:
+            return status, headers, b"", closes
+        if "content-length" in headers:
+            length = int(headers["content-length"])
+            body = reader.read(length)
+            if len(body) < length:
+                raise ConnectionError("the answer was cut short")
+        elif headers.get("transfer-encoding", "").lower() == "chunked":
+            body = self._chunked()
+        else:
+            body, closes = reader.read(), True
+        return status, headers, body, closes
+
+    def _chunked(self) -> bytes:
+        chunks: list[bytes] = []
+        while True:
+            size = int(self.reader.readline(65537).split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                while self.reader.readline(65537) not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                return b"".join(chunks)
+            chunks.append(self.reader.read(size))
+            self.reader.readline(65537)
+
+    def close(self) -> None:
+        self.reader.close()
+        self.sock.close()
+
+
 class ConnectionPerThread:
-    """``http.client`` on one keep-alive connection per calling thread."""
+    """One keep-alive connection per calling thread (``_Wire``), so threads
+    share no pool and no lock; streams use ``http.client``."""
 
     def __init__(self, url: str, headers: dict[str, str]) -> None:
         parts = urlsplit(url)
@@ -79,62 +142,66 @@ class ConnectionPerThread:
         self._port = parts.port or (443 if self._https else 80)
         self._prefix = parts.path.rstrip("/")
         self._headers = headers
-        self._json_headers = {**headers, "content-type": "application/json"}
+        host = self._host if parts.port is None else f"{self._host}:{parts.port}"
+        fixed = {"host": host, **headers}
+        self._fixed = "".join(f"{name}: {value}\r\n" for name, value in fixed.items()).encode("latin-1")
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._all: list[http.client.HTTPConnection] = []
+        self._all: list[_Wire] = []
         self._ssl = ssl.create_default_context() if self._https else None
 
-    def _connection(self, timeout: float) -> http.client.HTTPConnection:
-        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
-        if conn is None:
+    def _connect(self, timeout: float) -> _Wire:
+        sock = socket.create_connection((self._host, self._port), timeout=timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self._ssl is not None:
-                conn = http.client.HTTPSConnection(self._host, self._port, timeout=timeout, context=self._ssl)
-            else:
-                conn = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
-            self._local.conn = conn
-            with self._lock:
-                self._all.append(conn)
-        return conn
+                sock = self._ssl.wrap_socket(sock, server_hostname=self._host)
+        except BaseException:
+            sock.close()
+            raise
+        wire = _Wire(sock)
+        with self._lock:
+            self._all.append(wire)
+        return wire
+
+    def _drop(self, wire: _Wire) -> None:
+        self._local.wire = None
+        with self._lock:
+            if wire in self._all:
+                self._all.remove(wire)
+        wire.close()
 
     def send(self, call: Call[Any], timeout: float) -> Answer | Exception:
         try:
             body = None if call.json is None else encode_body(call.json)
         except NOT_JSON as error:
             return error
-        conn = self._connection(timeout)
-        if conn.sock is None:
-            conn.timeout = timeout
-            try:
-                conn.connect()
-                _no_delay(conn)
-            except (OSError, http.client.HTTPException) as error:
-                conn.close()
-                return _sorted(NotSent, error)
+        head = f"{call.method} {self._prefix}{target(call)} HTTP/1.1\r\n".encode() + self._fixed
+        if body is None:
+            request = head + (b"content-length: 0\r\n\r\n" if call.method in ("POST", "PUT") else b"\r\n")
         else:
-            conn.sock.settimeout(timeout)
+            request = b"%scontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (head, len(body), body)
+        wire: _Wire | None = getattr(self._local, "wire", None)
+        if wire is None:
+            try:
+                wire = self._local.wire = self._connect(timeout)
+            except OSError as error:
+                return _sorted(NotSent, error)
         try:
-            conn.request(
-                call.method,
-                self._prefix + target(call),
-                body=body,
-                headers=self._json_headers if body is not None else self._headers,
-            )
-            response = conn.getresponse()
-            content = response.read()
-        except (OSError, http.client.HTTPException) as error:
-            conn.close()
+            wire.sock.settimeout(timeout)
+            status, headers, content, closes = wire.exchange(request)
+        except (OSError, ValueError) as error:
+            self._drop(wire)
             return _sorted(MaybeSent, error)
-        if response.will_close:
-            conn.close()
-        headers = {name.lower(): value for name, value in response.getheaders()}
-        return decode(response.status, headers, content)
+        if closes:
+            self._drop(wire)
+        return decode(status, headers, content)
 
     def close(self) -> None:
         with self._lock:
-            conns, self._all = self._all, []
-        for conn in conns:
-            conn.close()
+            wires, self._all = self._all, []
+        for wire in wires:
+            wire.close()
 
     def stream(self, path: str, headers: dict[str, str]) -> Iterator[str]:
         """The lines of a streamed answer, on a connection of its own; an
@@ -158,14 +225,6 @@ class ConnectionPerThread:
                 raise ConnectionError(f"{type(error).__name__}: {error}") from error
         finally:
             conn.close()
-
-
-def _no_delay(conn: http.client.HTTPConnection) -> None:
-    """http.client writes a request's headers and body separately: without
-    TCP_NODELAY the body waits for the server to acknowledge the headers,
-    which a server may delay (up to 40 ms on Linux)."""
-    if conn.sock is not None:
-        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _sorted(kind: type[Exception], error: BaseException) -> Exception:

@@ -258,9 +258,9 @@ class _Flow:
         with self.lock:
             self.long_polling = False
             self.busy = bool(tasks)
-        if not tasks and wait_ms > 0 and time.monotonic() - started < 0.05:
-            # The server answered at once with nothing (it is shutting down,
-            # say): do not spin.
+        if not tasks and wait_ms == registry.wait_ms and time.monotonic() - started < 0.05:
+            # Asked as long as it may wait, the server answered at once with
+            # nothing (wait_ms 0, or it is shutting down): do not spin.
             yield 0.05
         return tasks
 
