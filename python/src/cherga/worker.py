@@ -408,9 +408,11 @@ class Worker(_Worker[Client]):
             self.client = None
             self._own_client = False
 
-    def _run(self, program: Program[T]) -> T:
+    def _run(self, program: Program[T], *, until_stopped: bool = False) -> T:
+        """Runs ``program``; its pauses end early on ``stop()`` when
+        ``until_stopped`` (the poller's), never for reports (their retries)."""
         assert self.client is not None
-        return self.client.run(program, pause=self._stopping.wait)
+        return self.client.run(program, pause=self._stopping.wait if until_stopped else time.sleep)
 
     # -- threads ------------------------------------------------------------
 
@@ -428,7 +430,7 @@ class Worker(_Worker[Client]):
                     # Count the slots now, so a finishing handler cannot make
                     # another lease request see them free again.
                     self._held += free
-                tasks = self._run(self._flow.lease(free, acks, wait_ms))
+                tasks = self._run(self._flow.lease(free, acks, wait_ms), until_stopped=True)
                 self._heartbeat.add_many(tasks)
                 with self._lock:
                     self._held -= free - len(tasks)
@@ -688,9 +690,12 @@ class AsyncWorker(_Worker[AsyncClient]):
             self._loop.remove_signal_handler(handled)
         self.stop()
 
-    async def _run(self, program: Program[T]) -> T:
+    async def _run(self, program: Program[T], *, until_stopped: bool = False) -> T:
+        """As ``Worker._run``."""
         stopping = self._stopping
         assert stopping is not None
+        if not until_stopped:
+            return await self._io.client.run(program)
         return await self._io.client.run(program, pause=lambda seconds: _wait(stopping, seconds))
 
     async def _poller(self) -> None:
@@ -714,7 +719,7 @@ class AsyncWorker(_Worker[AsyncClient]):
                     slots.release()
                 return
             acks, wait_ms = self._flow.next_request(others_held=free < self.capacity)
-            tasks = await self._run(self._flow.lease(free, acks, wait_ms))
+            tasks = await self._run(self._flow.lease(free, acks, wait_ms), until_stopped=True)
             for _ in range(free - len(tasks)):
                 slots.release()
             self._io.heartbeat.add_many(tasks)
