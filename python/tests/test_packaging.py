@@ -68,7 +68,7 @@ def test_python_m_build_makes_a_wheel_and_an_sdist_that_twine_check_passes(tmp_p
     )
     assert build.returncode == 0, build.stderr.decode()[-3000:]
     built = sorted(p.name for p in tmp_path.iterdir())
-    assert len(built) == 2 and built[0].endswith(".tar.gz") and built[1].endswith(".whl"), built
+    assert [name.endswith(".whl") for name in built] == [True, False] and built[1].endswith(".tar.gz"), built
     check = subprocess.run(
         [PYTHON, "-m", "twine", "check", "--strict", *(str(p) for p in tmp_path.iterdir())],
         capture_output=True,

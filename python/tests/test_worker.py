@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,6 +32,7 @@ from cherga import (
     Unavailable,
     Worker,
 )
+from cherga._core import Call
 from tests.harness import PYTHON, Server, subprocess_env, wait_until, wait_until_async
 
 
@@ -261,25 +263,40 @@ def test_worker_runs_concurrency_handlers_at_once(client: Client, queue: str) ->
     assert [client.get_task(i).result for i in ids] == list(range(8))
 
 
-def count_calls(client: object, names: tuple[str, ...]) -> collections.Counter[str]:
-    """Counts the calls of these methods of ``client`` (sync or async) from now on."""
+def request_kind(call: Call[Any]) -> str:
+    """The client method a request stands for (``lease_and_ack``, ``ack``...)."""
+    if call.path.endswith("/lease"):
+        return "lease_and_ack" if "acks" in call.json else "lease_tasks"
+    if call.path == "/v1/tasks/ack":
+        return "ack_many"
+    return call.path.rsplit("/", 1)[-1]
+
+
+def count_calls(client: Client | AsyncClient, names: tuple[str, ...]) -> collections.Counter[str]:
+    """Counts the requests ``client`` (sync or async) sends from now on, by
+    the method they stand for, of these ``names``."""
     calls: collections.Counter[str] = collections.Counter()
-    for name in names:
-        method = getattr(client, name)
-        if inspect.iscoroutinefunction(method):
+    transport = client._http
+    send = transport.send
 
-            async def counted_async(*args, _method=method, _name=name, **kwargs):  # noqa: ANN002, ANN003, ANN202
-                calls[_name] += 1
-                return await _method(*args, **kwargs)
+    def count(call: Call[Any]) -> None:
+        if (kind := request_kind(call)) in names:
+            calls[kind] += 1
 
-            setattr(client, name, counted_async)
-        else:
+    if inspect.iscoroutinefunction(send):
 
-            def counted(*args, _method=method, _name=name, **kwargs):  # noqa: ANN002, ANN003, ANN202
-                calls[_name] += 1
-                return _method(*args, **kwargs)
+        async def counted_async(call: Call[Any], timeout: float) -> object:
+            count(call)
+            return await send(call, timeout)
 
-            setattr(client, name, counted)
+        transport.send = counted_async  # type: ignore[method-assign]
+    else:
+
+        def counted(call: Call[Any], timeout: float) -> object:
+            count(call)
+            return send(call, timeout)
+
+        transport.send = counted  # type: ignore[method-assign]
     return calls
 
 
@@ -316,7 +333,7 @@ def test_a_result_the_server_refuses_nacks_the_task(client: Client, queue: str, 
         # with its next lease. With two it long-polls for the other slot, and
         # a task finishing meanwhile is acked alone.
         if not with_next_lease:
-            wait_until(lambda: worker._long_polling, what="the poller to long-poll")
+            wait_until(lambda: worker._flow.long_polling, what="the poller to long-poll")
         return TOO_LARGE
 
     @worker.task("echo")
@@ -359,7 +376,7 @@ def test_an_async_worker_nacks_a_result_the_server_refuses(
             async def refused(task: Task) -> object:
                 # As in the thread worker's test above.
                 if not with_next_lease:
-                    await wait_until_async(lambda: worker._long_polling, what="the poller to long-poll")
+                    await wait_until_async(lambda: worker._flow.long_polling, what="the poller to long-poll")
                 return result
 
             @worker.task("echo")
