@@ -212,6 +212,13 @@ class _Flow:
         self.long_polling = wait_ms > 0
         return acks, wait_ms
 
+    def may_lease(self, free: int, capacity: int) -> bool:
+        """Whether to send the next lease request with ``free`` slots of
+        ``capacity``: at once, unless the last one brought tasks; then once
+        half the slots are free, so that one request carries many acks and
+        brings many tasks."""
+        return free > 0 and (not self.busy or free * 2 >= capacity)
+
     def offer(self, task: Task, nack: Nack | None, result: Any) -> bool:
         """Hands a finished task's ack to the poller (lock held); false when it
         is to be sent now."""
@@ -421,7 +428,9 @@ class Worker(_Worker[Client]):
         try:
             while not self._stopping.is_set():
                 with self._lock:
-                    while not self._stopping.is_set() and not self._may_lease():
+                    while not self._stopping.is_set() and not self._flow.may_lease(
+                        self.capacity - self._held, self.capacity
+                    ):
                         self._room.wait()
                     if self._stopping.is_set():
                         return
@@ -446,19 +455,6 @@ class Worker(_Worker[Client]):
                 acks = self._flow.stop_polling()
                 self._work.notify_all()
             self._run(self._flow.flush(acks))
-
-    def _may_lease(self) -> bool:
-        """Whether the poller sends its next lease request now (lock held).
-
-        Only with a free slot; then at once when a handler would otherwise
-        idle or the last request came back empty, else once half the slots are
-        free, so that one request carries many acks."""
-        free = self.capacity - self._held
-        if free <= 0:
-            return False
-        if not self._flow.busy or not self._ready or self._held == 0:
-            return True
-        return free * 2 >= self.capacity
 
     def _handler_loop(self) -> None:
         while True:
@@ -702,22 +698,23 @@ class AsyncWorker(_Worker[AsyncClient]):
         assert self._stopping is not None
         slots = self._io.slots
         while not self._stopping.is_set():
-            # Wait for one free slot (or the stop), then take every free one.
-            acquire = asyncio.create_task(slots.acquire())
-            stop = asyncio.create_task(self._stopping.wait())
-            await asyncio.wait({acquire, stop}, return_when=asyncio.FIRST_COMPLETED)
-            stop.cancel()
-            if not acquire.done():
-                acquire.cancel()
-                return
-            free = 1
-            while not slots.locked() and free < MAX_LEASE_BATCH:
-                await slots.acquire()
-                free += 1
-            if self._stopping.is_set():
-                for _ in range(free):
-                    slots.release()
-                return
+            free = 0
+            while free == 0 or not self._flow.may_lease(free, self.capacity):
+                # Wait for one free slot (or the stop), then take every free one.
+                acquire = asyncio.create_task(slots.acquire())
+                stop = asyncio.create_task(self._stopping.wait())
+                await asyncio.wait({acquire, stop}, return_when=asyncio.FIRST_COMPLETED)
+                stop.cancel()
+                if not acquire.done():
+                    acquire.cancel()
+                free += 1 if acquire.done() and not acquire.cancelled() else 0
+                while not slots.locked() and free < MAX_LEASE_BATCH:
+                    await slots.acquire()
+                    free += 1
+                if self._stopping.is_set():
+                    for _ in range(free):
+                        slots.release()
+                    return
             acks, wait_ms = self._flow.next_request(others_held=free < self.capacity)
             tasks = await self._run(self._flow.lease(free, acks, wait_ms), until_stopped=True)
             for _ in range(free - len(tasks)):
