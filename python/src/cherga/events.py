@@ -19,7 +19,7 @@ import logging
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 from urllib.parse import urlencode
 
 from .types import parse_time
@@ -143,11 +143,11 @@ class AsyncLines(Protocol):
     def stream(self, path: str, headers: dict[str, str]) -> AsyncIterator[str]: ...
 
 
-class EventStream:
-    """``for event in client.events():`` — see the module documentation.
-    ``close()`` (from another thread) ends the loop at the next event."""
+L = TypeVar("L", bound="Lines | AsyncLines")
 
-    def __init__(self, source: Lines, follower: Follower, sleep: Any) -> None:
+
+class _Stream(Generic[L]):
+    def __init__(self, source: L, follower: Follower, sleep: Any) -> None:
         self._source = source
         self._follower = follower
         self._sleep = sleep
@@ -159,7 +159,12 @@ class EventStream:
         return self._follower.last_id
 
     def close(self) -> None:
+        """Ends the loop at the next event (safe from another thread)."""
         self._closed = True
+
+
+class EventStream(_Stream[Lines]):
+    """``for event in client.events():`` — see the module documentation."""
 
     def __iter__(self) -> Iterator[Event]:
         follower = self._follower
@@ -179,21 +184,8 @@ class EventStream:
             self._sleep(follower.dropped(why))
 
 
-class AsyncEventStream:
+class AsyncEventStream(_Stream[AsyncLines]):
     """``async for event in client.events():`` — ``EventStream`` for ``AsyncClient``."""
-
-    def __init__(self, source: AsyncLines, follower: Follower, sleep: Any) -> None:
-        self._source = source
-        self._follower = follower
-        self._sleep = sleep
-        self._closed = False
-
-    @property
-    def last_id(self) -> str | None:
-        return self._follower.last_id
-
-    def close(self) -> None:
-        self._closed = True
 
     async def __aiter__(self) -> AsyncIterator[Event]:
         follower = self._follower
