@@ -179,7 +179,8 @@ class _Flow:
     threads or I/O: ``Worker`` and ``AsyncWorker`` run the same ones.
 
     Acks ride on the poller's next lease request (``offer``), except while it
-    long-polls, when a handler finishing meanwhile sends its own. A lease
+    long-polls (and, in the asyncio worker, while any request of it is in
+    flight), when a handler finishing meanwhile sends its own. A lease
     request long-polls only when it may wait: when the last one came back
     empty, or no task is held; otherwise it asks with ``wait_ms`` 0.
 
@@ -187,10 +188,18 @@ class _Flow:
     worker's lock; nothing for the asyncio worker, whose steps between awaits
     are atomic."""
 
-    def __init__(self, registry: _Registry, policy: RetryPolicy, lock: AbstractContextManager[Any]) -> None:
+    def __init__(
+        self, registry: _Registry, policy: RetryPolicy, lock: AbstractContextManager[Any], *, ride_in_flight: bool
+    ) -> None:
         self.registry = registry
         self.policy = policy
         self.lock = lock
+        # Whether an ack waits for the next lease request while one is in
+        # flight (the thread worker: sending it from the handler's thread costs
+        # more than the wait), or is sent at once then (the asyncio worker:
+        # a request of its own runs beside the lease, at no thread's cost).
+        self.ride_in_flight = ride_in_flight
+        self.in_flight = False
         self.acks: list[tuple[Task, Any]] = []
         self.long_polling = False
         self.poller_done = False
@@ -210,6 +219,7 @@ class _Flow:
         acks, self.acks = self.acks, []
         wait_ms = self.registry.wait_ms if not self.busy or not others_held else 0
         self.long_polling = wait_ms > 0
+        self.in_flight = True
         return acks, wait_ms
 
     def may_lease(self, free: int, capacity: int) -> bool:
@@ -223,6 +233,8 @@ class _Flow:
         """Hands a finished task's ack to the poller (lock held); false when it
         is to be sent now."""
         if nack is not None or self.long_polling or self.poller_done:
+            return False
+        if self.in_flight and not self.ride_in_flight:
             return False
         self.acks.append((task, result))
         return True
@@ -257,13 +269,13 @@ class _Flow:
         except (ChergaError, *NOT_JSON) as error:
             log.warning("lease request to queue %s failed: %s", registry.queue, error)
             with self.lock:
-                self.long_polling = False
+                self.long_polling = self.in_flight = False
             for task, result in acks:
                 yield from self.send_report(task, None, result)
             yield _pause(error, self.error_delay) if isinstance(error, ChergaError) else 0.0
             self.error_delay = min(ERROR_BACKOFF[1], self.error_delay * 2)
         with self.lock:
-            self.long_polling = False
+            self.long_polling = self.in_flight = False
             self.busy = bool(tasks)
         if not tasks and wait_ms == registry.wait_ms and time.monotonic() - started < 0.05:
             # Asked as long as it may wait, the server answered at once with
@@ -367,7 +379,7 @@ class Worker(_Worker[Client]):
         if self.client is None:
             self.client = Client(self.url)
             self._own_client = True
-        self._flow = _Flow(self, self.client.retry_policy, self._lock)
+        self._flow = _Flow(self, self.client.retry_policy, self._lock, ride_in_flight=True)
         self._heartbeat = Heartbeat(self.client, self.lease_ms)
         self._threads = [threading.Thread(target=self._poll_loop, name=f"cherga-poll-{self.queue}", daemon=True)]
         self._threads += [
@@ -651,7 +663,7 @@ class AsyncWorker(_Worker[AsyncClient]):
             self._stopping.set()
         own_client = self.client is None
         client = self.client if self.client is not None else AsyncClient(self.url)
-        self._flow = _Flow(self, client.retry_policy, nullcontext())
+        self._flow = _Flow(self, client.retry_policy, nullcontext(), ride_in_flight=False)
         self._io = _AsyncIO(
             client, AsyncHeartbeat(client, self.lease_ms), asyncio.Queue(), asyncio.Semaphore(self.capacity)
         )
