@@ -55,7 +55,9 @@ def celery_run(url: str, tasks: int, threads: int) -> tuple[float, float]:
 
     queue = f"bench-{uuid.uuid4().hex[:8]}"
     app = Celery("bench", broker=url)
-    app.conf.update(task_acks_late=True, task_ignore_result=True, worker_prefetch_multiplier=4, task_default_queue=queue)
+    app.conf.update(
+        task_acks_late=True, task_ignore_result=True, worker_prefetch_multiplier=4, task_default_queue=queue
+    )
     done = threading.Event()
     count = [0]
     lock = threading.Lock()

@@ -1,11 +1,10 @@
 """``Client`` and ``AsyncClient``: two faces of one API.
 
-Every operation is written once, in ``_Api``, as "build the ``Call``, hand it to
-``self._send``". ``Client._send`` sends it and returns the value;
-``AsyncClient._send`` is a coroutine, so the same method returns an awaitable.
-What differs between the faces is only what must: the blocking or awaiting
-transport, the sleep between retries, and the lease helpers (a thread or an
-asyncio task keeps leases alive).
+Every operation is written once, in ``_core``, as a function that builds its
+``Call``; ``_Api`` exposes each through ``_Op``, typed for each face:
+``Client.enqueue(...)`` returns a ``Task``, ``AsyncClient.enqueue(...)`` an
+awaitable of one. Both faces carry out the same programs (``run``); what
+differs is only what must: the blocking or awaiting transport and pause.
 """
 
 from __future__ import annotations
@@ -143,8 +142,8 @@ class Client(_Api):
 
     See ``ClientSettings`` for ``timeout``, ``retries`` and ``headers``.
     Requests go over one keep-alive
-    ``http.client`` connection per thread; with an httpx ``transport`` (tests
-    use ``httpx.MockTransport``) they go through ``httpx.Client`` instead.
+    connection per thread (``cherga._http``); with an httpx ``transport``
+    (tests use ``httpx.MockTransport``) they go through ``httpx.Client``.
     """
 
     def __init__(
