@@ -5,7 +5,8 @@
 #
 # CHERGA_BIN defaults to ../target/debug/cherga (build it first with
 # `cargo build -p cherga`). Creates python/.venv with Python 3.12 when missing,
-# installs the package with its test extras, and runs pytest. Exits non-zero
+# installs the package with its test extras, runs mypy --strict on the package
+# and a typed usage example, and runs pytest. Exits non-zero
 # when a test fails, and also when no test ran (nothing collected, or all
 # skipped).
 set -euo pipefail
@@ -37,6 +38,9 @@ if [ ! -x "$CHERGA_BIN" ]; then
     echo "run-tests.sh: no cherga binary at $CHERGA_BIN; run 'cargo build -p cherga' or set CHERGA_BIN" >&2
     exit 1
 fi
+echo "== mypy --strict (settings in pyproject.toml)"
+.venv/bin/python -m mypy
+
 echo "== pytest (cherga binary: $CHERGA_BIN)"
 
 report="$(mktemp)"

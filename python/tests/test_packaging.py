@@ -34,6 +34,8 @@ def test_wheel_builds_with_the_django_app_and_the_worker_script(tmp_path: Path) 
         "cherga/__init__.py",
         "cherga/py.typed",
         "cherga/client.py",
+        "cherga/_http.py",
+        "cherga/events.py",
         "cherga/worker.py",
         "cherga/django/backend.py",
         "cherga/django/migrations/0001_initial.py",
@@ -56,6 +58,24 @@ def test_wheel_builds_with_the_django_app_and_the_worker_script(tmp_path: Path) 
         "Requires-Dist: cherga-django-needs-python-3-12-or-newer<0; (python_version < '3.12') and extra == 'django'"
         in meta
     )
+
+
+def test_python_m_build_makes_a_wheel_and_an_sdist_that_twine_check_passes(tmp_path: Path) -> None:
+    build = subprocess.run(
+        [PYTHON, "-m", "build", "--no-isolation", "--outdir", str(tmp_path), str(PYTHON_DIR)],
+        capture_output=True,
+        timeout=300,
+    )
+    assert build.returncode == 0, build.stderr.decode()[-3000:]
+    built = sorted(p.name for p in tmp_path.iterdir())
+    assert [name.endswith(".whl") for name in built] == [True, False] and built[1].endswith(".tar.gz"), built
+    check = subprocess.run(
+        [PYTHON, "-m", "twine", "check", "--strict", *(str(p) for p in tmp_path.iterdir())],
+        capture_output=True,
+        timeout=120,
+    )
+    assert check.returncode == 0, check.stdout.decode()[-3000:] + check.stderr.decode()[-3000:]
+    assert check.stdout.decode().count("PASSED") == 2, check.stdout.decode()
 
 
 def test_cherga_django_says_what_it_needs() -> None:

@@ -38,6 +38,7 @@ from .errors import (
     Unavailable,
     UnsupportedMediaType,
 )
+from .events import AsyncEventStream, Event, EventStream
 from .lease import AsyncConsumer, AsyncLeaseContext, Consumer, LeaseContext
 from .types import (
     Attempt,
@@ -61,6 +62,7 @@ __all__ = [
     "DEFAULT_URL",
     "AsyncClient",
     "AsyncConsumer",
+    "AsyncEventStream",
     "AsyncLeaseContext",
     "AsyncWorker",
     "Attempt",
@@ -75,6 +77,8 @@ __all__ = [
     "Consumer",
     "Counts",
     "Dead",
+    "Event",
+    "EventStream",
     "Forbidden",
     "IdempotencyKeyReused",
     "InternalError",

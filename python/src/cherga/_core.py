@@ -20,9 +20,10 @@ Retries. A failure is retried when resending cannot change the outcome:
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Awaitable, Callable, Generator, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from datetime import datetime
+from typing import Any, Generic, Protocol, TypeVar
 from urllib.parse import quote
 
 from . import _json
@@ -109,22 +110,56 @@ class MaybeSent(Exception):
     """Transport failure after the request may have reached the server."""
 
 
-SEND = "send"
+# A program is a generator that does the work of an operation without doing
+# any I/O: it yields a ``Call`` when a request must be sent (and is sent back
+# the transport's ``Answer``, or the ``NotSent``/``MaybeSent`` it failed with)
+# and a float when it must pause that many seconds, and returns its value. The
+# sync and async shells (``Client.run``, ``AsyncClient.run``) only carry out
+# those two steps, so every behaviour is written, and tested, once for both.
+Step = Call[Any] | float
+Program = Generator[Step, Any, T]
 
 
-def exchange(call: Call[T], policy: RetryPolicy) -> Generator[str | float, Answer | Exception | None, T]:
-    """The retry loop as a generator, so both client faces share it.
+@dataclass(frozen=True)
+class Done(Generic[T]):
+    """A program's end: its value."""
 
-    It yields ``SEND`` when the caller must send ``call`` and ``send()`` back the
-    ``Answer`` (or the ``NotSent``/``MaybeSent`` the transport failed with), and
-    yields a float when the caller must sleep that many seconds first. It returns
-    the parsed value, or raises the API error (``ConnectionFailed`` when no
-    answer ever arrived).
-    """
+    value: T
+
+
+def advance(program: Program[T], outcome: Any) -> Step | Done[T]:
+    """Sends ``outcome`` (``None`` to start, or after a pause) into
+    ``program``: its next step, or ``Done`` with its value."""
+    try:
+        return program.send(outcome)
+    except StopIteration as done:
+        return Done(done.value)
+
+
+class SyncShell(Protocol):
+    """What carries out programs, blocking (``Client``)."""
+
+    retry_policy: RetryPolicy
+
+    def run(self, program: Program[T], pause: Callable[[float], object] = ...) -> T: ...
+
+
+class AsyncShell(Protocol):
+    """What carries out programs, awaiting (``AsyncClient``)."""
+
+    retry_policy: RetryPolicy
+
+    async def run(self, program: Program[T], pause: Callable[[float], Awaitable[object]] = ...) -> T: ...
+
+
+def exchange(call: Call[T], policy: RetryPolicy) -> Program[T]:
+    """The program of one API call, its retries included: it returns the
+    parsed value, or raises the API error (``ConnectionFailed`` when no
+    answer ever arrived). Other programs use it with ``yield from``."""
     tries = 0
     while True:
         tries += 1
-        outcome = yield SEND
+        outcome = yield call
         try:
             if isinstance(outcome, Exception):
                 raise outcome
@@ -203,18 +238,46 @@ def _items(items: list[Any]) -> list[BatchResult]:
 # -- operations -------------------------------------------------------------
 
 
-def enqueue(queue: str, new: NewTask) -> Call[Task]:
+# Each operation's docstring is the client method's: ``Client.enqueue`` is
+# ``enqueue`` here, sent (see ``cherga.client``).
+
+
+def enqueue(
+    queue: str,
+    kind: str,
+    payload: Any = None,
+    *,
+    key: str | None = None,
+    priority: int = 0,
+    run_at: datetime | int | None = None,
+    delay_ms: int | None = None,
+    group: str | None = None,
+    max_attempts: int | None = None,
+) -> Call[Task]:
+    """Enqueue one task; returns the ``Task`` (``task.replayed`` is true when
+    ``key`` matched an existing task and nothing was created).
+
+    Without ``key`` a uuid4 key is generated, which makes the client's own
+    retries safe; pass a key derived from your operation to make *your*
+    retries safe as well. Raises ``IdempotencyKeyReused`` when ``key`` was
+    used for a different request.
+    """
+    new = NewTask(kind, payload, key, priority, run_at, delay_ms, group, max_attempts)
     return Call("POST", f"{queue_path(queue)}/tasks", _task, json=new.to_wire())
 
 
 def enqueue_many(queue: str, tasks: Iterable[NewTask]) -> Call[list[BatchResult]]:
+    """Enqueue many tasks in one request; one ``BatchResult`` per item, in order."""
     body = {"tasks": [t.to_wire() for t in tasks]}
     return Call("POST", f"{queue_path(queue)}/tasks/batch", _batch, json=body)
 
 
-def lease(
+def lease_tasks(
     queue: str, *, max: int = 1, wait_ms: int = 0, lease_ms: int | None = None, worker: str | None = None
 ) -> Call[list[Task]]:
+    """Lease up to ``max`` tasks, waiting up to ``wait_ms`` (at most 60 s) for
+    one to arrive. Each returned task carries its ``lease``. Prefer
+    ``lease()``, ``consume()`` or a ``Worker``, which also ack and heartbeat."""
     body, wait_ms = _lease_body(max, wait_ms, lease_ms, worker)
     return Call("POST", f"{queue_path(queue)}/lease", _tasks, json=body, extra_timeout=wait_ms / 1000)
 
@@ -228,8 +291,9 @@ def lease_and_ack(
     lease_ms: int | None = None,
     worker: str | None = None,
 ) -> Call[tuple[list[Task], list[BatchResult]]]:
-    """A lease that also acks earlier tasks (``[(task, result), ...]``), in the
-    same commit, before it waits: the leased tasks and one result per ack."""
+    """``lease_tasks`` that also acks earlier tasks, ``[(task, result), ...]``,
+    in the same commit (one round trip): → ``(tasks, [BatchResult per ack])``.
+    The acks are stored before the lease waits."""
     body, wait_ms = _lease_body(max, wait_ms, lease_ms, worker)
     body["acks"] = _ack_items(acks)
     return Call("POST", f"{queue_path(queue)}/lease", _tasks_and_acks, json=body, extra_timeout=wait_ms / 1000)
@@ -246,11 +310,14 @@ def _lease_body(max: int, wait_ms: int, lease_ms: int | None, worker: str | None
 
 
 def ack(task: Task | str, result: Any = None, *, lease: str | None = None) -> Call[Task]:
+    """Mark a leased task succeeded with ``result``. Sending the same ack twice
+    succeeds twice; a stale lease raises ``LeaseLost``."""
     task_id, token = task_and_lease(task, lease)
     return Call("POST", f"{task_path(task_id)}/ack", _task, json={"lease": token, "result": result})
 
 
 def ack_many(items: Iterable[tuple[Task, Any]]) -> Call[list[BatchResult]]:
+    """Ack many leased tasks: ``[(task, result), ...]`` → one ``BatchResult`` each."""
     return Call("POST", "/v1/tasks/ack", _batch, json={"acks": _ack_items(items)})
 
 
@@ -270,6 +337,8 @@ def nack(
     dead: bool = False,
     lease: str | None = None,
 ) -> Call[Task]:
+    """Report a failure: the task is retried after the queue's backoff (or
+    ``retry_in_ms``), or becomes dead (``dead=True`` or out of attempts)."""
     task_id, token = task_and_lease(task, lease)
     body: dict[str, Any] = {"lease": token, "dead": dead}
     if error is not None:
@@ -280,6 +349,8 @@ def nack(
 
 
 def extend(task: Task | str, lease_ms: int | None = None, *, lease: str | None = None) -> Call[Task]:
+    """Heartbeat: the lease now expires ``lease_ms`` (default: the queue's
+    lease) from now."""
     task_id, token = task_and_lease(task, lease)
     body: dict[str, Any] = {"lease": token}
     if lease_ms is not None:
@@ -288,14 +359,17 @@ def extend(task: Task | str, lease_ms: int | None = None, *, lease: str | None =
 
 
 def get_task(task_id: str) -> Call[Task]:
+    """The task with its state and result; ``TaskNotFound`` if unknown."""
     return Call("GET", task_path(task_id), _task)
 
 
 def cancel(task_id: str) -> Call[Task]:
+    """Cancel a scheduled or ready task (idempotent)."""
     return Call("DELETE", task_path(task_id), _task)
 
 
-def retry_dead(task_id: str) -> Call[Task]:
+def retry(task_id: str) -> Call[Task]:
+    """Send a dead task back to ready."""
     # Not idempotent: a resend after the first one worked finds a ready task and
     # is refused with invalid_state.
     return Call("POST", f"{task_path(task_id)}/retry", _task, idempotent=False)
@@ -304,6 +378,7 @@ def retry_dead(task_id: str) -> Call[Task]:
 def list_tasks(
     queue: str, *, state: str | None = None, limit: int | None = None, after: str | None = None
 ) -> Call[TaskPage]:
+    """A ``TaskPage`` of the queue's tasks, oldest first."""
     params = {k: v for k, v in (("state", state), ("limit", limit), ("after", after)) if v is not None}
     return Call(
         "GET",
@@ -314,17 +389,19 @@ def list_tasks(
 
 
 def get_queue(queue: str) -> Call[Queue]:
+    """The queue's settings and counts per state (``QueueNotFound`` if none)."""
     return Call("GET", queue_path(queue), lambda a: Queue.from_wire(a.body))
 
 
 def list_queues() -> Call[list[Queue]]:
+    """Every queue, with its settings and counts."""
     return Call("GET", "/v1/queues", lambda a: [Queue.from_wire(q) for q in a.body["queues"]])
 
 
 UNSET: Any = object()
 
 
-def put_queue(
+def configure_queue(
     queue: str,
     *,
     max_attempts: int | None = None,
@@ -335,6 +412,9 @@ def put_queue(
     retention_ms: int | None = None,
     dedup_window_ms: int | None = None,
 ) -> Call[Queue]:
+    """Change queue settings (``PUT``, idempotent); settings not given are
+    kept. ``concurrency=None`` removes the limit. ``backoff`` is a dict of
+    ``initial_ms``, ``max_ms``, ``multiplier``, ``jitter``."""
     body: dict[str, Any] = {}
     for name, value in (
         ("max_attempts", max_attempts),
@@ -353,6 +433,7 @@ def put_queue(
 
 
 def health() -> Call[bool]:
+    """True when the server answers its liveness check."""
     return Call("GET", "/healthz", lambda a: a.body.get("status") == "ok")
 
 

@@ -21,14 +21,15 @@ import asyncio
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+from typing import Any, Generic, TypedDict, TypeVar, Unpack
 
+from . import _core
+from ._core import AsyncShell, Program, SyncShell, exchange
 from ._outcome import Nack, hand_back, settle, undecodable
 from .errors import ChergaError, LeaseLost
 from .types import Task
-
-if TYPE_CHECKING:
-    from .client import AsyncClient, Client
 
 log = logging.getLogger("cherga")
 
@@ -58,6 +59,8 @@ class _Beats:
         self.lease_ms = lease_ms
         self.held: dict[str, tuple[Task, float]] = {}  # task id -> (task, due at, monotonic)
         self.lost: set[str] = set()
+        # When the renewing loop wakes next by itself (monotonic); 0 while it works.
+        self.sleeps_until = 0.0
 
     def add(self, task: Task) -> None:
         self.held[task.id] = (task, time.monotonic() + lease_seconds(task, self.lease_ms) * RENEW_FRACTION)
@@ -73,10 +76,18 @@ class _Beats:
         now = time.monotonic()
         return [task for task, due_at in self.held.values() if due_at <= now]
 
+    def next_due(self) -> float:
+        """When the next renewal is due (monotonic); infinity when none is held."""
+        return min((due for _, due in self.held.values()), default=float("inf"))
+
     def next_in(self) -> float:
         if not self.held:
             return 1.0
-        return max(0.0, min(due for _, due in self.held.values()) - time.monotonic())
+        return max(0.0, self.next_due() - time.monotonic())
+
+    def wake_needed(self) -> bool:
+        """Whether a task was added that is due before the loop wakes."""
+        return self.next_due() < self.sleeps_until
 
     def renewed(self, task: Task, answer: Task) -> None:
         if task.id in self.held:
@@ -95,25 +106,58 @@ class _Beats:
                 self.held[task.id] = (task, time.monotonic() + 0.5)
 
 
-class Heartbeat:
-    """Extends the leases of the tasks it holds, each when a third of its lease
-    has passed, from one daemon thread (started on the first ``add``)."""
+S = TypeVar("S", bound=SyncShell | AsyncShell)
 
-    def __init__(self, client: Client, lease_ms: int | None = None) -> None:
+
+def _renewals(
+    beats: _Beats, policy: _core.RetryPolicy, lock: AbstractContextManager[Any], stopped: Callable[[], bool]
+) -> Program[None]:
+    """The heartbeat's loop: extends each lease when it is due, and pauses
+    until the next one is (a pause its shell cuts short when woken)."""
+    while not stopped():
+        with lock:
+            due = beats.due()
+            wait = beats.next_in()
+            beats.sleeps_until = 0.0 if due else time.monotonic() + wait
+        for task in due:
+            if stopped():
+                return
+            try:
+                answer = yield from exchange(_core.extend(task, beats.lease_ms), policy)
+            except ChergaError as error:
+                with lock:
+                    beats.failed(task, error)
+            else:
+                with lock:
+                    beats.renewed(task, answer)
+        if not due:
+            yield wait
+
+
+class _Heartbeat(Generic[S]):
+    """What both heartbeats share: the tasks held, and the renewing program."""
+
+    def __init__(self, client: S, lease_ms: int | None = None) -> None:
         self._client = client
         self._beats = _Beats(lease_ms)
         self._lock = threading.Lock()
-        self._wake = threading.Event()
         self._stopping = False
-        self._thread: threading.Thread | None = None
 
     def add(self, task: Task) -> None:
+        self.add_many((task,))
+
+    def add_many(self, tasks: Iterable[Task]) -> None:
+        """Starts renewing ``tasks``. The loop is woken only when one of them
+        is due before it would wake anyway."""
         with self._lock:
-            self._beats.add(task)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="cherga-heartbeat", daemon=True)
-                self._thread.start()
-        self._wake.set()
+            for task in tasks:
+                self._beats.add(task)
+            if not self._beats.held:
+                return
+            wake = self._beats.wake_needed()
+        self._start()
+        if wake:
+            self._wake()
 
     def discard(self, task: Task) -> bool:
         """Stops renewing ``task``; true when its lease was lost meanwhile."""
@@ -124,55 +168,76 @@ class Heartbeat:
         with self._lock:
             return task.id in self._beats.lost
 
-    def stop(self) -> None:
-        self._stopping = True
-        self._wake.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=15)
+    def _program(self) -> Program[None]:
+        return _renewals(self._beats, self._client.retry_policy, self._lock, lambda: self._stopping)
+
+    def _start(self) -> None:
+        raise NotImplementedError
+
+    def _wake(self) -> None:
+        raise NotImplementedError
+
+
+class Heartbeat(_Heartbeat[SyncShell]):
+    """Extends the leases of the tasks it holds, each when a third of its lease
+    has passed, from one daemon thread (started on the first ``add``)."""
+
+    def __init__(self, client: SyncShell, lease_ms: int | None = None) -> None:
+        super().__init__(client, lease_ms)
+        self._event = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(target=self._run, name="cherga-heartbeat", daemon=True)
+        self._thread.start()
 
     def _run(self) -> None:
-        while not self._stopping:
-            with self._lock:
-                due = self._beats.due()
-                wait = self._beats.next_in()
-            for task in due:
-                if self._stopping:
-                    return
-                try:
-                    answer = self._client.extend(task, self._beats.lease_ms)
-                except ChergaError as error:
-                    with self._lock:
-                        self._beats.failed(task, error)
-                else:
-                    with self._lock:
-                        self._beats.renewed(task, answer)
-            if not due:
-                self._wake.wait(wait)
-                self._wake.clear()
+        self._client.run(self._program(), pause=self._pause)
+
+    def _pause(self, seconds: float) -> None:
+        self._event.wait(seconds)
+        self._event.clear()
+
+    def _wake(self) -> None:
+        self._event.set()
+
+    def stop(self, *, wait: bool = True) -> None:
+        self._stopping = True
+        self._event.set()
+        if wait and self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=15)
 
 
-class AsyncHeartbeat:
+class AsyncHeartbeat(_Heartbeat[AsyncShell]):
     """``Heartbeat`` for ``AsyncClient``: one asyncio task renews the leases."""
 
-    def __init__(self, client: AsyncClient, lease_ms: int | None = None) -> None:
-        self._client = client
-        self._beats = _Beats(lease_ms)
-        self._wake = asyncio.Event()
+    def __init__(self, client: AsyncShell, lease_ms: int | None = None) -> None:
+        super().__init__(client, lease_ms)
+        self._event = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
 
-    def add(self, task: Task) -> None:
-        self._beats.add(task)
+    def _start(self) -> None:
         if self._runner is None:
             self._runner = asyncio.get_running_loop().create_task(self._run(), name="cherga-heartbeat")
-        self._wake.set()
 
-    def discard(self, task: Task) -> bool:
-        return self._beats.discard(task)
+    async def _run(self) -> None:
+        await self._client.run(self._program(), pause=self._pause)
 
-    def lost(self, task: Task) -> bool:
-        return task.id in self._beats.lost
+    async def _pause(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._event.wait(), seconds)
+        except TimeoutError:
+            pass
+        self._event.clear()
+
+    def _wake(self) -> None:
+        self._event.set()
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._runner is not None:
             self._runner.cancel()
             try:
@@ -181,23 +246,6 @@ class AsyncHeartbeat:
                 pass
             self._runner = None
 
-    async def _run(self) -> None:
-        while True:
-            due = self._beats.due()
-            for task in due:
-                try:
-                    answer = await self._client.extend(task, self._beats.lease_ms)
-                except ChergaError as error:
-                    self._beats.failed(task, error)
-                else:
-                    self._beats.renewed(task, answer)
-            if not due:
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self._beats.next_in())
-                except TimeoutError:
-                    pass
-                self._wake.clear()
-
 
 def _chunk(deadline: float | None) -> int:
     if deadline is None:
@@ -205,60 +253,54 @@ def _chunk(deadline: float | None) -> int:
     return max(0, min(POLL_CHUNK_MS, int((deadline - time.monotonic()) * 1000)))
 
 
+class LeaseOptions(TypedDict, total=False):
+    """How ``client.lease()`` and ``client.consume()`` lease: ``wait_ms`` (how
+    long to wait for a task; ``None``, the default, waits until one arrives),
+    ``lease_ms`` (asked for and renewed; default: the queue's), ``worker``
+    (the name the lease is taken under) and ``heartbeat`` (extend the lease in
+    the background while the task runs; default true)."""
+
+    wait_ms: int | None
+    lease_ms: int | None
+    worker: str | None
+    heartbeat: bool
+
+
 def lease_one(
-    client: Client,
+    policy: _core.RetryPolicy,
     queue: str,
     *,
     wait_ms: int | None,
     lease_ms: int | None,
     worker: str | None,
-    stop: threading.Event | None = None,
-) -> Task | None:
+    stopped: Callable[[], bool] = lambda: False,
+) -> Program[Task | None]:
     """One leased task, long-polling until one arrives, ``wait_ms`` passes
-    (``None``: no limit) or ``stop`` is set. A task this client cannot decode
+    (``None``: no limit) or ``stopped()``. A task this client cannot decode
     (``Task.decode_error``) is nacked on the spot, and the wait goes on."""
     deadline = None if wait_ms is None else time.monotonic() + wait_ms / 1000
     while True:
-        tasks = client.lease_tasks(queue, max=1, wait_ms=_chunk(deadline), lease_ms=lease_ms, worker=worker)
+        call = _core.lease_tasks(queue, max=1, wait_ms=_chunk(deadline), lease_ms=lease_ms, worker=worker)
+        tasks = yield from exchange(call, policy)
         for task in tasks:
             if task.decode_error is None:
                 return task
-            _nack_undecodable(task)
-            try:
-                client.nack(task, **undecodable(task.decode_error).kwargs())
-            except ChergaError as error:
-                log_settle_failure(task, error, "nack")
-        if (stop is not None and stop.is_set()) or (deadline is not None and time.monotonic() >= deadline):
+            log.warning("task %s (%s) cannot be decoded, nacking it: %s", task.id, task.kind, task.decode_error)
+            yield from report(policy, task, undecodable(task.decode_error))
+        if stopped() or (deadline is not None and time.monotonic() >= deadline):
             return None
 
 
-async def alease_one(
-    client: AsyncClient,
-    queue: str,
-    *,
-    wait_ms: int | None,
-    lease_ms: int | None,
-    worker: str | None,
-    stop: asyncio.Event | None = None,
-) -> Task | None:
-    """``lease_one`` for ``AsyncClient``."""
-    deadline = None if wait_ms is None else time.monotonic() + wait_ms / 1000
-    while True:
-        tasks = await client.lease_tasks(queue, max=1, wait_ms=_chunk(deadline), lease_ms=lease_ms, worker=worker)
-        for task in tasks:
-            if task.decode_error is None:
-                return task
-            _nack_undecodable(task)
-            try:
-                await client.nack(task, **undecodable(task.decode_error).kwargs())
-            except ChergaError as error:
-                log_settle_failure(task, error, "nack")
-        if (stop is not None and stop.is_set()) or (deadline is not None and time.monotonic() >= deadline):
-            return None
-
-
-def _nack_undecodable(task: Task) -> None:
-    log.warning("task %s (%s) cannot be decoded, nacking it: %s", task.id, task.kind, task.decode_error)
+def report(policy: _core.RetryPolicy, task: Task, nack: Nack | None, result: Any = None) -> Program[None]:
+    """Acks ``task`` with ``result`` (``nack`` ``None``) or nacks it; a failure
+    is logged, not raised: the task comes back when its lease expires."""
+    try:
+        if nack is None:
+            yield from exchange(_core.ack(task, result), policy)
+        else:
+            yield from exchange(_core.nack(task, **nack.kwargs()), policy)
+    except ChergaError as error:
+        log_settle_failure(task, error, "ack" if nack is None else "nack")
 
 
 def log_settle_failure(task: Task, error: ChergaError, what: str) -> None:
@@ -268,7 +310,65 @@ def log_settle_failure(task: Task, error: ChergaError, what: str) -> None:
         log.error("could not %s task %s: %s; it comes back when its lease expires", what, task.id, error)
 
 
-class LeaseContext:
+H = TypeVar("H", bound="Heartbeat | AsyncHeartbeat")
+
+
+class _Holder(Generic[S, H]):
+    """What the lease helpers share: where and how they lease, and the
+    programs of their steps; the sync and async classes only run them."""
+
+    def __init__(self, client: S, queue: str, **options: Unpack[LeaseOptions]) -> None:
+        self._client = client
+        self._policy = client.retry_policy
+        self._queue = queue
+        self._wait_ms: int | None = options.get("wait_ms")
+        self._lease_ms: int | None = options.get("lease_ms")
+        self._worker: str | None = options.get("worker")
+        self._heartbeat: H | None = self._new_heartbeat(client) if options.get("heartbeat", True) else None
+
+    def _new_heartbeat(self, client: S) -> H:
+        raise NotImplementedError
+
+    def _lease(self, stopped: Callable[[], bool] = lambda: False) -> Program[Task | None]:
+        task = yield from lease_one(
+            self._policy,
+            self._queue,
+            wait_ms=self._wait_ms,
+            lease_ms=self._lease_ms,
+            worker=self._worker,
+            stopped=stopped,
+        )
+        if task is not None and self._heartbeat is not None:
+            self._heartbeat.add(task)
+        return task
+
+    def _release(self, task: Task | None) -> None:
+        if task is not None and self._heartbeat is not None:
+            self._heartbeat.discard(task)
+
+
+class _LeaseContext(_Holder[S, H]):
+    def __init__(self, client: S, queue: str, **options: Unpack[LeaseOptions]) -> None:
+        super().__init__(client, queue, **options)
+        self.task: Task | None = None
+
+    def _enter(self) -> Program[Task | None]:
+        self.task = yield from self._lease()
+        return self.task
+
+    def _exit(self, error: BaseException | None) -> Program[bool]:
+        task = self.task
+        if task is None:
+            return False
+        plan = settle(error)
+        if plan.nack is None:
+            yield from exchange(_core.ack(task, task.result), self._policy)  # LeaseLost propagates on purpose
+            return False
+        yield from report(self._policy, task, plan.nack)
+        return plan.swallow
+
+
+class LeaseContext(_LeaseContext[SyncShell, Heartbeat]):
     """``with client.lease(queue) as task:`` — lease one task and settle it
     when the block is left.
 
@@ -285,102 +385,80 @@ class LeaseContext:
       interruptions hand the task back to run again at once.
     """
 
-    def __init__(
-        self,
-        client: Client,
-        queue: str,
-        *,
-        wait_ms: int | None = None,
-        lease_ms: int | None = None,
-        worker: str | None = None,
-        heartbeat: bool = True,
-    ) -> None:
-        self._client = client
-        self._queue = queue
-        self._wait_ms = wait_ms
-        self._lease_ms = lease_ms
-        self._worker = worker
-        self._heartbeat = Heartbeat(client, lease_ms) if heartbeat else None
-        self.task: Task | None = None
+    def _new_heartbeat(self, client: SyncShell) -> Heartbeat:
+        return Heartbeat(client, self._lease_ms)
 
     def __enter__(self) -> Task | None:
-        self.task = lease_one(
-            self._client, self._queue, wait_ms=self._wait_ms, lease_ms=self._lease_ms, worker=self._worker
-        )
-        if self.task is not None and self._heartbeat is not None:
-            self._heartbeat.add(self.task)
-        return self.task
+        return self._client.run(self._enter())
 
     def __exit__(self, exc_type: Any, error: BaseException | None, tb: Any) -> bool:
-        task = self.task
-        if task is None:
-            return False
+        self._release(self.task)
         if self._heartbeat is not None:
-            self._heartbeat.discard(task)
             self._heartbeat.stop()
-        plan = settle(error)
-        if plan.nack is None:
-            self._client.ack(task, task.result)  # LeaseLost propagates on purpose
-            return False
-        try:
-            self._client.nack(task, **plan.nack.kwargs())
-        except ChergaError as nack_error:
-            log_settle_failure(task, nack_error, "nack")
-        return plan.swallow
+        return self._client.run(self._exit(error))
 
 
-class AsyncLeaseContext:
+class AsyncLeaseContext(_LeaseContext[AsyncShell, AsyncHeartbeat]):
     """``async with client.lease(queue) as task:`` — ``LeaseContext`` for
     ``AsyncClient``, with the same rules."""
 
-    def __init__(
-        self,
-        client: AsyncClient,
-        queue: str,
-        *,
-        wait_ms: int | None = None,
-        lease_ms: int | None = None,
-        worker: str | None = None,
-        heartbeat: bool = True,
-    ) -> None:
-        self._client = client
-        self._queue = queue
-        self._wait_ms = wait_ms
-        self._lease_ms = lease_ms
-        self._worker = worker
-        self._heartbeat = AsyncHeartbeat(client, lease_ms) if heartbeat else None
-        self.task: Task | None = None
+    def _new_heartbeat(self, client: AsyncShell) -> AsyncHeartbeat:
+        return AsyncHeartbeat(client, self._lease_ms)
 
     async def __aenter__(self) -> Task | None:
-        self.task = await alease_one(
-            self._client, self._queue, wait_ms=self._wait_ms, lease_ms=self._lease_ms, worker=self._worker
-        )
-        if self.task is not None and self._heartbeat is not None:
-            self._heartbeat.add(self.task)
-        return self.task
+        return await self._client.run(self._enter())
 
     async def __aexit__(self, exc_type: Any, error: BaseException | None, tb: Any) -> bool:
-        task = self.task
-        if task is None:
-            return False
+        self._release(self.task)
         if self._heartbeat is not None:
-            self._heartbeat.discard(task)
             await self._heartbeat.stop()
-        plan = settle(error)
-        if plan.nack is None:
-            await self._client.ack(task, task.result)
-            return False
-        try:
-            await self._client.nack(task, **plan.nack.kwargs())
-        except ChergaError as nack_error:
-            log_settle_failure(task, nack_error, "nack")
-        return plan.swallow
+        return await self._client.run(self._exit(error))
 
 
 LEFT_LOOP = "the consumer loop was left (break, return or exception) before the task finished"
 
 
-class Consumer:
+class _Consumer(_Holder[S, H]):
+    def __init__(self, client: S, queue: str, **options: Unpack[LeaseOptions]) -> None:
+        super().__init__(client, queue, **options)
+        self._stop = threading.Event()
+        self._closed = False
+        self.current: Task | None = None
+
+    def stop(self) -> None:
+        """End the loop when it next comes back for a task (acking the current
+        one). Safe to call from any thread or a signal handler."""
+        self._stop.set()
+
+    def _next(self) -> Program[Task | None]:
+        """The next task, after acking the current one; ``None`` ends the loop."""
+        if self.current is not None:
+            done, self.current = self.current, None
+            self._release(done)
+            yield from report(self._policy, done, None, done.result)
+        if self._closed or self._stop.is_set():
+            return None
+        task = yield from self._lease(self._stop.is_set)
+        if task is not None and self._stop.is_set():
+            # Stopped while the lease was in flight: this task was never started.
+            self._release(task)
+            yield from report(self._policy, task, hand_back("the consumer was stopped"))
+            return None
+        self.current = task
+        return task
+
+    def _close(self, nack: Nack | None) -> Program[bool]:
+        """Hands back the current task (if any); true the first time, when the
+        heartbeat is to be stopped."""
+        if self.current is not None:
+            task, self.current = self.current, None
+            self._release(task)
+            yield from report(self._policy, task, nack or hand_back(LEFT_LOOP))
+        first, self._closed = not self._closed, True
+        return first
+
+
+class Consumer(_Consumer[SyncShell, Heartbeat]):
     """``for task in client.consume(queue):`` — one leased task per iteration.
 
     The semantics, precisely:
@@ -393,8 +471,10 @@ class Consumer:
       ``continue``), with ``task.result`` as the result.
     - A loop left early — by ``break``, ``return`` or an exception — leaves a
       task whose fate a ``for`` loop cannot tell apart. It is never acked: it is
-      **handed back** (nack, retry in 0 ms) when the consumer is closed, which
-      CPython does at once when the loop is left.
+      **handed back** (nack, retry in 0 ms) when the consumer is closed: at
+      once in the ``with`` form below; in a bare loop when CPython finalizes
+      the consumer, from a short-lived thread, since a finalizer does no
+      network I/O.
     - To stop after the current task *and* ack it, call ``stop()`` (from the
       body, another thread, or a signal handler): the loop ends when it comes
       back for the next task, after acking the current one.
@@ -410,82 +490,23 @@ class Consumer:
       the loop); ``break`` hands it back as above.
     """
 
-    def __init__(
-        self,
-        client: Client,
-        queue: str,
-        *,
-        wait_ms: int | None = None,
-        lease_ms: int | None = None,
-        worker: str | None = None,
-        heartbeat: bool = True,
-    ) -> None:
-        self._client = client
-        self._queue = queue
-        self._wait_ms = wait_ms
-        self._lease_ms = lease_ms
-        self._worker = worker
-        self._heartbeat = Heartbeat(client, lease_ms) if heartbeat else None
-        self._stop = threading.Event()
-        self._closed = False
-        self.current: Task | None = None
-
-    def stop(self) -> None:
-        """End the loop when it next comes back for a task (acking the current
-        one). Safe to call from any thread or a signal handler."""
-        self._stop.set()
+    def _new_heartbeat(self, client: SyncShell) -> Heartbeat:
+        return Heartbeat(client, self._lease_ms)
 
     def __iter__(self) -> Consumer:
         return self
 
     def __next__(self) -> Task:
-        if self.current is not None:
-            done, self.current = self.current, None
-            self._settle(done, None)
-        if self._closed or self._stop.is_set():
-            self.close()
-            raise StopIteration
-        task = lease_one(
-            self._client,
-            self._queue,
-            wait_ms=self._wait_ms,
-            lease_ms=self._lease_ms,
-            worker=self._worker,
-            stop=self._stop,
-        )
+        task = self._client.run(self._next())
         if task is None:
             self.close()
             raise StopIteration
-        if self._stop.is_set():
-            # Stopped while the lease was in flight: this task was never started.
-            self._settle(task, hand_back("the consumer was stopped"))
-            self.close()
-            raise StopIteration
-        if self._heartbeat is not None:
-            self._heartbeat.add(task)
-        self.current = task
         return task
-
-    def _settle(self, task: Task, nack: Nack | None) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.discard(task)
-        try:
-            if nack is None:
-                self._client.ack(task, task.result)
-            else:
-                self._client.nack(task, **nack.kwargs())
-        except ChergaError as error:
-            log_settle_failure(task, error, "ack" if nack is None else "nack")
 
     def close(self, nack: Nack | None = None) -> None:
         """Hand back the current task (if any) and stop the heartbeat."""
-        if self.current is not None:
-            task, self.current = self.current, None
-            self._settle(task, nack or hand_back(LEFT_LOOP))
-        if not self._closed:
-            self._closed = True
-            if self._heartbeat is not None:
-                self._heartbeat.stop()
+        if self._client.run(self._close(nack)) and self._heartbeat is not None:
+            self._heartbeat.stop()
 
     def __enter__(self) -> Consumer:
         return self
@@ -496,92 +517,40 @@ class Consumer:
         return plan.swallow
 
     def __del__(self) -> None:
+        # A finalizer must not wait on the network: a thread hands the task
+        # back (it keeps this consumer alive until it has).
         try:
-            self.close()
-        except Exception:  # never raise from a finalizer
+            if self.current is not None:
+                threading.Thread(target=self.close, name="cherga-consumer-close", daemon=True).start()
+            elif self._heartbeat is not None:
+                self._heartbeat.stop(wait=False)
+        except Exception:  # never raise from a finalizer (interpreter shutdown)
             pass
 
 
-class AsyncConsumer:
+class AsyncConsumer(_Consumer[AsyncShell, AsyncHeartbeat]):
     """``async for task in client.consume(queue):`` — ``Consumer`` for
     ``AsyncClient``, with the same rules. Python finalizes an abandoned async
     iterator late, so use ``async with client.consume(queue) as tasks:`` to
     have a task left by ``break`` or an exception handed back at once; without
     it such a task comes back when its lease expires."""
 
-    def __init__(
-        self,
-        client: AsyncClient,
-        queue: str,
-        *,
-        wait_ms: int | None = None,
-        lease_ms: int | None = None,
-        worker: str | None = None,
-        heartbeat: bool = True,
-    ) -> None:
-        self._client = client
-        self._queue = queue
-        self._wait_ms = wait_ms
-        self._lease_ms = lease_ms
-        self._worker = worker
-        self._heartbeat = AsyncHeartbeat(client, lease_ms) if heartbeat else None
-        self._stop = asyncio.Event()
-        self._closed = False
-        self.current: Task | None = None
-
-    def stop(self) -> None:
-        """End the loop when it next comes back for a task (acking the current one)."""
-        self._stop.set()
+    def _new_heartbeat(self, client: AsyncShell) -> AsyncHeartbeat:
+        return AsyncHeartbeat(client, self._lease_ms)
 
     def __aiter__(self) -> AsyncConsumer:
         return self
 
     async def __anext__(self) -> Task:
-        if self.current is not None:
-            done, self.current = self.current, None
-            await self._settle(done, None)
-        if self._closed or self._stop.is_set():
-            await self.aclose()
-            raise StopAsyncIteration
-        task = await alease_one(
-            self._client,
-            self._queue,
-            wait_ms=self._wait_ms,
-            lease_ms=self._lease_ms,
-            worker=self._worker,
-            stop=self._stop,
-        )
+        task = await self._client.run(self._next())
         if task is None:
             await self.aclose()
             raise StopAsyncIteration
-        if self._stop.is_set():
-            await self._settle(task, hand_back("the consumer was stopped"))
-            await self.aclose()
-            raise StopAsyncIteration
-        if self._heartbeat is not None:
-            self._heartbeat.add(task)
-        self.current = task
         return task
 
-    async def _settle(self, task: Task, nack: Nack | None) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.discard(task)
-        try:
-            if nack is None:
-                await self._client.ack(task, task.result)
-            else:
-                await self._client.nack(task, **nack.kwargs())
-        except ChergaError as error:
-            log_settle_failure(task, error, "ack" if nack is None else "nack")
-
     async def aclose(self, nack: Nack | None = None) -> None:
-        if self.current is not None:
-            task, self.current = self.current, None
-            await self._settle(task, nack or hand_back(LEFT_LOOP))
-        if not self._closed:
-            self._closed = True
-            if self._heartbeat is not None:
-                await self._heartbeat.stop()
+        if await self._client.run(self._close(nack)) and self._heartbeat is not None:
+            await self._heartbeat.stop()
 
     async def __aenter__(self) -> AsyncConsumer:
         return self

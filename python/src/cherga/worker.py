@@ -58,7 +58,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import inspect
-import json
 import logging
 import os
 import signal
@@ -66,12 +65,17 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Any, Generic, TypedDict, TypeVar, Unpack
 
+from . import _core
+from ._core import AsyncShell, Program, RetryPolicy, SyncShell, exchange
+from ._http import encode_body
 from ._outcome import Dead, Nack, Retry, failure, hand_back, outcome_name, undecodable
 from .client import AsyncClient, Client
 from .errors import ChergaError, InvalidJson, PayloadTooLarge, TooManyRequests
-from .lease import AsyncHeartbeat, Heartbeat, log_settle_failure
+from .lease import AsyncHeartbeat, Heartbeat, log_settle_failure, report
 from .types import Task
 
 __all__ = ["AsyncWorker", "Dead", "Retry", "Worker", "run_workers"]
@@ -79,6 +83,7 @@ __all__ = ["AsyncWorker", "Dead", "Retry", "Worker", "run_workers"]
 log = logging.getLogger("cherga.worker")
 
 Handler = Callable[[Task], Any]
+T = TypeVar("T")
 
 DEFAULT_LEASE_MS = 30_000
 DEFAULT_WAIT_MS = 5_000
@@ -92,25 +97,34 @@ def default_worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+class WorkerSettings(TypedDict, total=False):
+    """What both workers take besides the queue and the client: ``url``
+    (default ``$CHERGA_URL``; used when no client is given), ``concurrency``
+    (handlers at once, default 1), ``lease_ms`` (asked for and renewed; a dead
+    worker's tasks come back after at most this long), ``wait_ms`` (one long
+    poll; it bounds how long shutdown waits for a lease request in flight),
+    ``prefetch`` (tasks leased ahead of free handlers) and ``name`` (the name
+    tasks are leased under; default ``host:pid``)."""
+
+    url: str | None
+    concurrency: int
+    lease_ms: int
+    wait_ms: int
+    prefetch: int
+    name: str | None
+
+
 class _Registry:
     """Handlers by kind, and the settings both workers share."""
 
-    def __init__(
-        self,
-        queue: str,
-        *,
-        concurrency: int,
-        lease_ms: int,
-        wait_ms: int,
-        prefetch: int,
-        name: str | None,
-    ) -> None:
+    def __init__(self, queue: str, **settings: Unpack[WorkerSettings]) -> None:
         self.queue = queue
-        self.concurrency = max(1, concurrency)
-        self.lease_ms = lease_ms
-        self.wait_ms = wait_ms
-        self.prefetch = max(0, prefetch)
-        self.name = name or default_worker_name()
+        self.url = settings.get("url")
+        self.concurrency = max(1, settings.get("concurrency", 1))
+        self.lease_ms = settings.get("lease_ms", DEFAULT_LEASE_MS)
+        self.wait_ms = settings.get("wait_ms", DEFAULT_WAIT_MS)
+        self.prefetch = max(0, settings.get("prefetch", 0))
+        self.name = settings.get("name") or default_worker_name()
         self.handlers: dict[str, Handler] = {}
         self.fallback_handler: Handler | None = None
 
@@ -142,7 +156,195 @@ def _no_handler(task: Task) -> Any:
     raise Retry(f"no handler for kind {task.kind!r} in this worker")
 
 
-class Worker(_Registry):
+class _Undecodable(Exception):
+    """What the handler of a task this client cannot decode raises."""
+
+
+def _undecodable(task: Task) -> Any:
+    raise _Undecodable(task.decode_error)
+
+
+def _outcome(error: BaseException | None) -> tuple[Nack | None, str]:
+    """The nack (``None``: ack) and the log's outcome for a handler that
+    raised ``error`` (``None``: returned)."""
+    if error is None:
+        return None, "succeeded"
+    if isinstance(error, _Undecodable):
+        return undecodable(str(error)), "undecodable"
+    return failure(error), outcome_name(error)
+
+
+class _Flow:
+    """The worker's bookkeeping and the programs of its requests, without
+    threads or I/O: ``Worker`` and ``AsyncWorker`` run the same ones.
+
+    Acks ride on the poller's next lease request (``offer``), except while it
+    long-polls (and, in the asyncio worker, while any request of it is in
+    flight), when a handler finishing meanwhile sends its own. A lease
+    request long-polls only when it may wait: when the last one came back
+    empty, or no task is held; otherwise it asks with ``wait_ms`` 0.
+
+    ``lock`` guards ``acks``, ``long_polling`` and ``poller_done``: the thread
+    worker's lock; nothing for the asyncio worker, whose steps between awaits
+    are atomic."""
+
+    def __init__(
+        self, registry: _Registry, policy: RetryPolicy, lock: AbstractContextManager[Any], *, ride_in_flight: bool
+    ) -> None:
+        self.registry = registry
+        self.policy = policy
+        self.lock = lock
+        # Whether an ack waits for the next lease request while one is in
+        # flight (the thread worker: sending it from the handler's thread costs
+        # more than the wait), or is sent at once then (the asyncio worker:
+        # a request of its own runs beside the lease, at no thread's cost).
+        self.ride_in_flight = ride_in_flight
+        self.in_flight = False
+        self.acks: list[tuple[Task, Any]] = []
+        self.long_polling = False
+        self.poller_done = False
+        # Whether the last lease request brought tasks: then the queue likely
+        # holds more, and the next request does not wait on the server.
+        self.busy = False
+        self.error_delay = ERROR_BACKOFF[0]
+
+    def handler(self, task: Task) -> Handler:
+        if task.decode_error is not None:
+            return _undecodable
+        return self.registry.handler_for(task.kind) or _no_handler
+
+    def next_request(self, others_held: bool) -> tuple[list[tuple[Task, Any]], int]:
+        """The acks the next lease request carries and its ``wait_ms`` (lock
+        held; ``others_held``: tasks are held besides the slots it asks for)."""
+        acks, self.acks = self.acks, []
+        wait_ms = self.registry.wait_ms if not self.busy or not others_held else 0
+        self.long_polling = wait_ms > 0
+        self.in_flight = True
+        return acks, wait_ms
+
+    def may_lease(self, free: int, capacity: int) -> bool:
+        """Whether to send the next lease request with ``free`` slots of
+        ``capacity``: at once, unless the last one brought tasks; then once
+        half the slots are free, so that one request carries many acks and
+        brings many tasks."""
+        return free > 0 and (not self.busy or free * 2 >= capacity)
+
+    def offer(self, task: Task, nack: Nack | None, result: Any) -> bool:
+        """Hands a finished task's ack to the poller (lock held); false when it
+        is to be sent now."""
+        if nack is not None or self.long_polling or self.poller_done:
+            return False
+        if self.in_flight and not self.ride_in_flight:
+            return False
+        self.acks.append((task, result))
+        return True
+
+    def stop_polling(self) -> list[tuple[Task, Any]]:
+        """The poller has stopped (lock held): the acks it will not carry."""
+        self.long_polling = False
+        self.poller_done = True
+        acks, self.acks = self.acks, []
+        return acks
+
+    def lease(self, free: int, acks: list[tuple[Task, Any]], wait_ms: int) -> Program[list[Task]]:
+        """One lease request for ``free`` tasks, carrying ``acks``; after a
+        failure it pauses (backing off) and returns no task."""
+        registry = self.registry
+        options: dict[str, Any] = {
+            "max": free,
+            "wait_ms": wait_ms,
+            "lease_ms": registry.lease_ms,
+            "worker": registry.name,
+        }
+        started = time.monotonic()
+        tasks: list[Task] = []
+        try:
+            if acks:
+                tasks, results = yield from exchange(_core.lease_and_ack(registry.queue, acks, **options), self.policy)
+                for task, nack in _refused_acks(acks, results):
+                    yield from self.send_report(task, nack)
+            else:
+                tasks = yield from exchange(_core.lease_tasks(registry.queue, **options), self.policy)
+            self.error_delay = ERROR_BACKOFF[0]
+        except (ChergaError, *NOT_JSON) as error:
+            log.warning("lease request to queue %s failed: %s", registry.queue, error)
+            with self.lock:
+                self.long_polling = self.in_flight = False
+            for task, result in acks:
+                yield from self.send_report(task, None, result)
+            yield _pause(error, self.error_delay) if isinstance(error, ChergaError) else 0.0
+            self.error_delay = min(ERROR_BACKOFF[1], self.error_delay * 2)
+        with self.lock:
+            self.long_polling = self.in_flight = False
+            self.busy = bool(tasks)
+        if not tasks and wait_ms == registry.wait_ms and time.monotonic() - started < 0.05:
+            # Asked as long as it may wait, the server answered at once with
+            # nothing (wait_ms 0, or it is shutting down): do not spin.
+            yield 0.05
+        return tasks
+
+    def send_report(self, task: Task, nack: Nack | None, result: Any = None) -> Program[str | None]:
+        """Acks or nacks ``task`` now; returns why a result that could not be
+        acked was nacked instead (``None`` otherwise)."""
+        try:
+            return (yield from self._send_report(task, nack, result))
+        except Exception:  # keep the worker alive; the lease expiry brings the task back
+            log.exception("could not report task %s", task.id)
+            return None
+
+    def _send_report(self, task: Task, nack: Nack | None, result: Any) -> Program[str | None]:
+        if nack is not None:
+            yield from report(self.policy, task, nack)
+            return None
+        try:
+            yield from exchange(_core.ack(task, result), self.policy)
+        except RESULT_REFUSED as error:
+            not_json = _why_refused(error)
+            yield from report(self.policy, task, Nack(error=not_json))
+            return not_json
+        except ChergaError as error:
+            log_settle_failure(task, error, "ack")
+        return None
+
+    def flush(self, acks: list[tuple[Task, Any]]) -> Program[None]:
+        """Sends acks the poller will not carry, in one request."""
+        if not acks:
+            return
+        try:
+            results = yield from exchange(_core.ack_many(acks), self.policy)
+        except ChergaError:
+            for task, result in acks:
+                yield from self.send_report(task, None, result)
+            return
+        for task, nack in _refused_acks(acks, results):
+            yield from self.send_report(task, nack)
+
+
+C = TypeVar("C", bound=SyncShell | AsyncShell)
+
+
+class _Worker(_Registry, Generic[C]):
+    """What both workers share besides the flow: their client."""
+
+    def __init__(self, queue: str, client: C | None, **settings: Unpack[WorkerSettings]) -> None:
+        super().__init__(queue, **settings)
+        self.client = client
+
+    def _started(self, task: Task) -> tuple[Handler, float] | None:
+        """The handler to run ``task`` with, and when it started; ``None`` when
+        the worker is stopping and hands the task back instead."""
+        if self.stopping and not task.last_attempt:
+            return None
+        return self._flow.handler(task), time.monotonic()
+
+    @property
+    def stopping(self) -> bool:
+        raise NotImplementedError
+
+    _flow: _Flow
+
+
+class Worker(_Worker[Client]):
     """A worker running handlers in threads. See the module documentation.
 
     ``client`` (or ``url``, default ``$CHERGA_URL``) says where cherga is.
@@ -152,33 +354,17 @@ class Worker(_Registry):
     many tasks ahead of free threads.
     """
 
-    def __init__(
-        self,
-        queue: str = "default",
-        *,
-        client: Client | None = None,
-        url: str | None = None,
-        concurrency: int = 1,
-        lease_ms: int = DEFAULT_LEASE_MS,
-        wait_ms: int = DEFAULT_WAIT_MS,
-        prefetch: int = 0,
-        name: str | None = None,
-    ) -> None:
-        super().__init__(
-            queue, concurrency=concurrency, lease_ms=lease_ms, wait_ms=wait_ms, prefetch=prefetch, name=name
-        )
-        self.url = url
-        self.client = client
+    def __init__(self, queue: str = "default", *, client: Client | None = None, **settings: Unpack[WorkerSettings]):
+        super().__init__(queue, client, **settings)
         self._own_client = False
-        self._cond = threading.Condition()
+        # One lock; handler threads wait on `_work` (one woken per task), the
+        # poller on `_room` (woken when a slot frees). Nobody wakes everybody.
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)
+        self._room = threading.Condition(self._lock)
         self._ready: collections.deque[Task] = collections.deque()
         self._held = 0
-        # Acks handed to the poller, for its next lease request; only while it
-        # waits for a free slot (`_poller_waiting`).
-        self._acks: list[tuple[Task, Any]] = []
-        self._poller_waiting = False
         self._stopping = threading.Event()
-        self._poller_done = False
         self._threads: list[threading.Thread] = []
         self._heartbeat: Heartbeat | None = None
         # Set when the worker stopped because of a bug of its own.
@@ -193,6 +379,7 @@ class Worker(_Registry):
         if self.client is None:
             self.client = Client(self.url)
             self._own_client = True
+        self._flow = _Flow(self, self.client.retry_policy, self._lock, ride_in_flight=True)
         self._heartbeat = Heartbeat(self.client, self.lease_ms)
         self._threads = [threading.Thread(target=self._poll_loop, name=f"cherga-poll-{self.queue}", daemon=True)]
         self._threads += [
@@ -206,8 +393,9 @@ class Worker(_Registry):
     def stop(self) -> None:
         """Begin a graceful shutdown; returns at once (``join()`` waits)."""
         self._stopping.set()
-        with self._cond:
-            self._cond.notify_all()
+        with self._lock:
+            self._room.notify_all()
+            self._work.notify_all()
 
     @property
     def stopping(self) -> bool:
@@ -239,137 +427,89 @@ class Worker(_Registry):
             self.client = None
             self._own_client = False
 
+    def _run(self, program: Program[T], *, until_stopped: bool = False) -> T:
+        """Runs ``program``; its pauses end early on ``stop()`` when
+        ``until_stopped`` (the poller's), never for reports (their retries)."""
+        assert self.client is not None
+        return self.client.run(program, pause=self._stopping.wait if until_stopped else time.sleep)
+
     # -- threads ------------------------------------------------------------
 
     def _poll_loop(self) -> None:
-        assert self.client is not None and self._heartbeat is not None
-        error_delay = ERROR_BACKOFF[0]
+        assert self._heartbeat is not None
         try:
             while not self._stopping.is_set():
-                with self._cond:
-                    self._poller_waiting = True
-                    while self._held >= self.capacity and not self._stopping.is_set():
-                        self._cond.wait()
-                    self._poller_waiting = False
+                with self._lock:
+                    while not self._stopping.is_set() and not self._flow.may_lease(
+                        self.capacity - self._held, self.capacity
+                    ):
+                        self._room.wait()
                     if self._stopping.is_set():
                         return
                     free = min(self.capacity - self._held, MAX_LEASE_BATCH)
+                    acks, wait_ms = self._flow.next_request(others_held=self._held > 0)
                     # Count the slots now, so a finishing handler cannot make
                     # another lease request see them free again.
                     self._held += free
-                    acks, self._acks = self._acks, []
-                started = time.monotonic()
-                tasks: list[Task] = []
-                try:
-                    if acks:
-                        tasks, results = self.client.lease_and_ack(
-                            self.queue, acks, max=free, wait_ms=self.wait_ms, lease_ms=self.lease_ms, worker=self.name
-                        )
-                        for task, nack in _refused_acks(acks, results):
-                            self._send_report(task, nack)
-                    else:
-                        tasks = self.client.lease_tasks(
-                            self.queue, max=free, wait_ms=self.wait_ms, lease_ms=self.lease_ms, worker=self.name
-                        )
-                    error_delay = ERROR_BACKOFF[0]
-                except ChergaError as error:
-                    log.warning("lease request to queue %s failed: %s", self.queue, error)
-                    for task, result in acks:
-                        self._send_report(task, None, result)
-                    self._stopping.wait(_pause(error, error_delay))
-                    error_delay = min(ERROR_BACKOFF[1], error_delay * 2)
-                for task in tasks:
-                    self._heartbeat.add(task)
-                with self._cond:
+                tasks = self._run(self._flow.lease(free, acks, wait_ms), until_stopped=True)
+                self._heartbeat.add_many(tasks)
+                with self._lock:
                     self._held -= free - len(tasks)
                     self._ready.extend(tasks)
-                    self._cond.notify_all()
-                if not tasks and time.monotonic() - started < 0.05:
-                    # The server answered at once with nothing (wait_ms 0, or it is
-                    # shutting down): do not spin.
-                    self._stopping.wait(0.05)
+                    self._work.notify(len(tasks))
         except BaseException as error:
             # A bug, not a cherga error: stop the worker rather than idle forever.
             log.exception("worker %s: the poller failed; stopping", self.name)
             self.crashed = error
             self.stop()
         finally:
-            with self._cond:
-                self._poller_waiting = False
-                self._poller_done = True
-                acks, self._acks = self._acks, []
-                self._cond.notify_all()
-            for task, result in acks:
-                self._send_report(task, None, result)
+            with self._lock:
+                acks = self._flow.stop_polling()
+                self._work.notify_all()
+            self._run(self._flow.flush(acks))
 
     def _handler_loop(self) -> None:
         while True:
-            with self._cond:
-                while not self._ready and not (self._stopping.is_set() and self._poller_done):
-                    self._cond.wait()
+            with self._lock:
+                while not self._ready and not (self._stopping.is_set() and self._flow.poller_done):
+                    self._work.wait()
                 if not self._ready:
                     return
                 task = self._ready.popleft()
             try:
-                if self._stopping.is_set() and not task.last_attempt:
-                    self._report(task, hand_back("the worker is shutting down"))
-                    _log_task(task, "handed_back", 0.0)
-                else:
-                    self._execute(task)
+                self._execute(task)
             finally:
-                with self._cond:
+                with self._lock:
                     self._held -= 1
-                    self._cond.notify_all()
+                    self._room.notify()
 
     def _execute(self, task: Task) -> None:
-        if task.decode_error is not None:
-            self._report(task, undecodable(task.decode_error))
-            _log_task(task, "undecodable", 0.0, task.decode_error)
+        started = self._started(task)
+        if started is None:
+            self._report(task, hand_back("the worker is shutting down"))
+            _log_task(task, "handed_back", 0.0)
             return
-        handler = self.handler_for(task.kind) or _no_handler
-        started = time.monotonic()
+        handler, at = started
         try:
             result = handler(task)
         except BaseException as error:  # noqa: BLE001 - every failure is reported
-            elapsed = time.monotonic() - started
-            self._report(task, failure(error))
-            _log_task(task, outcome_name(error), elapsed, error)
+            nack, outcome = _outcome(error)
+            self._report(task, nack)
+            _log_task(task, outcome, time.monotonic() - at, error)
         else:
-            elapsed = time.monotonic() - started
             not_json = self._report(task, None, result)
-            _log_task(task, "failed" if not_json else "succeeded", elapsed, not_json)
+            _log_task(task, "failed" if not_json else "succeeded", time.monotonic() - at, not_json)
 
     def _report(self, task: Task, nack: Nack | None, result: Any = None) -> str | None:
         """Acks or nacks ``task``; returns why a result that is not JSON was
         nacked instead of acked (``None`` otherwise)."""
         assert self._heartbeat is not None
         self._heartbeat.discard(task)
-        # A first look without the lock spares the JSON check when the poller is busy.
-        if nack is None and self._poller_waiting and _json_ok(result):
-            with self._cond:
-                if self._poller_waiting:
-                    # The slot this task frees wakes the poller, which acks it.
-                    self._acks.append((task, result))
+        if nack is None and _json_ok(result):
+            with self._lock:
+                if self._flow.offer(task, nack, result):
                     return None
-        return self._send_report(task, nack, result)
-
-    def _send_report(self, task: Task, nack: Nack | None, result: Any = None) -> str | None:
-        assert self.client is not None
-        not_json = None
-        try:
-            if nack is None:
-                try:
-                    self.client.ack(task, result)
-                except RESULT_REFUSED as error:
-                    not_json = _why_refused(error)
-                    self.client.nack(task, error=not_json)
-            else:
-                self.client.nack(task, **nack.kwargs())
-        except ChergaError as error:
-            log_settle_failure(task, error, "ack" if nack is None else "nack")
-        except Exception:  # keep the thread alive; the lease expiry brings the task back
-            log.exception("could not report task %s", task.id)
-        return not_json
+        return self._run(self._flow.send_report(task, nack, result))
 
 
 # What encoding a result that is not JSON raises: an object json cannot
@@ -394,8 +534,10 @@ def _why_refused(error: BaseException) -> str:
 
 def _json_ok(result: Any) -> bool:
     """Whether ``result`` can be sent as JSON (one that cannot is nacked)."""
+    if result is None or type(result) in (bool, int):
+        return True
     try:
-        json.dumps(result, allow_nan=False)
+        encode_body(result)
     except NOT_JSON:
         return False
     return True
@@ -483,7 +625,7 @@ def run_workers(workers: Iterable[Worker], *, install_signal_handlers: bool = Tr
         raise RuntimeError(f"a worker stopped on an internal error: {crashed[0]!r}") from crashed[0]
 
 
-class AsyncWorker(_Registry):
+class AsyncWorker(_Worker[AsyncClient]):
     """A worker running handlers as asyncio tasks, ``concurrency`` at once.
 
     ``async def`` handlers are awaited; plain functions run in a thread
@@ -492,35 +634,23 @@ class AsyncWorker(_Registry):
     """
 
     def __init__(
-        self,
-        queue: str = "default",
-        *,
-        client: AsyncClient | None = None,
-        url: str | None = None,
-        concurrency: int = 1,
-        lease_ms: int = DEFAULT_LEASE_MS,
-        wait_ms: int = DEFAULT_WAIT_MS,
-        prefetch: int = 0,
-        name: str | None = None,
+        self, queue: str = "default", *, client: AsyncClient | None = None, **settings: Unpack[WorkerSettings]
     ) -> None:
-        super().__init__(
-            queue, concurrency=concurrency, lease_ms=lease_ms, wait_ms=wait_ms, prefetch=prefetch, name=name
-        )
-        self.url = url
-        self.client = client
+        super().__init__(queue, client, **settings)
         self._stopping: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested = False
-        # As in ``Worker``: acks for the poller's next lease request, handed over
-        # only while it waits for a free slot.
-        self._acks: list[tuple[Task, Any]] = []
-        self._poller_waiting = False
+        self._io: _AsyncIO
 
     def stop(self) -> None:
         """Begin a graceful shutdown. Safe from any thread."""
         self._stop_requested = True
         if self._loop is not None and self._stopping is not None:
             self._loop.call_soon_threadsafe(self._stopping.set)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping is not None and self._stopping.is_set()
 
     def run(self, *, install_signal_handlers: bool = True) -> None:
         asyncio.run(self.serve(install_signal_handlers=install_signal_handlers))
@@ -533,33 +663,31 @@ class AsyncWorker(_Registry):
             self._stopping.set()
         own_client = self.client is None
         client = self.client if self.client is not None else AsyncClient(self.url)
-        heartbeat = AsyncHeartbeat(client, self.lease_ms)
-        ready: asyncio.Queue[Task | None] = asyncio.Queue()
-        slots = asyncio.Semaphore(self.capacity)
+        self._flow = _Flow(self, client.retry_policy, nullcontext(), ride_in_flight=False)
+        self._io = _AsyncIO(
+            client, AsyncHeartbeat(client, self.lease_ms), asyncio.Queue(), asyncio.Semaphore(self.capacity)
+        )
         signals: list[int] = []
+        unsent: list[tuple[Task, Any]] = []
         if install_signal_handlers:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(sig, self._on_signal, sig)
                 signals.append(sig)
         try:
-            runners = [
-                asyncio.create_task(self._runner(client, heartbeat, ready, slots)) for _ in range(self.concurrency)
-            ]
+            runners = [asyncio.create_task(self._runner()) for _ in range(self.concurrency)]
             try:
-                await self._poller(client, heartbeat, ready, slots)
+                await self._poller()
             finally:
-                self._poller_waiting = False
+                unsent = self._flow.stop_polling()
             for _ in runners:
-                ready.put_nowait(None)  # after every leased task: drain, then stop
+                self._io.ready.put_nowait(None)  # after every leased task: drain, then stop
             await asyncio.gather(*runners)
         finally:
             # Acks handed to a poller that has stopped.
-            acks, self._acks = self._acks, []
-            for task, result in acks:
-                await self._send_report(client, task, None, result)
+            await self._run(self._flow.flush(unsent + self._flow.stop_polling()))
             for installed in signals:
                 self._loop.remove_signal_handler(installed)
-            await heartbeat.stop()
+            await self._io.heartbeat.stop()
             if own_client:
                 await client.aclose()
 
@@ -570,91 +698,60 @@ class AsyncWorker(_Registry):
             self._loop.remove_signal_handler(handled)
         self.stop()
 
-    async def _poller(
-        self,
-        client: AsyncClient,
-        heartbeat: AsyncHeartbeat,
-        ready: asyncio.Queue[Task | None],
-        slots: asyncio.Semaphore,
-    ) -> None:
+    async def _run(self, program: Program[T], *, until_stopped: bool = False) -> T:
+        """As ``Worker._run``."""
+        stopping = self._stopping
+        assert stopping is not None
+        if not until_stopped:
+            return await self._io.client.run(program)
+        return await self._io.client.run(program, pause=lambda seconds: _wait(stopping, seconds))
+
+    async def _poller(self) -> None:
         assert self._stopping is not None
-        error_delay = ERROR_BACKOFF[0]
+        slots = self._io.slots
         while not self._stopping.is_set():
-            # Wait for one free slot (or the stop), then take every free one.
-            acquire = asyncio.create_task(slots.acquire())
-            stop = asyncio.create_task(self._stopping.wait())
-            self._poller_waiting = True
-            await asyncio.wait({acquire, stop}, return_when=asyncio.FIRST_COMPLETED)
-            self._poller_waiting = False
-            stop.cancel()
-            if not acquire.done():
-                acquire.cancel()
-                return
-            free = 1
-            while not slots.locked() and free < MAX_LEASE_BATCH:
-                await slots.acquire()
-                free += 1
-            if self._stopping.is_set():
-                for _ in range(free):
-                    slots.release()
-                return
-            started = time.monotonic()
-            tasks: list[Task] = []
-            acks, self._acks = self._acks, []
-            try:
-                if acks:
-                    tasks, results = await client.lease_and_ack(
-                        self.queue, acks, max=free, wait_ms=self.wait_ms, lease_ms=self.lease_ms, worker=self.name
-                    )
-                    for task, nack in _refused_acks(acks, results):
-                        await self._send_report(client, task, nack)
-                else:
-                    tasks = await client.lease_tasks(
-                        self.queue, max=free, wait_ms=self.wait_ms, lease_ms=self.lease_ms, worker=self.name
-                    )
-                error_delay = ERROR_BACKOFF[0]
-            except ChergaError as error:
-                log.warning("lease request to queue %s failed: %s", self.queue, error)
-                for task, result in acks:
-                    await self._send_report(client, task, None, result)
-                await _wait(self._stopping, _pause(error, error_delay))
-                error_delay = min(ERROR_BACKOFF[1], error_delay * 2)
+            free = 0
+            while free == 0 or not self._flow.may_lease(free, self.capacity):
+                # Wait for one free slot (or the stop), then take every free one.
+                acquire = asyncio.create_task(slots.acquire())
+                stop = asyncio.create_task(self._stopping.wait())
+                await asyncio.wait({acquire, stop}, return_when=asyncio.FIRST_COMPLETED)
+                stop.cancel()
+                if not acquire.done():
+                    acquire.cancel()
+                free += 1 if acquire.done() and not acquire.cancelled() else 0
+                while not slots.locked() and free < MAX_LEASE_BATCH:
+                    await slots.acquire()
+                    free += 1
+                if self._stopping.is_set():
+                    for _ in range(free):
+                        slots.release()
+                    return
+            acks, wait_ms = self._flow.next_request(others_held=free < self.capacity)
+            tasks = await self._run(self._flow.lease(free, acks, wait_ms), until_stopped=True)
             for _ in range(free - len(tasks)):
                 slots.release()
+            self._io.heartbeat.add_many(tasks)
             for task in tasks:
-                heartbeat.add(task)
-                ready.put_nowait(task)
-            if not tasks and time.monotonic() - started < 0.05:
-                await _wait(self._stopping, 0.05)
+                self._io.ready.put_nowait(task)
 
-    async def _runner(
-        self,
-        client: AsyncClient,
-        heartbeat: AsyncHeartbeat,
-        ready: asyncio.Queue[Task | None],
-        slots: asyncio.Semaphore,
-    ) -> None:
-        assert self._stopping is not None
+    async def _runner(self) -> None:
         while True:
-            task = await ready.get()
+            task = await self._io.ready.get()
             if task is None:
                 return
             try:
-                if self._stopping.is_set() and not task.last_attempt:
-                    await self._report(client, heartbeat, task, hand_back("the worker is shutting down"))
-                    _log_task(task, "handed_back", 0.0)
-                else:
-                    await self._execute(client, heartbeat, task)
+                await self._execute(task)
             finally:
-                slots.release()
+                self._io.slots.release()
 
-    async def _execute(self, client: AsyncClient, heartbeat: AsyncHeartbeat, task: Task) -> None:
-        if task.decode_error is not None:
-            await self._report(client, heartbeat, task, undecodable(task.decode_error))
-            _log_task(task, "undecodable", 0.0, task.decode_error)
+    async def _execute(self, task: Task) -> None:
+        started = self._started(task)
+        if started is None:
+            await self._report(task, hand_back("the worker is shutting down"))
+            _log_task(task, "handed_back", 0.0)
             return
-        handler = self.handler_for(task.kind) or _no_handler
-        started = time.monotonic()
+        handler, at = started
         try:
             if inspect.iscoroutinefunction(handler):
                 result = await handler(task)
@@ -664,48 +761,37 @@ class AsyncWorker(_Registry):
             current = asyncio.current_task()
             if current is not None and current.cancelling():
                 # The worker itself is cancelled: the task did not fail.
-                await self._report(client, heartbeat, task, hand_back("the worker was cancelled"))
-                _log_task(task, "handed_back", time.monotonic() - started)
+                await self._report(task, hand_back("the worker was cancelled"))
+                _log_task(task, "handed_back", time.monotonic() - at)
                 raise
             # The handler's own code raised it: a failure like any other.
-            await self._report(client, heartbeat, task, failure(error))
-            _log_task(task, "failed", time.monotonic() - started, error)
+            await self._report(task, failure(error))
+            _log_task(task, "failed", time.monotonic() - at, error)
         except BaseException as error:  # noqa: BLE001 - every failure is reported
-            elapsed = time.monotonic() - started
-            await self._report(client, heartbeat, task, failure(error))
-            _log_task(task, outcome_name(error), elapsed, error)
+            nack, outcome = _outcome(error)
+            await self._report(task, nack)
+            _log_task(task, outcome, time.monotonic() - at, error)
         else:
-            elapsed = time.monotonic() - started
-            not_json = await self._report(client, heartbeat, task, None, result)
-            _log_task(task, "failed" if not_json else "succeeded", elapsed, not_json)
+            not_json = await self._report(task, None, result)
+            _log_task(task, "failed" if not_json else "succeeded", time.monotonic() - at, not_json)
 
-    async def _report(
-        self, client: AsyncClient, heartbeat: AsyncHeartbeat, task: Task, nack: Nack | None, result: Any = None
-    ) -> str | None:
+    async def _report(self, task: Task, nack: Nack | None, result: Any = None) -> str | None:
         """As ``Worker._report``."""
-        heartbeat.discard(task)
-        if nack is None and self._poller_waiting and _json_ok(result):
-            # The slot this task frees wakes the poller, which acks it.
-            self._acks.append((task, result))
+        self._io.heartbeat.discard(task)
+        if nack is None and _json_ok(result) and self._flow.offer(task, nack, result):
             return None
-        return await self._send_report(client, task, nack, result)
+        return await self._run(self._flow.send_report(task, nack, result))
 
-    async def _send_report(self, client: AsyncClient, task: Task, nack: Nack | None, result: Any = None) -> str | None:
-        not_json = None
-        try:
-            if nack is None:
-                try:
-                    await client.ack(task, result)
-                except RESULT_REFUSED as error:
-                    not_json = _why_refused(error)
-                    await client.nack(task, error=not_json)
-            else:
-                await client.nack(task, **nack.kwargs())
-        except ChergaError as error:
-            log_settle_failure(task, error, "ack" if nack is None else "nack")
-        except Exception:  # keep the runner alive; the lease expiry brings the task back
-            log.exception("could not report task %s", task.id)
-        return not_json
+
+@dataclass
+class _AsyncIO:
+    """What an ``AsyncWorker`` serves with: its client and heartbeat, the
+    leased tasks for the runners, and the slots (``capacity`` of them)."""
+
+    client: AsyncClient
+    heartbeat: AsyncHeartbeat
+    ready: asyncio.Queue[Task | None]
+    slots: asyncio.Semaphore
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> None:

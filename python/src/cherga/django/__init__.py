@@ -35,10 +35,11 @@ def _django_version() -> str | None:
         import django
     except ImportError:
         return None
-    return django.get_version()
+    version: str = django.get_version()
+    return version
 
 
-require(tuple(sys.version_info), _django_version())
+require(sys.version_info[:3], _django_version())
 
 from .backend import ChergaBackend, RemoteTaskError, enqueue  # noqa: E402 - after the check above
 

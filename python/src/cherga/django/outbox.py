@@ -89,10 +89,10 @@ def prune(*, older_than: timedelta, using: str = DEFAULT_DB_ALIAS) -> int:
 
     cutoff = timezone.now() - older_than
     deleted, _ = OutboxTask.objects.using(using).filter(relayed_at__lt=cutoff).delete()
-    return deleted
+    return int(deleted)
 
 
 def pending_count(*, using: str = DEFAULT_DB_ALIAS) -> int:
     from .models import OutboxTask
 
-    return OutboxTask.objects.using(using).filter(relayed_at__isnull=True).count()
+    return int(OutboxTask.objects.using(using).filter(relayed_at__isnull=True).count())

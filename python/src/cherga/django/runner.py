@@ -83,6 +83,8 @@ def run(backend: ChergaBackend, delivery: cherga_types.Task, worker_id: str) -> 
     enqueued_at, first_started_at, started_at = _in_order(
         delivery.created_at, attempts.started_at, attempts.last_attempted_at
     )
+    if started_at is None:  # a history without this attempt: it starts now
+        started_at = timezone.now()
     result = backend._make_result(
         task,
         result_id,
@@ -143,7 +145,8 @@ def _finished_at(started_at: datetime) -> datetime:
     """Now, by this worker's clock (cherga's own end of the attempt is set
     by the ack or nack, after the signal), but never before the attempt's
     start by the server's clock."""
-    return max(timezone.now(), started_at)
+    now: datetime = timezone.now()
+    return max(now, started_at)
 
 
 # cherga keeps at most 64 KiB of error text; keep the JSON whole by cutting the
