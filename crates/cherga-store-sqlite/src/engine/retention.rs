@@ -2,17 +2,15 @@
 //! idempotency keys and revoked tokens, and event-log rows past the log's
 //! retention. Runs from the tick, at most every [`PURGE_EVERY_MS`].
 
-use super::{Engine, TICK_LIMIT};
+use super::Engine;
 use crate::journal;
 use crate::rows::Db;
 use crate::seqs;
 use cherga_core::{Millis, Transition};
 use cherga_store::StoreError;
+use cherga_store::limits::{PURGE_EVERY_MS, TICK_LIMIT};
 use rusqlite::{OptionalExtension, params};
 use std::collections::BTreeSet;
-
-/// Purge and key expiry run at most this often.
-const PURGE_EVERY_MS: Millis = 1_000;
 
 impl Engine {
     /// Purges (see [`Engine::purge`]) if the last purge was at least
