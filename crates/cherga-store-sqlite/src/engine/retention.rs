@@ -9,7 +9,7 @@ use crate::seqs;
 use cherga_core::{Millis, Transition};
 use cherga_store::StoreError;
 use cherga_store::limits::{PURGE_EVERY_MS, TICK_LIMIT};
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::BTreeSet;
 
 impl Engine {
@@ -86,25 +86,14 @@ impl Engine {
         // (the start-up scan sees only the rows that are left).
         for qid in purged_queues {
             let Some(&high) = self.highest.get(&qid) else { continue };
-            self.conn
-                .prepare_cached(
-                    "INSERT INTO counters (name, value) VALUES (?1, ?2) \
-                     ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)",
-                )
-                .db()?
-                .execute(params![seqs::counter(qid), high as i64])
-                .db()?;
+            raise_counter(&self.conn, &seqs::counter(qid), high as i64)?;
         }
-        self.conn
-            .prepare_cached("DELETE FROM idempotency_keys WHERE expires_at <= ?1")
-            .db()?
-            .execute(params![now])
-            .db()?;
-        self.conn
-            .prepare_cached("DELETE FROM revoked_tokens WHERE expires_at <= ?1")
-            .db()?
-            .execute(params![now])
-            .db()?;
+        for sql in [
+            "DELETE FROM idempotency_keys WHERE expires_at <= ?1",
+            "DELETE FROM revoked_tokens WHERE expires_at <= ?1",
+        ] {
+            self.conn.prepare_cached(sql).db()?.execute(params![now]).db()?;
+        }
         self.purge_events(now)?;
         Ok(purged)
     }
@@ -128,15 +117,20 @@ impl Engine {
             .db()?;
         drop(delete);
         if last > 0 {
-            self.conn
-                .prepare_cached(
-                    "INSERT INTO counters (name, value) VALUES ('events_purged', ?1) \
-                     ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)",
-                )
-                .db()?
-                .execute(params![last])
-                .db()?;
+            raise_counter(&self.conn, "events_purged", last)?;
         }
         Ok(())
     }
+}
+
+/// Raises the counter `name` to `value`, unless it is higher already.
+fn raise_counter(conn: &Connection, name: &str, value: i64) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO counters (name, value) VALUES (?1, ?2) \
+         ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)",
+    )
+    .db()?
+    .execute(params![name, value])
+    .db()?;
+    Ok(())
 }
