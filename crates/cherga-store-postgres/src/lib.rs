@@ -30,6 +30,7 @@ mod rows;
 mod schema;
 
 use cherga_core::{Millis, NewTask, QueueName, QueueSettingsPatch, Task, TaskId};
+use cherga_store::limits;
 use cherga_store::{
     Ack, AckedAndLeased, Changed, Claim, Effects, Enqueued, EventId, EventPage, ListTasks, Nack, QueueInfo,
     Revocation, Store, StoreError, TickReport,
@@ -55,8 +56,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Tries per call when a statement fails in a way that a fresh connection or a
 /// second run fixes (lost connection, deadlock).
 const MAX_TRIES: u32 = 3;
-/// Purges run at most this often on each node.
-const PURGE_EVERY_MS: Millis = 1_000;
 /// Shortest time between two notifications from this node: under load, one
 /// statement announces many commits.
 const NOTIFY_EVERY: Duration = Duration::from_millis(2);
@@ -78,8 +77,7 @@ pub struct Options {
     pub event_retention_ms: Option<Millis>,
 }
 
-/// How long the event log keeps events unless told otherwise: a day.
-pub const DEFAULT_EVENT_RETENTION_MS: Millis = 24 * 3_600_000;
+pub use cherga_store::limits::DEFAULT_EVENT_RETENTION_MS;
 
 impl Options {
     pub fn new(url: &str) -> Self {
@@ -604,7 +602,7 @@ impl Store for PgStore {
             TickReport { promoted: transitions.len(), expired: expired.len(), ..TickReport::default() };
         transitions.extend(expired);
         let last = inner.last_purge.load(Ordering::Relaxed);
-        if now.saturating_sub(last) >= PURGE_EVERY_MS {
+        if now.saturating_sub(last) >= limits::PURGE_EVERY_MS {
             inner.last_purge.store(now, Ordering::Relaxed);
             let retention = inner.event_retention_ms;
             let purged = transact!(inner, conn => ops::purge(&mut conn, &inner.keys, now, retention))?;

@@ -24,6 +24,7 @@ use cherga_core::{
     AckOutcome, Change, LeaseToken, Millis, NewTask, QueueSettings, QueueSettingsPatch, Refusal, Task,
     TaskId, TaskState, Transition, fingerprint,
 };
+use cherga_store::limits;
 use cherga_store::{
     Ack, Changed, Claim, Effects, Enqueued, ListTasks, Nack, QueueInfo, Revocation, StoreError,
 };
@@ -71,8 +72,8 @@ impl From<Refusal> for TxError {
 
 pub(crate) type Tx<T> = Result<T, TxError>;
 
-/// Most timer transitions (and purged rows) per tick; the rest wait for the next.
-pub const TICK_LIMIT: i64 = 10_000;
+/// [`limits::TICK_LIMIT`] as a SQL parameter.
+const TICK_LIMIT: i64 = limits::TICK_LIMIT as i64;
 
 /// Advisory lock names of one store, made distinct per schema so that stores in
 /// different schemas of one database do not serialise on each other.

@@ -22,6 +22,7 @@ use cherga_core::{
     AckOutcome, Change, LeaseToken, Millis, NewTask, QueueName, QueueSettings, QueueSettingsPatch, Refusal,
     Task, TaskId, TaskState, fingerprint,
 };
+use cherga_store::limits::TICK_LIMIT;
 use cherga_store::{Ack, Claim, Enqueued, ListTasks, Nack, QueueInfo, Revocation, StoreError, TickReport};
 use memory::{Memory, Origin};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -29,9 +30,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 pub use writer::{Writer, run_writer};
-
-/// Most timer transitions in one tick; the rest wait for the next tick.
-const TICK_LIMIT: usize = 10_000;
 
 pub struct Engine {
     conn: Connection,

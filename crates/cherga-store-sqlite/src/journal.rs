@@ -12,7 +12,7 @@
 //!
 //! At start-up the journal is replayed in order over the rows, which gives every
 //! task's state as of the last commit. The writer deletes journal rows from the
-//! oldest on as soon as no task depends on them (see `engine.rs`).
+//! oldest on as soon as no task depends on them (see `engine/memory.rs`).
 //!
 //! Task rows keep the whole task in their `body` in the same encoding as a
 //! `Created` record ([`encode_task`]), beside copies of the fields SQL needs.

@@ -64,8 +64,7 @@ pub struct Options {
     pub event_retention_ms: Option<Millis>,
 }
 
-/// How long the event log keeps events unless told otherwise: a day.
-pub const DEFAULT_EVENT_RETENTION_MS: Millis = 24 * 3_600_000;
+pub use cherga_store::limits::DEFAULT_EVENT_RETENTION_MS;
 
 impl Options {
     /// Durable options for the database `cherga.db` in `dir`, with the standard

@@ -109,7 +109,7 @@ CREATE TABLE tasks (
 ";
 
 /// Version 4: no index of finished tasks. The writer lists them in memory for
-/// retention instead (`engine.rs`, `Memory::finished`), from the start-up scan on:
+/// retention instead (`engine/memory.rs`, `Memory::finished`), from the start-up scan on:
 /// the index cost an eighth of the writer's work per task.
 const V4: &str = "DROP INDEX tasks_finished;";
 

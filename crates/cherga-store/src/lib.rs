@@ -17,6 +17,7 @@ use std::future::Future;
 
 mod effects;
 pub mod events;
+pub mod limits;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 

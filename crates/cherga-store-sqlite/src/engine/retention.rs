@@ -2,17 +2,15 @@
 //! idempotency keys and revoked tokens, and event-log rows past the log's
 //! retention. Runs from the tick, at most every [`PURGE_EVERY_MS`].
 
-use super::{Engine, TICK_LIMIT};
+use super::Engine;
 use crate::journal;
 use crate::rows::Db;
 use crate::seqs;
 use cherga_core::{Millis, Transition};
 use cherga_store::StoreError;
-use rusqlite::{OptionalExtension, params};
+use cherga_store::limits::{PURGE_EVERY_MS, TICK_LIMIT};
+use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::BTreeSet;
-
-/// Purge and key expiry run at most this often.
-const PURGE_EVERY_MS: Millis = 1_000;
 
 impl Engine {
     /// Purges (see [`Engine::purge`]) if the last purge was at least
@@ -88,25 +86,14 @@ impl Engine {
         // (the start-up scan sees only the rows that are left).
         for qid in purged_queues {
             let Some(&high) = self.highest.get(&qid) else { continue };
-            self.conn
-                .prepare_cached(
-                    "INSERT INTO counters (name, value) VALUES (?1, ?2) \
-                     ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)",
-                )
-                .db()?
-                .execute(params![seqs::counter(qid), high as i64])
-                .db()?;
+            raise_counter(&self.conn, &seqs::counter(qid), high as i64)?;
         }
-        self.conn
-            .prepare_cached("DELETE FROM idempotency_keys WHERE expires_at <= ?1")
-            .db()?
-            .execute(params![now])
-            .db()?;
-        self.conn
-            .prepare_cached("DELETE FROM revoked_tokens WHERE expires_at <= ?1")
-            .db()?
-            .execute(params![now])
-            .db()?;
+        for sql in [
+            "DELETE FROM idempotency_keys WHERE expires_at <= ?1",
+            "DELETE FROM revoked_tokens WHERE expires_at <= ?1",
+        ] {
+            self.conn.prepare_cached(sql).db()?.execute(params![now]).db()?;
+        }
         self.purge_events(now)?;
         Ok(purged)
     }
@@ -130,15 +117,20 @@ impl Engine {
             .db()?;
         drop(delete);
         if last > 0 {
-            self.conn
-                .prepare_cached(
-                    "INSERT INTO counters (name, value) VALUES ('events_purged', ?1) \
-                     ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)",
-                )
-                .db()?
-                .execute(params![last])
-                .db()?;
+            raise_counter(&self.conn, "events_purged", last)?;
         }
         Ok(())
     }
+}
+
+/// Raises the counter `name` to `value`, unless it is higher already.
+fn raise_counter(conn: &Connection, name: &str, value: i64) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO counters (name, value) VALUES (?1, ?2) \
+         ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)",
+    )
+    .db()?
+    .execute(params![name, value])
+    .db()?;
+    Ok(())
 }
