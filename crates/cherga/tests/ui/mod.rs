@@ -6,7 +6,7 @@
 //! With `CHERGA_UI_SCREENSHOTS=<dir>` the tests save a PNG of each page there
 //! (`docs/ui/` holds the ones the README shows).
 
-use super::harness::{Backend, Server, http, wait_until};
+use super::harness::{Backend, Proxy, Server, http, wait_until};
 use base64::Engine as _;
 use serde_json::{Value, json};
 use std::path::PathBuf;
@@ -156,6 +156,25 @@ impl Browser {
                 }
             }
             assert!(started.elapsed() < PATIENCE, "waited {PATIENCE:?} for {what}; it is {last:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until the first element matching `css` shows `want`.
+    async fn wait_text(&self, css: &str, want: &str) {
+        let mut last = String::new();
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(element) = self.find_all(css).await.into_iter().next() {
+                last = self.text(&element).await;
+                if last == want {
+                    return;
+                }
+            }
+            assert!(
+                started.elapsed() < PATIENCE,
+                "waited {PATIENCE:?} for {css:?} to show {want:?}; it shows {last:?}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -374,5 +393,34 @@ async fn a_consume_token_is_not_offered_purge() {
     browser.click("#login button[type=submit]").await;
     browser.wait_for("[data-action=\"bulk-purge\"]").await;
     browser.wait_for("#pause").await;
+    browser.quit().await;
+}
+
+/// When the event stream drops the page says so, and when the server is back it
+/// resumes after the last event it saw: a change made meanwhile still shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_says_when_the_stream_drops_and_catches_up_after() {
+    let Some(browser) = Browser::start().await else { return };
+    let server = Server::start(&Backend::sqlite()).await;
+    let enqueue = || server.post("/v1/queues/mail/tasks", json!({"kind": "send"}));
+    assert_eq!(enqueue().await.0, 201);
+    let upstream = server.base.strip_prefix("http://").expect("a plain HTTP server").to_owned();
+    let proxy = Proxy::start(upstream).await;
+    browser.goto(&format!("http://127.0.0.1:{}/ui", proxy.port)).await;
+    let ready = "#queues tr[data-queue=\"mail\"] td[data-count=\"ready\"]";
+    browser.wait_text(ready, "1").await;
+    browser.wait_attribute("#live", "class", "live on").await;
+    // An event through the stream first, so the page has an id to resume after.
+    assert_eq!(enqueue().await.0, 201);
+    browser.wait_text(ready, "2").await;
+
+    proxy.cut();
+    browser.wait_attribute("#live", "class", "live off").await;
+    browser.wait_text("#live", "disconnected — reconnecting").await;
+    assert_eq!(enqueue().await.0, 201);
+    proxy.restore();
+    browser.wait_attribute("#live", "class", "live on").await;
+    // Only the missed event can make the page count again.
+    browser.wait_text(ready, "3").await;
     browser.quit().await;
 }
