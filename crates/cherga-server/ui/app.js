@@ -489,6 +489,7 @@ async function queuePage(name, params) {
   } catch (e) { setMain(h('h1', null, name), errorCard(e)); return; }
 
   const head = h('div');
+  const oldest = h('span', { class: 'muted', id: 'oldest-ready' });
   const tasksBody = h('tbody');
   const pager = h('div', { class: 'toolbar' });
   const search = h('input', { id: 'task-search', type: 'search', placeholder: 'task id, or kind / group / key in this page' });
@@ -505,7 +506,7 @@ async function queuePage(name, params) {
             flash(info.settings.paused ? 'queue paused' : 'queue resumed');
             renderHead();
           } catch (e) { flash(e.message, true); }
-        }, { id: 'pause' })),
+        }, { id: 'pause' }), oldest),
       h('nav', { class: 'tabs' },
         h('a', { href: `#/queue/${q(name)}`, class: state === '' ? 'current' : '' }, 'all'),
         STATES.map((s) => h('a', { href: `#/queue/${q(name)}?state=${s}`, class: state === s ? 'current' : '', 'data-tab': s }, `${s} `, h('span', { class: 'muted' }, info.counts[s].toLocaleString())))));
@@ -521,6 +522,7 @@ async function queuePage(name, params) {
       h('td', { class: 'num' }, `${t.attempts}/${t.max_attempts}`),
       h('td', null, t.group || ''),
       h('td', null, t.idempotency_key || ''),
+      h('td', { title: t.lease_expires_at ? `lease expires ${time(t.lease_expires_at)}` : null }, t.worker || ''),
       h('td', { title: time(t.created_at) }, ago(t.created_at)),
       h('td', { class: 'error-text' }, (t.last_error || '').slice(0, 160)))));
     pager.replaceChildren(
@@ -540,9 +542,17 @@ async function queuePage(name, params) {
     } catch (e) { flash(e.message, true); }
   };
 
+  // The oldest ready task (lists are oldest first): how long work has waited.
+  const loadOldest = async () => {
+    try {
+      const first = (await api('GET', `/v1/queues/${q(name)}/tasks?state=ready&limit=1`)).tasks[0];
+      oldest.textContent = first ? `oldest ready task enqueued ${ago(first.created_at)}` : 'no ready tasks';
+    } catch (e) { oldest.textContent = ''; }
+  };
+
   const refresh = async () => {
     try { info = await api('GET', `/v1/queues/${q(name)}`); renderHead(); } catch (e) { flash(e.message, true); }
-    await loadTasks();
+    await Promise.all([loadTasks(), loadOldest()]);
   };
 
   search.addEventListener('keydown', async (event) => {
@@ -554,11 +564,11 @@ async function queuePage(name, params) {
 
   setMain(head,
     h('div', { class: 'toolbar' }, search, h('span', { class: 'muted' }, 'Enter on a task id opens it; other words filter this page (the API lists by state)')),
-    h('table', { id: 'tasks' }, h('thead', null, h('tr', null, ['id', 'kind', 'state', 'attempts', 'group', 'key', 'created', 'last error'].map((c) => h('th', null, c)))), tasksBody),
+    h('table', { id: 'tasks' }, h('thead', null, h('tr', null, ['id', 'kind', 'state', 'attempts', 'group', 'key', 'lease holder', 'created', 'last error'].map((c) => h('th', null, c)))), tasksBody),
     pager,
     h('div', { class: 'grid2' }, bulkCard(name, () => info, refresh), settingsCard(name, () => info, (v) => { info = v; renderHead(); })));
   renderHead();
-  await loadTasks();
+  await Promise.all([loadTasks(), loadOldest()]);
   const throttledRefresh = throttle(refresh, 1000);
   onEvents((event) => { if (event.data.queue === name) throttledRefresh(); });
 }

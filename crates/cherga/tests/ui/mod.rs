@@ -332,6 +332,11 @@ async fn dead_letter_retried_from_the_dashboard_succeeds_live() {
     browser.goto(&server.url("/ui#/queue/reports")).await;
     browser.wait_for("#tasks tr[data-task]").await;
     assert_eq!(browser.find_all("#tasks tr[data-task]").await.len(), 3);
+    let oldest = browser.wait_for("#oldest-ready").await;
+    wait_until(PATIENCE, "the age of the oldest ready task", || async {
+        browser.text(&oldest).await.starts_with("oldest ready task enqueued")
+    })
+    .await;
     browser.screenshot("queue").await;
     browser.quit().await;
 }
