@@ -243,3 +243,21 @@ pub struct RevocationView {
 pub struct RevocationList {
     pub revocations: Vec<RevocationView>,
 }
+
+/// `GET /v1/whoami`: who the server takes the caller for and what it may do, so
+/// a client (the dashboard) can offer only the actions its token allows.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WhoAmI {
+    /// Whether the server checks tokens. When `false`, every caller may do
+    /// everything (`scopes` is `["admin"]`).
+    pub auth: bool,
+    /// The token's `sub`; `null` with auth off or a token without one.
+    pub subject: Option<String>,
+    /// The token's scopes as the server read them (words it did not
+    /// understand are left out): `admin`, `produce:<pattern>`,
+    /// `consume:<pattern>`, `read:<pattern>`.
+    pub scopes: Vec<String>,
+    /// When the token expires; `null` with auth off.
+    pub expires_at: Option<Timestamp>,
+}

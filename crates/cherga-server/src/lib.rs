@@ -22,6 +22,7 @@ pub mod openapi;
 mod routes;
 mod timer;
 mod tls;
+mod ui;
 mod waiters;
 
 #[cfg(test)]

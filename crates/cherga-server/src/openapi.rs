@@ -48,6 +48,7 @@ use utoipa::{Modify, OpenApi, PartialSchema};
         routes::retry,
         routes::revoke,
         routes::list_revocations,
+        routes::whoami,
         crate::events::stream,
         openapi_path,
     )
@@ -195,7 +196,7 @@ mod tests {
     /// Every route the router has, as (method, path). Kept next to the test that
     /// compares it with the router, which fails when a route is added without
     /// being listed here and in the document.
-    const ROUTES: [(&str, &str); 19] = [
+    const ROUTES: [(&str, &str); 20] = [
         ("get", "/healthz"),
         ("get", "/v1/events"),
         ("get", "/v1/openapi.json"),
@@ -215,6 +216,7 @@ mod tests {
         ("post", "/v1/tasks/{id}/retry"),
         ("post", "/v1/revocations"),
         ("get", "/v1/revocations"),
+        ("get", "/v1/whoami"),
     ];
 
     fn documented() -> Vec<(String, String)> {

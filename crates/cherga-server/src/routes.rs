@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use cherga_api::auth::{RevocationList, RevocationView, RevokeRequest};
+use cherga_api::auth::{RevocationList, RevocationView, RevokeRequest, WhoAmI};
 use cherga_api::render::{self, View};
 use cherga_api::{
     AckRequest, BatchAck, BatchAckRequest, BatchResponse, EnqueueBatchRequest, EnqueueRequest, ErrorCode,
@@ -51,8 +51,10 @@ pub fn router<S: Store>(app: Arc<App<S>>, config: &ServerConfig) -> Router {
         .route("/v1/tasks/{id}/extend", post(extend::<S>))
         .route("/v1/tasks/{id}/retry", post(retry::<S>))
         .route("/v1/revocations", post(revoke::<S>).get(list_revocations::<S>))
+        .route("/v1/whoami", get(whoami))
         .route("/v1/events", get(crate::events::stream::<S>))
         .route("/v1/openapi.json", get(crate::openapi::serve_document::<S>))
+        .merge(crate::ui::routes())
         .fallback(|| async { ApiError::new(ErrorCode::RouteNotFound, "no such route; see the v1 API") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(ErrorCode::MethodNotAllowed, "this route does not take this method")
@@ -621,6 +623,26 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         ApiError::from_task_error(e)
     }
+}
+
+/// Who the caller is and what its token allows: any valid token. With auth off,
+/// anyone, allowed everything.
+#[utoipa::path(get, path = "/v1/whoami", tag = "auth",
+    responses((status = 200, description = "the caller and its scopes", body = WhoAmI)))]
+pub(crate) async fn whoami(caller: Caller) -> Json<WhoAmI> {
+    Json(match caller {
+        Caller::Anyone => {
+            WhoAmI { auth: false, subject: None, scopes: vec!["admin".to_owned()], expires_at: None }
+        }
+        Caller::Token(principal) => WhoAmI {
+            auth: true,
+            subject: principal.subject.clone(),
+            scopes: principal.scopes.words(),
+            expires_at: Some(Timestamp(
+                principal.expires_at.saturating_mul(1000).min(cherga_api::time::MAX_MILLIS),
+            )),
+        },
+    })
 }
 
 /// Revokes a token by its `jti`, on every node sharing the store (within about a

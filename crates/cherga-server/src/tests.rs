@@ -1,9 +1,10 @@
 //! Regressions found by fuzzing (`fuzz/`), through the real router; the
 //! security rules in `security`; the OpenAPI document against the server in
-//! `document`.
+//! `document`; the dashboard's headers and `GET /v1/whoami` in `ui`.
 
 mod document;
 mod security;
+mod ui;
 
 use crate::{App, ServerConfig, router};
 use axum::body::Body;

@@ -8,12 +8,14 @@
 //! records the skip, when the variable is unset: see `Backend::postgres`). Tests
 //! of several nodes on one database are in `multi_node`, PostgreSQL only. Tests
 //! of start-up (what `serve` refuses, the data directory's lock and modes) are in
-//! `startup`; the event stream's are in `events`; the client subcommands' in `cli`.
+//! `startup`; the event stream's are in `events`; the client subcommands' in `cli`;
+//! the dashboard's, in a headless browser, in `ui`.
 
 mod cli;
 mod events;
 mod harness;
 mod startup;
+mod ui;
 
 use harness::{Backend, LONG_POLL_WAITING, Server, http, wait_until};
 use serde_json::{Value, json};

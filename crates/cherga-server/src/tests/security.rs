@@ -80,8 +80,13 @@ impl Server {
         cherga_auth::issue(&keys, None, &new).unwrap().0
     }
 
-    fn token(&self, scopes: &[&str]) -> String {
+    pub(super) fn token(&self, scopes: &[&str]) -> String {
         self.token_at(scopes, None, crate::now_ms() / 1000, 3600)
+    }
+
+    /// Sends `request`; the whole answer.
+    pub(super) async fn raw(&self, request: Request<Body>) -> axum::response::Response {
+        self.router.clone().oneshot(request).await.unwrap()
     }
 
     /// Sends `request`; the answer's status and JSON body.
