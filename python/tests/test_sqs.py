@@ -343,3 +343,19 @@ def test_key_file_lines_come_from_the_cli(tmp_path: Path) -> None:
     ).stdout.strip()
     key_id, secret, scope = line.split(" ")
     assert key_id.startswith("CHRG") and len(secret) >= 16 and scope == "consume:jobs-*"
+
+
+def test_without_keys_only_loopback_requests_not_from_web_pages(tmp_path: Path) -> None:
+    server = Server(tmp_path / "open", ["--sqs-addr", "127.0.0.1:0"]).start()
+    try:
+        endpoint = f"http://127.0.0.1:{server.sqs_port}/"
+        form = {"Content-Type": "application/x-www-form-urlencoded"}
+        body = b"Action=CreateQueue&QueueName=open-queue"
+        assert httpx.post(endpoint, headers=form, content=body).status_code == 200
+        from_page = httpx.post(endpoint, headers={**form, "Origin": "https://evil.example"}, content=body)
+        assert from_page.status_code == 403
+        assert "<Code>AccessDenied</Code>" in from_page.text
+        rebound = httpx.post(endpoint, headers={**form, "Host": "evil.example"}, content=body)
+        assert rebound.status_code == 403
+    finally:
+        server.stop()

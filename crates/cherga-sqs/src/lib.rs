@@ -55,8 +55,13 @@ pub struct SqsConfig {
     /// Access keys whose SigV4 signatures are accepted; `None` accepts unsigned
     /// requests (the binary allows that on loopback addresses only).
     pub keys: Option<Arc<AccessKeys>>,
-    /// The region named in queue ARNs and expected in signatures.
+    /// The region named in queue ARNs.
     pub region: String,
+    /// Without keys on a loopback address: answer only requests addressed to a
+    /// loopback host and not sent by a web page (`Origin`), so that no page
+    /// the machine's browser shows can use the endpoint (a form post is a
+    /// query-protocol request; DNS rebinding gives a page a name of its own).
+    pub loopback_only: bool,
 }
 
 /// The account id in queue URLs and ARNs: there is one account.
@@ -107,6 +112,30 @@ pub fn router<H: Host>(host: Arc<H>, config: SqsConfig) -> Router {
         .with_state(sqs)
 }
 
+/// Checks that a request is addressed to a loopback host and does not come
+/// from a web page.
+///
+/// # Errors
+/// `AccessDenied` (403) naming the header at fault.
+fn loopback_request(headers: &HeaderMap) -> Result<(), SqsError> {
+    let refuse = |message: &str| SqsError::auth(axum::http::StatusCode::FORBIDDEN, "AccessDenied", message);
+    if headers.contains_key(axum::http::header::ORIGIN) {
+        return Err(refuse("Requests from web pages (with an Origin header) are refused."));
+    }
+    let host = headers.get(axum::http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    let loopback = name.eq_ignore_ascii_case("localhost")
+        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if loopback {
+        Ok(())
+    } else {
+        Err(refuse("Without access keys the endpoint answers only requests addressed to a loopback host."))
+    }
+}
+
 async fn handle<H: Host>(
     State(sqs): State<Arc<Sqs<H>>>,
     method: Method,
@@ -119,6 +148,11 @@ async fn handle<H: Host>(
         Err((error, wire)) => return protocol::error_response(wire, &error),
     };
     let wire = request.wire;
+    if sqs.config.loopback_only
+        && let Err(error) = loopback_request(&headers)
+    {
+        return protocol::error_response(wire, &error);
+    }
     let now = sqs.host.now_ms();
     let scopes = match sigv4::check(sqs.config.keys.as_deref(), &method, &uri, &headers, &body, now) {
         Ok(scopes) => scopes,

@@ -307,3 +307,23 @@ fn actions_need_the_scopes_of_their_queue() {
     assert_eq!(actions::authorize(Some(&producer), &request("PurgeQueue")).unwrap_err().code, "AccessDenied");
     assert!(actions::authorize(None, &request("PurgeQueue")).is_ok());
 }
+
+#[test]
+fn without_keys_only_loopback_requests_from_outside_browsers_pass() {
+    use axum::http::{HeaderMap, HeaderValue, header};
+    let request = |host: &str, origin: Option<&str>| {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_str(host).unwrap());
+        if let Some(origin) = origin {
+            headers.insert(header::ORIGIN, HeaderValue::from_str(origin).unwrap());
+        }
+        crate::loopback_request(&headers)
+    };
+    for host in ["127.0.0.1:9324", "localhost:9324", "[::1]:9324", "LOCALHOST", "127.0.0.2"] {
+        assert!(request(host, None).is_ok(), "{host}");
+    }
+    for host in ["evil.example:9324", "10.0.0.1:9324", "localhost.evil.example"] {
+        assert_eq!(request(host, None).unwrap_err().code, "AccessDenied", "{host}");
+    }
+    assert_eq!(request("127.0.0.1:9324", Some("https://evil.example")).unwrap_err().code, "AccessDenied");
+}

@@ -154,10 +154,9 @@ impl ServeArgs {
                 {
                     bail!("--sqs-region must be a region name such as us-east-1");
                 }
-                Some(SqsServe {
-                    addr: sqs_addr,
-                    config: cherga_sqs::SqsConfig { keys, region: self.sqs_region },
-                })
+                let loopback_only = keys.is_none() && sqs_addr.ip().is_loopback();
+                let config = cherga_sqs::SqsConfig { keys, region: self.sqs_region, loopback_only };
+                Some(SqsServe { addr: sqs_addr, config })
             }
         };
         Ok(ServeConfig {
