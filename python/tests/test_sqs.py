@@ -6,7 +6,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,13 +27,21 @@ ADMIN = ("CHRGADMINKEY0001", "admin-secret-0123456789abcdef")
 PRODUCER = ("CHRGPRODUCER0001", "producer-secret-0123456789abcd")
 
 
-@pytest.fixture(scope="module")
-def sqs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def sqs_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server with the endpoint and access keys, on each store (PostgreSQL when
+    CHERGA_TEST_POSTGRES_URL names a database, in a schema of its own)."""
+    store: list[str] = []
+    if request.param == "postgres":
+        url = os.environ.get("CHERGA_TEST_POSTGRES_URL")
+        if not url:
+            pytest.skip("CHERGA_TEST_POSTGRES_URL is not set")
+        store = ["--store", url, "--pg-schema", f"sqs_{uuid.uuid4().hex[:12]}"]
     work = tmp_path_factory.mktemp("sqs")
     keys = work / "sqs-keys"
     keys.write_text(f"# test keys\n{ADMIN[0]} {ADMIN[1]} admin\n{PRODUCER[0]} {PRODUCER[1]} produce:jobs-*\n")
     keys.chmod(0o600)
-    server = Server(work / "server", ["--sqs-addr", "127.0.0.1:0", "--sqs-keys", str(keys)]).start()
+    server = Server(work / "server", ["--sqs-addr", "127.0.0.1:0", "--sqs-keys", str(keys), *store]).start()
     yield server
     server.stop()
 
