@@ -208,7 +208,9 @@ def test_dead_letter_queue_after_max_receive_count(sqs) -> None:  # noqa: ANN001
     dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     policy = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 2})
     url = sqs.create_queue(QueueName=unique_queue("work"), Attributes={"RedrivePolicy": policy})["QueueUrl"]
-    redrive = json.loads(sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["RedrivePolicy"])["Attributes"]["RedrivePolicy"])
+    redrive = json.loads(
+        sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["RedrivePolicy"])["Attributes"]["RedrivePolicy"]
+    )
     assert redrive == {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 2}
     sqs.send_message(QueueUrl=url, MessageBody="poison")
     for _ in range(2):
@@ -298,7 +300,15 @@ def query(server: Server, params: dict[str, str]) -> httpx.Response:
 
 def test_query_protocol(sqs_server: Server) -> None:
     name = unique_queue("query")
-    created = query(sqs_server, {"Action": "CreateQueue", "QueueName": name, "Attribute.1.Name": "VisibilityTimeout", "Attribute.1.Value": "45"})
+    created = query(
+        sqs_server,
+        {
+            "Action": "CreateQueue",
+            "QueueName": name,
+            "Attribute.1.Name": "VisibilityTimeout",
+            "Attribute.1.Value": "45",
+        },
+    )
     assert created.status_code == 200, created.text
     assert f"<QueueUrl>http://127.0.0.1:{sqs_server.sqs_port}/000000000000/{name}</QueueUrl>" in created.text
     url = f"http://127.0.0.1:{sqs_server.sqs_port}/000000000000/{name}"
@@ -318,7 +328,9 @@ def test_query_protocol(sqs_server: Server) -> None:
     assert "<Body>&lt;xml &amp; friends&gt;</Body>" in got.text, got.text
     assert "<MessageAttribute><Name>k</Name><Value>" in got.text
     assert "<StringValue>v</StringValue>" in got.text
-    attributes = query(sqs_server, {"Action": "GetQueueAttributes", "QueueUrl": url, "AttributeName.1": "VisibilityTimeout"})
+    attributes = query(
+        sqs_server, {"Action": "GetQueueAttributes", "QueueUrl": url, "AttributeName.1": "VisibilityTimeout"}
+    )
     assert "<Attribute><Name>VisibilityTimeout</Name><Value>45</Value></Attribute>" in attributes.text
     missing = query(sqs_server, {"Action": "GetQueueUrl", "QueueName": unique_queue("nowhere")})
     assert missing.status_code == 400
