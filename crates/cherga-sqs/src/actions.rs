@@ -646,7 +646,9 @@ async fn receive_message<H: Host>(sqs: &Sqs<H>, p: &Params) -> Answer {
     let wanted = strings(p, "MessageAttributeNames")?;
     let claim =
         Claim { queue: queue.clone(), max, lease_ms: visibility.map(|s| (s * 1000).max(1)), worker: None };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(wait_s as u64);
+    // Within the server's request timeout, as its own long polls.
+    let wait_ms = (wait_s as u64 * 1000).min(sqs.host.max_wait_ms());
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
     let notify = sqs.host.long_polls(queue.as_str());
     let mut shutting_down = sqs.host.shutting_down();
     let mut wait_slot = None;

@@ -45,6 +45,8 @@ pub trait Host: Send + Sync + 'static {
     fn long_polls(&self, queue: &str) -> Arc<Notify>;
     /// Becomes `true` when the server starts shutting down.
     fn shutting_down(&self) -> watch::Receiver<bool>;
+    /// Longest a long poll may wait here (below the server's request timeout).
+    fn max_wait_ms(&self) -> u64;
     /// Milliseconds since the Unix epoch.
     fn now_ms(&self) -> i64;
 }

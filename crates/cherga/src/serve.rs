@@ -260,6 +260,9 @@ impl<S: Store> cherga_sqs::Host for SqsHost<S> {
     fn shutting_down(&self) -> tokio::sync::watch::Receiver<bool> {
         self.0.shutting_down()
     }
+    fn max_wait_ms(&self) -> u64 {
+        self.0.max_wait_ms()
+    }
     fn now_ms(&self) -> i64 {
         cherga_server::now_ms()
     }
