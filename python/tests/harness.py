@@ -50,10 +50,13 @@ _logs: set[Path] = set()
 class Server:
     """One ``cherga serve`` process on 127.0.0.1 with its own data directory."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, extra_args: list[str] | None = None) -> None:
         self.data_dir = data_dir
+        self.extra_args = extra_args or []
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
+        # The SQS endpoint's port, when ``extra_args`` has ``--sqs-addr``.
+        self.sqs_port = 0
         self.log = data_dir.parent / f"{data_dir.name}.log"
         _logs.add(self.log)
 
@@ -77,6 +80,7 @@ class Server:
                     str(self.data_dir),
                     "--log",
                     "warn",
+                    *self.extra_args,
                 ],
                 stdout=subprocess.PIPE,
                 stderr=log,
@@ -93,6 +97,15 @@ class Server:
                 f"cherga did not start: first line {line!r}; log {self.log}: {self.log.read_text()[-2000:]}"
             )
         self.port = int(match.group(1))
+        if "--sqs-addr" in self.extra_args:
+            # Printed right after the first (which may have been read into the
+            # pipe's buffer with it, so no select here); EOF if the server died.
+            line = self.proc.stdout.readline().decode()
+            match = re.search(r"sqs listening on http://127\.0\.0\.1:(\d+)", line)
+            if not match:
+                self.proc.kill()
+                raise RuntimeError(f"cherga's SQS endpoint did not start: second line {line!r}")
+            self.sqs_port = int(match.group(1))
         return self
 
     def stop(self) -> None:

@@ -151,7 +151,7 @@ impl<S: Store> App<S> {
     /// change means for this server. Tasks that may have become leasable wake as
     /// many waiting leases of their queue (every waiter of a queue whose settings
     /// changed), and a timer earlier than the loop's plan wakes the loop.
-    pub(crate) fn apply(&self, effects: &Effects) {
+    pub fn apply(&self, effects: &Effects) {
         for (queue, n) in effects.leasable() {
             self.waiters.wake_some(queue, n);
         }
@@ -177,6 +177,29 @@ impl<S: Store> App<S> {
         let changed = call.await?;
         self.apply(&changed.effects);
         Ok(changed.value)
+    }
+
+    /// The store every handler calls. A caller that changes state hands the
+    /// effects of the call to [`App::apply`].
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The wake-up of `queue`'s long polls: a waiter registers with
+    /// `notified()` (and `enable()`s it) before it looks for work, so that a
+    /// change [`App::apply`] reports in between is not missed.
+    pub fn long_polls(&self, queue: &str) -> Arc<tokio::sync::Notify> {
+        self.waiters.of(queue)
+    }
+
+    /// Becomes `true` when the server starts shutting down: long polls return early.
+    pub fn shutting_down(&self) -> watch::Receiver<bool> {
+        self.shutting_down.clone()
+    }
+
+    /// Longest a long poll may wait on this server, in milliseconds.
+    pub fn max_wait_ms(&self) -> u64 {
+        self.max_wait_ms
     }
 
     /// The shared state for a router over `store`. The returned sender starts a
@@ -302,6 +325,31 @@ pub async fn serve<S: Store>(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with(listener, store, config, shutdown, None).await
+}
+
+/// Makes the router of another endpoint over the same [`App`] (the SQS one): its
+/// store calls go through [`App::apply`] like the API's.
+pub type MakeRouter<S> = Box<dyn FnOnce(Arc<App<S>>) -> axum::Router + Send>;
+
+/// Another endpoint served beside the API, on its own listener, with the same
+/// connection limits, TLS and shutdown.
+pub struct Endpoint<S> {
+    pub listener: TcpListener,
+    pub router: MakeRouter<S>,
+}
+
+/// [`serve`], and `extra` beside it until the same shutdown.
+///
+/// # Errors
+/// When the revocation set cannot be read at start-up (with auth on).
+pub async fn serve_with<S: Store>(
+    listener: TcpListener,
+    store: Arc<S>,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    extra: Option<Endpoint<S>>,
+) -> std::io::Result<()> {
     let (app, shutdown_tx) = App::new(store.clone(), &config);
     if let Err(error) = app.load_revocations().await {
         store.close().await;
@@ -310,6 +358,17 @@ pub async fn serve<S: Store>(
     }
     let timers = tokio::spawn(app.clone().run_timers());
     let revocations = tokio::spawn(app.clone().run_revocations());
+    let extra = extra.map(|endpoint| {
+        let router = (endpoint.router)(app.clone());
+        let mut stop = app.shutting_down();
+        let signal = async move {
+            let _ = stop.wait_for(|&s| s).await;
+        };
+        let (http, tls) = (config.http.clone(), config.tls.clone());
+        tokio::spawn(async move {
+            listen::serve_connections(endpoint.listener, router, &http, tls, signal).await;
+        })
+    });
     let router = router(app, &config);
     let signal = async move {
         shutdown.await;
@@ -317,6 +376,9 @@ pub async fn serve<S: Store>(
         let _ = shutdown_tx.send(true);
     };
     listen::serve_connections(listener, router, &config.http, config.tls.clone(), signal).await;
+    if let Some(extra) = extra {
+        let _ = extra.await;
+    }
     let _ = timers.await;
     let _ = revocations.await;
     store.close().await;

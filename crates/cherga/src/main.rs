@@ -24,7 +24,7 @@ struct Args {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Runs the broker, on its embedded store or on PostgreSQL (`--store`).
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Enqueues one task.
     Enqueue(cli::EnqueueArgs),
     /// Lists queues with their counts per state.
@@ -86,7 +86,7 @@ fn run(args: Args) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         match args.command {
-            Command::Serve(a) => serve::run(a).await,
+            Command::Serve(a) => serve::run(*a).await,
             Command::Enqueue(a) => cli::enqueue(a).await,
             Command::Queues(a) => cli::queues(a).await,
             Command::Task { command } => cli::task(command).await,

@@ -85,6 +85,9 @@ const MAX_JSON_DEPTH: usize = 128;
 pub struct Security {
     /// Auth is off on an address other hosts can reach (`--insecure`).
     insecure: bool,
+    /// `--insecure` was given: endpoints without authentication may listen on
+    /// addresses other hosts can reach.
+    insecure_allowed: bool,
     /// What other users of this machine may do with the key file, when they
     /// should not (see [`exposure_of`]).
     key_file_exposure: Option<String>,
@@ -153,6 +156,7 @@ impl SecurityArgs {
         }
         Ok(Security {
             insecure: auth.is_none() && !addr.ip().is_loopback(),
+            insecure_allowed: self.insecure,
             key_file_exposure,
             http: HttpLimits {
                 max_connections: self.max_connections,
@@ -171,6 +175,12 @@ impl SecurityArgs {
 }
 
 impl Security {
+    /// Whether `--insecure` allows an endpoint without authentication on an
+    /// address other hosts can reach.
+    pub fn insecure_allowed(&self) -> bool {
+        self.insecure_allowed
+    }
+
     /// The server settings with these limits, authentication and TLS.
     pub fn server_config(&self, max_body_bytes: usize, max_payload_bytes: usize) -> ServerConfig {
         ServerConfig {

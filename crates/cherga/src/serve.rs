@@ -45,8 +45,27 @@ pub struct ServeArgs {
     /// Log filter, e.g. `info` or `cherga_server=debug`.
     #[arg(long, env = "CHERGA_LOG", default_value = "info")]
     log: String,
+    /// Also serve an SQS-compatible endpoint on this address (JSON 1.0 and query
+    /// protocols; docs/sqs.md), e.g. `127.0.0.1:9324`. Off by default.
+    #[arg(long, env = "CHERGA_SQS_ADDR")]
+    sqs_addr: Option<String>,
+    /// Access keys of the SQS endpoint, one a line: `<access key id> <secret>
+    /// <scope>...` (`cherga token issue --sqs` prints one). Turns SigV4
+    /// verification on; without it the endpoint serves loopback addresses only
+    /// (or any with --insecure).
+    #[arg(long, env = "CHERGA_SQS_KEYS", value_name = "FILE", requires = "sqs_addr")]
+    sqs_keys: Option<PathBuf>,
+    /// The region the SQS endpoint names in queue ARNs.
+    #[arg(long, env = "CHERGA_SQS_REGION", default_value = "us-east-1")]
+    sqs_region: String,
     #[command(flatten)]
     security: crate::security::SecurityArgs,
+}
+
+/// Validated settings of the SQS endpoint.
+struct SqsServe {
+    addr: SocketAddr,
+    config: cherga_sqs::SqsConfig,
 }
 
 /// Which store to open.
@@ -61,6 +80,7 @@ struct ServeConfig {
     store: StoreConfig,
     server: ServerConfig,
     security: crate::security::Security,
+    sqs: Option<SqsServe>,
 }
 
 impl ServeArgs {
@@ -109,11 +129,42 @@ impl ServeArgs {
             other => bail!("--store must be `sqlite` or a postgres:// URL, not {other:?}"),
         };
         let security = self.security.validate(&addr)?;
+        let sqs = match &self.sqs_addr {
+            None => None,
+            Some(text) => {
+                let sqs_addr: SocketAddr = text
+                    .parse()
+                    .with_context(|| format!("--sqs-addr {text:?} is not an address like 127.0.0.1:9324"))?;
+                let keys = match &self.sqs_keys {
+                    Some(path) => {
+                        let text = std::fs::read_to_string(path)
+                            .with_context(|| format!("reading --sqs-keys {}", path.display()))?;
+                        let keys = cherga_sqs::AccessKeys::parse(&text)
+                            .map_err(|e| anyhow::anyhow!("--sqs-keys {}: {e}", path.display()))?;
+                        Some(Arc::new(keys))
+                    }
+                    None if sqs_addr.ip().is_loopback() || security.insecure_allowed() => None,
+                    None => bail!(
+                        "refusing to serve the SQS endpoint without authentication on {sqs_addr}, which is \
+                         not a loopback address: give --sqs-keys (`cherga token issue --sqs`), or --insecure"
+                    ),
+                };
+                if self.sqs_region.is_empty()
+                    || !self.sqs_region.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                {
+                    bail!("--sqs-region must be a region name such as us-east-1");
+                }
+                let loopback_only = keys.is_none() && sqs_addr.ip().is_loopback();
+                let config = cherga_sqs::SqsConfig { keys, region: self.sqs_region, loopback_only };
+                Some(SqsServe { addr: sqs_addr, config })
+            }
+        };
         Ok(ServeConfig {
             addr,
             store,
             server: security.server_config(self.max_body_bytes, self.max_payload_bytes),
             security,
+            sqs,
         })
     }
 }
@@ -132,34 +183,89 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await
         .with_context(|| format!("binding {}", config.addr))?;
+    let sqs_listener = match &config.sqs {
+        Some(sqs) => Some(
+            tokio::net::TcpListener::bind(sqs.addr)
+                .await
+                .with_context(|| format!("binding --sqs-addr {}", sqs.addr))?,
+        ),
+        None => None,
+    };
     match &config.store {
         StoreConfig::Sqlite { data_dir, event_retention_ms } => {
             let options = Options { event_retention_ms: *event_retention_ms, ..Options::in_dir(data_dir) };
             let store = SqliteStore::open(options)
                 .with_context(|| format!("opening the store in {}", data_dir.display()))?;
             tracing::info!(data_dir = %data_dir.display(), "embedded store open");
-            serve_on(listener, store, config).await
+            serve_on(listener, sqs_listener, store, config).await
         }
         StoreConfig::Postgres(options) => {
             // The URL may hold a password: it is not logged.
             let store = PgStore::open(options.clone()).await.context("opening the PostgreSQL store")?;
             tracing::info!(schema = ?options.schema, pool_size = options.pool_size, "PostgreSQL store open");
-            serve_on(listener, store, config).await
+            serve_on(listener, sqs_listener, store, config).await
         }
     }
 }
 
 /// Serves on `listener` with `store` until SIGINT or SIGTERM.
-async fn serve_on<S: Store>(listener: tokio::net::TcpListener, store: S, config: ServeConfig) -> Result<()> {
+async fn serve_on<S: Store>(
+    listener: tokio::net::TcpListener,
+    sqs_listener: Option<tokio::net::TcpListener>,
+    store: S,
+    mut config: ServeConfig,
+) -> Result<()> {
     let local = listener.local_addr()?;
+    let extra = match (sqs_listener, config.sqs.take()) {
+        (Some(listener), Some(sqs)) => {
+            let sqs_local = listener.local_addr()?;
+            tracing::info!(addr = %sqs_local, signed = sqs.config.keys.is_some(), "SQS endpoint listening");
+            let router: cherga_server::MakeRouter<S> =
+                Box::new(move |app| cherga_sqs::router(Arc::new(SqsHost(app)), sqs.config));
+            Some((sqs_local, cherga_server::Endpoint { listener, router }))
+        }
+        _ => None,
+    };
     config.security.log();
     // Before the line below: a SIGHUP sent once it is out must find the handler.
     config.security.reload_on_hangup();
     tracing::info!(addr = %local, "cherga listening");
     // One line on stdout that scripts and tests can read to learn the port.
     println!("listening on {}://{local}", config.security.scheme());
-    cherga_server::serve(listener, Arc::new(store), config.server, shutdown_signal()).await?;
+    // The SQS endpoint's line second, so readers of the first are unchanged.
+    let scheme = config.security.scheme();
+    let extra = extra.map(|(sqs_local, endpoint)| {
+        println!("sqs listening on {scheme}://{sqs_local}");
+        endpoint
+    });
+    cherga_server::serve_with(listener, Arc::new(store), config.server, shutdown_signal(), extra).await?;
     Ok(())
+}
+
+/// The server as the SQS endpoint's host: its store, its one apply path for
+/// effects, its long-poll wake-ups and its shutdown.
+struct SqsHost<S: Store>(Arc<cherga_server::App<S>>);
+
+impl<S: Store> cherga_sqs::Host for SqsHost<S> {
+    type Store = S;
+    fn store(&self) -> &S {
+        self.0.store()
+    }
+    fn apply(&self, effects: &cherga_store::Effects) {
+        self.0.apply(effects);
+    }
+    fn long_polls(&self, queue: &str) -> Arc<tokio::sync::Notify> {
+        self.0.long_polls(queue)
+    }
+    fn shutting_down(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.0.shutting_down()
+    }
+    fn max_wait_ms(&self) -> u64 {
+        self.0.max_wait_ms()
+    }
+    fn now_ms(&self) -> i64 {
+        cherga_server::now_ms()
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -41,22 +41,26 @@ pub enum TokenCommand {
 
 #[derive(Args, Debug)]
 pub struct IssueArgs {
+    /// Print an access key of the SQS endpoint instead of a token: a line
+    /// `<access key id> <secret> <scope>...` for its --sqs-keys file.
+    #[arg(long, conflicts_with_all = ["keys", "kid", "sub", "ttl", "json"])]
+    sqs: bool,
     /// Key file holding the signing key.
-    #[arg(long, env = "CHERGA_AUTH_KEYS", value_name = "FILE")]
-    keys: PathBuf,
+    #[arg(long, env = "CHERGA_AUTH_KEYS", value_name = "FILE", required_unless_present = "sqs")]
+    keys: Option<PathBuf>,
     /// Which key signs (its `kid`); may be left out when the file has one key.
     #[arg(long)]
     kid: Option<String>,
     /// Who the token is for (`sub`), e.g. the service's name.
-    #[arg(long)]
-    sub: String,
+    #[arg(long, required_unless_present = "sqs")]
+    sub: Option<String>,
     /// A scope: `produce:<queue-pattern>`, `consume:<queue-pattern>` or `admin`;
     /// `*` in a pattern matches any characters. One per flag: repeat for several.
     #[arg(long = "scope", required = true)]
     scopes: Vec<String>,
     /// How long the token is valid, e.g. `30d`, `12h`.
-    #[arg(long, value_parser = humantime::parse_duration)]
-    ttl: std::time::Duration,
+    #[arg(long, value_parser = humantime::parse_duration, required_unless_present = "sqs")]
+    ttl: Option<std::time::Duration>,
     /// The issuer (`iss`); must match the server's --auth-issuer.
     #[arg(long, env = "CHERGA_AUTH_ISSUER", default_value = "cherga")]
     issuer: String,
@@ -140,7 +144,6 @@ pub async fn token(command: TokenCommand) -> Result<()> {
 }
 
 fn issue(args: IssueArgs) -> Result<()> {
-    let keys = KeySet::from_file(&args.keys).context("--keys")?;
     // One flag, one scope: a value with whitespace inside is refused, not split,
     // so that a templated `--scope "$SCOPES"` grants nothing by accident.
     let scopes = args.scopes;
@@ -151,13 +154,22 @@ fn issue(args: IssueArgs) -> Result<()> {
     {
         bail!("--scope {bad:?}: a scope is produce:<queue-pattern>, consume:<queue-pattern> or admin");
     }
-    let ttl_s = i64::try_from(args.ttl.as_secs()).unwrap_or(i64::MAX);
+    if args.sqs {
+        let mut random = [0u8; 30];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random)
+            .map_err(|_| anyhow::anyhow!("the system's random source failed"))?;
+        println!("{}", cherga_sqs::AccessKeys::issue(&random, &scopes));
+        return Ok(());
+    }
+    let keys = KeySet::from_file(args.keys.as_deref().context("--keys is required")?).context("--keys")?;
+    let ttl = args.ttl.context("--ttl is required")?;
+    let ttl_s = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
     if ttl_s <= 0 {
         bail!("--ttl must be at least one second");
     }
     let now_s = cherga_server::now_ms() / 1000;
     let new = NewToken {
-        subject: args.sub,
+        subject: args.sub.context("--sub is required")?,
         scopes,
         issuer: args.issuer,
         audience: args.audience,
