@@ -315,7 +315,13 @@ async fn export_and_import_round_trip() {
         })
         .collect();
     let file = write_file(&dir, "in.ndjson", &lines);
-    ok(&base, &["import", &file, "--queue", "cli-from"]).await;
+    let output = cherga(&base, &["import", &file, "--queue", "cli-from"]).await;
+    let (stdout, stderr) = texts(&output);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stdout.contains("1500 created"), "{stdout}");
+    // Not on a terminal: plain progress lines on stderr, the last one at 100 %.
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("import: 1500 lines") && last.ends_with("(100 %)"), "{stderr}");
     // Some tasks move on, so the export holds more than one state.
     for _ in 0..3 {
         let leased = json_of(&base, &["lease", "--queue", "cli-from"]).await;
