@@ -192,3 +192,79 @@ async fn worker_retries_an_unreachable_server_until_shutdown() {
     worker.run(tokio::time::sleep(Duration::from_secs(30))).await.unwrap();
     assert!(started.elapsed() >= Duration::from_secs(30));
 }
+
+/// A fake event stream: each connection's `Last-Event-ID` is recorded and
+/// answered with the next body of `bodies`, after which the connection closes.
+fn fake_event_server(bodies: Vec<String>) -> (String, std::sync::mpsc::Receiver<Option<String>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for body in bodies {
+            let Ok((stream, _)) = listener.accept() else { return };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut last_event_id = None;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some((name, value)) = line.split_once(':')
+                    && name.eq_ignore_ascii_case("last-event-id")
+                {
+                    last_event_id = Some(value.trim().to_owned());
+                }
+            }
+            sender.send(last_event_id).unwrap();
+            let mut stream = stream;
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n";
+            let _ = stream.write_all(format!("{head}{body}").as_bytes());
+        }
+    });
+    (base, receiver)
+}
+
+fn cloud_event(id: u64) -> String {
+    format!(
+        r#"{{"specversion":"1.0","id":"{id}","source":"/v1/queues/q","type":"dev.cherga.task.enqueued","subject":"t{id}","time":"2026-12-07T10:00:00Z","datacontenttype":"application/json","data":{{"task_id":"t{id}","queue":"q","kind":"k","change":"enqueued","to":"ready","attempt":0}}}}"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_stream_resumes_after_the_last_event_it_read() {
+    use crate::StreamItem;
+    let bodies = vec![
+        format!(": hi\n\nid: 5\nevent: enqueued\ndata: {}\n\nid: 6\nevent: enq", cloud_event(5)),
+        format!(
+            "event: error\ndata: {{\"error\":{{\"code\":\"events_expired\",\"message\":\"gone\"}}}}\n\nid: 6\nevent: enqueued\ndata: {}\n\n",
+            cloud_event(6)
+        ),
+    ];
+    let (base, connections) = fake_event_server(bodies);
+    let query = cherga_api::event::EventsQuery { after: Some("4".into()), ..Default::default() };
+    let mut stream = Client::new(&base).unwrap().follow_events(query).await.unwrap();
+    let subject = |item: StreamItem| match item {
+        StreamItem::Event { event, json } => {
+            assert!(json.contains(&event.subject), "{json}");
+            event.subject
+        }
+        other => panic!("expected an event, got {other:?}"),
+    };
+    assert_eq!(subject(stream.next().await.unwrap()), "t5");
+    // The cut came in the middle of event 6: the stream resumes after 5.
+    match stream.next().await.unwrap() {
+        StreamItem::Reconnecting { after, .. } => assert_eq!(after, "5"),
+        other => panic!("expected a reconnection, got {other:?}"),
+    }
+    match stream.next().await.unwrap() {
+        StreamItem::StreamError { code, message } => {
+            assert_eq!((code.as_str(), message.as_str()), ("events_expired", "gone"))
+        }
+        other => panic!("expected the stream's error, got {other:?}"),
+    }
+    assert_eq!(subject(stream.next().await.unwrap()), "t6");
+    assert_eq!(stream.after(), "6");
+    let seen: Vec<Option<String>> = connections.try_iter().collect();
+    assert_eq!(seen, [Some("4".to_owned()), Some("5".to_owned())]);
+}

@@ -128,3 +128,15 @@ fn no_transparent_huge_pages() {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Clap checks the whole command line (unique names, valid defaults) here
+    /// rather than when a user first runs the subcommand.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Args::command().debug_assert();
+    }
+}

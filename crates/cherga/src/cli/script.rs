@@ -4,7 +4,7 @@
 //! ```sh
 //! task=$(cherga lease --queue emails --json) || exit
 //! id=$(jq -r .id <<<"$task"); token=$(jq -r .lease.token <<<"$task")
-//! cherga ack "$id" --token "$token" --result '{"sent":true}'
+//! cherga ack "$id" --lease "$token" --result '{"sent":true}'
 //! ```
 
 use std::time::Duration;
@@ -41,9 +41,10 @@ pub struct LeaseArgs {
 pub struct AckArgs {
     /// The task id.
     id: String,
-    /// The lease token `cherga lease` printed (`.lease.token`).
-    #[arg(long)]
-    token: String,
+    /// The lease token `cherga lease` printed (`.lease.token`). (`--token` is
+    /// the bearer token, as for every subcommand.)
+    #[arg(long, value_name = "LEASE_TOKEN")]
+    lease: String,
     /// The task's result, as JSON.
     #[arg(long)]
     result: Option<String>,
@@ -55,9 +56,10 @@ pub struct AckArgs {
 pub struct NackArgs {
     /// The task id.
     id: String,
-    /// The lease token `cherga lease` printed (`.lease.token`).
-    #[arg(long)]
-    token: String,
+    /// The lease token `cherga lease` printed (`.lease.token`). (`--token` is
+    /// the bearer token, as for every subcommand.)
+    #[arg(long, value_name = "LEASE_TOKEN")]
+    lease: String,
     /// What went wrong, kept as the task's last error.
     #[arg(long)]
     error: Option<String>,
@@ -105,7 +107,7 @@ pub async fn ack(args: AckArgs) -> Result<()> {
         ),
         None => None,
     };
-    let request = AckRequest { lease: args.token, result };
+    let request = AckRequest { lease: args.lease, result };
     let task = args.server.client()?.ack(&args.id, &request).await?;
     if args.server.json {
         return print_task(&task, true);
@@ -116,7 +118,7 @@ pub async fn ack(args: AckArgs) -> Result<()> {
 
 pub async fn nack(args: NackArgs) -> Result<()> {
     let request = NackRequest {
-        lease: args.token,
+        lease: args.lease,
         error: args.error,
         retry_in_ms: args.delay.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
         dead: args.dead,

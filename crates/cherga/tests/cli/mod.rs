@@ -159,7 +159,7 @@ async fn tail_shows_an_enqueue_lease_and_ack_and_resumes_after_an_event() {
     let task = json_of(&base, &["enqueue", "cli-tail", "--kind", "send", "--payload", r#"{"to":"a"}"#]).await;
     let task_id = str_of(&task["id"], "id").to_owned();
     let leased = json_of(&base, &["lease", "--queue", "cli-tail", "--wait", "1s"]).await;
-    ok(&base, &["ack", &task_id, "--token", str_of(&leased["lease"]["token"], "token")]).await;
+    ok(&base, &["ack", &task_id, "--lease", str_of(&leased["lease"]["token"], "token")]).await;
 
     let mut events = Vec::new();
     for _ in 0..3 {
@@ -225,12 +225,12 @@ async fn lease_ack_and_nack_from_the_command_line() {
     assert_eq!(leased["id"], first["id"]);
     assert_eq!(leased["state"], "running");
     let (id, token) = (str_of(&leased["id"], "id"), str_of(&leased["lease"]["token"], "token"));
-    let acked = json_of(&base, &["ack", id, "--token", token, "--result", r#"{"ok":true}"#]).await;
+    let acked = json_of(&base, &["ack", id, "--lease", token, "--result", r#"{"ok":true}"#]).await;
     assert_eq!(acked["state"], "succeeded");
     assert_eq!(acked["result"], json!({"ok": true}));
     // The same ack again succeeds again; a wrong token is refused, naming why.
-    ok(&base, &["ack", id, "--token", token]).await;
-    let refused = cherga(&base, &["ack", id, "--token", "not-the-token"]).await;
+    ok(&base, &["ack", id, "--lease", token]).await;
+    let refused = cherga(&base, &["ack", id, "--lease", "not-the-token"]).await;
     let (_, stderr) = texts(&refused);
     assert_eq!(refused.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("lease"), "{stderr}");
@@ -240,7 +240,7 @@ async fn lease_ack_and_nack_from_the_command_line() {
     let leased: Value = serde_json::from_str(&text).expect("JSON");
     assert_eq!(leased["id"], second["id"]);
     let (id, token) = (str_of(&leased["id"], "id"), str_of(&leased["lease"]["token"], "token"));
-    let nacked = json_of(&base, &["nack", id, "--token", token, "--error", "boom", "--dead"]).await;
+    let nacked = json_of(&base, &["nack", id, "--lease", token, "--error", "boom", "--dead"]).await;
     assert_eq!((&nacked["state"], &nacked["last_error"]), (&json!("dead"), &json!("boom")));
 
     // Nothing left: exit status 2, and nothing on stdout.
@@ -315,12 +315,18 @@ async fn export_and_import_round_trip() {
         })
         .collect();
     let file = write_file(&dir, "in.ndjson", &lines);
-    ok(&base, &["import", &file, "--queue", "cli-from"]).await;
+    let output = cherga(&base, &["import", &file, "--queue", "cli-from"]).await;
+    let (stdout, stderr) = texts(&output);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stdout.contains("1500 created"), "{stdout}");
+    // Not on a terminal: plain progress lines on stderr, the last one at 100 %.
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("import: 1500 lines") && last.ends_with("(100 %)"), "{stderr}");
     // Some tasks move on, so the export holds more than one state.
     for _ in 0..3 {
         let leased = json_of(&base, &["lease", "--queue", "cli-from"]).await;
         let (id, token) = (str_of(&leased["id"], "id"), str_of(&leased["lease"]["token"], "token"));
-        ok(&base, &["ack", id, "--token", token]).await;
+        ok(&base, &["ack", id, "--lease", token]).await;
     }
 
     let exported = dir.path().join("out.ndjson");
