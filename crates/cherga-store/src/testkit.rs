@@ -165,6 +165,19 @@ fn postgres_url_in(env: &dyn Fn(&str) -> Option<String>) -> Option<String> {
     if let Some(url) = env(POSTGRES_URL_VAR).filter(|url| !url.trim().is_empty()) {
         return Some(url);
     }
+    skip_in(env, &format!("{POSTGRES_URL_VAR} not set"));
+    None
+}
+
+/// Records that the calling test skips, for `reason` (a test that cannot run
+/// here, such as one that needs to mount a file system): the line goes to the
+/// file [`SKIPS_FILE_VAR`] names; with [`NO_SKIP_VAR`] set this panics instead.
+/// The test then returns at once.
+pub fn skip(reason: &str) {
+    skip_in(&|name| std::env::var(name).ok(), reason);
+}
+
+fn skip_in(env: &dyn Fn(&str) -> Option<String>, reason: &str) {
     // libtest runs each test on a thread named after it.
     let thread = std::thread::current();
     let test = thread.name().unwrap_or("(unnamed test)");
@@ -179,7 +192,6 @@ fn postgres_url_in(env: &dyn Fn(&str) -> Option<String>) -> Option<String> {
             _ => stem,
         })
         .unwrap_or_default();
-    let reason = format!("{POSTGRES_URL_VAR} not set");
     if env(NO_SKIP_VAR).is_some_and(|v| !v.is_empty() && v != "0") {
         panic!("{test}: {reason}, and {NO_SKIP_VAR} is set: this test must run, not skip");
     }
@@ -196,7 +208,6 @@ fn postgres_url_in(env: &dyn Fn(&str) -> Option<String>) -> Option<String> {
             .and_then(|mut file| file.write_all(line.as_bytes()))
             .unwrap_or_else(|e| panic!("recording the skip of {test} in {path}: {e}"));
     }
-    None
 }
 
 // ---------------------------------------------------------------------------
