@@ -6,8 +6,9 @@
 #   bench/run.sh --no-build --quick   # with the binaries already built
 #   bench/run.sh --quick --debug      # smoke test on debug builds (what CI runs)
 #
-# Builds cherga and cherga-bench in release mode (with --debug in the dev
-# profile: its figures mean nothing, its runs check the same things), starts
+# Builds cherga and cherga-bench in the `profiling` profile (the release build
+# with symbols, so `perf` can profile a cell; with --debug in the dev profile:
+# its figures mean nothing, its runs check the same things), starts
 # every peer with the settings in bench/peers/*.sh (a peer that cannot run is
 # reported as skipped), runs `cherga-bench run` with the arguments given here,
 # writes bench/results/latest.{json,md,svg} (quick.* with --quick), and stops
@@ -19,10 +20,10 @@ cd "$(dirname "$0")/.."
 PEERS=(cherga null redis nats rabbitmq postgres)
 STATE=target/bench/peers
 
-# --no-build uses the binaries already in target/release (target/debug with
+# --no-build uses the binaries already in target/profiling (target/debug with
 # --debug); every other argument goes to cherga-bench.
 BUILD=1
-PROFILE=release
+PROFILE=profiling
 ARGS=()
 for arg in "$@"; do
     case "$arg" in
@@ -32,8 +33,8 @@ for arg in "$@"; do
     esac
 done
 if [ -n "$BUILD" ]; then
-    if [ "$PROFILE" = release ]; then
-        cargo build --release -p cherga -p cherga-bench
+    if [ "$PROFILE" = profiling ]; then
+        cargo build --profile profiling -p cherga -p cherga-bench
     else
         cargo build -p cherga -p cherga-bench
     fi

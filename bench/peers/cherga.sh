@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# cherga for the benchmark: target/release/cherga serve on its own port with a
+# cherga for the benchmark: target/profiling/cherga serve on its own port with a
 # fresh data dir. Its durability is built in and not configurable: SQLite WAL,
 # fdatasync of the WAL after every commit and before any 2xx (group commit).
 source "$(dirname "$0")/lib.sh"

@@ -12,9 +12,10 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 STATE="${CHERGA_BENCH_STATE:-$ROOT/target/bench/peers}"
 mkdir -p "$STATE"
 # The cargo profile whose binaries cherga.sh and null.sh start (bench/run.sh
-# sets it), and what their version line adds when it is not release.
-PROFILE="${CHERGA_BENCH_PROFILE:-release}"
-PROFILE_NOTE=$([ "$PROFILE" = release ] || echo ", $PROFILE build")
+# sets it), and what their version line adds when it is not the optimised
+# build (`profiling`: the release build with symbols).
+PROFILE="${CHERGA_BENCH_PROFILE:-profiling}"
+PROFILE_NOTE=$([ "$PROFILE" = profiling ] || echo ", $PROFILE build")
 
 # write_peer NAME key=value...
 write_peer() {

@@ -6,9 +6,9 @@
 //! builds with callgrind; the drain's share is the difference of the two modes:
 //!
 //! ```text
-//! cargo build --release -p cherga-store-sqlite --example store_load
-//! valgrind --tool=callgrind target/release/examples/store_load enqueue 20000
-//! valgrind --tool=callgrind target/release/examples/store_load drain 20000
+//! cargo build --profile profiling -p cherga-store-sqlite --example store_load
+//! valgrind --tool=callgrind target/profiling/examples/store_load enqueue 20000
+//! valgrind --tool=callgrind target/profiling/examples/store_load drain 20000
 //! ```
 //!
 //! With a directory as third argument the database is kept there, and the mode
@@ -16,8 +16,8 @@
 //! process's memory (the pending-tasks goal: 10 M tasks, RSS and restart time):
 //!
 //! ```text
-//! target/release/examples/store_load enqueue 10000000 /tmp/pending
-//! target/release/examples/store_load reopen 0 /tmp/pending
+//! target/profiling/examples/store_load enqueue 10000000 /tmp/pending
+//! target/profiling/examples/store_load reopen 0 /tmp/pending
 //! ```
 
 use cherga_core::{NewTask, QueueName};

@@ -23,6 +23,7 @@
 //! - when a batch fails, it is rolled back whole, every caller in it gets
 //!   [`StoreError::Unavailable`], and the index is rebuilt from disk.
 
+mod backup;
 mod checkpoint;
 mod dir;
 mod engine;
@@ -33,6 +34,7 @@ mod schema;
 mod seqs;
 mod sync;
 
+pub use backup::{backup, restore};
 use cherga_core::{Millis, NewTask, QueueName, QueueSettingsPatch, Task, TaskId};
 use cherga_store::events::{self, Event};
 use cherga_store::{

@@ -351,7 +351,11 @@ pub(crate) fn migrate_to(conn: &mut Connection, last: i64) -> Result<(), String>
     let version: i64 =
         conn.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(|e| e.to_string())?;
     if version > VERSION {
-        return Err(format!("database schema version {version} is newer than this cherga ({VERSION})"));
+        return Err(format!(
+            "the store was written by a newer cherga (schema version {version}; this cherga reads up to \
+             {VERSION}) and is left as it is: run that version or a later one, or restore a backup made \
+             by this one"
+        ));
     }
     // Each version in its own transaction together with its user_version, so a
     // crash between two leaves the database at one version or the next.

@@ -130,18 +130,44 @@ impl Syncer {
 /// commits up to there overwrite allocated blocks. Only called before the writer
 /// starts: nothing else writes to the file meanwhile, and nothing before its old
 /// end is touched.
+///
+/// On a disk without room for them (`ENOSPC`, `EDQUOT`) the zeros are given back
+/// (the file is cut to its old end) and the store starts all the same: commits
+/// then append to the WAL, each fdatasync also making its new size durable,
+/// which is slower but as safe. So a start needs only the room SQLite needs,
+/// not `size` bytes more.
 fn prepare(wal: &File, size: u64) -> std::io::Result<()> {
-    let mut at = wal.metadata()?.len();
-    if at >= size {
+    let start = wal.metadata()?.len();
+    if start >= size {
         return Ok(());
     }
-    let zeros = vec![0u8; 1 << 20];
-    while at < size {
-        let n = (size - at).min(zeros.len() as u64);
-        wal.write_all_at(&zeros[..n as usize], at)?;
-        at += n;
+    let written = (|| {
+        let zeros = vec![0u8; 1 << 20];
+        let mut at = start;
+        while at < size {
+            let n = (size - at).min(zeros.len() as u64);
+            wal.write_all_at(&zeros[..n as usize], at)?;
+            at += n;
+        }
+        wal.sync_all()
+    })();
+    match written {
+        Err(error) if out_of_space(&error) => {
+            wal.set_len(start)?;
+            tracing::warn!(
+                %error,
+                needed_mb = (size - start).div_ceil(1 << 20),
+                "no room to prepare the WAL; starting without (commits append to it, slower)"
+            );
+            Ok(())
+        }
+        other => other,
     }
-    wal.sync_all()
+}
+
+/// The file system is full, or the user's quota is.
+pub(crate) fn out_of_space(error: &std::io::Error) -> bool {
+    matches!(error.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
 }
 
 fn run(wal: Option<&File>, groups: mpsc::Receiver<Vec<Reply>>, in_flight: &AtomicUsize) {

@@ -1166,3 +1166,178 @@ mod random_operations {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Upgrades: a store written by an earlier version opens and is migrated; one
+// written by a later version is refused.
+// ---------------------------------------------------------------------------
+
+/// A data directory written by schema version 8 (`mixed_workload`, then a clean
+/// close), and the counts per state of its two queues at the time.
+const FIXTURE_V8: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/v8");
+
+/// The fixture's database copied into a fresh directory (the test may change it).
+fn copy_of_fixture(version: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(version);
+    std::fs::copy(from.join("cherga.db"), dir.path().join("cherga.db"))
+        .unwrap_or_else(|e| panic!("copy the fixture {}: {e}", from.display()));
+    dir
+}
+
+/// What the fixture holds, as `counts` lines: `queue n0 n1 n2 n3 n4 n5`.
+async fn counts_text<S: Store>(store: &S) -> String {
+    let mut out = String::new();
+    for queue in ["jobs", "other"] {
+        let (_, tasks) = assert_counts_agree(store, queue).await;
+        let counts = counts_of(&tasks).map(|n| n.to_string()).join(" ");
+        out.push_str(&format!("{queue} {counts}\n"));
+    }
+    out
+}
+
+/// Writes the fixture. Run once per schema version, with the build of that
+/// version: `CHERGA_WRITE_FIXTURE=1 cargo test -p cherga-store-sqlite --test
+/// store write_the_fixture -- --ignored`.
+#[tokio::test]
+#[ignore = "writes tests/fixtures/v<VERSION>; run by hand when the schema version changes"]
+async fn write_the_fixture() {
+    assert!(std::env::var_os("CHERGA_WRITE_FIXTURE").is_some(), "set CHERGA_WRITE_FIXTURE=1");
+    let dir = Path::new(FIXTURE_V8);
+    std::fs::create_dir_all(dir).expect("fixture directory");
+    let _ = std::fs::remove_file(dir.join("cherga.db"));
+    let store = open(&dir.join("cherga.db"), true);
+    mixed_workload(&store).await;
+    let counts = counts_text(&store).await;
+    store.close().await;
+    drop(store);
+    std::fs::write(dir.join("counts"), counts).expect("write the counts");
+    for leftover in ["cherga.db-wal", "cherga.db-shm", "cherga.db-journal", "cherga.db.lock"] {
+        let _ = std::fs::remove_file(dir.join(leftover));
+    }
+}
+
+#[tokio::test]
+async fn a_store_written_by_schema_version_8_opens_migrated_and_serves() {
+    let dir = copy_of_fixture("v8");
+    let store = open(&dir.path().join("cherga.db"), true);
+    let expected = std::fs::read_to_string(Path::new(FIXTURE_V8).join("counts")).expect("the counts");
+    assert_eq!(counts_text(&store).await, expected, "every task of the fixture, in its state");
+    // It serves: a task enqueued now is leased and acknowledged.
+    store
+        .enqueue(queue_name("upgrade"), vec![new_task("after", None, None, 0, None)], T0 + 100)
+        .await
+        .expect("enqueue");
+    let claim = Claim { queue: queue_name("upgrade"), max: 1, lease_ms: Some(60_000), worker: None };
+    let leased = store.claim(claim, T0 + 101).await.map(cherga_store::Changed::into_value).expect("claim");
+    assert_eq!(leased.len(), 1);
+    let ack = Ack { task_id: leased[0].id, token: token(&leased[0]), result: None };
+    let acked =
+        store.complete(vec![ack], T0 + 102).await.map(cherga_store::Changed::into_value).expect("ack");
+    assert!(acked.iter().all(Result::is_ok), "{acked:?}");
+    store.close().await;
+    drop(store);
+    let conn = rusqlite::Connection::open(dir.path().join("cherga.db")).expect("open");
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).expect("version");
+    assert_eq!(version, 8, "migrated to this build's version");
+}
+
+#[tokio::test]
+async fn a_store_written_by_a_newer_version_is_refused_and_left_alone() {
+    let dir = copy_of_fixture("v8");
+    let path = dir.path().join("cherga.db");
+    {
+        let conn = rusqlite::Connection::open(&path).expect("open");
+        conn.pragma_update(None, "user_version", 1_000).expect("set the version");
+    }
+    let before = std::fs::read(&path).expect("read");
+    let error = SqliteStore::open(Options { path: path.clone(), ..Options::in_dir(Path::new("")) })
+        .err()
+        .expect("a newer store is refused");
+    let message = format!("{error}: {:?}", std::error::Error::source(&error).map(ToString::to_string));
+    assert!(message.contains("written by a newer cherga (schema version 1000"), "{message}");
+    assert!(message.contains("this cherga reads up to 8"), "{message}");
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).expect("version");
+    assert_eq!(version, 1_000, "not migrated");
+    let after = std::fs::read(&path).expect("read");
+    assert_eq!(before.len(), after.len(), "the database file is the same size");
+}
+
+// ---------------------------------------------------------------------------
+// Backup and restore.
+// ---------------------------------------------------------------------------
+
+/// Enqueues, leases and acks one task at a time until `stop`, adding each task
+/// to `acked` once its ack has been answered.
+async fn ack_loop(
+    store: Arc<SqliteStore>,
+    acked: Arc<std::sync::Mutex<Vec<TaskId>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let mut now = T0;
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        now += 1;
+        store
+            .enqueue(queue_name("load"), vec![new_task("k", None, None, 0, None)], now)
+            .await
+            .expect("enqueue");
+        let claim = Claim { queue: queue_name("load"), max: 1, lease_ms: Some(60_000), worker: None };
+        let leased = store.claim(claim, now).await.map(cherga_store::Changed::into_value).expect("claim");
+        let acks: Vec<Ack> =
+            leased.iter().map(|t| Ack { task_id: t.id, token: token(t), result: Some("1".into()) }).collect();
+        let answers = store.complete(acks, now).await.map(cherga_store::Changed::into_value).expect("ack");
+        assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+        acked.lock().expect("acked").extend(leased.iter().map(|t| t.id));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_under_load_holds_every_task_acked_before_it_began_and_restores() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let database = dir.path().join("cherga.db");
+    let store = Arc::new(open(&database, true));
+    let acked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loops: Vec<_> =
+        (0..2).map(|_| tokio::spawn(ack_loop(store.clone(), acked.clone(), stop.clone()))).collect();
+    let started = std::time::Instant::now();
+    while acked.lock().expect("acked").len() < 100 {
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "the load acked too few tasks");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    // Every task acked by now must be in the backup; the load goes on meanwhile.
+    let before: Vec<TaskId> = acked.lock().expect("acked").clone();
+    let dest = dir.path().join("backup.db");
+    let (from, to) = (database.clone(), dest.clone());
+    tokio::task::spawn_blocking(move || cherga_store_sqlite::backup(&from, &to))
+        .await
+        .expect("join")
+        .expect("backup");
+    let during = acked.lock().expect("acked").len();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for handle in loops {
+        handle.await.expect("load loop");
+    }
+    assert!(acked.lock().expect("acked").len() > before.len(), "the load ran during the backup");
+    assert!(during >= before.len());
+    store.close().await;
+
+    let error = cherga_store_sqlite::backup(&database, &dest).expect_err("an existing file is refused");
+    assert!(format!("{error:?}").contains("exists"), "{error:?}");
+
+    let restored_dir = dir.path().join("restored");
+    cherga_store_sqlite::restore(&dest, &restored_dir).await.expect("restore");
+    let restored = open(&restored_dir.join("cherga.db"), true);
+    for id in &before {
+        let task = restored.get_task(*id).await.unwrap_or_else(|e| panic!("task {id} not restored: {e:?}"));
+        assert_eq!(task.state, TaskState::Succeeded, "{task:?}");
+    }
+    assert_counts_agree(&restored, "load").await;
+    restored.close().await;
+    drop(restored);
+
+    let error =
+        cherga_store_sqlite::restore(&dest, &restored_dir).await.expect_err("a store is not overwritten");
+    assert!(format!("{error:?}").contains("holds a store already"), "{error:?}");
+}

@@ -105,6 +105,12 @@ pub struct QueuesArgs {
     server: ServerArgs,
 }
 
+#[derive(Args, Debug)]
+pub struct HealthArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum TaskCommand {
     /// Shows one task with its result.
@@ -135,6 +141,18 @@ pub async fn enqueue(args: EnqueueArgs) -> Result<()> {
     } else {
         let verb = if enqueued.replayed { "already enqueued" } else { "enqueued" };
         println!("{verb} {} ({}, {})", enqueued.task.id, enqueued.task.kind, enqueued.task.state);
+    }
+    Ok(())
+}
+
+/// `GET /healthz`: succeeds when the server answers that it is up. A container's
+/// health check, where there is no `curl` (the image is `FROM scratch`).
+pub async fn health(args: HealthArgs) -> Result<()> {
+    let health = args.server.client()?.health().await?;
+    if args.server.json {
+        println!("{}", serde_json::json!({"status": health.status}));
+    } else {
+        println!("{}", health.status);
     }
     Ok(())
 }

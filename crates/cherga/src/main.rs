@@ -4,8 +4,10 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod backup;
 mod bench;
 mod cli;
+mod config;
 mod security;
 mod serve;
 mod token;
@@ -25,10 +27,21 @@ struct Args {
 enum Command {
     /// Runs the broker, on its embedded store or on PostgreSQL (`--store`).
     Serve(Box<serve::ServeArgs>),
+    /// Checks a configuration file.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Enqueues one task.
     Enqueue(cli::EnqueueArgs),
     /// Lists queues with their counts per state.
     Queues(cli::QueuesArgs),
+    /// Writes a consistent copy of the embedded store, while it serves or not.
+    Backup(backup::BackupArgs),
+    /// Makes a data directory's store from a backup.
+    Restore(backup::RestoreArgs),
+    /// Asks a running server whether it is up (`GET /healthz`); fails if not.
+    Health(cli::HealthArgs),
     /// Shows tasks.
     Task {
         #[command(subcommand)]
@@ -62,9 +75,26 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Validates a configuration file (with the environment and any `serve`
+    /// flags given) without starting, and prints each setting and its source.
+    Check {
+        /// The TOML file.
+        file: std::path::PathBuf,
+        #[command(flatten)]
+        settings: config::Settings,
+    },
+}
+
+/// Where the subcommands that take the settings of `serve` find a file of them.
+const CONFIG_FILES: [config::FileArg; 2] = [
+    config::FileArg { path: &["serve"], arg: "config" },
+    config::FileArg { path: &["config", "check"], arg: "file" },
+];
+
 fn main() -> std::process::ExitCode {
-    let args = Args::parse();
-    match run(args) {
+    match config::parse::<Args>(&CONFIG_FILES).and_then(|(args, matches)| run(args, &matches)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             if let Some(exit) = error.downcast_ref::<cli::Exit>() {
@@ -79,7 +109,14 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run(args: Args) -> Result<()> {
+fn run(args: Args, matches: &clap::ArgMatches) -> Result<()> {
+    if let Command::Config { command: ConfigCommand::Check { file, settings } } = args.command {
+        let matches = matches
+            .subcommand_matches("config")
+            .and_then(|m| m.subcommand_matches("check"))
+            .expect("the matches of `config check`");
+        return config::check(&file, settings, matches);
+    }
     if matches!(args.command, Command::Serve(_)) {
         no_transparent_huge_pages();
     }
@@ -89,6 +126,9 @@ fn run(args: Args) -> Result<()> {
             Command::Serve(a) => serve::run(*a).await,
             Command::Enqueue(a) => cli::enqueue(a).await,
             Command::Queues(a) => cli::queues(a).await,
+            Command::Health(a) => cli::health(a).await,
+            Command::Backup(a) => backup::backup(a),
+            Command::Restore(a) => backup::restore(a).await,
             Command::Task { command } => cli::task(command).await,
             Command::Queue { command } => cli::queue::run(command).await,
             Command::Tail(a) => cli::tail::run(a).await,
@@ -100,6 +140,7 @@ fn run(args: Args) -> Result<()> {
             Command::Bench(a) => bench::run(a).await,
             Command::Keygen(a) => token::keygen(a),
             Command::Token { command } => token::token(command).await,
+            Command::Config { .. } => unreachable!("answered above"),
         }
     })
 }

@@ -1,182 +1,34 @@
-//! `cherga serve`: settings are gathered from flags and environment, validated
-//! into a [`ServeConfig`], and only then is anything opened: the address is
-//! bound first, then the store opened. The store is the embedded SQLite one
-//! unless `--store` names a PostgreSQL database.
+//! `cherga serve`: the settings (flags, environment, `--config` file) are
+//! validated into one [`Config`] (see [`crate::config`]), and only then is
+//! anything opened: the address is bound first, then the store opened. The
+//! store is the embedded SQLite one unless `--store` names a PostgreSQL database.
 
-use anyhow::{Context, Result, bail};
-use cherga_server::ServerConfig;
+use crate::config::{Config, Settings, StoreConfig};
+use anyhow::{Context, Result};
 use cherga_store::Store;
 use cherga_store_postgres::PgStore;
 use cherga_store_sqlite::{Options, SqliteStore};
 use clap::Args;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, env = "CHERGA_ADDR", default_value = "127.0.0.1:7700")]
-    addr: String,
-    /// The store: `sqlite` (the embedded store in --data-dir) or a PostgreSQL URL
-    /// such as `postgres://cherga@db:5432/cherga`, for several nodes on one database.
-    #[arg(long, env = "CHERGA_STORE", default_value = "sqlite")]
-    store: String,
-    /// Directory of the embedded store.
-    #[arg(long, env = "CHERGA_DATA_DIR", default_value = "./cherga-data")]
-    data_dir: PathBuf,
-    /// PostgreSQL only: keep cherga's tables in this schema (created if missing)
-    /// instead of the connection's default search_path.
-    #[arg(long, env = "CHERGA_PG_SCHEMA")]
-    pg_schema: Option<String>,
-    /// PostgreSQL only: most connections the node opens at once.
-    #[arg(long, env = "CHERGA_PG_POOL_SIZE", default_value_t = cherga_store_postgres::DEFAULT_POOL_SIZE)]
-    pg_pool_size: usize,
-    /// Largest request body, in bytes.
-    #[arg(long, env = "CHERGA_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
-    max_body_bytes: usize,
-    /// Largest task payload or result, in bytes.
-    #[arg(long, env = "CHERGA_MAX_PAYLOAD_BYTES", default_value_t = 1024 * 1024)]
-    max_payload_bytes: usize,
-    /// How long the event log (`GET /v1/events`) keeps events, e.g. `24h` or
-    /// `7d`; `off` keeps no log and serves no event stream.
-    #[arg(long, env = "CHERGA_EVENT_RETENTION", default_value = "24h")]
-    event_retention: String,
-    /// Log filter, e.g. `info` or `cherga_server=debug`.
-    #[arg(long, env = "CHERGA_LOG", default_value = "info")]
-    log: String,
-    /// Also serve an SQS-compatible endpoint on this address (JSON 1.0 and query
-    /// protocols; docs/sqs.md), e.g. `127.0.0.1:9324`. Off by default.
-    #[arg(long, env = "CHERGA_SQS_ADDR")]
-    sqs_addr: Option<String>,
-    /// Access keys of the SQS endpoint, one a line: `<access key id> <secret>
-    /// <scope>...` (`cherga token issue --sqs` prints one). Turns SigV4
-    /// verification on; without it the endpoint serves loopback addresses only
-    /// (or any with --insecure).
-    #[arg(long, env = "CHERGA_SQS_KEYS", value_name = "FILE", requires = "sqs_addr")]
-    sqs_keys: Option<PathBuf>,
-    /// The region the SQS endpoint names in queue ARNs.
-    #[arg(long, env = "CHERGA_SQS_REGION", default_value = "us-east-1")]
-    sqs_region: String,
+    /// A TOML file of settings, keyed by the long flags' names
+    /// (`max-body-bytes = 1048576`). Flags and environment variables win over it.
+    #[arg(long, env = "CHERGA_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     #[command(flatten)]
-    security: crate::security::SecurityArgs,
-}
-
-/// Validated settings of the SQS endpoint.
-struct SqsServe {
-    addr: SocketAddr,
-    config: cherga_sqs::SqsConfig,
-}
-
-/// Which store to open.
-enum StoreConfig {
-    Sqlite { data_dir: PathBuf, event_retention_ms: Option<i64> },
-    Postgres(cherga_store_postgres::Options),
-}
-
-/// Validated settings of `serve`.
-struct ServeConfig {
-    addr: SocketAddr,
-    store: StoreConfig,
-    server: ServerConfig,
-    security: crate::security::Security,
-    sqs: Option<SqsServe>,
-}
-
-impl ServeArgs {
-    fn validate(self) -> Result<ServeConfig> {
-        let addr: SocketAddr = self
-            .addr
-            .parse()
-            .with_context(|| format!("--addr {:?} is not an address like 127.0.0.1:7700", self.addr))?;
-        if self.max_payload_bytes == 0 || self.max_body_bytes == 0 {
-            bail!("--max-body-bytes and --max-payload-bytes must be positive");
-        }
-        if self.max_payload_bytes > self.max_body_bytes {
-            bail!("--max-payload-bytes must not exceed --max-body-bytes");
-        }
-        let event_retention_ms = match self.event_retention.trim() {
-            "off" => None,
-            text => {
-                let retention = humantime::parse_duration(text).with_context(|| {
-                    format!("--event-retention {text:?} is not a duration such as 24h or 7d, nor `off`")
-                })?;
-                let ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
-                if ms < 1_000 {
-                    bail!("--event-retention must be at least 1s (or `off`)");
-                }
-                Some(ms)
-            }
-        };
-        let store = match self.store.as_str() {
-            "sqlite" => {
-                if self.pg_schema.is_some() {
-                    bail!("--pg-schema applies to a PostgreSQL --store only");
-                }
-                StoreConfig::Sqlite { data_dir: self.data_dir, event_retention_ms }
-            }
-            url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-                let options = cherga_store_postgres::Options {
-                    schema: self.pg_schema,
-                    pool_size: self.pg_pool_size,
-                    event_retention_ms,
-                    ..cherga_store_postgres::Options::new(url)
-                };
-                // Checked now, so a bad URL or schema fails before anything opens.
-                options.connection_config().map_err(|e| anyhow::anyhow!("--store / --pg-schema: {e}"))?;
-                StoreConfig::Postgres(options)
-            }
-            other => bail!("--store must be `sqlite` or a postgres:// URL, not {other:?}"),
-        };
-        let security = self.security.validate(&addr)?;
-        let sqs = match &self.sqs_addr {
-            None => None,
-            Some(text) => {
-                let sqs_addr: SocketAddr = text
-                    .parse()
-                    .with_context(|| format!("--sqs-addr {text:?} is not an address like 127.0.0.1:9324"))?;
-                let keys = match &self.sqs_keys {
-                    Some(path) => {
-                        let text = std::fs::read_to_string(path)
-                            .with_context(|| format!("reading --sqs-keys {}", path.display()))?;
-                        let keys = cherga_sqs::AccessKeys::parse(&text)
-                            .map_err(|e| anyhow::anyhow!("--sqs-keys {}: {e}", path.display()))?;
-                        Some(Arc::new(keys))
-                    }
-                    None if sqs_addr.ip().is_loopback() || security.insecure_allowed() => None,
-                    None => bail!(
-                        "refusing to serve the SQS endpoint without authentication on {sqs_addr}, which is \
-                         not a loopback address: give --sqs-keys (`cherga token issue --sqs`), or --insecure"
-                    ),
-                };
-                if self.sqs_region.is_empty()
-                    || !self.sqs_region.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                {
-                    bail!("--sqs-region must be a region name such as us-east-1");
-                }
-                let loopback_only = keys.is_none() && sqs_addr.ip().is_loopback();
-                let config = cherga_sqs::SqsConfig { keys, region: self.sqs_region, loopback_only };
-                Some(SqsServe { addr: sqs_addr, config })
-            }
-        };
-        Ok(ServeConfig {
-            addr,
-            store,
-            server: security.server_config(self.max_body_bytes, self.max_payload_bytes),
-            security,
-            sqs,
-        })
-    }
+    pub settings: Settings,
 }
 
 pub async fn run(args: ServeArgs) -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&args.log).context("--log is not a valid filter")?,
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let config = args.validate()?;
+    let config = args.settings.validate()?;
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log).context("--log")?;
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    if let Some(file) = &args.config {
+        tracing::info!(config = %file.display(), "settings from the file, under flags and environment");
+    }
     // Bound before the store opens: an address in use then stops the server
     // before it creates a data directory it would leave behind. Connections
     // that arrive while the store opens wait in the listen backlog.
@@ -213,7 +65,7 @@ async fn serve_on<S: Store>(
     listener: tokio::net::TcpListener,
     sqs_listener: Option<tokio::net::TcpListener>,
     store: S,
-    mut config: ServeConfig,
+    mut config: Config,
 ) -> Result<()> {
     let local = listener.local_addr()?;
     let extra = match (sqs_listener, config.sqs.take()) {

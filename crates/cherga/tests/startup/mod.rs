@@ -296,3 +296,128 @@ fn a_key_file_open_to_other_users_is_warned_about() {
     assert_said_once(&stderr, warning);
     assert!(stderr.contains("can change it"), "{stderr}");
 }
+
+/// `cherga config check FILE` with an environment variable and a flag: each
+/// setting comes from the flag, else the environment, else the file, else the
+/// built-in default, and the check says which.
+#[test]
+fn config_check_shows_flags_over_environment_over_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("cherga.toml");
+    std::fs::write(
+        &file,
+        "max-connections = 10\nmax-header-bytes = 2048\nmax-waiting-leases = 7\ninsecure = true\n\
+         store = \"postgres://cherga:secret@db/cherga\"\n",
+    )
+    .expect("write the file");
+    let out = Command::new(env!("CARGO_BIN_EXE_cherga"))
+        .args(["config", "check", path_arg(&file), "--max-connections", "30"])
+        .env("CHERGA_MAX_CONNECTIONS", "20")
+        .env("CHERGA_MAX_HEADER_BYTES", "4096")
+        .env_remove("CHERGA_MAX_WAITING_LEASES")
+        .env_remove("CHERGA_MAX_JSON_DEPTH")
+        .output()
+        .expect("cherga config check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    for line in [
+        "max-connections = \"30\"  # flag",
+        "max-header-bytes = \"4096\"  # environment",
+        "max-waiting-leases = \"7\"  # file",
+        "insecure = true  # file",
+        "max-json-depth = \"64\"  # default",
+        "store = \"postgres://cherga:***@db/cherga\"  # file",
+    ] {
+        assert!(stdout.lines().any(|l| l == line), "{line:?} not in:\n{stdout}");
+    }
+    assert!(!stdout.contains("secret"), "{stdout}");
+}
+
+/// A file that is not valid is refused by `config check` and by `serve`, with
+/// the file and the setting named, and `serve` opens nothing.
+#[test]
+fn a_bad_config_file_is_refused_naming_the_setting() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = dir.path().join("data");
+    let file = dir.path().join("cherga.toml");
+    for (text, needle) in [
+        ("max-conections = 10\n", "`max-conections` is not a setting"),
+        ("max-connections = \"many\"\n", "max-connections: invalid value 'many'"),
+        ("max-body-bytes = 10\nmax-payload-bytes = 20\n", "--max-payload-bytes must not exceed"),
+    ] {
+        std::fs::write(&file, format!("data-dir = {:?}\n{text}", path_arg(&data_dir))).expect("write");
+        let out = Command::new(env!("CARGO_BIN_EXE_cherga"))
+            .args(["config", "check", path_arg(&file)])
+            .output()
+            .expect("cherga config check");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(needle), "{text:?}: {stderr}");
+        assert!(stderr.contains(path_arg(&file)), "{stderr}");
+        let stderr = fails_to_start(serve(&["--config", path_arg(&file)]));
+        assert!(stderr.contains(needle), "{text:?}: {stderr}");
+        assert!(!data_dir.exists(), "a refused start made {}", data_dir.display());
+    }
+}
+
+/// `serve --config FILE` runs with the file's settings: here its data directory
+/// and payload limit.
+#[tokio::test]
+async fn serve_runs_with_the_settings_of_its_config_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = dir.path().join("from-the-file");
+    let file = dir.path().join("cherga.toml");
+    std::fs::write(&file, format!("data-dir = {:?}\nmax-payload-bytes = 1024\n", path_arg(&data_dir)))
+        .expect("write the file");
+    let server = Running::start(serve(&["--config", path_arg(&file)]));
+    assert!(data_dir.is_dir(), "the store is in the file's data-dir");
+    let small = json!({"kind": "k", "payload": "x".repeat(900)});
+    let (status, body) = server.post("/v1/queues/q/tasks", small).await;
+    assert_eq!(status, 201, "{body}");
+    let large = json!({"kind": "k", "payload": "x".repeat(1100)});
+    let (status, body) = server.post("/v1/queues/q/tasks", large).await;
+    assert_eq!(status, 413, "{body}");
+}
+
+/// A small tmpfs mounted for one test, unmounted when dropped.
+struct SmallFs {
+    dir: tempfile::TempDir,
+}
+
+impl SmallFs {
+    /// `None` (the test skips, and the skip is recorded) when this process may
+    /// not mount one (it needs root; CI runs as root and refuses skips).
+    fn mount(size: &str) -> Option<Self> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        if !mounted {
+            cherga_store::testkit::skip("cannot mount a tmpfs here (it needs root)");
+            return None;
+        }
+        Some(Self { dir })
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+/// The embedded store starts, serves and restarts on a disk with 3 MB free:
+/// without room for its prepared WAL it starts without one, and says so.
+#[tokio::test]
+async fn the_embedded_store_starts_on_a_nearly_full_disk() {
+    let Some(fs) = SmallFs::mount("8m") else { return };
+    std::fs::write(fs.dir.path().join("filler"), vec![1u8; 5 << 20]).expect("fill the disk");
+    let data_dir = fs.dir.path().join("data");
+    let stderr = stderr_of_start(serve(&["--data-dir", path_arg(&data_dir)]));
+    assert!(stderr.contains("no room to prepare the WAL"), "{stderr}");
+    let server = Running::start(serve(&["--data-dir", path_arg(&data_dir)]));
+    let (status, body) = server.post("/v1/queues/q/tasks", json!({"kind": "k"})).await;
+    assert_eq!(status, 201, "{body}");
+}
