@@ -24,6 +24,7 @@
 use crate::checkpoint::{self, Checkpointer};
 use crate::journal::{self, Record};
 use crate::rows::{self, Db, QUEUE_COLUMNS, RowWriter, task_columns};
+use crate::stats::WriterStats;
 use crate::sync::{Pace, Syncer};
 use crate::{Job, Limits, Options, Reply, schema, seqs};
 use cherga_core::{
@@ -32,7 +33,8 @@ use cherga_core::{
 };
 use cherga_store::events::EventBatch;
 use cherga_store::{
-    Ack, Claim, Effects, Enqueued, EventId, ListTasks, Nack, QueueInfo, Revocation, StoreError, TickReport,
+    Ack, Claim, Effects, Enqueued, EventId, ListTasks, Nack, QueueInfo, QueueStats, Revocation, StoreError,
+    TickReport,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -90,11 +92,13 @@ pub struct Writer {
     collided: bool,
     /// Set by [`Writer::finish`]: no batch runs any more.
     closed: bool,
+    /// Batch sizes and failures, for monitoring.
+    stats: Arc<WriterStats>,
 }
 
 impl Writer {
-    pub fn new(engine: Engine, syncer: Syncer, checkpointer: Checkpointer) -> Self {
-        Self { engine, syncer, checkpointer, pace: Pace::default(), collided: false, closed: false }
+    pub fn new(engine: Engine, syncer: Syncer, checkpointer: Checkpointer, stats: Arc<WriterStats>) -> Self {
+        Self { engine, syncer, checkpointer, pace: Pace::default(), collided: false, closed: false, stats }
     }
 
     /// Whether a caller may run its job now instead of queueing it for the
@@ -113,11 +117,15 @@ impl Writer {
         // behind jobs that waited for it, is a collision.
         let collided = std::mem::take(&mut self.collided) || self.syncer.busy();
         self.pace.batch(collided);
-        let Self { engine, syncer, checkpointer, pace, .. } = self;
-        engine.run_batch(batch, |engine, replies| {
+        self.stats.batch_jobs.record(batch.len() as u64);
+        let Self { engine, syncer, checkpointer, pace, stats, .. } = self;
+        let committed = engine.run_batch(batch, |engine, replies| {
             syncer.after_commit(replies, queued.load(Ordering::Acquire) > 0, pace);
             checkpointer.after_commit(&engine.conn);
         });
+        if !committed {
+            stats.batch_failed();
+        }
         self.collided = queued.load(Ordering::Acquire) > 0;
     }
 
@@ -736,7 +744,8 @@ impl Engine {
     /// Runs `batch` in one transaction; the answers, once it committed, are for
     /// `answer` (the syncer's or the writer's own sync). On failure the batch is
     /// rolled back, the index rebuilt from disk, and every caller answered at once.
-    fn run_batch(&mut self, batch: Vec<Job>, answer: impl FnOnce(&mut Self, Vec<Reply>)) {
+    /// Returns whether the batch committed.
+    fn run_batch(&mut self, batch: Vec<Job>, answer: impl FnOnce(&mut Self, Vec<Reply>)) -> bool {
         let mut replies: Vec<Reply>;
         let mut last_event = None;
         let outcome = match self.statement("BEGIN IMMEDIATE") {
@@ -777,7 +786,8 @@ impl Engine {
                         }),
                     );
                 }
-                answer(self, replies)
+                answer(self, replies);
+                true
             }
             Err(message) => {
                 tracing::error!(error = %message, "batch failed; rolling back and rebuilding the index");
@@ -790,6 +800,7 @@ impl Engine {
                 for reply in replies {
                     reply(Err(message.clone()));
                 }
+                false
             }
         }
     }
@@ -1110,6 +1121,19 @@ impl Engine {
     pub fn list_queues(&self) -> Vec<QueueInfo> {
         let names: BTreeSet<&String> = self.queues.keys().collect();
         names.into_iter().filter_map(|name| self.queue_info(name)).collect()
+    }
+
+    /// Every queue's counts and oldest ready task, from the index alone.
+    pub fn queue_stats(&self) -> Vec<QueueStats> {
+        let names: BTreeSet<&String> = self.queues.keys().collect();
+        names
+            .into_iter()
+            .map(|name| QueueStats {
+                name: name.clone(),
+                counts: self.mem.index.counts(name),
+                oldest_ready_at: self.mem.index.oldest_ready(name),
+            })
+            .collect()
     }
 
     pub fn tick(&mut self, now: Millis) -> Result<TickReport, StoreError> {
