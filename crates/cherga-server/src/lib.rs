@@ -18,6 +18,7 @@ mod error;
 mod events;
 mod extract;
 mod listen;
+mod observe;
 pub mod openapi;
 mod routes;
 mod timer;
@@ -143,14 +144,18 @@ pub struct App<S> {
     max_json_depth: usize,
     /// [`ServerConfig::allowed_hosts`].
     allowed_hosts: AllowedHosts,
+    /// Counters and histograms for `GET /metrics`.
+    metrics: observe::Metrics,
 }
 
 impl<S: Store> App<S> {
     /// Applies what a store call changed, here: the one place that decides what a
     /// change means for this server. Tasks that may have become leasable wake as
     /// many waiting leases of their queue (every waiter of a queue whose settings
-    /// changed), and a timer earlier than the loop's plan wakes the loop.
+    /// changed), a timer earlier than the loop's plan wakes the loop, event
+    /// streams look again, and the transitions are counted for `/metrics`.
     pub(crate) fn apply(&self, effects: &Effects) {
+        self.metrics.count(&effects.transitions);
         for (queue, n) in effects.leasable() {
             self.waiters.wake_some(queue, n);
         }
@@ -201,6 +206,7 @@ impl<S: Store> App<S> {
             events_signal,
             max_json_depth: config.max_json_depth,
             allowed_hosts: config.allowed_hosts.clone(),
+            metrics: observe::Metrics::new(config.http.max_waiting_leases),
         });
         (app, shutdown_tx)
     }
@@ -309,13 +315,15 @@ pub async fn serve<S: Store>(
     }
     let timers = tokio::spawn(app.clone().run_timers());
     let revocations = tokio::spawn(app.clone().run_revocations());
+    let open_connections = app.metrics.open_connections.clone();
     let router = router(app, &config);
     let signal = async move {
         shutdown.await;
         tracing::info!("shutting down: finishing requests in flight");
         let _ = shutdown_tx.send(true);
     };
-    listen::serve_connections(listener, router, &config.http, config.tls.clone(), signal).await;
+    listen::serve_connections(listener, router, &config.http, config.tls.clone(), open_connections, signal)
+        .await;
     let _ = timers.await;
     let _ = revocations.await;
     store.close().await;

@@ -1,8 +1,9 @@
 //! Regressions found by fuzzing (`fuzz/`), through the real router; the
 //! security rules in `security`; the OpenAPI document against the server in
-//! `document`.
+//! `document`; metrics, readiness and request ids in `observe`.
 
 mod document;
+mod observe;
 mod security;
 
 use crate::{App, ServerConfig, router};

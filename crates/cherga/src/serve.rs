@@ -42,11 +42,35 @@ pub struct ServeArgs {
     /// `7d`; `off` keeps no log and serves no event stream.
     #[arg(long, env = "CHERGA_EVENT_RETENTION", default_value = "24h")]
     event_retention: String,
-    /// Log filter, e.g. `info` or `cherga_server=debug`.
+    /// Log filter, e.g. `info` or `cherga_server=debug` (the debug level of
+    /// `cherga_server::observe` logs a line per request).
     #[arg(long, env = "CHERGA_LOG", default_value = "info")]
     log: String,
+    /// Log lines as plain `text` (colours only on a terminal) or as one JSON
+    /// object per line (`json`), each with the request's span (id, method, route).
+    #[arg(long, env = "CHERGA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(flatten)]
     security: crate::security::SecurityArgs,
+}
+
+/// How log lines are written to stderr.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Installs the log subscriber: `filter` to stderr, in `format`.
+fn init_log(filter: &str, format: LogFormat) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).context("--log is not a valid filter")?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        // Colour codes only for a person at a terminal, not in files or collectors.
+        LogFormat::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).init(),
+    }
+    Ok(())
 }
 
 /// Which store to open.
@@ -119,12 +143,7 @@ impl ServeArgs {
 }
 
 pub async fn run(args: ServeArgs) -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&args.log).context("--log is not a valid filter")?,
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_log(&args.log, args.log_format)?;
     let config = args.validate()?;
     // Bound before the store opens: an address in use then stops the server
     // before it creates a data directory it would leave behind. Connections

@@ -80,7 +80,7 @@ impl Server {
         cherga_auth::issue(&keys, None, &new).unwrap().0
     }
 
-    fn token(&self, scopes: &[&str]) -> String {
+    pub(super) fn token(&self, scopes: &[&str]) -> String {
         self.token_at(scopes, None, crate::now_ms() / 1000, 3600)
     }
 
@@ -94,6 +94,11 @@ impl Server {
             panic!("{what}: the answer is not JSON ({e}): {}", String::from_utf8_lossy(&bytes))
         });
         (status, value)
+    }
+
+    /// Sends `request`; the whole answer, body unread.
+    pub(super) async fn raw(&self, request: Request<Body>) -> axum::response::Response {
+        self.router.clone().oneshot(request).await.unwrap()
     }
 
     /// Sends a JSON `body` as the clients cherga ships do.
