@@ -70,6 +70,8 @@ struct QueueCounters {
     dead: AtomicU64,
     /// From enqueue (the task id's time) to the first lease.
     first_lease: Histogram,
+    /// Observations in `first_lease` (the histogram does not tell).
+    first_leases: AtomicU64,
 }
 
 impl QueueCounters {
@@ -78,6 +80,7 @@ impl QueueCounters {
             changes: std::array::from_fn(|_| AtomicU64::new(0)),
             dead: AtomicU64::new(0),
             first_lease: Histogram::new(FIRST_LEASE_BUCKETS),
+            first_leases: AtomicU64::new(0),
         }
     }
 
@@ -89,6 +92,7 @@ impl QueueCounters {
         if transition.change == Change::Leased && transition.attempt == 1 {
             let waited_ms = (transition.at - transition.task_id.created_at()).max(0);
             self.first_lease.observe(waited_ms as f64 / 1000.0);
+            self.first_leases.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -209,7 +213,9 @@ impl Collector for Scrape {
         )?;
         // A queue's histogram appears with its first observation, as labelled
         // series do: most of a scrape of many idle queues would be empty buckets.
-        for (queue, counters) in self.counters.iter().filter(|(_, c)| c.first_lease.count() > 0) {
+        for (queue, counters) in
+            self.counters.iter().filter(|(_, c)| c.first_leases.load(Ordering::Relaxed) > 0)
+        {
             counters.first_lease.encode(first_lease.encode_family(&[("queue", queue.as_str())])?)?;
         }
         for (name, help, value) in [

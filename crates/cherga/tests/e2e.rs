@@ -8,10 +8,12 @@
 //! records the skip, when the variable is unset: see `Backend::postgres`). Tests
 //! of several nodes on one database are in `multi_node`, PostgreSQL only. Tests
 //! of start-up (what `serve` refuses, the data directory's lock and modes) are in
-//! `startup`; the event stream's are in `events`.
+//! `startup`; the event stream's are in `events`; metrics, readiness, request
+//! ids and JSON logs in `observe`.
 
 mod events;
 mod harness;
+mod observe;
 mod startup;
 
 use harness::{Backend, LONG_POLL_WAITING, Server, http, wait_until};
