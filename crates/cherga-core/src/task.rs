@@ -29,6 +29,11 @@ impl TaskId {
         Self(uuid::Uuid::from_u128(value))
     }
 
+    /// When the task was enqueued (the id's UUIDv7 time).
+    pub fn created_at(&self) -> Millis {
+        (self.0.as_u128() >> 80) as Millis
+    }
+
     /// The store sequence number carried by this id.
     pub fn seq(&self) -> u64 {
         (self.0.as_u128() & SEQ_MASK) as u64

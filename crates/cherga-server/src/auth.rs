@@ -9,7 +9,9 @@
 //! - get or list tasks, get a queue: `produce` or `consume` on the queue;
 //!   `GET /v1/queues` lists only the queues the token may read;
 //! - queue settings, revocations: `admin` (which also allows everything else);
-//! - `/healthz`, `/v1/openapi.json`: open.
+//! - `/metrics`: a token that may read every queue (`admin`, `read:*`, `produce:*`
+//!   or `consume:*`);
+//! - `/healthz`, `/readyz`, `/v1/openapi.json`: open.
 //!
 //! Per-task routes learn the task's queue before anything else: from a cache
 //! filled when this node enqueues or leases (a task never changes queue), else
@@ -322,7 +324,7 @@ impl Caller {
         }
     }
 
-    fn allows_everywhere(&self, access: Access) -> bool {
+    pub(crate) fn allows_everywhere(&self, access: Access) -> bool {
         match self {
             Caller::Anyone => true,
             Caller::Token(p) => p.scopes.allows_everywhere(access),

@@ -22,7 +22,7 @@
 //!   token to no request by itself), but a proxy in front of cherga might add
 //!   one from a cookie, and a page of another site has no business here anyway.
 //!
-//! `/healthz` and `/v1/openapi.json` are answered whatever the request says:
+//! `/healthz`, `/readyz` and `/v1/openapi.json` are answered whatever the request says:
 //! they tell nothing about tasks.
 //!
 //! **Invariant:** these checks run before authentication and the body's
@@ -170,7 +170,7 @@ fn quoted(text: &str) -> String {
 }
 
 /// The routes open to everyone, which tell nothing about tasks.
-const OPEN_PATHS: [&str; 2] = ["/healthz", "/v1/openapi.json"];
+const OPEN_PATHS: [&str; 3] = ["/healthz", "/readyz", "/v1/openapi.json"];
 
 /// The checks of this module, before routing.
 pub(crate) async fn check<S: Store>(

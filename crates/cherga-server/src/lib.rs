@@ -18,6 +18,7 @@ mod error;
 mod events;
 mod extract;
 mod listen;
+mod observe;
 pub mod openapi;
 mod routes;
 mod timer;
@@ -144,14 +145,18 @@ pub struct App<S> {
     max_json_depth: usize,
     /// [`ServerConfig::allowed_hosts`].
     allowed_hosts: AllowedHosts,
+    /// Counters and histograms for `GET /metrics`.
+    metrics: observe::Metrics,
 }
 
 impl<S: Store> App<S> {
     /// Applies what a store call changed, here: the one place that decides what a
     /// change means for this server. Tasks that may have become leasable wake as
     /// many waiting leases of their queue (every waiter of a queue whose settings
-    /// changed), and a timer earlier than the loop's plan wakes the loop.
+    /// changed), a timer earlier than the loop's plan wakes the loop, event
+    /// streams look again, and the transitions are counted for `/metrics`.
     pub fn apply(&self, effects: &Effects) {
+        self.metrics.count(&effects.transitions);
         for (queue, n) in effects.leasable() {
             self.waiters.wake_some(queue, n);
         }
@@ -225,6 +230,7 @@ impl<S: Store> App<S> {
             events_signal,
             max_json_depth: config.max_json_depth,
             allowed_hosts: config.allowed_hosts.clone(),
+            metrics: observe::Metrics::new(config.http.max_waiting_leases),
         });
         (app, shutdown_tx)
     }
@@ -358,15 +364,16 @@ pub async fn serve_with<S: Store>(
     }
     let timers = tokio::spawn(app.clone().run_timers());
     let revocations = tokio::spawn(app.clone().run_revocations());
+    let open_connections = app.metrics.open_connections.clone();
     let extra = extra.map(|endpoint| {
         let router = (endpoint.router)(app.clone());
         let mut stop = app.shutting_down();
         let signal = async move {
             let _ = stop.wait_for(|&s| s).await;
         };
-        let (http, tls) = (config.http.clone(), config.tls.clone());
+        let (http, tls, open) = (config.http.clone(), config.tls.clone(), open_connections.clone());
         tokio::spawn(async move {
-            listen::serve_connections(endpoint.listener, router, &http, tls, signal).await;
+            listen::serve_connections(endpoint.listener, router, &http, tls, open, signal).await;
         })
     });
     let router = router(app, &config);
@@ -375,7 +382,8 @@ pub async fn serve_with<S: Store>(
         tracing::info!("shutting down: finishing requests in flight");
         let _ = shutdown_tx.send(true);
     };
-    listen::serve_connections(listener, router, &config.http, config.tls.clone(), signal).await;
+    listen::serve_connections(listener, router, &config.http, config.tls.clone(), open_connections, signal)
+        .await;
     if let Some(extra) = extra {
         let _ = extra.await;
     }

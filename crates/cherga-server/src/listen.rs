@@ -23,6 +23,7 @@ use cherga_api::ErrorCode;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use prometheus_client::metrics::gauge::Gauge;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
@@ -39,9 +40,12 @@ pub(crate) async fn serve_connections(
     router: Router,
     limits: &HttpLimits,
     tls: Option<Arc<TlsCerts>>,
+    open_gauge: Gauge,
     shutdown: impl Future<Output = ()>,
 ) {
-    let slots = Arc::new(Slots::new(limits.max_connections, limits.max_connections_per_client));
+    let mut slots = Slots::new(limits.max_connections, limits.max_connections_per_client);
+    slots.gauge = open_gauge;
+    let slots = Arc::new(slots);
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -175,6 +179,8 @@ struct Slots {
     max: usize,
     max_per_client: usize,
     open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+    /// The number open, for `/metrics`.
+    gauge: Gauge,
 }
 
 /// One open connection; frees its place when dropped.
@@ -185,7 +191,7 @@ struct Slot {
 
 impl Slots {
     fn new(max: usize, max_per_client: usize) -> Self {
-        Self { max, max_per_client, open: Mutex::new((0, HashMap::new())) }
+        Self { max, max_per_client, open: Mutex::new((0, HashMap::new())), gauge: Gauge::default() }
     }
 
     fn take(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
@@ -201,6 +207,7 @@ impl Slots {
         }
         *mine += 1;
         *total += 1;
+        self.gauge.inc();
         Some(Slot { slots: self.clone(), client })
     }
 }
@@ -210,6 +217,7 @@ impl Drop for Slot {
         let mut open = self.slots.open.lock().expect("slots lock");
         let (total, per_client) = &mut *open;
         *total -= 1;
+        self.slots.gauge.dec();
         if let Some(mine) = per_client.get_mut(&self.client) {
             *mine -= 1;
             if *mine == 0 {

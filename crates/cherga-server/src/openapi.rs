@@ -32,6 +32,8 @@ use utoipa::{Modify, OpenApi, PartialSchema};
     ),
     paths(
         routes::health,
+        crate::observe::ready,
+        crate::observe::metrics,
         routes::list_queues,
         routes::get_queue,
         routes::put_queue,
@@ -196,8 +198,10 @@ mod tests {
     /// Every route the router has, as (method, path). Kept next to the test that
     /// compares it with the router, which fails when a route is added without
     /// being listed here and in the document.
-    const ROUTES: [(&str, &str); 20] = [
+    const ROUTES: [(&str, &str); 22] = [
         ("get", "/healthz"),
+        ("get", "/readyz"),
+        ("get", "/metrics"),
         ("get", "/v1/events"),
         ("get", "/v1/openapi.json"),
         ("get", "/v1/queues"),
@@ -266,7 +270,9 @@ mod tests {
                 .unwrap();
             let response = router.clone().oneshot(request).await.unwrap();
             let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
-            let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            // `/metrics` answers text; anything else not JSON is a failure below.
+            let answer: serde_json::Value =
+                serde_json::from_slice(&body).unwrap_or_else(|_| String::from_utf8_lossy(&body).into());
             let code = answer["error"]["code"].as_str().unwrap_or("");
             assert!(!["route_not_found", "method_not_allowed"].contains(&code), "{method} {uri}: {answer}");
         }
@@ -417,7 +423,7 @@ mod tests {
                 for status in ["400", "413", "500", "503"] {
                     assert!(responses.contains_key(status), "{method} {path} lacks {status}");
                 }
-                let open = path == "/healthz" || path == "/v1/openapi.json";
+                let open = ["/healthz", "/readyz", "/v1/openapi.json"].contains(&path.as_str());
                 assert_eq!(responses.contains_key("401"), !open, "{method} {path}: 401");
             }
         }

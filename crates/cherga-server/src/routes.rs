@@ -39,6 +39,8 @@ const MAX_BATCH_ITEMS: usize = 10_000;
 pub fn router<S: Store>(app: Arc<App<S>>, config: &ServerConfig) -> Router {
     Router::new()
         .route("/healthz", get(health))
+        .route("/readyz", get(crate::observe::ready::<S>))
+        .route("/metrics", get(crate::observe::metrics::<S>))
         .route("/v1/queues", get(list_queues::<S>))
         .route("/v1/queues/{queue}", get(get_queue::<S>).put(put_queue::<S>))
         .route("/v1/queues/{queue}/tasks", post(enqueue::<S>).get(list_tasks::<S>))
@@ -61,6 +63,7 @@ pub fn router<S: Store>(app: Arc<App<S>>, config: &ServerConfig) -> Router {
         })
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(app.clone(), crate::browser::check::<S>))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), crate::observe::observe::<S>))
         .with_state(app)
 }
 

@@ -1,8 +1,10 @@
 //! Regressions found by fuzzing (`fuzz/`), through the real router; the
 //! security rules in `security`; the OpenAPI document against the server in
-//! `document`; the dashboard's headers and `GET /v1/whoami` in `ui`.
+//! `document`; the dashboard's headers and `GET /v1/whoami` in `ui`; metrics,
+//! readiness and request ids in `observe`.
 
 mod document;
+mod observe;
 mod security;
 mod ui;
 

@@ -31,9 +31,10 @@ mod schema;
 
 use cherga_core::{Millis, NewTask, QueueName, QueueSettingsPatch, Task, TaskId};
 use cherga_store::limits;
+use cherga_store::stats::StatGauge;
 use cherga_store::{
     Ack, AckedAndLeased, Changed, Claim, Effects, Enqueued, EventId, EventPage, ListTasks, Nack, QueueInfo,
-    Revocation, Store, StoreError, TickReport,
+    QueueStats, Revocation, Store, StoreError, StoreStats, TickReport,
 };
 use ops::{Keys, TxError};
 use pool::{OwnPids, Pool, PoolError};
@@ -591,6 +592,33 @@ impl Store for PgStore {
 
     async fn list_queues(&self) -> Result<Vec<QueueInfo>, StoreError> {
         transact!(&*self.inner, conn => ops::list_queues(&mut conn))
+    }
+
+    async fn queue_stats(&self) -> Result<Vec<QueueStats>, StoreError> {
+        transact!(&*self.inner, conn => ops::queue_stats(&mut conn))
+    }
+
+    fn stats(&self) -> StoreStats {
+        let (in_use, size) = self.inner.pool.in_use();
+        StoreStats {
+            gauges: vec![
+                StatGauge {
+                    name: "cherga_store_pool_connections_in_use",
+                    help: "PostgreSQL connections of this node's pool checked out now",
+                    value: in_use as f64,
+                },
+                StatGauge {
+                    name: "cherga_store_pool_connections_max",
+                    help: "Most PostgreSQL connections this node's pool opens",
+                    value: size as f64,
+                },
+            ],
+            histograms: Vec::new(),
+        }
+    }
+
+    async fn check_ready(&self) -> Result<(), StoreError> {
+        transact!(&*self.inner, conn => ops::check_commit(&mut conn))
     }
 
     async fn tick(&self, now: Millis) -> Result<Changed<TickReport>, StoreError> {

@@ -26,7 +26,7 @@ use cherga_core::{
 };
 use cherga_store::limits;
 use cherga_store::{
-    Ack, Changed, Claim, Effects, Enqueued, ListTasks, Nack, QueueInfo, Revocation, StoreError,
+    Ack, Changed, Claim, Effects, Enqueued, ListTasks, Nack, QueueInfo, QueueStats, Revocation, StoreError,
 };
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -805,6 +805,37 @@ pub async fn list_queues(c: &mut Conn) -> Tx<Vec<QueueInfo>> {
         }
     }
     Ok(queues)
+}
+
+/// Every queue's counts and oldest ready task. The counts are those of
+/// [`list_queues`] (an index-only scan of `tasks_by_state`: its cost grows with
+/// the number of tasks, not of queues); the oldest ready task per queue reads
+/// `tasks_claimable`, which holds only leasable tasks.
+pub async fn queue_stats(c: &mut Conn) -> Tx<Vec<QueueStats>> {
+    let queues = list_queues(c).await?;
+    let oldest = c
+        .query(
+            "SELECT queue, min(run_at) FROM tasks WHERE state = 1 AND (grp IS NULL OR head) GROUP BY queue",
+            &[],
+        )
+        .await?;
+    let oldest: HashMap<String, Millis> = oldest.iter().map(|row| (row.get(0), row.get(1))).collect();
+    Ok(queues
+        .into_iter()
+        .map(|q| {
+            let oldest_ready_at = oldest.get(&q.name).copied();
+            QueueStats { name: q.name, counts: q.counts, oldest_ready_at }
+        })
+        .collect())
+}
+
+/// A write transaction that commits: it takes a transaction id (which a
+/// read-only or recovering server refuses) and reads the schema, so it fails
+/// when the database, the connection or cherga's tables are gone.
+pub async fn check_commit(c: &mut Conn) -> Tx<()> {
+    c.begin();
+    c.commit_with(&[("SELECT txid_current()", &[]), ("SELECT 1 FROM queues LIMIT 1", &[])]).await?;
+    Ok(())
 }
 
 pub async fn put_queue(

@@ -68,6 +68,11 @@ impl Pool {
         self.pids.clone()
     }
 
+    /// Connections checked out now, and the most there may be.
+    pub fn in_use(&self) -> (usize, usize) {
+        (self.size.saturating_sub(self.permits.available_permits()), self.size)
+    }
+
     /// A connection, waiting at most the checkout timeout for a free one.
     ///
     /// # Errors

@@ -23,7 +23,9 @@ use cherga_core::{
     Task, TaskId, TaskState, fingerprint,
 };
 use cherga_store::limits::TICK_LIMIT;
-use cherga_store::{Ack, Claim, Enqueued, ListTasks, Nack, QueueInfo, Revocation, StoreError, TickReport};
+use cherga_store::{
+    Ack, Claim, Enqueued, ListTasks, Nack, QueueInfo, QueueStats, Revocation, StoreError, TickReport,
+};
 use memory::{Memory, Origin};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::{BTreeSet, HashMap};
@@ -344,6 +346,19 @@ impl Engine {
     pub fn list_queues(&self) -> Vec<QueueInfo> {
         let names: BTreeSet<&String> = self.queues.keys().collect();
         names.into_iter().filter_map(|name| self.queue_info(name)).collect()
+    }
+
+    /// Every queue's counts and oldest ready task, from the index alone.
+    pub fn queue_stats(&self) -> Vec<QueueStats> {
+        let names: BTreeSet<&String> = self.queues.keys().collect();
+        names
+            .into_iter()
+            .map(|name| QueueStats {
+                name: name.clone(),
+                counts: self.mem.index.counts(name),
+                oldest_ready_at: self.mem.index.oldest_ready(name),
+            })
+            .collect()
     }
 
     pub fn tick(&mut self, now: Millis) -> Result<TickReport, StoreError> {

@@ -381,6 +381,23 @@ impl Index {
         self.tasks.get(seq).map(|slot| slot.state)
     }
 
+    /// The earliest `run_at` of the tasks of `queue` that [`Index::pick`] could
+    /// offer (its ready set: pauses and the concurrency limit aside), if any: how
+    /// long the oldest leasable task has waited. One step per distinct priority
+    /// in the set, not per task: each priority's first key has its earliest
+    /// `run_at`.
+    pub fn oldest_ready(&self, queue: &str) -> Option<Millis> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let ready = &self.queue(queue)?.ready;
+        let mut oldest: Option<Millis> = None;
+        let mut next = ready.first();
+        while let Some(&(priority, run_at, _)) = next {
+            oldest = Some(oldest.map_or(run_at, |o| o.min(run_at)));
+            next = ready.range((Excluded((priority, Millis::MAX, u64::MAX)), Unbounded)).next();
+        }
+        oldest
+    }
+
     /// Counts per state of `queue`, in the order of [`TaskState::ALL`].
     pub fn counts(&self, queue: &str) -> [u64; 6] {
         self.queue(queue).map_or([0; 6], |q| q.counts)

@@ -32,14 +32,16 @@ mod journal;
 mod rows;
 mod schema;
 mod seqs;
+mod stats;
 mod sync;
 
 pub use backup::{backup, restore};
 use cherga_core::{Millis, NewTask, QueueName, QueueSettingsPatch, Task, TaskId};
 use cherga_store::events::{self, Event};
+use cherga_store::stats::StatGauge;
 use cherga_store::{
     Ack, AckedAndLeased, Changed, Claim, Enqueued, EventId, EventPage, ListTasks, Nack, QueueInfo,
-    Revocation, Store, StoreError, TickReport,
+    QueueStats, Revocation, Store, StoreError, StoreStats, TickReport,
 };
 pub use dir::DataDirInUse;
 use engine::{Engine, Writer};
@@ -98,6 +100,14 @@ impl Limits {
     pub const STANDARD: Limits = Limits { dirty_bytes: 96 << 20, journal_bytes: 128 << 20 };
 }
 
+/// How long after a failed batch the store reports itself not ready: a disk
+/// that is full fails every change but the empty commit of the readiness check.
+const READY_AFTER_FAILURE_MS: Millis = 5_000;
+
+fn now_ms() -> Millis {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as Millis)
+}
+
 /// The embedded SQLite store. Cheap to share behind an `Arc`.
 pub struct SqliteStore {
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
@@ -111,6 +121,8 @@ pub struct SqliteStore {
     /// The event log's readers: their own connection (opened on first use, so
     /// that reads never wait for the writer lock), and the last durable event.
     events: Option<EventReader>,
+    /// Batch sizes, fsync latency and batch failures, for monitoring.
+    stats: Arc<stats::WriterStats>,
 }
 
 /// What reading the event log needs.
@@ -139,9 +151,10 @@ impl SqliteStore {
             connection: Arc::new(Mutex::new(None)),
             durable: engine.events_durable(),
         });
-        let syncer = sync::Syncer::start(&options)?;
+        let stats = Arc::new(stats::WriterStats::new());
+        let syncer = sync::Syncer::start(&options, stats.clone())?;
         let checkpointer = checkpoint::Checkpointer::start(&options)?;
-        let writer = Arc::new(Mutex::new(Writer::new(engine, syncer, checkpointer)));
+        let writer = Arc::new(Mutex::new(Writer::new(engine, syncer, checkpointer, stats.clone())));
         let queued = Arc::new(AtomicUsize::new(0));
         let (sender, receiver) = mpsc::channel::<Job>();
         let thread = {
@@ -162,6 +175,7 @@ impl SqliteStore {
             thread: Mutex::new(Some(thread)),
             lock: Mutex::new(Some(lock)),
             events,
+            stats,
         })
     }
 
@@ -340,6 +354,48 @@ impl Store for SqliteStore {
 
     async fn list_queues(&self) -> Result<Vec<QueueInfo>, StoreError> {
         self.call(move |e| Ok(e.list_queues())).await
+    }
+
+    async fn queue_stats(&self) -> Result<Vec<QueueStats>, StoreError> {
+        // From the index: counts and ready sets, no rows read.
+        self.call(move |e| Ok(e.queue_stats())).await
+    }
+
+    fn stats(&self) -> StoreStats {
+        StoreStats {
+            gauges: vec![StatGauge {
+                name: "cherga_store_writer_queue_depth",
+                help: "Jobs waiting for the embedded store's writer thread",
+                value: self.queued.load(Ordering::Relaxed) as f64,
+            }],
+            histograms: vec![
+                self.stats.batch_jobs.snapshot(
+                    "cherga_store_commit_batch_jobs",
+                    "Jobs (store calls) committed together in one transaction",
+                    1.0,
+                ),
+                self.stats.fsync_us.snapshot(
+                    "cherga_store_fsync_seconds",
+                    "Time of each fdatasync of the write-ahead log",
+                    1e-6,
+                ),
+            ],
+        }
+    }
+
+    async fn check_ready(&self) -> Result<(), StoreError> {
+        // An empty batch through the writer: it begins and commits a write
+        // transaction, as every change does.
+        self.call(|_| Ok(())).await?;
+        if let Some(at) = self.stats.last_failure_ms() {
+            let since = now_ms() - at;
+            if since < READY_AFTER_FAILURE_MS {
+                return Err(StoreError::Unavailable(
+                    format!("a commit failed {since} ms ago and was rolled back; see the log").into(),
+                ));
+            }
+        }
+        Ok(())
     }
 
     async fn tick(&self, now: Millis) -> Result<Changed<TickReport>, StoreError> {

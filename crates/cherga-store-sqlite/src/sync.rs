@@ -32,6 +32,7 @@
 //! earlier cycle left there. `docs/storage.md` has the measurements.
 
 use crate::checkpoint::WAL_PREPARED_PAGES;
+use crate::stats::WriterStats;
 use crate::{Options, Reply};
 use cherga_store::StoreError;
 use std::fs::{File, OpenOptions};
@@ -58,12 +59,14 @@ pub struct Syncer {
     wal: Option<Arc<File>>,
     /// Groups handed to the thread and not yet answered.
     in_flight: Arc<AtomicUsize>,
+    /// Where each fdatasync's duration is recorded.
+    stats: Arc<WriterStats>,
 }
 
 impl Syncer {
     /// Starts the syncer for the WAL of `options.path`. With `durable: false` it
     /// answers without syncing.
-    pub fn start(options: &Options) -> Result<Self, StoreError> {
+    pub fn start(options: &Options, stats: Arc<WriterStats>) -> Result<Self, StoreError> {
         let wal = if options.durable {
             let mut path = options.path.clone().into_os_string();
             path.push("-wal");
@@ -83,13 +86,13 @@ impl Syncer {
         let (sender, receiver) = mpsc::channel::<Vec<Reply>>();
         let in_flight = Arc::new(AtomicUsize::new(0));
         let thread = {
-            let (wal, in_flight) = (wal.clone(), in_flight.clone());
+            let (wal, in_flight, stats) = (wal.clone(), in_flight.clone(), stats.clone());
             std::thread::Builder::new()
                 .name("cherga-sqlite-syncer".into())
-                .spawn(move || run(wal.as_deref(), receiver, &in_flight))
+                .spawn(move || run(wal.as_deref(), receiver, &in_flight, &stats))
                 .map_err(|e| StoreError::Unavailable(Box::new(e)))?
         };
-        Ok(Self { groups: Some(sender), thread: Some(thread), wal, in_flight })
+        Ok(Self { groups: Some(sender), thread: Some(thread), wal, in_flight, stats })
     }
 
     /// Answers `replies` with success once their committed batch is on disk.
@@ -101,7 +104,7 @@ impl Syncer {
     /// whether the caller's thread synced.
     pub fn after_commit(&self, replies: Vec<Reply>, more_waiting: bool, pace: &Pace) -> bool {
         if !more_waiting && pace.quiet() && !self.busy() {
-            sync_and_answer(self.wal.as_deref(), replies);
+            sync_and_answer(self.wal.as_deref(), replies, &self.stats);
             return true;
         }
         if let Some(groups) = &self.groups {
@@ -170,25 +173,27 @@ pub(crate) fn out_of_space(error: &std::io::Error) -> bool {
     matches!(error.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
 }
 
-fn run(wal: Option<&File>, groups: mpsc::Receiver<Vec<Reply>>, in_flight: &AtomicUsize) {
+fn run(wal: Option<&File>, groups: mpsc::Receiver<Vec<Reply>>, in_flight: &AtomicUsize, stats: &WriterStats) {
     while let Ok(first) = groups.recv() {
         let mut waiting = vec![first];
         while let Ok(more) = groups.try_recv() {
             waiting.push(more);
         }
         let taken = waiting.len();
-        sync_and_answer(wal, waiting.into_iter().flatten());
+        sync_and_answer(wal, waiting.into_iter().flatten(), stats);
         in_flight.fetch_sub(taken, Ordering::AcqRel);
     }
 }
 
 /// fdatasyncs the WAL (when durable), then answers `replies` with success.
-fn sync_and_answer(wal: Option<&File>, replies: impl IntoIterator<Item = Reply>) {
-    if let Some(wal) = wal
-        && let Err(error) = wal.sync_data()
-    {
-        tracing::error!(%error, "fdatasync of the WAL failed; aborting so that no unsynced write is acknowledged");
-        std::process::abort();
+fn sync_and_answer(wal: Option<&File>, replies: impl IntoIterator<Item = Reply>, stats: &WriterStats) {
+    if let Some(wal) = wal {
+        let started = std::time::Instant::now();
+        if let Err(error) = wal.sync_data() {
+            tracing::error!(%error, "fdatasync of the WAL failed; aborting so that no unsynced write is acknowledged");
+            std::process::abort();
+        }
+        stats.fsync_us.record(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
     }
     for reply in replies {
         reply(Ok(()));

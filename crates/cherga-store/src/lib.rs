@@ -18,11 +18,13 @@ use std::future::Future;
 mod effects;
 pub mod events;
 pub mod limits;
+pub mod stats;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
 pub use effects::{Changed, Effects};
 pub use events::{Event, EventId, EventPage};
+pub use stats::{QueueStats, StoreStats};
 
 /// What went wrong with a store call or with one item of a batch.
 #[derive(Debug, thiserror::Error)]
@@ -290,6 +292,38 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// [`StoreError::Unavailable`] when the backend fails.
     fn list_queues(&self) -> impl Future<Output = Result<Vec<QueueInfo>, StoreError>> + Send;
+
+    /// Every queue's counts per state and oldest ready task, for monitoring.
+    /// A store answers from what it keeps anyway (counters, its index), without
+    /// reading every task where it can. The default answers [`Store::list_queues`]
+    /// without the oldest ready task.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the backend fails.
+    fn queue_stats(&self) -> impl Future<Output = Result<Vec<QueueStats>, StoreError>> + Send {
+        async {
+            let queues = self.list_queues().await?;
+            Ok(queues
+                .into_iter()
+                .map(|q| QueueStats { name: q.name, counts: q.counts, oldest_ready_at: None })
+                .collect())
+        }
+    }
+
+    /// Figures of the store's own machinery (commit batches, fsyncs, pools), read
+    /// from counters without I/O. The default has none.
+    fn stats(&self) -> StoreStats {
+        StoreStats::default()
+    }
+
+    /// Answers `Ok` when the store can commit now: a readiness check, cheap
+    /// enough to call every few seconds. The default assumes it can.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] (or [`StoreError::Closed`]) saying why not.
+    fn check_ready(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async { Ok(()) }
+    }
 
     /// Runs the timers due at `now`: promotes scheduled tasks, expires leases, purges
     /// finished tasks past retention and forgets idempotency keys past their window.

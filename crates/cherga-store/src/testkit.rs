@@ -107,6 +107,7 @@ macro_rules! conformance_tests {
             list_tasks_filters_and_pages,
             put_queue_validates_and_keeps_settings,
             get_queue_and_list_queues,
+            queue_stats_count_and_find_the_oldest_ready_task,
             retention_purges_finished_tasks,
             retention_keeps_tasks_whose_key_is_in_window,
             retention_holds_across_a_reopen_and_a_retry,
@@ -1584,6 +1585,38 @@ pub async fn get_queue_and_list_queues<H: Harness>(mut harness: H) {
         assert_eq!(queue, &info(&store, &queue.name).await, "list_queues agrees with get_queue");
     }
     assert_counts(&queues[3], &[(TaskState::Ready, 1)]);
+}
+
+/// `queue_stats` counts as `list_queues` does and names each queue's oldest
+/// ready task (by `run_at`, whatever its priority); a store that can commit is
+/// ready.
+pub async fn queue_stats_count_and_find_the_oldest_ready_task<H: Harness>(mut harness: H) {
+    let store = harness.open().await;
+    store.check_ready().await.expect("a fresh store can commit");
+    put(&store, "empty", QueueSettingsPatch::default(), T0).await;
+    create(&store, "q", prioritised("old", 0), T0).await;
+    create(&store, "q", prioritised("urgent", 9), T0 + 10).await;
+    create(&store, "q", delayed("later", T0 + 1_000), T0 + 20).await;
+
+    let stats = store.queue_stats().await.expect("queue_stats");
+    let queues = list_queues(&store).await;
+    let names: Vec<&str> = stats.iter().map(|q| q.name.as_str()).collect();
+    assert_eq!(
+        names,
+        queues.iter().map(|q| q.name.as_str()).collect::<Vec<_>>(),
+        "the same queues, in order"
+    );
+    for (stat, queue) in stats.iter().zip(&queues) {
+        assert_eq!(stat.counts, queue.counts, "{}: counts as list_queues has them", queue.name);
+    }
+    assert_eq!(stats[0].oldest_ready_at, None, "no ready task in {}", stats[0].name);
+    assert_eq!(stats[1].oldest_ready_at, Some(T0), "the oldest ready task of q, of a lower priority");
+
+    assert_eq!(claim(&store, "q", 2, T0 + 30).await.len(), 2);
+    let stats = store.queue_stats().await.expect("queue_stats");
+    assert_eq!(stats[1].count(TaskState::Running), 2);
+    assert_eq!(stats[1].oldest_ready_at, None, "running and scheduled tasks are not ready");
+    store.check_ready().await.expect("still ready");
 }
 
 // ---------------------------------------------------------------------------

@@ -60,9 +60,14 @@ pub struct Settings {
     /// `7d`; `off` keeps no log and serves no event stream.
     #[arg(long, env = "CHERGA_EVENT_RETENTION", default_value = "24h")]
     event_retention: String,
-    /// Log filter, e.g. `info` or `cherga_server=debug`.
+    /// Log filter, e.g. `info` or `cherga_server=debug` (the debug level of
+    /// `cherga_server::observe` logs a line per request).
     #[arg(long, env = "CHERGA_LOG", default_value = "info")]
     log: String,
+    /// Log lines as plain `text` (colours only on a terminal) or as one JSON
+    /// object per line (`json`), each with the request's span (id, method, route).
+    #[arg(long, env = "CHERGA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     /// Key file of the keys tokens may be signed with (JSON, see `cherga keygen`).
     /// Turns authentication on: every request but /healthz and /v1/openapi.json
     /// then needs `Authorization: Bearer <token>`. Reloaded on SIGHUP.
@@ -139,6 +144,13 @@ pub struct Settings {
 /// deeper JSON (its recursion limit is 128).
 const MAX_JSON_DEPTH: usize = 128;
 
+/// How log lines are written to stderr.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
 /// Which store to open.
 pub enum StoreConfig {
     Sqlite { data_dir: PathBuf, event_retention_ms: Option<i64> },
@@ -158,6 +170,7 @@ pub struct Config {
     pub sqs: Option<SqsServe>,
     /// The log filter (checked to be one).
     pub log: String,
+    pub log_format: LogFormat,
     pub store: StoreConfig,
     pub server: ServerConfig,
     pub security: Security,
@@ -226,7 +239,7 @@ impl Settings {
             tls: security.tls.clone(),
         };
         let sqs = self.sqs(&security)?;
-        Ok(Config { addr, sqs, log, store, server, security })
+        Ok(Config { addr, sqs, log, log_format: self.log_format, store, server, security })
     }
 
     /// The SQS endpoint's address, access keys and region.

@@ -3,7 +3,7 @@
 //! anything opened: the address is bound first, then the store opened. The
 //! store is the embedded SQLite one unless `--store` names a PostgreSQL database.
 
-use crate::config::{Config, Settings, StoreConfig};
+use crate::config::{Config, LogFormat, Settings, StoreConfig};
 use anyhow::{Context, Result};
 use cherga_store::Store;
 use cherga_store_postgres::PgStore;
@@ -24,8 +24,7 @@ pub struct ServeArgs {
 
 pub async fn run(args: ServeArgs) -> Result<()> {
     let config = args.settings.validate()?;
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log).context("--log")?;
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    init_log(&config.log, config.log_format)?;
     if let Some(file) = &args.config {
         tracing::info!(config = %file.display(), "settings from the file, under flags and environment");
     }
@@ -58,6 +57,18 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             serve_on(listener, sqs_listener, store, config).await
         }
     }
+}
+
+/// Installs the log subscriber: `filter` to stderr, in `format`.
+fn init_log(filter: &str, format: LogFormat) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).context("--log is not a valid filter")?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        // Colour codes only for a person at a terminal, not in files or collectors.
+        LogFormat::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).init(),
+    }
+    Ok(())
 }
 
 /// Serves on `listener` with `store` until SIGINT or SIGTERM.

@@ -9,11 +9,13 @@
 //! of several nodes on one database are in `multi_node`, PostgreSQL only. Tests
 //! of start-up (what `serve` refuses, the data directory's lock and modes) are in
 //! `startup`; the event stream's are in `events`; the client subcommands' in `cli`;
-//! the dashboard's, in a headless browser, in `ui`.
+//! the dashboard's, in a headless browser, in `ui`; metrics, readiness, request
+//! ids and JSON logs in `observe`.
 
 mod cli;
 mod events;
 mod harness;
+mod observe;
 mod startup;
 mod ui;
 

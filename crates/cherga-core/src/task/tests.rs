@@ -51,6 +51,7 @@ fn token_of(task: &Task) -> LeaseToken {
 #[test]
 fn id_carries_time_and_sequence_and_round_trips() {
     let id = TaskId::new(T0, 123_456_789);
+    assert_eq!(id.created_at(), T0);
     assert_eq!(id.seq(), 123_456_789);
     let text = id.to_string();
     assert_eq!(TaskId::parse(&text), Some(id));

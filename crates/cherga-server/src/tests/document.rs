@@ -34,7 +34,7 @@ async fn the_document_asks_for_a_token_only_when_the_server_does() {
         assert_eq!(document.get("security") == Some(&bearer), auth, "auth {auth}: {}", document["security"]);
         for (path, item) in document["paths"].as_object().unwrap() {
             for (method, operation) in item.as_object().unwrap() {
-                let open = path == "/healthz" || path == "/v1/openapi.json";
+                let open = ["/healthz", "/readyz", "/v1/openapi.json"].contains(&path.as_str());
                 let needs_token = operation["responses"].get("401").is_some();
                 assert_eq!(needs_token, auth && !open, "auth {auth}: {method} {path} and 401");
             }

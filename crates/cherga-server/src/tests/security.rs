@@ -84,7 +84,7 @@ impl Server {
         self.token_at(scopes, None, crate::now_ms() / 1000, 3600)
     }
 
-    /// Sends `request`; the whole answer.
+    /// Sends `request`; the whole answer, body unread.
     pub(super) async fn raw(&self, request: Request<Body>) -> axum::response::Response {
         self.router.clone().oneshot(request).await.unwrap()
     }

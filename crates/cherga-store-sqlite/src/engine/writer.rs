@@ -4,11 +4,12 @@
 
 use super::Engine;
 use crate::checkpoint::Checkpointer;
+use crate::stats::WriterStats;
 use crate::sync::{Pace, Syncer};
 use crate::{Job, Reply};
 use cherga_store::Effects;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 
 /// Most jobs in one transaction: bounds the latency a single commit adds.
 const MAX_BATCH: usize = 2048;
@@ -34,11 +35,13 @@ pub struct Writer {
     collided: bool,
     /// Set by [`Writer::finish`]: no batch runs any more.
     closed: bool,
+    /// Batch sizes and failures, for monitoring.
+    stats: Arc<WriterStats>,
 }
 
 impl Writer {
-    pub fn new(engine: Engine, syncer: Syncer, checkpointer: Checkpointer) -> Self {
-        Self { engine, syncer, checkpointer, pace: Pace::default(), collided: false, closed: false }
+    pub fn new(engine: Engine, syncer: Syncer, checkpointer: Checkpointer, stats: Arc<WriterStats>) -> Self {
+        Self { engine, syncer, checkpointer, pace: Pace::default(), collided: false, closed: false, stats }
     }
 
     /// Whether a caller may run its job now instead of queueing it for the
@@ -57,11 +60,15 @@ impl Writer {
         // behind jobs that waited for it, is a collision.
         let collided = std::mem::take(&mut self.collided) || self.syncer.busy();
         self.pace.batch(collided);
-        let Self { engine, syncer, checkpointer, pace, .. } = self;
-        engine.run_batch(batch, |engine, replies| {
+        self.stats.batch_jobs.record(batch.len() as u64);
+        let Self { engine, syncer, checkpointer, pace, stats, .. } = self;
+        let committed = engine.run_batch(batch, |engine, replies| {
             syncer.after_commit(replies, queued.load(Ordering::Acquire) > 0, pace);
             checkpointer.after_commit(&engine.conn);
         });
+        if !committed {
+            stats.batch_failed();
+        }
         self.collided = queued.load(Ordering::Acquire) > 0;
     }
 
@@ -122,7 +129,8 @@ impl Engine {
     /// Runs `batch` in one transaction; the answers, once it committed, are for
     /// `answer` (the syncer's or the writer's own sync). On failure the batch is
     /// rolled back, the index rebuilt from disk, and every caller answered at once.
-    fn run_batch(&mut self, batch: Vec<Job>, answer: impl FnOnce(&mut Self, Vec<Reply>)) {
+    /// Returns whether the batch committed.
+    fn run_batch(&mut self, batch: Vec<Job>, answer: impl FnOnce(&mut Self, Vec<Reply>)) -> bool {
         let mut replies: Vec<Reply>;
         let mut last_event = None;
         let outcome = match self.statement("BEGIN IMMEDIATE") {
@@ -163,7 +171,8 @@ impl Engine {
                         }),
                     );
                 }
-                answer(self, replies)
+                answer(self, replies);
+                true
             }
             Err(message) => {
                 tracing::error!(error = %message, "batch failed; rolling back and rebuilding the index");
@@ -176,6 +185,7 @@ impl Engine {
                 for reply in replies {
                     reply(Err(message.clone()));
                 }
+                false
             }
         }
     }

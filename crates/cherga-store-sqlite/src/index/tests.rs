@@ -209,6 +209,22 @@ fn timers_and_counts() {
     assert_eq!(sim.index.counts("nope"), [0; 6]);
 }
 
+#[test]
+fn oldest_ready_is_the_earliest_run_at_across_priorities() {
+    let mut sim = Sim::new(None);
+    assert_eq!(sim.index.oldest_ready("q"), None);
+    sim.enqueue(new_task(5, None, Some(T0 - 10)));
+    sim.enqueue(new_task(0, None, Some(T0 - 30)));
+    sim.enqueue(new_task(9, None, Some(T0 - 20)));
+    sim.enqueue(new_task(0, None, Some(T0 + 50)));
+    // Scheduled tasks are not ready: T0 + 50 does not count.
+    assert_eq!(sim.index.oldest_ready("q"), Some(T0 - 30));
+    let leased = sim.lease(3);
+    assert_eq!(leased, vec![2, 0, 1]);
+    assert_eq!(sim.index.oldest_ready("q"), None, "running tasks are not ready");
+    assert_eq!(sim.index.oldest_ready("nope"), None);
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Enqueue { priority: i32, group: Option<u8>, delay: Option<u8> },

@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 
 /// Warnings and errors, and the debug lines tests wait for: a long poll that
 /// waits (`cherga_server::routes`), a PostgreSQL listener that listens.
-const LOG_FILTER: &str = "warn,cherga_server::routes=debug,cherga_store_postgres=debug";
+const LOG_FILTER: &str =
+    "warn,cherga_server::routes=debug,cherga_server::observe=debug,cherga_store_postgres=debug";
 
 /// What the server logs (at debug, which [`LOG_FILTER`] turns on) when a long
 /// poll starts to wait: from then on a wake-up reaches it.
