@@ -250,8 +250,9 @@ impl Settings {
             }
             return Ok(None);
         };
-        let addr: SocketAddr =
-            text.parse().with_context(|| format!("--sqs-addr {text:?} is not an address like 127.0.0.1:9324"))?;
+        let addr: SocketAddr = text
+            .parse()
+            .with_context(|| format!("--sqs-addr {text:?} is not an address like 127.0.0.1:9324"))?;
         let keys = match &self.sqs_keys {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -266,7 +267,9 @@ impl Settings {
                  not a loopback address: give --sqs-keys (`cherga token issue --sqs`), or --insecure"
             ),
         };
-        if self.sqs_region.is_empty() || !self.sqs_region.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        if self.sqs_region.is_empty()
+            || !self.sqs_region.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
             bail!("--sqs-region must be a region name such as us-east-1");
         }
         let loopback_only = keys.is_none() && addr.ip().is_loopback();

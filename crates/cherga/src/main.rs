@@ -83,7 +83,7 @@ enum ConfigCommand {
         /// The TOML file.
         file: std::path::PathBuf,
         #[command(flatten)]
-        settings: config::Settings,
+        settings: Box<config::Settings>,
     },
 }
 
@@ -115,7 +115,7 @@ fn run(args: Args, matches: &clap::ArgMatches) -> Result<()> {
             .subcommand_matches("config")
             .and_then(|m| m.subcommand_matches("check"))
             .expect("the matches of `config check`");
-        return config::check(&file, settings, matches);
+        return config::check(&file, *settings, matches);
     }
     if matches!(args.command, Command::Serve(_)) {
         no_transparent_huge_pages();
