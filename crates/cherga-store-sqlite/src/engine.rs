@@ -21,6 +21,10 @@
 //!   ([`Limits`]): past them, new tasks go to rows at once and the oldest dirty
 //!   tasks are settled.
 
+// Bulk actions (`bulk.rs`) reach into the writer's memory, so they are a child module.
+#[path = "bulk.rs"]
+mod bulk;
+
 use crate::checkpoint::{self, Checkpointer};
 use crate::journal::{self, Record};
 use crate::rows::{self, Db, QUEUE_COLUMNS, RowWriter, task_columns};
