@@ -5,6 +5,7 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod bench;
+mod bulk;
 mod cli;
 mod security;
 mod serve;
@@ -33,6 +34,17 @@ enum Command {
     Task {
         #[command(subcommand)]
         command: cli::TaskCommand,
+    },
+    /// Sends the dead tasks of a queue that match a filter back to ready.
+    Retry(bulk::BulkArgs),
+    /// Cancels the scheduled and ready tasks of a queue that match a filter.
+    Cancel(bulk::BulkArgs),
+    /// Deletes the finished tasks of a queue that match a filter.
+    Purge(bulk::BulkArgs),
+    /// Acts on a queue.
+    Queue {
+        #[command(subcommand)]
+        command: bulk::QueueCommand,
     },
     /// Makes a signing key for tokens (prints a key file, or adds to one).
     Keygen(token::KeygenArgs),
@@ -69,6 +81,10 @@ fn run(args: Args) -> Result<()> {
             Command::Enqueue(a) => cli::enqueue(a).await,
             Command::Queues(a) => cli::queues(a).await,
             Command::Task { command } => cli::task(command).await,
+            Command::Retry(a) => bulk::run(bulk::Action::Retry, a).await,
+            Command::Cancel(a) => bulk::run(bulk::Action::Cancel, a).await,
+            Command::Purge(a) => bulk::run(bulk::Action::Purge, a).await,
+            Command::Queue { command } => bulk::queue(command).await,
             Command::Bench(a) => bench::run(a).await,
             Command::Keygen(a) => token::keygen(a),
             Command::Token { command } => token::token(command).await,
