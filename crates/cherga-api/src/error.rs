@@ -58,6 +58,9 @@ error_codes! {
     LeaseLost = "lease_lost" => 409,
     /// The task is not in a state the operation applies to.
     InvalidState = "invalid_state" => 409,
+    /// The queue still holds unfinished tasks (delete it with `force=true`), or
+    /// a task arrived while it was being deleted.
+    QueueNotEmpty = "queue_not_empty" => 409,
     PayloadTooLarge = "payload_too_large" => 413,
     BodyTooLarge = "body_too_large" => 413,
     /// A request body not sent as `Content-Type: application/json`.

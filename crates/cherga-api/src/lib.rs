@@ -7,6 +7,7 @@
 //! the Unix epoch.
 
 pub mod auth;
+pub mod bulk;
 pub mod error;
 pub mod event;
 mod number;
@@ -20,6 +21,7 @@ use cherga_core::{QueueSettings, QueueSettingsPatch, Task, TaskState};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
+pub use bulk::{BulkRequest, BulkResponse, DeleteQueueQuery, DeleteQueueResponse, MAX_BULK_LIMIT};
 pub use error::{ErrorBody, ErrorCode, WireError};
 pub use time::Timestamp;
 

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cherga_api::{
-    AckRequest, BatchAckRequest, BatchResponse, EnqueueBatchRequest, EnqueueRequest, ExtendRequest, Health,
-    LeaseRequest, LeaseResponse, ListQuery, NackRequest, QueueList, QueueSettingsBody, QueueView, TaskList,
-    TaskView,
+    AckRequest, BatchAckRequest, BatchResponse, BulkRequest, BulkResponse, DeleteQueueResponse,
+    EnqueueBatchRequest, EnqueueRequest, ExtendRequest, Health, LeaseRequest, LeaseResponse, ListQuery,
+    NackRequest, QueueList, QueueSettingsBody, QueueView, TaskList, TaskView,
 };
 use reqwest::{Method, RequestBuilder};
 use serde::de::DeserializeOwned;
@@ -263,6 +263,51 @@ impl Client {
     /// when the server cannot be reached.
     pub async fn put_queue(&self, queue: &str, settings: &QueueSettingsBody) -> Result<QueueView, Error> {
         self.call(self.request(Method::PUT, &["v1", "queues", queue]).json(settings)).await
+    }
+
+    /// `POST /v1/queues/{queue}/tasks/retry`: sends every dead task the filter
+    /// matches back to ready (needs an `admin` token). A long run may need a
+    /// longer timeout ([`Client::with_timeout`]).
+    ///
+    /// # Errors
+    /// [`Error::Api`] with `invalid_request` for a bad filter, `queue_not_found`;
+    /// [`Error::Http`] when the server cannot be reached.
+    pub async fn retry_tasks(&self, queue: &str, filter: &BulkRequest) -> Result<BulkResponse, Error> {
+        self.bulk(queue, "retry", filter).await
+    }
+
+    /// `POST /v1/queues/{queue}/tasks/cancel`: cancels every scheduled or ready
+    /// task the filter matches (needs an `admin` token).
+    ///
+    /// # Errors
+    /// As [`Client::retry_tasks`].
+    pub async fn cancel_tasks(&self, queue: &str, filter: &BulkRequest) -> Result<BulkResponse, Error> {
+        self.bulk(queue, "cancel", filter).await
+    }
+
+    /// `POST /v1/queues/{queue}/tasks/purge`: deletes every finished task the
+    /// filter matches (needs an `admin` token).
+    ///
+    /// # Errors
+    /// As [`Client::retry_tasks`].
+    pub async fn purge_tasks(&self, queue: &str, filter: &BulkRequest) -> Result<BulkResponse, Error> {
+        self.bulk(queue, "purge", filter).await
+    }
+
+    async fn bulk(&self, queue: &str, action: &str, filter: &BulkRequest) -> Result<BulkResponse, Error> {
+        self.call(self.request(Method::POST, &["v1", "queues", queue, "tasks", action]).json(filter)).await
+    }
+
+    /// `DELETE /v1/queues/{queue}`: deletes the queue with its tasks; with
+    /// `force`, even while it holds unfinished tasks (needs an `admin` token).
+    ///
+    /// # Errors
+    /// [`Error::Api`] with `queue_not_empty` (unfinished tasks, no `force`),
+    /// `queue_not_found`; [`Error::Http`] when the server cannot be reached.
+    pub async fn delete_queue(&self, queue: &str, force: bool) -> Result<DeleteQueueResponse, Error> {
+        let request = self.request(Method::DELETE, &["v1", "queues", queue]);
+        let request = if force { request.query(&[("force", "true")]) } else { request };
+        self.call(request).await
     }
 
     /// `POST /v1/revocations`: refuses the token with this `jti` on every node

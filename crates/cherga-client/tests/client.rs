@@ -119,6 +119,16 @@ impl Store for Counting {
     async fn retry_dead(&self, id: TaskId, now: Millis) -> Result<Changed<Task>, StoreError> {
         self.inner.retry_dead(id, now).await
     }
+    async fn act_on_tasks(
+        &self,
+        step: cherga_store::BulkStep,
+        now: Millis,
+    ) -> Result<Changed<cherga_store::BulkPage>, StoreError> {
+        self.inner.act_on_tasks(step, now).await
+    }
+    async fn delete_queue(&self, queue: QueueName, now: Millis) -> Result<Changed<()>, StoreError> {
+        self.inner.delete_queue(queue, now).await
+    }
     async fn get_task(&self, id: TaskId) -> Result<Task, StoreError> {
         self.inner.get_task(id).await
     }

@@ -67,6 +67,10 @@ impl ApiError {
                 format!("this idempotency key was already used for a different request (task {task_id})"),
             ),
             StoreError::InvalidSettings(message) => Self::invalid(message),
+            StoreError::NotEmpty(n) => Self::new(
+                ErrorCode::QueueNotEmpty,
+                format!("the queue still holds {n} tasks (one arrived while it was being deleted?)"),
+            ),
             StoreError::Unavailable(source) => {
                 let source: &(dyn std::error::Error + 'static) = source.as_ref();
                 tracing::error!(error = source, "store unavailable");

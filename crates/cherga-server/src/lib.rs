@@ -14,6 +14,7 @@
 
 mod auth;
 mod browser;
+mod bulk;
 mod error;
 mod events;
 mod extract;

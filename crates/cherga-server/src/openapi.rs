@@ -51,6 +51,10 @@ use utoipa::{Modify, OpenApi, PartialSchema};
         routes::revoke,
         routes::list_revocations,
         routes::whoami,
+        crate::bulk::retry,
+        crate::bulk::cancel,
+        crate::bulk::purge,
+        crate::bulk::delete_queue,
         crate::events::stream,
         openapi_path,
     )
@@ -63,8 +67,13 @@ struct Shared {
 }
 
 /// Operations whose body may be left out, as (path, is PUT).
-const OPTIONAL_BODIES: [(&str, bool); 2] =
-    [("/v1/queues/{queue}/lease", false), ("/v1/queues/{queue}", true)];
+const OPTIONAL_BODIES: [(&str, bool); 5] = [
+    ("/v1/queues/{queue}/lease", false),
+    ("/v1/queues/{queue}", true),
+    ("/v1/queues/{queue}/tasks/retry", false),
+    ("/v1/queues/{queue}/tasks/cancel", false),
+    ("/v1/queues/{queue}/tasks/purge", false),
+];
 
 /// Error answers any operation but the open ones can give, besides its own.
 const COMMON_ERRORS: [(&str, &str); 9] = [
@@ -198,7 +207,7 @@ mod tests {
     /// Every route the router has, as (method, path). Kept next to the test that
     /// compares it with the router, which fails when a route is added without
     /// being listed here and in the document.
-    const ROUTES: [(&str, &str); 22] = [
+    const ROUTES: [(&str, &str); 26] = [
         ("get", "/healthz"),
         ("get", "/readyz"),
         ("get", "/metrics"),
@@ -207,6 +216,10 @@ mod tests {
         ("get", "/v1/queues"),
         ("get", "/v1/queues/{queue}"),
         ("put", "/v1/queues/{queue}"),
+        ("delete", "/v1/queues/{queue}"),
+        ("post", "/v1/queues/{queue}/tasks/retry"),
+        ("post", "/v1/queues/{queue}/tasks/cancel"),
+        ("post", "/v1/queues/{queue}/tasks/purge"),
         ("post", "/v1/queues/{queue}/tasks"),
         ("get", "/v1/queues/{queue}/tasks"),
         ("post", "/v1/queues/{queue}/tasks/batch"),

@@ -42,9 +42,15 @@ pub fn router<S: Store>(app: Arc<App<S>>, config: &ServerConfig) -> Router {
         .route("/readyz", get(crate::observe::ready::<S>))
         .route("/metrics", get(crate::observe::metrics::<S>))
         .route("/v1/queues", get(list_queues::<S>))
-        .route("/v1/queues/{queue}", get(get_queue::<S>).put(put_queue::<S>))
+        .route(
+            "/v1/queues/{queue}",
+            get(get_queue::<S>).put(put_queue::<S>).delete(crate::bulk::delete_queue::<S>),
+        )
         .route("/v1/queues/{queue}/tasks", post(enqueue::<S>).get(list_tasks::<S>))
         .route("/v1/queues/{queue}/tasks/batch", post(enqueue_batch::<S>))
+        .route("/v1/queues/{queue}/tasks/retry", post(crate::bulk::retry::<S>))
+        .route("/v1/queues/{queue}/tasks/cancel", post(crate::bulk::cancel::<S>))
+        .route("/v1/queues/{queue}/tasks/purge", post(crate::bulk::purge::<S>))
         .route("/v1/queues/{queue}/lease", post(lease::<S>))
         .route("/v1/tasks/ack", post(ack_batch::<S>))
         .route("/v1/tasks/{id}", get(get_task::<S>).delete(cancel::<S>))

@@ -34,6 +34,7 @@ fn store_error(error: StoreError) -> SqsError {
             SqsError::unavailable()
         }
         StoreError::Refused(refusal) => SqsError::invalid(refusal.to_string()),
+        StoreError::NotEmpty(n) => SqsError::invalid(format!("The queue still holds {n} messages.")),
         StoreError::KeyReused(_) | StoreError::Corrupt(_) => {
             let error = &error as &dyn std::error::Error;
             tracing::error!(error, "SQS endpoint: store call failed");

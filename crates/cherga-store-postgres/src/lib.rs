@@ -33,8 +33,8 @@ use cherga_core::{Millis, NewTask, QueueName, QueueSettingsPatch, Task, TaskId};
 use cherga_store::limits;
 use cherga_store::stats::StatGauge;
 use cherga_store::{
-    Ack, AckedAndLeased, Changed, Claim, Effects, Enqueued, EventId, EventPage, ListTasks, Nack, QueueInfo,
-    QueueStats, Revocation, Store, StoreError, StoreStats, TickReport,
+    Ack, AckedAndLeased, BulkPage, BulkStep, Changed, Claim, Effects, Enqueued, EventId, EventPage,
+    ListTasks, Nack, QueueInfo, QueueStats, Revocation, Store, StoreError, StoreStats, TickReport,
 };
 use ops::{Keys, TxError};
 use pool::{OwnPids, Pool, PoolError};
@@ -564,6 +564,18 @@ impl Store for PgStore {
     async fn retry_dead(&self, task_id: TaskId, now: Millis) -> Result<Changed<Task>, StoreError> {
         let inner = &*self.inner;
         let changed = transact!(inner, conn => ops::retry_dead(&mut conn, &inner.keys, task_id, now))?;
+        Ok(self.announce(changed))
+    }
+
+    async fn act_on_tasks(&self, step: BulkStep, now: Millis) -> Result<Changed<BulkPage>, StoreError> {
+        let inner = &*self.inner;
+        let changed = transact!(inner, conn => ops::act_on_tasks(&mut conn, &inner.keys, &step, now))?;
+        Ok(self.announce(changed))
+    }
+
+    async fn delete_queue(&self, queue: QueueName, _now: Millis) -> Result<Changed<()>, StoreError> {
+        let inner = &*self.inner;
+        let changed = transact!(inner, conn => ops::delete_queue(&mut conn, queue.as_str()))?;
         Ok(self.announce(changed))
     }
 

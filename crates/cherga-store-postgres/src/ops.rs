@@ -17,6 +17,11 @@
 //! leased under its row lock, so two claims racing on different nodes cannot both
 //! lease from one group.
 
+// Bulk actions (`bulk.rs`) share this module's statements and steps.
+#[path = "bulk.rs"]
+mod bulk;
+pub use bulk::{act_on_tasks, delete_queue};
+
 use crate::events::{EventRow, INSERT_EVENTS};
 use crate::pool::{CommitError, Conn, Params, Step};
 use crate::rows::{self, ChangedRows, INSERT_TASKS, NewRows, UPDATE_TASKS, queue_columns, task_columns};

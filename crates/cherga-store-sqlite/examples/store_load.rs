@@ -19,6 +19,13 @@
 //! target/profiling/examples/store_load enqueue 10000000 /tmp/pending
 //! target/profiling/examples/store_load reopen 0 /tmp/pending
 //! ```
+//!
+//! The mode `retry` makes every task dead (one attempt, nacked) and then times a
+//! bulk retry of all of them, in steps of `BULK_BATCH` as the server runs it:
+//!
+//! ```text
+//! target/release/examples/store_load retry 1000000
+//! ```
 
 use cherga_core::{NewTask, QueueName};
 use cherga_store::{Ack, Claim, Store};
@@ -60,7 +67,7 @@ async fn main() {
                 run_at: None,
                 idempotency_key: None,
                 group: None,
-                max_attempts: None,
+                max_attempts: (mode == "retry").then_some(1),
             })
             .collect();
         for result in store
@@ -76,6 +83,14 @@ async fn main() {
     println!("enqueue: {tasks} tasks in {enqueued:.2?}, {}", memory());
     if mode == "enqueue" {
         store.close().await;
+        if kept.is_none() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        return;
+    }
+
+    if mode == "retry" {
+        bulk_retry(store, queue, tasks, now).await;
         if kept.is_none() {
             let _ = std::fs::remove_dir_all(&dir);
         }
@@ -112,6 +127,56 @@ async fn main() {
     if kept.is_none() {
         let _ = std::fs::remove_dir_all(&dir);
     }
+}
+
+/// Leases every task and nacks it (dead: one attempt), 100 nacks at a time,
+/// then retries them all with bulk steps and reports the time.
+async fn bulk_retry(store: SqliteStore, queue: QueueName, tasks: usize, now: i64) {
+    use cherga_store::{BULK_BATCH, BulkAction, BulkStep, Nack, TaskFilter};
+    let store = std::sync::Arc::new(store);
+    let started = Instant::now();
+    let mut dead = 0;
+    loop {
+        let claim = Claim { queue: queue.clone(), max: BATCH, lease_ms: Some(300_000), worker: None };
+        let leased = store.claim(claim, now).await.map(cherga_store::Changed::into_value).expect("claim");
+        if leased.is_empty() {
+            break;
+        }
+        let mut nacks = tokio::task::JoinSet::new();
+        for task in leased {
+            let store = store.clone();
+            let token = task.lease.as_ref().expect("leased").token.as_str().to_owned();
+            let nack = Nack { task_id: task.id, token, error: None, retry_in_ms: None, dead: false };
+            nacks.spawn(async move { store.fail(nack, now).await.expect("nack") });
+        }
+        while let Some(nacked) = nacks.join_next().await {
+            assert_eq!(nacked.expect("joined").value.state, cherga_core::TaskState::Dead);
+            dead += 1;
+        }
+    }
+    println!("dead: {dead} tasks in {:.2?}", started.elapsed());
+    let started = Instant::now();
+    let (mut retried, mut after) = (0, None);
+    loop {
+        let step = BulkStep {
+            queue: queue.clone(),
+            action: BulkAction::Retry,
+            filter: TaskFilter::default(),
+            after,
+            max: BULK_BATCH,
+        };
+        let page = store.act_on_tasks(step, now + 1).await.expect("retry step").value;
+        retried += page.changed;
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(retried, tasks, "every dead task retried once");
+    println!("bulk retry: {retried} tasks in {:.2?}", started.elapsed());
+    let info = store.get_queue(queue).await.expect("the queue");
+    assert_eq!(info.count(cherga_core::TaskState::Ready) as usize, tasks);
+    store.close().await;
 }
 
 /// The resident set now and at its peak, from `/proc/self/status` (Linux).

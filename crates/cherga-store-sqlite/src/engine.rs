@@ -15,6 +15,9 @@ mod memory;
 mod recovery;
 mod retention;
 mod writer;
+// Bulk actions (`bulk.rs`) reach into the writer's memory, so they are a child module.
+#[path = "bulk.rs"]
+mod bulk;
 
 use crate::rows::{self, Db, RowWriter, task_columns};
 use crate::seqs;

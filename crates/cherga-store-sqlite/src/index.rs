@@ -278,6 +278,13 @@ impl Index {
         self.upsert(task.id.seq(), was, TaskSlot::of(task, queue));
     }
 
+    /// Forgets the unfinished task `seq` entirely, count included: a task deleted
+    /// before it finished (its queue deleted by force). A finished task is not
+    /// held here; [`Index::forget_finished`] takes it off the counts.
+    pub fn forget(&mut self, seq: u64) {
+        self.remove(seq);
+    }
+
     /// Forgets the task `seq` entirely, count included (a purge, or before an update).
     fn remove(&mut self, seq: u64) {
         let Some(slot) = self.tasks.remove(seq) else { return };

@@ -40,8 +40,8 @@ use cherga_core::{Millis, NewTask, QueueName, QueueSettingsPatch, Task, TaskId};
 use cherga_store::events::{self, Event};
 use cherga_store::stats::StatGauge;
 use cherga_store::{
-    Ack, AckedAndLeased, Changed, Claim, Enqueued, EventId, EventPage, ListTasks, Nack, QueueInfo,
-    QueueStats, Revocation, Store, StoreError, StoreStats, TickReport,
+    Ack, AckedAndLeased, BulkPage, BulkStep, Changed, Claim, Enqueued, EventId, EventPage, ListTasks, Nack,
+    QueueInfo, QueueStats, Revocation, Store, StoreError, StoreStats, TickReport,
 };
 pub use dir::DataDirInUse;
 use engine::{Engine, Writer};
@@ -329,6 +329,15 @@ impl Store for SqliteStore {
 
     async fn retry_dead(&self, task_id: TaskId, now: Millis) -> Result<Changed<Task>, StoreError> {
         self.change(move |e| e.retry_dead(task_id, now)).await
+    }
+
+    async fn act_on_tasks(&self, step: BulkStep, now: Millis) -> Result<Changed<BulkPage>, StoreError> {
+        // On the writer thread: a step changes up to a thousand tasks.
+        self.call_where(with_effects(move |e| e.act_on_tasks(&step, now)), false).await
+    }
+
+    async fn delete_queue(&self, queue: QueueName, _now: Millis) -> Result<Changed<()>, StoreError> {
+        self.change(move |e| e.delete_queue(queue.as_str())).await
     }
 
     async fn get_task(&self, task_id: TaskId) -> Result<Task, StoreError> {

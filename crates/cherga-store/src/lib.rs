@@ -15,6 +15,7 @@ use cherga_core::{
 };
 use std::future::Future;
 
+pub mod bulk;
 mod effects;
 pub mod events;
 pub mod limits;
@@ -22,6 +23,7 @@ pub mod stats;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
+pub use bulk::{BULK_BATCH, BulkAction, BulkPage, BulkStep, TaskFilter};
 pub use effects::{Changed, Effects};
 pub use events::{Event, EventId, EventPage};
 pub use stats::{QueueStats, StoreStats};
@@ -52,6 +54,9 @@ pub enum StoreError {
     /// The store was closed.
     #[error("store is closed")]
     Closed,
+    /// The queue still holds this many tasks, so it cannot be deleted.
+    #[error("the queue still holds {0} tasks")]
+    NotEmpty(u64),
 }
 
 /// The result of one item of an enqueue.
@@ -265,6 +270,32 @@ pub trait Store: Send + Sync + 'static {
         task_id: TaskId,
         now: Millis,
     ) -> impl Future<Output = Result<Changed<Task>, StoreError>> + Send;
+
+    /// Does one step of a bulk action ([`bulk`]): changes up to `step.max` tasks
+    /// of the queue that match its filter, after `step.after`, in enqueue order,
+    /// in one commit, with a transition (and an event) for each; answers how many
+    /// and where the next step goes on. A task that no longer matches when it is
+    /// reached (it moved on meanwhile) is left alone.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] when the queue does not exist.
+    fn act_on_tasks(
+        &self,
+        step: BulkStep,
+        now: Millis,
+    ) -> impl Future<Output = Result<Changed<BulkPage>, StoreError>> + Send;
+
+    /// Deletes an empty queue: its settings and its idempotency keys. A queue
+    /// with tasks left is refused (purge them first, with [`Store::act_on_tasks`]).
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] when the queue does not exist;
+    /// [`StoreError::NotEmpty`] when it holds tasks.
+    fn delete_queue(
+        &self,
+        queue: QueueName,
+        now: Millis,
+    ) -> impl Future<Output = Result<Changed<()>, StoreError>> + Send;
 
     /// # Errors
     /// [`StoreError::NotFound`] when no such task exists (or it was purged).

@@ -33,8 +33,8 @@
 //! - task ids sort in enqueue order, within one millisecond too.
 
 use crate::{
-    Ack, Changed, Claim, Enqueued, EventId, EventPage, ListTasks, Nack, QueueInfo, Revocation, Store,
-    StoreError, TickReport,
+    Ack, BulkAction, BulkStep, Changed, Claim, Enqueued, EventId, EventPage, ListTasks, Nack, QueueInfo,
+    Revocation, Store, StoreError, TaskFilter, TickReport,
 };
 use cherga_core::{
     AttemptOutcome, Backoff, Change, History, Millis, NewTask, QueueName, QueueSettings, QueueSettingsPatch,
@@ -125,6 +125,9 @@ macro_rules! conformance_tests {
             every_change_reports_its_transitions,
             the_event_log_holds_every_transition_in_order,
             the_event_log_forgets_events_past_its_retention,
+            bulk_retry_moves_the_matching_dead_tasks,
+            bulk_cancel_leaves_running_tasks_alone,
+            bulk_purge_and_queue_deletion,
         );
     };
     (@cases $harness:expr; $($case:ident),* $(,)?) => {
@@ -2439,6 +2442,183 @@ pub async fn the_event_log_forgets_events_past_its_retention<H: Harness>(mut har
     let last = read_log(&store, 0, 100).await;
     assert!(last.events.iter().all(|e| e.id > old_head), "no id is given twice after a purge and a reopen");
     assert_eq!(last.events.len(), 2, "{last:?}");
+}
+
+// ---------------------------------------------------------------------------
+// Bulk actions.
+// ---------------------------------------------------------------------------
+
+/// Runs `action` over the whole queue in steps of at most `max` tasks, as the
+/// server does; returns how many tasks it changed and every step's transitions.
+async fn act_all<S: Store>(
+    store: &S,
+    queue: &str,
+    action: BulkAction,
+    filter: TaskFilter,
+    max: usize,
+    now: Millis,
+) -> (usize, Vec<cherga_core::Transition>) {
+    let (mut changed, mut transitions, mut after) = (0, Vec::new(), None);
+    for _ in 0..10_000 {
+        let step = BulkStep { queue: queue_name(queue), action, filter: filter.clone(), after, max };
+        let done = store
+            .act_on_tasks(step.clone(), now)
+            .await
+            .unwrap_or_else(|e| panic!("act_on_tasks {step:?}: {e:?}"));
+        assert!(done.value.changed <= max, "a step changes at most its max: {step:?} {:?}", done.value);
+        assert_eq!(done.effects.transitions.len(), done.value.changed, "a transition per changed task");
+        changed += done.value.changed;
+        transitions.extend(done.effects.transitions);
+        match done.value.next {
+            Some(next) => after = Some(next),
+            None => return (changed, transitions),
+        }
+    }
+    panic!("{action:?} on {queue} never finished");
+}
+
+/// Makes `n` dead tasks of kinds `a`, `b` alternately (the even ones `a`) in
+/// `queue`, one attempt each; returns them in enqueue order.
+async fn dead_tasks<S: Store>(store: &S, queue: &str, n: usize, now: Millis) -> Vec<Task> {
+    put(store, queue, QueueSettingsPatch { max_attempts: Some(1), ..QueueSettingsPatch::default() }, now)
+        .await;
+    let kinds: Vec<NewTask> = (0..n).map(|i| task(if i % 2 == 0 { "a" } else { "b" })).collect();
+    store.enqueue(queue_name(queue), kinds, now).await.expect("enqueue");
+    let leased = claim(store, queue, n, now + 1).await;
+    assert_eq!(leased.len(), n);
+    let mut dead = Vec::new();
+    for task in &leased {
+        dead.push(nack_ok(store, task, None, false, now + 2).await);
+    }
+    assert!(dead.iter().all(|t| t.state == TaskState::Dead), "{dead:?}");
+    dead
+}
+
+/// A bulk retry sends back exactly the dead tasks its filter matches, in steps
+/// of at most `max`, with a `retried` transition (and event) per task; tasks in
+/// other states and of other kinds stay as they were.
+pub async fn bulk_retry_moves_the_matching_dead_tasks<H: Harness>(mut harness: H) {
+    let store = harness.open().await;
+    let dead = dead_tasks(&store, "bulk", 7, T0).await;
+    let ready = create(&store, "bulk", task("a"), T0 + 3).await;
+    let head = read_log(&store, 0, 1_000).await.head;
+
+    let filter = TaskFilter { kind: Some("a".into()), ..TaskFilter::default() };
+    let (changed, transitions) = act_all(&store, "bulk", BulkAction::Retry, filter, 2, T0 + 10).await;
+    let want: Vec<TaskId> = dead.iter().filter(|t| t.kind == "a").map(|t| t.id).collect();
+    assert_eq!(changed, want.len(), "the four dead tasks of kind a");
+    assert_eq!(transitions.iter().map(|t| t.task_id).collect::<Vec<_>>(), want, "in enqueue order");
+    for t in &transitions {
+        assert_eq!(
+            (t.change, t.from, t.to, t.at),
+            (Change::Retried, Some(TaskState::Dead), Some(TaskState::Ready), T0 + 10)
+        );
+    }
+    for task in &dead {
+        let now = get(&store, task.id).await;
+        let want_state = if task.kind == "a" { TaskState::Ready } else { TaskState::Dead };
+        assert_eq!(now.state, want_state, "{now:?}");
+    }
+    assert_eq!(get(&store, ready.id).await, ready, "a ready task is no retry's business");
+    assert_counts(&info(&store, "bulk").await, &[(TaskState::Ready, 5), (TaskState::Dead, 3)]);
+    let log = read_log(&store, head, 1_000).await;
+    assert_eq!(log.events.iter().map(|e| e.transition.clone()).collect::<Vec<_>>(), logged(&transitions));
+
+    // The retried tasks are leased again; a second retry finds only kind b.
+    assert_eq!(claim(&store, "bulk", 10, T0 + 11).await.len(), 5);
+    let (changed, _) =
+        act_all(&store, "bulk", BulkAction::Retry, TaskFilter::default(), 1_000, T0 + 12).await;
+    assert_eq!(changed, 3);
+    assert_not_found(
+        store
+            .act_on_tasks(
+                BulkStep {
+                    queue: queue_name("nope"),
+                    action: BulkAction::Retry,
+                    filter: TaskFilter::default(),
+                    after: None,
+                    max: 10,
+                },
+                T0,
+            )
+            .await
+            .map(Changed::into_value),
+        "a bulk action on an unknown queue",
+    );
+}
+
+/// A bulk cancel takes scheduled and ready tasks (dirty ones too, after a
+/// crash), never running ones; the enqueue-time filter and the limit hold.
+pub async fn bulk_cancel_leaves_running_tasks_alone<H: Harness>(mut harness: H) {
+    let store = harness.open().await;
+    let first = create(&store, "c", task("a"), T0).await;
+    let running = claim_one(&store, "c", "a", T0 + 1).await;
+    assert_eq!(running.id, first.id);
+    let early = create(&store, "c", task("b"), T0 + 100).await;
+    let later = create(&store, "c", delayed("b", T0 + 60_000), T0 + 200).await;
+    let last = create(&store, "c", task("b"), T0 + 300).await;
+    let store = harness.crash(store).await;
+
+    let filter = TaskFilter { enqueued_after: Some(T0 + 150), ..TaskFilter::default() };
+    let (changed, transitions) = act_all(&store, "c", BulkAction::Cancel, filter, 1_000, T0 + 400).await;
+    assert_eq!(changed, 2, "{transitions:?}");
+    assert_eq!(transitions.iter().map(|t| t.task_id).collect::<Vec<_>>(), [later.id, last.id]);
+    assert_eq!(transitions[0].from, Some(TaskState::Scheduled));
+    assert!(transitions.iter().all(|t| t.change == Change::Cancelled && t.to == Some(TaskState::Cancelled)));
+    assert_eq!(get(&store, early.id).await.state, TaskState::Ready, "enqueued before the filter's time");
+    assert_eq!(get(&store, running.id).await.state, TaskState::Running, "a lease is not taken back");
+
+    let filter = TaskFilter { states: vec![TaskState::Ready], ..TaskFilter::default() };
+    let (changed, _) = act_all(&store, "c", BulkAction::Cancel, filter, 1_000, T0 + 500).await;
+    assert_eq!(changed, 1);
+    assert_counts(&info(&store, "c").await, &[(TaskState::Running, 1), (TaskState::Cancelled, 3)]);
+    // Nothing is left to cancel: running tasks stay even when named.
+    let filter = TaskFilter { states: vec![TaskState::Running], ..TaskFilter::default() };
+    let (changed, _) = act_all(&store, "c", BulkAction::Cancel, filter, 1_000, T0 + 600).await;
+    assert_eq!(changed, 0);
+    let store = reopen(&mut harness, store).await;
+    assert_counts(&info(&store, "c").await, &[(TaskState::Running, 1), (TaskState::Cancelled, 3)]);
+}
+
+/// A bulk purge deletes finished tasks now, each with a `purged` transition;
+/// their numbers are not given again, and a deleted queue is gone with its
+/// keys, refused while it holds tasks.
+pub async fn bulk_purge_and_queue_deletion<H: Harness>(mut harness: H) {
+    let store = harness.open().await;
+    let dead = dead_tasks(&store, "p", 4, T0).await;
+    let with_key = create(&store, "p", keyed("k", "key-1"), T0 + 3).await;
+    let filter = TaskFilter { kind: Some("b".into()), ..TaskFilter::default() };
+    let (changed, transitions) = act_all(&store, "p", BulkAction::Purge, filter, 1, T0 + 10).await;
+    assert_eq!(changed, 2);
+    assert!(transitions.iter().all(|t| t.change == Change::Purged && t.from == Some(TaskState::Dead)));
+    for task in dead.iter().filter(|t| t.kind == "b") {
+        assert_not_found(store.get_task(task.id).await, "a purged task");
+    }
+    assert_counts(&info(&store, "p").await, &[(TaskState::Ready, 1), (TaskState::Dead, 2)]);
+
+    match store.delete_queue(queue_name("p"), T0 + 11).await.map(Changed::into_value) {
+        Err(StoreError::NotEmpty(3)) => {}
+        other => panic!("deleting a queue with three tasks: {other:?}"),
+    }
+    let every = TaskFilter { states: TaskState::ALL.to_vec(), ..TaskFilter::default() };
+    let (changed, transitions) = act_all(&store, "p", BulkAction::Purge, every, 1_000, T0 + 12).await;
+    assert_eq!(changed, 3, "the unfinished task too, when asked: {transitions:?}");
+    assert_eq!(transitions.last().map(|t| (t.task_id, t.from)), Some((with_key.id, Some(TaskState::Ready))));
+    assert!(claim(&store, "p", 10, T0 + 13).await.is_empty(), "a purged ready task is not leased");
+    store.delete_queue(queue_name("p"), T0 + 14).await.expect("delete an empty queue");
+    assert_not_found(store.get_queue(queue_name("p")).await, "a deleted queue");
+    assert_not_found(store.delete_queue(queue_name("p"), T0 + 15).await.map(drop), "deleted twice");
+    assert!(list_queues(&store).await.iter().all(|q| q.name != "p"));
+
+    // Made again: fresh settings, the key is free, no number given twice.
+    let store = reopen(&mut harness, store).await;
+    assert_not_found(store.get_queue(queue_name("p")).await, "a deleted queue after a reopen");
+    let again = match enqueue(&store, "p", keyed("k", "key-1"), T0 + 20).await {
+        Ok(Enqueued::Created(task)) => task,
+        other => panic!("the key of a deleted queue is free again: {other:?}"),
+    };
+    assert!(dead.iter().chain([&with_key]).all(|t| t.id != again.id && t.id.seq() != again.id.seq()));
+    assert_eq!(info(&store, "p").await.settings, QueueSettings::defaults());
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ pub struct ServerArgs {
     server: String,
     /// Print the API's JSON instead of text.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
     /// Bearer token for a server with authentication on (see `cherga token issue`).
     #[arg(long, env = "CHERGA_TOKEN", hide_env_values = true)]
     token: Option<String>,

@@ -6,6 +6,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod backup;
 mod bench;
+mod bulk;
 mod cli;
 mod config;
 mod security;
@@ -47,7 +48,13 @@ enum Command {
         #[command(subcommand)]
         command: cli::TaskCommand,
     },
-    /// Shows a queue, pauses or resumes it, changes its settings.
+    /// Sends the dead tasks of a queue that match a filter back to ready.
+    Retry(bulk::BulkArgs),
+    /// Cancels the scheduled and ready tasks of a queue that match a filter.
+    Cancel(bulk::BulkArgs),
+    /// Deletes the finished tasks of a queue that match a filter.
+    Purge(bulk::BulkArgs),
+    /// Shows a queue, pauses or resumes it, changes its settings, deletes it.
     Queue {
         #[command(subcommand)]
         command: cli::queue::QueueCommand,
@@ -130,6 +137,9 @@ fn run(args: Args, matches: &clap::ArgMatches) -> Result<()> {
             Command::Backup(a) => backup::backup(a),
             Command::Restore(a) => backup::restore(a).await,
             Command::Task { command } => cli::task(command).await,
+            Command::Retry(a) => bulk::run(bulk::Action::Retry, a).await,
+            Command::Cancel(a) => bulk::run(bulk::Action::Cancel, a).await,
+            Command::Purge(a) => bulk::run(bulk::Action::Purge, a).await,
             Command::Queue { command } => cli::queue::run(command).await,
             Command::Tail(a) => cli::tail::run(a).await,
             Command::Lease(a) => cli::script::lease(a).await,

@@ -12,6 +12,7 @@
 //! the dashboard's, in a headless browser, in `ui`; metrics, readiness, request
 //! ids and JSON logs in `observe`.
 
+mod bulk;
 mod cli;
 mod events;
 mod harness;
@@ -72,7 +73,12 @@ on_both_stores!(
     prefer_return_minimal_shortens_answers_but_not_errors,
     long_polls_are_woken_one_per_leasable_task,
     an_event_reader_follows_every_change_through_a_kill,
+    bulk_actions_by_filter_and_queue_deletion,
 );
+
+async fn bulk_actions_by_filter_and_queue_deletion(backend: Backend) {
+    bulk::retry_cancel_purge_and_delete_by_filter(Server::start(&backend).await).await;
+}
 
 async fn an_event_reader_follows_every_change_through_a_kill(backend: Backend) {
     events::a_reader_follows_every_change_through_a_kill(backend, 1).await;

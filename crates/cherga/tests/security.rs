@@ -377,6 +377,17 @@ async fn each_route_needs_its_scope() {
         expect(who, s.call(Some(token), "POST", "/v1/revocations", json!({"jti": "x"})).await, 403);
     }
     expect("admin puts", s.call(Some(&admin), "PUT", "/v1/queues/payments", settings).await, 200);
+    // Bulk actions: admin.
+    for (who, token) in [("producer", &producer), ("consumer", &consumer), ("wildcard", &wildcard)] {
+        expect(who, s.call(Some(token), "POST", "/v1/queues/payments/tasks/retry", json!({})).await, 403);
+        expect(who, s.call(Some(token), "DELETE", "/v1/queues/payments", Value::Null).await, 403);
+    }
+    let answer = expect(
+        "admin retries",
+        s.call(Some(&admin), "POST", "/v1/queues/payments/tasks/retry", json!({})).await,
+        200,
+    );
+    assert!(answer["matched"].is_u64(), "{answer}");
     expect("admin lists revocations", s.call(Some(&admin), "GET", "/v1/revocations", Value::Null).await, 200);
 
     // No token at all: 401 everywhere but the open routes, with WWW-Authenticate.
@@ -384,6 +395,8 @@ async fn each_route_needs_its_scope() {
         ("GET", "/v1/queues"),
         ("GET", "/v1/queues/payments"),
         ("PUT", "/v1/queues/payments"),
+        ("DELETE", "/v1/queues/payments"),
+        ("POST", "/v1/queues/payments/tasks/purge"),
         ("POST", "/v1/queues/payments/tasks"),
         ("GET", "/v1/queues/payments/tasks"),
         ("POST", "/v1/queues/payments/tasks/batch"),

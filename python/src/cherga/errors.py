@@ -121,6 +121,13 @@ class InvalidState(Conflict):
     code = "invalid_state"
 
 
+class QueueNotEmpty(Conflict):
+    """The queue still holds unfinished tasks (delete it with ``force=True``),
+    or a task arrived while it was being deleted."""
+
+    code = "queue_not_empty"
+
+
 class PayloadTooLarge(ChergaError):
     code = "payload_too_large"
 
@@ -192,6 +199,7 @@ ERROR_CLASSES: dict[str, type[ChergaError]] = {
         UnsupportedMediaType,
         LeaseLost,
         InvalidState,
+        QueueNotEmpty,
         PayloadTooLarge,
         BodyTooLarge,
         RequestTimeout,

@@ -82,7 +82,7 @@ pub(super) struct Memory {
     /// The sum of the sizes in [`Memory::retained`].
     pub(super) journal_bytes: usize,
     /// The records of the batch being run, written at its end.
-    batch: journal::Batch,
+    pub(super) batch: journal::Batch,
     /// The journal `txn` of the batch being run.
     pub(super) txn: u64,
     pub(super) limits: Limits,

@@ -36,6 +36,17 @@ pub enum QueueCommand {
     /// Changes a queue's settings, creating the queue if needed; settings not
     /// given stay as they are.
     Set(SetArgs),
+    /// Deletes a queue with its finished tasks; refused while it holds
+    /// unfinished ones, unless `--force` (which purges those too).
+    Delete {
+        /// The queue.
+        queue: String,
+        /// Delete even while the queue holds scheduled, ready or running tasks.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -117,6 +128,9 @@ impl SetArgs {
 
 pub async fn run(command: QueueCommand) -> Result<()> {
     let (server, view) = match command {
+        QueueCommand::Delete { queue, force, server } => {
+            return crate::bulk::delete_queue(queue, force, server).await;
+        }
         QueueCommand::Show { queue, server } => {
             let view = server.client()?.queue(&queue).await?;
             (server, view)
