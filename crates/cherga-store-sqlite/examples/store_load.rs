@@ -33,6 +33,9 @@ use cherga_store_sqlite::{Options, SqliteStore};
 use std::time::Instant;
 
 const BATCH: usize = 100;
+/// Nacks in flight at once while `retry` makes its tasks dead: about one writer
+/// batch, so that setting up a million dead tasks takes a few hundred commits.
+const DEAD_BATCH: usize = 2000;
 
 /// The allocator of the `cherga` binary, so that the counts are the server's.
 #[global_allocator]
@@ -129,15 +132,16 @@ async fn main() {
     }
 }
 
-/// Leases every task and nacks it (dead: one attempt), 100 nacks at a time,
-/// then retries them all with bulk steps and reports the time.
+/// Leases every task and nacks it (dead: one attempt), [`DEAD_BATCH`] nacks at
+/// a time (they share group commits), then retries them all with bulk steps and
+/// reports the time.
 async fn bulk_retry(store: SqliteStore, queue: QueueName, tasks: usize, now: i64) {
     use cherga_store::{BULK_BATCH, BulkAction, BulkStep, Nack, TaskFilter};
     let store = std::sync::Arc::new(store);
     let started = Instant::now();
     let mut dead = 0;
     loop {
-        let claim = Claim { queue: queue.clone(), max: BATCH, lease_ms: Some(300_000), worker: None };
+        let claim = Claim { queue: queue.clone(), max: DEAD_BATCH, lease_ms: Some(300_000), worker: None };
         let leased = store.claim(claim, now).await.map(cherga_store::Changed::into_value).expect("claim");
         if leased.is_empty() {
             break;
