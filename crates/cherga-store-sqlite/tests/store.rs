@@ -1196,14 +1196,16 @@ async fn counts_text<S: Store>(store: &S) -> String {
     out
 }
 
-/// Writes the fixture. Run once per schema version, with the build of that
-/// version: `CHERGA_WRITE_FIXTURE=1 cargo test -p cherga-store-sqlite --test
-/// store write_the_fixture -- --ignored`.
+/// The committed fixture's task counts are what [`mixed_workload`] writes, so
+/// the upgrade test below checks the workload it claims to. With
+/// `CHERGA_WRITE_FIXTURE=1` it (re)writes the fixture instead, with the build of
+/// the current schema version: `CHERGA_WRITE_FIXTURE=1 cargo test -p
+/// cherga-store-sqlite --test store the_fixture_is_what`.
 #[tokio::test]
-#[ignore = "writes tests/fixtures/v<VERSION>; run by hand when the schema version changes"]
-async fn write_the_fixture() {
-    assert!(std::env::var_os("CHERGA_WRITE_FIXTURE").is_some(), "set CHERGA_WRITE_FIXTURE=1");
-    let dir = Path::new(FIXTURE_V8);
+async fn the_fixture_is_what_the_mixed_workload_writes() {
+    let rewrite = std::env::var_os("CHERGA_WRITE_FIXTURE").is_some();
+    let scratch = tempfile::tempdir().expect("temporary directory");
+    let dir = if rewrite { Path::new(FIXTURE_V8) } else { scratch.path() };
     std::fs::create_dir_all(dir).expect("fixture directory");
     let _ = std::fs::remove_file(dir.join("cherga.db"));
     let store = open(&dir.join("cherga.db"), true);
@@ -1211,9 +1213,14 @@ async fn write_the_fixture() {
     let counts = counts_text(&store).await;
     store.close().await;
     drop(store);
-    std::fs::write(dir.join("counts"), counts).expect("write the counts");
-    for leftover in ["cherga.db-wal", "cherga.db-shm", "cherga.db-journal", "cherga.db.lock"] {
-        let _ = std::fs::remove_file(dir.join(leftover));
+    if rewrite {
+        std::fs::write(dir.join("counts"), counts).expect("write the counts");
+        for leftover in ["cherga.db-wal", "cherga.db-shm", "cherga.db-journal", "cherga.db.lock"] {
+            let _ = std::fs::remove_file(dir.join(leftover));
+        }
+    } else {
+        let committed = std::fs::read_to_string(Path::new(FIXTURE_V8).join("counts")).expect("the counts");
+        assert_eq!(counts, committed, "the fixture's counts are the workload's");
     }
 }
 

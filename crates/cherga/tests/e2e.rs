@@ -444,7 +444,9 @@ async fn bad_input_gets_4xx_and_changes_nothing(backend: Backend) {
         ("GET", "/v1/queues/q/tasks?limit=abc", "".into(), 400, "invalid_request"),
         ("PUT", "/v1/queues/q", r#"{"max_attempts": 0}"#.into(), 400, "invalid_request"),
         ("PUT", "/v1/queues/q", r#"{"concurrency": -1}"#.into(), 400, "invalid_json"),
-        ("DELETE", "/v1/queues/q", "".into(), 405, "method_not_allowed"),
+        ("DELETE", "/v1/queues/q", "".into(), 409, "queue_not_empty"),
+        ("DELETE", "/v1/queues/q?force=maybe", "".into(), 400, "invalid_request"),
+        ("DELETE", "/v1/tasks/ack", "".into(), 405, "method_not_allowed"),
         ("GET", "/v2/anything", "".into(), 404, "route_not_found"),
     ];
     for (method, path, body, want_status, want_code) in &cases {
