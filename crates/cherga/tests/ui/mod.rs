@@ -165,8 +165,12 @@ impl Browser {
         let mut last = String::new();
         let started = std::time::Instant::now();
         loop {
-            if let Some(element) = self.find_all(css).await.into_iter().next() {
-                last = self.text(&element).await;
+            // The page may render the element anew between the find and the
+            // read (a stale reference): then look again.
+            if let Some(element) = self.find_all(css).await.into_iter().next()
+                && let Ok(text) = self.command("GET", &format!("/element/{element}/text"), None).await
+            {
+                last = text.as_str().unwrap_or_default().to_owned();
                 if last == want {
                     return;
                 }
@@ -192,9 +196,18 @@ impl Browser {
         value.as_str().map(str::to_owned)
     }
 
+    /// Clicks the first element matching `css`, once there; found again if the
+    /// page rendered it anew in between (a stale reference).
     async fn click(&self, css: &str) {
-        let element = self.wait_for(css).await;
-        self.must("POST", &format!("/element/{element}/click"), None).await;
+        let started = std::time::Instant::now();
+        loop {
+            let element = self.wait_for(css).await;
+            match self.command("POST", &format!("/element/{element}/click"), None).await {
+                Ok(_) => return,
+                Err(e) if e["error"] == "stale element reference" && started.elapsed() < PATIENCE => {}
+                Err(e) => panic!("WebDriver click on {css:?}: {e}"),
+            }
+        }
     }
 
     async fn type_into(&self, css: &str, text: &str) {
