@@ -21,30 +21,40 @@ import time
 import uuid
 
 
+class Countdown:
+    """Sets ``done`` once ``tick`` was called ``count`` times, from any thread."""
+
+    def __init__(self, count: int) -> None:
+        self.left = count
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+
+    def tick(self) -> None:
+        with self.lock:
+            self.left -= 1
+            if self.left == 0:
+                self.done.set()
+
+
 def dramatiq_run(url: str, tasks: int, threads: int) -> tuple[float, float]:
     import dramatiq
     from dramatiq.brokers.redis import RedisBroker
 
     broker = RedisBroker(url=url)
     dramatiq.set_broker(broker)
-    done = threading.Event()
-    count = [0]
-    lock = threading.Lock()
+    countdown = Countdown(tasks)
     queue = f"bench-{uuid.uuid4().hex[:8]}"
 
     @dramatiq.actor(queue_name=queue, max_retries=0)
     def noop(i: int) -> None:
-        with lock:
-            count[0] += 1
-            if count[0] == tasks:
-                done.set()
+        countdown.tick()
 
     for i in range(tasks):
         noop.send(i)
     cpu0, wall0 = time.process_time(), time.perf_counter()
     worker = dramatiq.Worker(broker, worker_threads=threads, queues={queue})
     worker.start()
-    done.wait()
+    countdown.done.wait()
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     worker.stop()
     return wall, cpu
@@ -58,16 +68,11 @@ def celery_run(url: str, tasks: int, threads: int) -> tuple[float, float]:
     app.conf.update(
         task_acks_late=True, task_ignore_result=True, worker_prefetch_multiplier=4, task_default_queue=queue
     )
-    done = threading.Event()
-    count = [0]
-    lock = threading.Lock()
+    countdown = Countdown(tasks)
 
     @app.task(name="noop")
     def noop(i: int) -> None:
-        with lock:
-            count[0] += 1
-            if count[0] == tasks:
-                done.set()
+        countdown.tick()
 
     for i in range(tasks):
         noop.delay(i)
@@ -75,7 +80,7 @@ def celery_run(url: str, tasks: int, threads: int) -> tuple[float, float]:
     cpu0, wall0 = time.process_time(), time.perf_counter()
     runner = threading.Thread(target=worker.start, daemon=True)
     runner.start()
-    done.wait()
+    countdown.done.wait()
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     return wall, cpu
 
