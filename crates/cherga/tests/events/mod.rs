@@ -136,6 +136,17 @@ async fn whole_log(base: &str) -> Vec<Frame> {
     }
 }
 
+/// Sends `acks`; the ids of those answered 200, or `None` when no answer came.
+async fn ack(url: &str, acks: &[Value]) -> Option<Vec<String>> {
+    let response = http().post(url).json(&json!({ "acks": acks })).send().await.ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    let answer = response.json::<Value>().await.ok()?;
+    let results = answer["results"].as_array()?;
+    Some(results.iter().filter(|item| item["status"] == 200).map(|item| id(&item["task"])).collect())
+}
+
 /// What the servers answered 2xx to.
 #[derive(Default)]
 struct Acknowledged {
@@ -183,9 +194,24 @@ pub async fn a_reader_follows_every_change_through_a_kill(backend: Backend, n_no
                 }
             }
         }));
-        // A worker: leases and acks, recording what was answered 2xx.
+        // A worker: leases and acks, recording what was answered 2xx. An ack
+        // whose answer was lost (its node was killed, maybe after the commit)
+        // is sent again until answered: acks are idempotent, so a replay of
+        // one that took effect answers 200 as the first would have.
         clients.push(tokio::spawn(async move {
+            let mut unanswered: Vec<Value> = Vec::new();
             while !stop.load(Ordering::Acquire) {
+                if !unanswered.is_empty() {
+                    let url = format!("{}/v1/tasks/ack", base.lock().unwrap());
+                    match ack(&url, &unanswered).await {
+                        Some(acked) => {
+                            seen.lock().unwrap().acked.extend(acked);
+                            unanswered.clear();
+                        }
+                        None => tokio::time::sleep(Duration::from_millis(20)).await,
+                    }
+                    continue;
+                }
                 let url = format!("{}/v1/queues/ev/lease", base.lock().unwrap());
                 // Leases short enough that those the kill orphans come back soon.
                 let lease = json!({"max": 10, "wait_ms": 100, "lease_ms": 3_000});
@@ -202,19 +228,7 @@ pub async fn a_reader_follows_every_change_through_a_kill(backend: Backend, n_no
                         seen.leased.entry(id(task)).or_default().insert(attempts);
                     }
                 }
-                let acks: Vec<Value> =
-                    tasks.iter().map(|t| json!({"id": id(t), "lease": token(t)})).collect();
-                if acks.is_empty() {
-                    continue;
-                }
-                let url = format!("{}/v1/tasks/ack", base.lock().unwrap());
-                let Ok(r) = http().post(url).json(&json!({ "acks": acks })).send().await else { continue };
-                let Ok(answer) = r.json::<Value>().await else { continue };
-                for item in answer["results"].as_array().into_iter().flatten() {
-                    if item["status"] == 200 {
-                        seen.lock().unwrap().acked.insert(id(&item["task"]));
-                    }
-                }
+                unanswered = tasks.iter().map(|t| json!({"id": id(t), "lease": token(t)})).collect();
             }
         }));
     }
@@ -228,7 +242,13 @@ pub async fn a_reader_follows_every_change_through_a_kill(backend: Backend, n_no
     nodes[0].restart().await;
     *bases[0].lock().unwrap() = nodes[0].base.clone();
     while seen.lock().unwrap().acked.len() < total {
-        assert!(Instant::now() < deadline, "not every task was acked: {}", seen.lock().unwrap().acked.len());
+        if Instant::now() >= deadline {
+            let (_, list) = nodes[n_nodes - 1].get("/v1/queues/ev/tasks?limit=1000").await;
+            let acked = seen.lock().unwrap().acked.clone();
+            let left: Vec<&Value> =
+                list["tasks"].as_array().into_iter().flatten().filter(|t| !acked.contains(&id(t))).collect();
+            panic!("not every task was acked: {} of {total}; the others: {left:#?}", acked.len());
+        }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     stop.store(true, Ordering::Release);
