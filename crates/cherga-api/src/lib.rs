@@ -480,6 +480,13 @@ pub struct ListQuery {
         )
     )]
     pub after: Option<String>,
+    /// Only tasks of this kind.
+    pub kind: Option<String>,
+    /// Only tasks of this group.
+    pub group: Option<String>,
+    /// Only the task that holds this idempotency key (keys are kept for the
+    /// queue's `dedup_window_ms`).
+    pub key: Option<String>,
 }
 
 /// `POST /v1/queues/{queue}/lease`.

@@ -69,7 +69,7 @@ pub async fn drain(worker: &Worker) -> Result<Drained, Error> {
 /// When a page cannot be fetched.
 pub async fn all_tasks(client: &Client, queue: &str, state: Option<&str>) -> Result<Vec<TaskView>, Error> {
     let mut tasks = Vec::new();
-    let mut query = ListQuery { state: state.map(str::to_owned), limit: None, after: None };
+    let mut query = ListQuery { state: state.map(str::to_owned), ..ListQuery::default() };
     loop {
         let page = client.list_tasks(queue, &query).await?;
         tasks.extend(page.tasks);

@@ -124,7 +124,7 @@ fn path_segments_are_percent_encoded() {
 fn requests_carry_the_path_and_query() {
     let client = Client::new("http://127.0.0.1:7700/prefix/").unwrap();
     assert_eq!(client.base_url(), "http://127.0.0.1:7700/prefix");
-    let query = ListQuery { state: Some("dead".to_owned()), limit: Some(10), after: None };
+    let query = ListQuery { state: Some("dead".to_owned()), limit: Some(10), ..ListQuery::default() };
     let request = client.request(Method::GET, &["v1", "queues", "q", "tasks"]).query(&query).build().unwrap();
     assert_eq!(request.url().as_str(), "http://127.0.0.1:7700/prefix/v1/queues/q/tasks?state=dead&limit=10");
     let request = client

@@ -268,8 +268,7 @@ async fn every_endpoint_round_trips() {
     assert_eq!(results[0].task.as_ref().unwrap().state, "succeeded");
 
     // Listing, one page at a time and all at once.
-    let page =
-        client.list_tasks("pay", &ListQuery { state: None, limit: Some(2), after: None }).await.unwrap();
+    let page = client.list_tasks("pay", &ListQuery { limit: Some(2), ..ListQuery::default() }).await.unwrap();
     assert_eq!(page.tasks.len(), 2);
     let all = testing::all_tasks(client, "pay", None).await.unwrap();
     assert_eq!(all.len(), 3);

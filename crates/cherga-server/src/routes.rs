@@ -25,7 +25,7 @@ use cherga_api::{ErrorBody, Timestamp};
 use cherga_auth::Access;
 use cherga_core::queue::MAX_LEASE_MS;
 use cherga_core::{NewTask, QueueName, Task, TaskId, TaskState};
-use cherga_store::{Ack, Claim, Enqueued, ListTasks, Nack, QueueInfo, Store, StoreError};
+use cherga_store::{Ack, Claim, Enqueued, ListTasks, Nack, QueueInfo, Store, StoreError, TaskFilter};
 use serde_json::value::RawValue;
 use std::sync::Arc;
 use std::time::Duration;
@@ -339,7 +339,8 @@ pub(crate) async fn enqueue_batch<S: Store>(
     Ok(batch_answer(results, prefer))
 }
 
-/// Lists a queue's tasks, oldest first, with cursor paging. Needs `produce` or
+/// Lists a queue's tasks, oldest first, with cursor paging, filtered by state,
+/// kind, group or idempotency key. Needs `produce` or
 /// `consume` on the queue.
 #[utoipa::path(get, path = "/v1/queues/{queue}/tasks", tag = "tasks", params(QueueParam, ListQuery),
     responses((status = 200, description = "a page of tasks", body = TaskList),
@@ -358,9 +359,16 @@ pub(crate) async fn list_tasks<S: Store>(
         None | Some("") => None,
         Some(a) => Some(task_id(a)?),
     };
+    let filter = TaskFilter {
+        states: state.into_iter().collect(),
+        kind: query.kind.filter(|k| !k.is_empty()),
+        group: query.group.filter(|g| !g.is_empty()),
+        ..TaskFilter::default()
+    };
+    let key = query.key.filter(|k| !k.is_empty());
     let tasks = app
         .store
-        .list_tasks(ListTasks { queue, state, after, limit })
+        .list_tasks(ListTasks { queue, filter, key, after, limit })
         .await
         .map_err(ApiError::from_queue_error)?;
     let next = (tasks.len() == limit).then(|| tasks.last().map(|t| t.id.to_string())).flatten();

@@ -492,7 +492,10 @@ async function queuePage(name, params) {
   const oldest = h('span', { class: 'muted', id: 'oldest-ready' });
   const tasksBody = h('tbody');
   const pager = h('div', { class: 'toolbar' });
-  const search = h('input', { id: 'task-search', type: 'search', placeholder: 'task id, or kind / group / key in this page' });
+  const search = h('input', { id: 'task-search', type: 'search', placeholder: 'task id, or a kind / group / key' });
+  const searchField = h('select', { id: 'task-search-field', title: 'search the whole queue by' },
+    ['kind', 'group', 'key'].map((f) => h('option', { value: f }, f)));
+  let searchBy = null; // { field, value }: the server-side search in force
   let tasks = []; let next = null;
 
   const renderHead = () => {
@@ -513,9 +516,7 @@ async function queuePage(name, params) {
   };
 
   const renderTasks = () => {
-    const needle = search.value.trim().toLowerCase();
-    const shown = needle ? tasks.filter((t) => [t.kind, t.group, t.idempotency_key].some((v) => v && v.toLowerCase().includes(needle))) : tasks;
-    tasksBody.replaceChildren(...shown.map((t) => h('tr', { 'data-task': t.id },
+    tasksBody.replaceChildren(...tasks.map((t) => h('tr', { 'data-task': t.id },
       h('td', null, h('a', { class: 'mono', href: `#/task/${q(t.id)}` }, t.id)),
       h('td', null, t.kind),
       h('td', null, badge(t.state)),
@@ -528,7 +529,8 @@ async function queuePage(name, params) {
     pager.replaceChildren(
       h('button', { id: 'prev', disabled: cursors.length === 0, onclick: () => { after = cursors.pop(); loadTasks(); } }, '← previous'),
       h('button', { id: 'next', disabled: !next, onclick: () => { cursors.push(after); after = next; loadTasks(); } }, 'next →'),
-      h('span', { class: 'muted' }, `${shown.length} shown of ${tasks.length} in this page`));
+      h('span', { class: 'muted', id: 'page-summary' },
+        searchBy ? `${tasks.length} in this page with ${searchBy.field} ${searchBy.value}` : `${tasks.length} in this page`));
   };
 
   const loadTasks = async () => {
@@ -536,6 +538,7 @@ async function queuePage(name, params) {
       const query = new URLSearchParams({ limit: String(PAGE_SIZE) });
       if (state) query.set('state', state);
       if (after) query.set('after', after);
+      if (searchBy) query.set(searchBy.field, searchBy.value);
       const list = await api('GET', `/v1/queues/${q(name)}/tasks?${query}`);
       tasks = list.tasks; next = list.next || null;
       renderTasks();
@@ -558,12 +561,15 @@ async function queuePage(name, params) {
   search.addEventListener('keydown', async (event) => {
     if (event.key !== 'Enter') return;
     const text = search.value.trim();
-    if (/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(text)) location.hash = `#/task/${q(text)}`;
+    if (/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(text)) { location.hash = `#/task/${q(text)}`; return; }
+    // Anything else searches the whole queue, from its first page.
+    searchBy = text ? { field: searchField.value, value: text } : null;
+    cursors.length = 0; after = '';
+    loadTasks();
   });
-  search.addEventListener('input', renderTasks);
 
   setMain(head,
-    h('div', { class: 'toolbar' }, search, h('span', { class: 'muted' }, 'Enter on a task id opens it; other words filter this page (the API lists by state)')),
+    h('div', { class: 'toolbar' }, searchField, search, h('span', { class: 'muted' }, 'Enter: a task id opens it; other text searches the whole queue by kind, group or idempotency key (empty: all)')),
     h('table', { id: 'tasks' }, h('thead', null, h('tr', null, ['id', 'kind', 'state', 'attempts', 'group', 'key', 'lease holder', 'created', 'last error'].map((c) => h('th', null, c)))), tasksBody),
     pager,
     h('div', { class: 'grid2' }, bulkCard(name, () => info, refresh), settingsCard(name, () => info, (v) => { info = v; renderHead(); })));

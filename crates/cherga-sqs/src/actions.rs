@@ -8,7 +8,7 @@ use crate::protocol::{Request, SqsError};
 use crate::{Host, Sqs, receipt};
 use cherga_auth::{Access, Scopes};
 use cherga_core::{NewTask, QueueName, Refusal, Task, TaskState};
-use cherga_store::{Ack, Claim, Enqueued, ListTasks, Nack, Store, StoreError};
+use cherga_store::{Ack, Claim, Enqueued, ListTasks, Nack, Store, StoreError, TaskFilter};
 use serde_json::{Map, Value, json};
 use sha2::{Digest as _, Sha256};
 use std::collections::HashSet;
@@ -329,7 +329,13 @@ async fn purge<H: Host>(sqs: &Sqs<H>, queue: &QueueName) -> Result<(), SqsError>
     for state in [TaskState::Ready, TaskState::Scheduled] {
         let mut after = None;
         loop {
-            let list = ListTasks { queue: queue.clone(), state: Some(state), after, limit: PAGE };
+            let list = ListTasks {
+                queue: queue.clone(),
+                filter: TaskFilter::in_state(state),
+                key: None,
+                after,
+                limit: PAGE,
+            };
             let page = match sqs.store().list_tasks(list).await {
                 Ok(page) => page,
                 Err(StoreError::NotFound) => return Ok(()),
@@ -359,8 +365,13 @@ async fn redrive_into<H: Host>(sqs: &Sqs<H>, target: &QueueName) -> Result<(), S
         let Ok(source_queue) = QueueName::new(&source) else { continue };
         loop {
             let after = sqs.meta.moved_up_to(&source);
-            let list =
-                ListTasks { queue: source_queue.clone(), state: Some(TaskState::Dead), after, limit: 100 };
+            let list = ListTasks {
+                queue: source_queue.clone(),
+                filter: TaskFilter::in_state(TaskState::Dead),
+                key: None,
+                after,
+                limit: 100,
+            };
             let page = match sqs.store().list_tasks(list).await {
                 Ok(page) => page,
                 Err(StoreError::NotFound) => break,

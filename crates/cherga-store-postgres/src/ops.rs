@@ -744,7 +744,10 @@ pub async fn list_tasks(c: &mut Conn, list: &ListTasks) -> Tx<Vec<Task>> {
     let queue = list.queue.as_str();
     let after = list.after.and_then(rows::seq_of).unwrap_or(0);
     let limit = i64::try_from(list.limit).unwrap_or(i64::MAX);
-    let state = list.state.map(|s| i16::from(s.code()));
+    let mask = list.filter.list_mask();
+    let states: Vec<i16> =
+        TaskState::ALL.iter().filter(|s| mask & (1 << s.code()) != 0).map(|s| i16::from(s.code())).collect();
+    let filter = &list.filter;
     let mut results = c
         .run(&[
             (SELECT_QUEUE, &[&queue]),
@@ -752,10 +755,24 @@ pub async fn list_tasks(c: &mut Conn, list: &ListTasks) -> Tx<Vec<Task>> {
                 concat!(
                     "SELECT ",
                     task_columns!(),
-                    " FROM tasks WHERE queue = $1 AND ($2::smallint IS NULL OR state = $2) AND seq > $3 \
-                     ORDER BY seq LIMIT $4"
+                    " FROM tasks WHERE queue = $1 AND state = ANY($2) AND seq > $3 \
+                     AND ($4::text IS NULL OR kind = $4) AND ($5::text IS NULL OR grp = $5) \
+                     AND ($6::bigint IS NULL OR created_at >= $6) AND ($7::bigint IS NULL OR created_at < $7) \
+                     AND ($8::text IS NULL OR seq = \
+                          (SELECT task_seq FROM idempotency_keys WHERE queue = $1 AND key = $8)) \
+                     ORDER BY seq LIMIT $9"
                 ),
-                &[&queue, &state, &after, &limit],
+                &[
+                    &queue,
+                    &states,
+                    &after,
+                    &filter.kind,
+                    &filter.group,
+                    &filter.enqueued_after,
+                    &filter.enqueued_before,
+                    &list.key,
+                    &limit,
+                ],
             ),
         ])
         .await?;

@@ -128,7 +128,13 @@ fn token(task: &Task) -> String {
 }
 
 async fn list_all<S: Store>(store: &S, queue: &str) -> Vec<Task> {
-    let request = ListTasks { queue: queue_name(queue), state: None, after: None, limit: 100_000 };
+    let request = ListTasks {
+        queue: queue_name(queue),
+        filter: Default::default(),
+        key: None,
+        after: None,
+        limit: 100_000,
+    };
     store.list_tasks(request).await.unwrap_or_else(|e| panic!("list_tasks {queue}: {e:?}"))
 }
 

@@ -26,6 +26,15 @@
 //! ```text
 //! target/release/examples/store_load retry 1000000
 //! ```
+//!
+//! The mode `list` times the dashboard's reads of the queue (`list_tasks` pages:
+//! the first, one by state, one in the middle, a search by kind that matches
+//! three tasks, a search by key), the median of five of each, with the tasks in
+//! memory right after the enqueue and again in their rows after a reopen:
+//!
+//! ```text
+//! target/release/examples/store_load list 1000000
+//! ```
 
 use cherga_core::{NewTask, QueueName};
 use cherga_store::{Ack, Claim, Store};
@@ -64,11 +73,16 @@ async fn main() {
     for call in 0..tasks.div_ceil(BATCH) {
         let batch = (0..BATCH.min(tasks - call * BATCH))
             .map(|i| NewTask {
-                kind: "load".into(),
+                kind: if mode == "list" && (call * BATCH + i) % (tasks / 3).max(1) == 5 {
+                    "rare".into()
+                } else {
+                    "load".into()
+                },
                 payload: payload(call * BATCH + i),
                 priority: 0,
                 run_at: None,
-                idempotency_key: None,
+                idempotency_key: (mode == "list" && (call * BATCH + i) % 1000 == 7)
+                    .then(|| format!("key-{}", call * BATCH + i)),
                 group: None,
                 max_attempts: (mode == "retry").then_some(1),
             })
@@ -85,6 +99,20 @@ async fn main() {
     let enqueued = started.elapsed();
     println!("enqueue: {tasks} tasks in {enqueued:.2?}, {}", memory());
     if mode == "enqueue" {
+        store.close().await;
+        if kept.is_none() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        return;
+    }
+
+    if mode == "list" {
+        list_times(&store, &queue, tasks, "in memory").await;
+        store.close().await;
+        let started = Instant::now();
+        let store = SqliteStore::open(Options::in_dir(&dir)).expect("reopen the store");
+        println!("reopen: {:.2?}", started.elapsed());
+        list_times(&store, &queue, tasks, "in rows").await;
         store.close().await;
         if kept.is_none() {
             let _ = std::fs::remove_dir_all(&dir);
@@ -129,6 +157,49 @@ async fn main() {
     store.close().await;
     if kept.is_none() {
         let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// Times pages of `list_tasks` as the dashboard asks for them.
+async fn list_times(store: &SqliteStore, queue: &QueueName, tasks: usize, label: &str) {
+    use cherga_store::{ListTasks, TaskFilter};
+    let page = |filter: TaskFilter, key: Option<String>, after: Option<cherga_core::TaskId>| ListTasks {
+        queue: queue.clone(),
+        filter,
+        key,
+        after,
+        limit: 50,
+    };
+    let all = store.list_tasks(page(TaskFilter::default(), None, None)).await.expect("list");
+    // A task in the middle of the queue: its id has the sequence number of the
+    // first task's plus half the queue.
+    let first = all[0].id;
+    let middle = cherga_core::TaskId::new(first.created_at(), first.seq() + tasks as u64 / 2);
+    let cases: [(&str, ListTasks, usize); 5] = [
+        ("first page", page(TaskFilter::default(), None, None), 50),
+        ("ready, first page", page(TaskFilter::in_state(cherga_core::TaskState::Ready), None, None), 50),
+        ("page in the middle", page(TaskFilter::default(), None, Some(middle)), 50),
+        (
+            "kind search (3 matches)",
+            page(TaskFilter { kind: Some("rare".into()), ..TaskFilter::default() }, None, None),
+            3,
+        ),
+        (
+            "key search",
+            page(TaskFilter::default(), Some(format!("key-{}", tasks / 2 / 1000 * 1000 + 7)), None),
+            1,
+        ),
+    ];
+    for (name, list, expected) in cases {
+        let mut times = Vec::new();
+        for _ in 0..5 {
+            let started = Instant::now();
+            let found = store.list_tasks(list.clone()).await.expect("list");
+            times.push(started.elapsed());
+            assert_eq!(found.len(), expected.min(tasks), "{name}");
+        }
+        times.sort();
+        println!("list {label}, {name}: median {:.2?} (of 5; max {:.2?})", times[2], times[4]);
     }
 }
 

@@ -259,66 +259,107 @@ impl Engine {
         })
     }
 
-    /// Lists the rows of the queue merged with its dirty tasks: the rows of dirty
-    /// tasks are stale and left out, so SQL is asked for as many more rows as
-    /// there are such tasks, and the dirty tasks that match are added.
+    /// Lists the queue's tasks in enqueue order: its dirty tasks (in memory; their
+    /// rows, if any, are stale and skipped) merged with its rows. Only the first
+    /// `limit` dirty tasks that match are cloned, and rows are read in order only
+    /// until `limit` match, so a page costs one pass over the dirty tasks'
+    /// entries plus the rows it returns (and the stale or unmatched ones between).
     pub fn list_tasks(&self, list: &ListTasks) -> Result<Vec<Task>, StoreError> {
-        if !self.queues.contains_key(list.queue.as_str()) {
+        let queue = list.queue.as_str();
+        if !self.queues.contains_key(queue) {
             return Err(StoreError::NotFound);
         }
         let after = list.after.map_or(0, |id| id.seq());
-        let mut stale_rows = 0;
-        let mut out: Vec<Task> = Vec::new();
-        for (&seq, dirty) in &self.mem.dirty {
-            if dirty.task.queue != list.queue.as_str() {
-                continue;
-            }
-            stale_rows += usize::from(dirty.has_row);
-            if seq > after && list.state.is_none_or(|state| dirty.task.state == state) {
-                out.push(dirty.task.clone());
-            }
+        let mask = list.filter.list_mask();
+        let wanted = |task: &Task| mask & (1 << task.state.code()) != 0 && list.filter.matches_fields(task);
+        if let Some(key) = &list.key {
+            let seq: Option<i64> = self
+                .conn
+                .prepare_cached("SELECT task_seq FROM idempotency_keys WHERE queue = ?1 AND key = ?2")
+                .db()?
+                .query_row(params![queue, key], |row| row.get(0))
+                .optional()
+                .db()?;
+            let Some(seq) = seq.map(|seq| seq as u64).filter(|&seq| seq > after) else {
+                return Ok(Vec::new());
+            };
+            let task = match self.mem.dirty.get(&seq) {
+                Some(dirty) => dirty.task.clone(),
+                None => match rows::Reader::new(&self.conn).load_seq(seq) {
+                    Ok(task) => task,
+                    Err(StoreError::NotFound) => return Ok(Vec::new()),
+                    Err(e) => return Err(e),
+                },
+            };
+            return Ok(if task.queue == queue && wanted(&task) { vec![task] } else { Vec::new() });
         }
-        let limit = (list.limit + stale_rows) as i64;
-        let qid = self.mem.qid(list.queue.as_str());
+        let mut dirty: Vec<(u64, &Task)> = self
+            .mem
+            .dirty
+            .iter()
+            .filter(|&(&seq, d)| seq > after && d.task.queue == queue && wanted(&d.task))
+            .map(|(&seq, d)| (seq, &d.task))
+            .collect();
+        if dirty.len() > list.limit {
+            dirty.select_nth_unstable_by_key(list.limit, |&(seq, _)| seq);
+            dirty.truncate(list.limit);
+        }
+        dirty.sort_unstable_by_key(|&(seq, _)| seq);
+        // Past this sequence number no row can make the page: `limit` dirty
+        // tasks come before it.
+        let stop_after =
+            if dirty.len() == list.limit { dirty.last().map_or(u64::MAX, |d| d.0) } else { u64::MAX };
+        let mut found: Vec<Task> = Vec::new();
+        let qid = self.mem.qid(queue);
         let (start, end) = seqs::range(qid);
         // The queue's rows are the rowid range `start..end`; rows numbered before
         // schema version 6 are below every range and come first.
         let legacy = self.legacy_rows && after < seqs::FIRST;
-        let (after, from, end) = (after as i64, after.max(start) as i64, end as i64);
-        let dirty = &self.mem.dirty;
-        let mut push_rows = |stmt: &mut rusqlite::CachedStatement<'_>, params: &[&dyn rusqlite::ToSql]| {
+        let (from, end) = (after.max(start) as i64, end as i64);
+        let state_mask = i64::from(mask);
+        let group = list.filter.group.as_deref();
+        let mut read_rows = |sql: &str, params: &[&dyn rusqlite::ToSql]| {
+            let mut stmt = self.conn.prepare_cached(sql).db()?;
             let mut rows = stmt.query(params).db()?;
-            while let Some(row) = rows.next().db()? {
+            while found.len() < list.limit
+                && let Some(row) = rows.next().db()?
+            {
+                let seq = row.get::<_, i64>(1).db()? as u64;
+                if seq > stop_after {
+                    break;
+                }
+                if self.mem.dirty.contains_key(&seq) {
+                    continue;
+                }
                 let task = rows::task_from_row(row).db()??;
-                if !dirty.contains_key(&task.id.seq()) {
-                    out.push(task);
+                if list.filter.matches_fields(&task) {
+                    found.push(task);
                 }
             }
             Ok::<(), StoreError>(())
         };
-        // `?3` is the state asked for, or NULL for every state.
-        let state = list.state.map(TaskState::code);
+        // `?3` is the bit set of the states asked for, `?4` the group or NULL.
         if legacy {
             const SQL: &str = concat!(
                 "SELECT ",
                 task_columns!(),
-                " FROM tasks WHERE qid = ?1 AND seq > ?2 AND seq < ",
+                ", seq FROM tasks WHERE qid = ?1 AND seq > ?2 AND seq < ",
                 seqs::first_sql!(),
-                " AND (?3 IS NULL OR state = ?3) ORDER BY seq LIMIT ?4"
+                " AND (?3 >> state) & 1 AND (?4 IS NULL OR grp = ?4) ORDER BY seq"
             );
-            let mut stmt = self.conn.prepare_cached(SQL).db()?;
-            push_rows(&mut stmt, &[&qid, &after, &state, &limit])?;
+            read_rows(SQL, &[&qid, &(after as i64), &state_mask, &group])?;
         }
         const SQL: &str = concat!(
             "SELECT ",
             task_columns!(),
-            " FROM tasks WHERE seq > ?1 AND seq < ?2 AND (?3 IS NULL OR state = ?3) ORDER BY seq LIMIT ?4"
+            ", seq FROM tasks WHERE seq > ?1 AND seq < ?2 AND (?3 >> state) & 1 \
+             AND (?4 IS NULL OR grp = ?4) ORDER BY seq"
         );
-        let mut stmt = self.conn.prepare_cached(SQL).db()?;
-        push_rows(&mut stmt, &[&from, &end, &state, &limit])?;
-        out.sort_unstable_by_key(|task| task.id.seq());
-        out.truncate(list.limit);
-        Ok(out)
+        read_rows(SQL, &[&from, &end, &state_mask, &group])?;
+        found.extend(dirty.into_iter().map(|(_, task)| task.clone()));
+        found.sort_unstable_by_key(|task| task.id.seq());
+        found.truncate(list.limit);
+        Ok(found)
     }
 
     pub fn put_queue(

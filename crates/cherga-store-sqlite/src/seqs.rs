@@ -130,7 +130,8 @@ mod tests {
         ) -> Vec<String> {
             let list = ListTasks {
                 queue: QueueName::new(name).expect("a valid name"),
-                state,
+                filter: state.map(cherga_store::TaskFilter::in_state).unwrap_or_default(),
+                key: None,
                 after: after.map(|seq| cherga_core::TaskId::new(T0, seq)),
                 limit,
             };

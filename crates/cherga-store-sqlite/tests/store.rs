@@ -132,7 +132,13 @@ fn new_task(
 }
 
 async fn list_all<S: Store>(store: &S, queue: &str) -> Vec<Task> {
-    let request = ListTasks { queue: queue_name(queue), state: None, after: None, limit: 100_000 };
+    let request = ListTasks {
+        queue: queue_name(queue),
+        filter: Default::default(),
+        key: None,
+        after: None,
+        limit: 100_000,
+    };
     store.list_tasks(request).await.unwrap_or_else(|e| panic!("list_tasks {queue}: {e:?}"))
 }
 
@@ -1117,6 +1123,44 @@ mod random_operations {
                         "{task:?}"
                     );
                 }
+            }
+            // Filtered and paged, a listing is the full one filtered, whether a
+            // task is in memory or in its row.
+            for (state, group) in
+                [(Some(TaskState::Ready), None), (None, Some("g1")), (Some(TaskState::Running), Some("g0"))]
+            {
+                let filter = cherga_store::TaskFilter {
+                    states: state.into_iter().collect(),
+                    group: group.map(str::to_owned),
+                    ..Default::default()
+                };
+                let expected: Vec<TaskId> = tasks
+                    .iter()
+                    .filter(|t| {
+                        state.is_none_or(|s| t.state == s)
+                            && group.is_none_or(|g| t.group.as_deref() == Some(g))
+                    })
+                    .map(|t| t.id)
+                    .collect();
+                let mut paged = Vec::new();
+                let mut after = None;
+                loop {
+                    let page = ListTasks {
+                        queue: queue_name(QUEUE),
+                        filter: filter.clone(),
+                        key: None,
+                        after,
+                        limit: 2,
+                    };
+                    let page = self.store().list_tasks(page).await.expect("list");
+                    after = page.last().map(|t| t.id);
+                    let done = page.len() < 2;
+                    paged.extend(page.into_iter().map(|t| t.id));
+                    if done {
+                        break;
+                    }
+                }
+                assert_eq!(paged, expected, "listing {state:?} {group:?} in pages of 2");
             }
         }
     }

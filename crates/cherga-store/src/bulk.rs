@@ -71,6 +71,18 @@ impl TaskFilter {
         states.iter().fold(0, |mask, state| mask | (1 << state.code()))
     }
 
+    /// The filter of tasks in `state`.
+    pub fn in_state(state: TaskState) -> Self {
+        TaskFilter { states: vec![state], ..TaskFilter::default() }
+    }
+
+    /// The states a listing takes, as a bit set by [`TaskState::code`]: every
+    /// state when none is given.
+    pub fn list_mask(&self) -> u8 {
+        let states = if self.states.is_empty() { &TaskState::ALL[..] } else { &self.states[..] };
+        states.iter().fold(0, |mask, state| mask | (1 << state.code()))
+    }
+
     /// Whether `task` matches everything but the state (which the store selects by).
     pub fn matches_fields(&self, task: &Task) -> bool {
         self.kind.as_ref().is_none_or(|kind| *kind == task.kind)

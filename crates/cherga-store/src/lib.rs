@@ -137,7 +137,12 @@ impl QueueInfo {
 #[derive(Debug, Clone)]
 pub struct ListTasks {
     pub queue: QueueName,
-    pub state: Option<TaskState>,
+    /// Which tasks; no states means every state ([`TaskFilter::list_mask`]).
+    pub filter: TaskFilter,
+    /// Only the task that holds this idempotency key of the queue (keys are kept
+    /// for the queue's `dedup_window_ms`; a task whose key has expired is not
+    /// found by it).
+    pub key: Option<String>,
     /// Only tasks enqueued after this one.
     pub after: Option<TaskId>,
     pub limit: usize,

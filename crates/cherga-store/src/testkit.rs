@@ -105,6 +105,7 @@ macro_rules! conformance_tests {
             cancel_scheduled_and_ready_is_idempotent,
             cancel_running_or_finished_is_refused,
             list_tasks_filters_and_pages,
+            list_tasks_searches_by_kind_group_and_key,
             put_queue_validates_and_keeps_settings,
             get_queue_and_list_queues,
             queue_stats_count_and_find_the_oldest_ready_task,
@@ -461,7 +462,8 @@ async fn list<S: Store>(
     after: Option<TaskId>,
     limit: usize,
 ) -> Vec<Task> {
-    let request = ListTasks { queue: queue_name(queue), state, after, limit };
+    let filter = state.map(TaskFilter::in_state).unwrap_or_default();
+    let request = ListTasks { queue: queue_name(queue), filter, key: None, after, limit };
     store.list_tasks(request.clone()).await.unwrap_or_else(|e| panic!("list_tasks {request:?}: {e:?}"))
 }
 
@@ -547,7 +549,15 @@ pub async fn queue_is_created_on_first_use_with_defaults<H: Harness>(mut harness
     let store = harness.open().await;
     assert_not_found(store.get_queue(queue_name("fresh")).await, "get_queue before any use");
     assert_not_found(
-        store.list_tasks(ListTasks { queue: queue_name("fresh"), state: None, after: None, limit: 10 }).await,
+        store
+            .list_tasks(ListTasks {
+                queue: queue_name("fresh"),
+                filter: TaskFilter::default(),
+                key: None,
+                after: None,
+                limit: 10,
+            })
+            .await,
         "list_tasks of a queue never used",
     );
     assert_not_found(
@@ -1481,9 +1491,89 @@ pub async fn list_tasks_filters_and_pages<H: Harness>(mut harness: H) {
     put(&store, "empty", QueueSettingsPatch::default(), T0).await;
     assert!(list_all(&store, "empty").await.is_empty(), "an existing empty queue lists nothing");
     assert_not_found(
-        store.list_tasks(ListTasks { queue: queue_name("nope"), state: None, after: None, limit: 10 }).await,
+        store
+            .list_tasks(ListTasks {
+                queue: queue_name("nope"),
+                filter: TaskFilter::default(),
+                key: None,
+                after: None,
+                limit: 10,
+            })
+            .await,
         "list_tasks of an unknown queue",
     );
+}
+
+/// `list_tasks` finds tasks by kind, group and idempotency key, with a state
+/// and a cursor, before and after a reopen (in memory and in rows alike); a key
+/// finds its own queue's task only.
+pub async fn list_tasks_searches_by_kind_group_and_key<H: Harness>(mut harness: H) {
+    let mut store = harness.open().await;
+    let mut made = Vec::new();
+    for i in 0..30 {
+        let kind = if i % 3 == 0 { "charge" } else { "email" };
+        let mut new = keyed(kind, &format!("order-{i}"));
+        new.group = (i % 5 == 0).then(|| "tenant-a".to_owned());
+        made.push(create(&store, "search", new, T0 + i).await);
+    }
+    create(&store, "other", keyed("charge", "order-3"), T0 + 40).await;
+    let leased = claim(&store, "search", 4, T0 + 50).await;
+    assert_eq!(leased.len(), 4);
+    ack_ok(&store, &leased[0], None, T0 + 51).await;
+
+    let search =
+        |kind: Option<&str>, group: Option<&str>, key: Option<&str>, state: Option<TaskState>| ListTasks {
+            queue: queue_name("search"),
+            filter: TaskFilter {
+                states: state.into_iter().collect(),
+                kind: kind.map(str::to_owned),
+                group: group.map(str::to_owned),
+                ..TaskFilter::default()
+            },
+            key: key.map(str::to_owned),
+            after: None,
+            limit: 100,
+        };
+    let ids = |tasks: Vec<Task>| tasks.into_iter().map(|t| t.id).collect::<Vec<_>>();
+    let expect = |pick: &dyn Fn(usize, &Task) -> bool| {
+        made.iter().enumerate().filter(|(i, t)| pick(*i, t)).map(|(_, t)| t.id).collect::<Vec<_>>()
+    };
+    for round in ["before a reopen", "after a reopen"] {
+        let charges = ids(store.list_tasks(search(Some("charge"), None, None, None)).await.unwrap());
+        assert_eq!(charges, expect(&|i, _| i % 3 == 0), "by kind, {round}");
+        let tenant = ids(store.list_tasks(search(None, Some("tenant-a"), None, None)).await.unwrap());
+        assert_eq!(tenant, expect(&|i, _| i % 5 == 0), "by group, {round}");
+        let both = ids(store.list_tasks(search(Some("charge"), Some("tenant-a"), None, None)).await.unwrap());
+        assert_eq!(both, expect(&|i, _| i % 15 == 0), "by kind and group, {round}");
+        let succeeded = store.list_tasks(search(None, None, None, Some(TaskState::Succeeded))).await.unwrap();
+        assert_eq!(ids(succeeded), vec![leased[0].id], "by state, {round}");
+        let by_key = ids(store.list_tasks(search(None, None, Some("order-3"), None)).await.unwrap());
+        assert_eq!(by_key, vec![made[3].id], "by key: this queue's task only, {round}");
+        let key_and_kind =
+            store.list_tasks(search(Some("email"), None, Some("order-3"), None)).await.unwrap();
+        assert!(key_and_kind.is_empty(), "the key's task is not of that kind, {round}");
+        assert!(
+            store.list_tasks(search(None, None, Some("no-such-key"), None)).await.unwrap().is_empty(),
+            "an unknown key finds nothing, {round}"
+        );
+        // Paged: three at a time, the cursor carries on.
+        let mut paged = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store
+                .list_tasks(ListTasks { after, limit: 3, ..search(Some("email"), None, None, None) })
+                .await
+                .unwrap();
+            after = page.last().map(|t| t.id);
+            let done = page.len() < 3;
+            paged.extend(ids(page));
+            if done {
+                break;
+            }
+        }
+        assert_eq!(paged, expect(&|i, _| i % 3 != 0), "by kind, paged, {round}");
+        store = reopen(&mut harness, store).await;
+    }
 }
 
 /// `put_queue` refuses out-of-range settings and changes nothing then; it applies

@@ -488,6 +488,35 @@ async fn list_pages_with_a_cursor_and_filters_by_state(backend: Backend) {
     assert_eq!(seen, (0..7).collect::<Vec<_>>(), "oldest first, every task once");
     let (_, running) = server.get("/v1/queues/q/tasks?state=running").await;
     assert_eq!(running["tasks"].as_array().unwrap().len(), 2);
+
+    // Search by kind, group and idempotency key (the dashboard's queue page).
+    let tasks: Vec<Value> = (0..6)
+        .map(|i| {
+            json!({"kind": if i % 2 == 0 { "charge" } else { "refund" }, "payload": i,
+                   "group": format!("tenant-{}", i % 3), "idempotency_key": format!("order-{i}")})
+        })
+        .collect();
+    server.post("/v1/queues/s/tasks/batch", json!({ "tasks": tasks })).await;
+    let payloads = |page: &Value| {
+        page["tasks"].as_array().unwrap().iter().map(|t| t["payload"].as_i64().unwrap()).collect::<Vec<_>>()
+    };
+    let (status, page) = server.get("/v1/queues/s/tasks?kind=refund").await;
+    assert_eq!((status, payloads(&page)), (200, vec![1, 3, 5]), "{page}");
+    let (_, page) = server.get("/v1/queues/s/tasks?group=tenant-0").await;
+    assert_eq!(payloads(&page), [0, 3]);
+    let (_, page) = server.get("/v1/queues/s/tasks?group=tenant-0&kind=charge&state=ready").await;
+    assert_eq!(payloads(&page), [0]);
+    let (_, page) = server.get("/v1/queues/s/tasks?key=order-4").await;
+    assert_eq!(payloads(&page), [4]);
+    let (_, page) = server.get("/v1/queues/s/tasks?key=order-4&kind=refund").await;
+    assert_eq!(payloads(&page), Vec::<i64>::new());
+    let (_, page) = server.get("/v1/queues/q/tasks?key=order-4").await;
+    assert_eq!(payloads(&page), Vec::<i64>::new(), "a key belongs to its queue");
+    let (_, page) = server.get("/v1/queues/s/tasks?kind=refund&limit=2").await;
+    assert_eq!(payloads(&page), [1, 3]);
+    let next = page["next"].as_str().expect("a next page").to_owned();
+    let (_, page) = server.get(&format!("/v1/queues/s/tasks?kind=refund&limit=2&after={next}")).await;
+    assert_eq!(payloads(&page), [5]);
 }
 
 async fn a_lease_survives_a_crash_and_restart(backend: Backend) {

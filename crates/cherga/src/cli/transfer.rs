@@ -304,7 +304,7 @@ pub async fn export(args: ExportArgs) -> Result<()> {
     };
     // The total is the count when the export started; tasks come and go meanwhile.
     let mut progress = Progress::new("export", Some(total), false);
-    let mut query = ListQuery { state: args.state.clone(), limit: Some(MAX_BATCH), after: None };
+    let mut query = ListQuery { state: args.state.clone(), limit: Some(MAX_BATCH), ..ListQuery::default() };
     let mut exported = 0u64;
     loop {
         let page = client.list_tasks(&args.queue, &query).await?;

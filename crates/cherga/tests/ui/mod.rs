@@ -414,6 +414,33 @@ async fn a_consume_token_is_not_offered_purge() {
     browser.quit().await;
 }
 
+/// The queue page searches the whole queue, not only the page shown: tasks of a
+/// kind enqueued after the first page are found by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_page_searches_the_whole_queue() {
+    let Some(browser) = Browser::start().await else { return };
+    let server = Server::start(&Backend::sqlite()).await;
+    let mut tasks: Vec<Value> = (0..120).map(|i| json!({"kind": "email", "payload": i})).collect();
+    tasks
+        .extend((0..3).map(|i| json!({"kind": "refund", "payload": i, "idempotency_key": format!("r-{i}")})));
+    let (status, _) = server.post("/v1/queues/shop/tasks/batch", json!({ "tasks": tasks })).await;
+    assert_eq!(status, 200);
+    browser.goto(&server.url("/ui#/queue/shop")).await;
+    browser.wait_text("#page-summary", "50 in this page").await;
+    assert!(browser.find_all("#tasks tr[data-task]").await.len() == 50);
+    browser.type_into("#task-search", "refund\u{E007}").await;
+    browser.wait_text("#page-summary", "3 in this page with kind refund").await;
+    assert_eq!(browser.find_all("#tasks tr[data-task]").await.len(), 3);
+    browser.screenshot("queue-search").await;
+    // By idempotency key: one task.
+    browser.click("#task-search-field option[value=\"key\"]").await;
+    let search = browser.wait_for("#task-search").await;
+    browser.must("POST", &format!("/element/{search}/clear"), Some(json!({}))).await;
+    browser.type_into("#task-search", "r-2\u{E007}").await;
+    browser.wait_text("#page-summary", "1 in this page with key r-2").await;
+    browser.quit().await;
+}
+
 /// When the event stream drops the page says so, and when the server is back it
 /// resumes after the last event it saw: a change made meanwhile still shows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
