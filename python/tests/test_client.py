@@ -168,6 +168,16 @@ def test_list_tasks_pages_with_a_cursor(client: Client, queue: str) -> None:
     assert client.list_tasks(queue, state="succeeded").tasks == []
 
 
+def test_list_tasks_searches_by_kind_group_and_key(client: Client, queue: str) -> None:
+    a = client.enqueue(queue, "charge", 1, key="order-1", group="tenant-a")
+    b = client.enqueue(queue, "refund", 2, key="order-2", group="tenant-a")
+    c = client.enqueue(queue, "charge", 3, key="order-3")
+    assert [t.id for t in client.list_tasks(queue, kind="charge").tasks] == [a.id, c.id]
+    assert [t.id for t in client.list_tasks(queue, group="tenant-a").tasks] == [a.id, b.id]
+    assert [t.id for t in client.list_tasks(queue, key="order-2").tasks] == [b.id]
+    assert client.list_tasks(queue, key="order-2", kind="charge").tasks == []
+
+
 def test_queues_settings_and_counts(client: Client, queue: str) -> None:
     with pytest.raises(QueueNotFound) as caught:
         client.get_queue(queue)

@@ -376,10 +376,19 @@ def retry(task_id: str) -> Call[Task]:
 
 
 def list_tasks(
-    queue: str, *, state: str | None = None, limit: int | None = None, after: str | None = None
+    queue: str,
+    *,
+    state: str | None = None,
+    limit: int | None = None,
+    after: str | None = None,
+    kind: str | None = None,
+    group: str | None = None,
+    key: str | None = None,
 ) -> Call[TaskPage]:
-    """A ``TaskPage`` of the queue's tasks, oldest first."""
-    params = {k: v for k, v in (("state", state), ("limit", limit), ("after", after)) if v is not None}
+    """A ``TaskPage`` of the queue's tasks, oldest first: only those of ``state``,
+    ``kind`` and ``group`` when given, or the task holding idempotency ``key``."""
+    given = (("state", state), ("limit", limit), ("after", after), ("kind", kind), ("group", group), ("key", key))
+    params = {k: v for k, v in given if v is not None}
     return Call(
         "GET",
         f"{queue_path(queue)}/tasks",
