@@ -8,7 +8,11 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 
 /// The events of the log after `after`, read as JSON pages: (change, task id).
+/// On PostgreSQL events committed may be held back while an older transaction
+/// (of any client of the database) runs: the page says `pending`, and is read
+/// again.
 async fn events_after(server: &Server, after: &str) -> Vec<(String, String)> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let mut out = Vec::new();
     let mut after = after.to_owned();
     loop {
@@ -31,7 +35,11 @@ async fn events_after(server: &Server, after: &str) -> Vec<(String, String)> {
         }
         after = page["next"].as_str().expect("next").to_owned();
         if events.is_empty() {
-            return out;
+            if !page["pending"].as_bool().expect("pending") {
+                return out;
+            }
+            assert!(std::time::Instant::now() < deadline, "events stayed pending for 60 s");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
 }
