@@ -255,7 +255,8 @@ async fn every_endpoint_round_trips() {
     let dead = client.nack(&dead_one.id, &nack).await.unwrap();
     assert_eq!((dead.state.as_str(), dead.last_error.as_deref()), ("dead", Some("boom")));
     assert_code(client.cancel(&dead.id).await, "invalid_state");
-    let fixed = RetryRequest { payload: Some(serde_json::value::to_raw_value(&json!({"fixed": 3})).unwrap()) };
+    let fixed =
+        RetryRequest { payload: Some(serde_json::value::to_raw_value(&json!({"fixed": 3})).unwrap()) };
     let retried = client.retry_with(&dead.id, &fixed).await.unwrap();
     assert_eq!((retried.state.as_str(), retried.payload.get()), ("ready", r#"{"fixed":3}"#));
     let edit = retried.history[0].payload_edit.as_ref().expect("the edit is in the history");

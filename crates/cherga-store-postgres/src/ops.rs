@@ -26,8 +26,8 @@ use crate::events::{EventRow, INSERT_EVENTS};
 use crate::pool::{CommitError, Conn, Params, Step};
 use crate::rows::{self, ChangedRows, INSERT_TASKS, NewRows, UPDATE_TASKS, queue_columns, task_columns};
 use cherga_core::{
-    AckOutcome, Change, LeaseToken, Millis, NewPayload, NewTask, QueueSettings, QueueSettingsPatch, Refusal, Task,
-    TaskId, TaskState, Transition, fingerprint,
+    AckOutcome, Change, LeaseToken, Millis, NewPayload, NewTask, QueueSettings, QueueSettingsPatch, Refusal,
+    Task, TaskId, TaskState, Transition, fingerprint,
 };
 use cherga_store::limits;
 use cherga_store::{

@@ -128,7 +128,8 @@ pub fn history_json(task: &Task) -> String {
             // Only on edited entries, so that entries stored before edits
             // existed read the same as unedited ones.
             if let Some(edit) = &e.payload_edit {
-                entry["payload_edit"] = serde_json::json!({ "at": edit.at, "by": storable(edit.by.as_deref()) });
+                entry["payload_edit"] =
+                    serde_json::json!({ "at": edit.at, "by": storable(edit.by.as_deref()) });
             }
             entry
         })
@@ -158,7 +159,8 @@ pub fn history_from_json(text: &str) -> Result<History, StoreError> {
         let payload_edit = match item.get("payload_edit") {
             None | Some(serde_json::Value::Null) => None,
             Some(edit) => {
-                let at = edit.get("at").and_then(serde_json::Value::as_i64).ok_or_else(|| bad("payload_edit"))?;
+                let at =
+                    edit.get("at").and_then(serde_json::Value::as_i64).ok_or_else(|| bad("payload_edit"))?;
                 let by = match edit.get("by") {
                     None | Some(serde_json::Value::Null) => None,
                     Some(serde_json::Value::String(s)) => Some(s.clone()),

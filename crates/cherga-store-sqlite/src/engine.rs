@@ -22,8 +22,8 @@ mod bulk;
 use crate::rows::{self, Db, RowWriter, task_columns};
 use crate::seqs;
 use cherga_core::{
-    AckOutcome, Change, LeaseToken, Millis, NewPayload, NewTask, QueueName, QueueSettings, QueueSettingsPatch, Refusal,
-    Task, TaskId, TaskState, Transition, fingerprint,
+    AckOutcome, Change, LeaseToken, Millis, NewPayload, NewTask, QueueName, QueueSettings,
+    QueueSettingsPatch, Refusal, Task, TaskId, TaskState, Transition, fingerprint,
 };
 use cherga_store::limits::TICK_LIMIT;
 use cherga_store::{

@@ -280,7 +280,15 @@ mod tests {
             transition(3, "emails", "charge", Change::Purged, Some(Dead), None, 1_700_000_999_999),
             Transition {
                 payload_edited: true,
-                ..transition(4, "emails", "charge", Change::Retried, Some(Dead), Some(Ready), 1_700_000_999_999)
+                ..transition(
+                    4,
+                    "emails",
+                    "charge",
+                    Change::Retried,
+                    Some(Dead),
+                    Some(Ready),
+                    1_700_000_999_999,
+                )
             },
             transition(
                 u64::from(u32::MAX) / 1000,

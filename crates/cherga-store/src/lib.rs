@@ -10,8 +10,8 @@
 //! **Boundary:** no HTTP and no SQL types cross this trait.
 
 use cherga_core::{
-    KeyResolution, Millis, NewPayload, NewTask, QueueName, QueueSettings, QueueSettingsPatch, Refusal, Task, TaskId,
-    TaskState,
+    KeyResolution, Millis, NewPayload, NewTask, QueueName, QueueSettings, QueueSettingsPatch, Refusal, Task,
+    TaskId, TaskState,
 };
 use std::future::Future;
 

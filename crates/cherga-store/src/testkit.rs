@@ -1978,7 +1978,8 @@ pub async fn history_records_nacks_and_is_kept_by_a_retry<H: Harness>(mut harnes
     assert_eq!(dead.state, TaskState::Dead);
     let both = ["1 worker-1 +1..+2 failed boom", "2 worker-1 +102..+103 failed boom"];
     assert_history(&dead, &both, "after a nack to dead");
-    let retried = store.retry_dead(dead.id, None, T0 + 200).await.map(Changed::into_value).expect("retry_dead");
+    let retried =
+        store.retry_dead(dead.id, None, T0 + 200).await.map(Changed::into_value).expect("retry_dead");
     assert_history(&retried, &both, "after a retry");
     let third = claim_one(&store, "h", "a", T0 + 201).await;
     let acked = ack_ok(&store, &third, None, T0 + 202).await;

@@ -314,8 +314,9 @@ async fn a_dead_tasks_payload_is_replaced_by_its_retry(backend: Backend) {
     let task_path = format!("/v1/tasks/{}", id(&t));
     let retry_path = format!("{task_path}/retry");
     let (_, l) = server.post("/v1/queues/fix/lease", json!({"worker": "w-1"})).await;
-    let (_, dead) =
-        server.post(&format!("{task_path}/nack"), json!({"lease": token(&l["tasks"][0]), "error": "bad v"})).await;
+    let (_, dead) = server
+        .post(&format!("{task_path}/nack"), json!({"lease": token(&l["tasks"][0]), "error": "bad v"}))
+        .await;
     assert_eq!(dead["state"], "dead", "{dead}");
 
     // Refused: too large, not JSON, an unknown field, nested too deep, not JSON's
@@ -359,7 +360,11 @@ async fn a_dead_tasks_payload_is_replaced_by_its_retry(backend: Backend) {
     assert_eq!(got["history"][0]["error"], "bad v");
 
     let (_, l) = server.post("/v1/queues/fix/lease", json!({"worker": "w-2"})).await;
-    assert_eq!(l["tasks"][0]["payload"], json!({"v": 2, "fixed": [true]}), "the lease has the new payload: {l}");
+    assert_eq!(
+        l["tasks"][0]["payload"],
+        json!({"v": 2, "fixed": [true]}),
+        "the lease has the new payload: {l}"
+    );
     let (status, refused) = server.post(&retry_path, json!({"payload": {"v": 3}})).await;
     assert_eq!((status, refused["error"]["code"].as_str()), (409, Some("invalid_state")), "{refused}");
     let (_, running) = server.get(&task_path).await;

@@ -455,7 +455,8 @@ async fn a_payload_edit_names_the_tokens_subject() {
         s.call(Some(&producer), "POST", "/v1/queues/jobs/tasks", json!({"kind": "k", "payload": 1})).await,
         201,
     );
-    let leased = expect("lease", s.call(Some(&consumer), "POST", "/v1/queues/jobs/lease", json!({})).await, 200);
+    let leased =
+        expect("lease", s.call(Some(&consumer), "POST", "/v1/queues/jobs/lease", json!({})).await, 200);
     let nack = json!({"lease": lease_token(&leased["tasks"][0]), "dead": true});
     let path = format!("/v1/tasks/{}", id(&task));
     expect("nack", s.call(Some(&consumer), "POST", &format!("{path}/nack"), nack).await, 200);
@@ -463,7 +464,8 @@ async fn a_payload_edit_names_the_tokens_subject() {
     expect("consumer edits", s.call(Some(&consumer), "POST", &retry, json!({"payload": 2})).await, 403);
     let dead = expect("get", s.call(Some(&producer), "GET", &path, Value::Null).await, 200);
     assert_eq!((dead["state"].as_str(), &dead["payload"]), (Some("dead"), &json!(1)), "{dead}");
-    let retried = expect("producer edits", s.call(Some(&producer), "POST", &retry, json!({"payload": 2})).await, 200);
+    let retried =
+        expect("producer edits", s.call(Some(&producer), "POST", &retry, json!({"payload": 2})).await, 200);
     assert_eq!(retried["payload"], 2);
     assert_eq!(retried["history"][0]["payload_edit"]["by"], "ops@example.com", "{retried}");
     assert!(retried["history"][0]["payload_edit"]["at"].is_string(), "{retried}");

@@ -35,7 +35,9 @@ fn sample() -> Task {
             finished_at: 1_764_567_890_140,
             outcome: AttemptOutcome::Failed,
             error: Some("tab\there".into()),
-            payload_edit: Some(Box::new(PayloadEdit { at: 1_764_567_890_145, by: Some("ops \"ü\"".into()) })),
+            payload_edit: Some(Box::new(PayloadEdit {
+                at: 1_764_567_890_145, by: Some("ops \"ü\"".into())
+            })),
         }])
         .expect("a history"),
         created_at: 1_764_567_890_123,

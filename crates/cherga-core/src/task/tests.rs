@@ -510,10 +510,7 @@ fn a_payload_edit_of_a_task_without_a_history_makes_its_entry() {
     t.history = History::default();
     let new = NewPayload { payload: "{}".into(), by: Some("bob".into()) };
     t.retry(1, Some(new), T0 + 9000).unwrap();
-    assert_eq!(
-        history_lines(&t),
-        ["3 - +8000..+8000 expired lease expired; payload edited by bob at +9000"]
-    );
+    assert_eq!(history_lines(&t), ["3 - +8000..+8000 expired lease expired; payload edited by bob at +9000"]);
 }
 
 #[test]

@@ -41,7 +41,9 @@ fn task(seq: u64) -> Task {
                 finished_at: 1_700_000_000_400,
                 outcome: AttemptOutcome::Expired,
                 error: Some("lease expired".into()),
-                payload_edit: Some(Box::new(PayloadEdit { at: 1_700_000_000_450, by: Some("ops@ü".into()) })),
+                payload_edit: Some(Box::new(PayloadEdit {
+                    at: 1_700_000_000_450, by: Some("ops@ü".into())
+                })),
             },
         ])
         .expect("a history"),

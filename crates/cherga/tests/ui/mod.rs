@@ -457,7 +457,8 @@ async fn a_dead_tasks_payload_is_edited_and_retried_from_its_page() {
     };
     let post = |path: &str, body: Value| call(reqwest::Method::POST, path, Some(body));
     assert_eq!(call(reqwest::Method::PUT, "/v1/queues/mail", Some(json!({"max_attempts": 1}))).await.0, 200);
-    let (status, task) = post("/v1/queues/mail/tasks", json!({"kind": "send", "payload": {"to": "typo@"}})).await;
+    let (status, task) =
+        post("/v1/queues/mail/tasks", json!({"kind": "send", "payload": {"to": "typo@"}})).await;
     assert_eq!(status, 201, "{task}");
     let task_id = id(&serde_json::from_str(&task).unwrap());
     let (_, leased) = post("/v1/queues/mail/lease", json!({"worker": "mailer-1"})).await;
