@@ -388,6 +388,7 @@ pub struct PayloadEditView {
     pub at: Timestamp,
     /// The subject (`sub`) of the token of the request; `null` with auth off or
     /// a token without one.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub by: Option<String>,
 }
 
