@@ -678,7 +678,7 @@ async function taskPage(id) {
     eventsList.append(h('tr', { 'data-event': event.id },
       h('td', { class: 'num mono' }, event.id),
       h('td', null, time(event.time)),
-      h('td', null, d.change),
+      h('td', null, d.change, d.payload_edited ? h('span', { class: 'muted' }, ' (new payload)') : null),
       h('td', null, d.from ? badge(d.from) : '', ' → ', d.to ? badge(d.to) : ''),
       h('td', { class: 'num' }, d.attempt)));
   };

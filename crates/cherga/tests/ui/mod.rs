@@ -497,6 +497,7 @@ async fn a_dead_tasks_payload_is_edited_and_retried_from_its_page() {
     browser.wait_for("#task-state [data-state=\"ready\"]").await;
     browser.wait_text("#history li.payload-edit .edited-by", "ops@example.com").await;
     assert_eq!(browser.find_all("#history li.outcome-failed").await.len(), 1);
+    browser.wait_text("#events tr[data-event] td:nth-child(3) .muted", "(new payload)").await;
     let (_, leased) = post("/v1/queues/mail/lease", json!({"worker": "mailer-2"})).await;
     assert!(
         leased.contains(r#""payload":{"to":"ops@example.com","n":12345678901234567890}"#),
