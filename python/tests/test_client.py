@@ -116,6 +116,25 @@ def test_dead_cancel_retry(client: Client, queue: str) -> None:
     assert client.cancel(task.id).state == State.CANCELLED  # idempotent
 
 
+def test_retry_with_a_new_payload(client: Client, queue: str) -> None:
+    task = client.enqueue(queue, "k", {"v": 1})
+    [leased] = client.lease_tasks(queue)
+    client.nack(leased, "bad v", dead=True)
+    retried = client.retry(task.id, payload={"v": 2})
+    assert retried.state == State.READY and retried.payload == {"v": 2}
+    edit = retried.history[0].payload_edit
+    assert edit is not None and edit.by is None  # auth is off: no subject
+    assert edit.at == retried.updated_at
+    [again] = client.lease_tasks(queue)
+    assert again.payload == {"v": 2}
+    with pytest.raises(InvalidState):
+        client.retry(task.id, payload={"v": 3})
+    assert client.get_task(task.id).payload == {"v": 2}
+    dead = client.nack(again, "still bad", dead=True)
+    assert client.retry(dead.id, payload=None).payload is None  # None is JSON null
+    assert [a.payload_edit is not None for a in client.get_task(task.id).history] == [True, True]
+
+
 def test_batches(client: Client, queue: str) -> None:
     results = client.enqueue_many(
         queue,

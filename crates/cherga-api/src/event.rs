@@ -50,6 +50,10 @@ pub struct EventData {
     pub to: Option<String>,
     /// The task's attempts (times leased) after the change.
     pub attempt: u32,
+    /// Present (`true`) on a `retried` event whose retry replaced the task's
+    /// payload.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub payload_edited: bool,
 }
 
 impl CloudEvent {
@@ -72,6 +76,7 @@ impl CloudEvent {
                 from: transition.from.map(|s| s.as_str().to_owned()),
                 to: transition.to.map(|s| s.as_str().to_owned()),
                 attempt: transition.attempt,
+                payload_edited: transition.payload_edited,
             },
         }
     }
@@ -93,6 +98,7 @@ impl CloudEvent {
             attempt: self.data.attempt,
             at: self.time.0,
             due: None,
+            payload_edited: self.data.payload_edited,
         })
     }
 }
@@ -157,6 +163,7 @@ mod tests {
             attempt: 2,
             at: 1_764_304_500_123,
             due: None,
+            payload_edited: false,
         };
         let event = CloudEvent::new(77, &transition);
         let json = serde_json::to_value(&event).expect("serialises");
@@ -168,7 +175,20 @@ mod tests {
         assert_eq!(json["time"], "2025-11-28T04:35:00.123Z");
         assert_eq!(json["data"]["from"], "running");
         assert_eq!(json["data"]["to"], "succeeded");
+        assert_eq!(json["data"].get("payload_edited"), None, "only on an edit");
         let back: CloudEvent = serde_json::from_value(json).expect("reads back");
-        assert_eq!(back.transition(), Some(transition));
+        assert_eq!(back.transition(), Some(transition.clone()));
+
+        let edited = Transition {
+            change: Change::Retried,
+            from: Some(TaskState::Dead),
+            to: Some(TaskState::Ready),
+            payload_edited: true,
+            ..transition
+        };
+        let json = serde_json::to_value(CloudEvent::new(78, &edited)).expect("serialises");
+        assert_eq!(json["data"]["payload_edited"], true);
+        let back: CloudEvent = serde_json::from_value(json).expect("reads back");
+        assert_eq!(back.transition(), Some(edited));
     }
 }

@@ -373,6 +373,23 @@ pub struct AttemptView {
     pub outcome: String,
     /// The nack's error, or `lease expired`.
     pub error: Option<String>,
+    /// Present when the payload was replaced after this attempt ended (a dead
+    /// task retried with a new payload): the attempts after it ran with the new
+    /// one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_edit: Option<PayloadEditView>,
+}
+
+/// Who replaced a task's payload, and when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PayloadEditView {
+    /// When the payload was replaced (the server's clock).
+    pub at: Timestamp,
+    /// The subject (`sub`) of the token of the request; `null` with auth off or
+    /// a token without one.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    pub by: Option<String>,
 }
 
 impl AttemptView {
@@ -384,6 +401,9 @@ impl AttemptView {
             finished_at: attempt.finished_at.map(Timestamp),
             outcome: attempt.outcome.as_str().to_owned(),
             error: attempt.error.map(str::to_owned),
+            payload_edit: attempt
+                .payload_edit
+                .map(|edit| PayloadEditView { at: Timestamp(edit.at), by: edit.by.clone() }),
         }
     }
 }
@@ -552,6 +572,49 @@ pub struct NackRequest {
     pub retry_in_ms: Option<i64>,
     #[serde(default)]
     pub dead: bool,
+}
+
+/// `POST /v1/tasks/{id}/retry`: the body is optional; without one (or with
+/// `{}`) the task is retried as it is.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RetryRequest {
+    /// A new payload for the task, in place of its own (`null` too: the field
+    /// given is the new payload). Limited as an enqueue's is. The edit is
+    /// recorded on the entry of the attempt that ended dead (`payload_edit`).
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Value>))]
+    pub payload: Option<Box<RawValue>>,
+}
+
+/// A field that is there, `null` included, as `Some`; one left out is `None`
+/// (by `#[serde(default)]`).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
+}
+
+impl RetryRequest {
+    /// The new payload the request gives, if any, checked and minified, edited by
+    /// `by` (the subject of the caller's token).
+    ///
+    /// # Errors
+    /// [`ErrorCode::PayloadTooLarge`] past the limit.
+    pub fn into_new_payload(
+        self,
+        by: Option<String>,
+        limits: &Limits,
+    ) -> Result<Option<cherga_core::NewPayload>, WireError> {
+        let Some(raw) = self.payload else { return Ok(None) };
+        let payload = minify(raw.get());
+        if payload.len() > limits.max_payload_bytes {
+            return Err(WireError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("payload is {} bytes; the limit is {}", payload.len(), limits.max_payload_bytes),
+            ));
+        }
+        Ok(Some(cherga_core::NewPayload { payload, by }))
+    }
 }
 
 /// `POST /v1/tasks/{id}/extend`.

@@ -60,6 +60,9 @@ mod tests {
         );
         let mut names: Vec<&String> = attempt["properties"].as_object().unwrap().keys().collect();
         names.sort();
-        assert_eq!(names, ["attempt", "error", "finished_at", "outcome", "started_at", "worker"]);
+        assert_eq!(
+            names,
+            ["attempt", "error", "finished_at", "outcome", "payload_edit", "started_at", "worker"]
+        );
     }
 }

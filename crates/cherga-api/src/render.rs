@@ -111,6 +111,13 @@ fn attempt(out: &mut Vec<u8>, entry: AttemptRef<'_>) {
     out.extend_from_slice(entry.outcome.as_str().as_bytes());
     out.extend_from_slice(b"\",\"error\":");
     optional_string(out, entry.error);
+    if let Some(edit) = entry.payload_edit {
+        out.extend_from_slice(b",\"payload_edit\":{\"at\":");
+        time(out, edit.at);
+        out.extend_from_slice(b",\"by\":");
+        optional_string(out, edit.by.as_deref());
+        out.push(b'}');
+    }
     out.push(b'}');
 }
 

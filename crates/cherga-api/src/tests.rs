@@ -74,6 +74,23 @@ fn unknown_fields_and_wrong_types_are_refused() {
 }
 
 #[test]
+fn retry_request_tells_a_null_payload_from_none() {
+    let new_payload = |json: &str| {
+        let request: RetryRequest = serde_json::from_str(json).expect("valid request");
+        request.into_new_payload(Some("ops".into()), &LIMITS)
+    };
+    assert_eq!(new_payload("{}"), Ok(None), "no payload: a plain retry");
+    let null = new_payload(r#"{"payload": null}"#).unwrap().expect("null is a payload");
+    assert_eq!((null.payload.as_str(), null.by.as_deref()), ("null", Some("ops")));
+    let pretty = new_payload("{\"payload\": { \"a\" : [1, 2] }}").unwrap().expect("a payload");
+    assert_eq!(pretty.payload, r#"{"a":[1,2]}"#, "minified as an enqueue's");
+    let large = format!(r#"{{"payload": "{}"}}"#, "x".repeat(63));
+    let refused = new_payload(&large).unwrap_err();
+    assert_eq!(refused.code, ErrorCode::PayloadTooLarge.as_str(), "{refused:?}");
+    assert!(serde_json::from_str::<RetryRequest>(r#"{"payload": 1, "kind": "k"}"#).is_err());
+}
+
+#[test]
 fn queue_settings_body_tells_null_from_absent() {
     let body: QueueSettingsBody = serde_json::from_str(r#"{"concurrency":null}"#).unwrap();
     assert_eq!(body.to_patch().concurrency, Some(None));

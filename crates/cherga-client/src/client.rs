@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use cherga_api::{
     AckRequest, BatchAckRequest, BatchResponse, BulkRequest, BulkResponse, DeleteQueueResponse,
     EnqueueBatchRequest, EnqueueRequest, ExtendRequest, Health, LeaseRequest, LeaseResponse, ListQuery,
-    NackRequest, QueueList, QueueSettingsBody, QueueView, TaskList, TaskView,
+    NackRequest, QueueList, QueueSettingsBody, QueueView, RetryRequest, TaskList, TaskView,
 };
 use reqwest::{Method, RequestBuilder};
 use serde::de::DeserializeOwned;
@@ -235,6 +235,17 @@ impl Client {
     /// cannot be reached.
     pub async fn retry(&self, task_id: &str) -> Result<TaskView, Error> {
         self.call(self.request(Method::POST, &["v1", "tasks", task_id, "retry"])).await
+    }
+
+    /// `POST /v1/tasks/{id}/retry` with a body: sends a dead task back to ready
+    /// with `request.payload`, when given, in place of its payload (the task's
+    /// history records the edit).
+    ///
+    /// # Errors
+    /// As [`Client::retry`], and [`Error::Api`] with `payload_too_large` past
+    /// the server's limit.
+    pub async fn retry_with(&self, task_id: &str, request: &RetryRequest) -> Result<TaskView, Error> {
+        self.call(self.request(Method::POST, &["v1", "tasks", task_id, "retry"]).json(request)).await
     }
 
     /// `GET /v1/queues`: every queue with its settings and counts.

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use cherga_client::api::{
     AckRequest, BatchAck, BatchAckRequest, EnqueueBatchRequest, EnqueueRequest, ExtendRequest, LeaseRequest,
-    ListQuery, NackRequest, QueueSettingsBody, TaskView,
+    ListQuery, NackRequest, QueueSettingsBody, RetryRequest, TaskView,
 };
 use cherga_client::{Client, Error, HandlerError, Worker, testing};
-use cherga_core::{Millis, NewTask, QueueName, QueueSettingsPatch, Task, TaskId};
+use cherga_core::{Millis, NewPayload, NewTask, QueueName, QueueSettingsPatch, Task, TaskId};
 use cherga_server::ServerConfig;
 use cherga_store::{
     Ack, AckedAndLeased, Changed, Claim, Enqueued, ListTasks, Nack, QueueInfo, Store, StoreError, TickReport,
@@ -116,8 +116,13 @@ impl Store for Counting {
     async fn cancel(&self, id: TaskId, now: Millis) -> Result<Changed<Task>, StoreError> {
         self.inner.cancel(id, now).await
     }
-    async fn retry_dead(&self, id: TaskId, now: Millis) -> Result<Changed<Task>, StoreError> {
-        self.inner.retry_dead(id, now).await
+    async fn retry_dead(
+        &self,
+        id: TaskId,
+        new_payload: Option<NewPayload>,
+        now: Millis,
+    ) -> Result<Changed<Task>, StoreError> {
+        self.inner.retry_dead(id, new_payload, now).await
     }
     async fn act_on_tasks(
         &self,
@@ -250,7 +255,13 @@ async fn every_endpoint_round_trips() {
     let dead = client.nack(&dead_one.id, &nack).await.unwrap();
     assert_eq!((dead.state.as_str(), dead.last_error.as_deref()), ("dead", Some("boom")));
     assert_code(client.cancel(&dead.id).await, "invalid_state");
-    assert_eq!(client.retry(&dead.id).await.unwrap().state, "ready");
+    let fixed =
+        RetryRequest { payload: Some(serde_json::value::to_raw_value(&json!({"fixed": 3})).unwrap()) };
+    let retried = client.retry_with(&dead.id, &fixed).await.unwrap();
+    assert_eq!((retried.state.as_str(), retried.payload.get()), ("ready", r#"{"fixed":3}"#));
+    let edit = retried.history[0].payload_edit.as_ref().expect("the edit is in the history");
+    assert_eq!((edit.at, edit.by.as_deref()), (retried.updated_at, None), "auth is off: no subject");
+    assert_code(client.retry(&dead.id).await, "invalid_state");
     assert_eq!(client.cancel(&dead.id).await.unwrap().state, "cancelled");
     assert_eq!(client.cancel(&dead.id).await.unwrap().state, "cancelled");
 

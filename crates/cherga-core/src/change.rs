@@ -92,6 +92,8 @@ pub struct Transition {
     /// When the task needs the timer next: its `run_at` when it is scheduled, its
     /// lease's expiry when it is running.
     pub due: Option<Millis>,
+    /// A [`Change::Retried`] that replaced the task's payload.
+    pub payload_edited: bool,
 }
 
 impl Transition {
@@ -112,6 +114,7 @@ impl Transition {
             attempt: task.attempts,
             at: now,
             due,
+            payload_edited: false,
         }
     }
 
@@ -134,6 +137,7 @@ impl Transition {
             attempt,
             at: now,
             due: None,
+            payload_edited: false,
         }
     }
 

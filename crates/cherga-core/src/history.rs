@@ -8,8 +8,11 @@
 //! memory carries no entry until its first attempt ends, and a store that
 //! restores a lease restores its attempt with it. The transitions of
 //! [`Task`](crate::Task) keep the history: `ack`, `nack` and `expire` add the
-//! entry of the attempt they end; `retry` of a dead task keeps it. Stores only
-//! keep it and give it back ([`History::from_entries`]).
+//! entry of the attempt they end; `retry` of a dead task keeps it, and a retry
+//! with a new payload marks the entry of the attempt that ended dead with a
+//! [`PayloadEdit`] (who replaced the payload, and when), so the history says
+//! which attempts ran with which payload. Stores only keep it and give it back
+//! ([`History::from_entries`]).
 //!
 //! Invariants, kept by the methods here (the entries are private):
 //! - every entry is finished (not [`AttemptOutcome::Running`]) and has a
@@ -90,6 +93,19 @@ pub struct Attempt {
     /// The error a nack gave, or `lease expired` for an expiry: what the task's
     /// `last_error` became when the attempt ended.
     pub error: Option<String>,
+    /// The payload was replaced after this attempt ended and before the next
+    /// began: a dead task retried with a new payload. Boxed because it is rare,
+    /// and every task in a store's memory carries its history.
+    pub payload_edit: Option<Box<PayloadEdit>>,
+}
+
+/// A payload replaced by hand: when, and by whom.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PayloadEdit {
+    pub at: Millis,
+    /// The subject of the token of the request that replaced it; `None` with
+    /// auth off or a token without a subject.
+    pub by: Option<String>,
 }
 
 impl Attempt {
@@ -101,6 +117,7 @@ impl Attempt {
             finished_at: Some(self.finished_at),
             outcome: self.outcome,
             error: self.error.as_deref(),
+            payload_edit: self.payload_edit.as_deref(),
         }
     }
 }
@@ -116,6 +133,8 @@ pub struct AttemptRef<'a> {
     pub finished_at: Option<Millis>,
     pub outcome: AttemptOutcome,
     pub error: Option<&'a str>,
+    /// Never on the running attempt.
+    pub payload_edit: Option<&'a PayloadEdit>,
 }
 
 /// A task's finished attempts, oldest first, within the bound (see the
@@ -206,6 +225,19 @@ impl History {
         }
         self.entries.push(attempt);
         self.keep_bound();
+    }
+
+    /// Marks the last entry, which must be that of attempt `attempt`, with
+    /// `edit`. Returns `false`, changing nothing, when the last entry is not
+    /// that attempt's (a task stored before histories were kept).
+    pub(crate) fn mark_edited(&mut self, attempt: u32, edit: PayloadEdit) -> bool {
+        match self.entries.last_mut() {
+            Some(last) if last.attempt == attempt => {
+                last.payload_edit = Some(Box::new(edit));
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Drops the oldest entries but the first until the bound holds.

@@ -12,12 +12,12 @@ pub mod retry;
 pub mod task;
 
 pub use change::{Change, Transition};
-pub use history::{Attempt, AttemptOutcome, AttemptRef, History, HistoryError};
+pub use history::{Attempt, AttemptOutcome, AttemptRef, History, HistoryError, PayloadEdit};
 pub use queue::{QueueName, QueueSettings, QueueSettingsPatch};
 pub use retry::Backoff;
 pub use task::{
-    AckOutcome, KeyResolution, Lease, LeaseToken, NewTask, Refusal, Task, TaskId, TaskState, fingerprint,
-    resolve_key,
+    AckOutcome, KeyResolution, Lease, LeaseToken, NewPayload, NewTask, Refusal, Task, TaskId, TaskState,
+    fingerprint, resolve_key,
 };
 
 /// Milliseconds since the Unix epoch. All times in cherga are of this unit.

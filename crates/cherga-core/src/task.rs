@@ -5,7 +5,7 @@
 //! leaves the task exactly as it was.
 
 use crate::Millis;
-use crate::history::{Attempt, AttemptOutcome, AttemptRef, History};
+use crate::history::{Attempt, AttemptOutcome, AttemptRef, History, PayloadEdit};
 use crate::queue::QueueSettings;
 use std::fmt;
 
@@ -187,6 +187,16 @@ pub struct NewTask {
     pub group: Option<String>,
     /// `None` takes the queue's setting.
     pub max_attempts: Option<u32>,
+}
+
+/// A payload that replaces a dead task's as it is retried, and who sent it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewPayload {
+    /// JSON text; the core does not look inside.
+    pub payload: String,
+    /// The subject of the token of the request; `None` with auth off or a
+    /// token without a subject.
+    pub by: Option<String>,
 }
 
 /// A stable 64-bit fingerprint (FNV-1a) of what a producer asked for, used to tell a
@@ -481,13 +491,41 @@ impl Task {
         }
     }
 
-    /// `dead → ready`, with `extra_attempts` more attempts (attempts never go back).
+    /// `dead → ready`, with `extra_attempts` more attempts (attempts never go back),
+    /// and with `new_payload` in place of the payload when given: the entry of
+    /// the attempt that ended dead records the edit (who, when).
     ///
     /// # Errors
     /// [`Refusal::InvalidState`] unless the task is dead.
-    pub fn retry(&mut self, extra_attempts: u32, now: Millis) -> Result<(), Refusal> {
+    pub fn retry(
+        &mut self,
+        extra_attempts: u32,
+        new_payload: Option<NewPayload>,
+        now: Millis,
+    ) -> Result<(), Refusal> {
         if self.state != TaskState::Dead {
             return Err(self.invalid("retry", "dead"));
+        }
+        if let Some(NewPayload { payload, by }) = new_payload {
+            self.payload = payload;
+            let edit = PayloadEdit { at: now, by };
+            if !self.history.mark_edited(self.attempts, edit.clone()) {
+                // A task stored before histories were kept has no entry of the
+                // attempt that ended dead: one is made of what the task knows
+                // (when it started is not known; it is put where it ended), so
+                // that the edit is recorded all the same.
+                let ended = self.finished_at.unwrap_or(self.updated_at);
+                let expired = self.last_error.as_deref() == Some(EXPIRED_ERROR);
+                self.history.push(Attempt {
+                    attempt: self.attempts,
+                    worker: None,
+                    started_at: ended,
+                    finished_at: ended,
+                    outcome: if expired { AttemptOutcome::Expired } else { AttemptOutcome::Failed },
+                    error: self.last_error.clone(),
+                    payload_edit: Some(Box::new(edit)),
+                });
+            }
         }
         self.state = TaskState::Ready;
         self.max_attempts = self.attempts.saturating_add(extra_attempts.max(1));
@@ -511,6 +549,7 @@ impl Task {
                 finished_at: None,
                 outcome: AttemptOutcome::Running,
                 error: None,
+                payload_edit: None,
             });
         let entries = self.history.entries();
         let skip = usize::from(running.is_some() && entries.len() >= History::MAX_ENTRIES);
@@ -528,6 +567,7 @@ impl Task {
             finished_at: at,
             outcome,
             error,
+            payload_edit: None,
         });
     }
 

@@ -319,6 +319,7 @@ mod tests {
             attempt: 1,
             at: 1,
             due: None,
+            payload_edited: false,
         }
     }
 

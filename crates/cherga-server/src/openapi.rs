@@ -67,8 +67,9 @@ struct Shared {
 }
 
 /// Operations whose body may be left out, as (path, is PUT).
-const OPTIONAL_BODIES: [(&str, bool); 5] = [
+const OPTIONAL_BODIES: [(&str, bool); 6] = [
     ("/v1/queues/{queue}/lease", false),
+    ("/v1/tasks/{id}/retry", false),
     ("/v1/queues/{queue}", true),
     ("/v1/queues/{queue}/tasks/retry", false),
     ("/v1/queues/{queue}/tasks/cancel", false),

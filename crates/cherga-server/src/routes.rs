@@ -19,7 +19,8 @@ use cherga_api::render::{self, View};
 use cherga_api::{
     AckRequest, BatchAck, BatchAckRequest, BatchResponse, EnqueueBatchRequest, EnqueueRequest, ErrorCode,
     ExtendRequest, Health, LeaseRequest, LeaseResponse, ListQuery, MAX_BATCH, MAX_ERROR_LEN, MAX_WAIT_MS,
-    NackRequest, PREFER_MINIMAL, QueueList, QueueSettingsBody, QueueView, TaskBrief, TaskList, TaskView,
+    NackRequest, PREFER_MINIMAL, QueueList, QueueSettingsBody, QueueView, RetryRequest, TaskBrief, TaskList,
+    TaskView,
 };
 use cherga_api::{ErrorBody, Timestamp};
 use cherga_auth::Access;
@@ -622,17 +623,29 @@ pub(crate) async fn cancel<S: Store>(
     Ok(task_json(&task))
 }
 
-/// Sends a dead task back to ready. Needs `produce` on the task's queue.
+/// Sends a dead task back to ready, with a new payload when the body gives one
+/// (the edit is recorded in the task's history: who, when). Needs `produce` on
+/// the task's queue.
 #[utoipa::path(post, path = "/v1/tasks/{id}/retry", tag = "tasks", params(TaskIdParam),
+    request_body = RetryRequest,
     responses((status = 200, description = "the task, ready again", body = TaskView),
         (status = 404, description = "no such task", body = ErrorBody),
-        (status = 409, description = "the task is not dead (`invalid_state`)", body = ErrorBody)))]
+        (status = 409, description = "the task is not dead (`invalid_state`); its payload is left as it was", body = ErrorBody)))]
 pub(crate) async fn retry<S: Store>(
     State(app): AppState<S>,
     ProduceTask(task_id): ProduceTask,
+    caller: Caller,
+    JsonBody(request): JsonBody<RetryRequest>,
 ) -> Result<Response, ApiError> {
-    let task =
-        app.change(app.store.retry_dead(task_id, now_ms())).await.map_err(ApiError::from_task_error)?;
+    let by = match &caller {
+        Caller::Anyone => None,
+        Caller::Token(principal) => principal.subject.clone(),
+    };
+    let new_payload = request.into_new_payload(by, &app.limits)?;
+    let task = app
+        .change(app.store.retry_dead(task_id, new_payload, now_ms()))
+        .await
+        .map_err(ApiError::from_task_error)?;
     Ok(task_json(&task))
 }
 

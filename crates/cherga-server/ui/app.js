@@ -122,11 +122,16 @@ function authHeaders(extra) {
 }
 
 /** Calls the API; answers the JSON body, or throws ApiError. */
+/** A request body that is JSON text already, sent as it is. */
+class RawJson {
+  constructor(text) { this.text = text; }
+}
+
 async function api(method, path, body) {
   const init = { method, headers: authHeaders(), cache: 'no-store', credentials: 'omit' };
   if (body !== undefined) {
     init.headers['Content-Type'] = 'application/json';
-    init.body = JSON.stringify(body);
+    init.body = body instanceof RawJson ? body.text : JSON.stringify(body);
   }
   let response;
   try {
@@ -679,7 +684,7 @@ async function taskPage(id) {
     eventsList.append(h('tr', { 'data-event': event.id },
       h('td', { class: 'num mono' }, event.id),
       h('td', null, time(event.time)),
-      h('td', null, d.change),
+      h('td', null, d.change, d.payload_edited ? h('span', { class: 'muted' }, ' (new payload)') : null),
       h('td', null, d.from ? badge(d.from) : '', ' → ', d.to ? badge(d.to) : ''),
       h('td', { class: 'num' }, d.attempt)));
   };
@@ -707,11 +712,13 @@ async function taskPage(id) {
           h('p', { class: 'muted' }, 'The new payload replaces the old one; the edit is recorded in the attempt history.'),
           area,
           h('div', { class: 'toolbar' }, h('button', { class: 'primary', id: 'retry-with-payload', onclick: async () => {
-            let payload;
-            try { payload = JSON.parse(area.value); } catch (e) { flash(`not JSON: ${e.message}`, true); return; }
-            try { task = await api('POST', `/v1/tasks/${q(t.id)}/retry`, { payload }); flash('retried with the new payload'); render(); } catch (e) { flash(e.message, true); }
+            try { JSON.parse(area.value); } catch (e) { flash(`not JSON: ${e.message}`, true); return; }
+            // The text as typed, once checked: parsing and writing it again
+            // would round numbers beyond a double's precision.
+            const request = new RawJson(`{"payload":${area.value}}`);
+            try { task = await api('POST', `/v1/tasks/${q(t.id)}/retry`, request); flash('retried with the new payload'); render(); } catch (e) { flash(e.message, true); }
           } }, 'Retry with this payload'), h('button', { onclick: () => editor.replaceChildren() }, 'Close'))));
-      } }, 'Fix payload and retry…'));
+      } }, 'Edit payload & retry…'));
     }
     const field = (label, ...value) => [h('dt', null, label), h('dd', null, ...value)];
     const history = t.history || [];
@@ -736,10 +743,14 @@ async function taskPage(id) {
           field('lease expires', t.lease_expires_at ? [time(t.lease_expires_at), ' ', h('span', { class: 'muted' }, ago(t.lease_expires_at))] : '—'),
           field('last error', t.last_error ? h('span', { class: 'error-text' }, t.last_error) : '—'))),
         h('div', { class: 'card' }, h('h2', null, 'Attempts'),
-          history.length ? h('ol', { class: 'timeline', id: 'history' }, history.map((a) => h('li', { class: `outcome-${a.outcome}` },
+          history.length ? h('ol', { class: 'timeline', id: 'history' }, history.map((a) => [h('li', { class: `outcome-${a.outcome}` },
             h('strong', null, `#${a.attempt} `), badge(a.outcome), ' ', a.worker ? h('span', null, 'by ', h('code', null, a.worker), ' ') : '',
             h('span', { class: 'muted' }, time(a.started_at), a.finished_at ? ` → ${time(a.finished_at)} (${((new Date(a.finished_at) - new Date(a.started_at)) / 1000).toFixed(2)} s)` : ' → now'),
-            a.error ? h('div', { class: 'error-text' }, a.error) : ''))) : h('p', { class: 'muted' }, 'not leased yet'))),
+            a.error ? h('div', { class: 'error-text' }, a.error) : ''),
+            // After the attempt it followed: the attempts after it ran with the new payload.
+            a.payload_edit ? h('li', { class: 'payload-edit', 'data-edited-after': a.attempt },
+              h('strong', null, 'payload edited'), ' by ', a.payload_edit.by === null ? h('span', { class: 'muted' }, '(no token subject)') : h('code', { class: 'edited-by' }, a.payload_edit.by),
+              ' ', h('span', { class: 'muted' }, time(a.payload_edit.at))) : null])) : h('p', { class: 'muted' }, 'not leased yet'))),
       h('h2', null, 'Payload'), jsonBlock(t.payload, 'payload'),
       h('h2', null, 'Result'), jsonBlock(t.result, 'result'),
       h('h2', null, 'Events'),

@@ -79,7 +79,7 @@ pub async fn act_on_tasks(c: &mut Conn, keys: &Keys, step: &BulkStep, now: Milli
         }
         let was = task.state;
         let change = match step.action {
-            BulkAction::Retry => task.retry(settings.max_attempts, now).ok().map(|()| Change::Retried),
+            BulkAction::Retry => task.retry(settings.max_attempts, None, now).ok().map(|()| Change::Retried),
             BulkAction::Cancel => {
                 matches!(task.cancel(now), Ok(AckOutcome::Applied)).then_some(Change::Cancelled)
             }

@@ -29,7 +29,7 @@ mod pool;
 mod rows;
 mod schema;
 
-use cherga_core::{Millis, NewTask, QueueName, QueueSettingsPatch, Task, TaskId};
+use cherga_core::{Millis, NewPayload, NewTask, QueueName, QueueSettingsPatch, Task, TaskId};
 use cherga_store::limits;
 use cherga_store::stats::StatGauge;
 use cherga_store::{
@@ -561,9 +561,16 @@ impl Store for PgStore {
         Ok(self.announce(changed))
     }
 
-    async fn retry_dead(&self, task_id: TaskId, now: Millis) -> Result<Changed<Task>, StoreError> {
+    async fn retry_dead(
+        &self,
+        task_id: TaskId,
+        new_payload: Option<NewPayload>,
+        now: Millis,
+    ) -> Result<Changed<Task>, StoreError> {
         let inner = &*self.inner;
-        let changed = transact!(inner, conn => ops::retry_dead(&mut conn, &inner.keys, task_id, now))?;
+        let new_payload = new_payload.as_ref();
+        let changed =
+            transact!(inner, conn => ops::retry_dead(&mut conn, &inner.keys, task_id, new_payload, now))?;
         Ok(self.announce(changed))
     }
 

@@ -26,8 +26,8 @@ use crate::events::{EventRow, INSERT_EVENTS};
 use crate::pool::{CommitError, Conn, Params, Step};
 use crate::rows::{self, ChangedRows, INSERT_TASKS, NewRows, UPDATE_TASKS, queue_columns, task_columns};
 use cherga_core::{
-    AckOutcome, Change, LeaseToken, Millis, NewTask, QueueSettings, QueueSettingsPatch, Refusal, Task,
-    TaskId, TaskState, Transition, fingerprint,
+    AckOutcome, Change, LeaseToken, Millis, NewPayload, NewTask, QueueSettings, QueueSettingsPatch, Refusal,
+    Task, TaskId, TaskState, Transition, fingerprint,
 };
 use cherga_store::limits;
 use cherga_store::{
@@ -695,36 +695,49 @@ pub async fn cancel(c: &mut Conn, keys: &Keys, task_id: TaskId, now: Millis) -> 
     settle_one(c, keys, task, outcome, (Change::Cancelled, was), now).await
 }
 
-/// Sends a dead task back to ready. In a group it is older than the group's
-/// current head (or the group has none), so it becomes the head.
-pub async fn retry_dead(c: &mut Conn, keys: &Keys, task_id: TaskId, now: Millis) -> Tx<Changed<Task>> {
+/// Sends a dead task back to ready, with `new_payload` in place of its payload
+/// when given (written in the same commit; the rows of other changes leave the
+/// payload alone). In a group it is older than the group's current head (or
+/// the group has none), so it becomes the head.
+pub async fn retry_dead(
+    c: &mut Conn,
+    keys: &Keys,
+    task_id: TaskId,
+    new_payload: Option<&NewPayload>,
+    now: Millis,
+) -> Tx<Changed<Task>> {
     c.begin();
     let (mut task, settings) = load_for_update(c, keys, task_id, true).await?;
-    task.retry(settings.max_attempts, now)?;
-    let transition = Transition::of(&task, Change::Retried, Some(TaskState::Dead), now);
+    let edited = new_payload.is_some();
+    task.retry(settings.max_attempts, new_payload.cloned(), now)?;
+    let transition = Transition {
+        payload_edited: edited,
+        ..Transition::of(&task, Change::Retried, Some(TaskState::Dead), now)
+    };
     let effects = Effects { transitions: vec![transition], ..Effects::none() };
     let events = EventRow::of(&effects.transitions, keys.log_events)?;
-    let Some(group) = task.group.clone() else {
-        save_and_commit(c, &[&task], &BTreeSet::new(), events.as_ref()).await?;
-        return Ok(Changed::new(task, effects));
-    };
     let mut changed = ChangedRows::default();
     changed.push(&task);
     let save = changed.params();
     let seq = task.id.seq() as i64;
+    let payload: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&seq, &task.payload];
+    let mut steps: Vec<Step<'_>> = vec![(UPDATE_TASKS, &save)];
+    if edited {
+        steps.push(("UPDATE tasks SET payload = $2 WHERE seq = $1", &payload));
+    }
+    let group = task.group.clone().unwrap_or_default();
     let (queues, groups) = ([task.queue.as_str()], [group.as_str()]);
     let (queues, groups) = (queues.as_slice(), groups.as_slice());
     let unhead: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&task.queue, &group, &seq];
     let refresh: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&queues, &groups];
-    let mut steps: Vec<Step<'_>> = vec![
-        (UPDATE_TASKS, &save),
-        (
+    if task.group.is_some() {
+        steps.push((
             "UPDATE tasks SET head = false \
              WHERE queue = $1 AND grp = $2 AND grp IS NOT NULL AND state IN (0, 1, 2) AND head AND seq > $3",
             &unhead,
-        ),
-        (REFRESH_HEADS, &refresh),
-    ];
+        ));
+        steps.push((REFRESH_HEADS, &refresh));
+    }
     let event_params = events.as_ref().map(EventRow::params);
     steps.extend(event_params.as_ref().map(|p| (INSERT_EVENTS, &p[..])));
     c.commit_with(&steps).await?;
@@ -937,6 +950,7 @@ pub async fn promote(c: &mut Conn, keys: &Keys, now: Millis) -> Tx<Vec<Transitio
                 attempt: rows::attempts_at(row, 3)?,
                 at: now,
                 due: None,
+                payload_edited: false,
             })
         })
         .collect::<Tx<Vec<_>>>()?;

@@ -10,7 +10,8 @@
 //! the lease's columns (`worker`, `leased_at`).
 
 use cherga_core::{
-    Attempt, AttemptOutcome, Backoff, History, Lease, LeaseToken, QueueSettings, Task, TaskId, TaskState,
+    Attempt, AttemptOutcome, Backoff, History, Lease, LeaseToken, PayloadEdit, QueueSettings, Task, TaskId,
+    TaskState,
 };
 use cherga_store::StoreError;
 use tokio_postgres::Row;
@@ -116,14 +117,21 @@ pub fn history_json(task: &Task) -> String {
         .entries()
         .iter()
         .map(|e| {
-            serde_json::json!({
+            let mut entry = serde_json::json!({
                 "attempt": e.attempt,
                 "worker": storable(e.worker.as_deref()),
                 "started_at": e.started_at,
                 "finished_at": e.finished_at,
                 "outcome": e.outcome.as_str(),
                 "error": storable(e.error.as_deref()),
-            })
+            });
+            // Only on edited entries, so that entries stored before edits
+            // existed read the same as unedited ones.
+            if let Some(edit) = &e.payload_edit {
+                entry["payload_edit"] =
+                    serde_json::json!({ "at": edit.at, "by": storable(edit.by.as_deref()) });
+            }
+            entry
         })
         .collect();
     serde_json::Value::Array(entries).to_string()
@@ -148,6 +156,19 @@ pub fn history_from_json(text: &str) -> Result<History, StoreError> {
             }
         };
         let outcome = item.get("outcome").and_then(serde_json::Value::as_str);
+        let payload_edit = match item.get("payload_edit") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(edit) => {
+                let at =
+                    edit.get("at").and_then(serde_json::Value::as_i64).ok_or_else(|| bad("payload_edit"))?;
+                let by = match edit.get("by") {
+                    None | Some(serde_json::Value::Null) => None,
+                    Some(serde_json::Value::String(s)) => Some(s.clone()),
+                    Some(_) => return Err(bad("payload_edit")),
+                };
+                Some(Box::new(PayloadEdit { at, by }))
+            }
+        };
         entries.push(Attempt {
             attempt: int("attempt").and_then(|a| u32::try_from(a).ok()).ok_or_else(|| bad("attempt"))?,
             worker: text("worker")?,
@@ -155,6 +176,7 @@ pub fn history_from_json(text: &str) -> Result<History, StoreError> {
             finished_at: int("finished_at").ok_or_else(|| bad("finished_at"))?,
             outcome: outcome.and_then(AttemptOutcome::parse).ok_or_else(|| bad("outcome"))?,
             error: text("error")?,
+            payload_edit,
         });
     }
     History::from_entries(entries).map_err(|e| corrupt("task history", e))

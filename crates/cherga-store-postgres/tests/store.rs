@@ -756,6 +756,7 @@ async fn an_event_committed_late_is_read_before_later_ones() {
         attempt: 0,
         at: T0,
         due: None,
+        payload_edited: false,
     };
     batch.push(&early);
     let record = batch.take();

@@ -88,7 +88,7 @@ impl Engine {
             }
             let was = task.state;
             let change = match step.action {
-                BulkAction::Retry => task.retry(settings.max_attempts, now).map(|()| Change::Retried),
+                BulkAction::Retry => task.retry(settings.max_attempts, None, now).map(|()| Change::Retried),
                 BulkAction::Cancel => match task.cancel(now) {
                     Ok(AckOutcome::Applied) => Ok(Change::Cancelled),
                     Ok(AckOutcome::Replayed) => {

@@ -22,8 +22,8 @@ mod bulk;
 use crate::rows::{self, Db, RowWriter, task_columns};
 use crate::seqs;
 use cherga_core::{
-    AckOutcome, Change, LeaseToken, Millis, NewTask, QueueName, QueueSettings, QueueSettingsPatch, Refusal,
-    Task, TaskId, TaskState, fingerprint,
+    AckOutcome, Change, LeaseToken, Millis, NewPayload, NewTask, QueueName, QueueSettings,
+    QueueSettingsPatch, Refusal, Task, TaskId, TaskState, Transition, fingerprint,
 };
 use cherga_store::limits::TICK_LIMIT;
 use cherga_store::{
@@ -253,10 +253,24 @@ impl Engine {
         self.settle_change(id, Change::Cancelled, now, |task, _| task.cancel(now))
     }
 
-    pub fn retry_dead(&mut self, id: TaskId, now: Millis) -> Result<Task, StoreError> {
-        self.settle_change(id, Change::Retried, now, |task, settings| {
-            task.retry(settings.max_attempts, now).map(|()| AckOutcome::Applied)
-        })
+    pub fn retry_dead(
+        &mut self,
+        id: TaskId,
+        new_payload: Option<NewPayload>,
+        now: Millis,
+    ) -> Result<Task, StoreError> {
+        let (mut task, origin) = self.mem.take(&self.conn, id)?;
+        let settings = self.settings_of(&task.queue);
+        let payload_edited = new_payload.is_some();
+        if let Err(refusal) = task.retry(settings.max_attempts, new_payload, now) {
+            self.mem.restore(task, origin);
+            return Err(refusal.into());
+        }
+        self.mem.settle(&mut RowWriter::new(&self.conn), &task, origin)?;
+        self.mem.index.upsert_task(Some(TaskState::Dead), &task);
+        let transition = Transition::of(&task, Change::Retried, Some(TaskState::Dead), now);
+        self.mem.record(Transition { payload_edited, ..transition });
+        Ok(task)
     }
 
     /// Lists the queue's tasks in enqueue order: its dirty tasks (in memory; their

@@ -28,11 +28,16 @@
 //! the task still holds (the attempt an ack or nack just ended) names its
 //! attempt, worker and start by a flag instead of repeating the lease's: an
 //! acked task of one attempt costs 13 bytes of history, besides the lease's
-//! start. Rows of format 1, written before tasks had a history, are still read:
+//! start. An entry marked by a payload edit (a dead task retried with a new
+//! payload) carries the edit's time and subject after its error; entries
+//! without the flag, all those written before edits existed, read as unedited.
+//! Rows of format 1, written before tasks had a history, are still read:
 //! their tasks have no history of the attempts made before, and a lease of
 //! theirs started, as far as this build knows, at the task's `updated_at`.
 
-use cherga_core::{Attempt, AttemptOutcome, History, Lease, LeaseToken, Millis, Task, TaskId, TaskState};
+use cherga_core::{
+    Attempt, AttemptOutcome, History, Lease, LeaseToken, Millis, PayloadEdit, Task, TaskId, TaskState,
+};
 
 /// The first byte of every journal row and task body this build writes. A
 /// byte other than it and [`FORMAT_1`] is a format this build does not know.
@@ -49,6 +54,8 @@ const ENTRY_OUTCOME: u8 = 0b11;
 const ENTRY_OF_LEASE: u8 = 1 << 2;
 const ENTRY_WORKER: u8 = 1 << 3;
 const ENTRY_ERROR: u8 = 1 << 4;
+/// The payload was edited after the attempt: its time and subject follow.
+const ENTRY_EDITED: u8 = 1 << 5;
 
 const CREATED: u8 = 1;
 const LEASED: u8 = 2;
@@ -197,6 +204,9 @@ fn put_history(b: &mut Vec<u8>, task: &Task) {
         if entry.error.is_some() {
             flags |= ENTRY_ERROR;
         }
+        if entry.payload_edit.is_some() {
+            flags |= ENTRY_EDITED;
+        }
         b.push(flags);
         if !of_lease {
             b.extend_from_slice(&entry.attempt.to_le_bytes());
@@ -208,6 +218,10 @@ fn put_history(b: &mut Vec<u8>, task: &Task) {
         b.extend_from_slice(&entry.finished_at.to_le_bytes());
         if let Some(error) = &entry.error {
             put_str(b, error);
+        }
+        if let Some(edit) = &entry.payload_edit {
+            b.extend_from_slice(&edit.at.to_le_bytes());
+            put_opt_str(b, edit.by.as_deref());
         }
     }
 }
@@ -377,7 +391,7 @@ impl<'a> Reader<'a> {
         let mut entries = Vec::with_capacity(count.min(History::MAX_ENTRIES));
         for _ in 0..count {
             let flags = self.u8()?;
-            if flags & !(ENTRY_OUTCOME | ENTRY_OF_LEASE | ENTRY_WORKER | ENTRY_ERROR) != 0 {
+            if flags & !(ENTRY_OUTCOME | ENTRY_OF_LEASE | ENTRY_WORKER | ENTRY_ERROR | ENTRY_EDITED) != 0 {
                 return Err(format!("history entry flags {flags:#04x} at byte {}", self.at - 1));
             }
             let outcome =
@@ -393,7 +407,13 @@ impl<'a> Reader<'a> {
             };
             let finished_at = self.i64()?;
             let error = if flags & ENTRY_ERROR != 0 { Some(self.string()?) } else { None };
-            entries.push(Attempt { attempt, worker, started_at, finished_at, outcome, error });
+            let payload_edit = if flags & ENTRY_EDITED != 0 {
+                let at = self.i64()?;
+                Some(Box::new(PayloadEdit { at, by: self.opt_string()? }))
+            } else {
+                None
+            };
+            entries.push(Attempt { attempt, worker, started_at, finished_at, outcome, error, payload_edit });
         }
         History::from_entries(entries).map_err(|e| e.to_string())
     }

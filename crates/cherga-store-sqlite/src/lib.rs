@@ -36,7 +36,7 @@ mod stats;
 mod sync;
 
 pub use backup::{backup, restore};
-use cherga_core::{Millis, NewTask, QueueName, QueueSettingsPatch, Task, TaskId};
+use cherga_core::{Millis, NewPayload, NewTask, QueueName, QueueSettingsPatch, Task, TaskId};
 use cherga_store::events::{self, Event};
 use cherga_store::stats::StatGauge;
 use cherga_store::{
@@ -327,8 +327,13 @@ impl Store for SqliteStore {
         self.change(move |e| e.cancel(task_id, now)).await
     }
 
-    async fn retry_dead(&self, task_id: TaskId, now: Millis) -> Result<Changed<Task>, StoreError> {
-        self.change(move |e| e.retry_dead(task_id, now)).await
+    async fn retry_dead(
+        &self,
+        task_id: TaskId,
+        new_payload: Option<NewPayload>,
+        now: Millis,
+    ) -> Result<Changed<Task>, StoreError> {
+        self.change(move |e| e.retry_dead(task_id, new_payload, now)).await
     }
 
     async fn act_on_tasks(&self, step: BulkStep, now: Millis) -> Result<Changed<BulkPage>, StoreError> {

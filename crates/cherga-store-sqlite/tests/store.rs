@@ -927,7 +927,7 @@ mod random_operations {
                     let Some(before) = self.pick_task(pick, false).await else { return };
                     let result = self
                         .store()
-                        .retry_dead(before.id, self.now)
+                        .retry_dead(before.id, None, self.now)
                         .await
                         .map(cherga_store::Changed::into_value);
                     let after = self.get(before.id).await;

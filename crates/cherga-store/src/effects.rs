@@ -110,6 +110,7 @@ mod tests {
             attempt: 1,
             at: 1,
             due,
+            payload_edited: false,
         }
     }
 

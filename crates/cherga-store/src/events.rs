@@ -11,7 +11,8 @@
 //! The record format, version 1: the version byte; the strings the events name
 //! (queues and kinds), as a count and then length-prefixed UTF-8, so that a
 //! batch of a thousand events of one queue names the queue once; the number of
-//! events; then per event its change, from-state and to-state (a byte each, 255
+//! events; then per event its change (its code, with [`PAYLOAD_EDITED`] added
+//! for a retry that replaced the payload), from-state and to-state (a byte each, 255
 //! for none), its attempt, its task id (16 bytes), its time as an offset from
 //! the batch's first event, and the indexes of its queue and kind. Numbers are
 //! LEB128 varints (offsets zig-zag encoded). About 25 bytes an event.
@@ -48,6 +49,9 @@ pub struct EventPage {
 const FORMAT: u8 = 1;
 /// Encodes "no state" (a task created, or purged).
 const NO_STATE: u8 = 255;
+/// Added to the change's code of a retry that replaced the task's payload.
+/// Records written before it existed never set it.
+const PAYLOAD_EDITED: u8 = 0x80;
 
 /// The events of one transaction, encoded as they are added.
 #[derive(Debug, Default)]
@@ -80,7 +84,7 @@ impl EventBatch {
         let queue = self.string(&transition.queue);
         let kind = self.string(&transition.kind);
         let body = &mut self.body;
-        body.push(transition.change.code());
+        body.push(transition.change.code() | if transition.payload_edited { PAYLOAD_EDITED } else { 0 });
         body.push(transition.from.map_or(NO_STATE, TaskState::code));
         body.push(transition.to.map_or(NO_STATE, TaskState::code));
         put_varint(body, u64::from(transition.attempt));
@@ -153,7 +157,8 @@ pub fn decode(record: &[u8], first_at: Millis) -> Result<Vec<Transition>, String
         strings.get(index as usize).map(|s| (*s).to_owned()).ok_or("event string index out of range")
     };
     for _ in 0..count {
-        let change = Change::from_code(r.byte()?).ok_or("unknown event change")?;
+        let code = r.byte()?;
+        let change = Change::from_code(code & !PAYLOAD_EDITED).ok_or("unknown event change")?;
         let state = |code: u8| match code {
             NO_STATE => Ok(None),
             code => TaskState::from_code(code).map(Some).ok_or("unknown event state"),
@@ -175,6 +180,7 @@ pub fn decode(record: &[u8], first_at: Millis) -> Result<Vec<Transition>, String
             attempt,
             at,
             due: None,
+            payload_edited: code & PAYLOAD_EDITED != 0,
         });
     }
     if r.at != record.len() {
@@ -253,6 +259,7 @@ mod tests {
             attempt: n as u32 * 1000,
             at,
             due: None,
+            payload_edited: false,
         }
     }
 
@@ -271,6 +278,18 @@ mod tests {
                 1_700_000_000_400,
             ),
             transition(3, "emails", "charge", Change::Purged, Some(Dead), None, 1_700_000_999_999),
+            Transition {
+                payload_edited: true,
+                ..transition(
+                    4,
+                    "emails",
+                    "charge",
+                    Change::Retried,
+                    Some(Dead),
+                    Some(Ready),
+                    1_700_000_999_999,
+                )
+            },
             transition(
                 u64::from(u32::MAX) / 1000,
                 "é",
@@ -285,12 +304,12 @@ mod tests {
         for t in &written {
             batch.push(t);
         }
-        assert_eq!((batch.len(), batch.first_at()), (4, 1_700_000_000_500));
+        assert_eq!((batch.len(), batch.first_at()), (5, 1_700_000_000_500));
         let record = batch.take();
         assert!(batch.is_empty(), "take empties the batch");
         assert_eq!(decode(&record, 1_700_000_000_500).expect("decodes"), written);
-        // Four events of two queues and three kinds: the strings are written once.
-        assert!(record.len() < 4 * 30 + 40, "{} bytes", record.len());
+        // Five events of two queues and three kinds: the strings are written once.
+        assert!(record.len() < 5 * 30 + 40, "{} bytes", record.len());
     }
 
     #[test]

@@ -10,8 +10,8 @@
 //! **Boundary:** no HTTP and no SQL types cross this trait.
 
 use cherga_core::{
-    KeyResolution, Millis, NewTask, QueueName, QueueSettings, QueueSettingsPatch, Refusal, Task, TaskId,
-    TaskState,
+    KeyResolution, Millis, NewPayload, NewTask, QueueName, QueueSettings, QueueSettingsPatch, Refusal, Task,
+    TaskId, TaskState,
 };
 use std::future::Future;
 
@@ -266,13 +266,17 @@ pub trait Store: Send + Sync + 'static {
         now: Millis,
     ) -> impl Future<Output = Result<Changed<Task>, StoreError>> + Send;
 
-    /// Sends a dead task back to ready with the queue's `max_attempts` more attempts.
+    /// Sends a dead task back to ready with the queue's `max_attempts` more
+    /// attempts and, when `new_payload` is given, with that payload in place of
+    /// its own, in the same commit ([`Task::retry`] records the edit in the
+    /// task's history). A refusal changes neither.
     ///
     /// # Errors
     /// [`StoreError::NotFound`], [`StoreError::Refused`].
     fn retry_dead(
         &self,
         task_id: TaskId,
+        new_payload: Option<NewPayload>,
         now: Millis,
     ) -> impl Future<Output = Result<Changed<Task>, StoreError>> + Send;
 

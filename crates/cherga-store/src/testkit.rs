@@ -37,8 +37,8 @@ use crate::{
     Revocation, Store, StoreError, TaskFilter, TickReport,
 };
 use cherga_core::{
-    AttemptOutcome, Backoff, Change, History, Millis, NewTask, QueueName, QueueSettings, QueueSettingsPatch,
-    Refusal, Task, TaskId, TaskState,
+    AttemptOutcome, Backoff, Change, History, Millis, NewPayload, NewTask, QueueName, QueueSettings,
+    QueueSettingsPatch, Refusal, Task, TaskId, TaskState,
 };
 use std::fmt::Debug;
 use std::future::Future;
@@ -120,6 +120,7 @@ macro_rules! conformance_tests {
             history_ends_an_expired_attempt_when_its_lease_ran_out,
             history_survives_a_reopen_and_a_crash,
             history_keeps_the_first_attempt_and_the_latest,
+            retry_dead_with_a_new_payload_records_the_edit,
             close_refuses_later_calls,
             revocations_are_listed_until_they_expire,
             revocations_survive_a_reopen,
@@ -982,7 +983,7 @@ pub async fn nack_dead_then_retry_dead<H: Harness>(mut harness: H) {
     assert!(claim(&store, "dlq", 1, T0 + 100_000).await.is_empty(), "a dead task is never leased");
 
     let retried = store
-        .retry_dead(leased.id, T0 + 100_001)
+        .retry_dead(leased.id, None, T0 + 100_001)
         .await
         .map(Changed::into_value)
         .expect("retry_dead of a dead task");
@@ -1003,12 +1004,12 @@ pub async fn nack_dead_then_retry_dead<H: Harness>(mut harness: H) {
         "ack with the dead lease",
     );
     assert_invalid_state(
-        store.retry_dead(leased.id, T0 + 100_003).await.map(Changed::into_value),
+        store.retry_dead(leased.id, None, T0 + 100_003).await.map(Changed::into_value),
         TaskState::Running,
         "retry_dead of a running task",
     );
     assert_not_found(
-        store.retry_dead(unknown_id(), T0).await.map(Changed::into_value),
+        store.retry_dead(unknown_id(), None, T0).await.map(Changed::into_value),
         "retry_dead of an unknown id",
     );
     ack_ok(&store, &again, None, T0 + 100_004).await;
@@ -1235,7 +1236,7 @@ pub async fn group_runs_one_task_at_a_time_in_enqueue_order<H: Harness>(mut harn
     let k1 = claim_one(&store, "orders", "k1", T0 + 2_001).await;
     nack_ok(&store, &k1, None, true, T0 + 2_002).await;
     let k2 = claim_one(&store, "orders", "k2", T0 + 2_003).await;
-    store.retry_dead(k1.id, T0 + 2_004).await.map(Changed::into_value).expect("retry_dead k1");
+    store.retry_dead(k1.id, None, T0 + 2_004).await.map(Changed::into_value).expect("retry_dead k1");
     assert!(
         claim(&store, "orders", 10, T0 + 2_005).await.is_empty(),
         "k1 must wait while k2 of its group runs"
@@ -1823,7 +1824,7 @@ pub async fn retention_holds_across_a_reopen_and_a_retry<H: Harness>(mut harness
     let retried = nack_ok(&store, &leased[0], None, true, T0 + 10).await;
     let plain = ack_ok(&store, &leased[1], None, T0 + 20).await;
     let keyed_done = ack_ok(&store, &leased[2], None, T0 + 30).await;
-    store.retry_dead(retried.id, T0 + 5_000).await.map(Changed::into_value).expect("retry_dead");
+    store.retry_dead(retried.id, None, T0 + 5_000).await.map(Changed::into_value).expect("retry_dead");
     let again = claim_one(&store, "ret", "retried", T0 + 5_000).await;
     let retried = ack_ok(&store, &again, None, T0 + 8_000).await;
 
@@ -1986,13 +1987,17 @@ pub async fn reopen_honours_leases_and_rebuilds_index<H: Harness>(mut harness: H
 // ---------------------------------------------------------------------------
 
 /// A task's history, one line per entry: `attempt worker +started..+finished
-/// outcome error`, times from `T0`.
+/// outcome error`, times from `T0`, and `; payload edited by who at +time` after
+/// an attempt whose payload was edited.
 fn history_lines(task: &Task) -> Vec<String> {
     task.attempt_history()
         .map(|e| {
             let finished = e.finished_at.map_or(String::new(), |at| format!("{:+}", at - T0));
+            let edit = e.payload_edit.map_or(String::new(), |edit| {
+                format!("; payload edited by {} at {:+}", edit.by.as_deref().unwrap_or("-"), edit.at - T0)
+            });
             format!(
-                "{} {} {:+}..{finished} {} {}",
+                "{} {} {:+}..{finished} {} {}{edit}",
                 e.attempt,
                 e.worker.unwrap_or("-"),
                 e.started_at - T0,
@@ -2063,7 +2068,8 @@ pub async fn history_records_nacks_and_is_kept_by_a_retry<H: Harness>(mut harnes
     assert_eq!(dead.state, TaskState::Dead);
     let both = ["1 worker-1 +1..+2 failed boom", "2 worker-1 +102..+103 failed boom"];
     assert_history(&dead, &both, "after a nack to dead");
-    let retried = store.retry_dead(dead.id, T0 + 200).await.map(Changed::into_value).expect("retry_dead");
+    let retried =
+        store.retry_dead(dead.id, None, T0 + 200).await.map(Changed::into_value).expect("retry_dead");
     assert_history(&retried, &both, "after a retry");
     let third = claim_one(&store, "h", "a", T0 + 201).await;
     let acked = ack_ok(&store, &third, None, T0 + 202).await;
@@ -2157,6 +2163,74 @@ pub async fn history_survives_a_reopen_and_a_crash<H: Harness>(mut harness: H) {
     );
     let acked = ack_ok(&store, &running, None, T0 + 300).await;
     assert_history(&acked, &["1 worker-1 +5..+300 succeeded -"], "a lease from before the crash, acked");
+    store.close().await;
+}
+
+/// A retry with a new payload replaces the payload in the commit of the retry
+/// (a grouped task's too) and marks the attempt that ended dead with who edited
+/// it and when; the next lease carries the new payload. A refused retry leaves
+/// the payload alone. Both last across a reopen and a crash.
+pub async fn retry_dead_with_a_new_payload_records_the_edit<H: Harness>(mut harness: H) {
+    let store = harness.open().await;
+    create(&store, "fix", NewTask { payload: r#"{"v":1}"#.into(), ..task("a") }, T0).await;
+    create(&store, "fix", NewTask { payload: r#"{"v":"b"}"#.into(), ..grouped("b", "g", 0) }, T0).await;
+    let a = claim_one(&store, "fix", "a", T0 + 1).await;
+    let b = claim_one(&store, "fix", "b", T0 + 2).await;
+    nack_ok(&store, &a, None, true, T0 + 3).await;
+    nack_ok(&store, &b, None, true, T0 + 4).await;
+    let edit = |payload: &str, by: Option<&str>| {
+        Some(NewPayload { payload: payload.to_owned(), by: by.map(str::to_owned) })
+    };
+
+    let retried = store.retry_dead(a.id, edit(r#"{"v":2}"#, Some("alice")), T0 + 10).await.expect("retry a");
+    assert_eq!(
+        moves(&retried.effects),
+        [mv("a", Change::Retried, Some(TaskState::Dead), Some(TaskState::Ready))]
+    );
+    assert!(retried.effects.transitions[0].payload_edited, "the retry says it edited: {retried:?}");
+    let retried = retried.into_value();
+    assert_eq!((retried.state, retried.payload.as_str()), (TaskState::Ready, r#"{"v":2}"#));
+    let edited_a = ["1 worker-1 +1..+3 failed boom; payload edited by alice at +10"];
+    assert_history(&retried, &edited_a, "after a retry with a new payload");
+    assert_eq!(get(&store, a.id).await, retried);
+    let retried_b = store.retry_dead(b.id, edit("[null]", None), T0 + 11).await.map(Changed::into_value);
+    let retried_b = retried_b.expect("retry b");
+    assert_eq!(retried_b.payload, "[null]");
+    assert_history(&retried_b, &["1 worker-1 +2..+4 failed boom; payload edited by - at +11"], "b");
+
+    let log = read_log(&store, 0, 1_000).await;
+    let retries: Vec<(String, bool)> = log
+        .events
+        .iter()
+        .filter(|e| e.transition.change == Change::Retried)
+        .map(|e| (e.transition.kind.clone(), e.transition.payload_edited))
+        .collect();
+    assert_eq!(retries, [("a".to_owned(), true), ("b".to_owned(), true)], "the event log: {log:?}");
+
+    let again = claim_one(&store, "fix", "a", T0 + 20).await;
+    assert_eq!((again.payload.as_str(), again.attempts), (r#"{"v":2}"#, 2), "the lease has the new payload");
+    assert_invalid_state(
+        store.retry_dead(a.id, edit(r#"{"v":3}"#, Some("mallory")), T0 + 21).await.map(Changed::into_value),
+        TaskState::Running,
+        "retry with a payload of a running task",
+    );
+    let running = get(&store, a.id).await;
+    assert_eq!(running.payload, r#"{"v":2}"#, "a refused retry leaves the payload");
+    assert_history(&running, &[edited_a[0], "2 worker-1 +20.. running -"], "after the refused retry");
+
+    let store = reopen(&mut harness, store).await;
+    assert_eq!(get(&store, a.id).await, running, "across a reopen");
+    assert_eq!(get(&store, b.id).await, retried_b, "across a reopen");
+    let again_b = claim_one(&store, "fix", "b", T0 + 30).await;
+    assert_eq!(again_b.payload, "[null]");
+    let store = harness.crash(store).await;
+    assert_eq!(get(&store, a.id).await, running, "across a crash");
+    let acked = ack_ok(&store, &again_b, None, T0 + 40).await;
+    assert_history(
+        &acked,
+        &["1 worker-1 +2..+4 failed boom; payload edited by - at +11", "2 worker-1 +30..+40 succeeded -"],
+        "the edited attempt stays as the next ends",
+    );
     store.close().await;
 }
 
@@ -2380,7 +2454,7 @@ pub async fn every_change_reports_its_transitions<H: Harness>(mut harness: H) {
     assert_eq!(expired.effects.transitions[0].attempt, b.attempts);
 
     // A retry by hand, a cancel; cancelling again adds nothing.
-    let retried = store.retry_dead(b.id, T0 + 8_000).await.expect("retry");
+    let retried = store.retry_dead(b.id, None, T0 + 8_000).await.expect("retry");
     assert_eq!(moves(&retried.effects), [mv("b", Change::Retried, Some(Dead), Some(Ready))]);
     let cancelled = store.cancel(b.id, T0 + 8_001).await.expect("cancel");
     assert_eq!(moves(&cancelled.effects), [mv("b", Change::Cancelled, Some(Ready), Some(Cancelled))]);

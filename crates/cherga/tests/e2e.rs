@@ -64,6 +64,7 @@ on_both_stores!(
     a_key_reused_for_a_different_request_is_refused,
     an_expired_lease_cannot_ack_and_the_task_goes_to_the_next_worker,
     nack_extend_cancel_retry_and_delay,
+    a_dead_tasks_payload_is_replaced_by_its_retry,
     group_order_and_concurrency_limit_hold_with_racing_workers,
     bad_input_gets_4xx_and_changes_nothing,
     list_pages_with_a_cursor_and_filters_by_state,
@@ -300,6 +301,77 @@ async fn nack_extend_cancel_retry_and_delay(backend: Backend) {
     assert_eq!(later["state"], "scheduled");
     let (_, l) = server.post("/v1/queues/q/lease", json!({"wait_ms": 10000})).await;
     assert_eq!(id(&l["tasks"][0]), id(&later), "the delayed task arrives when due: {l}");
+}
+
+/// A dead task retried with a new payload: the next lease gets the new payload
+/// and the history names the edit (who: nobody with auth off; when). A retry
+/// with a payload refused (not dead, too large, not JSON) leaves the task as
+/// it was.
+async fn a_dead_tasks_payload_is_replaced_by_its_retry(backend: Backend) {
+    let server = Server::start_with(&backend, &["--max-payload-bytes", "1024"]).await;
+    server.put("/v1/queues/fix", json!({"max_attempts": 1})).await;
+    let (_, t) = server.post("/v1/queues/fix/tasks", json!({"kind": "k", "payload": {"v": 1}})).await;
+    let task_path = format!("/v1/tasks/{}", id(&t));
+    let retry_path = format!("{task_path}/retry");
+    let (_, l) = server.post("/v1/queues/fix/lease", json!({"worker": "w-1"})).await;
+    let (_, dead) = server
+        .post(&format!("{task_path}/nack"), json!({"lease": token(&l["tasks"][0]), "error": "bad v"}))
+        .await;
+    assert_eq!(dead["state"], "dead", "{dead}");
+
+    // Refused: too large, not JSON, an unknown field, nested too deep, not JSON's
+    // content type. The task stays dead with its payload.
+    let large = format!(r#"{{"payload":"{}"}}"#, "x".repeat(2000));
+    let deep = format!(r#"{{"payload":{}{}}}"#, "[".repeat(200), "]".repeat(200));
+    for (body, want_status, want_code) in [
+        (large.as_str(), 413, "payload_too_large"),
+        (r#"{"payload": }"#, 400, "invalid_json"),
+        (r#"{"payload": {"v": 2}, "kind": "other"}"#, 400, "invalid_json"),
+        (deep.as_str(), 400, "invalid_json"),
+    ] {
+        let (status, body_back) = server.post_raw(&retry_path, body).await;
+        assert_eq!(
+            (status, body_back["error"]["code"].as_str()),
+            (want_status, Some(want_code)),
+            "{}: {body_back}",
+            &body[..body.len().min(60)]
+        );
+    }
+    let response = http()
+        .post(server.url(&retry_path))
+        .header("content-type", "text/plain")
+        .body(r#"{"payload": {"v": 2}}"#)
+        .send()
+        .await
+        .expect("retry as text/plain");
+    assert_eq!(response.status().as_u16(), 415, "a body not sent as JSON");
+    let (_, still) = server.get(&task_path).await;
+    assert_eq!((still["state"].as_str(), &still["payload"]), (Some("dead"), &json!({"v": 1})), "{still}");
+    assert_eq!(still["history"][0].get("payload_edit"), None, "no edit recorded: {still}");
+
+    let (status, retried) = server.post(&retry_path, json!({"payload": {"v": 2, "fixed": [true]}})).await;
+    assert_eq!((status, retried["state"].as_str()), (200, Some("ready")), "{retried}");
+    assert_eq!(retried["payload"], json!({"v": 2, "fixed": [true]}));
+    let edit = &retried["history"][0]["payload_edit"];
+    assert_eq!(edit["by"], Value::Null, "auth is off: no subject: {retried}");
+    assert_eq!(edit["at"], retried["updated_at"], "edited as it was retried: {retried}");
+    let (_, got) = server.get(&task_path).await;
+    assert_eq!(got["history"], retried["history"], "the edit is stored");
+    assert_eq!(got["history"][0]["error"], "bad v");
+
+    let (_, l) = server.post("/v1/queues/fix/lease", json!({"worker": "w-2"})).await;
+    assert_eq!(
+        l["tasks"][0]["payload"],
+        json!({"v": 2, "fixed": [true]}),
+        "the lease has the new payload: {l}"
+    );
+    let (status, refused) = server.post(&retry_path, json!({"payload": {"v": 3}})).await;
+    assert_eq!((status, refused["error"]["code"].as_str()), (409, Some("invalid_state")), "{refused}");
+    let (_, running) = server.get(&task_path).await;
+    assert_eq!(running["payload"], json!({"v": 2, "fixed": [true]}), "a refused retry leaves the payload");
+    assert_eq!(running["history"][0]["payload_edit"], *edit);
+    assert_eq!(running["history"][1]["outcome"], "running");
+    assert_eq!(running["history"][1].get("payload_edit"), None);
 }
 
 async fn group_order_and_concurrency_limit_hold_with_racing_workers(backend: Backend) {

@@ -442,6 +442,35 @@ async fn per_task_scope_checks_survive_a_restart() {
     assert!(status == 404 || status == 400, "unknown task: {status} {body}");
 }
 
+/// A dead task's payload edited with its retry names the subject of the
+/// token that edited it; a token without `produce` on the queue edits nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_edit_names_the_tokens_subject() {
+    let s = Secured::start(&[]).await;
+    let producer = mint(&s.key, &["produce:jobs"], |t| t.subject = "ops@example.com".into());
+    let consumer = s.token(&["consume:jobs"]);
+    s.call(Some(&producer), "PUT", "/v1/queues/jobs", json!({})).await;
+    let task = expect(
+        "enqueue",
+        s.call(Some(&producer), "POST", "/v1/queues/jobs/tasks", json!({"kind": "k", "payload": 1})).await,
+        201,
+    );
+    let leased =
+        expect("lease", s.call(Some(&consumer), "POST", "/v1/queues/jobs/lease", json!({})).await, 200);
+    let nack = json!({"lease": lease_token(&leased["tasks"][0]), "dead": true});
+    let path = format!("/v1/tasks/{}", id(&task));
+    expect("nack", s.call(Some(&consumer), "POST", &format!("{path}/nack"), nack).await, 200);
+    let retry = format!("{path}/retry");
+    expect("consumer edits", s.call(Some(&consumer), "POST", &retry, json!({"payload": 2})).await, 403);
+    let dead = expect("get", s.call(Some(&producer), "GET", &path, Value::Null).await, 200);
+    assert_eq!((dead["state"].as_str(), &dead["payload"]), (Some("dead"), &json!(1)), "{dead}");
+    let retried =
+        expect("producer edits", s.call(Some(&producer), "POST", &retry, json!({"payload": 2})).await, 200);
+    assert_eq!(retried["payload"], 2);
+    assert_eq!(retried["history"][0]["payload_edit"]["by"], "ops@example.com", "{retried}");
+    assert!(retried["history"][0]["payload_edit"]["at"].is_string(), "{retried}");
+}
+
 // ---------------------------------------------------------------------------
 // Bad tokens.
 // ---------------------------------------------------------------------------

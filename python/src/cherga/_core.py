@@ -368,11 +368,18 @@ def cancel(task_id: str) -> Call[Task]:
     return Call("DELETE", task_path(task_id), _task)
 
 
-def retry(task_id: str) -> Call[Task]:
-    """Send a dead task back to ready."""
+# `retry`'s payload left out, told apart from ``None`` (a JSON null payload).
+_NO_PAYLOAD: Any = object()
+
+
+def retry(task_id: str, *, payload: Any = _NO_PAYLOAD) -> Call[Task]:
+    """Send a dead task back to ready; with ``payload`` (``None`` too: JSON
+    null), in place of its payload. The task's history records the edit
+    (``Attempt.payload_edit``: when, and the token's subject)."""
+    body = None if payload is _NO_PAYLOAD else {"payload": payload}
     # Not idempotent: a resend after the first one worked finds a ready task and
     # is refused with invalid_state.
-    return Call("POST", f"{task_path(task_id)}/retry", _task, idempotent=False)
+    return Call("POST", f"{task_path(task_id)}/retry", _task, json=body, idempotent=False)
 
 
 def list_tasks(

@@ -80,6 +80,21 @@ class AttemptOutcome(enum.StrEnum):
 
 
 @dataclass
+class PayloadEdit:
+    """A task's payload replaced by a retry: when, and by whom (the subject of
+    the token; ``None`` with auth off)."""
+
+    at: datetime
+    by: str | None
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> PayloadEdit:
+        at = parse_time(data["at"])
+        assert at is not None
+        return cls(at=at, by=data.get("by"))
+
+
+@dataclass
 class Attempt:
     """One attempt of a task, as ``Task.history`` lists them, oldest first."""
 
@@ -89,6 +104,9 @@ class Attempt:
     finished_at: datetime | None  # None while running
     outcome: AttemptOutcome | str  # a str for an outcome added by a newer server
     error: str | None = None
+    # Set when the payload was replaced after this attempt (the attempts after
+    # it ran with the new one).
+    payload_edit: PayloadEdit | None = None
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> Attempt:
@@ -105,6 +123,7 @@ class Attempt:
             finished_at=parse_time(data.get("finished_at")),
             outcome=outcome,
             error=data.get("error"),
+            payload_edit=PayloadEdit.from_wire(data["payload_edit"]) if data.get("payload_edit") else None,
         )
 
 

@@ -1,6 +1,6 @@
 use super::*;
 use crate::{BatchItem, BatchResponse, LeaseResponse, TaskList, TaskView};
-use cherga_core::{Attempt, AttemptOutcome, History, Lease, LeaseToken};
+use cherga_core::{Attempt, AttemptOutcome, History, Lease, LeaseToken, PayloadEdit};
 use proptest::prelude::*;
 
 fn serde_bytes(value: &impl serde::Serialize) -> Vec<u8> {
@@ -35,6 +35,9 @@ fn sample() -> Task {
             finished_at: 1_764_567_890_140,
             outcome: AttemptOutcome::Failed,
             error: Some("tab\there".into()),
+            payload_edit: Some(Box::new(PayloadEdit {
+                at: 1_764_567_890_145, by: Some("ops \"ü\"".into())
+            })),
         }])
         .expect("a history"),
         created_at: 1_764_567_890_123,
@@ -70,7 +73,8 @@ fn a_history_is_an_array_of_attempts_in_order() {
         value["history"],
         serde_json::json!([
             {"attempt": 1, "worker": null, "started_at": "2025-12-01T05:44:50.124Z",
-             "finished_at": "2025-12-01T05:44:50.140Z", "outcome": "failed", "error": "tab\there"},
+             "finished_at": "2025-12-01T05:44:50.140Z", "outcome": "failed", "error": "tab\there",
+             "payload_edit": {"at": "2025-12-01T05:44:50.145Z", "by": "ops \"ü\""}},
             {"attempt": 2, "worker": "w\u{7f}", "started_at": "2025-12-01T05:44:50.150Z",
              "finished_at": null, "outcome": "running", "error": null},
         ])
@@ -197,14 +201,17 @@ fn any_history() -> impl Strategy<Value = History> {
         proptest::array::uniform2(-10i64..300_000_000_000_000),
         proptest::sample::select(AttemptOutcome::ALL[1..].to_vec()),
         proptest::option::of(any_text()),
+        proptest::option::of((-10i64..300_000_000_000_000, proptest::option::of(any_text()))),
     );
     proptest::collection::vec(entry, 0..4).prop_map(|entries| {
         let mut attempt = 0;
         let entries = entries
             .into_iter()
-            .map(|(gap, worker, times, outcome, error)| {
+            .map(|(gap, worker, times, outcome, error, edit)| {
                 attempt += gap;
-                Attempt { attempt, worker, started_at: times[0], finished_at: times[1], outcome, error }
+                let payload_edit = edit.map(|(at, by)| Box::new(PayloadEdit { at, by }));
+                let (started_at, finished_at) = (times[0], times[1]);
+                Attempt { attempt, worker, started_at, finished_at, outcome, error, payload_edit }
             })
             .collect();
         History::from_entries(entries).expect("made to be valid")

@@ -5,7 +5,15 @@ use super::*;
 
 fn entry(attempt: u32, outcome: AttemptOutcome, error: Option<String>) -> Attempt {
     let started_at = i64::from(attempt) * 10;
-    Attempt { attempt, worker: Some("w".into()), started_at, finished_at: started_at + 5, outcome, error }
+    Attempt {
+        attempt,
+        worker: Some("w".into()),
+        started_at,
+        finished_at: started_at + 5,
+        outcome,
+        error,
+        payload_edit: None,
+    }
 }
 
 /// Ends attempts `1..=n`, attempt `i` failing with `error(i)` (or succeeding

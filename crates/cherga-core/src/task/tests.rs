@@ -296,12 +296,12 @@ fn cancel_from_waiting_states_only() {
 #[test]
 fn retry_only_dead_and_attempts_never_go_back() {
     let mut t = Task::create("q", NewTask { max_attempts: Some(1), ..new_task() }, &settings(), 1, T0);
-    assert!(matches!(t.retry(5, T0), Err(Refusal::InvalidState { .. })));
+    assert!(matches!(t.retry(5, None, T0), Err(Refusal::InvalidState { .. })));
     t.lease(1, 10, None, T0).unwrap();
     let tok = token_of(&t);
     t.nack(&tok, None, None, false, &settings(), 0.0, T0).unwrap();
     assert_eq!(t.state, TaskState::Dead);
-    t.retry(5, T0 + 1).unwrap();
+    t.retry(5, None, T0 + 1).unwrap();
     assert_eq!((t.state, t.attempts, t.max_attempts), (TaskState::Ready, 1, 6));
     assert_eq!(t.finished_at, None);
     assert_eq!(
@@ -359,13 +359,17 @@ fn lease_tokens_are_the_attempt_and_sixteen_hex_digits() {
 }
 
 /// The attempt history of `task`, one line per entry: `attempt worker
-/// +started..+finished outcome error`, times from `T0`.
+/// +started..+finished outcome error`, times from `T0`, and `; payload edited by
+/// who at +time` after an attempt whose payload was edited.
 fn history_lines(task: &Task) -> Vec<String> {
     task.attempt_history()
         .map(|e| {
             let finished = e.finished_at.map_or("".to_owned(), |at| format!("+{}", at - T0));
+            let edit = e.payload_edit.map_or(String::new(), |edit| {
+                format!("; payload edited by {} at +{}", edit.by.as_deref().unwrap_or("-"), edit.at - T0)
+            });
             format!(
-                "{} {} +{}..{finished} {} {}",
+                "{} {} +{}..{finished} {} {}{edit}",
                 e.attempt,
                 e.worker.unwrap_or("-"),
                 e.started_at - T0,
@@ -433,7 +437,7 @@ fn history_of_nacks_expiries_and_a_retry() {
             &expire_at(1500),
             &lease_at(None, 3500),
             &nack_at(3600, "poison", true),
-            &|t| t.retry(2, T0 + 3700).expect("dead"),
+            &|t| t.retry(2, None, T0 + 3700).expect("dead"),
             &lease_at(Some("w-3"), 3800),
         ],
         &[
@@ -443,6 +447,70 @@ fn history_of_nacks_expiries_and_a_retry() {
             "4 w-3 +3800.. running -",
         ],
     );
+}
+
+/// A retry with a new payload replaces the payload and marks the attempt that
+/// ended dead with who edited it and when; the attempts after it run with the
+/// new payload, and a later edit marks its own attempt.
+#[test]
+fn a_retry_with_a_new_payload_records_the_edit() {
+    let edit = |payload: &'static str, by: Option<&'static str>, at: i64| {
+        move |t: &mut Task| {
+            let new = NewPayload { payload: payload.into(), by: by.map(str::to_owned) };
+            t.retry(1, Some(new), T0 + at).expect("dead");
+            assert_eq!(t.payload, payload);
+            assert_eq!((t.state, t.updated_at), (TaskState::Ready, T0 + at));
+        }
+    };
+    check_history(
+        &[
+            &lease_at(Some("w-1"), 0),
+            &nack_at(10, "bad order", true),
+            &edit(r#"{"order":2}"#, Some("alice"), 20),
+            &lease_at(Some("w-2"), 30),
+            &nack_at(40, "still bad", true),
+            &edit("null", None, 50),
+            &lease_at(None, 60),
+        ],
+        &[
+            "1 w-1 +0..+10 failed bad order; payload edited by alice at +20",
+            "2 w-2 +30..+40 failed still bad; payload edited by - at +50",
+            "3 - +60.. running -",
+        ],
+    );
+}
+
+/// A refused retry leaves the payload and the history as they were.
+#[test]
+fn a_refused_retry_with_a_new_payload_changes_nothing() {
+    let mut t = ready_task();
+    t.lease(1, 1000, None, T0).unwrap();
+    let before = t.clone();
+    let new = NewPayload { payload: "{}".into(), by: Some("alice".into()) };
+    assert_eq!(
+        t.retry(1, Some(new), T0 + 1),
+        Err(Refusal::InvalidState { state: TaskState::Running, operation: "retry", needed: "dead" })
+    );
+    assert_eq!(t, before);
+}
+
+/// A dead task stored before histories were kept has no entry of its last
+/// attempt: the edit gets one, made of what the task knows.
+#[test]
+fn a_payload_edit_of_a_task_without_a_history_makes_its_entry() {
+    let mut t = ready_task();
+    t.lease(1, 1000, None, T0).unwrap();
+    t.expire(&settings(), 0.0, T0 + 1000);
+    for at in [3000, 7000] {
+        t.promote(T0 + at);
+        t.lease(1, 1000, None, T0 + at).unwrap();
+        t.expire(&settings(), 0.0, T0 + at + 1000);
+    }
+    assert_eq!((t.state, t.attempts), (TaskState::Dead, 3));
+    t.history = History::default();
+    let new = NewPayload { payload: "{}".into(), by: Some("bob".into()) };
+    t.retry(1, Some(new), T0 + 9000).unwrap();
+    assert_eq!(history_lines(&t), ["3 - +8000..+8000 expired lease expired; payload edited by bob at +9000"]);
 }
 
 #[test]

@@ -113,7 +113,15 @@ pub(super) fn task_bytes(task: &Task) -> usize {
         [] => 0,
         entries => {
             std::mem::size_of_val(entries)
-                + entries.iter().map(|e| opt(&e.worker) + opt(&e.error)).sum::<usize>()
+                + entries
+                    .iter()
+                    .map(|e| {
+                        let edit = e.payload_edit.as_ref().map_or(0, |edit| {
+                            std::mem::size_of::<cherga_core::PayloadEdit>() + opt(&edit.by)
+                        });
+                        opt(&e.worker) + opt(&e.error) + edit
+                    })
+                    .sum::<usize>()
         }
     };
     std::mem::size_of::<(u64, Box<Dirty>)>()

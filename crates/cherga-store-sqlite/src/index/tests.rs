@@ -320,7 +320,7 @@ proptest! {
                 },
                 Op::Retry(n) => if let Some(i) = pick(n, sim.tasks.len()) {
                     let now = sim.now;
-                    sim.apply(i, |t| t.retry(2, now).map(|()| true));
+                    sim.apply(i, |t| t.retry(2, None, now).map(|()| true));
                 },
                 Op::Advance(ms) => {
                     sim.now += i64::from(ms);

@@ -32,6 +32,7 @@ fn task(seq: u64) -> Task {
                 finished_at: 1_700_000_000_200,
                 outcome: AttemptOutcome::Failed,
                 error: Some("timeout".into()),
+                payload_edit: None,
             },
             Attempt {
                 attempt: 2,
@@ -40,6 +41,9 @@ fn task(seq: u64) -> Task {
                 finished_at: 1_700_000_000_400,
                 outcome: AttemptOutcome::Expired,
                 error: Some("lease expired".into()),
+                payload_edit: Some(Box::new(PayloadEdit {
+                    at: 1_700_000_000_450, by: Some("ops@ü".into())
+                })),
             },
         ])
         .expect("a history"),
@@ -281,14 +285,16 @@ fn any_history() -> impl Strategy<Value = History> {
         any::<i64>(),
         proptest::sample::select(AttemptOutcome::ALL[1..].to_vec()),
         proptest::option::of("\\PC{0,12}"),
+        proptest::option::of((any::<i64>(), proptest::option::of("\\PC{0,8}"))),
     );
     proptest::collection::vec(entry, 0..5).prop_map(|entries| {
         let mut attempt = 0;
         let entries = entries
             .into_iter()
-            .map(|(gap, worker, started_at, finished_at, outcome, error)| {
+            .map(|(gap, worker, started_at, finished_at, outcome, error, edit)| {
                 attempt += gap;
-                Attempt { attempt, worker, started_at, finished_at, outcome, error }
+                let payload_edit = edit.map(|(at, by)| Box::new(PayloadEdit { at, by }));
+                Attempt { attempt, worker, started_at, finished_at, outcome, error, payload_edit }
             })
             .collect();
         History::from_entries(entries).expect("made to be valid")

@@ -210,6 +210,12 @@ impl Browser {
         }
     }
 
+    /// Empties the text field matching `css`, once there.
+    async fn clear(&self, css: &str) {
+        let element = self.wait_for(css).await;
+        self.must("POST", &format!("/element/{element}/clear"), None).await;
+    }
+
     async fn type_into(&self, css: &str, text: &str) {
         let element = self.wait_for(css).await;
         self.must("POST", &format!("/element/{element}/value"), Some(json!({"text": text}))).await;
@@ -438,6 +444,96 @@ async fn the_queue_page_searches_the_whole_queue() {
     browser.must("POST", &format!("/element/{search}/clear"), Some(json!({}))).await;
     browser.type_into("#task-search", "r-2\u{E007}").await;
     browser.wait_text("#page-summary", "1 in this page with key r-2").await;
+    browser.quit().await;
+}
+
+/// On a dead task's page, "Edit payload & retry" sends the payload as typed
+/// (checked as JSON first, and not re-encoded: a number beyond a double's
+/// precision stays as typed); the task runs again with it, and the timeline
+/// shows the edit with the subject of the token that made it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_tasks_payload_is_edited_and_retried_from_its_page() {
+    use cherga_api::auth::KeyFile;
+    let Some(browser) = Browser::start().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let key = cherga_auth::generate(cherga_auth::Alg::EdDSA, "k1").unwrap();
+    let keys_path = dir.path().join("keys.json");
+    std::fs::write(&keys_path, serde_json::to_string(&KeyFile { keys: vec![key.clone()] }).unwrap()).unwrap();
+    let server = Server::start_with(&Backend::sqlite(), &["--auth-keys", keys_path.to_str().unwrap()]).await;
+    let keys = cherga_auth::KeySet::from_file_contents(&KeyFile { keys: vec![key] }).unwrap();
+    let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let new = cherga_auth::NewToken {
+        subject: "ops@example.com".into(),
+        scopes: vec!["admin".into()],
+        issuer: "cherga".into(),
+        audience: "cherga".into(),
+        now_s,
+        ttl_s: 3600,
+        jti: None,
+    };
+    let admin = cherga_auth::issue(&keys, Some("k1"), &new).unwrap().0;
+    let call = |method: reqwest::Method, path: &str, body: Option<Value>| {
+        let mut request = http().request(method, server.url(path)).bearer_auth(&admin);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    let post = |path: &str, body: Value| call(reqwest::Method::POST, path, Some(body));
+    assert_eq!(call(reqwest::Method::PUT, "/v1/queues/mail", Some(json!({"max_attempts": 1}))).await.0, 200);
+    let (status, task) =
+        post("/v1/queues/mail/tasks", json!({"kind": "send", "payload": {"to": "typo@"}})).await;
+    assert_eq!(status, 201, "{task}");
+    let task_id = id(&serde_json::from_str(&task).unwrap());
+    let (_, leased) = post("/v1/queues/mail/lease", json!({"worker": "mailer-1"})).await;
+    let leased: Value = serde_json::from_str(&leased).unwrap();
+    let lease = leased["tasks"][0]["lease"]["token"].as_str().unwrap().to_owned();
+    let (status, dead) =
+        post(&format!("/v1/tasks/{task_id}/nack"), json!({"lease": lease, "error": "bad address"})).await;
+    assert_eq!(status, 200, "{dead}");
+
+    browser.goto(&server.url("/ui")).await;
+    browser.type_into("#token", &admin).await;
+    browser.click("#login button[type=submit]").await;
+    browser.wait_for("#queues tr[data-queue=\"mail\"]").await;
+    browser.goto(&server.url(&format!("/ui#/task/{task_id}"))).await;
+    browser.wait_for("#task-state [data-state=\"dead\"]").await;
+    browser.click("#edit-payload").await;
+    let area = browser.wait_for("#payload-edit").await;
+    let prefilled = browser.must("GET", &format!("/element/{area}/property/value"), None).await;
+    let prefilled = prefilled.as_str().unwrap_or_default().to_owned();
+    assert_eq!(serde_json::from_str::<Value>(&prefilled).ok(), Some(json!({"to": "typo@"})), "{prefilled:?}");
+
+    // Not JSON: refused on the page, nothing sent.
+    browser.clear("#payload-edit").await;
+    browser.type_into("#payload-edit", "{\"to\": oops").await;
+    browser.click("#retry-with-payload").await;
+    browser.wait_attribute("#flash", "class", "bad").await;
+    let flash = browser.wait_for("#flash").await;
+    assert!(browser.text(&flash).await.starts_with("not JSON"), "{}", browser.text(&flash).await);
+    let (_, still) = call(reqwest::Method::GET, &format!("/v1/tasks/{task_id}"), None).await;
+    assert!(still.contains(r#""state":"dead""#) && still.contains(r#""payload":{"to":"typo@"}"#), "{still}");
+
+    let fixed = r#"{"to": "ops@example.com", "n": 12345678901234567890}"#;
+    browser.clear("#payload-edit").await;
+    browser.type_into("#payload-edit", fixed).await;
+    browser.click("#retry-with-payload").await;
+    browser.wait_for("#task-state [data-state=\"ready\"]").await;
+    browser.wait_text("#history li.payload-edit .edited-by", "ops@example.com").await;
+    assert_eq!(browser.find_all("#history li.outcome-failed").await.len(), 1);
+    browser.wait_text("#events tr[data-event] td:nth-child(3) .muted", "(new payload)").await;
+    let (_, leased) = post("/v1/queues/mail/lease", json!({"worker": "mailer-2"})).await;
+    assert!(
+        leased.contains(r#""payload":{"to":"ops@example.com","n":12345678901234567890}"#),
+        "the lease has the payload as typed: {leased}"
+    );
+    let (_, got) = call(reqwest::Method::GET, &format!("/v1/tasks/{task_id}"), None).await;
+    let got: Value = serde_json::from_str(&got).unwrap();
+    assert_eq!(got["history"][0]["payload_edit"]["by"], "ops@example.com", "{got}");
+    browser.wait_for("#task-state [data-state=\"running\"]").await;
     browser.quit().await;
 }
 
