@@ -72,6 +72,9 @@ error_codes! {
     Internal = "internal" => 500,
     /// The store cannot take requests right now; retry.
     Unavailable = "unavailable" => 503,
+    /// The store's disk is full: nothing of the request was stored. Requests
+    /// that write fail until space is freed on it; then they succeed again.
+    InsufficientStorage = "insufficient_storage" => 507,
 }
 
 /// `{"code": ..., "message": ...}`: what went wrong, for machines and for people.

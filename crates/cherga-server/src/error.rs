@@ -76,6 +76,18 @@ impl ApiError {
                 tracing::error!(error = source, "store unavailable");
                 Self::new(ErrorCode::Unavailable, "the store is unavailable; retry later")
             }
+            StoreError::StorageFull(source) => {
+                let source: &(dyn std::error::Error + 'static) = source.as_ref();
+                tracing::warn!(
+                    error = source,
+                    "the store's disk is full; refusing writes until space is freed"
+                );
+                Self::new(
+                    ErrorCode::InsufficientStorage,
+                    "the store's disk is full: nothing of this request was stored; free space on the disk of the \
+                     server's data directory, then retry (no restart is needed)",
+                )
+            }
             StoreError::Closed => {
                 Self::new(ErrorCode::Unavailable, "the server is shutting down; retry later")
             }

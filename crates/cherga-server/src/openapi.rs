@@ -4,7 +4,7 @@
 //! the `cherga-api` types, and each operation from the `#[utoipa::path]` on its
 //! handler in `routes`. What every operation shares — the bearer security
 //! scheme and the error answers any request can get (bad input, 401, 403, 408,
-//! 413, 415, 429, 500, 503) — is added here in one place, so no handler can
+//! 413, 415, 429, 500, 503, 507) — is added here in one place, so no handler can
 //! forget it. A server with auth off serves the document without the security
 //! scheme and without 401s: nothing there needs a token. A test checks that
 //! every route of the router is in the document and back.
@@ -77,7 +77,7 @@ const OPTIONAL_BODIES: [(&str, bool); 6] = [
 ];
 
 /// Error answers any operation but the open ones can give, besides its own.
-const COMMON_ERRORS: [(&str, &str); 9] = [
+const COMMON_ERRORS: [(&str, &str); 10] = [
     (
         "400",
         "the request is malformed: bad JSON, JSON nested too deep, a field out of range, a bad queue name or task id",
@@ -94,6 +94,11 @@ const COMMON_ERRORS: [(&str, &str); 9] = [
     ("429", "too many failed authentications from this client, or too many waiting long polls"),
     ("500", "an internal error (reveals nothing; the server logs the cause)"),
     ("503", "the store is unavailable or the server is shutting down; retry later"),
+    (
+        "507",
+        "the store's disk is full (`insufficient_storage`): nothing of the request was stored; it succeeds again once \
+         space is freed",
+    ),
 ];
 
 impl Modify for Shared {
@@ -145,10 +150,10 @@ impl Modify for Shared {
 
 fn add_common_errors(operation: &mut Operation, auth: bool) {
     // Open operations (security: [{}]) are answered whatever the request says
-    // but can still get bad-input and overload errors.
+    // but can still get bad-input and overload errors; they store nothing.
     let open = operation.security.as_ref().is_some_and(|s| s.iter().all(is_empty_requirement));
     for (status, description) in COMMON_ERRORS {
-        if (open && matches!(status, "401" | "403" | "415" | "429")) || (!auth && status == "401") {
+        if (open && matches!(status, "401" | "403" | "415" | "429" | "507")) || (!auth && status == "401") {
             continue;
         }
         operation.responses.responses.entry(status.to_owned()).or_insert_with(|| {

@@ -28,7 +28,7 @@ fn store_error(error: StoreError) -> SqsError {
     match error {
         StoreError::NotFound => SqsError::no_queue(),
         StoreError::InvalidSettings(message) => SqsError::attribute_value(message),
-        StoreError::Unavailable(_) | StoreError::Closed => {
+        StoreError::Unavailable(_) | StoreError::StorageFull(_) | StoreError::Closed => {
             let error = &error as &dyn std::error::Error;
             tracing::warn!(error, "SQS endpoint: store unavailable");
             SqsError::unavailable()

@@ -219,6 +219,11 @@ macro_rules! transact {
                         tracing::debug!(error = %describe(&error), tries, "statement failed; retrying");
                         continue;
                     }
+                    // disk_full (53100): the server's disk; the same call
+                    // succeeds once space is freed there.
+                    if error.code() == Some(&SqlState::DISK_FULL) {
+                        break Err(StoreError::StorageFull(Box::new(PgError::Db(describe(&error)))));
+                    }
                     break Err(unavailable(PgError::Db(describe(&error))));
                 }
                 Ok(Err(TxError::Commit(error))) => {

@@ -48,7 +48,9 @@ impl DirLock {
     pub(crate) fn acquire(database: &Path) -> Result<Self, StoreError> {
         let path = lock_path(database);
         let unavailable = |error: std::io::Error| {
-            StoreError::Unavailable(Box::new(LockFileError { path: path.clone(), error }))
+            let full = crate::sync::out_of_space(&error);
+            let error = Box::new(LockFileError { path: path.clone(), error });
+            if full { StoreError::StorageFull(error) } else { StoreError::Unavailable(error) }
         };
         let mut options = OpenOptions::new();
         // Not truncated at open: the holder's pid is in it until the lock is ours.
@@ -90,7 +92,7 @@ const FILE_MODE: u32 = 0o600;
 /// # Errors
 /// [`StoreError::Unavailable`] when the directory cannot be made.
 pub(crate) fn prepare_dir(database: &Path) -> Result<(), StoreError> {
-    let unavailable = |error: std::io::Error| StoreError::Unavailable(Box::new(error));
+    let unavailable = crate::sync::io_error;
     if let Some(dir) = database.parent().filter(|dir| !dir.as_os_str().is_empty()) {
         let mut builder = std::fs::DirBuilder::new();
         #[cfg(unix)]
@@ -126,7 +128,7 @@ pub(crate) fn prepare_dir(database: &Path) -> Result<(), StoreError> {
 /// # Errors
 /// [`StoreError::Unavailable`] when the database file cannot be made.
 pub(crate) fn prepare_files(database: &Path) -> Result<(), StoreError> {
-    let unavailable = |error: std::io::Error| StoreError::Unavailable(Box::new(error));
+    let unavailable = crate::sync::io_error;
     let mut options = OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -136,7 +138,7 @@ pub(crate) fn prepare_files(database: &Path) -> Result<(), StoreError> {
         Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => false,
         Err(error) => return Err(unavailable(error)),
     };
-    for suffix in ["", "-wal", "-shm", "-journal"] {
+    for suffix in ["", "-wal", "-shm", "-journal", "-reserve"] {
         let mut path = database.as_os_str().to_owned();
         path.push(suffix);
         #[cfg(unix)]
@@ -286,4 +288,82 @@ impl std::error::Error for LockFileError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         Some(&self.error)
     }
+}
+
+/// Room SQLite needs past the WAL index to open the store and make its first
+/// commits (a timer tick, the first writes) before the checkpointer can copy
+/// the WAL back: a few hundred pages, rounded up generously.
+const OPEN_MARGIN_BYTES: u64 = 4 << 20;
+
+/// The store could not be opened for want of space: how much the disk of its
+/// directory has free, and about how much it needs.
+#[derive(Debug)]
+pub struct NoRoomToOpen {
+    dir: PathBuf,
+    free: Option<u64>,
+    needed: u64,
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl NoRoomToOpen {
+    pub(crate) fn new(database: &Path, source: Box<dyn std::error::Error + Send + Sync>) -> Self {
+        let dir = database.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let mut wal = database.as_os_str().to_owned();
+        wal.push("-wal");
+        let wal_bytes = std::fs::metadata(&wal).map_or(0, |m| m.len());
+        Self { free: free_bytes(&dir), needed: open_needs(wal_bytes), dir, source }
+    }
+}
+
+/// The free space to open a store whose WAL is `wal_bytes` long: its WAL index
+/// (`-shm`, 32 KiB for each 4,096 frames of the WAL, at least one such block)
+/// and [`OPEN_MARGIN_BYTES`] for the first commits.
+fn open_needs(wal_bytes: u64) -> u64 {
+    let frames = wal_bytes / (4096 + 24);
+    frames.div_ceil(4096).max(1) * (32 << 10) + OPEN_MARGIN_BYTES
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+}
+
+impl std::fmt::Display for NoRoomToOpen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "no space left on the disk of {} to open the store", self.dir.display())?;
+        if let Some(free) = self.free {
+            write!(f, " ({} free)", mib(free))?;
+        }
+        write!(f, ": free at least {} there and start again", mib(self.needed))
+    }
+}
+
+impl std::error::Error for NoRoomToOpen {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.source.as_ref())
+    }
+}
+
+/// The bytes an unprivileged user may still write on the file system of `dir`.
+#[cfg(not(unix))]
+pub(crate) fn free_bytes(_dir: &Path) -> Option<u64> {
+    None
+}
+
+/// The bytes an unprivileged user may still write on the file system of `dir`.
+#[cfg(unix)]
+pub(crate) fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a NUL-terminated string and `stat` is written by the call
+    // before it is read, only when the call succeeds.
+    let stat = unsafe {
+        if libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) != 0 {
+            return None;
+        }
+        stat.assume_init()
+    };
+    #[allow(clippy::unnecessary_cast, reason = "the field types differ between platforms")]
+    let free = (stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64);
+    Some(free)
 }

@@ -49,6 +49,8 @@ pub struct Engine {
     last_purge: Millis,
     /// Set when a job failed in the backend: the batch must roll back.
     poisoned: bool,
+    /// Set with `poisoned` when the failure was a full disk.
+    out_of_space: bool,
     /// How long the event log keeps events (`None`: there is no log).
     event_retention_ms: Option<Millis>,
     /// The number of the last event whose batch is durable: readers of the log

@@ -21,7 +21,15 @@
 //! - no caller hears `Ok` before the commit that holds its change returned and an
 //!   fdatasync of the WAL begun after that commit completed;
 //! - when a batch fails, it is rolled back whole, every caller in it gets
-//!   [`StoreError::Unavailable`], and the index is rebuilt from disk.
+//!   [`StoreError::Unavailable`] ([`StoreError::StorageFull`] when the disk was
+//!   full), and the index is rebuilt from disk.
+//!
+//! A full disk (`SQLITE_FULL`, `ENOSPC`) fails only the batches that needed room:
+//! nothing of them was stored, and every later batch tries again, so writes
+//! succeed again as soon as space is freed, without a restart. The first such
+//! failure gives back a reserve file and refuses enqueues until space is freed,
+//! so that leases and acks go on meanwhile (`room.rs`). A failed fdatasync
+//! still aborts the process (`sync.rs`).
 
 mod backup;
 mod checkpoint;
@@ -29,6 +37,7 @@ mod dir;
 mod engine;
 mod index;
 mod journal;
+mod room;
 mod rows;
 mod schema;
 mod seqs;
@@ -43,14 +52,34 @@ use cherga_store::{
     Ack, AckedAndLeased, BulkPage, BulkStep, Changed, Claim, Enqueued, EventId, EventPage, ListTasks, Nack,
     QueueInfo, QueueStats, Revocation, Store, StoreError, StoreStats, TickReport,
 };
-pub use dir::DataDirInUse;
+pub use dir::{DataDirInUse, NoRoomToOpen};
 use engine::{Engine, Writer};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use tokio::sync::oneshot;
 
-type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
+type Reply = Box<dyn FnOnce(Result<(), BatchFailure>) + Send>;
+
+/// Why a batch did not commit, as each of its callers hears it.
+#[derive(Debug, Clone)]
+pub(crate) struct BatchFailure {
+    message: String,
+    /// The disk or the quota was full: [`StoreError::StorageFull`], which the
+    /// same call need not get once space is freed; else
+    /// [`StoreError::Unavailable`].
+    out_of_space: bool,
+}
+
+impl BatchFailure {
+    fn into_store_error(self) -> StoreError {
+        if self.out_of_space {
+            StoreError::StorageFull(self.message.into())
+        } else {
+            StoreError::Unavailable(self.message.into())
+        }
+    }
+}
 /// A job runs inside the current transaction, or, given `None` when no transaction
 /// could be begun, only prepares its failure answer.
 type Job = Box<dyn FnOnce(Option<&mut Engine>) -> Reply + Send>;
@@ -123,6 +152,8 @@ pub struct SqliteStore {
     events: Option<EventReader>,
     /// Batch sizes, fsync latency and batch failures, for monitoring.
     stats: Arc<stats::WriterStats>,
+    /// The reserve given back on a full disk, and whether enqueues are refused.
+    room: room::Room,
 }
 
 /// What reading the event log needs.
@@ -142,6 +173,16 @@ impl SqliteStore {
     /// (with a [`DataDirInUse`] source) when another store has it open;
     /// [`StoreError::Corrupt`] when a stored row cannot be read.
     pub fn open(options: Options) -> Result<Self, StoreError> {
+        Self::open_here(&options).map_err(|error| match error {
+            StoreError::StorageFull(source) => {
+                StoreError::StorageFull(Box::new(dir::NoRoomToOpen::new(&options.path, source)))
+            }
+            other => other,
+        })
+    }
+
+    fn open_here(options: &Options) -> Result<Self, StoreError> {
+        let options = options.clone();
         dir::prepare_dir(&options.path)?;
         let lock = Arc::new(dir::DirLock::acquire(&options.path)?);
         dir::prepare_files(&options.path)?;
@@ -176,6 +217,7 @@ impl SqliteStore {
             lock: Mutex::new(Some(lock)),
             events,
             stats,
+            room: room::Room::open(&options.path),
         })
     }
 
@@ -218,17 +260,17 @@ impl SqliteStore {
             let result = match engine {
                 Some(engine) => {
                     let result = work(engine);
-                    if matches!(result, Err(StoreError::Unavailable(_))) {
-                        engine.poison();
+                    if let Err(error @ (StoreError::Unavailable(_) | StoreError::StorageFull(_))) = &result {
+                        engine.poison(error);
                     }
                     result
                 }
                 None => Err(StoreError::Unavailable("no transaction could be begun".into())),
             };
-            Box::new(move |commit: Result<(), String>| {
+            Box::new(move |commit: Result<(), BatchFailure>| {
                 let answer = match commit {
                     Ok(()) => result,
-                    Err(message) => Err(StoreError::Unavailable(message.into())),
+                    Err(failure) => Err(failure.into_store_error()),
                 };
                 let _ = sender.send(answer);
             })
@@ -252,7 +294,11 @@ impl SqliteStore {
                 return Err(StoreError::Closed);
             }
         }
-        receiver.await.map_err(|_| StoreError::Closed)?
+        let answer = receiver.await.map_err(|_| StoreError::Closed)?;
+        if let Err(StoreError::StorageFull(_)) = &answer {
+            self.room.filled();
+        }
+        answer
     }
 }
 
@@ -284,6 +330,7 @@ impl Store for SqliteStore {
         tasks: Vec<NewTask>,
         now: Millis,
     ) -> Result<Changed<Vec<Result<Enqueued, StoreError>>>, StoreError> {
+        self.room.admit_enqueue()?;
         self.change(move |e| e.enqueue(&queue, tasks, now)).await
     }
 

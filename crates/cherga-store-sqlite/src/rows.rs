@@ -13,17 +13,41 @@ use cherga_store::StoreError;
 use rusqlite::types::Type;
 use rusqlite::{CachedStatement, Connection, Row, params};
 
-/// Turns a SQLite failure into [`StoreError::Unavailable`].
+/// Turns a SQLite failure into [`StoreError::Unavailable`], or
+/// [`StoreError::StorageFull`] when the disk is full.
 pub trait Db<T> {
     /// # Errors
-    /// [`StoreError::Unavailable`] carrying the SQLite error.
+    /// [`StoreError::Unavailable`] or [`StoreError::StorageFull`] carrying the
+    /// SQLite error.
     fn db(self) -> Result<T, StoreError>;
 }
 
 impl<T> Db<T> for rusqlite::Result<T> {
     fn db(self) -> Result<T, StoreError> {
-        self.map_err(|e| StoreError::Unavailable(Box::new(e)))
+        self.map_err(store_error)
     }
+}
+
+/// [`StoreError::StorageFull`] when `error` is a full disk, else
+/// [`StoreError::Unavailable`].
+pub fn store_error(error: rusqlite::Error) -> StoreError {
+    if out_of_space(&error) {
+        StoreError::StorageFull(Box::new(error))
+    } else {
+        StoreError::Unavailable(Box::new(error))
+    }
+}
+
+/// Whether SQLite failed for want of space: `SQLITE_FULL` (a write that got
+/// `ENOSPC` or `EDQUOT`), or a WAL index (`-shm`) that could not grow, which on
+/// a tmpfs or a full disk is the same cause.
+pub fn out_of_space(error: &rusqlite::Error) -> bool {
+    matches!(
+        error,
+        rusqlite::Error::SqliteFailure(failure, _)
+            if failure.code == rusqlite::ErrorCode::DiskFull
+                || failure.extended_code == rusqlite::ffi::SQLITE_IOERR_SHMSIZE
+    )
 }
 
 /// The column a task is read from: its `body`, the whole task in the journal's

@@ -77,8 +77,8 @@ impl Syncer {
             wal_options.read(true).write(true).create(true).truncate(false);
             #[cfg(unix)]
             std::os::unix::fs::OpenOptionsExt::mode(&mut wal_options, 0o600);
-            let file = wal_options.open(&path).map_err(|e| StoreError::Unavailable(Box::new(e)))?;
-            prepare(&file, WAL_PREPARED_BYTES).map_err(|e| StoreError::Unavailable(Box::new(e)))?;
+            let file = wal_options.open(&path).map_err(io_error)?;
+            prepare(&file, WAL_PREPARED_BYTES).map_err(io_error)?;
             Some(Arc::new(file))
         } else {
             None
@@ -165,6 +165,16 @@ fn prepare(wal: &File, size: u64) -> std::io::Result<()> {
             Ok(())
         }
         other => other,
+    }
+}
+
+/// [`StoreError::StorageFull`] when the file system is full, else
+/// [`StoreError::Unavailable`].
+pub(crate) fn io_error(error: std::io::Error) -> StoreError {
+    if out_of_space(&error) {
+        StoreError::StorageFull(Box::new(error))
+    } else {
+        StoreError::Unavailable(Box::new(error))
     }
 }
 

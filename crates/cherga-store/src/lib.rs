@@ -48,6 +48,11 @@ pub enum StoreError {
     /// chain of causes names it once.
     #[error("store unavailable")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The backend's disk (or the user's quota on it) is full. Nothing of the
+    /// call took effect; the same call succeeds once space is freed. The cause
+    /// is the error's `source()`.
+    #[error("no space left on the store's disk")]
+    StorageFull(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Stored data could not be read back as a task or queue.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),

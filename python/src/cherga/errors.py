@@ -170,6 +170,14 @@ class Unavailable(ChergaError):
     code = "unavailable"
 
 
+class InsufficientStorage(ChergaError):
+    """507: the server's disk is full; nothing of the request was stored. Not
+    retried by the client: the same request succeeds once space is freed on
+    the server, which takes an operator, not milliseconds."""
+
+    code = "insufficient_storage"
+
+
 class ConnectionFailed(Unavailable):
     """No answer from the server (refused, reset, timed out) after the client's
     retries. ``status`` is ``None``. ``__cause__`` is the httpx exception."""
@@ -206,6 +214,7 @@ ERROR_CLASSES: dict[str, type[ChergaError]] = {
         IdempotencyKeyReused,
         TooManyRequests,
         Unavailable,
+        InsufficientStorage,
         InternalError,
     )
 }
@@ -228,6 +237,7 @@ _STATUS_CLASSES: dict[int, type[ChergaError]] = {
     502: Unavailable,
     503: Unavailable,
     504: Unavailable,
+    507: InsufficientStorage,
 }
 
 

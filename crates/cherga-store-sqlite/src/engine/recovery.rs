@@ -31,6 +31,7 @@ impl Engine {
             legacy_rows: false,
             last_purge: 0,
             poisoned: false,
+            out_of_space: false,
             event_retention_ms: options.event_retention_ms,
             events_durable: Arc::new(AtomicU64::new(0)),
         };

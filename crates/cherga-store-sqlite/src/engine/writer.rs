@@ -4,10 +4,11 @@
 
 use super::Engine;
 use crate::checkpoint::Checkpointer;
+use crate::rows::out_of_space;
 use crate::stats::WriterStats;
 use crate::sync::{Pace, Syncer};
-use crate::{Job, Reply};
-use cherga_store::Effects;
+use crate::{BatchFailure, Job, Reply};
+use cherga_store::{Effects, StoreError};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 
@@ -117,8 +118,10 @@ impl Engine {
         self.conn.prepare_cached(sql)?.execute([]).map(drop)
     }
 
-    pub fn poison(&mut self) {
+    /// Marks the batch for rollback after a job's `error`.
+    pub fn poison(&mut self, error: &StoreError) {
         self.poisoned = true;
+        self.out_of_space |= matches!(error, StoreError::StorageFull(_));
     }
 
     /// What the job that just ran changed; the next job starts with none.
@@ -140,20 +143,26 @@ impl Engine {
                     match self.mem.finish_batch(&self.conn) {
                         Ok(last) => last_event = last,
                         Err(e) => {
-                            tracing::error!(error = %e, "could not write the batch's journal or events");
-                            self.poisoned = true;
+                            let error = &e as &dyn std::error::Error;
+                            tracing::error!(error, "could not write the batch's journal or events");
+                            self.poison(&e);
                         }
                     }
                 }
                 if self.poisoned {
-                    Err("a statement failed; the batch was rolled back".to_owned())
+                    let message = if self.out_of_space {
+                        "no space left on the disk; the batch was rolled back"
+                    } else {
+                        "a statement failed; the batch was rolled back"
+                    };
+                    Err(BatchFailure { message: message.to_owned(), out_of_space: self.out_of_space })
                 } else {
-                    self.statement("COMMIT").map_err(|e| e.to_string())
+                    self.statement("COMMIT").map_err(BatchFailure::from)
                 }
             }
             Err(e) => {
                 replies = batch.into_iter().map(|job| job(None)).collect();
-                Err(e.to_string())
+                Err(BatchFailure::from(e))
             }
         };
         match outcome {
@@ -164,7 +173,7 @@ impl Engine {
                     let durable = self.events_durable.clone();
                     replies.insert(
                         0,
-                        Box::new(move |commit: Result<(), String>| {
+                        Box::new(move |commit: Result<(), BatchFailure>| {
                             if commit.is_ok() {
                                 durable.fetch_max(last, Ordering::AcqRel);
                             }
@@ -174,19 +183,31 @@ impl Engine {
                 answer(self, replies);
                 true
             }
-            Err(message) => {
-                tracing::error!(error = %message, "batch failed; rolling back and rebuilding the index");
+            Err(failure) => {
+                if failure.out_of_space {
+                    // Expected while the disk is full; each refused write says so.
+                    tracing::warn!(error = %failure.message, "batch failed: the disk is full; rolling back");
+                } else {
+                    tracing::error!(error = %failure.message, "batch failed; rolling back and rebuilding the index");
+                }
                 let _ = self.conn.execute_batch("ROLLBACK");
                 self.poisoned = false;
+                self.out_of_space = false;
                 if let Err(e) = self.rebuild() {
                     tracing::error!(error = %e, "could not rebuild the index after a failed batch");
                 }
                 // Nothing of a rolled-back batch needs the disk: answer now.
                 for reply in replies {
-                    reply(Err(message.clone()));
+                    reply(Err(failure.clone()));
                 }
                 false
             }
         }
+    }
+}
+
+impl From<rusqlite::Error> for BatchFailure {
+    fn from(error: rusqlite::Error) -> Self {
+        Self { out_of_space: out_of_space(&error), message: error.to_string() }
     }
 }

@@ -73,6 +73,14 @@ impl Running {
         self.child.id()
     }
 
+    /// SIGTERM: a clean stop. Its exit status.
+    fn stop(mut self) -> ExitStatus {
+        // SAFETY: kill(2) with a pid we own and a valid signal number.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill -TERM failed");
+        self.child.wait().expect("exit status")
+    }
+
     /// SIGKILL: no chance to close anything.
     fn kill9(mut self) {
         self.child.kill().expect("kill -9");
@@ -420,4 +428,206 @@ async fn the_embedded_store_starts_on_a_nearly_full_disk() {
     let server = Running::start(serve(&["--data-dir", path_arg(&data_dir)]));
     let (status, body) = server.post("/v1/queues/q/tasks", json!({"kind": "k"})).await;
     assert_eq!(status, 201, "{body}");
+}
+
+/// Fills the file system of `dir` with the file `dir/name`, written a MiB at a
+/// time and then a page at a time until nothing more fits.
+fn fill(dir: &Path, name: &str) -> std::fs::File {
+    use std::io::Write as _;
+    let mut file = std::fs::File::create(dir.join(name)).expect("create the filler");
+    for chunk in [1 << 20, 4096] {
+        let bytes = vec![1u8; chunk];
+        loop {
+            match file.write_all(&bytes) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::StorageFull => break,
+                Err(error) => panic!("filling the disk: {error}"),
+            }
+        }
+    }
+    file
+}
+
+/// Enqueues `payload` into `q` until the server refuses: the ids it stored and
+/// the refusal. Panics if none comes within `limit` enqueues.
+async fn enqueue_until_refused(server: &Running, payload: &str, limit: usize) -> (Vec<String>, u16, Value) {
+    let mut stored = Vec::new();
+    for _ in 0..limit {
+        let (status, body) =
+            server.post("/v1/queues/q/tasks", json!({"kind": "k", "payload": payload})).await;
+        if status != 201 {
+            return (stored, status, body);
+        }
+        stored.push(body["id"].as_str().expect("an id").to_owned());
+    }
+    panic!("{limit} enqueues of {} bytes were all stored on a full disk", payload.len());
+}
+
+#[track_caller]
+fn assert_insufficient_storage(status: u16, body: &Value) {
+    assert_eq!(status, 507, "{body}");
+    assert_eq!(body["error"]["code"], "insufficient_storage", "{body}");
+    let message = body["error"]["message"].as_str().expect("a message");
+    assert!(message.contains("disk is full") && message.contains("free space"), "{message}");
+}
+
+/// A full disk under the embedded store: enqueues are refused with 507
+/// `insufficient_storage` and nothing of them is stored, a small one too, for
+/// as long as the disk stays full; reads answer; leases and acks of tasks
+/// already stored go on (in the room of the reserve the store gives back);
+/// once space is freed the same server takes enqueues again, without a
+/// restart; and after a clean stop and a start every acknowledged enqueue and
+/// ack is there.
+#[tokio::test]
+async fn a_full_disk_refuses_writes_with_507_and_the_server_recovers_when_space_is_freed() {
+    let Some(fs) = SmallFs::mount("64m") else { return };
+    let data_dir = fs.dir.path().join("data");
+    let server = Running::start(serve(&["--data-dir", path_arg(&data_dir)]));
+    // Tasks stored before the disk fills: two leased, to be acked later.
+    let mut stored = Vec::new();
+    for n in 0..4 {
+        let (status, body) = server.post("/v1/queues/q/tasks", json!({"kind": "k", "payload": n})).await;
+        assert_eq!(status, 201, "{body}");
+        stored.push(body["id"].as_str().expect("an id").to_owned());
+    }
+    let (status, body) = server.post("/v1/queues/q/lease", json!({"max": 2, "lease_ms": 600_000})).await;
+    assert_eq!(status, 200, "{body}");
+    let leased: Vec<(String, String)> = body["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .map(|t| (t["id"].as_str().unwrap().to_owned(), t["lease"]["token"].as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(leased.len(), 2, "{body}");
+
+    let filler = fill(fs.dir.path(), "filler");
+    // The WAL was prepared to its working size at start, so commits first go
+    // into room it already holds; 64 KiB payloads fill it within a few hundred.
+    let payload = "x".repeat(64 << 10);
+    let (filled, status, body) = enqueue_until_refused(&server, &payload, 2000).await;
+    assert_insufficient_storage(status, &body);
+    stored.extend(filled);
+    // Refused for as long as the disk is full, a small task too.
+    let (status, body) = server.post("/v1/queues/q/tasks", json!({"kind": "k", "payload": 1})).await;
+    assert_insufficient_storage(status, &body);
+
+    // Reads answer from what is stored.
+    let (status, body) = server.get(&format!("/v1/tasks/{}", stored[3])).await;
+    assert_eq!((status, body["state"].as_str()), (200, Some("ready")), "{body}");
+    let (status, body) = server.get("/v1/queues/q").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = server.get("/healthz").await;
+    assert_eq!(status, 200, "{body}");
+    // Leases and acks go on, in the room of the reserve the store gave back.
+    let (status, body) = server.post("/v1/queues/q/lease", json!({"max": 1, "lease_ms": 600_000})).await;
+    assert_eq!(status, 200, "{body}");
+    let more = &body["tasks"][0];
+    let (id, lease) = &leased[0];
+    let (status, body) = server.post(&format!("/v1/tasks/{id}/ack"), json!({"lease": lease})).await;
+    assert_eq!((status, body["state"].as_str()), (200, Some("succeeded")), "{body}");
+    let (status, body) = server
+        .post(
+            &format!("/v1/tasks/{}/ack", more["id"].as_str().unwrap()),
+            json!({"lease": more["lease"]["token"]}),
+        )
+        .await;
+    assert_eq!((status, body["state"].as_str()), (200, Some("succeeded")), "{body}");
+    let mut acked = vec![id.clone(), more["id"].as_str().unwrap().to_owned()];
+    // Still refused: the disk has not been given room back.
+    let (status, body) = server.post("/v1/queues/q/tasks", json!({"kind": "k", "payload": 2})).await;
+    assert_insufficient_storage(status, &body);
+
+    // Space freed: the same server stores again at once.
+    drop(filler);
+    std::fs::remove_file(fs.dir.path().join("filler")).expect("remove the filler");
+    let (status, body) = server.post("/v1/queues/q/tasks", json!({"kind": "k", "payload": "after"})).await;
+    assert_eq!(status, 201, "{body}");
+    stored.push(body["id"].as_str().expect("an id").to_owned());
+    let (id, lease) = &leased[1];
+    let (status, body) = server.post(&format!("/v1/tasks/{id}/ack"), json!({"lease": lease})).await;
+    assert_eq!((status, body["state"].as_str()), (200, Some("succeeded")), "{body}");
+    acked.push(id.clone());
+
+    let status = server.stop();
+    assert!(status.success(), "a clean stop after the disk was full: {status:?}");
+    let server = Running::start(serve(&["--data-dir", path_arg(&data_dir)]));
+    for id in &stored {
+        let (status, body) = server.get(&format!("/v1/tasks/{id}")).await;
+        let state = if acked.contains(id) { "succeeded" } else { "ready" };
+        assert_eq!((status, body["state"].as_str()), (200, Some(state)), "task {id}: {body}");
+    }
+    let (status, body) = server.get("/v1/queues/q").await;
+    assert_eq!(status, 200, "{body}");
+    eprintln!("{} tasks stored before the disk was full; queue after restart: {body}", stored.len());
+}
+
+/// A clean stop with the disk full, and a start while not a byte is free: the
+/// start either succeeds or is refused saying how much space it needs, and
+/// with that much freed it starts; either way every acknowledged task is there.
+#[tokio::test]
+async fn the_embedded_store_stops_on_a_full_disk_and_says_how_much_room_a_start_needs() {
+    let Some(fs) = SmallFs::mount("64m") else { return };
+    let data_dir = fs.dir.path().join("data");
+    let server = Running::start(serve(&["--data-dir", path_arg(&data_dir)]));
+    let _filler = fill(fs.dir.path(), "filler");
+    let payload = "x".repeat(64 << 10);
+    let (stored, status, body) = enqueue_until_refused(&server, &payload, 2000).await;
+    assert_insufficient_storage(status, &body);
+    let status = server.stop();
+    assert!(status.success(), "a clean stop on a full disk: {status:?}");
+    // The store gave its reserve back when the disk filled: fill that too.
+    let filler = fill(fs.dir.path(), "filler-2");
+
+    let started = serve(&["--data-dir", path_arg(&data_dir)]).spawn().expect("start cherga");
+    let mut line = String::new();
+    let mut child = started;
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read stdout");
+    let server = if let Some(base) = line.trim().strip_prefix("listening on ") {
+        // It started on the full disk.
+        eprintln!("started again on the full disk");
+        Running { base: base.to_owned(), child }
+    } else {
+        let (status, stderr) = exit_of(child);
+        assert!(!status.success(), "{stderr}");
+        let needed = needed_mib(&stderr);
+        eprintln!("a start on the full disk was refused, needing {needed} MiB");
+        let len = filler.metadata().expect("filler").len();
+        filler.set_len(len.saturating_sub((needed * f64::from(1 << 20)).ceil() as u64)).expect("free space");
+        Running::start(serve(&["--data-dir", path_arg(&data_dir)]))
+    };
+    for id in &stored {
+        let (status, body) = server.get(&format!("/v1/tasks/{id}")).await;
+        assert_eq!((status, body["state"].as_str()), (200, Some("ready")), "task {id}: {body}");
+    }
+    let status = server.stop();
+    assert!(status.success(), "a clean stop: {status:?}");
+
+    // A new store on a disk without a byte free cannot even write its first
+    // page: refused, saying how much room it needs, and that much is enough.
+    let _filler = fill(fs.dir.path(), "filler-3");
+    let new_dir = fs.dir.path().join("new");
+    let stderr = fails_to_start(serve(&["--data-dir", path_arg(&new_dir)]));
+    let needed = needed_mib(&stderr);
+    eprintln!("a new store on a full disk was refused, needing {needed} MiB");
+    let freed = (needed * f64::from(1 << 20)).ceil() as u64;
+    let first =
+        std::fs::OpenOptions::new().write(true).open(fs.dir.path().join("filler")).expect("the filler");
+    let len = first.metadata().expect("filler").len();
+    first.set_len(len.checked_sub(freed).expect("the filler holds that much")).expect("free space");
+    let server = Running::start(serve(&["--data-dir", path_arg(&new_dir)]));
+    let (status, body) = server.post("/v1/queues/q/tasks", json!({"kind": "k"})).await;
+    assert_eq!(status, 201, "{body}");
+    assert!(server.stop().success());
+}
+
+/// The MiB a refused start says it needs: "… to open the store (0.0 MiB free):
+/// free at least 4.1 MiB there and start again".
+fn needed_mib(stderr: &str) -> f64 {
+    assert!(stderr.contains("to open the store"), "{stderr}");
+    stderr
+        .split("free at least ")
+        .nth(1)
+        .and_then(|rest| rest.split(" MiB").next())
+        .and_then(|n| n.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no amount of space in:\n{stderr}"))
 }
