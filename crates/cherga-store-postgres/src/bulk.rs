@@ -11,15 +11,16 @@
 use super::{Keys, LOCK_GROUPS_OF, REFRESH_HEADS, SELECT_QUEUE, Tx, changed_group, settings_from};
 use crate::events::{EventRow, INSERT_EVENTS};
 use crate::pool::{Conn, Step};
-use crate::rows::{self, ChangedRows, UPDATE_TASKS, task_columns};
-use cherga_core::{AckOutcome, Change, Millis, Task, TaskId, TaskState, Transition};
+use crate::rows::{self, ChangedRows, UPDATE_TASKS, filter_conditions, task_columns};
+use cherga_core::{AckOutcome, Change, Millis, Task, TaskId, Transition};
 use cherga_store::{BulkAction, BulkPage, BulkStep, Changed, Effects, StoreError};
 use std::collections::BTreeSet;
 
-const CANDIDATES: &str = "SELECT seq FROM tasks WHERE queue = $1 AND state = ANY($2) AND seq > $3 \
-     AND ($4::text IS NULL OR kind = $4) AND ($5::text IS NULL OR grp = $5) \
-     AND ($6::bigint IS NULL OR created_at >= $6) AND ($7::bigint IS NULL OR created_at < $7) \
-     ORDER BY seq LIMIT $8";
+const CANDIDATES: &str = concat!(
+    "SELECT seq FROM tasks WHERE queue = $1 AND state = ANY($2) AND seq > $3 ",
+    filter_conditions!(),
+    " ORDER BY seq LIMIT $8"
+);
 
 const LOCK_CANDIDATES: &str = concat!(
     "SELECT ",
@@ -34,28 +35,14 @@ const UNHEAD: &str = "UPDATE tasks t SET head = false FROM unnest($1::text[], $2
 
 pub async fn act_on_tasks(c: &mut Conn, keys: &Keys, step: &BulkStep, now: Millis) -> Tx<Changed<BulkPage>> {
     let queue = step.queue.as_str();
-    let mask = step.filter.state_mask(step.action);
-    let states: Vec<i16> =
-        TaskState::ALL.iter().filter(|s| mask & (1 << s.code()) != 0).map(|s| i16::from(s.code())).collect();
+    let states = rows::state_codes(step.filter.state_mask(step.action));
     let after = step.after.and_then(rows::seq_of).unwrap_or(0);
     let limit = i64::try_from(step.max).unwrap_or(i64::MAX);
-    let filter = &step.filter;
+    let [kind, group, enqueued_after, enqueued_before] = rows::filter_params(&step.filter);
     let mut results = c
         .run(&[
             (SELECT_QUEUE, &[&queue]),
-            (
-                CANDIDATES,
-                &[
-                    &queue,
-                    &states,
-                    &after,
-                    &filter.kind,
-                    &filter.group,
-                    &filter.enqueued_after,
-                    &filter.enqueued_before,
-                    &limit,
-                ],
-            ),
+            (CANDIDATES, &[&queue, &states, &after, kind, group, enqueued_after, enqueued_before, &limit]),
         ])
         .await?;
     let seqs: Vec<i64> = results.pop().expect("candidates").iter().map(|row| row.get(0)).collect();

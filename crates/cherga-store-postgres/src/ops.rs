@@ -24,7 +24,9 @@ pub use bulk::{act_on_tasks, delete_queue};
 
 use crate::events::{EventRow, INSERT_EVENTS};
 use crate::pool::{CommitError, Conn, Params, Step};
-use crate::rows::{self, ChangedRows, INSERT_TASKS, NewRows, UPDATE_TASKS, queue_columns, task_columns};
+use crate::rows::{
+    self, ChangedRows, INSERT_TASKS, NewRows, UPDATE_TASKS, filter_conditions, queue_columns, task_columns,
+};
 use cherga_core::{
     AckOutcome, Change, LeaseToken, Millis, NewPayload, NewTask, QueueSettings, QueueSettingsPatch, Refusal,
     Task, TaskId, TaskState, Transition, fingerprint,
@@ -754,38 +756,25 @@ pub async fn get_task(c: &mut Conn, task_id: TaskId) -> Tx<Task> {
 }
 
 pub async fn list_tasks(c: &mut Conn, list: &ListTasks) -> Tx<Vec<Task>> {
+    const LIST: &str = concat!(
+        "SELECT ",
+        task_columns!(),
+        " FROM tasks WHERE queue = $1 AND state = ANY($2) AND seq > $3 ",
+        filter_conditions!(),
+        " AND ($8::text IS NULL OR seq = (SELECT task_seq FROM idempotency_keys WHERE queue = $1 AND key = $8)) \
+         ORDER BY seq LIMIT $9"
+    );
     let queue = list.queue.as_str();
     let after = list.after.and_then(rows::seq_of).unwrap_or(0);
     let limit = i64::try_from(list.limit).unwrap_or(i64::MAX);
-    let mask = list.filter.list_mask();
-    let states: Vec<i16> =
-        TaskState::ALL.iter().filter(|s| mask & (1 << s.code()) != 0).map(|s| i16::from(s.code())).collect();
-    let filter = &list.filter;
+    let states = rows::state_codes(list.filter.list_mask());
+    let [kind, group, enqueued_after, enqueued_before] = rows::filter_params(&list.filter);
     let mut results = c
         .run(&[
             (SELECT_QUEUE, &[&queue]),
             (
-                concat!(
-                    "SELECT ",
-                    task_columns!(),
-                    " FROM tasks WHERE queue = $1 AND state = ANY($2) AND seq > $3 \
-                     AND ($4::text IS NULL OR kind = $4) AND ($5::text IS NULL OR grp = $5) \
-                     AND ($6::bigint IS NULL OR created_at >= $6) AND ($7::bigint IS NULL OR created_at < $7) \
-                     AND ($8::text IS NULL OR seq = \
-                          (SELECT task_seq FROM idempotency_keys WHERE queue = $1 AND key = $8)) \
-                     ORDER BY seq LIMIT $9"
-                ),
-                &[
-                    &queue,
-                    &states,
-                    &after,
-                    &filter.kind,
-                    &filter.group,
-                    &filter.enqueued_after,
-                    &filter.enqueued_before,
-                    &list.key,
-                    &limit,
-                ],
+                LIST,
+                &[&queue, &states, &after, kind, group, enqueued_after, enqueued_before, &list.key, &limit],
             ),
         ])
         .await?;

@@ -37,7 +37,32 @@ macro_rules! queue_columns {
     };
 }
 
-pub(crate) use {queue_columns, task_columns};
+/// The conditions of a [`TaskFilter`](cherga_store::TaskFilter) but its states,
+/// on parameters `$4` to `$7`, bound by [`filter_params`] (a statement puts the
+/// queue in `$1`, the states in `$2` and the cursor in `$3`).
+macro_rules! filter_conditions {
+    () => {
+        "AND ($4::text IS NULL OR kind = $4) AND ($5::text IS NULL OR grp = $5) \
+         AND ($6::bigint IS NULL OR created_at >= $6) AND ($7::bigint IS NULL OR created_at < $7)"
+    };
+}
+
+pub(crate) use {filter_conditions, queue_columns, task_columns};
+
+/// The parameters `$4` to `$7` of [`filter_conditions`].
+pub fn filter_params(filter: &cherga_store::TaskFilter) -> [Param<'_>; 4] {
+    [&filter.kind, &filter.group, &filter.enqueued_after, &filter.enqueued_before]
+}
+
+/// The states of a bit set by [`TaskState::code`](cherga_core::TaskState::code),
+/// as the `smallint[]` a statement compares `state` with.
+pub fn state_codes(mask: u8) -> Vec<i16> {
+    cherga_core::TaskState::ALL
+        .iter()
+        .filter(|s| mask & (1 << s.code()) != 0)
+        .map(|s| i16::from(s.code()))
+        .collect()
+}
 
 fn corrupt(what: &str, error: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {error}"))

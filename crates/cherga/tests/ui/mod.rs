@@ -258,6 +258,33 @@ fn id(task: &Value) -> String {
 /// A task that fails until it is dead turns up in the dead letters; retry there
 /// and it succeeds on the page without a reload. A payload with a script tag is
 /// shown as text, and runs nothing.
+/// A server with authentication on (one signing key), and a way to mint tokens
+/// for it: `mint(subject, scopes)`. The directory holds the key file.
+async fn server_with_auth() -> (tempfile::TempDir, Server, impl Fn(&str, &[&str]) -> String) {
+    use cherga_api::auth::KeyFile;
+    let dir = tempfile::tempdir().unwrap();
+    let key = cherga_auth::generate(cherga_auth::Alg::EdDSA, "k1").unwrap();
+    let keys_path = dir.path().join("keys.json");
+    std::fs::write(&keys_path, serde_json::to_string(&KeyFile { keys: vec![key.clone()] }).unwrap()).unwrap();
+    let server = Server::start_with(&Backend::sqlite(), &["--auth-keys", keys_path.to_str().unwrap()]).await;
+    let keys = cherga_auth::KeySet::from_file_contents(&KeyFile { keys: vec![key] }).unwrap();
+    let mint = move |subject: &str, scopes: &[&str]| {
+        let now_s =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+        let new = cherga_auth::NewToken {
+            subject: subject.into(),
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            issuer: "cherga".into(),
+            audience: "cherga".into(),
+            now_s,
+            ttl_s: 3600,
+            jti: None,
+        };
+        cherga_auth::issue(&keys, Some("k1"), &new).unwrap().0
+    };
+    (dir, server, mint)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letter_retried_from_the_dashboard_succeeds_live() {
     let Some(browser) = Browser::start().await else { return };
@@ -364,28 +391,8 @@ async fn dead_letter_retried_from_the_dashboard_succeeds_live() {
 /// only what the token's scopes allow: a `consume:` token gets no purge.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consume_token_is_not_offered_purge() {
-    use cherga_api::auth::KeyFile;
     let Some(browser) = Browser::start().await else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let key = cherga_auth::generate(cherga_auth::Alg::EdDSA, "k1").unwrap();
-    let keys_path = dir.path().join("keys.json");
-    std::fs::write(&keys_path, serde_json::to_string(&KeyFile { keys: vec![key.clone()] }).unwrap()).unwrap();
-    let server = Server::start_with(&Backend::sqlite(), &["--auth-keys", keys_path.to_str().unwrap()]).await;
-    let mint = |subject: &str, scopes: &[&str]| {
-        let keys = cherga_auth::KeySet::from_file_contents(&KeyFile { keys: vec![key.clone()] }).unwrap();
-        let now_s =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-        let new = cherga_auth::NewToken {
-            subject: subject.into(),
-            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
-            issuer: "cherga".into(),
-            audience: "cherga".into(),
-            now_s,
-            ttl_s: 3600,
-            jti: None,
-        };
-        cherga_auth::issue(&keys, Some("k1"), &new).unwrap().0
-    };
+    let (_dir, server, mint) = server_with_auth().await;
     let admin = mint("ops", &["admin"]);
     let consumer = mint("mailer", &["consume:mail"]);
     let enqueued = http()
@@ -453,25 +460,9 @@ async fn the_queue_page_searches_the_whole_queue() {
 /// shows the edit with the subject of the token that made it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_tasks_payload_is_edited_and_retried_from_its_page() {
-    use cherga_api::auth::KeyFile;
     let Some(browser) = Browser::start().await else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let key = cherga_auth::generate(cherga_auth::Alg::EdDSA, "k1").unwrap();
-    let keys_path = dir.path().join("keys.json");
-    std::fs::write(&keys_path, serde_json::to_string(&KeyFile { keys: vec![key.clone()] }).unwrap()).unwrap();
-    let server = Server::start_with(&Backend::sqlite(), &["--auth-keys", keys_path.to_str().unwrap()]).await;
-    let keys = cherga_auth::KeySet::from_file_contents(&KeyFile { keys: vec![key] }).unwrap();
-    let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-    let new = cherga_auth::NewToken {
-        subject: "ops@example.com".into(),
-        scopes: vec!["admin".into()],
-        issuer: "cherga".into(),
-        audience: "cherga".into(),
-        now_s,
-        ttl_s: 3600,
-        jti: None,
-    };
-    let admin = cherga_auth::issue(&keys, Some("k1"), &new).unwrap().0;
+    let (_dir, server, mint) = server_with_auth().await;
+    let admin = mint("ops@example.com", &["admin"]);
     let call = |method: reqwest::Method, path: &str, body: Option<Value>| {
         let mut request = http().request(method, server.url(path)).bearer_auth(&admin);
         if let Some(body) = body {
