@@ -13,7 +13,6 @@ import threading
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import boto3
@@ -24,12 +23,17 @@ from celery.contrib.testing.worker import start_worker
 from .harness import Server, unique_queue, wait_until
 
 KEY = ("CHRGCELERYKEY001", "celery-secret-0123456789abcdef")
+# May send to and receive from the queues, not create them.
+WORKER_KEY = ("CHRGCELERYWRK001", "worker-secret-0123456789abcdef")
 REGION = "us-east-1"
+
+# kombu's HTTP client calls pycurl functions that pycurl now marks deprecated.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:kombu.asynchronous.http.curl")
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def sqs_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A server with the SQS endpoint and one admin access key, on each store."""
+    """A server with the SQS endpoint, an admin key and a worker's key, on each store."""
     store: list[str] = []
     if request.param == "postgres":
         url = os.environ.get("CHERGA_TEST_POSTGRES_URL")
@@ -38,25 +42,33 @@ def sqs_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
         store = ["--store", url, "--pg-schema", f"celery_{uuid.uuid4().hex[:12]}"]
     work = tmp_path_factory.mktemp("celery")
     keys = work / "sqs-keys"
-    keys.write_text(f"{KEY[0]} {KEY[1]} admin\n")
+    keys.write_text(f"{KEY[0]} {KEY[1]} admin\n{WORKER_KEY[0]} {WORKER_KEY[1]} produce:celery-* consume:celery-*\n")
     keys.chmod(0o600)
     server = Server(work / "server", ["--sqs-addr", "127.0.0.1:0", "--sqs-keys", str(keys), *store]).start()
     yield server
     server.stop()
 
 
-def celery_app(server: Server, queue: str) -> Celery:
-    """The settings docs/sqs.md gives for Celery."""
+def celery_app(server: Server, queue: str, predefined: bool) -> Celery:
+    """The settings docs/sqs.md gives for Celery: with ``predefined`` the queue
+    exists already and the worker's key may not create queues."""
+    key = WORKER_KEY if predefined else KEY
+    options: dict[str, Any] = {
+        "region": REGION,
+        "is_secure": False,
+        "wait_time_seconds": 1,
+        "polling_interval": 0.1,
+        "visibility_timeout": 60,
+    }
+    if predefined:
+        url = sqs_client(server).create_queue(QueueName=queue)["QueueUrl"]
+        options["predefined_queues"] = {
+            queue: {"url": url, "access_key_id": WORKER_KEY[0], "secret_access_key": WORKER_KEY[1]}
+        }
     app = Celery("cherga_celery_test", set_as_current=False)
     app.conf.update(
-        broker_url=f"sqs://{KEY[0]}:{KEY[1]}@127.0.0.1:{server.sqs_port}",
-        broker_transport_options={
-            "region": REGION,
-            "is_secure": False,
-            "wait_time_seconds": 1,
-            "polling_interval": 0.1,
-            "visibility_timeout": 60,
-        },
+        broker_url=f"sqs://{key[0]}:{key[1]}@127.0.0.1:{server.sqs_port}",
+        broker_transport_options=options,
         broker_connection_retry_on_startup=True,
         task_default_queue=queue,
         task_acks_late=True,
@@ -68,28 +80,33 @@ def celery_app(server: Server, queue: str) -> Celery:
     return app
 
 
-def queue_counts(server: Server, queue: str) -> tuple[int, int]:
-    sqs = boto3.client(
+def sqs_client(server: Server):  # noqa: ANN201
+    return boto3.client(
         "sqs",
         endpoint_url=f"http://127.0.0.1:{server.sqs_port}",
         region_name=REGION,
         aws_access_key_id=KEY[0],
         aws_secret_access_key=KEY[1],
     )
+
+
+def queue_counts(server: Server, queue: str) -> tuple[int, int]:
+    sqs = sqs_client(server)
     url = sqs.get_queue_url(QueueName=queue)["QueueUrl"]
     attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
     return int(attributes["ApproximateNumberOfMessages"]), int(attributes["ApproximateNumberOfMessagesNotVisible"])
 
 
 @pytest.mark.timeout(120)
-def test_celery_worker_runs_every_task_once_and_retries(sqs_server: Server, tmp_path: Path) -> None:
+@pytest.mark.parametrize("predefined", [False, True], ids=["created", "predefined"])
+def test_celery_worker_runs_every_task_once_and_retries(sqs_server: Server, predefined: bool) -> None:
     queue = unique_queue("celery")
-    app = celery_app(sqs_server, queue)
+    app = celery_app(sqs_server, queue, predefined)
     lock = threading.Lock()
     ran: Counter[int] = Counter()
     attempts: Counter[str] = Counter()
 
-    @app.task(name="test.record")
+    @app.task(name="test.record", shared=False)
     def record(n: int) -> int:
         with lock:
             ran[n] += 1
@@ -97,6 +114,7 @@ def test_celery_worker_runs_every_task_once_and_retries(sqs_server: Server, tmp_
 
     @app.task(
         name="test.flaky",
+        shared=False,
         bind=True,
         autoretry_for=(ValueError,),
         retry_backoff=False,
