@@ -55,6 +55,9 @@ use utoipa::{Modify, OpenApi, PartialSchema};
         crate::bulk::cancel,
         crate::bulk::purge,
         crate::bulk::delete_queue,
+        crate::payload_schemas::put_schema,
+        crate::payload_schemas::get_schema,
+        crate::payload_schemas::delete_schema,
         crate::events::stream,
         openapi_path,
     )

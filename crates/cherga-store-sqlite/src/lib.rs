@@ -41,7 +41,7 @@ use cherga_store::events::{self, Event};
 use cherga_store::stats::StatGauge;
 use cherga_store::{
     Ack, AckedAndLeased, BulkPage, BulkStep, Changed, Claim, Enqueued, EventId, EventPage, ListTasks, Nack,
-    QueueInfo, QueueStats, Revocation, Store, StoreError, StoreStats, TickReport,
+    QueueInfo, QueueStats, Revocation, SchemaChange, SchemaVersion, Store, StoreError, StoreStats, TickReport,
 };
 pub use dir::DataDirInUse;
 use engine::{Engine, Writer};
@@ -123,6 +123,11 @@ pub struct SqliteStore {
     events: Option<EventReader>,
     /// Batch sizes, fsync latency and batch failures, for monitoring.
     stats: Arc<stats::WriterStats>,
+    /// The latest payload schema version of each queue that has one: read
+    /// before every enqueue, so it is kept here rather than asked of SQLite.
+    /// Raised once a change has committed, before its caller hears of it; no
+    /// other process writes the database (`dir.rs`), so it is never behind.
+    schema_versions: Mutex<std::collections::HashMap<String, u64>>,
 }
 
 /// What reading the event log needs.
@@ -146,6 +151,7 @@ impl SqliteStore {
         let lock = Arc::new(dir::DirLock::acquire(&options.path)?);
         dir::prepare_files(&options.path)?;
         let engine = Engine::open(&options)?;
+        let schema_versions = Mutex::new(engine.payload_schema_versions()?);
         let events = options.event_retention_ms.map(|_| EventReader {
             path: options.path.clone(),
             connection: Arc::new(Mutex::new(None)),
@@ -176,6 +182,7 @@ impl SqliteStore {
             lock: Mutex::new(Some(lock)),
             events,
             stats,
+            schema_versions,
         })
     }
 
@@ -417,6 +424,30 @@ impl Store for SqliteStore {
 
     async fn revoked_tokens(&self, now: Millis) -> Result<Vec<Revocation>, StoreError> {
         self.call(move |e| e.revoked_tokens(now)).await
+    }
+
+    async fn put_payload_schema(
+        &self,
+        queue: QueueName,
+        change: SchemaChange,
+        now: Millis,
+    ) -> Result<SchemaVersion, StoreError> {
+        let name = queue.as_str().to_owned();
+        let recorded = self.call(move |e| e.put_payload_schema(&name, change, now)).await?;
+        let mut versions = self.schema_versions.lock().expect("schema versions lock");
+        let latest = versions.entry(recorded.queue.clone()).or_insert(0);
+        // Two changes may be answered out of order; the later version stays.
+        *latest = (*latest).max(recorded.version);
+        Ok(recorded)
+    }
+
+    async fn payload_schemas(&self, queue: QueueName) -> Result<Vec<SchemaVersion>, StoreError> {
+        self.call(move |e| e.payload_schemas(queue.as_str())).await
+    }
+
+    async fn payload_schema_version(&self, queue: &QueueName) -> Result<u64, StoreError> {
+        let versions = self.schema_versions.lock().expect("schema versions lock");
+        Ok(versions.get(queue.as_str()).copied().unwrap_or(0))
     }
 
     async fn read_events(&self, after: EventId, limit: usize) -> Result<EventPage, StoreError> {

@@ -28,6 +28,7 @@ from .errors import (
     LeaseLost,
     MethodNotAllowed,
     NotFound,
+    PayloadInvalid,
     PayloadTooLarge,
     QueueNotEmpty,
     QueueNotFound,
@@ -37,6 +38,7 @@ from .errors import (
     TooManyRequests,
     Unauthorized,
     Unavailable,
+    Unprocessable,
     UnsupportedMediaType,
 )
 from .events import AsyncEventStream, Event, EventStream
@@ -94,6 +96,7 @@ __all__ = [
     "MethodNotAllowed",
     "NewTask",
     "NotFound",
+    "PayloadInvalid",
     "PayloadTooLarge",
     "Queue",
     "QueueNotEmpty",
@@ -109,6 +112,7 @@ __all__ = [
     "TooManyRequests",
     "Unauthorized",
     "Unavailable",
+    "Unprocessable",
     "UnsupportedMediaType",
     "Worker",
     "run_workers",
