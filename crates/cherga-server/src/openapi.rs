@@ -210,7 +210,7 @@ mod tests {
     /// Every route the router has, as (method, path). Kept next to the test that
     /// compares it with the router, which fails when a route is added without
     /// being listed here and in the document.
-    const ROUTES: [(&str, &str); 26] = [
+    const ROUTES: [(&str, &str); 29] = [
         ("get", "/healthz"),
         ("get", "/readyz"),
         ("get", "/metrics"),
@@ -223,6 +223,9 @@ mod tests {
         ("post", "/v1/queues/{queue}/tasks/retry"),
         ("post", "/v1/queues/{queue}/tasks/cancel"),
         ("post", "/v1/queues/{queue}/tasks/purge"),
+        ("put", "/v1/queues/{queue}/schema"),
+        ("get", "/v1/queues/{queue}/schema"),
+        ("delete", "/v1/queues/{queue}/schema"),
         ("post", "/v1/queues/{queue}/tasks"),
         ("get", "/v1/queues/{queue}/tasks"),
         ("post", "/v1/queues/{queue}/tasks/batch"),

@@ -20,7 +20,7 @@ use cherga_api::{
     ErrorBody, ErrorCode, PutSchemaRequest, SchemaQuery, SchemaVersionView, SchemasView, Timestamp,
 };
 use cherga_core::QueueName;
-use cherga_store::{SchemaChange, SchemaVersion, Store, StoreError, schemas};
+use cherga_store::{SchemaChange, SchemaVersion, Store, schemas};
 use std::sync::Arc;
 
 type AppState<S> = State<Arc<App<S>>>;
@@ -125,8 +125,7 @@ impl<S: Store> App<S> {
         queue: &QueueName,
         tasks: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Result<Option<Vec<Result<(), ApiError>>>, ApiError> {
-        let Some(contract) =
-            self.contracts.of(&*self.store, queue).await.map_err(|e: StoreError| ApiError::from_queue_error(e))?
+        let Some(contract) = self.contracts.of(&*self.store, queue).await.map_err(ApiError::from_queue_error)?
         else {
             return Ok(None);
         };

@@ -1093,7 +1093,8 @@ pub async fn put_payload_schema(
     let rows = c
         .query(
             "INSERT INTO payload_schemas (queue, version, kind, schema, subject, created_at) \
-             SELECT $1, coalesce(max(version), 0) + 1, $2, $3, $4, $5 FROM payload_schemas WHERE queue = $1 \
+             SELECT $1::text, coalesce(max(version), 0) + 1, $2::text, $3::text, $4::text, $5::bigint \
+             FROM payload_schemas WHERE queue = $1::text \
              RETURNING version",
             &[&queue, &change.kind, &change.schema, &change.subject, &now],
         )

@@ -73,7 +73,11 @@ fn every_violation_names_its_pointer_and_keyword() {
             ("/lines/1", "required"),
         ])
     );
-    assert_eq!(check(&contract, "any", json!({"amount": "5"})), pairs(&[("", "required"), ("/amount", "type")]));
+    assert_eq!(
+        check(&contract, "any", json!({"amount": "5"})),
+        pairs(&[("", "required"), ("", "required"), ("/amount", "type")]),
+        "one violation per missing property"
+    );
     assert_eq!(check(&contract, "any", json!(null)), pairs(&[("", "type")]), "a missing payload is null");
 }
 
