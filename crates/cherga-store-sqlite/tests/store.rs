@@ -1267,7 +1267,7 @@ async fn a_store_written_by_a_newer_version_is_refused_and_left_alone() {
         .expect("a newer store is refused");
     let message = format!("{error}: {:?}", std::error::Error::source(&error).map(ToString::to_string));
     assert!(message.contains("written by a newer cherga (schema version 1000"), "{message}");
-    assert!(message.contains("this cherga reads up to 8"), "{message}");
+    assert!(message.contains("this cherga reads up to 9"), "{message}");
     let conn = rusqlite::Connection::open(&path).expect("open");
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).expect("version");
     assert_eq!(version, 1_000, "not migrated");
