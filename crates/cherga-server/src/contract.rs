@@ -87,8 +87,8 @@ impl Contract {
             let text = current.schema.as_deref().unwrap_or("true");
             let schema: Value = serde_json::from_str(text)
                 .map_err(|e| format!("schema version {} is not JSON: {e}", current.version))?;
-            let validator =
-                compile(&schema).map_err(|e| format!("schema version {} does not compile: {e}", current.version))?;
+            let validator = compile(&schema)
+                .map_err(|e| format!("schema version {} does not compile: {e}", current.version))?;
             match &current.kind {
                 None => contract.queue_wide = Some(validator),
                 Some(kind) => {
@@ -143,7 +143,11 @@ impl Contracts {
     ///
     /// # Errors
     /// The store's; [`StoreError::Corrupt`] when a stored schema does not compile.
-    pub async fn of<S: Store>(&self, store: &S, queue: &QueueName) -> Result<Option<Arc<Contract>>, StoreError> {
+    pub async fn of<S: Store>(
+        &self,
+        store: &S,
+        queue: &QueueName,
+    ) -> Result<Option<Arc<Contract>>, StoreError> {
         let version = store.payload_schema_version(queue).await?;
         if version == 0 {
             return Ok(None);

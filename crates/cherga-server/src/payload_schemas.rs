@@ -40,10 +40,14 @@ pub(crate) async fn put_schema<S: Store>(
     JsonBody(request): JsonBody<PutSchemaRequest>,
 ) -> Result<Json<SchemasView>, ApiError> {
     request.check()?;
-    contract::compile(&request.schema)
-        .map_err(|reason| ApiError::new(ErrorCode::PayloadInvalid, format!("not a valid JSON Schema: {reason}")))?;
-    let change =
-        SchemaChange { kind: request.kind, schema: Some(request.schema.to_string()), subject: caller.subject() };
+    contract::compile(&request.schema).map_err(|reason| {
+        ApiError::new(ErrorCode::PayloadInvalid, format!("not a valid JSON Schema: {reason}"))
+    })?;
+    let change = SchemaChange {
+        kind: request.kind,
+        schema: Some(request.schema.to_string()),
+        subject: caller.subject(),
+    };
     record(&app, queue, change).await
 }
 
@@ -86,7 +90,10 @@ async fn record<S: Store>(
     queue: QueueName,
     change: SchemaChange,
 ) -> Result<Json<SchemasView>, ApiError> {
-    app.store.put_payload_schema(queue.clone(), change, now_ms()).await.map_err(ApiError::from_queue_error)?;
+    app.store
+        .put_payload_schema(queue.clone(), change, now_ms())
+        .await
+        .map_err(ApiError::from_queue_error)?;
     let history = app.store.payload_schemas(queue.clone()).await.map_err(ApiError::from_queue_error)?;
     Ok(Json(view(&queue, &history)))
 }
@@ -125,7 +132,8 @@ impl<S: Store> App<S> {
         queue: &QueueName,
         tasks: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Result<Option<Vec<Result<(), ApiError>>>, ApiError> {
-        let Some(contract) = self.contracts.of(&*self.store, queue).await.map_err(ApiError::from_queue_error)?
+        let Some(contract) =
+            self.contracts.of(&*self.store, queue).await.map_err(ApiError::from_queue_error)?
         else {
             return Ok(None);
         };

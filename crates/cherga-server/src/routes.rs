@@ -209,7 +209,8 @@ pub(crate) async fn enqueue<S: Store>(
     };
     let now = now_ms();
     let new = request.into_new_task(header_key, now, &app.limits)?;
-    if let Some(mut checked) = app.check_payloads(&queue, [(new.kind.as_str(), new.payload.as_str())]).await? {
+    if let Some(mut checked) = app.check_payloads(&queue, [(new.kind.as_str(), new.payload.as_str())]).await?
+    {
         checked.pop().unwrap_or(Ok(()))?;
     }
     let mut results =

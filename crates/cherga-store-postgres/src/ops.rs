@@ -1135,8 +1135,7 @@ pub async fn payload_schemas(c: &mut Conn, queue: &str) -> Tx<Vec<SchemaVersion>
 
 /// The latest version of the queue's schemas, 0 when none: one index probe.
 pub async fn payload_schema_version(c: &mut Conn, queue: &str) -> Tx<u64> {
-    let rows = c
-        .query("SELECT coalesce(max(version), 0) FROM payload_schemas WHERE queue = $1", &[&queue])
-        .await?;
+    let rows =
+        c.query("SELECT coalesce(max(version), 0) FROM payload_schemas WHERE queue = $1", &[&queue]).await?;
     Ok(rows[0].get::<_, i64>(0) as u64)
 }

@@ -41,7 +41,8 @@ use cherga_store::events::{self, Event};
 use cherga_store::stats::StatGauge;
 use cherga_store::{
     Ack, AckedAndLeased, BulkPage, BulkStep, Changed, Claim, Enqueued, EventId, EventPage, ListTasks, Nack,
-    QueueInfo, QueueStats, Revocation, SchemaChange, SchemaVersion, Store, StoreError, StoreStats, TickReport,
+    QueueInfo, QueueStats, Revocation, SchemaChange, SchemaVersion, Store, StoreError, StoreStats,
+    TickReport,
 };
 pub use dir::DataDirInUse;
 use engine::{Engine, Writer};

@@ -435,7 +435,10 @@ pub trait Store: Send + Sync + 'static {
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] when the backend fails.
-    fn payload_schema_version(&self, queue: &QueueName) -> impl Future<Output = Result<u64, StoreError>> + Send {
+    fn payload_schema_version(
+        &self,
+        queue: &QueueName,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
         let _ = queue;
         async { Ok(0) }
     }

@@ -2257,7 +2257,11 @@ pub async fn payload_schemas_are_versioned_per_queue<H: Harness>(mut harness: H)
     let email = r#"{"type": "object", "properties": {"to": {"type": "string"}}}"#;
     assert_eq!(put_schema(&store, "orders", Some("email"), Some(email), T0 + 2).await.version, 2);
     assert_eq!(put_schema(&store, "orders", None, None, T0 + 3).await.version, 3, "a removal is a version");
-    assert_eq!(put_schema(&store, "other", None, Some("true"), T0 + 4).await.version, 1, "numbered per queue");
+    assert_eq!(
+        put_schema(&store, "other", None, Some("true"), T0 + 4).await.version,
+        1,
+        "numbered per queue"
+    );
     assert_eq!(schema_version(&store, "orders").await, 3);
     assert_eq!(schema_version(&store, "other").await, 1);
     assert_eq!(

@@ -685,8 +685,7 @@ mod multi_node {
         let Some(backend) = Backend::postgres() else { return };
         let a = Server::start(&backend).await;
         let b = Server::start(&backend).await;
-        let (status, _) =
-            a.put("/v1/queues/shared/schema", json!({"schema": {"type": "object"}})).await;
+        let (status, _) = a.put("/v1/queues/shared/schema", json!({"schema": {"type": "object"}})).await;
         assert_eq!(status, 200);
         let (status, body) = b.post("/v1/queues/shared/tasks", json!({"kind": "k", "payload": 1})).await;
         assert_eq!(status, 422, "B enforces version 1: {body}");
@@ -695,7 +694,8 @@ mod multi_node {
         let schema = super::schemas::order_schema();
         let (status, _) = a.put("/v1/queues/shared/schema", json!({"schema": schema})).await;
         assert_eq!(status, 200);
-        let (status, body) = b.post("/v1/queues/shared/tasks", json!({"kind": "k", "payload": {"n": 1}})).await;
+        let (status, body) =
+            b.post("/v1/queues/shared/tasks", json!({"kind": "k", "payload": {"n": 1}})).await;
         assert_eq!(status, 422, "B enforces version 2 as soon as A answered: {body}");
         assert_eq!(body["error"]["violations"][0]["keyword"], "required", "{body}");
         let (status, _) = a.delete("/v1/queues/shared/schema").await;

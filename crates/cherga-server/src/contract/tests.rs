@@ -85,7 +85,10 @@ fn every_violation_names_its_pointer_and_keyword() {
 fn pointers_escape_slashes_and_tildes() {
     let schema = json!({"properties": {"a/b": {"type": "string"}, "c~d": {"type": "string"}}});
     let contract = Contract::compile(&[version(1, None, Some(schema))]).unwrap();
-    assert_eq!(check(&contract, "k", json!({"a/b": 1, "c~d": 2})), pairs(&[("/a~1b", "type"), ("/c~0d", "type")]));
+    assert_eq!(
+        check(&contract, "k", json!({"a/b": 1, "c~d": 2})),
+        pairs(&[("/a~1b", "type"), ("/c~0d", "type")])
+    );
 }
 
 #[test]

@@ -56,8 +56,9 @@ pub async fn enqueues_are_checked_against_the_current_schema(server: Server) {
         assert_eq!(body["error"]["code"], "payload_invalid", "{body}");
         assert!(body["error"]["message"].as_str().unwrap().contains("not a valid JSON Schema"), "{body}");
     }
-    let (status, body) =
-        server.put("/v1/queues/orders/schema", json!({"schema": {"$ref": "https://example.com/s.json"}})).await;
+    let (status, body) = server
+        .put("/v1/queues/orders/schema", json!({"schema": {"$ref": "https://example.com/s.json"}}))
+        .await;
     assert_eq!(status, 422, "a remote reference is not fetched: {body}");
     assert_eq!(server.get("/v1/queues/orders/schema").await.1["version"], 0, "nothing recorded");
 
@@ -69,9 +70,11 @@ pub async fn enqueues_are_checked_against_the_current_schema(server: Server) {
 
     // A valid task is accepted; an invalid one refused with every pointer.
     let good = json!({"id": "o-1", "amount": 5, "currency": "EUR"});
-    let (status, task) = server.post("/v1/queues/orders/tasks", json!({"kind": "pay", "payload": good})).await;
+    let (status, task) =
+        server.post("/v1/queues/orders/tasks", json!({"kind": "pay", "payload": good})).await;
     assert_eq!(status, 201, "{task}");
-    let bad = json!({"id": "", "amount": 0, "currency": "GBP", "customer": {"email": "x"}, "lines": [{"qty": 1}]});
+    let bad =
+        json!({"id": "", "amount": 0, "currency": "GBP", "customer": {"email": "x"}, "lines": [{"qty": 1}]});
     let (status, body) = server.post("/v1/queues/orders/tasks", json!({"kind": "pay", "payload": bad})).await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["error"]["code"], "payload_invalid");
@@ -122,9 +125,11 @@ pub async fn enqueues_are_checked_against_the_current_schema(server: Server) {
     assert_eq!(status, 200, "{set}");
     assert_eq!(set["version"], 2);
     assert_eq!(set["current"].as_array().unwrap().len(), 2, "{set}");
-    let (status, _) = server.post("/v1/queues/orders/tasks", json!({"kind": "refund", "payload": {"reason": "x"}})).await;
+    let (status, _) =
+        server.post("/v1/queues/orders/tasks", json!({"kind": "refund", "payload": {"reason": "x"}})).await;
     assert_eq!(status, 201, "the refund schema does not ask for an amount");
-    let (status, body) = server.post("/v1/queues/orders/tasks", json!({"kind": "refund", "payload": good})).await;
+    let (status, body) =
+        server.post("/v1/queues/orders/tasks", json!({"kind": "refund", "payload": good})).await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(violations(&body["error"]), pairs(&[("", "required")]));
     let (status, _) = server.post("/v1/queues/orders/tasks", json!({"kind": "pay", "payload": good})).await;
