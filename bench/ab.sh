@@ -7,6 +7,9 @@
 #   ROUNDS=8 TASKS=50000 CELLS=S1-b100-c4,S2-b100-w8 bench/ab.sh \
 #       before=/tmp/old/bin after=target/release "off=target/release:--event-retention off"
 #
+# With SCHEMA=FILE and SCHEMA_VARIANTS=name,... the named variants' queues get
+# FILE as their payload schema (e.g. `SCHEMA=bench/schema-10.json
+# SCHEMA_VARIANTS=schema bench/ab.sh plain=target/release schema=target/release`).
 # BIN_DIR holds `cherga` (and the first one `cherga-bench`). Prints one line per
 # variant, round and cell (tasks/s, p99 ms, lost), then the median per variant
 # and cell and its ratio to the first variant's. Writes its reports to
@@ -19,7 +22,7 @@ CELLS=${CELLS:-S1-b100-c4,S2-b100-w8}
 PORT=${CHERGA_BENCH_PORT:-7790}
 OUT=target/bench/ab
 mkdir -p "$OUT"
-[ $# -ge 1 ] || { sed -n 2,13p "$0"; exit 2; }
+[ $# -ge 1 ] || { sed -n 2,16p "$0"; exit 2; }
 BENCH="${1#*=}"; BENCH="${BENCH%%:*}/cherga-bench"
 results="$OUT/results.txt"
 : > "$results"
@@ -36,7 +39,9 @@ for round in $(seq 1 "$ROUNDS"); do
         for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/healthz" > /dev/null && break; sleep 0.1; done
         printf 'url=http://127.0.0.1:%s\npid=%s\nversion=%s\nsettings=%s\n' "$PORT" "$pid" "$name" "$flags" \
             > "$peers/cherga.peer"
-        "$BENCH" run --peers-dir "$peers" --out-dir "$OUT" --name "$name-$round" --systems cherga \
+        schema=""
+        case ",${SCHEMA_VARIANTS:-}," in *",$name,"*) schema=${SCHEMA:?SCHEMA_VARIANTS needs SCHEMA} ;; esac
+        CHERGA_BENCH_PAYLOAD_SCHEMA=$schema "$BENCH" run --peers-dir "$peers" --out-dir "$OUT" --name "$name-$round" --systems cherga \
             --scenarios "$CELLS" --runs 1 --tasks "$TASKS" --warmup 5000 --fsync-dir "$OUT" \
             > "$OUT/$name-$round.log" 2>&1
         kill "$pid"; wait "$pid" 2> /dev/null || true

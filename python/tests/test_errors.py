@@ -69,3 +69,12 @@ def test_too_many_requests_carries_retry_after() -> None:
     assert isinstance(error, cherga.TooManyRequests) and error.retry_after == 7.0
     assert error_from_response(429, body).retry_after is None
     assert error_from_response(429, body, {"retry-after": "Wed, 21 Oct 2026 07:28:00 GMT"}).retry_after is None
+
+
+def test_payload_invalid_carries_the_violations() -> None:
+    violation = {"pointer": "/amount", "keyword": "minimum", "schema_pointer": "/properties/amount/minimum"}
+    body = {"error": {"code": "payload_invalid", "message": "m", "violations": [violation, "not a dict"]}}
+    error = error_from_response(422, body)
+    assert isinstance(error, cherga.PayloadInvalid) and isinstance(error, cherga.Unprocessable)
+    assert error.violations == [violation]
+    assert isinstance(error_from_response(422, None), cherga.Unprocessable)

@@ -66,6 +66,10 @@ error_codes! {
     /// A request body not sent as `Content-Type: application/json`.
     UnsupportedMediaType = "unsupported_media_type" => 415,
     IdempotencyKeyReused = "idempotency_key_reused" => 422,
+    /// The payload breaks the queue's JSON Schema for the task's kind; the
+    /// error's `violations` name each failing value and keyword. Also: a
+    /// schema given to `PUT /v1/queues/{queue}/schema` is not a valid schema.
+    PayloadInvalid = "payload_invalid" => 422,
     /// Too many failed authentications from this client, or too many long polls
     /// waiting: retry after the `Retry-After` seconds.
     TooManyRequests = "too_many_requests" => 429,
@@ -83,11 +87,14 @@ error_codes! {
 pub struct WireError {
     pub code: String,
     pub message: String,
+    /// With `payload_invalid`: each way the payload breaks its schema.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub violations: Vec<crate::Violation>,
 }
 
 impl WireError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code: code.as_str().to_owned(), message: message.into() }
+        Self { code: code.as_str().to_owned(), message: message.into(), violations: Vec::new() }
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
@@ -128,6 +135,12 @@ impl utoipa::PartialSchema for WireError {
                     .description(Some("What went wrong, for people")),
             )
             .required("message")
+            .property(
+                "violations",
+                utoipa::openapi::schema::ArrayBuilder::new()
+                    .items(<crate::Violation as utoipa::PartialSchema>::schema())
+                    .description(Some("With `payload_invalid`: each way the payload breaks its schema")),
+            )
             .into()
     }
 }

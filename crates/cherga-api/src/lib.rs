@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod bulk;
+pub mod contract;
 pub mod error;
 pub mod event;
 mod number;
@@ -22,6 +23,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
 pub use bulk::{BulkRequest, BulkResponse, DeleteQueueQuery, DeleteQueueResponse, MAX_BULK_LIMIT};
+pub use contract::{PutSchemaRequest, SchemaQuery, SchemaVersionView, SchemasView, Violation};
 pub use error::{ErrorBody, ErrorCode, WireError};
 pub use time::Timestamp;
 

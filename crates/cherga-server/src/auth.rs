@@ -331,6 +331,14 @@ impl Caller {
         }
     }
 
+    /// The token's subject (`sub`), if any.
+    pub(crate) fn subject(&self) -> Option<String> {
+        match self {
+            Caller::Anyone => None,
+            Caller::Token(p) => p.subject.clone(),
+        }
+    }
+
     /// `Ok` when the caller may do `access` on `queue`, else 403.
     pub(crate) fn require(&self, access: Access, queue: &str) -> Result<(), ApiError> {
         if self.allows(access, queue) { Ok(()) } else { Err(forbidden(access, queue)) }

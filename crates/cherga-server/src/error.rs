@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use cherga_api::{ErrorBody, ErrorCode, WireError};
+use cherga_api::{ErrorBody, ErrorCode, Violation, WireError};
 use cherga_core::Refusal;
 use cherga_store::StoreError;
 
@@ -14,11 +14,23 @@ pub struct ApiError {
     pub message: String,
     /// Seconds for a `Retry-After` header (429 answers).
     pub retry_after: Option<u64>,
+    /// What a `payload_invalid` error found.
+    pub violations: Vec<Violation>,
 }
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), retry_after: None }
+        Self { code, message: message.into(), retry_after: None, violations: Vec::new() }
+    }
+
+    /// 422 `payload_invalid`: a payload of `kind` broke version `version` of
+    /// its queue's schemas in these ways.
+    pub fn payload_invalid(kind: &str, version: u64, violations: Vec<Violation>) -> Self {
+        let message = format!(
+            "the payload breaks the queue's schema for kind {kind:?} (version {version}) in {} place(s); see violations",
+            violations.len()
+        );
+        Self { violations, ..Self::new(ErrorCode::PayloadInvalid, message) }
     }
 
     /// 401, with `WWW-Authenticate: Bearer`. `message` must not quote the token.
@@ -99,7 +111,7 @@ impl ApiError {
     }
 
     pub fn to_wire(&self) -> WireError {
-        WireError::new(self.code, self.message.clone())
+        WireError { violations: self.violations.clone(), ..WireError::new(self.code, self.message.clone()) }
     }
 }
 

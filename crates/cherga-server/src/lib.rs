@@ -15,12 +15,14 @@
 mod auth;
 mod browser;
 mod bulk;
+mod contract;
 mod error;
 mod events;
 mod extract;
 mod listen;
 mod observe;
 pub mod openapi;
+mod payload_schemas;
 mod routes;
 mod timer;
 mod tls;
@@ -148,6 +150,8 @@ pub struct App<S> {
     allowed_hosts: AllowedHosts,
     /// Counters and histograms for `GET /metrics`.
     metrics: observe::Metrics,
+    /// The queues' compiled payload schemas (`contract.rs`).
+    contracts: contract::Contracts,
 }
 
 impl<S: Store> App<S> {
@@ -232,6 +236,7 @@ impl<S: Store> App<S> {
             max_json_depth: config.max_json_depth,
             allowed_hosts: config.allowed_hosts.clone(),
             metrics: observe::Metrics::new(config.http.max_waiting_leases),
+            contracts: contract::Contracts::default(),
         });
         (app, shutdown_tx)
     }

@@ -55,6 +55,9 @@ use utoipa::{Modify, OpenApi, PartialSchema};
         crate::bulk::cancel,
         crate::bulk::purge,
         crate::bulk::delete_queue,
+        crate::payload_schemas::put_schema,
+        crate::payload_schemas::get_schema,
+        crate::payload_schemas::delete_schema,
         crate::events::stream,
         openapi_path,
     )
@@ -213,7 +216,7 @@ mod tests {
     /// Every route the router has, as (method, path). Kept next to the test that
     /// compares it with the router, which fails when a route is added without
     /// being listed here and in the document.
-    const ROUTES: [(&str, &str); 26] = [
+    const ROUTES: [(&str, &str); 29] = [
         ("get", "/healthz"),
         ("get", "/readyz"),
         ("get", "/metrics"),
@@ -226,6 +229,9 @@ mod tests {
         ("post", "/v1/queues/{queue}/tasks/retry"),
         ("post", "/v1/queues/{queue}/tasks/cancel"),
         ("post", "/v1/queues/{queue}/tasks/purge"),
+        ("put", "/v1/queues/{queue}/schema"),
+        ("get", "/v1/queues/{queue}/schema"),
+        ("delete", "/v1/queues/{queue}/schema"),
         ("post", "/v1/queues/{queue}/tasks"),
         ("get", "/v1/queues/{queue}/tasks"),
         ("post", "/v1/queues/{queue}/tasks/batch"),

@@ -47,6 +47,12 @@ pub fn router<S: Store>(app: Arc<App<S>>, config: &ServerConfig) -> Router {
             "/v1/queues/{queue}",
             get(get_queue::<S>).put(put_queue::<S>).delete(crate::bulk::delete_queue::<S>),
         )
+        .route(
+            "/v1/queues/{queue}/schema",
+            get(crate::payload_schemas::get_schema::<S>)
+                .put(crate::payload_schemas::put_schema::<S>)
+                .delete(crate::payload_schemas::delete_schema::<S>),
+        )
         .route("/v1/queues/{queue}/tasks", post(enqueue::<S>).get(list_tasks::<S>))
         .route("/v1/queues/{queue}/tasks/batch", post(enqueue_batch::<S>))
         .route("/v1/queues/{queue}/tasks/retry", post(crate::bulk::retry::<S>))
@@ -204,6 +210,10 @@ pub(crate) async fn enqueue<S: Store>(
     };
     let now = now_ms();
     let new = request.into_new_task(header_key, now, &app.limits)?;
+    if let Some(mut checked) = app.check_payloads(&queue, [(new.kind.as_str(), new.payload.as_str())]).await?
+    {
+        checked.pop().unwrap_or(Ok(()))?;
+    }
     let mut results =
         app.change(app.store.enqueue(queue, vec![new], now)).await.map_err(ApiError::from_queue_error)?;
     let result =
@@ -324,6 +334,21 @@ pub(crate) async fn enqueue_batch<S: Store>(
             }
             Err(e) => checked.push(Err(e.into())),
         }
+    }
+    // Items that break the queue's schema keep their place with their error.
+    let payloads = valid.iter().map(|new| (new.kind.as_str(), new.payload.as_str()));
+    if let Some(verdicts) = app.check_payloads(&queue, payloads).await? {
+        let mut verdicts = verdicts.into_iter();
+        let mut kept = Vec::with_capacity(valid.len());
+        let mut tasks = valid.into_iter();
+        for check in checked.iter_mut().filter(|check| check.is_ok()) {
+            let (Some(new), Some(verdict)) = (tasks.next(), verdicts.next()) else { break };
+            match verdict {
+                Ok(()) => kept.push(new),
+                Err(e) => *check = Err(e),
+            }
+        }
+        valid = kept;
     }
     let stored = if valid.is_empty() {
         Vec::new()

@@ -34,7 +34,8 @@ use cherga_store::limits;
 use cherga_store::stats::StatGauge;
 use cherga_store::{
     Ack, AckedAndLeased, BulkPage, BulkStep, Changed, Claim, Effects, Enqueued, EventId, EventPage,
-    ListTasks, Nack, QueueInfo, QueueStats, Revocation, Store, StoreError, StoreStats, TickReport,
+    ListTasks, Nack, QueueInfo, QueueStats, Revocation, SchemaChange, SchemaVersion, Store, StoreError,
+    StoreStats, TickReport,
 };
 use ops::{Keys, TxError};
 use pool::{OwnPids, Pool, PoolError};
@@ -671,6 +672,23 @@ impl Store for PgStore {
 
     async fn revoked_tokens(&self, now: Millis) -> Result<Vec<Revocation>, StoreError> {
         transact!(&*self.inner, conn => ops::revoked_tokens(&mut conn, now))
+    }
+
+    async fn put_payload_schema(
+        &self,
+        queue: QueueName,
+        change: SchemaChange,
+        now: Millis,
+    ) -> Result<SchemaVersion, StoreError> {
+        transact!(&*self.inner, conn => ops::put_payload_schema(&mut conn, queue.as_str(), &change, now))
+    }
+
+    async fn payload_schemas(&self, queue: QueueName) -> Result<Vec<SchemaVersion>, StoreError> {
+        transact!(&*self.inner, conn => ops::payload_schemas(&mut conn, queue.as_str()))
+    }
+
+    async fn payload_schema_version(&self, queue: &QueueName) -> Result<u64, StoreError> {
+        transact!(&*self.inner, conn => ops::payload_schema_version(&mut conn, queue.as_str()))
     }
 
     async fn read_events(&self, after: EventId, limit: usize) -> Result<EventPage, StoreError> {

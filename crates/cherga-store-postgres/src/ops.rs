@@ -33,7 +33,8 @@ use cherga_core::{
 };
 use cherga_store::limits;
 use cherga_store::{
-    Ack, Changed, Claim, Effects, Enqueued, ListTasks, Nack, QueueInfo, QueueStats, Revocation, StoreError,
+    Ack, Changed, Claim, Effects, Enqueued, ListTasks, Nack, QueueInfo, QueueStats, Revocation, SchemaChange,
+    SchemaVersion, StoreError,
 };
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -1096,4 +1097,65 @@ pub async fn revoked_tokens(c: &mut Conn, now: Millis) -> Tx<Vec<Revocation>> {
         )
         .await?;
     Ok(found.iter().map(|row| Revocation { jti: row.get(0), expires_at: row.get(1) }).collect())
+}
+
+/// Records `change` as the queue's next schema version. The queue's advisory
+/// lock on schemas orders concurrent changes, so each takes the next number.
+pub async fn put_payload_schema(
+    c: &mut Conn,
+    queue: &str,
+    change: &SchemaChange,
+    now: Millis,
+) -> Tx<SchemaVersion> {
+    let lock_key = format!("cherga-payload-schema:{queue}");
+    c.begin();
+    c.query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", &[&lock_key]).await?;
+    let rows = c
+        .query(
+            "INSERT INTO payload_schemas (queue, version, kind, schema, subject, created_at) \
+             SELECT $1::text, coalesce(max(version), 0) + 1, $2::text, $3::text, $4::text, $5::bigint \
+             FROM payload_schemas WHERE queue = $1::text \
+             RETURNING version",
+            &[&queue, &change.kind, &change.schema, &change.subject, &now],
+        )
+        .await?;
+    c.commit().await?;
+    let version: i64 = rows[0].get(0);
+    Ok(SchemaVersion {
+        queue: queue.to_owned(),
+        version: version as u64,
+        kind: change.kind.clone(),
+        schema: change.schema.clone(),
+        subject: change.subject.clone(),
+        created_at: now,
+    })
+}
+
+/// Every version of the queue's schemas, oldest first.
+pub async fn payload_schemas(c: &mut Conn, queue: &str) -> Tx<Vec<SchemaVersion>> {
+    let rows = c
+        .query(
+            "SELECT version, kind, schema, subject, created_at FROM payload_schemas \
+             WHERE queue = $1 ORDER BY version",
+            &[&queue],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| SchemaVersion {
+            queue: queue.to_owned(),
+            version: row.get::<_, i64>(0) as u64,
+            kind: row.get(1),
+            schema: row.get(2),
+            subject: row.get(3),
+            created_at: row.get(4),
+        })
+        .collect())
+}
+
+/// The latest version of the queue's schemas, 0 when none: one index probe.
+pub async fn payload_schema_version(c: &mut Conn, queue: &str) -> Tx<u64> {
+    let rows =
+        c.query("SELECT coalesce(max(version), 0) FROM payload_schemas WHERE queue = $1", &[&queue]).await?;
+    Ok(rows[0].get::<_, i64>(0) as u64)
 }

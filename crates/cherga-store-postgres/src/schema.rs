@@ -8,10 +8,10 @@
 use crate::pool::Conn;
 
 /// The newest schema version this build knows.
-pub const VERSION: i32 = 4;
+pub const VERSION: i32 = 5;
 
 /// Every migration in version order: index 0 makes version 1.
-pub const MIGRATIONS: [&str; 4] = [V1, V2, V3, V4];
+pub const MIGRATIONS: [&str; 5] = [V1, V2, V3, V4, V5];
 
 const V1: &str = "
 CREATE TABLE queues (
@@ -128,6 +128,20 @@ CREATE INDEX events_at ON events (at);
 CREATE TABLE event_horizon (
     id     boolean PRIMARY KEY DEFAULT true CHECK (id),
     purged bigint NOT NULL
+);
+";
+
+/// Version 5: payload schemas (`cherga_store::schemas`), one row per version
+/// of a queue's schemas; `schema` is NULL for a version that removed one.
+const V5: &str = "
+CREATE TABLE payload_schemas (
+    queue      text NOT NULL,
+    version    bigint NOT NULL,
+    kind       text,
+    schema     text,
+    subject    text,
+    created_at bigint NOT NULL,
+    PRIMARY KEY (queue, version)
 );
 ";
 

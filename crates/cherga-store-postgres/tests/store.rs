@@ -494,7 +494,7 @@ async fn tasks_stored_before_histories_get_one_from_then_on() {
     client
         .batch_execute(&format!(
             "ALTER TABLE {0}.tasks DROP COLUMN leased_at, DROP COLUMN history; \
-             DROP TABLE {0}.events, {0}.event_horizon; \
+             DROP TABLE {0}.events, {0}.event_horizon, {0}.payload_schemas; \
              DELETE FROM {0}.cherga_schema WHERE version >= 3",
             schema.name
         ))

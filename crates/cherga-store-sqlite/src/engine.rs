@@ -27,7 +27,8 @@ use cherga_core::{
 };
 use cherga_store::limits::TICK_LIMIT;
 use cherga_store::{
-    Ack, Claim, Enqueued, ListTasks, Nack, QueueInfo, QueueStats, Revocation, StoreError, TickReport,
+    Ack, Claim, Enqueued, ListTasks, Nack, QueueInfo, QueueStats, Revocation, SchemaChange, SchemaVersion,
+    StoreError, TickReport,
 };
 use memory::{Memory, Origin};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -475,6 +476,71 @@ impl Engine {
             .query_map(params![now], |r| Ok(Revocation { jti: r.get(0)?, expires_at: r.get(1)? }))
             .db()?;
         rows.collect::<Result<Vec<_>, _>>().db()
+    }
+}
+
+impl Engine {
+    /// Records `change` as the queue's next schema version.
+    pub fn put_payload_schema(
+        &mut self,
+        queue: &str,
+        change: SchemaChange,
+        now: Millis,
+    ) -> Result<SchemaVersion, StoreError> {
+        let version: i64 = self
+            .conn
+            .prepare_cached("SELECT coalesce(max(version), 0) + 1 FROM payload_schemas WHERE queue = ?1")
+            .db()?
+            .query_row(params![queue], |r| r.get(0))
+            .db()?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO payload_schemas (queue, version, kind, schema, subject, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .db()?
+            .execute(params![queue, version, change.kind, change.schema, change.subject, now])
+            .db()?;
+        Ok(SchemaVersion {
+            queue: queue.to_owned(),
+            version: version as u64,
+            kind: change.kind,
+            schema: change.schema,
+            subject: change.subject,
+            created_at: now,
+        })
+    }
+
+    /// Every version of the queue's schemas, oldest first.
+    pub fn payload_schemas(&self, queue: &str) -> Result<Vec<SchemaVersion>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT version, kind, schema, subject, created_at FROM payload_schemas \
+                 WHERE queue = ?1 ORDER BY version",
+            )
+            .db()?;
+        let rows = stmt
+            .query_map(params![queue], |r| {
+                Ok(SchemaVersion {
+                    queue: queue.to_owned(),
+                    version: r.get::<_, i64>(0)? as u64,
+                    kind: r.get(1)?,
+                    schema: r.get(2)?,
+                    subject: r.get(3)?,
+                    created_at: r.get(4)?,
+                })
+            })
+            .db()?;
+        rows.collect::<Result<Vec<_>, _>>().db()
+    }
+
+    /// The latest schema version of every queue that has one.
+    pub fn payload_schema_versions(&self) -> Result<HashMap<String, u64>, StoreError> {
+        let mut stmt =
+            self.conn.prepare("SELECT queue, max(version) FROM payload_schemas GROUP BY queue").db()?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))).db()?;
+        rows.collect::<Result<HashMap<_, _>, _>>().db()
     }
 }
 

@@ -50,7 +50,8 @@ use cherga_store::events::{self, Event};
 use cherga_store::stats::StatGauge;
 use cherga_store::{
     Ack, AckedAndLeased, BulkPage, BulkStep, Changed, Claim, Enqueued, EventId, EventPage, ListTasks, Nack,
-    QueueInfo, QueueStats, Revocation, Store, StoreError, StoreStats, TickReport,
+    QueueInfo, QueueStats, Revocation, SchemaChange, SchemaVersion, Store, StoreError, StoreStats,
+    TickReport,
 };
 pub use dir::{DataDirInUse, NoRoomToOpen};
 use engine::{Engine, Writer};
@@ -154,6 +155,11 @@ pub struct SqliteStore {
     stats: Arc<stats::WriterStats>,
     /// The reserve given back on a full disk, and whether enqueues are refused.
     room: room::Room,
+    /// The latest payload schema version of each queue that has one: read
+    /// before every enqueue, so it is kept here rather than asked of SQLite.
+    /// Raised once a change has committed, before its caller hears of it; no
+    /// other process writes the database (`dir.rs`), so it is never behind.
+    schema_versions: Mutex<std::collections::HashMap<String, u64>>,
 }
 
 /// What reading the event log needs.
@@ -187,6 +193,7 @@ impl SqliteStore {
         let lock = Arc::new(dir::DirLock::acquire(&options.path)?);
         dir::prepare_files(&options.path)?;
         let engine = Engine::open(&options)?;
+        let schema_versions = Mutex::new(engine.payload_schema_versions()?);
         let events = options.event_retention_ms.map(|_| EventReader {
             path: options.path.clone(),
             connection: Arc::new(Mutex::new(None)),
@@ -218,6 +225,7 @@ impl SqliteStore {
             events,
             stats,
             room: room::Room::open(&options.path),
+            schema_versions,
         })
     }
 
@@ -469,6 +477,30 @@ impl Store for SqliteStore {
 
     async fn revoked_tokens(&self, now: Millis) -> Result<Vec<Revocation>, StoreError> {
         self.call(move |e| e.revoked_tokens(now)).await
+    }
+
+    async fn put_payload_schema(
+        &self,
+        queue: QueueName,
+        change: SchemaChange,
+        now: Millis,
+    ) -> Result<SchemaVersion, StoreError> {
+        let name = queue.as_str().to_owned();
+        let recorded = self.call(move |e| e.put_payload_schema(&name, change, now)).await?;
+        let mut versions = self.schema_versions.lock().expect("schema versions lock");
+        let latest = versions.entry(recorded.queue.clone()).or_insert(0);
+        // Two changes may be answered out of order; the later version stays.
+        *latest = (*latest).max(recorded.version);
+        Ok(recorded)
+    }
+
+    async fn payload_schemas(&self, queue: QueueName) -> Result<Vec<SchemaVersion>, StoreError> {
+        self.call(move |e| e.payload_schemas(queue.as_str())).await
+    }
+
+    async fn payload_schema_version(&self, queue: &QueueName) -> Result<u64, StoreError> {
+        let versions = self.schema_versions.lock().expect("schema versions lock");
+        Ok(versions.get(queue.as_str()).copied().unwrap_or(0))
     }
 
     async fn read_events(&self, after: EventId, limit: usize) -> Result<EventPage, StoreError> {

@@ -5,7 +5,7 @@ use cherga_core::{Lease, LeaseToken, Task, TaskId, TaskState};
 use rusqlite::{Connection, OptionalExtension};
 
 /// The version this build writes; `PRAGMA user_version` holds the version on disk.
-pub const VERSION: i64 = 8;
+pub const VERSION: i64 = 9;
 
 const V1: &str = "
 CREATE TABLE queues (
@@ -204,6 +204,20 @@ CREATE TABLE events (
 );
 ";
 
+/// Version 9: payload schemas (`cherga_store::schemas`), one row per version
+/// of a queue's schemas; `schema` is NULL for a version that removed one.
+const V9: &str = "
+CREATE TABLE payload_schemas (
+    queue      TEXT NOT NULL,
+    version    INTEGER NOT NULL,
+    kind       TEXT,
+    schema     TEXT,
+    subject    TEXT,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (queue, version)
+) WITHOUT ROWID;
+";
+
 /// The counter that kept purged sequence numbers from being given again before
 /// version 6, when every queue shared one counter; each queue has its own now
 /// (`seqs::counter`), and the old numbers are below every queue's range.
@@ -300,7 +314,7 @@ struct Migration {
 }
 
 /// Every migration in version order: index 0 makes version 1.
-const MIGRATIONS: [Migration; 8] = [
+const MIGRATIONS: [Migration; 9] = [
     Migration { sql: V1, then: None },
     Migration { sql: V2, then: None },
     Migration { sql: V3, then: Some(v3_tasks) },
@@ -309,6 +323,7 @@ const MIGRATIONS: [Migration; 8] = [
     Migration { sql: V6, then: Some(v6_tasks) },
     Migration { sql: V7, then: None },
     Migration { sql: V8, then: None },
+    Migration { sql: V9, then: None },
 ];
 
 /// The page cache, in KiB.

@@ -1286,11 +1286,15 @@ async fn a_store_written_by_schema_version_8_opens_migrated_and_serves() {
     let acked =
         store.complete(vec![ack], T0 + 102).await.map(cherga_store::Changed::into_value).expect("ack");
     assert!(acked.iter().all(Result::is_ok), "{acked:?}");
+    // Version 9's table of payload schemas is there.
+    let change = cherga_store::SchemaChange { kind: None, schema: Some("{}".to_owned()), subject: None };
+    let recorded = store.put_payload_schema(queue_name("upgrade"), change, T0 + 103).await.expect("schema");
+    assert_eq!(recorded.version, 1);
     store.close().await;
     drop(store);
     let conn = rusqlite::Connection::open(dir.path().join("cherga.db")).expect("open");
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).expect("version");
-    assert_eq!(version, 8, "migrated to this build's version");
+    assert_eq!(version, 9, "migrated to this build's version");
 }
 
 #[tokio::test]
@@ -1307,7 +1311,7 @@ async fn a_store_written_by_a_newer_version_is_refused_and_left_alone() {
         .expect("a newer store is refused");
     let message = format!("{error}: {:?}", std::error::Error::source(&error).map(ToString::to_string));
     assert!(message.contains("written by a newer cherga (schema version 1000"), "{message}");
-    assert!(message.contains("this cherga reads up to 8"), "{message}");
+    assert!(message.contains("this cherga reads up to 9"), "{message}");
     let conn = rusqlite::Connection::open(&path).expect("open");
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).expect("version");
     assert_eq!(version, 1_000, "not migrated");

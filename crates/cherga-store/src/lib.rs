@@ -19,6 +19,7 @@ pub mod bulk;
 mod effects;
 pub mod events;
 pub mod limits;
+pub mod schemas;
 pub mod stats;
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -26,6 +27,7 @@ pub mod testkit;
 pub use bulk::{BULK_BATCH, BulkAction, BulkPage, BulkStep, TaskFilter};
 pub use effects::{Changed, Effects};
 pub use events::{Event, EventId, EventPage};
+pub use schemas::{SchemaChange, SchemaVersion};
 pub use stats::{QueueStats, StoreStats};
 
 /// What went wrong with a store call or with one item of a batch.
@@ -407,6 +409,52 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<Revocation>, StoreError>> + Send {
         let _ = now;
         async { Err(StoreError::Unavailable("this store does not keep token revocations".into())) }
+    }
+
+    /// Records a change to the payload schemas of `queue` as its next version
+    /// ([`schemas`]) and answers that version. The queue need not exist: its
+    /// schemas are kept apart from its settings (and outlive its deletion).
+    ///
+    /// The default refuses: a store that cannot keep schemas cannot enforce them.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the backend fails or keeps no schemas.
+    fn put_payload_schema(
+        &self,
+        queue: QueueName,
+        change: SchemaChange,
+        now: Millis,
+    ) -> impl Future<Output = Result<SchemaVersion, StoreError>> + Send {
+        let _ = (queue, change, now);
+        async { Err(StoreError::Unavailable("this store does not keep payload schemas".into())) }
+    }
+
+    /// Every version of the payload schemas of `queue`, oldest first (empty
+    /// when it never had one). The default has none.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the backend fails.
+    fn payload_schemas(
+        &self,
+        queue: QueueName,
+    ) -> impl Future<Output = Result<Vec<SchemaVersion>, StoreError>> + Send {
+        let _ = queue;
+        async { Ok(Vec::new()) }
+    }
+
+    /// The number of the latest version of the payload schemas of `queue`
+    /// (0 when it never had one), as committed when the call began: a change
+    /// answered before the call, on any node, is seen. Called before every
+    /// enqueue, so it must be cheap. The default has none.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the backend fails.
+    fn payload_schema_version(
+        &self,
+        queue: &QueueName,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        let _ = queue;
+        async { Ok(0) }
     }
 
     /// Reads up to `limit` events of the log after position `after` (0 reads

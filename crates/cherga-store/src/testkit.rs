@@ -34,7 +34,7 @@
 
 use crate::{
     Ack, BulkAction, BulkStep, Changed, Claim, Enqueued, EventId, EventPage, ListTasks, Nack, QueueInfo,
-    Revocation, Store, StoreError, TaskFilter, TickReport,
+    Revocation, SchemaChange, SchemaVersion, Store, StoreError, TaskFilter, TickReport,
 };
 use cherga_core::{
     AttemptOutcome, Backoff, Change, History, Millis, NewPayload, NewTask, QueueName, QueueSettings,
@@ -124,6 +124,8 @@ macro_rules! conformance_tests {
             close_refuses_later_calls,
             revocations_are_listed_until_they_expire,
             revocations_survive_a_reopen,
+            payload_schemas_are_versioned_per_queue,
+            payload_schemas_survive_a_reopen_and_a_crash,
             every_change_reports_its_transitions,
             the_event_log_holds_every_transition_in_order,
             the_event_log_forgets_events_past_its_retention,
@@ -2354,6 +2356,105 @@ pub async fn revocations_survive_a_reopen<H: Harness>(mut harness: H) {
         [("forever".to_owned(), Millis::MAX), ("kept".to_owned(), T0 + 60_000)],
         "revocations after a reopen"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Payload schemas.
+// ---------------------------------------------------------------------------
+
+async fn put_schema<S: Store>(
+    store: &S,
+    queue: &str,
+    kind: Option<&str>,
+    schema: Option<&str>,
+    now: Millis,
+) -> SchemaVersion {
+    let change = SchemaChange {
+        kind: kind.map(str::to_owned),
+        schema: schema.map(str::to_owned),
+        subject: Some("alice".to_owned()),
+    };
+    store.put_payload_schema(queue_name(queue), change, now).await.expect("put_payload_schema")
+}
+
+/// `(version, kind, schema)` of each version of the queue's schemas, oldest first.
+async fn schema_history<S: Store>(store: &S, queue: &str) -> Vec<(u64, Option<String>, Option<String>)> {
+    let history = store.payload_schemas(queue_name(queue)).await.expect("payload_schemas");
+    for version in &history {
+        assert_eq!(version.queue, queue, "{version:?}");
+        assert_eq!(version.subject.as_deref(), Some("alice"), "{version:?}");
+    }
+    history.into_iter().map(|v| (v.version, v.kind, v.schema)).collect()
+}
+
+async fn schema_version<S: Store>(store: &S, queue: &str) -> u64 {
+    store.payload_schema_version(&queue_name(queue)).await.expect("payload_schema_version")
+}
+
+fn owned(version: u64, kind: Option<&str>, schema: Option<&str>) -> (u64, Option<String>, Option<String>) {
+    (version, kind.map(str::to_owned), schema.map(str::to_owned))
+}
+
+/// Each change to a queue's schemas is its next version, numbered per queue from
+/// 1, kept verbatim with its kind, time and subject; a removal is a version too;
+/// the version number is what `payload_schema_version` answers. Schemas do not
+/// need the queue to exist, and tasks are untouched by them.
+pub async fn payload_schemas_are_versioned_per_queue<H: Harness>(mut harness: H) {
+    let store = harness.open().await;
+    assert_eq!(schema_version(&store, "orders").await, 0, "no schema yet");
+    assert_eq!(schema_history(&store, "orders").await, [], "no history yet");
+    let task = create(&store, "orders", task("a"), T0).await;
+
+    let wide = r#"{"type": "object", "required": ["id"]}"#;
+    let first = put_schema(&store, "orders", None, Some(wide), T0 + 1).await;
+    assert_eq!(
+        first,
+        SchemaVersion {
+            queue: "orders".to_owned(),
+            version: 1,
+            kind: None,
+            schema: Some(wide.to_owned()),
+            subject: Some("alice".to_owned()),
+            created_at: T0 + 1,
+        }
+    );
+    let email = r#"{"type": "object", "properties": {"to": {"type": "string"}}}"#;
+    assert_eq!(put_schema(&store, "orders", Some("email"), Some(email), T0 + 2).await.version, 2);
+    assert_eq!(put_schema(&store, "orders", None, None, T0 + 3).await.version, 3, "a removal is a version");
+    assert_eq!(
+        put_schema(&store, "other", None, Some("true"), T0 + 4).await.version,
+        1,
+        "numbered per queue"
+    );
+    assert_eq!(schema_version(&store, "orders").await, 3);
+    assert_eq!(schema_version(&store, "other").await, 1);
+    assert_eq!(
+        schema_history(&store, "orders").await,
+        [owned(1, None, Some(wide)), owned(2, Some("email"), Some(email)), owned(3, None, None)],
+        "the whole history, oldest first"
+    );
+    let history = store.payload_schemas(queue_name("orders")).await.unwrap();
+    let current: Vec<u64> = crate::schemas::current(&history).iter().map(|v| v.version).collect();
+    assert_eq!(current, [2], "the queue-wide schema was removed; the kind's is in force");
+    assert_eq!(get(&store, task.id).await, task, "schemas leave stored tasks alone");
+}
+
+/// Schema versions are durable: a reopened store (after a close or a crash)
+/// lists them and numbers the next change after them.
+pub async fn payload_schemas_survive_a_reopen_and_a_crash<H: Harness>(mut harness: H) {
+    let store = harness.open().await;
+    put_schema(&store, "q", None, Some("{}"), T0).await;
+    put_schema(&store, "q", Some("k"), Some(r#"{"type":"object"}"#), T0 + 1).await;
+    let store = reopen(&mut harness, store).await;
+    assert_eq!(schema_version(&store, "q").await, 2, "after a reopen");
+    assert_eq!(
+        schema_history(&store, "q").await,
+        [owned(1, None, Some("{}")), owned(2, Some("k"), Some(r#"{"type":"object"}"#))]
+    );
+    assert_eq!(put_schema(&store, "q", Some("k"), None, T0 + 2).await.version, 3, "numbering goes on");
+    let store = harness.crash(store).await;
+    assert_eq!(schema_version(&store, "q").await, 3, "after a crash");
+    assert_eq!(schema_history(&store, "q").await.len(), 3);
 }
 
 // ---------------------------------------------------------------------------

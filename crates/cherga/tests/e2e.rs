@@ -17,6 +17,7 @@ mod cli;
 mod events;
 mod harness;
 mod observe;
+mod schemas;
 mod startup;
 mod ui;
 
@@ -75,7 +76,12 @@ on_both_stores!(
     long_polls_are_woken_one_per_leasable_task,
     an_event_reader_follows_every_change_through_a_kill,
     bulk_actions_by_filter_and_queue_deletion,
+    payload_schemas_refuse_what_breaks_them,
 );
+
+async fn payload_schemas_refuse_what_breaks_them(backend: Backend) {
+    schemas::enqueues_are_checked_against_the_current_schema(Server::start(&backend).await).await;
+}
 
 async fn bulk_actions_by_filter_and_queue_deletion(backend: Backend) {
     bulk::retry_cancel_purge_and_delete_by_filter(Server::start(&backend).await).await;
@@ -772,6 +778,32 @@ async fn sigterm_drains_and_the_store_reopens(backend: Backend) {
 mod multi_node {
     use super::harness::{Backend, Proxy, Server, admin, http, upstream_of, via_port, wait_until};
     use super::{LONG_POLL_WAITING, id, token};
+
+    /// A schema set through one node is enforced by another at once: the
+    /// other node had compiled the earlier version, and does not use it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_schema_set_on_one_node_is_enforced_on_another() {
+        let Some(backend) = Backend::postgres() else { return };
+        let a = Server::start(&backend).await;
+        let b = Server::start(&backend).await;
+        let (status, _) = a.put("/v1/queues/shared/schema", json!({"schema": {"type": "object"}})).await;
+        assert_eq!(status, 200);
+        let (status, body) = b.post("/v1/queues/shared/tasks", json!({"kind": "k", "payload": 1})).await;
+        assert_eq!(status, 422, "B enforces version 1: {body}");
+        let (status, _) = b.post("/v1/queues/shared/tasks", json!({"kind": "k", "payload": {"n": 1}})).await;
+        assert_eq!(status, 201, "B compiled version 1");
+        let schema = super::schemas::order_schema();
+        let (status, _) = a.put("/v1/queues/shared/schema", json!({"schema": schema})).await;
+        assert_eq!(status, 200);
+        let (status, body) =
+            b.post("/v1/queues/shared/tasks", json!({"kind": "k", "payload": {"n": 1}})).await;
+        assert_eq!(status, 422, "B enforces version 2 as soon as A answered: {body}");
+        assert_eq!(body["error"]["violations"][0]["keyword"], "required", "{body}");
+        let (status, _) = a.delete("/v1/queues/shared/schema").await;
+        assert_eq!(status, 200);
+        let (status, body) = b.post("/v1/queues/shared/tasks", json!({"kind": "k", "payload": 1})).await;
+        assert_eq!(status, 201, "and its removal: {body}");
+    }
 
     /// Three nodes commit at once, one is killed and started again, and a reader
     /// on another follows the stream: it misses no event and sees none twice.

@@ -136,6 +136,38 @@ fn send_signal(server: &Server, signal: i32) {
 // Scopes.
 // ---------------------------------------------------------------------------
 
+/// Setting or removing a payload schema needs `admin`; reading it, a scope on
+/// the queue. The history names the token's subject.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payload_schemas_need_admin_to_change() {
+    let s = Secured::start(&[]).await;
+    let producer = s.token(&["produce:payments"]);
+    let stranger = s.token(&["produce:other"]);
+    let admin = s.token(&["admin"]);
+    let schema = json!({"schema": {"type": "object"}});
+    for (who, method) in [("producer", "PUT"), ("producer", "DELETE"), ("stranger", "PUT")] {
+        let token = if who == "producer" { &producer } else { &stranger };
+        expect(who, s.call(Some(token), method, "/v1/queues/payments/schema", schema.clone()).await, 403);
+    }
+    let set = expect("admin", s.call(Some(&admin), "PUT", "/v1/queues/payments/schema", schema).await, 200);
+    assert_eq!(set["history"][0]["subject"], "test", "{set}");
+    let shown = expect(
+        "producer reads",
+        s.call(Some(&producer), "GET", "/v1/queues/payments/schema", Value::Null).await,
+        200,
+    );
+    assert_eq!(shown["version"], 1);
+    expect(
+        "stranger reads",
+        s.call(Some(&stranger), "GET", "/v1/queues/payments/schema", Value::Null).await,
+        403,
+    );
+    let refused = s
+        .call(Some(&producer), "POST", "/v1/queues/payments/tasks", json!({"kind": "k", "payload": 1}))
+        .await;
+    expect("enforced", refused, 422);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_route_needs_its_scope() {
     let s = Secured::start(&[]).await;

@@ -29,6 +29,7 @@ from .errors import (
     LeaseLost,
     MethodNotAllowed,
     NotFound,
+    PayloadInvalid,
     PayloadTooLarge,
     QueueNotEmpty,
     QueueNotFound,
@@ -38,6 +39,7 @@ from .errors import (
     TooManyRequests,
     Unauthorized,
     Unavailable,
+    Unprocessable,
     UnsupportedMediaType,
 )
 from .events import AsyncEventStream, Event, EventStream
@@ -98,6 +100,7 @@ __all__ = [
     "NewTask",
     "NotFound",
     "PayloadEdit",
+    "PayloadInvalid",
     "PayloadTooLarge",
     "Queue",
     "QueueNotEmpty",
@@ -113,6 +116,7 @@ __all__ = [
     "TooManyRequests",
     "Unauthorized",
     "Unavailable",
+    "Unprocessable",
     "UnsupportedMediaType",
     "Worker",
     "run_workers",

@@ -157,10 +157,35 @@ class TooManyRequests(ChergaError):
         self.retry_after = retry_after
 
 
-class IdempotencyKeyReused(ChergaError):
+class Unprocessable(ChergaError):
+    """422 of any kind: the request was understood and refused."""
+
+    code = "unprocessable"
+
+
+class IdempotencyKeyReused(Unprocessable):
     """422: the idempotency key was already used for a *different* request."""
 
     code = "idempotency_key_reused"
+
+
+class PayloadInvalid(Unprocessable):
+    """422: the payload breaks the queue's JSON Schema (``violations``: one dict
+    per failing value, with ``pointer``, ``keyword``, ``schema_pointer`` and
+    ``message``), or a schema given to set is not a valid schema."""
+
+    code = "payload_invalid"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        violations: list[dict[str, Any]] | None = None,
+    ) -> None:
+        super().__init__(message, code=code, status=status)
+        self.violations = violations or []
 
 
 class Unavailable(ChergaError):
@@ -212,6 +237,7 @@ ERROR_CLASSES: dict[str, type[ChergaError]] = {
         BodyTooLarge,
         RequestTimeout,
         IdempotencyKeyReused,
+        PayloadInvalid,
         TooManyRequests,
         Unavailable,
         InsufficientStorage,
@@ -231,7 +257,7 @@ _STATUS_CLASSES: dict[int, type[ChergaError]] = {
     409: Conflict,
     413: PayloadTooLarge,
     415: UnsupportedMediaType,
-    422: IdempotencyKeyReused,
+    422: Unprocessable,
     429: TooManyRequests,
     500: InternalError,
     502: Unavailable,
@@ -254,6 +280,10 @@ def error_from_response(status: int, body: Any, headers: Mapping[str, str] | Non
         code = None
         message = f"HTTP {status} without an API error body"
         cls = _STATUS_CLASSES.get(status, ChergaError)
+    if cls is PayloadInvalid:
+        found = error.get("violations") if isinstance(error, dict) else None
+        violations = [v for v in found if isinstance(v, dict)] if isinstance(found, list) else []
+        return PayloadInvalid(message, code=code, status=status, violations=violations)
     if cls is TooManyRequests:
         retry_after = _seconds((headers or {}).get("retry-after"))
         return TooManyRequests(message, code=code, status=status, retry_after=retry_after)

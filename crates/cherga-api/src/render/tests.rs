@@ -114,7 +114,11 @@ fn lists_leases_and_batches_are_written_as_serde_writes_them() {
         };
         assert_eq!(super::tasks(&tasks, View::Public, Some(next)), serde_bytes(&list));
     }
-    let error = WireError { code: "lease_lost".into(), message: "the \"lease\" expired".into() };
+    let error = WireError {
+        code: "lease_lost".into(),
+        message: "the \"lease\" expired".into(),
+        violations: Vec::new(),
+    };
     let items = vec![
         BatchItem { status: 201, id: None, task: Some(TaskView::from_task(&tasks[0])), error: None },
         BatchItem { status: 200, id: Some(done.id.to_string()), task: None, error: None },

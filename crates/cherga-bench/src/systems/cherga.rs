@@ -39,6 +39,10 @@ pub struct Cherga {
     null: bool,
 }
 
+/// Names a file with a JSON Schema that every queue of the run gets as its
+/// payload schema.
+pub const PAYLOAD_SCHEMA_VAR: &str = "CHERGA_BENCH_PAYLOAD_SCHEMA";
+
 impl Cherga {
     /// `url` is `http://host:port`.
     ///
@@ -71,7 +75,18 @@ impl Broker for Cherga {
         let mut http = self.connect().await?;
         let (status, body) =
             http.send(Method::PUT, &format!("/v1/queues/{queue}"), Bytes::from_static(b"{}")).await?;
-        expect(status, StatusCode::OK, &body)
+        expect(status, StatusCode::OK, &body)?;
+        // The cost of payload schemas: every enqueue is then checked against
+        // this one (`bench/schema-10.json` fits the benchmark's payloads).
+        if let Some(path) = std::env::var_os(PAYLOAD_SCHEMA_VAR).filter(|path| !path.is_empty()) {
+            let schema = std::fs::read_to_string(&path)
+                .with_context(|| format!("{PAYLOAD_SCHEMA_VAR}: cannot read {}", path.display()))?;
+            let request = format!("{{\"schema\": {schema}}}");
+            let (status, body) =
+                http.send(Method::PUT, &format!("/v1/queues/{queue}/schema"), Bytes::from(request)).await?;
+            expect(status, StatusCode::OK, &body)?;
+        }
+        Ok(())
     }
 
     async fn producer(&self, queue: &str) -> Result<ChergaProducer> {
