@@ -413,3 +413,21 @@ def test_group_runs_one_at_a_time_in_order(client: Client, queue: str) -> None:
     assert client.get_task(second.id).group == "customer-7"
     client.ack(next(t for t in leased if t.id == first.id))
     assert [t.id for t in client.lease_tasks(queue, max=10, wait_ms=1_000)] == [second.id]
+
+
+def test_a_queue_schema_refuses_payloads_that_break_it(client: Client, queue: str) -> None:
+    client.enqueue(queue, "pay", {"id": "before"})  # stored before the schema: not checked again
+    schema = {"type": "object", "required": ["id", "amount"], "properties": {"amount": {"minimum": 1}}}
+    first = client.set_schema(queue, schema)
+    assert (first.version, [v.schema for v in first.current]) == (1, [schema])
+    with pytest.raises(cherga.PayloadInvalid) as caught:
+        client.enqueue(queue, "pay", {"id": "a", "amount": 0})
+    assert [(v["pointer"], v["keyword"]) for v in caught.value.violations] == [("/amount", "minimum")]
+    assert client.enqueue(queue, "pay", {"id": "b", "amount": 5}).payload == {"id": "b", "amount": 5}
+    client.set_schema(queue, {"type": "string"}, kind="note")
+    assert client.enqueue(queue, "note", "free text").kind == "note"
+    removed = client.delete_schema(queue)
+    assert removed.version == 3 and [v.kind for v in removed.current] == ["note"]
+    assert [v.version for v in client.get_schema(queue).history] == [1, 2, 3]
+    assert client.enqueue(queue, "pay", {"anything": True}).kind == "pay"
+    assert client.get_queue(queue).counts.ready == 4

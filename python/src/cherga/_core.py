@@ -35,7 +35,7 @@ from .errors import (
     Unavailable,
     error_from_response,
 )
-from .types import BatchResult, NewTask, Queue, Task, TaskPage
+from .types import BatchResult, NewTask, Queue, QueueSchemas, Task, TaskPage
 
 T = TypeVar("T")
 
@@ -446,6 +446,29 @@ def configure_queue(
     if concurrency is not UNSET:
         body["concurrency"] = concurrency
     return Call("PUT", queue_path(queue), lambda a: Queue.from_wire(a.body), json=body)
+
+
+def set_schema(queue: str, schema: Any, *, kind: str | None = None) -> Call[QueueSchemas]:
+    """Set the queue's JSON Schema (draft 2020-12) for ``kind``, or for every kind
+    without its own; every later enqueue is checked against it
+    (``PayloadInvalid``). A new version each time: not resent on its own."""
+    body: dict[str, Any] = {"schema": schema}
+    if kind is not None:
+        body["kind"] = kind
+    return Call(
+        "PUT", f"{queue_path(queue)}/schema", lambda a: QueueSchemas.from_wire(a.body), json=body, idempotent=False
+    )
+
+
+def get_schema(queue: str) -> Call[QueueSchemas]:
+    """The queue's payload schemas in force and their history."""
+    return Call("GET", f"{queue_path(queue)}/schema", lambda a: QueueSchemas.from_wire(a.body))
+
+
+def delete_schema(queue: str, *, kind: str | None = None) -> Call[QueueSchemas]:
+    """Remove the queue's schema for ``kind`` (or the queue-wide one)."""
+    params = {"kind": kind} if kind is not None else None
+    return Call("DELETE", f"{queue_path(queue)}/schema", lambda a: QueueSchemas.from_wire(a.body), params=params)
 
 
 def health() -> Call[bool]:

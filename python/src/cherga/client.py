@@ -122,6 +122,9 @@ class _Api:
     get_queue = _Op(_core.get_queue)
     list_queues = _Op(_core.list_queues)
     configure_queue = _Op(_core.configure_queue)
+    set_schema = _Op(_core.set_schema)
+    get_schema = _Op(_core.get_schema)
+    delete_schema = _Op(_core.delete_schema)
     health = _Op(_core.health)
 
 

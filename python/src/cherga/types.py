@@ -327,3 +327,47 @@ class Queue:
             settings=QueueSettings.from_wire(data["settings"]),
             counts=Counts(**known),
         )
+
+
+@dataclass
+class SchemaVersion:
+    """One version of a queue's payload schemas: ``schema`` for ``kind`` (``None``:
+    every kind without its own), or ``schema=None`` where a version removed one."""
+
+    version: int
+    kind: str | None
+    schema: Any
+    subject: str | None
+    created_at: datetime
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> SchemaVersion:
+        created_at = parse_time(data["created_at"])
+        assert created_at is not None
+        return cls(
+            version=data["version"],
+            kind=data.get("kind"),
+            schema=data.get("schema"),
+            subject=data.get("subject"),
+            created_at=created_at,
+        )
+
+
+@dataclass
+class QueueSchemas:
+    """A queue's payload schemas: those in force and every version, oldest first
+    (``version`` 0: the queue never had one)."""
+
+    queue: str
+    version: int
+    current: list[SchemaVersion]
+    history: list[SchemaVersion]
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> QueueSchemas:
+        return cls(
+            queue=data["queue"],
+            version=data["version"],
+            current=[SchemaVersion.from_wire(v) for v in data.get("current", [])],
+            history=[SchemaVersion.from_wire(v) for v in data.get("history", [])],
+        )
