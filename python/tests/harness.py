@@ -203,3 +203,20 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+def sqs_server(store: str, work: Path, keys: str) -> Server:
+    """A started server with the SQS endpoint and the access keys ``keys`` (the
+    key file's text), on the embedded store or, for ``store="postgres"``, on the
+    database CHERGA_TEST_POSTGRES_URL names, in a schema of its own (skipped
+    without one)."""
+    args: list[str] = []
+    if store == "postgres":
+        url = os.environ.get("CHERGA_TEST_POSTGRES_URL")
+        if not url:
+            pytest.skip("CHERGA_TEST_POSTGRES_URL is not set")
+        args = ["--store", url, "--pg-schema", f"sqs_{uuid.uuid4().hex[:12]}"]
+    key_file = work / "sqs-keys"
+    key_file.write_text(keys)
+    key_file.chmod(0o600)
+    return Server(work / "server", ["--sqs-addr", "127.0.0.1:0", "--sqs-keys", str(key_file), *args]).start()

@@ -8,9 +8,7 @@ ran in memory."""
 
 from __future__ import annotations
 
-import os
 import threading
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -20,6 +18,7 @@ import pytest
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
 
+from . import harness
 from .harness import Server, unique_queue, wait_until
 
 KEY = ("CHRGCELERYKEY001", "celery-secret-0123456789abcdef")
@@ -34,17 +33,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:kombu.asynch
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def sqs_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A server with the SQS endpoint, an admin key and a worker's key, on each store."""
-    store: list[str] = []
-    if request.param == "postgres":
-        url = os.environ.get("CHERGA_TEST_POSTGRES_URL")
-        if not url:
-            pytest.skip("CHERGA_TEST_POSTGRES_URL is not set")
-        store = ["--store", url, "--pg-schema", f"celery_{uuid.uuid4().hex[:12]}"]
-    work = tmp_path_factory.mktemp("celery")
-    keys = work / "sqs-keys"
-    keys.write_text(f"{KEY[0]} {KEY[1]} admin\n{WORKER_KEY[0]} {WORKER_KEY[1]} produce:celery-* consume:celery-*\n")
-    keys.chmod(0o600)
-    server = Server(work / "server", ["--sqs-addr", "127.0.0.1:0", "--sqs-keys", str(keys), *store]).start()
+    keys = f"{KEY[0]} {KEY[1]} admin\n{WORKER_KEY[0]} {WORKER_KEY[1]} produce:celery-* consume:celery-*\n"
+    server = harness.sqs_server(request.param, tmp_path_factory.mktemp("celery"), keys)
     yield server
     server.stop()
 

@@ -6,9 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
+from . import harness
 from .harness import Server, unique_queue, wait_until
 
 ADMIN = ("CHRGADMINKEY0001", "admin-secret-0123456789abcdef")
@@ -31,17 +30,8 @@ PRODUCER = ("CHRGPRODUCER0001", "producer-secret-0123456789abcd")
 def sqs_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A server with the endpoint and access keys, on each store (PostgreSQL when
     CHERGA_TEST_POSTGRES_URL names a database, in a schema of its own)."""
-    store: list[str] = []
-    if request.param == "postgres":
-        url = os.environ.get("CHERGA_TEST_POSTGRES_URL")
-        if not url:
-            pytest.skip("CHERGA_TEST_POSTGRES_URL is not set")
-        store = ["--store", url, "--pg-schema", f"sqs_{uuid.uuid4().hex[:12]}"]
-    work = tmp_path_factory.mktemp("sqs")
-    keys = work / "sqs-keys"
-    keys.write_text(f"# test keys\n{ADMIN[0]} {ADMIN[1]} admin\n{PRODUCER[0]} {PRODUCER[1]} produce:jobs-*\n")
-    keys.chmod(0o600)
-    server = Server(work / "server", ["--sqs-addr", "127.0.0.1:0", "--sqs-keys", str(keys), *store]).start()
+    keys = f"# test keys\n{ADMIN[0]} {ADMIN[1]} admin\n{PRODUCER[0]} {PRODUCER[1]} produce:jobs-*\n"
+    server = harness.sqs_server(request.param, tmp_path_factory.mktemp("sqs"), keys)
     yield server
     server.stop()
 
