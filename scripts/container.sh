@@ -8,8 +8,8 @@
 #   scripts/container.sh --no-build # check the image `cherga` already built
 #
 # CHERGA_IMAGE_PROFILE picks the cargo profile of the binary: `release` (the
-# default, what is shipped) or `container` (CI: the release profile built
-# faster, see Cargo.toml). Needs root (chroot) and podman (Debian's `podman`;
+# default, what is shipped) or `container` (CI: the release profile without
+# optimisation, see Cargo.toml). Needs root (chroot) and podman (Debian's `podman`;
 # no base image is pulled: the image is FROM scratch and has no RUN step).
 set -euo pipefail
 cd "$(dirname "$0")/.."
