@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 pub struct PutSchemaRequest {
     /// A JSON Schema (draft 2020-12): an object or a boolean. References to
     /// other documents are not fetched (only the standard meta-schemas resolve).
-    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    #[cfg_attr(feature = "openapi", schema(schema_with = json_schema))]
     pub schema: serde_json::Value,
     /// The task kind it applies to; left out: every kind without a schema of its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -25,6 +25,21 @@ impl PutSchemaRequest {
     pub fn check(&self) -> Result<(), WireError> {
         check_kind(self.kind.as_deref())
     }
+}
+
+/// A JSON Schema in the OpenAPI document: an object or a boolean (`true`
+/// accepts every payload, `false` none).
+#[cfg(feature = "openapi")]
+fn json_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+    ObjectBuilder::new().schema_type(SchemaType::from_iter([Type::Object, Type::Boolean])).build()
+}
+
+/// [`json_schema`] or `null`.
+#[cfg(feature = "openapi")]
+fn json_schema_or_null() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+    ObjectBuilder::new().schema_type(SchemaType::from_iter([Type::Object, Type::Boolean, Type::Null])).build()
 }
 
 /// `DELETE /v1/queues/{queue}/schema` query.
@@ -55,7 +70,7 @@ pub struct SchemaVersionView {
     /// The kind it applies to; `null`: the queue-wide schema.
     pub kind: Option<String>,
     /// The schema; `null` when this version removed the schema of `kind`.
-    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    #[cfg_attr(feature = "openapi", schema(schema_with = json_schema_or_null))]
     pub schema: Option<serde_json::Value>,
     /// The subject of the token that made the change (`null` without auth).
     pub subject: Option<String>,

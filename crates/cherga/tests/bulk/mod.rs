@@ -44,17 +44,27 @@ async fn events_after(server: &Server, after: &str) -> Vec<(String, String)> {
     }
 }
 
+/// The id of the last event in the log, once every change committed so far is
+/// readable (on PostgreSQL events wait while an older transaction runs: the
+/// page says `pending`).
 async fn head(server: &Server) -> String {
-    let page: Value = http()
-        .get(server.url("/v1/events?after=0&limit=1"))
-        .header("accept", "application/json")
-        .send()
-        .await
-        .expect("read the log")
-        .json()
-        .await
-        .expect("a JSON page");
-    page["head"].as_str().expect("head").to_owned()
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let page: Value = http()
+            .get(server.url("/v1/events?after=0&limit=1"))
+            .header("accept", "application/json")
+            .send()
+            .await
+            .expect("read the log")
+            .json()
+            .await
+            .expect("a JSON page");
+        if !page["pending"].as_bool().expect("pending") {
+            return page["head"].as_str().expect("head").to_owned();
+        }
+        assert!(std::time::Instant::now() < deadline, "events stayed pending for 60 s");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 fn counts(queue: &Value) -> HashMap<String, u64> {
