@@ -4,7 +4,7 @@
 use super::harness::Server;
 use serde_json::{Value, json};
 
-/// A typical schema of ten fields (the benchmark's too).
+/// A typical order schema: bounds, an enum, a pattern, nested objects and arrays.
 pub fn order_schema() -> Value {
     json!({
         "type": "object",
